@@ -1,0 +1,533 @@
+//! [`Regions`]: one cache's map from the global region, each region and each region sub-key
+//! to its current [`ChangeToken`], plus the invalidation epoch that lets the store refuse
+//! stale inserts.
+//!
+//! Expiring anything bumps the epoch to `e`, installs a fresh token with epoch `e` and only
+//! then expires the old one. A load remembers the epoch it started at; if a token it collects
+//! is expired or newer than that, an expiry overlapped the load and its value must not be
+//! stored. The bump happens under the write lock of the map it installs into, so the tokens
+//! of one slot are installed in epoch order.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::region::{CheckedName, Region, RegionNameError, SubKey, validate_region_name};
+use crate::token::ChangeToken;
+
+/// The per-cache registry of region tokens (never a process global: two caches in one
+/// process each own one and do not affect each other).
+///
+/// - the **global** token: every entry holds it, so [`expire_global`](Self::expire_global)
+///   expires everything;
+/// - one token per **region** name ([`token_of::<R>()`](Self::token_of));
+/// - one token per **(region, sub-key)** pair
+///   ([`key_token_of::<R>("c1")`](Self::key_token_of)).
+///
+/// Every expiry is O(1) in the number of entries: one epoch bump, one map write, one atomic
+/// flip. Tokens are created lazily by lookups; tokens no entry holds any more are dropped by
+/// [`collect_garbage`](Self::collect_garbage), so the maps stay bounded by what live entries
+/// use (plus what was created since the last collection).
+///
+/// ```
+/// use nearcache_regions::{Regions, region};
+///
+/// region!(Catalog = "catalog");
+/// let regions = Regions::new();
+/// let c1 = regions.key_token_of::<Catalog>("c1");
+/// let c2 = regions.key_token_of::<Catalog>("c2");
+/// regions.expire_region_key_of::<Catalog>("c1");
+/// assert!(c1.is_expired());
+/// assert!(!c2.is_expired(), "other sub-keys are untouched");
+/// assert!(!regions.key_token_of::<Catalog>("c1").is_expired(), "a fresh token replaced it");
+/// ```
+pub struct Regions {
+    epoch: AtomicU64,
+    global: RwLock<ChangeToken>,
+    regions: RwLock<RegionMap>,
+}
+
+#[derive(Default)]
+struct RegionMap {
+    slots: HashMap<Box<str>, RegionSlot>,
+    /// Highest epoch of any token dropped together with its whole slot; new slots start here.
+    watermark: u64,
+}
+
+struct RegionSlot {
+    token: ChangeToken,
+    sub_keys: HashMap<Box<str>, ChangeToken>,
+    /// Highest epoch of any sub-key token dropped from this slot; new sub-key tokens start
+    /// here, so a load spanning an expiry still sees a token newer than its start.
+    sub_watermark: u64,
+}
+
+impl RegionSlot {
+    fn new(watermark: u64) -> Self {
+        RegionSlot {
+            token: ChangeToken::with_epoch(watermark),
+            sub_keys: HashMap::new(),
+            sub_watermark: watermark,
+        }
+    }
+
+    fn max_epoch(&self) -> u64 {
+        self.token.epoch().max(self.sub_watermark)
+    }
+}
+
+impl RegionMap {
+    fn slot_mut(&mut self, name: &str) -> &mut RegionSlot {
+        let watermark = self.watermark;
+        self.slots
+            .entry(Box::from(name))
+            .or_insert_with(|| RegionSlot::new(watermark))
+    }
+}
+
+impl Regions {
+    /// An empty registry at epoch 0.
+    pub fn new() -> Self {
+        Regions {
+            epoch: AtomicU64::new(0),
+            global: RwLock::new(ChangeToken::with_epoch(0)),
+            regions: RwLock::new(RegionMap::default()),
+        }
+    }
+
+    /// The invalidation epoch: how many expiries (of any kind) this registry has performed.
+    ///
+    /// A load reads it before its factory runs; see the module docs for the rule.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a load that started at `start_epoch` and collected `token` overlapped an expiry
+    /// of that token's group: the token is expired, or it was installed after the load began.
+    pub fn is_stale(token: &ChangeToken, start_epoch: u64) -> bool {
+        token.is_expired() || token.epoch() > start_epoch
+    }
+
+    /// The current global token (held by every entry).
+    pub fn global(&self) -> ChangeToken {
+        self.global.read().clone()
+    }
+
+    /// The current token of region `R`.
+    pub fn token_of<R: Region>(&self) -> ChangeToken {
+        self.region_token(CheckedName::<R>::NAME)
+    }
+
+    /// The current token of the region named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is empty or longer than
+    /// [`MAX_REGION_NAME_LEN`](crate::MAX_REGION_NAME_LEN).
+    pub fn token(&self, name: &str) -> Result<ChangeToken, RegionNameError> {
+        validate_region_name(name)?;
+        Ok(self.region_token(name))
+    }
+
+    /// The current token of sub-key `sub` of region `R`: only entries tied to that sub-key
+    /// hold it.
+    pub fn key_token_of<R: Region>(&self, sub: &(impl SubKey + ?Sized)) -> ChangeToken {
+        self.sub_key_token(CheckedName::<R>::NAME, &sub.sub_key_text())
+    }
+
+    /// The current token of sub-key `sub` of the region named `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is not a valid region name.
+    pub fn key_token(&self, name: &str, sub: &str) -> Result<ChangeToken, RegionNameError> {
+        validate_region_name(name)?;
+        Ok(self.sub_key_token(name, sub))
+    }
+
+    /// The current tokens of region `R` and of its sub-key `sub`, read together.
+    pub fn region_and_key_tokens_of<R: Region>(
+        &self,
+        sub: &(impl SubKey + ?Sized),
+    ) -> [ChangeToken; 2] {
+        self.region_and_sub_key_tokens(CheckedName::<R>::NAME, &sub.sub_key_text())
+    }
+
+    /// Expires every entry (the global region). Returns the new epoch.
+    pub fn expire_global(&self) -> u64 {
+        let (old, epoch) = {
+            let mut global = self.global.write();
+            let epoch = self.bump();
+            let old = std::mem::replace(&mut *global, ChangeToken::with_epoch(epoch));
+            (old, epoch)
+        };
+        old.expire();
+        epoch
+    }
+
+    /// Expires every entry of region `R`. Returns the new epoch.
+    pub fn expire_region_of<R: Region>(&self) -> u64 {
+        self.expire_region_unchecked(CheckedName::<R>::NAME)
+    }
+
+    /// Expires every entry of the region named `name`, whether or not it was ever used here
+    /// (a load that has not yet registered the region will still see the expiry). Returns the
+    /// new epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is not a valid region name; nothing is expired.
+    pub fn expire_region(&self, name: &str) -> Result<u64, RegionNameError> {
+        validate_region_name(name)?;
+        Ok(self.expire_region_unchecked(name))
+    }
+
+    /// Expires the entries of region `R` tied to sub-key `sub`. Returns the new epoch.
+    pub fn expire_region_key_of<R: Region>(&self, sub: &(impl SubKey + ?Sized)) -> u64 {
+        self.expire_sub_key_unchecked(CheckedName::<R>::NAME, &sub.sub_key_text())
+    }
+
+    /// Expires the entries of region `name` tied to sub-key `sub`. A sub-key nobody has used
+    /// yet still gets a fresh token at the new epoch, so a load already running that ties
+    /// itself to `sub` afterwards is not stored. Returns the new epoch.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is not a valid region name; nothing is expired.
+    pub fn expire_region_key(&self, name: &str, sub: &str) -> Result<u64, RegionNameError> {
+        validate_region_name(name)?;
+        Ok(self.expire_sub_key_unchecked(name, sub))
+    }
+
+    /// Drops region and sub-key tokens that no entry holds any more; returns how many were
+    /// dropped. Their epochs are folded into watermarks, so a later lookup creates a token no
+    /// older than any dropped one (a load that spans both an expiry and a collection is
+    /// refused, never wrongly stored).
+    ///
+    /// Cost: one pass over the maps under their write lock.
+    pub fn collect_garbage(&self) -> usize {
+        let mut map = self.regions.write();
+        let RegionMap { slots, watermark } = &mut *map;
+        let mut dropped = 0;
+        slots.retain(|_, slot| {
+            let before = slot.sub_keys.len();
+            let mut sub_watermark = slot.sub_watermark;
+            slot.sub_keys.retain(|_, token| {
+                let held = token.handle_count() > 1;
+                if !held {
+                    sub_watermark = sub_watermark.max(token.epoch());
+                }
+                held
+            });
+            slot.sub_watermark = sub_watermark;
+            dropped += before - slot.sub_keys.len();
+            let keep = !slot.sub_keys.is_empty() || slot.token.handle_count() > 1;
+            if !keep {
+                *watermark = (*watermark).max(slot.max_epoch());
+                dropped += 1;
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// Number of regions with a token now (for monitoring and tests).
+    pub fn region_count(&self) -> usize {
+        self.regions.read().slots.len()
+    }
+
+    /// Number of sub-key tokens held now, over all regions (for monitoring and tests).
+    pub fn sub_key_count(&self) -> usize {
+        self.regions
+            .read()
+            .slots
+            .values()
+            .map(|slot| slot.sub_keys.len())
+            .sum()
+    }
+
+    fn bump(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    fn region_token(&self, name: &str) -> ChangeToken {
+        if let Some(slot) = self.regions.read().slots.get(name) {
+            return slot.token.clone();
+        }
+        self.regions.write().slot_mut(name).token.clone()
+    }
+
+    fn sub_key_token(&self, name: &str, sub: &str) -> ChangeToken {
+        if let Some(token) = self
+            .regions
+            .read()
+            .slots
+            .get(name)
+            .and_then(|slot| slot.sub_keys.get(sub))
+        {
+            return token.clone();
+        }
+        let mut map = self.regions.write();
+        let slot = map.slot_mut(name);
+        let watermark = slot.sub_watermark;
+        slot.sub_keys
+            .entry(Box::from(sub))
+            .or_insert_with(|| ChangeToken::with_epoch(watermark))
+            .clone()
+    }
+
+    fn region_and_sub_key_tokens(&self, name: &str, sub: &str) -> [ChangeToken; 2] {
+        if let Some(tokens) = self.regions.read().slots.get(name).and_then(|slot| {
+            let sub_token = slot.sub_keys.get(sub)?;
+            Some([slot.token.clone(), sub_token.clone()])
+        }) {
+            return tokens;
+        }
+        let mut map = self.regions.write();
+        let slot = map.slot_mut(name);
+        let watermark = slot.sub_watermark;
+        let sub_token = slot
+            .sub_keys
+            .entry(Box::from(sub))
+            .or_insert_with(|| ChangeToken::with_epoch(watermark))
+            .clone();
+        [slot.token.clone(), sub_token]
+    }
+
+    fn expire_region_unchecked(&self, name: &str) -> u64 {
+        let (old, epoch) = {
+            let mut map = self.regions.write();
+            let epoch = self.bump();
+            let slot = map.slot_mut(name);
+            (
+                std::mem::replace(&mut slot.token, ChangeToken::with_epoch(epoch)),
+                epoch,
+            )
+        };
+        old.expire();
+        epoch
+    }
+
+    fn expire_sub_key_unchecked(&self, name: &str, sub: &str) -> u64 {
+        let (old, epoch) = {
+            let mut map = self.regions.write();
+            let epoch = self.bump();
+            let slot = map.slot_mut(name);
+            let old = slot
+                .sub_keys
+                .insert(Box::from(sub), ChangeToken::with_epoch(epoch));
+            (old, epoch)
+        };
+        if let Some(old) = old {
+            old.expire();
+        }
+        epoch
+    }
+}
+
+impl Default for Regions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Regions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = self.regions.read();
+        f.debug_struct("Regions")
+            .field("epoch", &self.epoch())
+            .field("regions", &map.slots.len())
+            .field(
+                "sub_keys",
+                &map.slots.values().map(|s| s.sub_keys.len()).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::region;
+
+    region!(Catalog = "catalog"; Pricing = "pricing");
+
+    #[test]
+    fn expiring_a_region_flips_its_token_and_installs_a_newer_one() {
+        let regions = Regions::new();
+        let start = regions.epoch();
+        let old = regions.token_of::<Catalog>();
+        let other = regions.token_of::<Pricing>();
+        let epoch = regions.expire_region_of::<Catalog>();
+        assert!(old.is_expired());
+        assert!(!other.is_expired(), "other regions are untouched");
+        let new = regions.token_of::<Catalog>();
+        assert!(!new.is_expired());
+        assert_eq!(new.epoch(), epoch);
+        assert!(
+            Regions::is_stale(&new, start),
+            "newer than a load that began before"
+        );
+        assert!(!Regions::is_stale(&new, epoch));
+    }
+
+    #[test]
+    fn typed_and_named_access_reach_the_same_tokens() {
+        let regions = Regions::new();
+        let typed = regions.token_of::<Catalog>();
+        assert!(typed.same_as(&regions.token("catalog").unwrap()));
+        let sub = regions.key_token_of::<Catalog>("c1");
+        assert!(sub.same_as(&regions.key_token("catalog", "c1").unwrap()));
+        assert_eq!(regions.expire_region("catalog"), Ok(1));
+        assert!(typed.is_expired());
+        assert_eq!(regions.expire_region_key("catalog", "c1"), Ok(2));
+        assert!(sub.is_expired());
+    }
+
+    #[test]
+    fn bad_names_are_refused_and_expire_nothing() {
+        let regions = Regions::new();
+        assert_eq!(regions.expire_region(""), Err(RegionNameError::Empty));
+        let long = "r".repeat(crate::MAX_REGION_NAME_LEN + 1);
+        assert!(regions.expire_region_key(&long, "c1").is_err());
+        assert!(regions.token("").is_err());
+        assert!(regions.key_token("", "c1").is_err());
+        assert_eq!(regions.epoch(), 0, "nothing was expired");
+        assert_eq!(regions.region_count(), 0, "nothing was registered");
+    }
+
+    #[test]
+    fn global_expiry_flips_the_global_token() {
+        let regions = Regions::new();
+        let global = regions.global();
+        let epoch = regions.expire_global();
+        assert!(global.is_expired());
+        let fresh = regions.global();
+        assert!(!fresh.is_expired());
+        assert_eq!(fresh.epoch(), epoch);
+    }
+
+    #[test]
+    fn sub_key_expiry_is_isolated_and_installs_unused_sub_keys() {
+        let regions = Regions::new();
+        let start = regions.epoch();
+        let region = regions.token_of::<Catalog>();
+        let c2 = regions.key_token_of::<Catalog>("c2");
+        regions.expire_region_key_of::<Catalog>("c1");
+        assert!(
+            !region.is_expired(),
+            "a sub-key expiry leaves the region token"
+        );
+        assert!(!c2.is_expired());
+        let c1 = regions.key_token_of::<Catalog>("c1");
+        assert!(
+            Regions::is_stale(&c1, start),
+            "a sub-key never used before still carries the expiry's epoch"
+        );
+    }
+
+    #[test]
+    fn region_and_key_tokens_come_as_a_pair() {
+        let regions = Regions::new();
+        let [region, sub] = regions.region_and_key_tokens_of::<Catalog>("c1");
+        assert!(region.same_as(&regions.token_of::<Catalog>()));
+        assert!(sub.same_as(&regions.key_token_of::<Catalog>("c1")));
+        let [region_again, sub_again] = regions.region_and_key_tokens_of::<Catalog>("c1");
+        assert!(region_again.same_as(&region) && sub_again.same_as(&sub));
+    }
+
+    #[test]
+    fn garbage_collection_drops_unheld_tokens_and_keeps_held_ones() {
+        let regions = Regions::new();
+        let held = regions.key_token_of::<Catalog>("held");
+        for i in 0..1_000 {
+            drop(regions.key_token_of::<Catalog>(&format!("c{i}")));
+        }
+        drop(regions.token_of::<Pricing>());
+        assert_eq!(regions.sub_key_count(), 1_001);
+        assert_eq!(regions.region_count(), 2);
+        let dropped = regions.collect_garbage();
+        assert_eq!(
+            dropped,
+            1_000 + 1,
+            "1,000 sub-keys and the unused Pricing region"
+        );
+        assert_eq!(regions.sub_key_count(), 1);
+        assert_eq!(regions.region_count(), 1);
+        assert!(held.same_as(&regions.key_token_of::<Catalog>("held")));
+    }
+
+    #[test]
+    fn a_collected_expiry_still_refuses_loads_that_spanned_it() {
+        let regions = Regions::new();
+        let start = regions.epoch();
+        // A sub-key expired while nobody holds it; the collection then forgets the token.
+        regions.expire_region_key_of::<Catalog>("c1");
+        regions.expire_region_of::<Pricing>();
+        assert!(regions.collect_garbage() >= 2);
+        assert_eq!(regions.sub_key_count(), 0);
+        let c1 = regions.key_token_of::<Catalog>("c1");
+        assert!(
+            Regions::is_stale(&c1, start),
+            "the watermark keeps the epoch"
+        );
+        let pricing = regions.token_of::<Pricing>();
+        assert!(
+            Regions::is_stale(&pricing, start),
+            "the region watermark keeps it too"
+        );
+        // A load that began after the expiry is not refused.
+        let later = regions.epoch();
+        assert!(!Regions::is_stale(
+            &regions.key_token_of::<Catalog>("c9"),
+            later
+        ));
+    }
+
+    #[test]
+    fn sub_key_map_stays_bounded_across_rounds() {
+        let regions = Regions::new();
+        for round in 0..20 {
+            for i in 0..500 {
+                let token = regions.key_token_of::<Catalog>(&format!("r{round}-{i}"));
+                if i % 2 == 0 {
+                    regions.expire_region_key_of::<Catalog>(&format!("r{round}-{i}"));
+                }
+                drop(token);
+            }
+            regions.collect_garbage();
+            assert_eq!(regions.sub_key_count(), 0, "round {round}");
+        }
+    }
+
+    #[test]
+    fn concurrent_expiries_install_tokens_in_epoch_order() {
+        for _ in 0..50 {
+            let regions = Regions::new();
+            let barrier = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        barrier.wait();
+                        for _ in 0..20 {
+                            regions.expire_region_of::<Catalog>();
+                            regions.expire_region_key_of::<Catalog>("c1");
+                        }
+                    });
+                }
+            });
+            assert_eq!(regions.epoch(), 8 * 20 * 2);
+            let last_sub = regions.key_token_of::<Catalog>("c1");
+            let last_region = regions.token_of::<Catalog>();
+            assert!(!last_sub.is_expired() && !last_region.is_expired());
+            assert_eq!(
+                last_sub.epoch().max(last_region.epoch()),
+                regions.epoch(),
+                "the latest install carries the latest epoch"
+            );
+        }
+    }
+}
