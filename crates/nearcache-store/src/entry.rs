@@ -1,0 +1,549 @@
+//! Entries: [`Entry`], the handle a factory sets options through, and the stored form the
+//! cache keeps (value, tokens, deadlines), with its liveness check.
+//!
+//! **Tokens are never inherited.** Each load creates its own `Entry` and hands it only to its
+//! own factory. There is no ambient "current entry" (no thread-local, no task-local), so a
+//! factory that loads another key inside itself gives that key a fresh `Entry`: neither
+//! entry's regions, tokens or expiry leak into the other, in either direction.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nearcache_keys::Key;
+use nearcache_regions::{ChangeToken, Region, RegionNameError, Regions, SubKey};
+
+use crate::clock::{NEVER, StoreClock, deadline_after, nanos};
+use crate::value::Payload;
+
+/// A sliding entry's last-access time is only rewritten once it is this stale (1 ms), so
+/// hot entries are not written on every hit (no cache-line ping-pong between readers).
+const TOUCH_GRANULARITY: u64 = 1_000_000;
+
+/// The options of the entry being loaded (or `set`), given to its factory as `&mut Entry`.
+///
+/// Whatever the factory sets overrides the store's defaults field by field; what it leaves
+/// alone keeps the default. Setters return `&mut Self` so they chain.
+///
+/// ```
+/// use std::time::Duration;
+/// use nearcache_keys::Key;
+/// use nearcache_regions::region;
+/// use nearcache_store::{Store, StoreOptions};
+///
+/// region!(Catalog = "catalog");
+/// let store = Store::new(StoreOptions::default())?;
+/// let key = Key::from_text("Product:get-42");
+/// let product = store.get_or_create_sync(&key, |entry| {
+///     entry
+///         .region_key::<Catalog>("c1")
+///         .absolute_expiration(Duration::from_secs(60));
+///     Ok::<_, std::io::Error>("forty-two")
+/// })?;
+/// assert_eq!(*product, "forty-two");
+/// store.expire_region_key::<Catalog>("c1");
+/// assert!(store.get::<&str>(&key)?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Tokens are never inherited
+///
+/// Each load creates its own `Entry` and hands it only to its own factory; there is no
+/// ambient "current entry" (no thread-local, no task-local). A factory that loads another key
+/// inside itself gives that key a fresh `Entry`, so neither entry's regions, tokens or expiry
+/// leak into the other, in either direction.
+pub struct Entry {
+    key: Key,
+    regions: Arc<Regions>,
+    absolute: Option<Absolute>,
+    sliding: Option<Duration>,
+    weight: Option<u32>,
+    tokens: TokenSet,
+    /// Highest epoch among the region tokens collected (for the stale-insert rule).
+    region_epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Absolute {
+    After(Duration),
+    At(Instant),
+}
+
+impl Entry {
+    pub(crate) fn new(key: Key, regions: Arc<Regions>) -> Self {
+        Entry {
+            key,
+            regions,
+            absolute: None,
+            sliding: None,
+            weight: None,
+            tokens: TokenSet::default(),
+            region_epoch: 0,
+        }
+    }
+
+    /// The key being loaded.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Expire the entry `ttl` after it is stored. Zero: returned to the caller but not
+    /// stored. `Duration::MAX` (or anything past the clock's range): never.
+    pub fn absolute_expiration(&mut self, ttl: Duration) -> &mut Self {
+        self.absolute = Some(Absolute::After(ttl));
+        self
+    }
+
+    /// Expire the entry at `deadline` (measured on the store's clock: the time left until
+    /// `deadline` when the entry is stored). A deadline already past: not stored.
+    pub fn absolute_expiration_at(&mut self, deadline: Instant) -> &mut Self {
+        self.absolute = Some(Absolute::At(deadline));
+        self
+    }
+
+    /// Expire the entry once it has not been read for `idle` (each read restarts the window,
+    /// with 1 ms resolution). Zero: not stored. `Duration::MAX`: never.
+    pub fn sliding_expiration(&mut self, idle: Duration) -> &mut Self {
+        self.sliding = Some(idle);
+        self
+    }
+
+    /// Ties the entry to `token`: the entry dies when the token is expired. If the token is
+    /// already expired when the load finishes, the value is returned but not stored.
+    ///
+    /// For regions use [`region`](Self::region) and friends, which also catch an expiry
+    /// that happened after the load started but before the token was fetched.
+    pub fn token(&mut self, token: ChangeToken) -> &mut Self {
+        self.tokens.push(token);
+        self
+    }
+
+    /// Ties the entry to region `R`: [`Store::expire_region::<R>()`](crate::Store::expire_region)
+    /// (or a peer's expiry by name) expires it.
+    pub fn region<R: Region>(&mut self) -> &mut Self {
+        let token = self.regions.token_of::<R>();
+        self.push_region_token(token);
+        self
+    }
+
+    /// Ties the entry to sub-key `sub` of region `R` (and so to `R` itself): expiring
+    /// `R`'s sub-key `sub` expires it, other sub-keys do not, and expiring all of `R` does.
+    pub fn region_key<R: Region>(&mut self, sub: &(impl SubKey + ?Sized)) -> &mut Self {
+        let [region, sub] = self.regions.region_and_key_tokens_of::<R>(sub);
+        self.push_region_token(region);
+        self.push_region_token(sub);
+        self
+    }
+
+    /// [`region`](Self::region) by name, for regions known only at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is empty or too long; the entry is unchanged.
+    pub fn region_by_name(&mut self, name: &str) -> Result<&mut Self, RegionNameError> {
+        let token = self.regions.token(name)?;
+        self.push_region_token(token);
+        Ok(self)
+    }
+
+    /// [`region_key`](Self::region_key) by name.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is empty or too long; the entry is unchanged.
+    pub fn region_key_by_name(
+        &mut self,
+        name: &str,
+        sub: &str,
+    ) -> Result<&mut Self, RegionNameError> {
+        let region = self.regions.token(name)?;
+        let sub = self.regions.key_token(name, sub)?;
+        self.push_region_token(region);
+        self.push_region_token(sub);
+        Ok(self)
+    }
+
+    /// The entry's weight against the store's `max_weight` budget (ignored when the store
+    /// counts entries). Zero is raised to 1, so every entry can be evicted.
+    pub fn weight(&mut self, weight: u32) -> &mut Self {
+        self.weight = Some(weight);
+        self
+    }
+
+    fn push_region_token(&mut self, token: ChangeToken) {
+        self.region_epoch = self.region_epoch.max(token.epoch());
+        self.tokens.push(token);
+    }
+
+    /// Whether an expiry overlapped a load that started at `start_epoch`: a collected token
+    /// is expired, or a region token was installed after the load began.
+    pub(crate) fn overlapped_expiry(&self, start_epoch: u64) -> bool {
+        self.region_epoch > start_epoch || self.tokens.any_expired()
+    }
+
+    /// The stored form, or `None` when it would be dead on arrival (zero or past expiry,
+    /// or an expired token).
+    pub(crate) fn into_stored(
+        self,
+        payload: Payload,
+        global: ChangeToken,
+        now: u64,
+        defaults: &EntryDefaults,
+    ) -> Option<StoredEntry> {
+        let deadline = match self.absolute.or(defaults.absolute.map(Absolute::After)) {
+            None => NEVER,
+            Some(Absolute::After(ttl)) => deadline_after(now, ttl),
+            Some(Absolute::At(at)) => {
+                deadline_after(now, at.saturating_duration_since(Instant::now()))
+            }
+        };
+        let sliding = self.sliding.or(defaults.sliding).map_or(NEVER, nanos);
+        let weight = if defaults.weighted {
+            self.weight.unwrap_or(1).max(1)
+        } else {
+            1
+        };
+        let stored = StoredEntry(Arc::new(Stored {
+            payload,
+            global,
+            tokens: self.tokens,
+            deadline,
+            sliding,
+            last_access: AtomicU64::new(now),
+            weight,
+        }));
+        stored.is_live_at(now).then_some(stored)
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("key", &self.key)
+            .field("absolute", &self.absolute)
+            .field("sliding", &self.sliding)
+            .field("weight", &self.weight)
+            .field("tokens", &self.tokens.len())
+            .finish()
+    }
+}
+
+/// The store-wide defaults an entry falls back on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EntryDefaults {
+    pub(crate) absolute: Option<Duration>,
+    pub(crate) sliding: Option<Duration>,
+    pub(crate) weighted: bool,
+}
+
+/// An entry's tokens: two inline (most entries have 0–2), the rest spilled to the heap.
+#[derive(Default)]
+pub(crate) struct TokenSet {
+    inline: [Option<ChangeToken>; 2],
+    spill: Box<[ChangeToken]>,
+}
+
+impl TokenSet {
+    fn push(&mut self, token: ChangeToken) {
+        if self.iter().any(|held| held.same_as(&token)) {
+            return;
+        }
+        for slot in &mut self.inline {
+            if slot.is_none() {
+                *slot = Some(token);
+                return;
+            }
+        }
+        let mut spill = std::mem::take(&mut self.spill).into_vec();
+        spill.push(token);
+        self.spill = spill.into_boxed_slice();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &ChangeToken> {
+        self.inline.iter().flatten().chain(self.spill.iter())
+    }
+
+    fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    #[inline]
+    fn any_expired(&self) -> bool {
+        match &self.inline[0] {
+            None => false,
+            Some(first) => {
+                first.is_expired()
+                    || self.inline[1].as_ref().is_some_and(ChangeToken::is_expired)
+                    || self.spill.iter().any(ChangeToken::is_expired)
+            }
+        }
+    }
+}
+
+/// What the cache holds for a key: cheap to clone (one `Arc`).
+#[derive(Clone)]
+pub(crate) struct StoredEntry(Arc<Stored>);
+
+struct Stored {
+    payload: Payload,
+    /// The global token current when the load started (or the `set` ran).
+    global: ChangeToken,
+    tokens: TokenSet,
+    /// Absolute deadline on the store clock, [`NEVER`] for none.
+    deadline: u64,
+    /// Sliding window in nanoseconds, [`NEVER`] for none.
+    sliding: u64,
+    last_access: AtomicU64,
+    weight: u32,
+}
+
+impl StoredEntry {
+    /// Whether the entry may be returned now; restarts its sliding window if so.
+    ///
+    /// Costs one atomic load per token; the clock is read only for entries that expire by
+    /// time, and a sliding entry's last access is written at most once per millisecond.
+    #[inline]
+    pub(crate) fn is_live(&self, clock: &StoreClock) -> bool {
+        let stored = &*self.0;
+        if stored.global.is_expired() || stored.tokens.any_expired() {
+            return false;
+        }
+        if stored.deadline == NEVER && stored.sliding == NEVER {
+            return true;
+        }
+        let now = clock.now();
+        if now >= stored.deadline {
+            return false;
+        }
+        if stored.sliding != NEVER {
+            let last = stored.last_access.load(Ordering::Relaxed);
+            if now >= last.saturating_add(stored.sliding) {
+                return false;
+            }
+            if now.saturating_sub(last) > TOUCH_GRANULARITY {
+                stored.last_access.fetch_max(now, Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    /// Whether the entry is alive at `now`, without touching it (the purger's check).
+    pub(crate) fn is_live_at(&self, now: u64) -> bool {
+        let stored = &*self.0;
+        !stored.global.is_expired()
+            && !stored.tokens.any_expired()
+            && now < stored.deadline
+            && (stored.sliding == NEVER
+                || now
+                    < stored
+                        .last_access
+                        .load(Ordering::Relaxed)
+                        .saturating_add(stored.sliding))
+    }
+
+    #[inline]
+    pub(crate) fn payload(&self) -> &Payload {
+        &self.0.payload
+    }
+
+    #[inline]
+    pub(crate) fn weight(&self) -> u32 {
+        self.0.weight
+    }
+
+    pub(crate) fn same_as(&self, other: &StoredEntry) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use nearcache_regions::region;
+
+    region!(Catalog = "catalog"; Pricing = "pricing");
+
+    fn defaults() -> EntryDefaults {
+        EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: false,
+        }
+    }
+
+    fn entry(regions: &Arc<Regions>) -> Entry {
+        Entry::new(Key::from_text("k"), Arc::clone(regions))
+    }
+
+    fn store(entry: Entry, regions: &Regions, now: u64) -> Option<StoredEntry> {
+        entry.into_stored(
+            Payload::value(Arc::new(1_u8)),
+            regions.global(),
+            now,
+            &defaults(),
+        )
+    }
+
+    #[test]
+    fn token_sets_dedupe_and_spill_past_two() {
+        let mut set = TokenSet::default();
+        let a = ChangeToken::new();
+        set.push(a.clone());
+        set.push(a.clone());
+        assert_eq!(set.len(), 1);
+        let tokens: Vec<ChangeToken> = (0..4).map(|_| ChangeToken::new()).collect();
+        for token in &tokens {
+            set.push(token.clone());
+        }
+        assert_eq!(set.len(), 5);
+        assert!(!set.any_expired());
+        tokens[3].expire();
+        assert!(set.any_expired(), "a spilled token counts too");
+    }
+
+    #[test]
+    fn region_key_ties_the_entry_to_the_sub_key_and_the_region() {
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.region_key::<Catalog>("c1").region::<Catalog>();
+        assert_eq!(e.tokens.len(), 2, "the region token is not added twice");
+        let stored = store(e, &regions, 0).unwrap();
+        regions.expire_region_key_of::<Catalog>("c2");
+        assert!(stored.is_live_at(0));
+        regions.expire_region_of::<Catalog>();
+        assert!(
+            !stored.is_live_at(0),
+            "expiring the region expires its sub-keys' entries"
+        );
+    }
+
+    #[test]
+    fn by_name_setters_validate_and_match_typed_ones() {
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        assert!(e.region_by_name("").is_err());
+        assert!(e.region_key_by_name(&"x".repeat(300), "c1").is_err());
+        assert_eq!(e.tokens.len(), 0);
+        e.region_key_by_name("pricing", "p1").unwrap();
+        let stored = store(e, &regions, 0).unwrap();
+        regions.expire_region_key_of::<Pricing>("p1");
+        assert!(!stored.is_live_at(0));
+    }
+
+    #[test]
+    fn a_region_expired_after_the_load_began_marks_the_entry_stale() {
+        let regions = Arc::new(Regions::new());
+        let start = regions.epoch();
+        regions.expire_region_of::<Catalog>();
+        let mut e = entry(&regions);
+        e.region::<Catalog>();
+        assert!(e.overlapped_expiry(start));
+        let mut later = entry(&regions);
+        later.region::<Catalog>();
+        assert!(!later.overlapped_expiry(regions.epoch()));
+    }
+
+    #[test]
+    fn user_tokens_are_checked_for_expiry_only() {
+        let regions = Arc::new(Regions::new());
+        let token = ChangeToken::with_epoch(1_000);
+        let mut e = entry(&regions);
+        e.token(token.clone());
+        assert!(
+            !e.overlapped_expiry(0),
+            "a foreign token's epoch does not count"
+        );
+        token.expire();
+        assert!(e.overlapped_expiry(0));
+        assert!(store(e, &regions, 0).is_none(), "dead on arrival");
+    }
+
+    #[test]
+    fn zero_and_past_expiries_are_dead_on_arrival() {
+        let regions = Arc::new(Regions::new());
+        let mut zero = entry(&regions);
+        zero.absolute_expiration(Duration::ZERO);
+        assert!(store(zero, &regions, 5).is_none());
+        let mut idle = entry(&regions);
+        idle.sliding_expiration(Duration::ZERO);
+        assert!(store(idle, &regions, 5).is_none());
+        let mut past = entry(&regions);
+        past.absolute_expiration_at(Instant::now());
+        assert!(store(past, &regions, 5).is_none());
+    }
+
+    #[test]
+    fn overflowing_expiries_mean_never() {
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.absolute_expiration(Duration::MAX)
+            .sliding_expiration(Duration::MAX);
+        let stored = store(e, &regions, 5).unwrap();
+        assert!(stored.is_live_at(NEVER - 1));
+        let mut far = entry(&regions);
+        far.absolute_expiration_at(Instant::now() + Duration::from_secs(1 << 40));
+        assert!(
+            store(far, &regions, NEVER - 10)
+                .unwrap()
+                .is_live_at(NEVER - 1)
+        );
+    }
+
+    #[test]
+    fn weights_apply_only_to_weighted_stores_and_never_drop_to_zero() {
+        let regions = Arc::new(Regions::new());
+        let weighted = EntryDefaults {
+            weighted: true,
+            ..defaults()
+        };
+        let mut heavy = entry(&regions);
+        heavy.weight(7);
+        let payload = Payload::value(Arc::new(()));
+        let stored = heavy.into_stored(payload.clone(), regions.global(), 0, &weighted);
+        assert_eq!(stored.map(|s| s.weight()), Some(7));
+        let mut zero = entry(&regions);
+        zero.weight(0);
+        let stored = zero.into_stored(payload.clone(), regions.global(), 0, &weighted);
+        assert_eq!(stored.map(|s| s.weight()), Some(1));
+        let mut ignored = entry(&regions);
+        ignored.weight(7);
+        let stored = ignored.into_stored(payload, regions.global(), 0, &defaults());
+        assert_eq!(stored.map(|s| s.weight()), Some(1));
+    }
+
+    #[test]
+    fn sliding_reads_extend_the_window_and_are_coarse() {
+        let (clock, mock) = quanta::Clock::mock();
+        let clock = StoreClock::new(clock);
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.sliding_expiration(Duration::from_secs(10));
+        let stored = store(e, &regions, clock.now()).unwrap();
+        mock.increment(Duration::from_secs(6));
+        assert!(stored.is_live(&clock), "read at 6 s restarts the window");
+        mock.increment(Duration::from_secs(6));
+        assert!(stored.is_live(&clock), "12 s: 6 s since the last read");
+        assert!(!stored.is_live_at(clock.now() + 10_000_000_000));
+        mock.increment(Duration::from_micros(500));
+        assert!(stored.is_live(&clock));
+        assert_eq!(
+            stored.0.last_access.load(Ordering::Relaxed),
+            12_000_000_000,
+            "a read within 1 ms of the last write does not write"
+        );
+        mock.increment(Duration::from_secs(11));
+        assert!(!stored.is_live(&clock));
+    }
+
+    #[test]
+    fn a_stored_entry_is_small() {
+        // Documented in the crate docs: keep them in sync.
+        assert!(
+            std::mem::size_of::<Stored>() <= 112,
+            "{}",
+            std::mem::size_of::<Stored>()
+        );
+    }
+}

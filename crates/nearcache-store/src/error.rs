@@ -1,0 +1,191 @@
+//! The store's errors: each says what happened and what to do about it.
+
+use std::any::type_name;
+use std::fmt;
+use std::sync::Arc;
+
+use nearcache_keys::Key;
+use thiserror::Error;
+
+/// A key was read as one type but holds a value of another.
+///
+/// Each key should hold one type; this usually means two call sites build the same key for
+/// different data. Fix the keys (add the type or the method to them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TypeMismatch {
+    /// The key that was read.
+    pub key: Key,
+    /// The type the caller asked for.
+    pub expected: &'static str,
+    /// The type the key holds (for a flight's error: the error type its factory returned).
+    pub found: &'static str,
+}
+
+impl TypeMismatch {
+    pub(crate) fn new<T: ?Sized>(key: &Key, found: &'static str) -> Self {
+        TypeMismatch {
+            key: key.clone(),
+            expected: type_name::<T>(),
+            found,
+        }
+    }
+}
+
+/// How many bytes of a key an error message shows.
+const SHOWN_KEY_BYTES: usize = 200;
+
+impl fmt::Display for TypeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.key.as_str();
+        let mut end = text.len().min(SHOWN_KEY_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let ellipsis = if end < text.len() { "…" } else { "" };
+        write!(
+            f,
+            "cache key `{}{ellipsis}` holds a `{}`, but a `{}` was requested; \
+             give each type its own keys",
+            &text[..end],
+            self.found,
+            self.expected
+        )
+    }
+}
+
+impl std::error::Error for TypeMismatch {}
+
+/// Why a get-or-create call returned no value.
+///
+/// Displays as, and has the source of, the factory's error for [`LoadError::Factory`].
+#[non_exhaustive]
+pub enum LoadError<E> {
+    /// The factory failed. Every caller that joined this flight gets this same `Arc`
+    /// (`Arc::ptr_eq`); nothing was cached, so the next call runs the factory again.
+    Factory(Arc<E>),
+    /// The key holds (or the flight produced) a value of another type.
+    TypeMismatch(TypeMismatch),
+}
+
+impl<E> LoadError<E> {
+    /// The factory's error, if that is what this is.
+    pub fn factory_error(&self) -> Option<&Arc<E>> {
+        match self {
+            LoadError::Factory(error) => Some(error),
+            LoadError::TypeMismatch(_) => None,
+        }
+    }
+}
+
+impl<E> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            LoadError::Factory(error) => LoadError::Factory(Arc::clone(error)),
+            LoadError::TypeMismatch(mismatch) => LoadError::TypeMismatch(mismatch.clone()),
+        }
+    }
+}
+
+impl<E> From<TypeMismatch> for LoadError<E> {
+    fn from(mismatch: TypeMismatch) -> Self {
+        LoadError::TypeMismatch(mismatch)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Factory(error) => f.debug_tuple("Factory").field(error).finish(),
+            LoadError::TypeMismatch(mismatch) => {
+                f.debug_tuple("TypeMismatch").field(mismatch).finish()
+            }
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Factory(error) => fmt::Display::fmt(error, f),
+            LoadError::TypeMismatch(mismatch) => fmt::Display::fmt(mismatch, f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: the factory's error is displayed, so point past it.
+            LoadError::Factory(error) => error.source(),
+            LoadError::TypeMismatch(_) => None,
+        }
+    }
+}
+
+/// [`StoreOptions`](crate::StoreOptions) that cannot make a working store.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OptionsError {
+    /// `max_capacity` is 0 (and no `max_weight` is set): such a store could hold nothing.
+    #[error(
+        "max_capacity is 0, so nothing could be cached; set a capacity of at least 1, \
+         or enabled = false for a pass-through"
+    )]
+    ZeroCapacity,
+    /// `max_weight` is `Some(0)`.
+    #[error(
+        "max_weight is 0, so nothing could be cached; set a budget of at least 1, \
+         or leave it unset to bound by max_capacity"
+    )]
+    ZeroWeight,
+    /// `purge_interval` is zero: the purger would never rest.
+    #[error("purge_interval is 0; use at least a millisecond (the default is 60 s)")]
+    ZeroPurgeInterval,
+    /// `shards` is `Some(0)`.
+    #[error("shards is 0; leave it unset for the default or use at least 1")]
+    ZeroShards,
+    /// The underlying cache refused the options.
+    #[error("the underlying cache refused the options: {0}")]
+    Cache(String),
+    /// The background purger thread could not be started (the process is out of threads
+    /// or memory).
+    #[error("could not start the purger thread: {0}")]
+    PurgerThread(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Error)]
+    #[error("backend down")]
+    struct Backend(#[source] std::io::Error);
+
+    #[test]
+    fn factory_errors_display_transparently() {
+        let error: LoadError<Backend> =
+            LoadError::Factory(Arc::new(Backend(std::io::Error::other("socket"))));
+        assert_eq!(error.to_string(), "backend down");
+        let source = std::error::Error::source(&error).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("socket"));
+        assert!(error.clone().factory_error().is_some());
+    }
+
+    #[test]
+    fn mismatch_names_both_types_and_shortens_huge_keys() {
+        let key = Key::from_text("é".repeat(1000));
+        let mismatch = TypeMismatch::new::<u32>(&key, "alloc::string::String");
+        let text = mismatch.to_string();
+        assert!(text.contains("u32") && text.contains("String"), "{text}");
+        assert!(
+            text.len() < 400,
+            "the key is shortened: {} bytes",
+            text.len()
+        );
+        assert!(text.contains('…'));
+        let error: LoadError<Backend> = mismatch.into();
+        assert!(error.factory_error().is_none());
+        assert!(std::error::Error::source(&error).is_none());
+    }
+}

@@ -1,0 +1,420 @@
+//! Get-or-create: the hit path, joining or leading a flight, and the leader's
+//! check-then-insert that keeps a value loaded across an invalidation out of the store.
+//!
+//! The stale-insert rule: a leader reads the regions' epoch and the global token before its
+//! factory runs. Its value is returned but not stored if, at the end, the flight was
+//! invalidated (`remove`/`set` of the key), the global token is expired or newer than the
+//! start (a `clear`), or a token the factory collected is expired or was installed after the
+//! start (a region expiry, even one that came before the factory asked for the region). The
+//! check and the insert happen under the key's flight-shard lock, which `remove` and `set`
+//! also take, so nothing slips between them; token expiries need no lock, because an entry
+//! stored just before its token flips is dead on arrival and never returned.
+
+use std::any::type_name;
+use std::sync::Arc;
+
+use nearcache_keys::Key;
+use nearcache_regions::{ChangeToken, Regions};
+
+use crate::entry::{Entry, StoredEntry};
+use crate::error::{LoadError, TypeMismatch};
+use crate::flight::{Flight, Joined, Outcome};
+use crate::stats::Counter;
+use crate::store::StoreInner;
+use crate::value::{Payload, Shape};
+
+/// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
+enum Acquired<'a, S> {
+    Hit(Result<S, TypeMismatch>),
+    Wait(Arc<Flight>),
+    Lead(Leader<'a>),
+}
+
+/// The caller running a flight's factory. Dropping it unfinished (a panic in the factory,
+/// or an async caller dropped mid-load) abandons the flight so a waiter takes over.
+struct Leader<'a> {
+    inner: &'a StoreInner,
+    key: Key,
+    flight: Arc<Flight>,
+    start_epoch: u64,
+    global: ChangeToken,
+    bypass: bool,
+    finished: bool,
+}
+
+impl StoreInner {
+    /// The live entry under `key`, if any; a dead one found on the way is removed.
+    #[inline]
+    pub(crate) fn lookup(&self, key: &Key) -> Option<StoredEntry> {
+        let entry = self.cache.get(key)?;
+        if entry.is_live(&self.clock) {
+            return Some(entry);
+        }
+        if self
+            .cache
+            .remove_if(key, |held| held.same_as(&entry))
+            .is_some()
+        {
+            self.stats.incr(Counter::Expirations);
+        }
+        None
+    }
+
+    /// Stores `entry` (`None`: it was dead on arrival) under `key`. The caller holds the
+    /// key's flight-shard lock. An entry that is not stored also removes the key's old one,
+    /// which is dead, negative or superseded. Returns whether it was stored.
+    pub(crate) fn insert_locked(&self, key: &Key, entry: Option<StoredEntry>) -> bool {
+        match entry {
+            None => {
+                self.stats.incr(Counter::Expirations);
+                self.cache.remove(key);
+                false
+            }
+            Some(entry) if u64::from(entry.weight()) > self.max_entry_weight => {
+                self.stats.incr(Counter::InsertsRejectedTooHeavy);
+                tracing::warn!(
+                    key = %key,
+                    weight = entry.weight(),
+                    max_entry_weight = self.max_entry_weight,
+                    "entry is heavier than one shard's share of the weight budget: \
+                     returned but not cached (lower its weight, raise max_weight, or use fewer shards)"
+                );
+                self.cache.remove(key);
+                false
+            }
+            Some(entry) => {
+                self.cache.insert(key.clone(), entry);
+                self.stats.incr(Counter::Inserts);
+                true
+            }
+        }
+    }
+
+    fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
+        let entry = self.lookup(key)?;
+        S::from_payload(entry.payload(), key)
+    }
+
+    /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
+    /// load (a miss, a bypass, a disabled store, or a cached `None` a plain caller cannot use),
+    /// counting nothing: the load path counts that call.
+    ///
+    /// The loaders check it first: a hit then never builds the load's state (for the async
+    /// loaders a future of hundreds of bytes holding the factory's future and a flight wait;
+    /// for both, the leader or waiter handle of `acquire`).
+    #[inline]
+    pub(crate) fn try_hit<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
+        if !self.enabled || self.read_bypass() {
+            return None;
+        }
+        let hit = self.usable::<S>(key)?;
+        self.stats.incr(Counter::Hits);
+        Some(hit)
+    }
+
+    fn acquire<S: Shape>(&self, key: &Key, bypass: bool) -> Acquired<'_, S> {
+        if !bypass && let Some(hit) = self.usable::<S>(key) {
+            return Acquired::Hit(hit);
+        }
+        let mut shard = self.flights.lock(key);
+        // A flight may have finished between the miss and the lock: its insert is visible now.
+        if !bypass && let Some(hit) = self.usable::<S>(key) {
+            return Acquired::Hit(hit);
+        }
+        match shard.join_or_lead(key) {
+            Joined::Waiter(flight) => Acquired::Wait(flight),
+            Joined::Leader(flight) => {
+                drop(shard);
+                self.stats.incr(Counter::Loads);
+                Acquired::Lead(Leader {
+                    inner: self,
+                    key: key.clone(),
+                    flight,
+                    start_epoch: self.regions.epoch(),
+                    global: self.regions.global(),
+                    bypass,
+                    finished: false,
+                })
+            }
+        }
+    }
+
+    fn count_first(&self, counted: &mut bool, counter: Counter) {
+        if !*counted {
+            *counted = true;
+            self.stats.incr(counter);
+        }
+    }
+
+    /// The blocking get-or-create.
+    pub(crate) fn load_sync<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        if !self.enabled {
+            self.stats.incr(Counter::Misses);
+            self.stats.incr(Counter::Loads);
+            let mut entry = Entry::new(key.clone(), Arc::clone(&self.regions));
+            return self.pass_through(factory(&mut entry));
+        }
+        let bypass = self.read_bypass();
+        let mut counted = false;
+        loop {
+            match self.acquire::<S>(key, bypass) {
+                Acquired::Hit(hit) => {
+                    self.count_first(&mut counted, Counter::Hits);
+                    return hit.map_err(LoadError::TypeMismatch);
+                }
+                Acquired::Wait(flight) => {
+                    self.count_first(&mut counted, Counter::Misses);
+                    if let Some(result) = resolve::<S, E>(flight.wait_blocking(), key) {
+                        return result;
+                    }
+                }
+                Acquired::Lead(leader) => {
+                    self.count_first(&mut counted, Counter::Misses);
+                    let mut entry = leader.entry();
+                    let result = factory(&mut entry);
+                    return leader.finish::<S, E>(entry, result);
+                }
+            }
+        }
+    }
+
+    /// The async get-or-create.
+    pub(crate) async fn load_async<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        if !self.enabled {
+            self.stats.incr(Counter::Misses);
+            self.stats.incr(Counter::Loads);
+            let mut entry = Entry::new(key.clone(), Arc::clone(&self.regions));
+            return self.pass_through(factory(&mut entry).await);
+        }
+        let bypass = self.read_bypass();
+        let mut counted = false;
+        loop {
+            match self.acquire::<S>(key, bypass) {
+                Acquired::Hit(hit) => {
+                    self.count_first(&mut counted, Counter::Hits);
+                    return hit.map_err(LoadError::TypeMismatch);
+                }
+                Acquired::Wait(flight) => {
+                    self.count_first(&mut counted, Counter::Misses);
+                    if let Some(result) = resolve::<S, E>(flight.wait().await, key) {
+                        return result;
+                    }
+                }
+                Acquired::Lead(leader) => {
+                    self.count_first(&mut counted, Counter::Misses);
+                    let mut entry = leader.entry();
+                    let result = factory(&mut entry).await;
+                    return leader.finish::<S, E>(entry, result);
+                }
+            }
+        }
+    }
+
+    fn pass_through<S: Shape, E>(&self, result: Result<S::Loaded, E>) -> Result<S, LoadError<E>> {
+        match result {
+            Ok(loaded) => Ok(S::from_loaded(loaded).0),
+            Err(error) => {
+                self.stats.incr(Counter::LoadErrors);
+                Err(LoadError::Factory(Arc::new(error)))
+            }
+        }
+    }
+
+    /// Ends a flight: stores its value unless an invalidation overlapped it, and takes the
+    /// flight out of the table, both under the key's flight-shard lock.
+    fn complete(&self, leader: &Leader<'_>, to_store: Option<(Payload, Entry)>) {
+        let prepared = to_store.map(|(payload, entry)| {
+            let overlapped = entry.overlapped_expiry(leader.start_epoch);
+            let stored = entry.into_stored(
+                payload,
+                leader.global.clone(),
+                self.clock.now(),
+                &self.defaults,
+            );
+            (stored, overlapped)
+        });
+        let mut shard = self.flights.lock(&leader.key);
+        if let Some((stored, overlapped)) = prepared {
+            if self.read_bypass() {
+                // Bypass began during the load: store nothing until it ends.
+            } else if overlapped
+                || leader.flight.is_invalidated()
+                || Regions::is_stale(&leader.global, leader.start_epoch)
+            {
+                self.stats.incr(Counter::InsertsRejectedStale);
+                tracing::debug!(key = %leader.key, "invalidated while loading: returned, not stored");
+            } else {
+                self.insert_locked(&leader.key, stored);
+            }
+        }
+        shard.remove(&leader.key, &leader.flight);
+    }
+}
+
+impl Leader<'_> {
+    /// A fresh entry for this flight's factory (never shared with any other load).
+    fn entry(&self) -> Entry {
+        Entry::new(self.key.clone(), Arc::clone(&self.inner.regions))
+    }
+
+    fn finish<S: Shape, E: Send + Sync + 'static>(
+        mut self,
+        entry: Entry,
+        result: Result<S::Loaded, E>,
+    ) -> Result<S, LoadError<E>> {
+        let inner = self.inner;
+        // `finished` is set only once the outcome is out: if anything here unwinds (a value's
+        // `Drop` run by the insert, say), the drop guard still abandons the flight.
+        match result {
+            Ok(loaded) => {
+                let (value, payload) = S::from_loaded(loaded);
+                let store = !self.bypass && (inner.cache_none || !payload.is_nothing());
+                inner.complete(&self, store.then(|| (payload.clone(), entry)));
+                self.flight.finish(Outcome::Value(payload));
+                self.finished = true;
+                Ok(value)
+            }
+            Err(error) => {
+                inner.stats.incr(Counter::LoadErrors);
+                let error = Arc::new(error);
+                inner.complete(&self, None);
+                self.flight.finish(Outcome::Error {
+                    error: Arc::clone(&error) as _,
+                    type_name: type_name::<E>(),
+                });
+                self.finished = true;
+                Err(LoadError::Factory(error))
+            }
+        }
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.inner.stats.incr(Counter::LoadAbandons);
+        self.inner
+            .flights
+            .lock(&self.key)
+            .remove(&self.key, &self.flight);
+        self.flight.finish(Outcome::Abandoned);
+        if std::thread::panicking() {
+            tracing::warn!(key = %self.key, "the factory panicked; a waiter takes the load over");
+        } else {
+            tracing::debug!(key = %self.key, "the loading caller was dropped; a waiter takes the load over");
+        }
+    }
+}
+
+/// A waiter's result from its flight's outcome; `None` means go again (the flight was
+/// abandoned, or a plain caller met a `None`).
+fn resolve<S: Shape, E: Send + Sync + 'static>(
+    outcome: &Outcome,
+    key: &Key,
+) -> Option<Result<S, LoadError<E>>> {
+    match outcome {
+        Outcome::Value(payload) => {
+            S::from_payload(payload, key).map(|result| result.map_err(LoadError::TypeMismatch))
+        }
+        Outcome::Error { error, type_name } => Some(Err(match Arc::clone(error).downcast::<E>() {
+            Ok(error) => LoadError::Factory(error),
+            Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),
+        })),
+        Outcome::Abandoned => None,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::convert::Infallible;
+
+    use crate::{LoadError, Store, StoreOptions, StoreStats};
+
+    fn counts(stats: StoreStats) -> (u64, u64, u64) {
+        (stats.hits, stats.misses, stats.loads)
+    }
+
+    /// The hit fast path (`try_hit`) and the load path count each call exactly once, in
+    /// every flavour: a hit, a miss, a cached `None` read by a plain caller, a bypass, and a
+    /// hit of the wrong type.
+    #[tokio::test]
+    async fn every_loader_counts_each_call_once() {
+        let store = Store::new(StoreOptions::default()).unwrap();
+        let k = nearcache_keys::Key::from_text("k");
+        let none = nearcache_keys::Key::from_text("none");
+
+        // A miss, then hits, through each loader.
+        store
+            .get_or_create(&k, async |_| Ok::<_, Infallible>(1_u8))
+            .await
+            .unwrap();
+        assert_eq!(counts(store.stats()), (0, 1, 1));
+        store
+            .get_or_create_sync(&k, |_| Ok::<_, Infallible>(2_u8))
+            .unwrap();
+        store
+            .get_or_create(&k, async |_| Ok::<_, Infallible>(2_u8))
+            .await
+            .unwrap();
+        let hit = store
+            .get_or_create_optional(&k, async |_| Ok::<_, Infallible>(Some(2_u8)))
+            .await
+            .unwrap();
+        assert_eq!(hit.as_deref(), Some(&1));
+        store
+            .get_or_create_optional_sync(&k, |_| Ok::<_, Infallible>(Some(2_u8)))
+            .unwrap();
+        assert_eq!(counts(store.stats()), (4, 1, 1), "four hits, no load");
+
+        // A cached `None` is a hit for an optional caller and a miss for a plain one.
+        store
+            .get_or_create_optional_sync(&none, |_| Ok::<Option<u8>, Infallible>(None))
+            .unwrap();
+        assert_eq!(counts(store.stats()), (4, 2, 2));
+        assert!(
+            store
+                .get_or_create_optional(&none, async |_| Ok::<_, Infallible>(Some(3_u8)))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(counts(store.stats()), (5, 2, 2));
+        let loaded = store
+            .get_or_create(&none, async |_| Ok::<_, Infallible>(3_u8))
+            .await
+            .unwrap();
+        assert_eq!(*loaded, 3);
+        assert_eq!(counts(store.stats()), (5, 3, 3), "one miss, one load");
+
+        // A hit of the wrong type is one hit and an error, not a load.
+        let mismatch = store
+            .get_or_create(&k, async |_| Ok::<_, Infallible>(1_u64))
+            .await;
+        assert!(matches!(mismatch, Err(LoadError::TypeMismatch(_))));
+        assert_eq!(counts(store.stats()), (6, 3, 3));
+
+        // Bypassed reads skip the fast path: one miss and one load per call.
+        store.set_read_bypass(true);
+        store
+            .get_or_create(&k, async |_| Ok::<_, Infallible>(9_u8))
+            .await
+            .unwrap();
+        store
+            .get_or_create_sync(&k, |_| Ok::<_, Infallible>(9_u8))
+            .unwrap();
+        assert_eq!(counts(store.stats()), (6, 5, 5));
+    }
+}

@@ -1,0 +1,212 @@
+//! [`StoreOptions`]: what one store is configured with, and their validation.
+//!
+//! A plain struct with `Default` and no serde: the facade owns the deserializable
+//! configuration and converts it.
+
+use std::time::Duration;
+
+use crate::error::OptionsError;
+
+/// Options of one [`Store`](crate::Store).
+///
+/// ```
+/// use std::time::Duration;
+/// use nearcache_store::StoreOptions;
+///
+/// let options = StoreOptions {
+///     default_sliding_expiration: Some(Duration::from_secs(15 * 60)),
+///     max_capacity: 50_000,
+///     ..StoreOptions::default()
+/// };
+/// assert!(options.enabled && options.cache_none);
+/// ```
+///
+/// # Capacity and the weight budget
+///
+/// By default the store holds at most [`max_capacity`](Self::max_capacity) entries. With
+/// [`max_weight`](Self::max_weight) set it holds entries up to that total weight instead;
+/// each entry weighs what its factory sets with [`Entry::weight`](crate::Entry::weight)
+/// (default 1, minimum 1), and `max_capacity` only sizes internal tables (the expected number
+/// of entries).
+///
+/// The budget is split evenly over the store's shards, and one entry must fit in one shard's
+/// share (97 % of it, the share quick_cache admits as "hot"). A heavier entry is returned to its
+/// caller but not stored, counted in
+/// [`inserts_rejected_too_heavy`](crate::StoreStats::inserts_rejected_too_heavy) and logged;
+/// [`Store::max_entry_weight`](crate::Store::max_entry_weight) tells the limit. If entries can be
+/// a large fraction of the budget, set fewer [`shards`](Self::shards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// `false` turns the store into a pass-through: every get-or-create runs its factory,
+    /// nothing is stored, and reads miss. Default `true`.
+    pub enabled: bool,
+    /// Time to live from insertion for entries that set no absolute expiration. Zero means
+    /// such entries are never stored; `Duration::MAX` (or any overflowing value) means never.
+    /// Default: none.
+    pub default_absolute_expiration: Option<Duration>,
+    /// Idle time after which entries that set no sliding expiration expire (each read
+    /// restarts it, with 1 ms resolution). Zero means such entries are never stored.
+    /// Default: none.
+    pub default_sliding_expiration: Option<Duration>,
+    /// Most entries held at once (when `max_weight` is unset); the expected number of entries
+    /// otherwise. Must be at least 1. Default 10,000.
+    pub max_capacity: u64,
+    /// A weight budget instead of an entry count. Must be at least 1. Default: none.
+    pub max_weight: Option<u64>,
+    /// Whether a factory's `Ok(None)` is stored as a negative entry by the `_optional`
+    /// loaders. Default `true`.
+    pub cache_none: bool,
+    /// How often the background purger sweeps out time-expired entries (token expiries wake
+    /// it at once). Must not be zero. Default 60 s.
+    pub purge_interval: Duration,
+    /// Number of shards of the underlying cache, rounded up to a power of two; quick_cache
+    /// may use fewer so each shard holds at least 32 entries. Default: none (4 × cores).
+    pub shards: Option<usize>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            enabled: true,
+            default_absolute_expiration: None,
+            default_sliding_expiration: None,
+            max_capacity: 10_000,
+            max_weight: None,
+            cache_none: true,
+            purge_interval: Duration::from_secs(60),
+            shards: None,
+        }
+    }
+}
+
+/// The capacity the underlying cache is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sizing {
+    /// Total weight the cache holds.
+    pub(crate) weight_capacity: u64,
+    /// Expected number of entries.
+    pub(crate) estimated_entries: usize,
+    /// Whether entries carry their own weight (else each weighs 1).
+    pub(crate) weighted: bool,
+}
+
+impl StoreOptions {
+    /// Checks the options and works out the cache's sizing.
+    pub(crate) fn sizing(&self) -> Result<Sizing, OptionsError> {
+        if self.purge_interval.is_zero() {
+            return Err(OptionsError::ZeroPurgeInterval);
+        }
+        if self.shards == Some(0) {
+            return Err(OptionsError::ZeroShards);
+        }
+        if !self.enabled {
+            // A pass-through stores nothing; keep a minimal table.
+            return Ok(Sizing {
+                weight_capacity: 1,
+                estimated_entries: 1,
+                weighted: false,
+            });
+        }
+        let estimated_entries = usize::try_from(self.max_capacity.max(1)).unwrap_or(usize::MAX);
+        match self.max_weight {
+            Some(0) => Err(OptionsError::ZeroWeight),
+            Some(budget) => Ok(Sizing {
+                weight_capacity: budget,
+                estimated_entries,
+                weighted: true,
+            }),
+            None if self.max_capacity == 0 => Err(OptionsError::ZeroCapacity),
+            None => Ok(Sizing {
+                weight_capacity: self.max_capacity,
+                estimated_entries,
+                weighted: false,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_a_bounded_enabled_store() {
+        let options = StoreOptions::default();
+        assert!(options.enabled && options.cache_none);
+        assert_eq!(
+            options.sizing().ok(),
+            Some(Sizing {
+                weight_capacity: 10_000,
+                estimated_entries: 10_000,
+                weighted: false
+            })
+        );
+    }
+
+    #[test]
+    fn zero_values_are_refused_with_the_fix_in_the_message() {
+        let zero_capacity = StoreOptions {
+            max_capacity: 0,
+            ..StoreOptions::default()
+        };
+        let error = zero_capacity.sizing().err();
+        assert!(matches!(error, Some(OptionsError::ZeroCapacity)));
+        assert!(error.is_some_and(|e| e.to_string().contains("enabled = false")));
+
+        let zero_weight = StoreOptions {
+            max_weight: Some(0),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            zero_weight.sizing(),
+            Err(OptionsError::ZeroWeight)
+        ));
+
+        let zero_interval = StoreOptions {
+            purge_interval: Duration::ZERO,
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            zero_interval.sizing(),
+            Err(OptionsError::ZeroPurgeInterval)
+        ));
+
+        let zero_shards = StoreOptions {
+            shards: Some(0),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            zero_shards.sizing(),
+            Err(OptionsError::ZeroShards)
+        ));
+    }
+
+    #[test]
+    fn a_weight_budget_replaces_the_entry_count() {
+        let options = StoreOptions {
+            max_weight: Some(1 << 20),
+            max_capacity: 0,
+            ..StoreOptions::default()
+        };
+        let sizing = options.sizing().ok();
+        assert_eq!(
+            sizing,
+            Some(Sizing {
+                weight_capacity: 1 << 20,
+                estimated_entries: 1,
+                weighted: true
+            }),
+            "with a budget, max_capacity is only a sizing hint (zero is allowed)"
+        );
+    }
+
+    #[test]
+    fn a_disabled_store_needs_no_capacity() {
+        let options = StoreOptions {
+            enabled: false,
+            max_capacity: 0,
+            ..StoreOptions::default()
+        };
+        assert!(options.sizing().is_ok());
+    }
+}

@@ -1,0 +1,232 @@
+//! The background purger: dead entries stop holding memory and capacity without anyone
+//! touching their keys.
+//!
+//! Expiring a region only flips a token, so its entries stay in the cache until something
+//! removes them. Each store runs one purger thread that sweeps the cache (`retain(live)`)
+//! and then drops unused region tokens. It wakes when a token is expired (region expiry,
+//! clear) and every `purge_interval` for entries that expired by time. It holds only a
+//! `Weak` reference to the store, so dropping the store stops it.
+//!
+//! Cost: one pass over the cache per wake-up, shard by shard (each shard's write lock is held
+//! for its part of the pass). Bursts of expiries coalesce into one pass.
+
+use std::io;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+/// Where the background purger is: requests made, requests served, passes run.
+///
+/// A pass *serves* every request made before it started, so after
+/// [`expire_region`](crate::Store::expire_region) (which requests a pass),
+/// `served >= requested` read afterwards means the expired entries are gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PurgeProgress {
+    /// Purge requests made so far (each token expiry makes one).
+    pub requested: u64,
+    /// The highest request number a finished pass started after.
+    pub served: u64,
+    /// Passes finished, requested or periodic (`purge_now` included).
+    pub passes: u64,
+}
+
+#[derive(Default)]
+struct State {
+    progress: PurgeProgress,
+    shutdown: bool,
+}
+
+/// Shared between a store and its purger thread.
+#[derive(Default)]
+pub(crate) struct PurgeSignal {
+    state: Mutex<State>,
+    wake: Condvar,
+    done: Condvar,
+}
+
+enum Wake {
+    Work,
+    Shutdown,
+}
+
+impl PurgeSignal {
+    /// Asks for a pass soon.
+    pub(crate) fn request(&self) {
+        self.state.lock().progress.requested += 1;
+        self.wake.notify_one();
+    }
+
+    /// Tells the purger to exit.
+    pub(crate) fn shutdown(&self) {
+        self.state.lock().shutdown = true;
+        self.wake.notify_one();
+    }
+
+    /// Called as a pass starts: the requests it will serve.
+    pub(crate) fn begin_pass(&self) -> u64 {
+        self.state.lock().progress.requested
+    }
+
+    /// Called as a pass ends.
+    pub(crate) fn end_pass(&self, served: u64) {
+        {
+            let mut state = self.state.lock();
+            state.progress.served = state.progress.served.max(served);
+            state.progress.passes += 1;
+        }
+        self.done.notify_all();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.state.lock().shutdown
+    }
+
+    pub(crate) fn progress(&self) -> PurgeProgress {
+        self.state.lock().progress
+    }
+
+    /// Blocks until `until(progress)` holds or `timeout` passes; returns whether it holds.
+    pub(crate) fn wait_until(
+        &self,
+        until: impl Fn(&PurgeProgress) -> bool,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut state = self.state.lock();
+        loop {
+            if until(&state.progress) {
+                return true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if self.done.wait_until(&mut state, deadline).timed_out() {
+                        return until(&state.progress);
+                    }
+                }
+                None => self.done.wait(&mut state),
+            }
+        }
+    }
+
+    /// The purger's sleep: until a request is pending, `interval` passes, or shutdown.
+    fn wait_for_work(&self, interval: Duration) -> Wake {
+        let deadline = Instant::now().checked_add(interval);
+        let mut state = self.state.lock();
+        loop {
+            if state.shutdown {
+                return Wake::Shutdown;
+            }
+            if state.progress.requested > state.progress.served {
+                return Wake::Work;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if self.wake.wait_until(&mut state, deadline).timed_out() {
+                        return if state.shutdown {
+                            Wake::Shutdown
+                        } else {
+                            Wake::Work
+                        };
+                    }
+                }
+                None => self.wake.wait(&mut state),
+            }
+        }
+    }
+}
+
+/// Starts the purger thread of `target`: it runs `purge` on each wake-up while `target` lives.
+/// The handle may be dropped (the thread then runs detached).
+pub(crate) fn spawn<T: Send + Sync + 'static>(
+    target: Weak<T>,
+    signal: Arc<PurgeSignal>,
+    interval: Duration,
+    purge: fn(&T),
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(String::from("nearcache-purge"))
+        .spawn(move || {
+            loop {
+                if let Wake::Shutdown = signal.wait_for_work(interval) {
+                    break;
+                }
+                // Strong only for the pass, so the store can be dropped while we sleep.
+                let Some(target) = target.upgrade() else {
+                    break;
+                };
+                purge(&target);
+            }
+            tracing::trace!("nearcache purger stopped");
+        })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Target {
+        passes: AtomicUsize,
+        signal: Arc<PurgeSignal>,
+    }
+
+    fn pass(target: &Target) {
+        let served = target.signal.begin_pass();
+        target.passes.fetch_add(1, Ordering::SeqCst);
+        target.signal.end_pass(served);
+    }
+
+    fn start(interval: Duration) -> (Arc<Target>, Arc<PurgeSignal>, JoinHandle<()>) {
+        let signal = Arc::new(PurgeSignal::default());
+        let target = Arc::new(Target {
+            passes: AtomicUsize::new(0),
+            signal: Arc::clone(&signal),
+        });
+        let handle = spawn(Arc::downgrade(&target), Arc::clone(&signal), interval, pass).unwrap();
+        (target, signal, handle)
+    }
+
+    #[test]
+    fn passes_serve_requests_made_before_they_start() {
+        let (target, signal, handle) = start(Duration::from_secs(3600));
+        for round in 1..=5 {
+            signal.request();
+            let requested = signal.progress().requested;
+            assert!(signal.wait_until(|p| p.served >= requested, Duration::from_secs(10)));
+            assert!(target.passes.load(Ordering::SeqCst) >= round);
+        }
+        signal.shutdown();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn the_interval_alone_runs_passes() {
+        let (target, signal, handle) = start(Duration::from_millis(5));
+        assert!(signal.wait_until(|p| p.passes >= 3, Duration::from_secs(10)));
+        assert_eq!(signal.progress().requested, 0);
+        assert!(target.passes.load(Ordering::SeqCst) >= 3);
+        signal.shutdown();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn the_thread_exits_once_its_target_is_dropped() {
+        let (target, signal, handle) = start(Duration::from_secs(3600));
+        drop(target);
+        signal.request();
+        handle.join().unwrap();
+        assert_eq!(signal.progress().passes, 0, "no pass ran without a target");
+    }
+
+    #[test]
+    fn waiting_for_progress_times_out_when_none_comes() {
+        let signal = PurgeSignal::default();
+        assert!(!signal.wait_until(|p| p.passes > 0, Duration::from_millis(1)));
+        assert!(signal.wait_until(|p| p.passes == 0, Duration::MAX));
+    }
+}

@@ -1,0 +1,27 @@
+//! The synchronisation primitives the flight table is built from, named in one place.
+//!
+//! Single flight is the subtle part of the store. Routing its primitives through this module
+//! (as quick_cache's `shim.rs` and tokio's `loom` module do) lets the `shuttle` model checker
+//! take them over in this crate's own tests (`--features shuttle`, see `shuttle_tests`),
+//! without touching the flight logic.
+//!
+//! Only the unit-test build changes: the library that other crates link is built from the
+//! real primitives whatever the features, so `cargo test --workspace --all-features` runs
+//! every other crate against the real store.
+
+#[cfg(not(all(test, feature = "shuttle")))]
+pub(crate) use event_listener::{Event, Listener};
+#[cfg(not(all(test, feature = "shuttle")))]
+pub(crate) use parking_lot::{Mutex, MutexGuard};
+#[cfg(not(all(test, feature = "shuttle")))]
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+#[cfg(all(test, feature = "shuttle"))]
+mod dual;
+#[cfg(all(test, feature = "shuttle"))]
+pub(crate) use dual::{AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard};
+
+// Like quick_cache under shuttle, `OnceLock` stays std's: the flights only `set` and `get` it
+// and never block on it (they block on the `Event` next to it, which shuttle controls).
+pub(crate) use std::sync::OnceLock;
+pub(crate) use std::sync::atomic::Ordering;

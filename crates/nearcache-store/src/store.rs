@@ -1,0 +1,543 @@
+//! [`Store`]: the public face of the local cache.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nearcache_keys::Key;
+use nearcache_regions::{Region, RegionNameError, Regions, SubKey};
+
+use crate::backend::{self, Backend};
+use crate::clock::StoreClock;
+use crate::entry::{Entry, EntryDefaults};
+use crate::error::{LoadError, OptionsError, TypeMismatch};
+use crate::flight::FlightTable;
+use crate::options::StoreOptions;
+use crate::purge::{self, PurgeProgress, PurgeSignal};
+use crate::stats::{Counter, Stats, StoreStats};
+use crate::value::Payload;
+
+/// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
+/// loads shared by async and blocking callers.
+///
+/// Cloning is cheap (one `Arc`); clones share everything. Each store owns its regions, its
+/// counters and one background purger thread, which stops when the last clone is dropped.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nearcache_keys::Key;
+/// use nearcache_store::{Store, StoreOptions};
+///
+/// let store = Store::new(StoreOptions::default())?;
+/// let key = Key::from_text("Product:get-42");
+/// let first: Arc<String> = store.get_or_create_sync(&key, |_entry| {
+///     Ok::<_, std::io::Error>(String::from("forty-two"))
+/// })?;
+/// let again = store.get::<String>(&key)?.expect("cached");
+/// assert!(Arc::ptr_eq(&first, &again));
+/// assert_eq!(store.stats().loads, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+/// Everything a store shares between its clones, its loads and its purger.
+pub(crate) struct StoreInner {
+    pub(crate) cache: Backend,
+    pub(crate) flights: FlightTable,
+    pub(crate) regions: Arc<Regions>,
+    pub(crate) clock: StoreClock,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) defaults: EntryDefaults,
+    pub(crate) enabled: bool,
+    pub(crate) cache_none: bool,
+    pub(crate) max_entry_weight: u64,
+    bypass: AtomicBool,
+    purge: Arc<PurgeSignal>,
+}
+
+impl StoreInner {
+    #[inline]
+    pub(crate) fn read_bypass(&self) -> bool {
+        self.bypass.load(Ordering::Relaxed)
+    }
+
+    /// One purge pass: removes dead entries, then unused region tokens.
+    fn purge(&self) -> usize {
+        let served = self.purge.begin_pass();
+        let now = self.clock.now();
+        let removed = Cell::new(0_usize);
+        self.cache.retain(|_, entry| {
+            let live = entry.is_live_at(now);
+            if !live {
+                removed.set(removed.get() + 1);
+            }
+            live
+        });
+        let removed = removed.get();
+        self.stats.add(Counter::Expirations, removed as u64);
+        let tokens = self.regions.collect_garbage();
+        self.purge.end_pass(served);
+        tracing::debug!(
+            removed,
+            tokens,
+            "purged dead entries and unused region tokens"
+        );
+        removed
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.purge.shutdown();
+    }
+}
+
+impl Store {
+    /// A store with `options` on the real clock, and its purger thread.
+    ///
+    /// # Errors
+    ///
+    /// [`OptionsError`] when an option cannot make a working store (zero capacity, zero
+    /// purge interval, …) or the purger thread cannot be started.
+    pub fn new(options: StoreOptions) -> Result<Store, OptionsError> {
+        Store::with_clock(options, quanta::Clock::new())
+    }
+
+    /// A store whose expiry runs on `clock`: pass `quanta::Clock::mock()`'s clock in tests
+    /// and move time with its `Mock`.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
+        let sizing = options.sizing()?;
+        let stats = Arc::new(Stats::new());
+        let cache = backend::build(sizing, options.shards, Arc::clone(&stats))?;
+        let purge = Arc::new(PurgeSignal::default());
+        let inner = Arc::new(StoreInner {
+            max_entry_weight: backend::max_entry_weight(&cache),
+            cache,
+            flights: FlightTable::new(),
+            regions: Arc::new(Regions::new()),
+            clock: StoreClock::new(clock),
+            stats,
+            defaults: EntryDefaults {
+                absolute: options.default_absolute_expiration,
+                sliding: options.default_sliding_expiration,
+                weighted: sizing.weighted,
+            },
+            enabled: options.enabled,
+            cache_none: options.cache_none,
+            bypass: AtomicBool::new(false),
+            purge: Arc::clone(&purge),
+        });
+        if options.enabled {
+            purge::spawn(
+                Arc::downgrade(&inner),
+                purge,
+                options.purge_interval,
+                |inner: &StoreInner| {
+                    inner.purge();
+                },
+            )
+            .map_err(OptionsError::PurgerThread)?;
+        }
+        Ok(Store { inner })
+    }
+
+    /// The value under `key`, if it is there, alive, and a `T`. A cached `None` (negative
+    /// entry) reads as `None` here; [`get_optional`](Self::get_optional) tells them apart.
+    ///
+    /// The hit path: one shard read lock, one atomic load per token, a clock read only for
+    /// entries that expire by time, no allocation.
+    ///
+    /// # Errors
+    ///
+    /// [`TypeMismatch`] when `key` holds a value of another type.
+    #[inline]
+    pub fn get<T: Send + Sync + 'static>(&self, key: &Key) -> Result<Option<Arc<T>>, TypeMismatch> {
+        Ok(self.get_optional(key)?.flatten())
+    }
+
+    /// The entry under `key`: `None` on a miss, `Some(None)` for a cached `None` (stored by
+    /// an `_optional` loader), `Some(Some(value))` for a value.
+    ///
+    /// # Errors
+    ///
+    /// [`TypeMismatch`] when `key` holds a value (or a cached `None`) of another type.
+    #[inline]
+    pub fn get_optional<T: Send + Sync + 'static>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
+        let inner = &*self.inner;
+        if !inner.enabled || inner.read_bypass() {
+            inner.stats.incr(Counter::Misses);
+            return Ok(None);
+        }
+        match inner.lookup(key) {
+            Some(entry) => {
+                inner.stats.incr(Counter::Hits);
+                entry.payload().downcast::<T>(key).map(Some)
+            }
+            None => {
+                inner.stats.incr(Counter::Misses);
+                Ok(None)
+            }
+        }
+    }
+
+    /// The value under `key`, loading it with `factory` on a miss.
+    ///
+    /// Concurrent callers of one key — async and blocking alike — share one flight: the
+    /// factory runs once and every caller gets the same `Arc`. The factory sets the entry's
+    /// expiry and regions through its `&mut Entry`, which belongs to this load alone (tokens
+    /// are never inherited by loads it starts). If the key is removed or set, a region it
+    /// uses is expired, or the store is cleared while the factory runs, the value is returned
+    /// but not stored.
+    ///
+    /// `cache_none` does not apply here (a generic `T` cannot be known to be an `Option`): use
+    /// [`get_or_create_optional`](Self::get_or_create_optional) for factories that may find
+    /// nothing. A cached `None` under `key` counts as a miss here.
+    ///
+    /// A factory must not load its own key (it would wait for itself).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Factory`] with the factory's error, the same `Arc` for every caller of
+    /// the flight (nothing is cached; the next call loads again);
+    /// [`LoadError::TypeMismatch`] when `key` holds, or the flight produced, another type.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe. Dropping the future while it waits only stops its wait; dropping it
+    /// while it runs the factory abandons the flight, and one of its waiters takes over.
+    pub async fn get_or_create<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<T, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        // Boxed so that this future stays small: a hit above never builds the load's state.
+        Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
+    }
+
+    /// The blocking twin of [`get_or_create`](Self::get_or_create), sharing flights with
+    /// async callers of the same key. Do not call it on an async runtime's worker thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub fn get_or_create_sync<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<T, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        self.inner.load_sync::<Arc<T>, E, F>(key, factory)
+    }
+
+    /// Like [`get_or_create`](Self::get_or_create), for a factory that may find nothing:
+    /// its `Ok(None)` is stored as a negative entry when `cache_none` is on (the default) and
+    /// only returned when it is off.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub async fn get_or_create_optional<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Option<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<Option<T>, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        // Boxed so that this future stays small: a hit above never builds the load's state.
+        Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
+    }
+
+    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub fn get_or_create_optional_sync<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Option<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<Option<T>, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        self.inner.load_sync::<Option<Arc<T>>, E, F>(key, factory)
+    }
+
+    /// Stores `value` under `key` with the default expiry, replacing what was there. A load
+    /// of `key` in progress is not stored (its callers still get their value). Returns
+    /// whether the value was stored (not when the store is disabled, the entry would be
+    /// dead at once, or it is too heavy).
+    pub fn set<T: Send + Sync + 'static>(&self, key: Key, value: T) -> bool {
+        self.set_with(key, value, |_| {})
+    }
+
+    /// Like [`set`](Self::set), with entry options (expiry, regions, weight) set by
+    /// `configure`.
+    pub fn set_with<T: Send + Sync + 'static>(
+        &self,
+        key: Key,
+        value: T,
+        configure: impl FnOnce(&mut Entry),
+    ) -> bool {
+        let inner = &*self.inner;
+        if !inner.enabled {
+            return false;
+        }
+        let mut entry = Entry::new(key.clone(), Arc::clone(&inner.regions));
+        configure(&mut entry);
+        let stored = entry.into_stored(
+            Payload::value(Arc::new(value)),
+            inner.regions.global(),
+            inner.clock.now(),
+            &inner.defaults,
+        );
+        let shard = inner.flights.lock(&key);
+        if let Some(flight) = shard.get(&key) {
+            flight.invalidate();
+        }
+        inner.insert_locked(&key, stored)
+    }
+
+    /// Removes `key`. A load of `key` in progress is not stored (its callers still get their
+    /// value). Returns whether a live entry was removed.
+    pub fn remove(&self, key: &Key) -> bool {
+        let inner = &*self.inner;
+        let removed = {
+            let shard = inner.flights.lock(key);
+            if let Some(flight) = shard.get(key) {
+                flight.invalidate();
+            }
+            inner.cache.remove(key)
+        };
+        match removed {
+            Some((_, entry)) if entry.is_live_at(inner.clock.now()) => {
+                inner.stats.incr(Counter::Removals);
+                true
+            }
+            Some(_) => {
+                inner.stats.incr(Counter::Expirations);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Expires every entry (the global region), including those tied to no region, and
+    /// wakes the purger. O(1); loads in progress are not stored.
+    pub fn clear(&self) {
+        self.inner.regions.expire_global();
+        self.inner.purge.request();
+    }
+
+    /// Expires every entry of region `R` and wakes the purger. O(1); loads in progress that
+    /// use `R` (even ones that ask for it after this call) are not stored.
+    pub fn expire_region<R: Region>(&self) {
+        self.inner.regions.expire_region_of::<R>();
+        self.inner.purge.request();
+    }
+
+    /// Expires the entries of region `R` tied to sub-key `sub`; other sub-keys keep theirs.
+    pub fn expire_region_key<R: Region>(&self, sub: &(impl SubKey + ?Sized)) {
+        self.inner.regions.expire_region_key_of::<R>(sub);
+        self.inner.purge.request();
+    }
+
+    /// [`expire_region`](Self::expire_region) by name (what a peer's message carries).
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is empty or too long; nothing is expired.
+    pub fn expire_region_by_name(&self, name: &str) -> Result<(), RegionNameError> {
+        self.inner.regions.expire_region(name)?;
+        self.inner.purge.request();
+        Ok(())
+    }
+
+    /// [`expire_region_key`](Self::expire_region_key) by name.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is empty or too long; nothing is expired.
+    pub fn expire_region_key_by_name(&self, name: &str, sub: &str) -> Result<(), RegionNameError> {
+        self.inner.regions.expire_region_key(name, sub)?;
+        self.inner.purge.request();
+        Ok(())
+    }
+
+    /// This store's region registry. Expiring through it directly works, but only the
+    /// store's own `expire_*` methods wake the purger (otherwise the periodic sweep finds the
+    /// dead entries).
+    pub fn regions(&self) -> &Regions {
+        &self.inner.regions
+    }
+
+    /// Entries held now, dead ones not yet purged included.
+    pub fn len(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.inner.cache.is_empty()
+    }
+
+    /// Total weight held now (the entry count when the store has no weight budget).
+    pub fn weight(&self) -> u64 {
+        self.inner.cache.weight()
+    }
+
+    /// Total weight the store holds at most (summed over shards).
+    pub fn capacity(&self) -> u64 {
+        self.inner.cache.capacity()
+    }
+
+    /// The heaviest entry the store admits: 97 % of one shard's share of the capacity.
+    /// Heavier entries are returned to their callers but not stored.
+    pub fn max_entry_weight(&self) -> u64 {
+        self.inner.max_entry_weight
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.stats.snapshot()
+    }
+
+    /// While on, reads miss and every get-or-create loads (still one flight per key) without
+    /// storing. The facade turns it on while its backplane has been down for longer than it
+    /// may serve possibly stale entries. `set` still stores.
+    pub fn set_read_bypass(&self, on: bool) {
+        self.inner.bypass.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether reads bypass the store now.
+    pub fn is_read_bypassed(&self) -> bool {
+        self.inner.read_bypass()
+    }
+
+    /// Runs a purge pass on this thread: removes dead entries, then drops unused region
+    /// tokens. Returns how many entries it removed.
+    pub fn purge_now(&self) -> usize {
+        self.inner.purge()
+    }
+
+    /// Where the background purger is.
+    pub fn purge_progress(&self) -> PurgeProgress {
+        self.inner.purge.progress()
+    }
+
+    /// Blocks until `until` holds for the purger's progress, or `timeout` passes; returns
+    /// whether it holds. For tests and orderly shutdowns:
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use nearcache_store::{Store, StoreOptions};
+    /// # let store = Store::new(StoreOptions::default())?;
+    /// store.clear();
+    /// let requested = store.purge_progress().requested;
+    /// assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(10)));
+    /// # Ok::<(), nearcache_store::OptionsError>(())
+    /// ```
+    pub fn wait_for_purge(
+        &self,
+        until: impl Fn(&PurgeProgress) -> bool,
+        timeout: Duration,
+    ) -> bool {
+        self.inner.purge.wait_until(until, timeout)
+    }
+
+    /// How many callers have joined `key`'s flight in progress (waiters that were dropped
+    /// since included), or `None` when no flight is in progress. For tests that need every
+    /// caller parked before the factory finishes; not a stable API.
+    #[doc(hidden)]
+    pub fn flight_waiters(&self, key: &Key) -> Option<usize> {
+        self.inner.flights.lock(key).get(key).map(|f| f.waiters())
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("enabled", &self.inner.enabled)
+            .field("len", &self.len())
+            .field("capacity", &self.capacity())
+            .field("read_bypass", &self.is_read_bypassed())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compile-time checks: the handle crosses threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_last_handle_stops_the_purger() {
+        let store = Store::new(StoreOptions::default()).unwrap();
+        let signal = Arc::clone(&store.inner.purge);
+        let weak = Arc::downgrade(&store.inner);
+        let clone = store.clone();
+        drop(store);
+        assert!(weak.upgrade().is_some(), "a clone keeps it alive");
+        drop(clone);
+        assert!(weak.upgrade().is_none());
+        assert!(signal.is_shut_down());
+    }
+
+    #[test]
+    fn a_disabled_store_spawns_no_purger_and_stores_nothing() {
+        let store = Store::new(StoreOptions {
+            enabled: false,
+            ..StoreOptions::default()
+        })
+        .unwrap();
+        let key = Key::from_text("k");
+        assert!(!store.set(key.clone(), 1_u8));
+        assert!(store.get::<u8>(&key).unwrap().is_none());
+        assert_eq!(store.purge_now(), 0);
+    }
+}

@@ -1,0 +1,224 @@
+//! Guarantee 3: an invalidation that arrives while a value loads stops that value from being
+//! stored; its caller still gets it. Each test holds the factory at a gate, invalidates, then
+//! lets it finish — a deterministic interleaving.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use common::{Catalog, Gate, Pricing, key, runtime, store};
+use nearcache_keys::Key;
+use nearcache_store::{Entry, Store};
+
+/// How the factory ties its entry to regions, and when.
+#[derive(Clone, Copy)]
+enum Ties {
+    /// No region.
+    Nothing,
+    /// `region::<Catalog>()` before pausing.
+    RegionFirst,
+    /// `region_key::<Catalog>("c1")` before pausing.
+    SubKeyFirst,
+    /// `region::<Catalog>()` only after the pause (after the invalidation).
+    RegionAfter,
+    /// `region_key::<Catalog>("c1")` only after the pause.
+    SubKeyAfter,
+}
+
+fn tie(entry: &mut Entry, ties: Ties, after_pause: bool) {
+    match (ties, after_pause) {
+        (Ties::RegionFirst, false) | (Ties::RegionAfter, true) => {
+            entry.region::<Catalog>();
+        }
+        (Ties::SubKeyFirst, false) | (Ties::SubKeyAfter, true) => {
+            entry.region_key::<Catalog>("c1");
+        }
+        _ => {}
+    }
+}
+
+/// Starts a blocking load of `key` whose factory pauses at a gate; runs `invalidate` while
+/// it is paused; lets it finish. Returns what the caller got.
+fn load_across(
+    store: &Store,
+    key: &Key,
+    ties: Ties,
+    invalidate: impl FnOnce(&Store),
+) -> Arc<String> {
+    let (release, opener) = Gate::closed();
+    let (started_tx, started) = mpsc::channel();
+    let loader = {
+        let (store, key) = (store.clone(), key.clone());
+        std::thread::spawn(move || {
+            store.get_or_create_sync(&key, |entry| {
+                tie(entry, ties, false);
+                started_tx.send(()).unwrap();
+                release.pass_blocking();
+                tie(entry, ties, true);
+                Ok::<_, std::io::Error>(String::from("loaded"))
+            })
+        })
+    };
+    started.recv().unwrap();
+    invalidate(store);
+    opener.open();
+    loader.join().unwrap().unwrap()
+}
+
+fn assert_returned_not_stored(ties: Ties, invalidate: impl FnOnce(&Store)) {
+    let store = store();
+    let key = key("k");
+    let value = load_across(&store, &key, ties, invalidate);
+    assert_eq!(*value, "loaded", "the caller still gets the value");
+    assert!(
+        store.get::<String>(&key).unwrap().is_none(),
+        "but it was not stored"
+    );
+    assert_eq!(store.stats().inserts_rejected_stale, 1);
+    assert_eq!(store.len(), 0);
+}
+
+#[test]
+fn remove_during_a_load() {
+    assert_returned_not_stored(Ties::Nothing, |store| {
+        assert!(!store.remove(&key("k")), "nothing live to remove yet");
+    });
+}
+
+#[test]
+fn clear_during_a_load() {
+    // Also "a factory returning after the cache was cleared": returned, not stored.
+    assert_returned_not_stored(Ties::Nothing, Store::clear);
+}
+
+#[test]
+fn region_expiry_during_a_load() {
+    assert_returned_not_stored(Ties::RegionFirst, Store::expire_region::<Catalog>);
+}
+
+#[test]
+fn region_expiry_by_name_during_a_load() {
+    assert_returned_not_stored(Ties::RegionFirst, |store| {
+        store.expire_region_by_name("catalog").unwrap();
+    });
+}
+
+#[test]
+fn sub_key_expiry_during_a_load() {
+    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
+        store.expire_region_key::<Catalog>("c1");
+    });
+}
+
+#[test]
+fn sub_key_expiry_by_name_during_a_load() {
+    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
+        store.expire_region_key_by_name("catalog", "c1").unwrap();
+    });
+}
+
+#[test]
+fn region_expiry_before_the_factory_asks_for_the_region() {
+    // The flight started, then the region was expired, then the factory tied the entry to
+    // it: the token it gets is newer than the load, so the value is not stored.
+    assert_returned_not_stored(Ties::RegionAfter, Store::expire_region::<Catalog>);
+}
+
+#[test]
+fn sub_key_expiry_before_the_factory_asks_for_the_sub_key() {
+    // "c1" had no token at all when it was expired; one is installed at the expiry's epoch.
+    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
+        store.expire_region_key_by_name("catalog", "c1").unwrap();
+    });
+}
+
+#[test]
+fn region_expiry_then_garbage_collection_before_the_factory_asks() {
+    // The expiry's token is collected (nobody holds it) before the factory asks for the
+    // sub-key: the watermark still makes the new token newer than the load.
+    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
+        store.expire_region_key::<Catalog>("c1");
+        store.purge_now();
+        assert_eq!(store.regions().sub_key_count(), 0);
+    });
+}
+
+#[test]
+fn set_during_a_load_keeps_the_set_value() {
+    let store = store();
+    let key = key("k");
+    let value = load_across(&store, &key, Ties::Nothing, |store| {
+        assert!(store.set(key.clone(), String::from("set")));
+    });
+    assert_eq!(*value, "loaded");
+    assert_eq!(*store.get::<String>(&key).unwrap().unwrap(), "set");
+    assert_eq!(store.stats().inserts_rejected_stale, 1);
+}
+
+#[test]
+fn unrelated_expiries_during_a_load_do_not_block_the_insert() {
+    let store = store();
+    let key = key("k");
+    let value = load_across(&store, &key, Ties::SubKeyFirst, |store| {
+        store.expire_region::<Pricing>();
+        store.expire_region_key::<Catalog>("c2");
+        store.remove(&common::key("other"));
+    });
+    assert_eq!(*value, "loaded");
+    let stored = store.get::<String>(&key).unwrap().expect("stored");
+    assert!(Arc::ptr_eq(&stored, &value));
+    assert_eq!(store.stats().inserts_rejected_stale, 0);
+}
+
+#[test]
+fn invalidation_during_an_async_load_with_waiters() {
+    let rt = runtime();
+    let store = store();
+    let key = key("k");
+    let (release, opener) = Gate::closed();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let spawn = |release: Gate, started_tx: tokio::sync::mpsc::UnboundedSender<()>| {
+        let (store, key) = (store.clone(), key.clone());
+        rt.spawn(async move {
+            store
+                .get_or_create(&key, async |entry| {
+                    entry.region::<Catalog>();
+                    started_tx.send(()).unwrap();
+                    release.pass().await;
+                    Ok::<_, std::io::Error>(String::from("loaded"))
+                })
+                .await
+        })
+    };
+    let leader = spawn(release.clone(), started_tx.clone());
+    rt.block_on(started.recv()).unwrap();
+    let waiter = spawn(release.clone(), started_tx);
+    common::wait_for_waiters(&store, &key, 1);
+    store.expire_region::<Catalog>();
+    opener.open();
+    let a = rt.block_on(leader).unwrap().unwrap();
+    let b = rt.block_on(waiter).unwrap().unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &b),
+        "the waiter gets the flight's value too"
+    );
+    assert!(store.get::<String>(&key).unwrap().is_none());
+    assert_eq!(store.stats().loads, 1);
+}
+
+#[test]
+fn an_entry_stored_just_before_its_region_expires_is_never_returned() {
+    // Region expiry takes no lock: an entry that slipped in is dead on arrival.
+    let store = store();
+    let key = key("k");
+    store
+        .get_or_create_sync(&key, |entry| {
+            entry.region::<Catalog>();
+            Ok::<_, std::io::Error>(1_u8)
+        })
+        .unwrap();
+    store.expire_region::<Catalog>();
+    assert!(store.get::<u8>(&key).unwrap().is_none());
+}
