@@ -1,0 +1,790 @@
+//! The byte layout of a [`Message`] on the channel: a fixed header, then a bincode 2 body.
+//!
+//! Everything format-specific lives in this module — the schema, the config, the size
+//! arithmetic that [`MessageBuilder`](super::MessageBuilder) uses — so the codec can be
+//! replaced without touching the message types or their users.
+//!
+//! # Why bincode 2, and what replaces it
+//!
+//! [RUSTSEC-2025-0141] marks every bincode version unmaintained. We pin `bincode = "2"`
+//! because 3.0.0 is an empty tombstone release that fails to compile. The body is plain
+//! serde with `bincode::config::standard()` (little-endian varints), so the swap is
+//! [wincode] (format-compatible with bincode's serde encoding: same bytes, same golden
+//! test) or [postcard] (a different format: bump [`VERSION`] and keep a decoder for the
+//! old one during a rolling upgrade).
+//!
+//! # Layout
+//!
+//! | bytes | field | encoding |
+//! |---|---|---|
+//! | 3 | magic `b"NCB"` | raw; anything else is [`DecodeError::Foreign`] |
+//! | 1 | format version, `1` | raw; others are [`DecodeError::UnsupportedVersion`] |
+//! | 16 | `origin` | [`InstanceId`], big-endian |
+//! | 1–9 | `seq` | varint |
+//! | 1–9 | `sent_at_unix_micros` | varint |
+//! | 1–9 | `origin_started_unix_ms` | varint |
+//! | 1–9 | number of ops | varint |
+//! | … | each op | varint tag, then its fields |
+//!
+//! Op tags: `0` Remove (varint key count, then each key), `1` ExpireRegion (region),
+//! `2` ExpireRegionKey (region, key), `3` Clear. A string is a varint byte length then UTF-8.
+//! A varint is one byte for 0–250, else a marker byte (251: u16, 252: u32, 253: u64)
+//! followed by the value little-endian. Tags are append-only; removing or reordering one
+//! is a new format version.
+//!
+//! # Hostile input
+//!
+//! [`decode`] checks the payload size first, then the header, then decodes the body into
+//! *borrowed* strings: a length prefix that points past the end of the input fails before
+//! anything is allocated for it, and bincode's decode limit (`with_limit`) refuses any
+//! prefix larger than a fixed budget before even that. Sequences preallocate at most a small
+//! constant, so memory grows only with bytes actually present. Counts and lengths are
+//! checked against [`WireLimits`] before any key is copied into an owned `String`.
+//!
+//! [RUSTSEC-2025-0141]: https://rustsec.org/advisories/RUSTSEC-2025-0141
+//! [wincode]: https://crates.io/crates/wincode
+//! [postcard]: https://crates.io/crates/postcard
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::limits::{LimitExceeded, WireLimits};
+use super::message::{InstanceId, Message, Op};
+
+/// The first three bytes of every nearcache message.
+pub const MAGIC: [u8; 3] = *b"NCB";
+
+/// The wire format version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// Magic plus version.
+pub const HEADER_LEN: usize = MAGIC.len() + 1;
+
+/// Bytes a decode may *claim* from length prefixes before bincode refuses it. A backstop:
+/// claims are bookkeeping (strings are borrowed from the input, never allocated from a
+/// prefix), and a valid message claims at most 8 bytes per input byte (a one-byte varint is
+/// claimed as a `u64`).
+const CLAIM_LIMIT: usize = 8 * WireLimits::MAX_PAYLOAD_BYTES + 1024;
+
+/// Most elements a decoded sequence reserves up front, whatever its length prefix says.
+const PREALLOC_MAX: usize = 1024;
+
+/// The largest the fixed part of the body can be: origin plus three 9-byte varints.
+pub(crate) const FIXED_FIELDS_MAX_LEN: usize = 16 + 3 * 9;
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<CLAIM_LIMIT>()
+}
+
+/// Why [`encode`] refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded message would exceed [`WireLimits::max_payload_bytes`].
+    #[error(
+        "encoded message of {size} bytes exceeds the limit of {limit} bytes; split the batch (MessageBuilder does)"
+    )]
+    TooLarge {
+        /// The encoded size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A count or length is outside [`WireLimits`]; peers would refuse the message.
+    #[error("message refused before sending: {0}")]
+    LimitExceeded(#[from] LimitExceeded),
+    /// The codec itself failed. Encoding into memory cannot fail for these types, so this is
+    /// a bug in nearcache: please report it with the message that caused it.
+    #[error("the wire codec failed ({0}); this is a bug in nearcache, please report it")]
+    Codec(String),
+}
+
+/// Why [`decode`] refused a payload. Receivers drop the payload, count it and go on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The payload has no bytes.
+    #[error("empty payload; something other than nearcache publishes on this channel")]
+    Empty,
+    /// The payload ends before the message does.
+    #[error("truncated message; the publisher or the transport cut it short")]
+    Truncated,
+    /// The payload does not start with the nearcache magic: it is not ours.
+    #[error(
+        "not a nearcache message (wrong magic bytes); something else publishes on this channel, give nearcache its own channel"
+    )]
+    Foreign,
+    /// A format version this build does not read.
+    #[error(
+        "wire format version {0} is not supported (this build reads version {VERSION}); a newer nearcache on the channel? upgrade every instance"
+    )]
+    UnsupportedVersion(u8),
+    /// The payload is larger than [`WireLimits::max_payload_bytes`].
+    #[error(
+        "payload of {size} bytes exceeds the limit of {limit} bytes; every instance on a channel must use the same WireLimits"
+    )]
+    TooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The body does not decode as a message (bad tag, bad UTF-8, lying length, trailing
+    /// bytes, …).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The message decoded but a count or length is outside [`WireLimits`].
+    #[error("message refused: {0}; every instance on a channel must use the same WireLimits")]
+    LimitExceeded(#[from] LimitExceeded),
+}
+
+/// The body as bincode sees it. Strings borrow from the payload so a decode allocates only
+/// for bytes that are actually there. Field and variant order *is* the format.
+#[derive(Serialize, Deserialize)]
+struct WireMessage<'a> {
+    origin: [u8; 16],
+    seq: u64,
+    sent_at_unix_micros: u64,
+    origin_started_unix_ms: u64,
+    #[serde(borrow, deserialize_with = "bounded_seq")]
+    ops: Vec<WireOp<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum WireOp<'a> {
+    Remove {
+        #[serde(borrow, deserialize_with = "bounded_seq")]
+        keys: Vec<&'a str>,
+    },
+    ExpireRegion {
+        region: &'a str,
+    },
+    ExpireRegionKey {
+        region: &'a str,
+        key: &'a str,
+    },
+    Clear,
+}
+
+impl<'a> WireMessage<'a> {
+    fn borrow(message: &'a Message) -> Self {
+        let ops = message
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Remove { keys } => WireOp::Remove {
+                    keys: keys.iter().map(String::as_str).collect(),
+                },
+                Op::ExpireRegion { region } => WireOp::ExpireRegion { region },
+                Op::ExpireRegionKey { region, key } => WireOp::ExpireRegionKey { region, key },
+                Op::Clear => WireOp::Clear,
+            })
+            .collect();
+        Self {
+            origin: message.origin.to_bytes(),
+            seq: message.seq,
+            sent_at_unix_micros: message.sent_at_unix_micros,
+            origin_started_unix_ms: message.origin_started_unix_ms,
+            ops,
+        }
+    }
+
+    fn to_message(&self) -> Message {
+        let ops = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                WireOp::Remove { keys } => Op::Remove {
+                    keys: keys.iter().map(|&key| key.to_owned()).collect(),
+                },
+                WireOp::ExpireRegion { region } => Op::ExpireRegion {
+                    region: (*region).to_owned(),
+                },
+                WireOp::ExpireRegionKey { region, key } => Op::ExpireRegionKey {
+                    region: (*region).to_owned(),
+                    key: (*key).to_owned(),
+                },
+                WireOp::Clear => Op::Clear,
+            })
+            .collect();
+        Message {
+            origin: InstanceId::from_bytes(self.origin),
+            seq: self.seq,
+            sent_at_unix_micros: self.sent_at_unix_micros,
+            origin_started_unix_ms: self.origin_started_unix_ms,
+            ops,
+        }
+    }
+
+    fn validate(&self, limits: &WireLimits) -> Result<(), LimitExceeded> {
+        let keys = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                WireOp::Remove { keys } => keys.len(),
+                WireOp::ExpireRegionKey { .. } => 1,
+                WireOp::ExpireRegion { .. } | WireOp::Clear => 0,
+            })
+            .sum();
+        limits.check_counts(self.ops.len(), keys)?;
+        for op in &self.ops {
+            match op {
+                WireOp::Remove { keys } => {
+                    for key in keys {
+                        limits.check_key(key)?;
+                    }
+                }
+                WireOp::ExpireRegion { region } => limits.check_region(region)?,
+                WireOp::ExpireRegionKey { region, key } => {
+                    limits.check_region(region)?;
+                    limits.check_key(key)?;
+                }
+                WireOp::Clear => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes a sequence without trusting its length prefix for the allocation.
+fn bounded_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_MAX));
+            while let Some(item) = seq.next_element()? {
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded(PhantomData))
+}
+
+/// Encodes `message` under the default [`WireLimits`].
+///
+/// # Errors
+///
+/// [`EncodeError::TooLarge`] when the encoding would exceed the payload limit, and
+/// [`EncodeError::LimitExceeded`] when a count or length is out of bounds — peers would
+/// refuse it, so it is refused here instead of being lost there.
+pub fn encode(message: &Message) -> Result<Bytes, EncodeError> {
+    encode_with(message, &WireLimits::DEFAULT)
+}
+
+/// Encodes `message` under `limits` (use the same limits on every instance).
+///
+/// # Errors
+///
+/// As [`encode`].
+pub fn encode_with(message: &Message, limits: &WireLimits) -> Result<Bytes, EncodeError> {
+    let wire = WireMessage::borrow(message);
+    wire.validate(limits)?;
+    let size = encoded_len(message);
+    if size > limits.max_payload_bytes() {
+        return Err(EncodeError::TooLarge {
+            size,
+            limit: limits.max_payload_bytes(),
+        });
+    }
+    let mut buf = Vec::with_capacity(size);
+    buf.extend_from_slice(&MAGIC);
+    buf.push(VERSION);
+    bincode::serde::encode_into_std_write(&wire, &mut buf, config())
+        .map_err(|err| EncodeError::Codec(err.to_string()))?;
+    debug_assert_eq!(buf.len(), size, "encoded_len disagrees with the encoder");
+    Ok(Bytes::from(buf))
+}
+
+/// Decodes a payload under the default [`WireLimits`].
+///
+/// Never panics, whatever the bytes; see the [module docs](self) for how memory stays
+/// bounded on hostile input.
+///
+/// # Errors
+///
+/// A typed [`DecodeError`] for every way a payload can be wrong: empty, too large, not
+/// ours, a version we do not read, truncated, malformed, or outside the limits.
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    decode_with(bytes, &WireLimits::DEFAULT)
+}
+
+/// Decodes a payload under `limits` (use the same limits on every instance).
+///
+/// # Errors
+///
+/// As [`decode`].
+pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if bytes.len() > limits.max_payload_bytes() {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_payload_bytes(),
+        });
+    }
+    let Some(([m0, m1, m2, version], body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        // Shorter than a header: ours only if what is there is a prefix of the magic.
+        return Err(if MAGIC.starts_with(bytes) {
+            DecodeError::Truncated
+        } else {
+            DecodeError::Foreign
+        });
+    };
+    if [*m0, *m1, *m2] != MAGIC {
+        return Err(DecodeError::Foreign);
+    }
+    if *version != VERSION {
+        return Err(DecodeError::UnsupportedVersion(*version));
+    }
+    let (wire, read) =
+        bincode::serde::borrow_decode_from_slice::<WireMessage<'_>, _>(body, config())
+            .map_err(body_error)?;
+    if read != body.len() {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after the message",
+            body.len() - read
+        )));
+    }
+    wire.validate(limits)?;
+    Ok(wire.to_message())
+}
+
+fn body_error(err: bincode::error::DecodeError) -> DecodeError {
+    use bincode::error::DecodeError as Bincode;
+    match err {
+        Bincode::UnexpectedEnd { .. } => DecodeError::Truncated,
+        Bincode::LimitExceeded => DecodeError::Malformed(
+            "a length prefix claims more bytes than any message may hold".to_owned(),
+        ),
+        Bincode::Utf8 { .. } => {
+            DecodeError::Malformed("a key or region name is not valid UTF-8".to_owned())
+        }
+        // serde's own complaints (an unknown op tag, …) arrive as text.
+        Bincode::OtherString(why) => DecodeError::Malformed(why),
+        other => DecodeError::Malformed(other.to_string()),
+    }
+}
+
+/// Bytes of a varint holding `value` (`bincode::config::standard()`).
+pub(crate) const fn varint_len(value: u64) -> usize {
+    if value <= 250 {
+        1
+    } else if value <= u16::MAX as u64 {
+        3
+    } else if value <= u32::MAX as u64 {
+        5
+    } else {
+        9
+    }
+}
+
+/// Bytes of a varint holding a length.
+pub(crate) const fn len_varint(len: usize) -> usize {
+    varint_len(len as u64)
+}
+
+/// Bytes of an encoded string.
+pub(crate) const fn str_len(s: &str) -> usize {
+    len_varint(s.len()) + s.len()
+}
+
+/// Bytes of an op's tag (all tags are below 251).
+pub(crate) const TAG_LEN: usize = 1;
+
+/// Bytes of an encoded op.
+pub(crate) fn op_len(op: &Op) -> usize {
+    TAG_LEN
+        + match op {
+            Op::Remove { keys } => {
+                len_varint(keys.len()) + keys.iter().map(|k| str_len(k)).sum::<usize>()
+            }
+            Op::ExpireRegion { region } => str_len(region),
+            Op::ExpireRegionKey { region, key } => str_len(region) + str_len(key),
+            Op::Clear => 0,
+        }
+}
+
+/// Exact bytes of `encode(message)`.
+pub(crate) fn encoded_len(message: &Message) -> usize {
+    HEADER_LEN
+        + 16
+        + varint_len(message.seq)
+        + varint_len(message.sent_at_unix_micros)
+        + varint_len(message.origin_started_unix_ms)
+        + len_varint(message.ops.len())
+        + message.ops.iter().map(op_len).sum::<usize>()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Message {
+        Message {
+            origin: InstanceId::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            seq: 300,
+            sent_at_unix_micros: 1_700_000_000_000_000,
+            origin_started_unix_ms: 7,
+            ops: vec![
+                Op::Remove {
+                    keys: vec!["a".into(), "é".into()],
+                },
+                Op::ExpireRegion { region: "r".into() },
+                Op::ExpireRegionKey {
+                    region: "r".into(),
+                    key: "k".into(),
+                },
+                Op::Clear,
+            ],
+        }
+    }
+
+    /// The exact bytes of one message. If this fails, the wire format changed: bump
+    /// `VERSION` (and keep reading the old one during rolling upgrades) or undo the change.
+    #[test]
+    fn golden_encoding_is_pinned() {
+        #[rustfmt::skip]
+        let expected: &[u8] = &[
+            b'N', b'C', b'B', 1,                              // magic, version
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, // origin
+            251, 0x2c, 0x01,                                  // seq 300: u16 marker
+            253, 0x00, 0x40, 0x1e, 0x18, 0x24, 0x0a, 0x06, 0x00, // sent_at: u64 marker
+            7,                                                // origin_started
+            4,                                                // 4 ops
+            0, 2, 1, b'a', 2, 0xc3, 0xa9,                     // Remove ["a", "é"]
+            1, 1, b'r',                                       // ExpireRegion "r"
+            2, 1, b'r', 1, b'k',                              // ExpireRegionKey "r" "k"
+            3,                                                // Clear
+        ];
+        let bytes = encode(&sample()).unwrap();
+        assert_eq!(&bytes[..], expected);
+        assert_eq!(sample().encoded_len(), expected.len());
+        assert_eq!(decode(expected).unwrap(), sample());
+    }
+
+    #[test]
+    fn heartbeat_is_small() {
+        let beat = Message::heartbeat(
+            InstanceId::from_u128(1),
+            5,
+            1_700_000_000_000_000,
+            1_700_000_000_000,
+        );
+        let bytes = encode(&beat).unwrap();
+        assert_eq!(bytes.len(), HEADER_LEN + 16 + 1 + 9 + 9 + 1);
+        assert!(bytes.len() <= WireLimits::MIN_PAYLOAD_BYTES);
+        assert_eq!(decode(&bytes).unwrap(), beat);
+    }
+
+    #[test]
+    fn empty_payload_is_refused() {
+        assert_eq!(decode(b""), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn wrong_magic_is_foreign() {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        bytes[0] = b'X';
+        assert_eq!(decode(&bytes), Err(DecodeError::Foreign));
+        assert_eq!(decode(b"{\"op\":\"clear\"}"), Err(DecodeError::Foreign));
+        assert_eq!(decode(b"X"), Err(DecodeError::Foreign));
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        bytes[3] = 2;
+        let err = decode(&bytes).unwrap_err();
+        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert!(err.to_string().contains("upgrade"), "{err}");
+        bytes[3] = 0;
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(0)));
+    }
+
+    #[test]
+    fn every_truncation_is_refused() {
+        let bytes = encode(&sample()).unwrap();
+        for len in 1..bytes.len() {
+            let err = decode(&bytes[..len]).unwrap_err();
+            assert_eq!(err, DecodeError::Truncated, "prefix of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let mut bytes = encode(&sample()).unwrap().to_vec();
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn over_limit_payload_is_refused_before_decoding() {
+        let limits = WireLimits::default().with_max_payload_bytes(100);
+        let mut bytes = vec![0xff; 101];
+        assert_eq!(
+            decode_with(&bytes, &limits),
+            Err(DecodeError::TooLarge {
+                size: 101,
+                limit: 100
+            })
+        );
+        bytes.truncate(100);
+        assert_eq!(decode_with(&bytes, &limits), Err(DecodeError::Foreign));
+    }
+
+    /// A header plus a Remove whose key count and key length prefixes claim 2⁶⁴−1: refused
+    /// without allocating anything of that size (the test would abort otherwise).
+    #[test]
+    fn huge_length_prefixes_are_refused_without_allocating() {
+        let mut head = vec![b'N', b'C', b'B', 1];
+        head.extend_from_slice(&[0; 16]); // origin
+        head.extend_from_slice(&[1, 1, 1]); // seq, sent_at, started
+        let huge = [253, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+        let mut many_ops = head.clone();
+        many_ops.extend_from_slice(&huge);
+        assert!(decode(&many_ops).is_err());
+
+        let mut many_keys = head.clone();
+        many_keys.extend_from_slice(&[1, 0]); // one op: Remove
+        many_keys.extend_from_slice(&huge);
+        assert!(decode(&many_keys).is_err());
+
+        let mut long_key = head.clone();
+        long_key.extend_from_slice(&[1, 0, 1]); // one op: Remove, one key
+        long_key.extend_from_slice(&huge);
+        long_key.extend_from_slice(b"abc");
+        assert!(matches!(decode(&long_key), Err(DecodeError::Malformed(_))));
+
+        // A prefix under the claim budget but past the end of the input: truncated.
+        let mut short_key = head;
+        short_key.extend_from_slice(&[1, 0, 1, 252, 0, 0, 0, 1]); // key of 16 MiB
+        short_key.extend_from_slice(b"abc");
+        assert_eq!(decode(&short_key), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn unknown_op_tag_is_malformed() {
+        let message = Message {
+            ops: vec![Op::Clear],
+            ..sample()
+        };
+        let mut bytes = encode(&message).unwrap().to_vec();
+        *bytes.last_mut().unwrap() = 4;
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
+        assert!(err.to_string().contains("variant index"), "{err}");
+    }
+
+    #[test]
+    fn invalid_utf8_is_malformed() {
+        let message = Message {
+            ops: vec![Op::Remove {
+                keys: vec!["ab".into()],
+            }],
+            ..sample()
+        };
+        let mut bytes = encode(&message).unwrap().to_vec();
+        *bytes.last_mut().unwrap() = 0xff;
+        let err = decode(&bytes).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Malformed(ref why) if why.contains("UTF-8")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_are_enforced_on_both_sides() {
+        let strict = WireLimits::default()
+            .with_max_key_bytes(1)
+            .with_max_region_bytes(1);
+        let long_key = Message {
+            ops: vec![Op::Remove {
+                keys: vec!["ab".into()],
+            }],
+            ..sample()
+        };
+        let expected = LimitExceeded::KeyLength { len: 2, max: 1 };
+        assert_eq!(
+            encode_with(&long_key, &strict),
+            Err(EncodeError::LimitExceeded(expected))
+        );
+        let bytes = encode(&long_key).unwrap();
+        assert_eq!(
+            decode_with(&bytes, &strict),
+            Err(DecodeError::LimitExceeded(expected))
+        );
+
+        let empty_region = Message {
+            ops: vec![Op::ExpireRegion {
+                region: String::new(),
+            }],
+            ..sample()
+        };
+        let expected = LimitExceeded::RegionLength { len: 0, max: 256 };
+        assert_eq!(
+            encode(&empty_region),
+            Err(EncodeError::LimitExceeded(expected))
+        );
+
+        let counts = WireLimits::default().with_max_ops(3).with_max_keys(2);
+        let bytes = encode(&sample()).unwrap();
+        assert_eq!(
+            decode_with(&bytes, &counts),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Ops {
+                count: 4,
+                max: 3
+            }))
+        );
+        let counts = counts.with_max_ops(4);
+        assert_eq!(
+            decode_with(&bytes, &counts),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Keys {
+                count: 3,
+                max: 2
+            }))
+        );
+    }
+
+    #[test]
+    fn over_size_message_is_refused_by_encode_naming_sizes() {
+        let limits = WireLimits::default().with_max_payload_bytes(64);
+        let message = Message {
+            ops: vec![Op::Remove {
+                keys: vec!["k".repeat(100)],
+            }],
+            ..sample()
+        };
+        let size = message.encoded_len();
+        let err = encode_with(&message, &limits).unwrap_err();
+        assert_eq!(err, EncodeError::TooLarge { size, limit: 64 });
+        assert!(err.to_string().contains(&size.to_string()), "{err}");
+    }
+
+    #[test]
+    fn varint_lengths_match_the_encoder() {
+        for value in [
+            0,
+            250,
+            251,
+            u16::MAX as u64,
+            u16::MAX as u64 + 1,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ] {
+            let encoded = bincode::serde::encode_to_vec(value, config()).unwrap();
+            assert_eq!(varint_len(value), encoded.len(), "{value}");
+        }
+    }
+
+    // ---- property tests ----
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z0-9:_-]{0,40}",
+            any::<String>().prop_map(|s| s.chars().take(30).collect()),
+            "\\PC{0,8}".prop_map(|s| format!("ключ-{s}-鍵-🔑")),
+        ]
+    }
+
+    fn region() -> impl Strategy<Value = String> {
+        "[a-zA-Zé_]{1,32}"
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            prop::collection::vec(key(), 0..40).prop_map(|keys| Op::Remove { keys }),
+            region().prop_map(|region| Op::ExpireRegion { region }),
+            (region(), key()).prop_map(|(region, key)| Op::ExpireRegionKey { region, key }),
+            Just(Op::Clear),
+        ]
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        (
+            any::<u128>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(op(), 0..12),
+        )
+            .prop_map(|(origin, seq, sent, started, ops)| Message {
+                origin: InstanceId::from_u128(origin),
+                seq,
+                sent_at_unix_micros: sent,
+                origin_started_unix_ms: started,
+                ops,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(message in message()) {
+            let bytes = encode(&message).unwrap();
+            prop_assert_eq!(bytes.len(), message.encoded_len());
+            prop_assert_eq!(decode(&bytes).unwrap(), message);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn random_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut bytes = vec![b'N', b'C', b'B', VERSION];
+            bytes.extend_from_slice(&body);
+            match decode(&bytes) {
+                Ok(message) => {
+                    // Whatever decodes re-encodes to the same bytes or is refused by limits.
+                    prop_assert!(message.encoded_len() <= bytes.len());
+                }
+                Err(err) => prop_assert!(!matches!(err, DecodeError::Foreign | DecodeError::Empty | DecodeError::UnsupportedVersion(_))),
+            }
+        }
+
+        #[test]
+        fn truncations_are_refused(message in message(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&message).unwrap();
+            let len = cut.index(bytes.len());
+            prop_assert!(decode(&bytes[..len]).is_err());
+        }
+
+        #[test]
+        fn single_byte_mutations_never_panic(
+            message in message(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut bytes = encode(&message).unwrap().to_vec();
+            let at = at.index(bytes.len());
+            bytes[at] = byte;
+            // Mostly a typed error; a mutation inside a key can still decode, and then
+            // it is a message like any other.
+            if let Ok(decoded) = decode(&bytes) {
+                prop_assert!(encode(&decoded).is_ok());
+            }
+        }
+    }
+}

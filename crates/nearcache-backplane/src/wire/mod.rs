@@ -1,0 +1,18 @@
+//! The invalidation message that travels on a backplane, and its codec.
+//!
+//! A [`Message`] is a batch of [`Op`]s from one origin [`InstanceId`], numbered by a
+//! per-origin sequence so receivers notice gaps. [`encode`] and [`decode`] turn it into bytes
+//! and back behind a versioned header; [`WireLimits`] bounds what either side accepts, and
+//! [`MessageBuilder`] fills a message up to those bounds. The byte layout is documented in
+//! [`codec`].
+
+pub mod codec;
+
+mod builder;
+mod limits;
+mod message;
+
+pub use builder::{MessageBuilder, PushError};
+pub use codec::{DecodeError, EncodeError, decode, decode_with, encode, encode_with};
+pub use limits::{LimitExceeded, WireLimits};
+pub use message::{InstanceId, Message, Op, ParseInstanceIdError};
