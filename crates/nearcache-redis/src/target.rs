@@ -1,0 +1,288 @@
+//! [`Target`]: a validated [`RedisConfig`] turned into a `redis::Client`, plus what errors and
+//! logs may show of it.
+//!
+//! Both connections are RESP3: the subscriber needs it (messages arrive as push frames on a
+//! connection that can still answer `PING`, and `SSUBSCRIBE` works the same way as
+//! `SUBSCRIBE`), and the publisher then notices a dropped connection from the driver's
+//! disconnect push instead of from the next failing publish. RESP3 needs Redis 6.0 or newer.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion};
+
+use crate::config::RedisConfig;
+use crate::error::RedisBackplaneError;
+use crate::redact::RedactedUrl;
+
+/// Where and how to connect, checked once at `connect`.
+pub(crate) struct Target {
+    pub(crate) client: redis::Client,
+    /// `host:port`, for errors and logs.
+    pub(crate) addr: String,
+    pub(crate) url: RedactedUrl,
+    is_tls: bool,
+    /// Kept only to scrub it from error texts.
+    password: Option<String>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("url", &self.url)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// Validates `config` and builds the client. Does not connect.
+    pub(crate) fn new(config: &RedisConfig) -> Result<Self, RedisBackplaneError> {
+        let url = config.redacted_url();
+        check_settings(config)?;
+        let wants_tls = has_tls_scheme(&config.url);
+        if wants_tls && !cfg!(feature = "tls") {
+            return Err(RedisBackplaneError::TlsNotEnabled { url });
+        }
+        let info = config.url.as_str().into_connection_info().map_err(|err| {
+            RedisBackplaneError::InvalidUrl {
+                url: url.clone(),
+                reason: err.to_string(),
+            }
+        })?;
+        let redis = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let password = redis.password().map(str::to_owned);
+        let info = info.set_redis_settings(redis);
+        let addr = info.addr().to_string();
+        let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        if config.tls_ca_pem.is_some() && !is_tls {
+            return Err(RedisBackplaneError::InvalidConfig {
+                reason: format!("tls_ca_pem is set but {url} is not a rediss:// URL"),
+            });
+        }
+        let client = build_client(info, is_tls, config.tls_ca_pem.clone()).map_err(|err| {
+            RedisBackplaneError::InvalidUrl {
+                url: url.clone(),
+                reason: crate::error::describe(&err, password.as_deref()),
+            }
+        })?;
+        Ok(Self {
+            client,
+            addr,
+            url,
+            is_tls,
+            password,
+        })
+    }
+
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The typed connect error for `err`.
+    pub(crate) fn connect_error(
+        &self,
+        err: &redis::RedisError,
+        timeout: Duration,
+    ) -> RedisBackplaneError {
+        match RedisBackplaneError::from_redis(err, &self.addr, &self.url, self.password(), timeout)
+        {
+            RedisBackplaneError::Unreachable { addr, reason }
+                if self.is_tls && looks_like_tls(&reason) =>
+            {
+                RedisBackplaneError::Tls { addr, reason }
+            }
+            other => other,
+        }
+    }
+
+    /// A one-line description of `err` for logs and [`BackplaneError`]s, password scrubbed.
+    ///
+    /// [`BackplaneError`]: nearcache_backplane::BackplaneError
+    pub(crate) fn describe(&self, err: &redis::RedisError) -> String {
+        crate::error::describe(err, self.password())
+    }
+}
+
+/// Whether an I/O error's text comes from the TLS layer (rustls reports certificate and
+/// handshake failures as I/O errors).
+fn looks_like_tls(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|word| reason.contains(word))
+}
+
+fn has_tls_scheme(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+}
+
+fn check_settings(config: &RedisConfig) -> Result<(), RedisBackplaneError> {
+    let invalid = |reason: &str| {
+        Err(RedisBackplaneError::InvalidConfig {
+            reason: reason.to_owned(),
+        })
+    };
+    if config.channel.is_empty() {
+        return invalid("channel is empty; use RedisConfig::for_app(\"your-app\")");
+    }
+    if config.connect_timeout.is_zero() {
+        return invalid("connect_timeout is zero; every connection attempt would time out");
+    }
+    if config.publish_timeout.is_zero() {
+        return invalid("publish_timeout is zero; every publish would time out");
+    }
+    if config.ping_interval.is_zero() {
+        return invalid("ping_interval is zero; use at least a few milliseconds");
+    }
+    if config.max_payload == 0 {
+        return invalid("max_payload is zero; every publish would be refused");
+    }
+    Ok(())
+}
+
+#[cfg(feature = "tls")]
+fn build_client(
+    info: redis::ConnectionInfo,
+    is_tls: bool,
+    ca_pem: Option<Vec<u8>>,
+) -> redis::RedisResult<redis::Client> {
+    if is_tls {
+        crate::tls::ensure_crypto_provider();
+    }
+    match ca_pem {
+        Some(root_cert) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        None => redis::Client::open(info),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn build_client(
+    info: redis::ConnectionInfo,
+    _is_tls: bool,
+    _ca_pem: Option<Vec<u8>>,
+) -> redis::RedisResult<redis::Client> {
+    // `Target::new` refused rediss:// (and with it `tls_ca_pem`) already.
+    redis::Client::open(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(config: RedisConfig) -> RedisBackplaneError {
+        match Target::new(&config) {
+            Ok(target) => panic!("expected an error, got {target:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[test]
+    fn parses_a_url_with_credentials() {
+        let target = Target::new(&RedisConfig::new("redis://bob:pw1@127.0.0.1:7001/3"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "127.0.0.1:7001");
+        assert_eq!(target.password(), Some("pw1"));
+        assert!(!format!("{target:?}").contains("pw1"));
+    }
+
+    #[test]
+    fn invalid_urls_are_typed_and_redacted() {
+        for url in [
+            "http://u:topsecret@host",
+            "redis://u:topsecret@",
+            "not a url",
+        ] {
+            let err = error_of(RedisConfig::new(url));
+            assert!(
+                matches!(err, RedisBackplaneError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(!err.to_string().contains("topsecret"), "{err}");
+            assert!(!format!("{err:?}").contains("topsecret"), "{err:?}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_names_the_feature() {
+        let err = error_of(RedisConfig::new("rediss://:pw@host:6380"));
+        assert!(
+            matches!(err, RedisBackplaneError::TlsNotEnabled { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("`tls` feature"), "{err}");
+        let err = error_of(RedisConfig::new("REDISS://host"));
+        assert!(matches!(err, RedisBackplaneError::TlsNotEnabled { .. }));
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_urls_build_a_client() {
+        let target = Target::new(&RedisConfig::new("rediss://:pw@localhost:6380"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "localhost:6380");
+    }
+
+    #[test]
+    fn tls_failures_are_recognised() {
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(looks_like_tls("received fatal alert: HandshakeFailure"));
+        assert!(!looks_like_tls("Connection refused (os error 111)"));
+    }
+
+    #[test]
+    fn ca_without_tls_is_a_config_error() {
+        let err = error_of(RedisConfig {
+            tls_ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            ..RedisConfig::default()
+        });
+        assert!(
+            matches!(err, RedisBackplaneError::InvalidConfig { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn unusable_settings_are_refused() {
+        let zero = std::time::Duration::ZERO;
+        for config in [
+            RedisConfig {
+                channel: String::new(),
+                ..RedisConfig::default()
+            },
+            RedisConfig {
+                connect_timeout: zero,
+                ..RedisConfig::default()
+            },
+            RedisConfig {
+                publish_timeout: zero,
+                ..RedisConfig::default()
+            },
+            RedisConfig {
+                ping_interval: zero,
+                ..RedisConfig::default()
+            },
+            RedisConfig {
+                max_payload: 0,
+                ..RedisConfig::default()
+            },
+        ] {
+            let err = error_of(config);
+            assert!(
+                matches!(err, RedisBackplaneError::InvalidConfig { .. }),
+                "{err:?}"
+            );
+        }
+    }
+}
