@@ -1,0 +1,489 @@
+//! [`Cache`]: the handle applications use.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use nearcache_backplane::wire::InstanceId;
+use nearcache_keys::{CacheKey, Key};
+use nearcache_regions::Region;
+use nearcache_store::{Entry, LoadError, Store, TypeMismatch};
+use tokio::sync::broadcast;
+
+use crate::builder::CacheBuilder;
+use crate::error::BuildError;
+use crate::events::CacheEvent;
+use crate::options::CacheOptions;
+use crate::propagation::Propagation;
+use crate::propagation::outbox::{Pending, Ticket};
+use crate::stats::{CacheStats, PropagationStats};
+
+/// A coherent in-process cache: local cache-aside with single-flight loads, kept in sync with
+/// the other instances of a service through a backplane.
+///
+/// Cloning is cheap (one `Arc`); clones share everything. Reads never touch the network.
+/// Invalidations (`remove`, `set`, region expiries, `clear`) act locally at once and are
+/// then published to every peer; loads, local expiry and capacity evictions publish nothing.
+/// Dropping the last handle stops the background tasks after they publish what is queued;
+/// [`shutdown`](Self::shutdown) does the same and waits for it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use nearcache::{Cache, CacheOptions, cache_key};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// struct ProductService;
+/// let cache = Cache::new(CacheOptions::default())?;
+/// let key = cache_key!(ProductService, "get", &42);
+/// let name: Arc<String> = cache.get_or_create_sync(&key, |_entry| {
+///     Ok::<_, std::io::Error>(String::from("forty-two"))
+/// })?;
+/// assert_eq!(*name, "forty-two");
+/// assert_eq!(cache.stats().store.loads, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    propagation: Option<Arc<Propagation>>,
+    /// Handed out by `events()` when there is no backplane: it never yields.
+    idle_events: broadcast::Sender<CacheEvent>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(propagation) = &self.propagation {
+            // The sender publishes what is queued, then both tasks exit.
+            propagation.close();
+        }
+    }
+}
+
+/// How far an invalidation got by the time its async call returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagated {
+    /// The backplane accepted the message carrying it.
+    Published,
+    /// The backplane did not accept it within `publish_timeout`; it stays queued and goes
+    /// out when the backplane is back (or collapses into a clear if the outbox overflows).
+    Queued,
+    /// The invalidation was local only: this cache has no backplane, or it was
+    /// [shut down](Cache::shutdown).
+    Local,
+}
+
+impl Cache {
+    /// A builder: options, then an optional backplane.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// A cache with `options` and no backplane (its invalidations stay in this process).
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::InvalidOptions`] when an option is out of range.
+    pub fn new(options: CacheOptions) -> Result<Cache, BuildError> {
+        Cache::builder().options(options).build()
+    }
+
+    pub(crate) fn from_parts(store: Store, propagation: Option<Arc<Propagation>>) -> Cache {
+        let (idle_events, _) = broadcast::channel(1);
+        Cache {
+            inner: Arc::new(Inner {
+                store,
+                propagation,
+                idle_events,
+            }),
+        }
+    }
+
+    /// The value stored under `key`, if it is there, alive, and a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`TypeMismatch`] when `key` holds a value of another type.
+    pub fn get<T: Send + Sync + 'static>(
+        &self,
+        key: impl Borrow<Key>,
+    ) -> Result<Option<Arc<T>>, TypeMismatch> {
+        self.inner.store.get(key.borrow())
+    }
+
+    /// The value under `key`, loading it with `factory` on a miss.
+    ///
+    /// Concurrent callers of one key — async and blocking alike — share one load: the
+    /// factory runs once and every caller gets the same `Arc`. An `Err` is never cached; it
+    /// goes to every caller of that load as the same `Arc<E>`. If the key is invalidated
+    /// while the factory runs (here or by a peer), the value is returned but not stored.
+    /// The factory sets the entry's expiry and regions through its `&mut Entry`.
+    ///
+    /// `cache_none` does not apply here (a generic `T` cannot be told to be an `Option`):
+    /// use [`get_or_create_optional`](Self::get_or_create_optional) for factories that may
+    /// find nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Factory`] with the factory's error, shared by the flight;
+    /// [`LoadError::TypeMismatch`] when `key` holds a value of another type.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes never strands other callers: if it was
+    /// running the factory, one of the waiters takes the load over.
+    pub async fn get_or_create<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<T, E>,
+    {
+        self.inner.store.get_or_create(key.borrow(), factory).await
+    }
+
+    /// The blocking twin of [`get_or_create`](Self::get_or_create); it shares flights with
+    /// async callers of the same key.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub fn get_or_create_sync<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<T, E>,
+    {
+        self.inner.store.get_or_create_sync(key.borrow(), factory)
+    }
+
+    /// Like [`get_or_create`](Self::get_or_create) for a factory that may find nothing:
+    /// `Ok(None)` is stored as a negative entry when `cache_none` is on (the default), and
+    /// only returned when it is off.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub async fn get_or_create_optional<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Option<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<Option<T>, E>,
+    {
+        self.inner
+            .store
+            .get_or_create_optional(key.borrow(), factory)
+            .await
+    }
+
+    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub fn get_or_create_optional_sync<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Option<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<Option<T>, E>,
+    {
+        self.inner
+            .store
+            .get_or_create_optional_sync(key.borrow(), factory)
+    }
+
+    /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
+    /// which are now stale. Waits, at most `publish_timeout`, for the eviction to be published.
+    ///
+    /// # Cancel safety
+    ///
+    /// The local store and the outbox are updated before the first await; dropping the
+    /// future only stops the wait.
+    pub async fn set<T: Send + Sync + 'static>(
+        &self,
+        key: impl Borrow<Key>,
+        value: T,
+    ) -> Propagated {
+        let ticket = self.set_queued(key, value);
+        self.settle(ticket).await
+    }
+
+    /// Like [`set`](Self::set), with entry options (expiry, regions) set by `configure`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Self::set).
+    pub async fn set_with<T: Send + Sync + 'static>(
+        &self,
+        key: impl Borrow<Key>,
+        value: T,
+        configure: impl FnOnce(&mut Entry),
+    ) -> Propagated {
+        let key = key.borrow();
+        self.inner.store.set_with(key.clone(), value, configure);
+        let ticket = self.publish(Pending::Remove(key.clone()));
+        self.settle(ticket).await
+    }
+
+    /// The non-waiting twin of [`set`](Self::set): stores here, queues the peers' eviction.
+    pub fn set_sync<T: Send + Sync + 'static>(&self, key: impl Borrow<Key>, value: T) {
+        self.set_queued(key, value);
+    }
+
+    fn set_queued<T: Send + Sync + 'static>(
+        &self,
+        key: impl Borrow<Key>,
+        value: T,
+    ) -> Option<Ticket> {
+        let key = key.borrow();
+        self.inner.store.set(key.clone(), value);
+        self.publish(Pending::Remove(key.clone()))
+    }
+
+    /// Removes `key` here and on every peer. Waits, at most `publish_timeout`, for the
+    /// removal to be published.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Self::set).
+    pub async fn remove(&self, key: impl Borrow<Key>) -> Propagated {
+        let ticket = self.remove_queued(key);
+        self.settle(ticket).await
+    }
+
+    /// The non-waiting twin of [`remove`](Self::remove).
+    pub fn remove_sync(&self, key: impl Borrow<Key>) {
+        self.remove_queued(key);
+    }
+
+    fn remove_queued(&self, key: impl Borrow<Key>) -> Option<Ticket> {
+        let key = key.borrow();
+        self.inner.store.remove(key);
+        self.publish(Pending::Remove(key.clone()))
+    }
+
+    /// Expires every entry of region `R` here and on every peer: one message, O(1) here.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Self::set).
+    pub async fn expire_region<R: Region>(&self) -> Propagated {
+        let ticket = self.expire_region_queued::<R>();
+        self.settle(ticket).await
+    }
+
+    /// The non-waiting twin of [`expire_region`](Self::expire_region).
+    pub fn expire_region_sync<R: Region>(&self) {
+        self.expire_region_queued::<R>();
+    }
+
+    fn expire_region_queued<R: Region>(&self) -> Option<Ticket> {
+        self.inner.store.expire_region::<R>();
+        self.publish(Pending::ExpireRegion(R::NAME.to_owned()))
+    }
+
+    /// Expires the entries of region `R` tied to `sub_key` here and on every peer.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Self::set).
+    pub async fn expire_region_key<R: Region, K: CacheKey + ?Sized>(
+        &self,
+        sub_key: &K,
+    ) -> Propagated {
+        let ticket = self.expire_region_key_queued::<R, K>(sub_key);
+        self.settle(ticket).await
+    }
+
+    /// The non-waiting twin of [`expire_region_key`](Self::expire_region_key).
+    pub fn expire_region_key_sync<R: Region, K: CacheKey + ?Sized>(&self, sub_key: &K) {
+        self.expire_region_key_queued::<R, K>(sub_key);
+    }
+
+    fn expire_region_key_queued<R: Region, K: CacheKey + ?Sized>(
+        &self,
+        sub_key: &K,
+    ) -> Option<Ticket> {
+        self.inner.store.expire_region_key::<R>(sub_key);
+        let sub_key = sub_key.key_text();
+        self.publish(Pending::ExpireRegionKey(R::NAME.to_owned(), sub_key))
+    }
+
+    /// Expires everything here (the global region) and on every peer.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`set`](Self::set).
+    pub async fn clear(&self) -> Propagated {
+        let ticket = self.clear_queued();
+        self.settle(ticket).await
+    }
+
+    /// The non-waiting twin of [`clear`](Self::clear).
+    pub fn clear_sync(&self) {
+        self.clear_queued();
+    }
+
+    fn clear_queued(&self) -> Option<Ticket> {
+        self.inner.store.clear();
+        self.publish(Pending::Clear)
+    }
+
+    fn publish(&self, op: Pending) -> Option<Ticket> {
+        self.inner
+            .propagation
+            .as_ref()
+            .and_then(|p| p.enqueue(&self.inner.store, op))
+    }
+
+    async fn settle(&self, ticket: Option<Ticket>) -> Propagated {
+        match (&self.inner.propagation, ticket) {
+            (Some(p), Some(ticket)) => {
+                if p.wait_published(ticket).await {
+                    Propagated::Published
+                } else {
+                    Propagated::Queued
+                }
+            }
+            _ => Propagated::Local,
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        let store = &self.inner.store;
+        CacheStats {
+            store: store.stats(),
+            propagation: self.inner.propagation.as_ref().map(|p| PropagationStats {
+                bypassing_reads: store.is_read_bypassed(),
+                ..p.stats()
+            }),
+        }
+    }
+
+    /// Events of the propagation layer (applied messages, loss clears, connection changes),
+    /// from now on. A cache without a backplane yields none.
+    pub fn events(&self) -> broadcast::Receiver<CacheEvent> {
+        match &self.inner.propagation {
+            Some(p) => p.events.subscribe(),
+            None => self.inner.idle_events.subscribe(),
+        }
+    }
+
+    /// Waits until the backplane subscription is live; returns at once without a backplane
+    /// or after [`shutdown`](Self::shutdown). Until the subscription is live, reads bypass
+    /// the local store (they miss, and loads run single-flight without storing), so nothing
+    /// is served that a peer's invalidation could have missed; when it becomes live, what
+    /// [`set`](Self::set) stored meanwhile is dropped for the same reason.
+    ///
+    /// It waits as long as subscribing takes (the backplane retries with backoff): wrap it
+    /// in `tokio::time::timeout` to bound a start-up.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only observes.
+    pub async fn ready(&self) {
+        if let Some(p) = &self.inner.propagation {
+            let mut ready = p.ready.subscribe();
+            let mut shutdown = p.shutdown.subscribe();
+            tokio::select! {
+                _ = ready.wait_for(|ready| *ready) => {}
+                _ = shutdown.wait_for(|closed| *closed) => {}
+            }
+        }
+    }
+
+    /// This instance's id on the backplane, if it has one.
+    pub fn instance_id(&self) -> Option<InstanceId> {
+        self.inner.propagation.as_ref().map(|p| p.instance)
+    }
+
+    /// Number of entries held now (dead ones not yet purged included).
+    pub fn len(&self) -> usize {
+        self.inner.store.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Publishes what is queued and stops the background tasks; returns how many
+    /// invalidations could not be published (0 when all went out).
+    ///
+    /// Once shut down, a publish that fails is not retried, so this returns within a few
+    /// `publish_timeout`s even when the backplane is down. Afterwards the cache still works
+    /// as a pass-through: it no longer hears its peers, so reads bypass the store (they
+    /// miss; loads still run single-flight but are not stored), and its own invalidations
+    /// stay local ([`Propagated::Local`]). Calling it again returns at once, with the same
+    /// count.
+    /// Without a backplane it does nothing and returns 0.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the tasks stopping on their own.
+    pub async fn shutdown(&self) -> usize {
+        match &self.inner.propagation {
+            Some(p) => {
+                let unsent = p.shutdown().await;
+                // The receiver does this as it exits; if it had to be aborted, make sure.
+                self.inner.store.set_read_bypass(true);
+                unsent
+            }
+            None => 0,
+        }
+    }
+
+    /// How many callers have joined `key`'s load in progress, or `None` when none is in
+    /// progress. For tests that need every caller parked on a flight; not a stable API.
+    #[doc(hidden)]
+    pub fn flight_waiters(&self, key: impl Borrow<Key>) -> Option<usize> {
+        self.inner.store.flight_waiters(key.borrow())
+    }
+
+    /// Resolves once this cache's background tasks have ended: after
+    /// [`shutdown`](Self::shutdown), or once every handle is dropped (the future does not
+    /// keep the cache alive). At once without a backplane. For tests; not a stable API.
+    #[doc(hidden)]
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let stopped = self.inner.propagation.as_ref().map(|p| p.stopped());
+        async move {
+            if let Some(stopped) = stopped {
+                stopped.await;
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.inner.store.len())
+            .field("instance", &self.instance_id())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,53 @@
+//! [`CacheEvent`]: what the propagation layer did, for tests, dashboards and anyone who must
+//! await an invalidation instead of sleeping and hoping it arrived.
+
+use nearcache_backplane::wire::InstanceId;
+
+/// Why this instance cleared its own cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClearCause {
+    /// The backplane subscription was re-established; messages sent meanwhile were missed.
+    Reconnect,
+    /// The backplane dropped messages before this instance read them.
+    Lagged,
+    /// A peer's sequence numbers (or heartbeat) showed that its messages were lost.
+    PeerGap,
+    /// This instance's own outbox overflowed while the backplane was unreachable.
+    OutboxOverflow,
+}
+
+/// Something the propagation layer did. Receive them with
+/// [`Cache::events`](crate::Cache::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CacheEvent {
+    /// A peer's message was applied to the local cache.
+    Applied {
+        /// The peer that sent it.
+        origin: InstanceId,
+        /// Its sequence number.
+        seq: u64,
+        /// How many invalidations (keys, region expiries, clears) it carried.
+        invalidations: u64,
+    },
+    /// This instance cleared itself because it may have missed invalidations.
+    LossCleared {
+        /// Why.
+        cause: ClearCause,
+        /// `false` when the loss policy is `none` (only counted).
+        cleared: bool,
+    },
+    /// A message on the channel was not a valid invalidation and was dropped.
+    Rejected,
+    /// The subscription is live: the first time, or after a reconnect — then it comes after
+    /// the reconnect's `LossCleared`, once reads are served from the store again.
+    Connected,
+    /// The subscription was lost.
+    Disconnected,
+    /// The backplane has been down past `max_staleness`: reads bypass the local cache.
+    BypassStarted,
+    /// A publish failed or timed out. Its invalidations stay queued and are retried (with
+    /// backoff, and at once when the subscription comes back).
+    PublishFailed,
+}

@@ -1,0 +1,366 @@
+//! [`CacheOptions`]: everything a deployment tunes, deserializable from configuration.
+//!
+//! Durations are human-readable (`"15m"`, `"250ms"`) through `humantime-serde`. Every field
+//! has a default, so a config file names only what it changes; unknown fields are an error,
+//! so a misspelt option fails loudly instead of being ignored.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::BuildError;
+
+/// Options of one [`Cache`](crate::Cache).
+///
+/// ```
+/// use std::time::Duration;
+/// use nearcache::CacheOptions;
+///
+/// let options: CacheOptions = serde_json::from_str(r#"{
+///     "sliding_expiration": "15m",
+///     "max_capacity": 50000,
+///     "backplane": { "max_staleness": "30s" }
+/// }"#).unwrap();
+/// assert_eq!(options.sliding_expiration, Some(Duration::from_secs(900)));
+/// assert!(options.enabled, "unnamed fields keep their defaults");
+/// ```
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheOptions {
+    /// `false` turns the cache into a pass-through: every call runs its factory and nothing is
+    /// stored. Invalidations are still published, so peers stay coherent. Default `true`.
+    pub enabled: bool,
+    /// Sliding expiration for entries that set none: an entry not read for this long expires.
+    /// Default: none.
+    #[serde(with = "humantime_serde")]
+    pub sliding_expiration: Option<Duration>,
+    /// Absolute expiration (time to live from insertion) for entries that set none.
+    /// Default: none.
+    #[serde(with = "humantime_serde")]
+    pub absolute_expiration: Option<Duration>,
+    /// Most entries held at once. Default 10,000. Ignored when `max_weight` is set.
+    pub max_capacity: u64,
+    /// A weight budget instead of an entry count: entries weigh what their factory says
+    /// (default 1). Default: none.
+    pub max_weight: Option<u64>,
+    /// Whether a factory's `Ok(None)` is stored (negative caching) by the `_optional`
+    /// loaders. Default `true`.
+    pub cache_none: bool,
+    /// How often expired entries are swept out of memory. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+    /// How instances tell each other about invalidations.
+    pub backplane: BackplaneOptions,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            enabled: true,
+            sliding_expiration: None,
+            absolute_expiration: None,
+            max_capacity: 10_000,
+            max_weight: None,
+            cache_none: true,
+            purge_interval: Duration::from_secs(60),
+            backplane: BackplaneOptions::default(),
+        }
+    }
+}
+
+impl fmt::Debug for CacheOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheOptions")
+            .field("enabled", &self.enabled)
+            .field("sliding_expiration", &self.sliding_expiration)
+            .field("absolute_expiration", &self.absolute_expiration)
+            .field("max_capacity", &self.max_capacity)
+            .field("max_weight", &self.max_weight)
+            .field("cache_none", &self.cache_none)
+            .field("purge_interval", &self.purge_interval)
+            .field("backplane", &self.backplane)
+            .finish()
+    }
+}
+
+/// What an instance does when it may have missed an invalidation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossPolicy {
+    /// Clear the local cache (never the peers'): nothing stale is served. The default.
+    #[default]
+    Clear,
+    /// Only count it. The cache may serve stale entries until they expire.
+    None,
+}
+
+/// Backplane settings: how invalidations leave and reach this instance.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackplaneOptions {
+    /// Redis URL (`redis://` or `rediss://`, credentials allowed), used by
+    /// `CacheBuilder::connect` with the `redis` feature. It is
+    /// never printed: `Debug` shows it redacted. Default: none (no backplane unless one is
+    /// given to the builder).
+    pub redis_url: Option<String>,
+    /// Pub/sub channel. Every instance that shares data must use the same one. Default:
+    /// `nearcache:{app}:invalidations` with `app` below.
+    pub channel: Option<String>,
+    /// Application name used in the default channel. Default `"default"`.
+    pub app: String,
+    /// How often an instance tells its peers its last sequence number, so a lost *last*
+    /// message is noticed. Give every instance on a channel the same value. 1 ms to 1 day;
+    /// default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Longest a single publish may take before it counts as failed (and stays queued).
+    /// Also bounds how long the async invalidation methods wait. Not zero; default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Most invalidations (keys, region expiries) waiting to be published. Past it the
+    /// backlog collapses into one `clear` for the peers (and this instance clears itself).
+    /// At least 1; default 100,000.
+    pub outbox_capacity: usize,
+    /// Most keys sent in one message; a burst goes out in messages of up to this many.
+    /// At least 1; default 4,096.
+    pub max_batch: usize,
+    /// While the backplane has been down longer than this, reads bypass the local cache
+    /// (loads still single-flight) until it is back. Default: none (keep serving).
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+    /// What to do when this instance may have missed an invalidation. Default `clear`.
+    pub on_loss: LossPolicy,
+    /// First delay before retrying a failed publish or subscribe (and reconnecting to
+    /// Redis); doubles up to `reconnect_max_delay`. Not zero; default 100 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_initial_delay: Duration,
+    /// Longest delay between retries; at least `reconnect_initial_delay`. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Redis only: how long connecting (TCP, TLS, `HELLO`/`AUTH`, a first `PING`) may take, at
+    /// `CacheBuilder::connect` and for each reconnection attempt.
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Redis only: how often the subscribing connection is pinged, so a connection that died
+    /// silently (a network partition) is noticed within this plus `publish_timeout`.
+    /// Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Redis only: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7.0). Every instance on
+    /// the channel must agree. Default `false`.
+    pub sharded: bool,
+    /// Redis only: messages buffered between the subscribing connection and the cache; past
+    /// it they are dropped and this instance clears itself (cause `lagged`). Default 1,024.
+    pub subscriber_queue: usize,
+    /// Redis only: a PEM file with the certificate authority of a `rediss://` server with a
+    /// private CA, read at `CacheBuilder::connect`. Default: none (the
+    /// Mozilla root certificates).
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl BackplaneOptions {
+    /// Longest `heartbeat_interval` accepted: past it, a lost last message would go
+    /// unnoticed for days.
+    pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Checks what the builder relies on.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::InvalidBackplaneOption`] naming the first option out of range.
+    pub(crate) fn check(&self) -> Result<(), BuildError> {
+        let invalid = |option, problem| Err(BuildError::InvalidBackplaneOption { option, problem });
+        if self.heartbeat_interval.is_zero()
+            || self.heartbeat_interval > Self::MAX_HEARTBEAT_INTERVAL
+        {
+            return invalid(
+                "heartbeat_interval",
+                "must be between 1 ms and 1 day (the default is 5 s)",
+            );
+        }
+        if self.publish_timeout.is_zero() {
+            return invalid(
+                "publish_timeout",
+                "is 0, so every publish would time out; use at least 1 ms (the default is 1 s)",
+            );
+        }
+        if self.outbox_capacity == 0 {
+            return invalid(
+                "outbox_capacity",
+                "is 0, so every invalidation would overflow; use at least 1 (the default is 100000)",
+            );
+        }
+        if self.max_batch == 0 {
+            return invalid("max_batch", "is 0; use at least 1 (the default is 4096)");
+        }
+        if self.reconnect_initial_delay.is_zero() {
+            return invalid(
+                "reconnect_initial_delay",
+                "is 0, so retries would spin; use at least 1 ms (the default is 100 ms)",
+            );
+        }
+        if self.reconnect_max_delay < self.reconnect_initial_delay {
+            return invalid(
+                "reconnect_max_delay",
+                "is shorter than reconnect_initial_delay; make it at least as long",
+            );
+        }
+        Ok(())
+    }
+
+    /// The channel in use: `channel`, or `nearcache:{app}:invalidations`.
+    pub fn channel_name(&self) -> String {
+        match &self.channel {
+            Some(channel) => channel.clone(),
+            None => format!("nearcache:{}:invalidations", self.app),
+        }
+    }
+}
+
+impl Default for BackplaneOptions {
+    fn default() -> Self {
+        BackplaneOptions {
+            redis_url: None,
+            channel: None,
+            app: "default".to_owned(),
+            heartbeat_interval: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(1),
+            outbox_capacity: 100_000,
+            max_batch: 4096,
+            max_staleness: None,
+            on_loss: LossPolicy::Clear,
+            reconnect_initial_delay: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
+            sharded: false,
+            subscriber_queue: 1024,
+            tls_ca_file: None,
+        }
+    }
+}
+
+impl fmt::Debug for BackplaneOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackplaneOptions")
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("channel", &self.channel_name())
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("max_staleness", &self.max_staleness)
+            .field("on_loss", &self.on_loss)
+            .field("reconnect_initial_delay", &self.reconnect_initial_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("sharded", &self.sharded)
+            .field("subscriber_queue", &self.subscriber_queue)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish()
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`; anything without credentials as is.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://***@{host}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let text = toml::to_string(&CacheOptions::default()).unwrap();
+        let back: CacheOptions = toml::from_str(&text).unwrap();
+        assert_eq!(back, CacheOptions::default());
+    }
+
+    #[test]
+    fn human_durations_and_unknown_fields() {
+        let options: CacheOptions = toml::from_str(
+            "absolute_expiration = \"1h 30m\"\n[backplane]\npublish_timeout = \"250ms\"\non_loss = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(options.absolute_expiration, Some(Duration::from_secs(5400)));
+        assert_eq!(
+            options.backplane.publish_timeout,
+            Duration::from_millis(250)
+        );
+        assert_eq!(options.backplane.on_loss, LossPolicy::None);
+        let err = toml::from_str::<CacheOptions>("max_capacty = 5").unwrap_err();
+        assert!(err.to_string().contains("max_capacty"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let options = BackplaneOptions {
+            redis_url: Some("redis://app:hunter2@127.0.0.1:6379/0".into()),
+            ..BackplaneOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://app:***@127.0.0.1:6379/0"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+
+    #[test]
+    fn out_of_range_backplane_options_are_named() {
+        assert!(BackplaneOptions::default().check().is_ok());
+        type Spoil = fn(&mut BackplaneOptions);
+        let cases: [(&str, Spoil); 7] = [
+            ("heartbeat_interval", |o| {
+                o.heartbeat_interval = Duration::ZERO
+            }),
+            ("heartbeat_interval", |o| {
+                o.heartbeat_interval = Duration::from_secs(2 * 24 * 60 * 60)
+            }),
+            ("publish_timeout", |o| o.publish_timeout = Duration::ZERO),
+            ("outbox_capacity", |o| o.outbox_capacity = 0),
+            ("max_batch", |o| o.max_batch = 0),
+            ("reconnect_initial_delay", |o| {
+                o.reconnect_initial_delay = Duration::ZERO
+            }),
+            ("reconnect_max_delay", |o| {
+                o.reconnect_max_delay = Duration::from_millis(1)
+            }),
+        ];
+        for (name, spoil) in cases {
+            let mut options = BackplaneOptions::default();
+            spoil(&mut options);
+            match options.check() {
+                Err(BuildError::InvalidBackplaneOption { option, .. }) => assert_eq!(option, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn default_channel_is_namespaced_by_app() {
+        let mut options = BackplaneOptions::default();
+        assert_eq!(options.channel_name(), "nearcache:default:invalidations");
+        options.app = "shop".into();
+        assert_eq!(options.channel_name(), "nearcache:shop:invalidations");
+        options.channel = Some("custom".into());
+        assert_eq!(options.channel_name(), "custom");
+    }
+}

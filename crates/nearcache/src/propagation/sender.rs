@@ -1,0 +1,276 @@
+//! The sender task: outbox → numbered, encoded messages → backplane.
+//!
+//! One publish is in flight at a time. When it completes, everything that queued meanwhile
+//! goes out in the next message (group commit), so a lone invalidation is sent at once and
+//! a burst costs few round trips. A failed publish is retried with backoff (the message keeps
+//! its sequence number, so a retry of a publish that did go through is dropped by receivers
+//! as a duplicate); the outbox keeps filling meanwhile, bounded, and collapses into one
+//! clear if it overflows. When nothing has been sent for a heartbeat interval, a heartbeat
+//! carries the last sequence number so peers notice a lost last message.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use nearcache_backplane::wire::{self, Message, MessageBuilder, Op, PushError, WireLimits};
+use nearcache_backplane::{Backplane, BackplaneError};
+use tokio::time::MissedTickBehavior;
+
+use super::outbox::{Batch, Pending, Taken};
+use super::{Propagation, bump, unix_micros};
+use crate::events::CacheEvent;
+
+pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backplane>) {
+    let p = &*propagation;
+    let _running = p.task_running();
+    let mut seq: u64 = 0;
+    // The first heartbeat comes one interval after the start, not at once: a peer learns
+    // nothing from "I have sent nothing", and a receiver's first-contact rule relies on a
+    // heartbeat following the last message by at least one interval (see `peers`).
+    let period = p.options.heartbeat_interval;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut reported_too_large = false;
+    loop {
+        match p.outbox.take(p.options.max_batch) {
+            Taken::Batch(batch) => {
+                if !send_batch(p, &*backplane, &mut seq, batch, &mut reported_too_large).await {
+                    tracing::warn!(
+                        unsent = p.outbox.pending(),
+                        "cache shut down while the backplane was unreachable: \
+                         invalidations were not published; peers may serve stale entries \
+                         until they expire"
+                    );
+                    return;
+                }
+                heartbeat.reset();
+            }
+            Taken::Closed => return,
+            Taken::Empty => {
+                tokio::select! {
+                    () = p.outbox.wait_for_work() => {}
+                    _ = heartbeat.tick() => send_heartbeat(p, &*backplane, seq).await,
+                }
+            }
+        }
+    }
+}
+
+/// Publishes one batch as numbered messages, in order. Returns `false` when the cache shut
+/// down before all of it could be published.
+async fn send_batch(
+    p: &Propagation,
+    backplane: &dyn Backplane,
+    seq: &mut u64,
+    batch: Batch,
+    reported_too_large: &mut bool,
+) -> bool {
+    for outgoing in into_messages(p, *seq, batch.ops) {
+        *seq = outgoing.message.seq;
+        let Some(payload) = encode(&outgoing.message) else {
+            // Its number is used up, so peers see a gap and clear: safe, if costly.
+            p.outbox.sent(outgoing.pending);
+            continue;
+        };
+        let mut outcome = publish_until_sent(p, backplane, payload).await;
+        if let Publish::TooLarge { size, limit } = outcome {
+            // Retrying cannot help. Peers cannot be told which entries changed, so they are
+            // told to drop everything (same number: this one never left).
+            if !std::mem::replace(reported_too_large, true) {
+                tracing::error!(
+                    size,
+                    limit,
+                    "the backplane refuses invalidation messages this large (is its max \
+                     payload below the wire format's 1 MiB?); peers are sent a clear instead"
+                );
+            }
+            outcome = match encode(&clear_message(p, outgoing.message.seq)) {
+                Some(clear) => publish_until_sent(p, backplane, clear).await,
+                None => Publish::TooLarge { size, limit },
+            };
+        }
+        match outcome {
+            Publish::Sent => {
+                bump(&p.counters.messages_sent, 1);
+                bump(
+                    &p.counters.invalidations_sent,
+                    invalidations(&outgoing.message),
+                );
+            }
+            Publish::TooLarge { .. } => {
+                tracing::error!("the backplane refuses even a clear; invalidations are lost");
+            }
+            Publish::ShutDown => return false,
+        }
+        p.outbox.sent(outgoing.pending);
+    }
+    p.outbox.mark_published(batch.covers);
+    true
+}
+
+async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
+    let beat = Message::heartbeat(p.instance, seq, unix_micros(), p.started_unix_ms);
+    if let Some(payload) = encode(&beat) {
+        let sent =
+            tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+        if matches!(sent, Ok(Ok(()))) {
+            bump(&p.counters.heartbeats_sent, 1);
+        }
+    }
+}
+
+/// Invalidations a message carries: each removed key, region expiry, sub-key expiry or clear
+/// counts one (the receiver counts the same way).
+pub(crate) fn invalidations(message: &Message) -> u64 {
+    message
+        .ops
+        .iter()
+        .map(|op| op.key_count().max(1) as u64)
+        .sum()
+}
+
+/// One message of a batch, and how many of the batch's queued operations it carries.
+struct Outgoing {
+    message: Message,
+    pending: usize,
+}
+
+/// Splits a batch into messages that each fit the wire limits, numbering them from `seq + 1`.
+fn into_messages(p: &Propagation, mut seq: u64, ops: Vec<Pending>) -> Vec<Outgoing> {
+    let mut messages = Vec::new();
+    let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
+    let mut in_builder = 0;
+    let mut seal =
+        |builder: &mut MessageBuilder, in_builder: &mut usize, out: &mut Vec<Outgoing>| {
+            seq += 1;
+            let full = std::mem::replace(builder, MessageBuilder::new(WireLimits::DEFAULT));
+            out.push(Outgoing {
+                message: full.build(p.instance, seq, unix_micros(), p.started_unix_ms),
+                pending: std::mem::take(in_builder),
+            });
+        };
+    for op in ops {
+        let mut pushed = push(&mut builder, op);
+        if let Err(PushError::Full(op)) = pushed {
+            seal(&mut builder, &mut in_builder, &mut messages);
+            pushed = push(&mut builder, op);
+        }
+        if let Err(error) = pushed {
+            // A key or region name too long for any message. Peers cannot be told which
+            // entry changed, so they are told to drop everything instead of nothing.
+            tracing::error!(%error, "an invalidation cannot be sent as is; peers are sent a clear instead");
+            if let Err(PushError::Full(_)) = builder.push(Op::Clear) {
+                seal(&mut builder, &mut in_builder, &mut messages);
+                let _ = builder.push(Op::Clear);
+            }
+        }
+        in_builder += 1;
+    }
+    if !builder.is_empty() {
+        seal(&mut builder, &mut in_builder, &mut messages);
+    }
+    messages
+}
+
+fn push(builder: &mut MessageBuilder, pending: Pending) -> Result<(), PushError<Pending>> {
+    let result = match &pending {
+        Pending::Remove(key) => builder
+            .push_remove(key.as_str().to_owned())
+            .map_err(|e| e.map_value(|_| ())),
+        Pending::ExpireRegion(region) => builder
+            .push(Op::ExpireRegion {
+                region: region.clone(),
+            })
+            .map_err(|e| e.map_value(|_| ())),
+        Pending::ExpireRegionKey(region, key) => builder
+            .push(Op::ExpireRegionKey {
+                region: region.clone(),
+                key: key.clone(),
+            })
+            .map_err(|e| e.map_value(|_| ())),
+        Pending::Clear => builder.push(Op::Clear).map_err(|e| e.map_value(|_| ())),
+    };
+    result.map_err(|e| e.map_value(|()| pending))
+}
+
+fn encode(message: &Message) -> Option<Bytes> {
+    match wire::encode(message) {
+        Ok(payload) => Some(payload),
+        Err(error) => {
+            tracing::error!(%error, "could not encode an invalidation message; dropped");
+            None
+        }
+    }
+}
+
+/// A message of only `Clear`, numbered `seq`: what peers get instead of one that cannot be sent.
+fn clear_message(p: &Propagation, seq: u64) -> Message {
+    let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
+    let _ = builder.push(Op::Clear); // one op always fits an empty message
+    builder.build(p.instance, seq, unix_micros(), p.started_unix_ms)
+}
+
+/// How [`publish_until_sent`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Sent,
+    /// The backplane will never accept a payload this large; nothing was sent.
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// The cache is shutting down and the backplane still refuses it.
+    ShutDown,
+}
+
+/// Publishes `payload`, retrying with backoff until it is sent or the backplane says it is
+/// too large (retrying cannot help). Once the cache is closed a failed attempt is not
+/// retried ([`Publish::ShutDown`]), so a shutdown or drop never lingers on a dead backplane.
+async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload: Bytes) -> Publish {
+    let max_delay = p.options.reconnect_max_delay;
+    let mut delay = p.options.reconnect_initial_delay.min(max_delay);
+    let mut failing_since: Option<Instant> = None;
+    let mut shutdown = p.shutdown.subscribe();
+    loop {
+        match tokio::time::timeout(
+            p.options.publish_timeout,
+            backplane.publish(payload.clone()),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                if let Some(since) = failing_since {
+                    tracing::info!(outage = ?since.elapsed(), "publishing invalidations again");
+                }
+                return Publish::Sent;
+            }
+            Ok(Err(BackplaneError::TooLarge { size, limit })) => {
+                return Publish::TooLarge { size, limit };
+            }
+            outcome => {
+                bump(&p.counters.publish_failures, 1);
+                let _ = p.events.send(CacheEvent::PublishFailed);
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    match outcome {
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "publishing invalidations failed; they stay queued and are retried")
+                        }
+                        _ => {
+                            tracing::warn!(timeout = ?p.options.publish_timeout, "publishing invalidations timed out; they stay queued and are retried")
+                        }
+                    }
+                }
+                if p.outbox.is_closed() {
+                    return Publish::ShutDown;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = p.retry_now.notified() => {}
+                    _ = shutdown.wait_for(|closed| *closed) => {}
+                }
+                delay = delay.saturating_mul(2).min(max_delay);
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! [`CacheStats`]: a snapshot of the local store's and the propagation layer's counters.
+
+use nearcache_backplane::wire::InstanceId;
+pub use nearcache_store::StoreStats;
+
+pub use crate::propagation::lag::LagSummary;
+
+/// A snapshot of a cache's counters. Counters only grow; subtract two snapshots for rates.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// The local store: hits, misses, loads, evictions, expirations, …
+    pub store: StoreStats,
+    /// The backplane side, or `None` for a cache without one.
+    pub propagation: Option<PropagationStats>,
+}
+
+/// Counters of the propagation layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PropagationStats {
+    /// This instance's id on the channel.
+    pub instance: InstanceId,
+    /// Whether the subscription is live now.
+    pub connected: bool,
+    /// Whether reads bypass the local cache now: before the first subscription, while the
+    /// backplane has been down past `max_staleness`, and after shutdown.
+    pub bypassing_reads: bool,
+    /// Invalidations waiting to be published now (queued, or in a publish being retried).
+    pub outbox_len: usize,
+    /// Messages published (not counting heartbeats).
+    pub messages_sent: u64,
+    /// Invalidations published (each key, region expiry or clear counts one).
+    pub invalidations_sent: u64,
+    /// Heartbeats published.
+    pub heartbeats_sent: u64,
+    /// Publish attempts of invalidation messages that failed or timed out (each is retried
+    /// until it goes out; heartbeats are not counted).
+    pub publish_failures: u64,
+    /// Messages received from peers and accepted (not counting heartbeats, duplicates or
+    /// rejected payloads).
+    pub messages_received: u64,
+    /// Invalidations carried by those messages (each key, region expiry or clear counts one).
+    pub invalidations_received: u64,
+    /// Invalidations applied to the local store.
+    pub invalidations_applied: u64,
+    /// Heartbeats received from peers.
+    pub heartbeats_received: u64,
+    /// Our own payloads (messages and heartbeats) echoed back by the channel, ignored.
+    pub own_messages_ignored: u64,
+    /// Messages whose sequence number was already seen (a retried publish), ignored.
+    pub duplicates_ignored: u64,
+    /// Messages that did not decode (garbage, foreign or unsupported), dropped.
+    pub messages_rejected: u64,
+    /// Times the outbox overflowed and collapsed into one clear.
+    pub outbox_overflows: u64,
+    /// Times this instance cleared itself because it may have missed invalidations.
+    pub loss_clears: LossClears,
+    /// Publish on the origin → applied here.
+    pub propagation_lag: LagSummary,
+}
+
+/// Local clears by cause (never broadcast to peers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LossClears {
+    /// The subscription reconnected.
+    pub reconnect: u64,
+    /// The backplane dropped messages for this slow reader.
+    pub lagged: u64,
+    /// A peer's sequence numbers jumped.
+    pub peer_gap: u64,
+    /// Our own outbox overflowed.
+    pub outbox_overflow: u64,
+}
+
+impl LossClears {
+    /// All causes together.
+    pub fn total(&self) -> u64 {
+        self.reconnect + self.lagged + self.peer_gap + self.outbox_overflow
+    }
+}
