@@ -1,0 +1,393 @@
+//! Rows 6 and 7 of the benchmark table: invalidations between two instances through a real
+//! Redis on loopback (a private `redis-server` started by the suite's harness).
+//!
+//! 6. Propagation latency: instance A removes a key that B holds; the clock stops when B's
+//!    `CacheEvent::Applied` for it arrives (B's entry is then checked to be gone). Baseline:
+//!    a raw redis-rs `PUBLISH` of the same bytes → a RESP3 subscriber's push, on the same
+//!    server and runtime.
+//! 7. Invalidation throughput: A calls `remove_sync` for N keys that B holds; the clock
+//!    stops when B's `Applied` events add up to N. The outbox batches by group commit.
+//!    Baselines: raw redis-rs, one awaited `PUBLISH` per key; and raw 256-key payloads.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
+mod common;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
+use hdrhistogram::Histogram;
+use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, Entry, InstanceId, Key};
+use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
+use nearcache_suite::RedisServer;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use tokio::sync::{broadcast, mpsc};
+
+/// Longest wait for any one expected event before the bench gives up.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+const RAW_CHANNEL: &str = "nearcache-bench:raw";
+/// Keys per payload of the batched raw baseline.
+const RAW_BATCH: usize = 256;
+
+fn main() {
+    let server = RedisServer::start().expect(
+        "start redis-server (install it with `cargo xtask redis` or apt-get install redis-server)",
+    );
+    let url = server.url();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut report = Report::new("redis");
+    runtime.block_on(async {
+        latency(&url, &mut report).await;
+        throughput(&url, &mut report).await;
+    });
+    drop(runtime);
+    drop(server);
+}
+
+fn options(url: &str, app: &str, capacity: usize, outbox: usize) -> CacheOptions {
+    CacheOptions {
+        max_capacity: capacity as u64,
+        backplane: BackplaneOptions {
+            redis_url: Some(url.to_owned()),
+            app: app.to_owned(),
+            outbox_capacity: outbox,
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    }
+}
+
+/// Two caches on one channel, both subscribed.
+async fn pair(url: &str, app: &str, capacity: usize, outbox: usize) -> (Cache, Cache) {
+    let connect = || async {
+        Cache::builder()
+            .options(options(url, app, capacity, outbox))
+            .connect()
+            .await
+            .expect("connect a cache to the bench's redis-server")
+    };
+    let (a, b) = (connect().await, connect().await);
+    a.ready().await;
+    b.ready().await;
+    (a, b)
+}
+
+/// Waits for the next `Applied` from `origin`; returns how many invalidations it carried,
+/// or `None` when events were dropped for this slow reader.
+async fn next_applied(
+    events: &mut broadcast::Receiver<CacheEvent>,
+    origin: InstanceId,
+) -> Option<u64> {
+    loop {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .expect("an Applied event within the timeout");
+        match event {
+            Ok(CacheEvent::Applied {
+                origin: from,
+                invalidations,
+                ..
+            }) if from == origin => return Some(invalidations),
+            Ok(CacheEvent::LossCleared { cause, .. }) => {
+                panic!("B cleared itself ({cause:?}): the measure is void")
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return None,
+            Err(broadcast::error::RecvError::Closed) => panic!("B's events ended"),
+        }
+    }
+}
+
+/// A raw RESP3 client of the server (the same protocol nearcache's backplane speaks).
+fn raw_client(url: &str) -> redis::Client {
+    let info = url.into_connection_info().expect("a valid URL");
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings)).expect("a redis client")
+}
+
+/// A publishing connection, and a subscriber whose messages arrive on the receiver.
+async fn raw_pair(url: &str) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
+    let client = raw_client(url);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = AsyncConnectionConfig::new().set_push_sender(tx);
+    let mut subscriber = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("subscriber connection");
+    subscriber.subscribe(RAW_CHANNEL).await.expect("SUBSCRIBE");
+    // The confirmation arrives as a push too.
+    loop {
+        let push = rx.recv().await.expect("subscription confirmed");
+        if push.kind == PushKind::Subscribe {
+            break;
+        }
+    }
+    // The subscriber connection must outlive the measure: leak it into a task that holds it.
+    tokio::spawn(async move {
+        let _subscriber = subscriber;
+        std::future::pending::<()>().await;
+    });
+    let publisher = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("publisher connection");
+    (publisher, rx)
+}
+
+async fn publish(publisher: &mut MultiplexedConnection, payload: &[u8]) {
+    redis::cmd("PUBLISH")
+        .arg(RAW_CHANNEL)
+        .arg(payload)
+        .exec_async(publisher)
+        .await
+        .expect("PUBLISH");
+}
+
+/// The next message's payload.
+async fn next_message(rx: &mut mpsc::UnboundedReceiver<PushInfo>) -> PushInfo {
+    loop {
+        let push = tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
+            .await
+            .expect("a message within the timeout")
+            .expect("the subscriber is open");
+        if push.kind == PushKind::Message {
+            return push;
+        }
+    }
+}
+
+/// The bytes nearcache sends for the removal of `key`.
+fn remove_message(key: &Key) -> Bytes {
+    let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
+    builder
+        .push_remove(key.as_str().to_owned())
+        .expect("a short key fits");
+    let message = builder.build(InstanceId::random(), 1, 1, 1);
+    wire::encode(&message).expect("encodes")
+}
+
+// ---- row 6 ----------------------------------------------------------------------------
+
+async fn latency(url: &str, report: &mut Report) {
+    let samples = pick(5_000, 500);
+    let warmup = samples / 10;
+    let keys = common::keys(warmup + samples);
+
+    let ours = nearcache_latency(url, &keys, warmup).await;
+    let theirs = raw_latency(url, &keys, warmup).await;
+    for (q, name, goal) in [
+        (0.50, "p50", Goal::RatioAtMost(1.3)),
+        (0.99, "p99", Goal::Info),
+    ] {
+        report.push(Row::vs(
+            "6",
+            format!("propagation A remove → B Applied, {name} ({samples} samples)"),
+            Unit::Nanos,
+            ours.value_at_quantile(q) as f64,
+            "raw redis-rs PUBLISH → subscriber",
+            theirs.value_at_quantile(q) as f64,
+            goal,
+        ));
+    }
+}
+
+async fn nearcache_latency(url: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
+    let (a, b) = pair(url, "bench-latency", 2 * keys.len(), 100_000).await;
+    let origin = a.instance_id().expect("A has a backplane");
+    let mut events = b.events();
+    let mut histogram = common::histogram();
+    for (n, key) in keys.iter().enumerate() {
+        b.get_or_create(key, async |_: &mut Entry| Ok::<Payload, Infallible>(VALUE))
+            .await
+            .expect("loads");
+        let start = Instant::now();
+        a.remove_sync(key);
+        next_applied(&mut events, origin)
+            .await
+            .expect("one event per sample cannot lag");
+        let took = start.elapsed();
+        assert!(
+            b.get::<Payload>(key).unwrap().is_none(),
+            "B's entry is gone once its Applied event is out"
+        );
+        if n >= warmup {
+            common::record(&mut histogram, took);
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    histogram
+}
+
+async fn raw_latency(url: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
+    let (mut publisher, mut rx) = raw_pair(url).await;
+    let mut histogram = common::histogram();
+    for (n, key) in keys.iter().enumerate() {
+        let payload = remove_message(key);
+        let start = Instant::now();
+        let ((), received) = tokio::join!(publish(&mut publisher, &payload), async {
+            let push = next_message(&mut rx).await;
+            (Instant::now(), push)
+        });
+        let (at, _push) = received;
+        if n >= warmup {
+            common::record(&mut histogram, at - start);
+        }
+    }
+    histogram
+}
+
+// ---- row 7 ----------------------------------------------------------------------------
+
+async fn throughput(url: &str, report: &mut Report) {
+    let n = pick(1_000_000, 200_000);
+    let per_key_n = pick(20_000, 3_000);
+    let ours = nearcache_throughput(url, n).await;
+    let one_per_key = raw_per_key(url, per_key_n).await;
+    let batched = raw_batched(url, n).await;
+    let what = format!("invalidations applied on B, {n} keys (remove_sync, group commit)");
+    report.push(Row::vs(
+        "7",
+        what.clone(),
+        Unit::PerSec,
+        ours,
+        "raw redis-rs, one PUBLISH per key",
+        one_per_key,
+        Goal::AtLeast(1_000_000.0),
+    ));
+    report.push(Row::vs(
+        "7",
+        what,
+        Unit::PerSec,
+        ours,
+        format!("raw redis-rs, {RAW_BATCH}-key payloads"),
+        batched,
+        Goal::Info,
+    ));
+}
+
+/// Keys per second applied on B.
+async fn nearcache_throughput(url: &str, n: usize) -> f64 {
+    // The whole burst may wait in the outbox: it must not overflow into a clear. Twice the
+    // capacity, so that uneven shards evict none of B's keys.
+    let (a, b) = pair(url, "bench-throughput", 2 * n, n + 1024).await;
+    let origin = a.instance_id().expect("A has a backplane");
+    let keys = common::keys(n);
+    let keys = {
+        let b = b.clone();
+        tokio::task::spawn_blocking(move || {
+            for key in &keys {
+                b.get_or_create_sync(key, |_| Ok::<Payload, Infallible>(VALUE))
+                    .expect("loads");
+            }
+            keys
+        })
+        .await
+        .expect("populating B")
+    };
+    assert_eq!(b.len(), n, "B holds every key before the burst");
+    let applied_before = b.stats().propagation.map_or(0, |p| p.invalidations_applied);
+
+    let mut events = b.events();
+    let start = Instant::now();
+    let producer = {
+        let a = a.clone();
+        tokio::task::spawn_blocking(move || {
+            for key in &keys {
+                a.remove_sync(key);
+            }
+        })
+    };
+    let mut applied = 0_u64;
+    while applied < n as u64 {
+        match next_applied(&mut events, origin).await {
+            Some(count) => applied += count,
+            // Events were dropped; the counter is exact.
+            None => {
+                applied =
+                    b.stats().propagation.map_or(0, |p| p.invalidations_applied) - applied_before;
+            }
+        }
+    }
+    let took = start.elapsed();
+    producer.await.expect("producer");
+
+    let a_stats = a.stats().propagation.expect("A has a backplane");
+    let b_stats = b.stats().propagation.expect("B has a backplane");
+    assert_eq!(a_stats.outbox_overflows, 0, "A's outbox never overflowed");
+    assert_eq!(b_stats.loss_clears.total(), 0, "B never cleared itself");
+    assert_eq!(b.len(), 0, "every key B held was removed");
+    println!(
+        "row 7: {n} keys in {took:?}: A sent {} messages ({:.0} keys each on average)",
+        a_stats.messages_sent,
+        n as f64 / a_stats.messages_sent.max(1) as f64
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    n as f64 / took.as_secs_f64()
+}
+
+/// Keys per second with one awaited `PUBLISH` per key (the bytes nearcache would send).
+async fn raw_per_key(url: &str, n: usize) -> f64 {
+    let (mut publisher, mut rx) = raw_pair(url).await;
+    let payloads: Vec<Bytes> = common::keys(n).iter().map(remove_message).collect();
+    let counter = tokio::spawn(async move {
+        for _ in 0..n {
+            next_message(&mut rx).await;
+        }
+        Instant::now()
+    });
+    let start = Instant::now();
+    for payload in &payloads {
+        publish(&mut publisher, payload).await;
+    }
+    let done = counter.await.expect("counter");
+    n as f64 / (done - start).as_secs_f64()
+}
+
+/// Keys per second with awaited `PUBLISH`es of `RAW_BATCH` newline-separated keys.
+async fn raw_batched(url: &str, n: usize) -> f64 {
+    let (mut publisher, mut rx) = raw_pair(url).await;
+    let keys = common::keys(n);
+    let payloads: Vec<Vec<u8>> = keys
+        .chunks(RAW_BATCH)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(Key::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into_bytes()
+        })
+        .collect();
+    let counter = tokio::spawn(async move {
+        let mut received = 0;
+        while received < n {
+            let push = next_message(&mut rx).await;
+            if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                received += payload.iter().filter(|&&b| b == b'\n').count() + 1;
+            }
+        }
+        Instant::now()
+    });
+    let start = Instant::now();
+    for payload in &payloads {
+        publish(&mut publisher, payload).await;
+    }
+    let done = counter.await.expect("counter");
+    n as f64 / (done - start).as_secs_f64()
+}

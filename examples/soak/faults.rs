@@ -1,0 +1,127 @@
+//! The fault injector: at random intervals it kills Redis (SIGKILL) and restarts it after a
+//! random outage, or `CLIENT KILL`s every subscriber, then waits until every instance is
+//! connected again, with its outbox empty and a publish through since the fault, and notes
+//! how long that took. Reads count as
+//! "during a fault" from the fault until then.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nearcache::Cache;
+use nearcache_suite::RedisServer;
+use rand::Rng;
+
+/// What the injector did.
+#[derive(Default)]
+pub(crate) struct FaultCounts {
+    pub(crate) redis_kills: AtomicU64,
+    pub(crate) subscriber_kills: AtomicU64,
+    /// Longest time from the end of a fault until every instance was connected, in ms.
+    pub(crate) max_recovery_ms: AtomicU64,
+    /// Faults after which the instances did not reconnect within the patience.
+    pub(crate) unrecovered: AtomicU64,
+}
+
+/// Whether every instance is connected now (read by the workers to tell healthy reads from
+/// reads during a fault).
+pub(crate) fn all_connected(caches: &[Cache]) -> bool {
+    caches
+        .iter()
+        .all(|c| c.stats().propagation.is_some_and(|p| p.connected))
+}
+
+/// Publishes (messages and heartbeats) each instance has made so far.
+fn sent(caches: &[Cache]) -> Vec<u64> {
+    caches
+        .iter()
+        .map(|c| {
+            c.stats()
+                .propagation
+                .map_or(0, |p| p.messages_sent + p.heartbeats_sent)
+        })
+        .collect()
+}
+
+/// Recovered from a fault: every instance is subscribed again, has nothing queued, and has
+/// published something since the fault ended (its publisher reconnects on its own schedule,
+/// maybe after its subscriber; until then its peers may serve what it invalidated).
+fn recovered(caches: &[Cache], sent_at_heal: &[u64]) -> bool {
+    let connected = caches.iter().all(|c| {
+        c.stats()
+            .propagation
+            .is_some_and(|p| p.connected && p.outbox_len == 0)
+    });
+    connected
+        && sent(caches)
+            .iter()
+            .zip(sent_at_heal)
+            .all(|(now, then)| now > then)
+}
+
+/// Runs until `stop`: one fault every 2–6 s after a quiet `warm_up`.
+pub(crate) fn inject(
+    server: &Mutex<RedisServer>,
+    caches: &[Cache],
+    counts: &FaultCounts,
+    faulting: &AtomicBool,
+    stop: &AtomicBool,
+    warm_up: Duration,
+) {
+    let mut rng = rand::rng();
+    if !pause(stop, warm_up) {
+        return;
+    }
+    while pause(stop, Duration::from_millis(rng.random_range(2_000..6_000))) {
+        faulting.store(true, Ordering::Relaxed);
+        let mut server = server
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rng.random_bool(0.5) {
+            counts.redis_kills.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = server.kill() {
+                tracing::error!(%error, "could not kill redis-server");
+            }
+            let outage = Duration::from_millis(rng.random_range(300..2_500));
+            tracing::info!(?outage, "redis-server killed");
+            std::thread::sleep(outage);
+            if let Err(error) = server.restart() {
+                tracing::error!(%error, "could not restart redis-server");
+            }
+        } else {
+            counts.subscriber_kills.fetch_add(1, Ordering::Relaxed);
+            match server.client_kill_pubsub() {
+                Ok(killed) => tracing::info!(killed, "CLIENT KILL TYPE pubsub"),
+                Err(error) => tracing::error!(%error, "CLIENT KILL failed"),
+            }
+        }
+        drop(server);
+        let healed = Instant::now();
+        let sent_at_heal = sent(caches);
+        let patience = Duration::from_secs(20);
+        let mut back = recovered(caches, &sent_at_heal);
+        while !back && healed.elapsed() < patience && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+            back = recovered(caches, &sent_at_heal);
+        }
+        if back {
+            let ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
+            counts.max_recovery_ms.fetch_max(ms, Ordering::Relaxed);
+        } else if !stop.load(Ordering::Relaxed) {
+            counts.unrecovered.fetch_add(1, Ordering::Relaxed);
+        }
+        faulting.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps `duration` in short steps; `false` as soon as `stop` is set.
+fn pause(stop: &AtomicBool, duration: Duration) -> bool {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !stop.load(Ordering::Relaxed)
+}

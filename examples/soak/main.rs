@@ -1,0 +1,548 @@
+//! The soak: three caches through a real `redis-server` under steady read/write load while
+//! Redis is killed and restarted and its subscribers are `CLIENT KILL`ed at random.
+//!
+//! ```text
+//! cargo xtask soak --minutes 1                       # what CI runs
+//! cargo run --example soak -- --minutes 30 --bound 5s
+//! ```
+//!
+//! Every read is checked against the "database" ([`db`]): a read that returns a version
+//! older than the current one is stale, and how long it had been stale is measured. At the
+//! end, once every instance is connected and has applied its peers' last messages, no
+//! instance may hold an entry older than the database. The report gives operations done,
+//! faults injected, clears by cause, outbox overflows, the longest staleness of a read that
+//! missed a write made after recovery (no fault in progress at the write or the read) and
+//! of one that missed a write made during a fault, and resident memory over time with a
+//! growth verdict. Exit status 1 on any stale read past the bound (default: `max_staleness`
+//! plus 4 s), any stale entry left at the end, any panic, or an instance that did not
+//! reconnect (and on memory growth with `--strict-rss`).
+//!
+//! Loopback only: the server is a private `redis-server` on a free 127.0.0.1 port. Every
+//! loop is bounded by the deadline and by a cap on operations.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a report on the terminal is its job
+
+mod db;
+mod faults;
+mod rss;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nearcache::{Cache, CacheEvent, CacheOptions, Entry, Key, region};
+use nearcache_suite::RedisServer;
+use rand::Rng;
+
+use db::{Db, Staleness};
+use faults::FaultCounts;
+
+region!(Shard = "shard");
+
+const INSTANCES: usize = 3;
+const WORKERS_PER_INSTANCE: usize = 3;
+const KEYS: usize = 2_000;
+/// Every worker stops after this many operations even if the deadline is far.
+const MAX_OPS_PER_WORKER: u64 = 50_000_000;
+const MAX_STALENESS: Duration = Duration::from_secs(1);
+
+/// What a cached entry holds: the database version it was loaded at, and some bytes so
+/// memory use is realistic.
+struct Versioned {
+    version: u64,
+    _payload: Vec<u8>,
+}
+
+struct Args {
+    duration: Duration,
+    bound: Duration,
+    strict_rss: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        duration: Duration::from_secs(60),
+        bound: MAX_STALENESS + Duration::from_secs(4),
+        strict_rss: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("`{arg}` needs a value"));
+        match arg.as_str() {
+            "--minutes" => {
+                let minutes: f64 = value()?.parse().map_err(|e| format!("--minutes: {e}"))?;
+                args.duration = Duration::try_from_secs_f64(minutes * 60.0)
+                    .map_err(|e| format!("--minutes: {e}"))?;
+            }
+            "--seconds" => {
+                let seconds: u64 = value()?.parse().map_err(|e| format!("--seconds: {e}"))?;
+                args.duration = Duration::from_secs(seconds);
+            }
+            "--bound" => {
+                args.bound = humantime_parse(&value()?)?;
+            }
+            "--strict-rss" => args.strict_rss = true,
+            other => {
+                return Err(format!(
+                    "unknown argument `{other}`; usage: soak [--minutes N | --seconds N] \
+                     [--bound 5s] [--strict-rss]"
+                ));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// `"5s"`, `"500ms"`: the two forms `--bound` needs.
+fn humantime_parse(text: &str) -> Result<Duration, String> {
+    let bad = || format!("--bound: `{text}` is not like 5s or 500ms");
+    if let Some(ms) = text.strip_suffix("ms") {
+        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
+    }
+    let secs = text.strip_suffix('s').ok_or_else(bad)?;
+    secs.parse().map(Duration::from_secs).map_err(|_| bad())
+}
+
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("soak: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+        default_hook(info);
+    }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("soak: no tokio runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(soak(&args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("soak: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key(k: usize) -> Key {
+    Key::from_text(format!("Product:get-{k}"))
+}
+
+fn sub(k: usize) -> String {
+    format!("s{}", k % 16)
+}
+
+/// Everything the workers share.
+struct Shared {
+    caches: Vec<Cache>,
+    db: Db,
+    staleness: Staleness,
+    bound: Duration,
+    stop: AtomicBool,
+    faulting: AtomicBool,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+async fn soak(args: &Args) -> Result<bool, String> {
+    let server = RedisServer::start().map_err(|e| format!("redis-server: {e}"))?;
+    let mut options = CacheOptions::default();
+    let backplane = &mut options.backplane;
+    backplane.redis_url = Some(server.url());
+    backplane.channel = Some("nearcache:soak:invalidations".into());
+    backplane.heartbeat_interval = Duration::from_secs(1);
+    backplane.publish_timeout = Duration::from_millis(200);
+    // Small, so a long outage overflows it (the collapse-into-clear path).
+    backplane.outbox_capacity = 64;
+    backplane.max_staleness = Some(MAX_STALENESS);
+    backplane.reconnect_initial_delay = Duration::from_millis(50);
+    backplane.reconnect_max_delay = Duration::from_millis(500);
+    let mut caches = Vec::new();
+    for _ in 0..INSTANCES {
+        let cache = Cache::builder()
+            .options(options.clone())
+            .connect()
+            .await
+            .map_err(|e| format!("cache: {e}"))?;
+        caches.push(cache);
+    }
+    for cache in &caches {
+        cache.ready().await;
+    }
+    let shared = Arc::new(Shared {
+        caches,
+        db: Db::new(KEYS),
+        staleness: Staleness::default(),
+        bound: args.bound,
+        stop: AtomicBool::new(false),
+        faulting: AtomicBool::new(false),
+        reads: AtomicU64::new(0),
+        writes: AtomicU64::new(0),
+    });
+    println!(
+        "soak: {INSTANCES} instances × {WORKERS_PER_INSTANCE} workers, {KEYS} keys, redis on \
+         127.0.0.1:{}, {:?}, staleness bound {:?}",
+        server.port(),
+        args.duration,
+        args.bound
+    );
+
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for at in 0..INSTANCES {
+        for worker in 0..WORKERS_PER_INSTANCE {
+            workers.push(tokio::spawn(work(Arc::clone(&shared), at, worker == 0)));
+        }
+    }
+    let server = Arc::new(Mutex::new(server));
+    let counts = Arc::new(FaultCounts::default());
+    let warm_up = (args.duration / 10).min(Duration::from_secs(10));
+    let injector = {
+        let (server, counts, shared) = (
+            Arc::clone(&server),
+            Arc::clone(&counts),
+            Arc::clone(&shared),
+        );
+        std::thread::spawn(move || {
+            faults::inject(
+                &server,
+                &shared.caches,
+                &counts,
+                &shared.faulting,
+                &shared.stop,
+                warm_up,
+            );
+        })
+    };
+
+    let mut rss_samples = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    while started.elapsed() < args.duration {
+        ticker.tick().await;
+        let elapsed = started.elapsed();
+        if let Some(kib) = rss::rss_kib() {
+            rss_samples.push((elapsed, kib));
+        }
+        if elapsed.as_secs().is_multiple_of(10) && elapsed.as_secs() > 0 {
+            println!(
+                "  t={:>4}s reads={} writes={} faults={} stale_reads={} rss={} MiB",
+                elapsed.as_secs(),
+                shared.reads.load(Ordering::Relaxed),
+                shared.writes.load(Ordering::Relaxed),
+                counts.redis_kills.load(Ordering::Relaxed)
+                    + counts.subscriber_kills.load(Ordering::Relaxed),
+                shared.staleness.stale_reads.load(Ordering::Relaxed),
+                rss_samples.last().map_or(0, |(_, kib)| kib / 1024),
+            );
+        }
+    }
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut worker_panics = 0;
+    for worker in workers {
+        if worker.await.is_err() {
+            worker_panics += 1;
+        }
+    }
+    if injector.join().is_err() {
+        worker_panics += 1;
+    }
+    let left_stale = settle_and_compare(&shared).await;
+    for cache in &shared.caches {
+        cache.shutdown().await;
+    }
+    Ok(report(
+        args,
+        &shared,
+        &counts,
+        &rss_samples,
+        warm_up,
+        worker_panics,
+        left_stale,
+    ))
+}
+
+/// One worker: reads (95 %) and writes (5 %) on instance `at` until told to stop. Worker 0
+/// of each instance does not wait for its invalidations to be published (the `_sync`
+/// twins), so during an outage it fills the outbox until it overflows.
+async fn work(shared: Arc<Shared>, at: usize, fire_and_forget: bool) {
+    let cache = &shared.caches[at];
+    for op in 0..MAX_OPS_PER_WORKER {
+        if shared.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let (k, roll) = {
+            let mut rng = rand::rng();
+            (rng.random_range(0..KEYS), rng.random_range(0..100_000_u32))
+        };
+        if roll < 95_000 {
+            read(&shared, cache, k).await;
+        } else {
+            write(&shared, cache, k, roll, fire_and_forget).await;
+        }
+        // A steady load, not a flat-out one: Redis and the other workers share 2 cores.
+        if op % 64 == 63 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+async fn read(shared: &Shared, cache: &Cache, k: usize) {
+    shared.reads.fetch_add(1, Ordering::Relaxed);
+    let db = &shared.db;
+    let loaded = cache
+        .get_or_create(key(k), async |entry: &mut Entry| {
+            entry.region_key::<Shard>(&sub(k));
+            Ok::<_, std::convert::Infallible>(Versioned {
+                version: db.read(k),
+                _payload: vec![0; 256],
+            })
+        })
+        .await;
+    let Ok(value) = loaded else {
+        return;
+    };
+    if let Some((age, written_during_fault)) = db.staleness(k, value.version, Instant::now()) {
+        // Healthy: the write it missed and the read both happened with no fault in progress.
+        let healthy = !written_during_fault
+            && !shared.faulting.load(Ordering::Relaxed)
+            && faults::all_connected(&shared.caches);
+        shared.staleness.record(age, healthy, shared.bound);
+        if age > shared.bound {
+            tracing::error!(
+                key = k,
+                seen = value.version,
+                current = db.read(k),
+                ?age,
+                healthy,
+                "stale read past the bound"
+            );
+        }
+    }
+}
+
+/// A database write, then its invalidation: mostly `remove`, some `set`, a few sub-key
+/// expiries, rarely a `clear`.
+async fn write(shared: &Shared, cache: &Cache, k: usize, roll: u32, fire_and_forget: bool) {
+    shared.writes.fetch_add(1, Ordering::Relaxed);
+    let version = shared.db.write(k, shared.faulting.load(Ordering::Relaxed));
+    let value = || Versioned {
+        version,
+        _payload: vec![0; 256],
+    };
+    let s = sub(k);
+    let tie = move |entry: &mut Entry| {
+        entry.region_key::<Shard>(&s);
+    };
+    match (roll, fire_and_forget) {
+        (95_000..95_001, false) => {
+            cache.clear().await;
+        }
+        (95_000..95_001, true) => cache.clear_sync(),
+        (95_001..95_100, false) => {
+            cache.expire_region_key::<Shard, _>(&sub(k)).await;
+        }
+        (95_001..95_100, true) => cache.expire_region_key_sync::<Shard, _>(&sub(k)),
+        (95_100..97_000, _) => {
+            // `set_with` has no non-waiting twin; fire and forget drops the wait.
+            let set = cache.set_with(key(k), value(), tie);
+            if fire_and_forget {
+                let _ = tokio::time::timeout(Duration::ZERO, set).await;
+            } else {
+                set.await;
+            }
+        }
+        (_, true) => cache.remove_sync(key(k)),
+        (_, false) => {
+            cache.remove(key(k)).await;
+        }
+    }
+}
+
+/// Waits (at most 30 s) until every instance is connected, has published its outbox, and
+/// has applied a marker message from every peer (a lost earlier message shows as a gap on
+/// it); then counts entries older than the database.
+async fn settle_and_compare(shared: &Shared) -> Option<usize> {
+    let caches = &shared.caches;
+    let settled = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ready = caches.iter().all(|c| {
+                c.stats()
+                    .propagation
+                    .is_some_and(|p| p.connected && p.outbox_len == 0)
+            });
+            if ready {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut events: Vec<_> = caches.iter().map(Cache::events).collect();
+        let mut want = Vec::new();
+        for (i, cache) in caches.iter().enumerate() {
+            cache.remove(Key::from_text(format!("Marker:{i}"))).await;
+            let p = cache.stats().propagation?;
+            want.push((p.instance, p.messages_sent));
+        }
+        for (j, events) in events.iter_mut().enumerate() {
+            let mut pending: Vec<_> = want
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != j)
+                .map(|(_, w)| *w)
+                .collect();
+            while !pending.is_empty() {
+                if let Ok(CacheEvent::Applied { origin, seq, .. }) = events.recv().await {
+                    pending.retain(|(o, s)| !(*o == origin && seq >= *s));
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    if !matches!(settled, Ok(Some(()))) {
+        eprintln!("soak: the instances did not settle within 30 s");
+        return None;
+    }
+    let mut stale = 0;
+    for (j, cache) in caches.iter().enumerate() {
+        for k in 0..KEYS {
+            if let Ok(Some(value)) = cache.get::<Versioned>(key(k)) {
+                let current = shared.db.read(k);
+                if value.version != current {
+                    stale += 1;
+                    eprintln!(
+                        "soak: instance {j} holds key {k} at version {}, the database has {current}",
+                        value.version
+                    );
+                }
+            }
+        }
+    }
+    Some(stale)
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+/// Prints the report; returns whether the run passed.
+fn report(
+    args: &Args,
+    shared: &Shared,
+    counts: &FaultCounts,
+    rss_samples: &[(Duration, u64)],
+    warm_up: Duration,
+    worker_panics: u64,
+    left_stale: Option<usize>,
+) -> bool {
+    let mut clears = nearcache::LossClears::default();
+    let (mut overflows, mut failures, mut loads, mut lag_max, mut lag_p99) = (0, 0, 0, 0, 0);
+    for cache in &shared.caches {
+        let stats = cache.stats();
+        loads += stats.store.loads;
+        if let Some(p) = stats.propagation {
+            clears.reconnect += p.loss_clears.reconnect;
+            clears.lagged += p.loss_clears.lagged;
+            clears.peer_gap += p.loss_clears.peer_gap;
+            clears.outbox_overflow += p.loss_clears.outbox_overflow;
+            overflows += p.outbox_overflows;
+            failures += p.publish_failures;
+            lag_max = lag_max.max(p.propagation_lag.max.as_micros());
+            lag_p99 = lag_p99.max(p.propagation_lag.p99.as_micros());
+        }
+    }
+    let s = &shared.staleness;
+    let past_bound = s.past_bound.load(Ordering::Relaxed);
+    let panics = PANICS.load(Ordering::SeqCst) + worker_panics;
+    let unrecovered = counts.unrecovered.load(Ordering::Relaxed);
+    let growth = rss::growth(rss_samples, warm_up);
+    println!("soak report ({:?})", args.duration);
+    println!(
+        "  operations      reads {}  writes {}  loads {}",
+        shared.reads.load(Ordering::Relaxed),
+        shared.writes.load(Ordering::Relaxed),
+        loads
+    );
+    println!(
+        "  faults          redis killed+restarted {}  subscribers CLIENT KILLed {}  \
+         slowest recovery {} ms  not recovered {}",
+        counts.redis_kills.load(Ordering::Relaxed),
+        counts.subscriber_kills.load(Ordering::Relaxed),
+        counts.max_recovery_ms.load(Ordering::Relaxed),
+        unrecovered
+    );
+    println!(
+        "  clears          total {}  (reconnect {}, peer gap {}, lagged {}, outbox overflow {})",
+        clears.total(),
+        clears.reconnect,
+        clears.peer_gap,
+        clears.lagged,
+        clears.outbox_overflow
+    );
+    println!("  outbox          overflows {overflows}  publish failures {failures}");
+    println!(
+        "  propagation lag p99 {:.1} ms  max {:.1} ms",
+        lag_p99 as f64 / 1000.0,
+        lag_max as f64 / 1000.0
+    );
+    println!(
+        "  staleness       stale reads {}  max after recovery {:.1} ms  \
+         max around faults {:.1} ms  past the {:?} bound {}",
+        s.stale_reads.load(Ordering::Relaxed),
+        ms(s.max_healthy_micros.load(Ordering::Relaxed)),
+        ms(s.max_faulty_micros.load(Ordering::Relaxed)),
+        args.bound,
+        past_bound
+    );
+    match left_stale {
+        Some(n) => println!("  at the end      entries older than the database: {n}"),
+        None => println!("  at the end      did not settle"),
+    }
+    let line: Vec<String> = rss_samples
+        .iter()
+        .filter(|(at, _)| at.as_secs().is_multiple_of(10))
+        .map(|(at, kib)| format!("{}s:{}", at.as_secs(), kib / 1024))
+        .collect();
+    println!("  rss (MiB)       {}", line.join(" "));
+    let grew = match &growth {
+        Some(g) => {
+            println!(
+                "  rss growth      first third {} MiB, last third {} MiB (tolerance {} MiB): {}",
+                g.first_third_kib / 1024,
+                g.last_third_kib / 1024,
+                g.tolerance_kib / 1024,
+                if g.grew() { "GREW" } else { "flat" }
+            );
+            g.grew()
+        }
+        None => {
+            println!("  rss growth      too few samples");
+            false
+        }
+    };
+    println!("  panics          {panics}");
+    let passed = panics == 0
+        && past_bound == 0
+        && unrecovered == 0
+        && left_stale == Some(0)
+        && !(args.strict_rss && grew);
+    println!("soak: {}", if passed { "passed" } else { "FAILED" });
+    passed
+}

@@ -1,0 +1,328 @@
+//! What the fuzz targets check, shared with the normal test suite.
+//!
+//! The fuzz targets (`fuzz_targets/`) call these checks with libFuzzer's inputs; the root
+//! package's `tests/fuzz_corpus.rs` includes this same file and runs every input of the
+//! committed corpus, and every crash ever found, through them, so a crash becomes a
+//! regression test that runs on the stable toolchain in `cargo test`.
+//!
+//! - [`check_wire_decode`]: the decoder never panics, and what it accepts is within the
+//!   limits, re-encodes, and decodes back to the same message.
+//! - [`ApplyHarness`]: arbitrary bytes delivered as a backplane message to a running
+//!   [`Cache`]: it never panics or hangs, a payload that does not decode is counted as
+//!   rejected, each payload is accounted for exactly once, nothing received is published
+//!   again, and no message ever adds an entry to the cache (messages carry invalidations,
+//!   never values).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use nearcache::{Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, region};
+use nearcache_backplane::wire::{self, InstanceId, Message, Op, WireLimits};
+use tokio::sync::broadcast;
+
+region!(FuzzRegion = "fuzz");
+
+/// How long one payload may take to be processed before it counts as a hang.
+const PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Decodes `data` and checks what the decoder promises.
+///
+/// # Panics
+///
+/// When a promise is broken: that is the finding.
+pub fn check_wire_decode(data: &[u8]) {
+    match wire::decode(data) {
+        Err(error) => {
+            // Errors are shown to operators; formatting one must not fail either.
+            let shown = error.to_string();
+            assert!(!shown.is_empty(), "a decode error says what went wrong");
+        }
+        Ok(message) => {
+            let limits = WireLimits::DEFAULT;
+            assert!(data.len() <= limits.max_payload_bytes());
+            assert!(
+                message.ops.len() <= limits.max_ops(),
+                "{} ops",
+                message.ops.len()
+            );
+            assert!(message.key_count() <= limits.max_keys());
+            let again = match wire::encode(&message) {
+                Ok(bytes) => bytes,
+                Err(error) => panic!("a message that decodes must encode: {error}"),
+            };
+            assert_eq!(message.encoded_len(), again.len(), "encoded_len is exact");
+            match wire::decode(&again) {
+                Ok(back) => assert_eq!(back, message, "encode/decode round trip"),
+                Err(error) => panic!("a re-encoded message must decode: {error}"),
+            }
+        }
+    }
+}
+
+/// A cache on an in-process bus, to which payloads are delivered as if a peer sent them.
+#[derive(Debug)]
+pub struct ApplyHarness {
+    runtime: tokio::runtime::Runtime,
+    bus: InMemoryBackplane,
+    cache: Cache,
+    events: broadcast::Receiver<CacheEvent>,
+    published_at_start: u64,
+}
+
+/// The accounting counters of one cache, read before and after a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    received: u64,
+    heartbeats: u64,
+    own: u64,
+    rejected: u64,
+}
+
+impl ApplyHarness {
+    /// Starts a runtime, a bus and a cache on it (heartbeats off, so nothing is published
+    /// unless a payload makes it so).
+    ///
+    /// # Panics
+    ///
+    /// When the runtime or the cache cannot be built.
+    pub fn new() -> ApplyHarness {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => panic!("a tokio runtime: {error}"),
+        };
+        let bus = InMemoryBackplane::new();
+        let mut options = CacheOptions::default();
+        options.backplane.heartbeat_interval = Duration::from_secs(24 * 3600);
+        let (cache, events) = runtime.block_on(async {
+            let cache = match Cache::builder()
+                .options(options)
+                .backplane(bus.connection())
+                .build()
+            {
+                Ok(cache) => cache,
+                Err(error) => panic!("a cache: {error}"),
+            };
+            let events = cache.events();
+            cache.ready().await;
+            (cache, events)
+        });
+        // The first heartbeat is a day away: from here on nothing is published unless a
+        // payload makes it so.
+        let published_at_start = bus.published();
+        ApplyHarness {
+            runtime,
+            bus,
+            cache,
+            events,
+            published_at_start,
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        let stats = self.cache.stats();
+        let Some(p) = stats.propagation else {
+            panic!("the harness's cache has a backplane");
+        };
+        Counts {
+            received: p.messages_received,
+            heartbeats: p.heartbeats_received,
+            own: p.own_messages_ignored,
+            rejected: p.messages_rejected,
+        }
+    }
+
+    /// Fills the cache with a few entries a message could evict (plain, in a region, under
+    /// a sub-key).
+    fn fill(&self) {
+        let plain = Key::from_text("Fuzz:plain");
+        let regional = Key::from_text("Fuzz:regional");
+        let sub = Key::from_text("Fuzz:sub");
+        let ok = |_: &mut nearcache::Entry| Ok::<_, std::convert::Infallible>(1_u8);
+        let _ = self.cache.get_or_create_sync(&plain, ok);
+        let _ = self
+            .cache
+            .get_or_create_sync(&regional, |entry: &mut nearcache::Entry| {
+                entry.region::<FuzzRegion>();
+                Ok::<_, std::convert::Infallible>(2_u8)
+            });
+        let _ = self
+            .cache
+            .get_or_create_sync(&sub, |entry: &mut nearcache::Entry| {
+                entry.region_key::<FuzzRegion>("s");
+                Ok::<_, std::convert::Infallible>(3_u8)
+            });
+    }
+
+    /// Delivers `data` as a peer's message, waits until the cache has processed it, and
+    /// checks the invariants.
+    ///
+    /// # Panics
+    ///
+    /// When an invariant is broken or the payload is not processed within 10 s.
+    pub fn apply(&mut self, data: &[u8]) {
+        self.fill();
+        let len_before = self.cache.len();
+        let before = self.counts();
+        let decoded = wire::decode(data).ok();
+
+        // A sentinel from a fresh random origin (which no payload can claim) follows the
+        // payload on the same ordered queue: once it is applied, the payload was processed.
+        let sentinel = InstanceId::random();
+        let marker = Message {
+            origin: sentinel,
+            seq: 1,
+            sent_at_unix_micros: 0,
+            origin_started_unix_ms: 0,
+            ops: vec![Op::Remove {
+                keys: vec!["Fuzz:sentinel".to_owned()],
+            }],
+        };
+        let marker = match wire::encode(&marker) {
+            Ok(bytes) => bytes,
+            Err(error) => panic!("the sentinel encodes: {error}"),
+        };
+        self.bus.inject(Bytes::copy_from_slice(data));
+        self.bus.inject(marker);
+        let events = &mut self.events;
+        let saw_rejected = self.runtime.block_on(async {
+            let wait = async {
+                let mut saw_rejected = false;
+                loop {
+                    match events.recv().await {
+                        Ok(CacheEvent::Applied { origin, .. }) if origin == sentinel => {
+                            return saw_rejected;
+                        }
+                        Ok(CacheEvent::Rejected) => saw_rejected = true,
+                        Ok(_) => {}
+                        Err(error) => panic!("cache events: {error}"),
+                    }
+                }
+            };
+            match tokio::time::timeout(PROCESS_TIMEOUT, wait).await {
+                Ok(saw_rejected) => saw_rejected,
+                Err(_) => panic!("the payload was not processed within {PROCESS_TIMEOUT:?}"),
+            }
+        });
+
+        let after = self.counts();
+        let sentinel_counts = Counts {
+            received: before.received + 1,
+            ..before
+        };
+        match &decoded {
+            None => {
+                assert!(saw_rejected, "an undecodable payload raises Rejected");
+                assert_eq!(
+                    after,
+                    Counts {
+                        rejected: before.rejected + 1,
+                        ..sentinel_counts
+                    },
+                    "an undecodable payload is counted once, as rejected"
+                );
+            }
+            Some(message) => {
+                let moved = [
+                    after.received - sentinel_counts.received,
+                    after.heartbeats - before.heartbeats,
+                    after.own - before.own,
+                ];
+                assert_eq!(
+                    moved.iter().sum::<u64>(),
+                    1,
+                    "a decodable payload is counted once: {moved:?} for {message:?}"
+                );
+            }
+        }
+        assert_eq!(
+            self.bus.published(),
+            self.published_at_start,
+            "nothing received is published again"
+        );
+        assert!(
+            self.cache.len() <= len_before,
+            "a message added entries: {} -> {}",
+            len_before,
+            self.cache.len()
+        );
+    }
+}
+
+impl Default for ApplyHarness {
+    fn default() -> Self {
+        ApplyHarness::new()
+    }
+}
+
+/// Seed inputs for the corpus: valid messages of every kind, so the fuzzer starts past the
+/// header. They are committed in `fuzz/corpus/<target>/seed-<name>`; the root package's
+/// `tests/fuzz_corpus.rs` checks that the files match (and rewrites them with
+/// `NEARCACHE_WRITE_SEEDS=1`).
+pub fn seed_messages() -> Vec<(&'static str, Bytes)> {
+    let origin = InstanceId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+    let message = |seq, ops| Message {
+        origin,
+        seq,
+        sent_at_unix_micros: 1_700_000_000_000_000,
+        origin_started_unix_ms: 1_700_000_000_000,
+        ops,
+    };
+    let seeds = [
+        (
+            "heartbeat",
+            Message::heartbeat(origin, 3, 1_700_000_000_000_000, 1),
+        ),
+        (
+            "remove",
+            message(
+                1,
+                vec![Op::Remove {
+                    keys: vec![
+                        "Fuzz:plain".into(),
+                        "ProductService:search-(c1-red shoes-2)".into(),
+                    ],
+                }],
+            ),
+        ),
+        (
+            "region",
+            message(
+                2,
+                vec![Op::ExpireRegion {
+                    region: "fuzz".into(),
+                }],
+            ),
+        ),
+        (
+            "region_key",
+            message(
+                3,
+                vec![Op::ExpireRegionKey {
+                    region: "fuzz".into(),
+                    key: "s".into(),
+                }],
+            ),
+        ),
+        ("clear", message(4, vec![Op::Clear])),
+        (
+            "mixed",
+            message(
+                9,
+                vec![
+                    Op::Remove {
+                        keys: vec!["a".into()],
+                    },
+                    Op::Clear,
+                    Op::ExpireRegion { region: "r".into() },
+                ],
+            ),
+        ),
+    ];
+    seeds
+        .into_iter()
+        .filter_map(|(name, message)| wire::encode(&message).ok().map(|bytes| (name, bytes)))
+        .collect()
+}

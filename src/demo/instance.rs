@@ -1,0 +1,129 @@
+//! One instance of the demo's service: its cache, its readers, and (instance 0) the writer.
+
+use std::time::Duration;
+
+use nearcache::{BackplaneOptions, CacheOptions};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::demo::DemoError;
+use crate::demo::cli::Config;
+use crate::demo::report::InstanceReport;
+use crate::demo::workload::{PendingRead, Workload};
+
+/// One instance: a workload on its own cache.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Its number; instance 0 runs the writer.
+    pub index: usize,
+    /// Its cache, database and counters.
+    pub workload: Workload,
+    /// Concurrent readers.
+    pub readers: usize,
+    /// Writes per second (instance 0 only).
+    pub write_rate: f64,
+}
+
+impl Instance {
+    /// Whether this instance runs the writer.
+    pub fn is_writer(&self) -> bool {
+        self.index == 0 && self.write_rate > 0.0
+    }
+
+    /// Runs the readers (and the writer) until `deadline`. Returns the reads the stale-read
+    /// check could not judge yet.
+    ///
+    /// # Errors
+    ///
+    /// The first database error, or a task that panicked.
+    pub async fn run(&self, deadline: Instant) -> Result<Vec<PendingRead>, DemoError> {
+        let mut tasks = JoinSet::new();
+        let seed = (self.index as u64) << 32;
+        for reader in 0..self.readers {
+            let work = self.workload.clone();
+            tasks.spawn(work.read(deadline, seed + reader as u64));
+        }
+        if self.is_writer() {
+            let work = self.workload.clone();
+            let rate = self.write_rate;
+            tasks.spawn(async move {
+                work.write(rate, deadline, seed + u64::from(u32::MAX))
+                    .await
+                    .map(|()| Vec::new())
+            });
+        }
+        let mut pending = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            pending.extend(joined??);
+        }
+        Ok(pending)
+    }
+
+    /// This instance's numbers now.
+    pub fn report(&self, unchecked_reads: u64) -> InstanceReport {
+        InstanceReport::gather(
+            self.index,
+            self.is_writer(),
+            &self.workload.counters,
+            &self.workload.cache.stats(),
+            unchecked_reads,
+        )
+    }
+}
+
+/// The cache options of every instance of a run: room for every entry, entries that outlive
+/// the run (only invalidations make them go), and a backplane whose loss detection fits
+/// inside the stale-read bound: heartbeats every quarter of it, reads bypass the cache once
+/// the backplane has been down for half of it.
+pub fn cache_options(config: &Config, run_id: &str, redis_url: Option<&str>) -> CacheOptions {
+    let bound = config.bound;
+    CacheOptions {
+        max_capacity: u64::from(config.products) + u64::from(config.catalogs) + 1_024,
+        backplane: BackplaneOptions {
+            redis_url: redis_url.map(str::to_owned),
+            app: format!("demo-{run_id}"),
+            heartbeat_interval: (bound / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
+            max_staleness: Some(bound / 2),
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    }
+}
+
+/// A run id unique on this host: names the run's Redis keys and channel.
+pub fn new_run_id() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!("{}-{micros}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_fit_loss_detection_inside_the_bound() {
+        let config = Config {
+            bound: Duration::from_millis(400),
+            ..Config::default()
+        };
+        let options = cache_options(&config, "r1", Some("redis://127.0.0.1:1"));
+        assert_eq!(
+            options.backplane.heartbeat_interval,
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            options.backplane.max_staleness,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            options.backplane.channel_name(),
+            "nearcache:demo-r1:invalidations"
+        );
+        assert!(options.max_capacity > u64::from(config.products + config.catalogs));
+        assert_ne!(new_run_id(), "");
+    }
+}

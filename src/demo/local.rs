@@ -1,0 +1,220 @@
+//! A run with every instance in this process: the in-process backplane (default), Redis
+//! (`--redis`), or none (`--no-backplane`). The database is in memory and its write log is
+//! live, so every read is judged the moment it returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nearcache::{Cache, InMemoryBackplane};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::demo::DemoError;
+use crate::demo::cli::Config;
+use crate::demo::clock::{DemoClock, Micros};
+use crate::demo::db::{Database, Layout, MemoryDb};
+use crate::demo::instance::{Instance, cache_options, new_run_id};
+use crate::demo::progress::{Progress, TERMINAL_REFRESH};
+use crate::demo::report::{Summary, Tally};
+use crate::demo::workload::{Counters, Popularity, Workload};
+
+/// Runs `config` in this process, with Redis at `redis_url` as the backplane if given.
+/// `show_progress` turns the progress line on.
+///
+/// # Errors
+///
+/// [`DemoError`] when a cache cannot be built or connected, or the database fails.
+pub async fn run(
+    config: &Config,
+    redis_url: Option<&str>,
+    show_progress: bool,
+) -> Result<Summary, DemoError> {
+    let run_id = new_run_id();
+    let clock = DemoClock::monotonic();
+    let layout = Layout {
+        products: config.products,
+        catalogs: config.catalogs,
+    };
+    let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
+    let db = MemoryDb::new(layout, config.db_latency, clock);
+    let bus = InMemoryBackplane::new();
+    let mut instances = Vec::with_capacity(config.instances);
+    for index in 0..config.instances {
+        let builder = Cache::builder().options(cache_options(config, &run_id, redis_url));
+        let cache = if config.no_backplane {
+            builder.build()?
+        } else if redis_url.is_some() {
+            builder.connect().await?
+        } else {
+            builder.backplane(bus.connection()).build()?
+        };
+        instances.push(Instance {
+            index,
+            workload: Workload {
+                cache,
+                db: Database::Memory(db.clone()),
+                log: Arc::clone(db.log()),
+                layout,
+                popularity,
+                clock,
+                bound: micros(config.bound),
+                page_every: config.page_every,
+                counters: Arc::new(Counters::default()),
+            },
+            readers: config.readers,
+            write_rate: config.write_rate,
+        });
+    }
+    for instance in &instances {
+        instance.workload.cache.ready().await;
+    }
+
+    let started = Instant::now();
+    let deadline = started + config.duration;
+    let mut tasks = JoinSet::new();
+    for instance in &instances {
+        let instance = instance.clone();
+        tasks.spawn(async move { instance.run(deadline).await });
+    }
+    let mut progress = show_progress.then(|| Progress::start(config.duration));
+    let mut ticks = tokio::time::interval(TERMINAL_REFRESH);
+    let mut undecided = 0;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                Some(joined) => undecided += joined??.len(),
+                None => break,
+            },
+            _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
+                progress.update(tally(&instances));
+            },
+        }
+    }
+    let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    settle(&instances, config.bound).await;
+
+    let reports = instances.iter().map(|i| i.report(0)).collect::<Vec<_>>();
+    for instance in &instances {
+        instance.workload.cache.shutdown().await;
+    }
+    // A live log decides every read; anything left is a bug in the check, and fails the run.
+    let mut reports = reports;
+    if let Some(first) = reports.first_mut() {
+        first.unchecked_reads += undecided as u64;
+    }
+    Ok(Summary {
+        title: super::title(config, elapsed),
+        bound: config.bound,
+        elapsed,
+        instances: reports,
+    })
+}
+
+/// Waits (at most `bound`) until every peer has received every invalidation the writer
+/// sent, so the counters in the summary are complete.
+async fn settle(instances: &[Instance], bound: Duration) {
+    let sent = |i: &Instance| {
+        i.workload
+            .cache
+            .stats()
+            .propagation
+            .map_or(0, |p| p.invalidations_sent)
+    };
+    let received = |i: &Instance| {
+        i.workload
+            .cache
+            .stats()
+            .propagation
+            .map_or(0, |p| p.invalidations_received)
+    };
+    let until = Instant::now() + bound;
+    let total_sent: u64 = instances.iter().map(sent).sum();
+    while Instant::now() < until {
+        let behind = instances.iter().any(|i| {
+            i.workload.cache.stats().propagation.is_some()
+                && received(i) < total_sent.saturating_sub(sent(i))
+        });
+        if !behind {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn tally(instances: &[Instance]) -> Tally {
+    let tallies: Vec<Tally> = instances
+        .iter()
+        .map(|i| Tally::of(&i.workload.counters))
+        .collect();
+    Tally::sum(&tallies)
+}
+
+fn micros(duration: Duration) -> Micros {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn short(config: Config) -> Config {
+        Config {
+            duration: Duration::from_millis(400),
+            db_latency: Duration::from_micros(200),
+            write_rate: 200.0,
+            readers: 2,
+            ..config
+        }
+    }
+
+    /// The demo's claim, in small: three instances on the in-process bus, a writer, and
+    /// not one stale read, while the caches spare the database most queries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_instances_on_the_bus_read_nothing_stale() {
+        let config = short(Config {
+            products: 50,
+            catalogs: 5,
+            ..Config::default()
+        });
+        let summary = run(&config, None, false).await.unwrap();
+        assert_eq!(summary.instances.len(), 3);
+        assert!(summary.passed(), "{}", summary.render());
+        let writer = &summary.instances[0];
+        assert!(writer.writer && writer.writes > 10, "{writer:?}");
+        // Each write is a key removal and a catalog expiry, batched or not.
+        assert!(writer.invalidations_sent >= writer.writes, "{writer:?}");
+        for peer in &summary.instances[1..] {
+            assert_eq!(
+                peer.invalidations_received, writer.invalidations_sent,
+                "{peer:?}"
+            );
+            assert!(peer.lag_samples > 0, "{peer:?}");
+            assert!(peer.requests > 5 * peer.db_queries, "{peer:?}");
+        }
+    }
+
+    /// The counterfactual: the same run without a backplane serves stale products, and
+    /// the demo says so (the check is not one that cannot fail).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_backplane_the_check_catches_stale_reads() {
+        let config = short(Config {
+            no_backplane: true,
+            products: 5,
+            catalogs: 1,
+            bound: Duration::from_millis(20),
+            ..Config::default()
+        });
+        let summary = run(&config, None, false).await.unwrap();
+        assert!(!summary.passed());
+        assert!(summary.stale_reads() > 0);
+        assert_eq!(
+            summary.instances[0].stale_reads, 0,
+            "the writer's own cache is coherent"
+        );
+        assert!(summary.render().contains("FAILED"));
+    }
+}

@@ -1,0 +1,168 @@
+//! The scale-out demo (`cargo run --release --example scale_out`): the parts, testable one
+//! by one, and [`main`], which the example calls.
+//!
+//! N instances of a product service each cache reads from a slow, versioned database in
+//! their own nearcache; instance 0 also updates products (database first, then the cache)
+//! and its invalidations reach the others through the backplane. Every read is checked:
+//! a read is **stale** if it returned a version older than one written more than the
+//! propagation bound (`--bound`, default 1 s) before the read started. The demo prints the
+//! database queries the caches saved and the measured propagation latency, and exits 1 if
+//! it saw a stale read — a correctness check anyone can run.
+//!
+//! * [`cli`]: flags and defaults.
+//! * [`db`]: the simulated database, in memory or in Redis.
+//! * [`write_log`]: write times of every version, and the stale-read check.
+//! * [`workload`]: readers (Zipf-distributed products and catalog pages) and the writer.
+//! * [`instance`]: one instance: a cache and its workload.
+//! * [`local`]: every instance in this process (in-process bus, Redis, or no backplane).
+//! * [`processes`]: one OS process per instance, conducted over their standard streams.
+//! * [`report`], [`progress`]: the summary table and the live progress line.
+
+pub mod cli;
+pub mod clock;
+pub mod db;
+pub mod instance;
+pub mod local;
+pub mod processes;
+pub mod progress;
+pub mod report;
+pub mod workload;
+pub mod write_log;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::demo::cli::{Command, Config, RedisTarget};
+use crate::demo::report::human_duration;
+
+/// Exit code of a run that saw a stale read (or could not check every read).
+pub const EXIT_STALE: u8 = 1;
+/// Exit code of a run that could not run (bad flags, Redis unreachable, …).
+pub const EXIT_ERROR: u8 = 2;
+
+/// Why a demo run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A flag or setting is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// A cache could not be built or could not connect to Redis.
+    #[error("could not build a cache: {0}")]
+    Build(#[from] nearcache::BuildError),
+    /// The demo database failed.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// `--redis auto` could not start a private redis-server.
+    #[error("could not start a private redis-server: {0}")]
+    RedisServer(std::io::Error),
+    /// An instance process could not be started or waited for.
+    #[error("could not run an instance process: {0}")]
+    Spawn(std::io::Error),
+    /// An instance process misbehaved.
+    #[error("instance {0} {1}")]
+    Instance(usize, String),
+    /// An instance process lost its parent.
+    #[error("lost the parent process: {0}")]
+    Parent(std::io::Error),
+    /// Something took far longer than it should.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// A reader or writer task panicked.
+    #[error("a demo task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The whole demo program: parses `args` (without the program name), runs, prints the
+/// summary to stdout (progress and errors go to stderr), and says how it went: 0 when no
+/// read was stale, [`EXIT_STALE`] when one was, [`EXIT_ERROR`] when it could not run.
+pub fn main<I: IntoIterator<Item = String>>(args: I) -> ExitCode {
+    let config = match Config::parse(args) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            let _ = write!(std::io::stdout(), "{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            let _ = writeln!(std::io::stderr(), "scale_out: {message}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match run(&config) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(summary)) => {
+            let _ = write!(std::io::stdout(), "\n{}", summary.render());
+            if summary.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_STALE)
+            }
+        }
+        Err(error) => {
+            let _ = writeln!(std::io::stderr(), "scale_out: {error}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Runs `config`: the summary of a run, or `None` for an instance process (its report went
+/// to its parent).
+///
+/// # Errors
+///
+/// [`DemoError`] when the run could not complete.
+pub fn run(config: &Config) -> Result<Option<report::Summary>, DemoError> {
+    // `--redis auto`: a private server for this run, stopped when it ends.
+    let server = match &config.redis {
+        Some(RedisTarget::Auto) => {
+            Some(crate::RedisServer::start().map_err(DemoError::RedisServer)?)
+        }
+        _ => None,
+    };
+    let redis_url = match (&config.redis, &server) {
+        (_, Some(server)) => Some(server.url()),
+        (Some(RedisTarget::Url(url)), None) => Some(url.clone()),
+        _ => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(DemoError::Spawn)?;
+    let show_progress = config.child.is_none();
+    runtime.block_on(async {
+        if let Some(child) = &config.child {
+            processes::run_instance(config, child).await.map(|()| None)
+        } else if config.processes {
+            let url = redis_url.as_deref().unwrap_or_default();
+            processes::run_parent(config, url, show_progress)
+                .await
+                .map(Some)
+        } else {
+            local::run(config, redis_url.as_deref(), show_progress)
+                .await
+                .map(Some)
+        }
+    })
+}
+
+/// The first line of the summary: what ran.
+fn title(config: &Config, elapsed: Duration) -> String {
+    let mode = match (&config.redis, config.processes, config.no_backplane) {
+        (_, _, true) => "NO backplane (caches that do not tell each other)",
+        (None, _, false) => "in-process backplane, one process",
+        (Some(_), false, false) => "Redis backplane, one process",
+        (Some(_), true, false) => "Redis backplane and database, one OS process per instance",
+    };
+    format!(
+        "nearcache scale-out demo: {} instances ({mode}), {} readers each, {} run\n\
+         {} products (Zipf {}) in {} catalogs, database latency {}, {} writes/s by instance 0",
+        config.instances,
+        config.readers,
+        human_duration(elapsed),
+        config.products,
+        config.zipf,
+        config.catalogs,
+        human_duration(config.db_latency),
+        config.write_rate,
+    )
+}

@@ -1,0 +1,416 @@
+//! A `--processes` run: each instance is its own OS process (this same program, re-run with
+//! the hidden `--instance i` flag), so the scale-out is real: separate address spaces,
+//! separate runtimes, and only Redis between them.
+//!
+//! Redis carries both the invalidations (the backplane) and the database (a hash of
+//! versions and a write log stamped with Redis `TIME`, see [`RedisDb`]): every instance reads
+//! the same rows, and each one checks its reads against a mirror of the log it refreshes
+//! every few milliseconds.
+//!
+//! The parent resets the database, starts the instances and plays the conductor over their
+//! standard streams, one line per message:
+//!
+//! | from | line | meaning |
+//! |---|---|---|
+//! | instance | `nearcache-demo ready` | subscribed to the backplane, database mirrored |
+//! | parent | `go` | start reading (instance 0 also starts writing) |
+//! | instance | `nearcache-demo progress {json}` | running totals ([`Tally`]), 4 a second |
+//! | instance | `nearcache-demo done` | the workload is over |
+//! | parent | `finish` | every instance is done: report |
+//! | instance | `nearcache-demo report {json}` | its [`InstanceReport`], then it exits |
+//!
+//! Waiting for every instance to be done before any reports lets the last invalidations
+//! arrive, so the received counts are complete. Instances log to stderr, which they share
+//! with the parent.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nearcache::Cache;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::demo::DemoError;
+use crate::demo::cli::{ChildArgs, Config, RedisTarget};
+use crate::demo::clock::DemoClock;
+use crate::demo::db::{Database, Layout, RedisDb};
+use crate::demo::instance::{Instance, cache_options, new_run_id};
+use crate::demo::progress::{Progress, TERMINAL_REFRESH};
+use crate::demo::report::{InstanceReport, Summary, Tally};
+use crate::demo::workload::{Counters, Popularity, Workload};
+use crate::demo::write_log::WriteLog;
+
+/// What starts every line an instance sends its parent.
+const PREFIX: &str = "nearcache-demo ";
+/// How long instances may take to connect and say they are ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long after the run's end the instances may take to report and exit.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often an instance sends its running totals.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A message from an instance to its parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// Connected and mirrored; waiting for `go`.
+    Ready,
+    /// Running totals.
+    Progress(Tally),
+    /// The workload is over; waiting for `finish`.
+    Done,
+    /// The instance's numbers.
+    Report(Box<InstanceReport>),
+}
+
+impl Line {
+    /// The line as sent (without the newline).
+    pub fn render(&self) -> String {
+        let body = match self {
+            Line::Ready => "ready".to_owned(),
+            Line::Done => "done".to_owned(),
+            Line::Progress(tally) => format!("progress {}", json(tally)),
+            Line::Report(report) => format!("report {}", json(report.as_ref())),
+        };
+        format!("{PREFIX}{body}")
+    }
+
+    /// Parses a line sent by [`render`](Self::render); `None` for anything else.
+    pub fn parse(line: &str) -> Option<Line> {
+        let body = line.strip_prefix(PREFIX)?;
+        let (kind, rest) = body.split_once(' ').unwrap_or((body, ""));
+        match kind {
+            "ready" => Some(Line::Ready),
+            "done" => Some(Line::Done),
+            "progress" => serde_json::from_str(rest).ok().map(Line::Progress),
+            "report" => serde_json::from_str(rest)
+                .ok()
+                .map(|r| Line::Report(Box::new(r))),
+            _ => None,
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// The parent of a `--processes` run: resets the database in Redis at `redis_url`, runs
+/// one process per instance, and gathers their reports.
+///
+/// # Errors
+///
+/// [`DemoError`] when Redis fails, an instance cannot start, exits early or fails.
+pub async fn run_parent(
+    config: &Config,
+    redis_url: &str,
+    show_progress: bool,
+) -> Result<Summary, DemoError> {
+    let run_id = new_run_id();
+    let layout = Layout {
+        products: config.products,
+        catalogs: config.catalogs,
+    };
+    let db = RedisDb::connect(redis_url, &run_id, layout, config.db_latency).await?;
+    db.reset().await?;
+    let result = conduct(config, redis_url, &run_id, show_progress).await;
+    if let Err(error) = db.delete().await {
+        tracing::warn!(%error, "could not delete the demo's keys (they expire within an hour)");
+    }
+    result
+}
+
+async fn conduct(
+    config: &Config,
+    redis_url: &str,
+    run_id: &str,
+    show_progress: bool,
+) -> Result<Summary, DemoError> {
+    let exe = std::env::current_exe().map_err(DemoError::Spawn)?;
+    let n = config.instances;
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
+    let mut children: Vec<Child> = Vec::with_capacity(n);
+    let mut stdins: Vec<ChildStdin> = Vec::with_capacity(n);
+    for index in 0..n {
+        let mut child = Command::new(&exe)
+            .args(config.child_args(index, run_id, redis_url))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(DemoError::Spawn)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(DemoError::Instance(
+                index,
+                "its standard streams were not piped".into(),
+            ));
+        };
+        stdins.push(stdin);
+        children.push(child);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if tx.send((index, Some(line))).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send((index, None));
+        });
+    }
+    drop(tx);
+
+    let mut ready = 0;
+    tokio::time::timeout(START_TIMEOUT, async {
+        while ready < n {
+            match rx.recv().await {
+                Some((_, Some(line))) => {
+                    if Line::parse(&line) == Some(Line::Ready) {
+                        ready += 1;
+                    }
+                }
+                Some((index, None)) => {
+                    return Err(DemoError::Instance(
+                        index,
+                        "exited before it was ready".into(),
+                    ));
+                }
+                None => return Err(DemoError::Instance(0, "no instance is running".into())),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| DemoError::Timeout("the instances to connect to Redis"))??;
+
+    tell(&mut stdins, "go").await?;
+    let started = Instant::now();
+    let mut elapsed = config.duration;
+    let mut tallies = vec![Tally::default(); n];
+    let mut reports: Vec<Option<InstanceReport>> = vec![None; n];
+    let mut done = 0;
+    let mut progress = show_progress.then(|| Progress::start(config.duration));
+    let mut ticks = tokio::time::interval(TERMINAL_REFRESH);
+    let limit = tokio::time::sleep_until(started + config.duration + FINISH_TIMEOUT);
+    tokio::pin!(limit);
+    while reports.iter().any(Option::is_none) {
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some((index, Some(line))) => match Line::parse(&line) {
+                    Some(Line::Progress(tally)) => tallies[index] = tally,
+                    Some(Line::Done) => {
+                        done += 1;
+                        if done == n {
+                            elapsed = started.elapsed();
+                            tell(&mut stdins, "finish").await?;
+                        }
+                    }
+                    Some(Line::Report(report)) => reports[index] = Some(*report),
+                    Some(Line::Ready) | None => {}
+                },
+                Some((index, None)) => {
+                    if reports[index].is_none() {
+                        return Err(DemoError::Instance(index, "exited without a report (its errors are above)".into()));
+                    }
+                }
+                None => break,
+            },
+            _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
+                progress.update(Tally::sum(&tallies));
+            },
+            () = &mut limit => return Err(DemoError::Timeout("the instances to report")),
+        }
+    }
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    for (index, mut child) in children.into_iter().enumerate() {
+        let status = tokio::time::timeout(FINISH_TIMEOUT, child.wait())
+            .await
+            .map_err(|_| DemoError::Timeout("the instances to exit"))?
+            .map_err(DemoError::Spawn)?;
+        if !status.success() {
+            return Err(DemoError::Instance(index, format!("exited with {status}")));
+        }
+    }
+    let instances = reports
+        .into_iter()
+        .enumerate()
+        .map(|(index, report)| {
+            report.ok_or_else(|| DemoError::Instance(index, "sent no report".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Summary {
+        title: super::title(config, elapsed),
+        bound: config.bound,
+        elapsed,
+        instances,
+    })
+}
+
+async fn tell(stdins: &mut [ChildStdin], word: &str) -> Result<(), DemoError> {
+    for (index, stdin) in stdins.iter_mut().enumerate() {
+        let sent = async {
+            stdin.write_all(format!("{word}\n").as_bytes()).await?;
+            stdin.flush().await
+        };
+        sent.await
+            .map_err(|e| DemoError::Instance(index, format!("cannot be told `{word}`: {e}")))?;
+    }
+    Ok(())
+}
+
+/// One instance process of a `--processes` run.
+///
+/// # Errors
+///
+/// [`DemoError`] when Redis fails or the parent goes away.
+pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
+    let Some(RedisTarget::Url(url)) = &config.redis else {
+        return Err(DemoError::Usage(
+            "an instance process needs --redis URL".into(),
+        ));
+    };
+    let layout = Layout {
+        products: config.products,
+        catalogs: config.catalogs,
+    };
+    let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
+    let cache = Cache::builder()
+        .options(cache_options(config, &child.run_id, Some(url)))
+        .connect()
+        .await?;
+    cache.ready().await;
+    let db = RedisDb::connect(url, &child.run_id, layout, config.db_latency).await?;
+    let mirror = Arc::new(WriteLog::mirror(config.products));
+    let mut seen = 0;
+    db.refresh(&mirror, &mut seen).await?;
+    let refresher = tokio::spawn(keep_mirrored(
+        db.clone(),
+        Arc::clone(&mirror),
+        seen,
+        config.bound,
+    ));
+    let instance = Instance {
+        index: child.index,
+        workload: Workload {
+            cache: cache.clone(),
+            db: Database::Redis(db.clone()),
+            log: Arc::clone(&mirror),
+            layout,
+            popularity,
+            clock: DemoClock::Wall,
+            bound: u64::try_from(config.bound.as_micros()).unwrap_or(u64::MAX),
+            page_every: config.page_every,
+            counters: Arc::new(Counters::default()),
+        },
+        readers: config.readers,
+        write_rate: config.write_rate,
+    };
+
+    let mut orders = BufReader::new(tokio::io::stdin()).lines();
+    say(&Line::Ready)?;
+    wait_for(&mut orders, "go").await?;
+    let deadline = Instant::now() + config.duration;
+    let counters = Arc::clone(&instance.workload.counters);
+    let reporter = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            ticks.tick().await;
+            if say(&Line::Progress(Tally::of(&counters))).is_err() {
+                return;
+            }
+        }
+    });
+    let pending = instance.run(deadline).await;
+    reporter.abort();
+    let pending = pending?;
+    say(&Line::Progress(Tally::of(&instance.workload.counters)))?;
+    say(&Line::Done)?;
+    wait_for(&mut orders, "finish").await?;
+
+    // Every read started before now: a mirror complete up to now judges them all.
+    refresher.abort();
+    let mut seen = 0;
+    db.refresh(&mirror, &mut seen).await?;
+    let still = instance.workload.judge_pending(pending);
+    let report = instance.report(still.len() as u64);
+    say(&Line::Report(Box::new(report)))?;
+    cache.shutdown().await;
+    Ok(())
+}
+
+/// Refreshes `mirror` every quarter of the bound (at most every 50 ms) until aborted.
+async fn keep_mirrored(db: RedisDb, mirror: Arc<WriteLog>, mut seen: usize, bound: Duration) {
+    let every = (bound / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = db.refresh(&mirror, &mut seen).await {
+            tracing::warn!(%error, "could not refresh the write log mirror; reads wait to be judged");
+        }
+    }
+}
+
+fn say(line: &Line) -> Result<(), DemoError> {
+    use std::io::Write;
+    writeln!(std::io::stdout(), "{}", line.render()).map_err(DemoError::Parent)
+}
+
+async fn wait_for<R: tokio::io::AsyncBufRead + Unpin>(
+    orders: &mut tokio::io::Lines<R>,
+    word: &str,
+) -> Result<(), DemoError> {
+    loop {
+        match orders.next_line().await.map_err(DemoError::Parent)? {
+            Some(line) if line.trim() == word => return Ok(()),
+            Some(_) => {}
+            None => {
+                return Err(DemoError::Parent(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the parent went away before `{word}`"),
+                )));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_noise_is_ignored() {
+        let report = InstanceReport {
+            index: 2,
+            requests: 10,
+            ..InstanceReport::default()
+        };
+        for line in [
+            Line::Ready,
+            Line::Done,
+            Line::Progress(Tally {
+                requests: 5,
+                ..Tally::default()
+            }),
+            Line::Report(Box::new(report)),
+        ] {
+            let text = line.render();
+            assert!(text.starts_with(PREFIX) && !text.contains('\n'), "{text}");
+            assert_eq!(Line::parse(&text), Some(line));
+        }
+        for noise in [
+            "",
+            "ready",
+            "nearcache-demo",
+            "nearcache-demo what",
+            "nearcache-demo report {",
+        ] {
+            assert_eq!(Line::parse(noise), None, "{noise}");
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! What the `tests/propagation_*.rs` files share: cache instances on one in-process bus, a
+//! raw tap on the bus that decodes what travels, and ways to await what the propagation
+//! layer does (events, bounded polls) instead of sleeping and hoping.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nearcache::{
+    Backplane, BackplaneEvent, Cache, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane,
+    InstanceId, Key, PropagationStats, cache_key,
+};
+use nearcache_backplane::Subscription;
+use nearcache_backplane::wire::{self, Message, Op};
+use tokio::sync::broadcast;
+
+/// How long any awaited thing may take before the test fails. Generous: on a loaded 2-core
+/// CI machine a task may wait its turn, but nothing here should take more than milliseconds.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test loudly if it takes longer than [`WAIT`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(WAIT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+/// Polls `condition` until it holds, failing loudly after [`WAIT`]. Only for states that
+/// have no signal to await (a caller joining a flight, a subscription being dropped).
+pub async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// Options for tests: heartbeats far apart (one hour) so none is published during a test
+/// unless the test asks for them.
+pub fn quiet() -> CacheOptions {
+    let mut options = CacheOptions::default();
+    options.backplane.heartbeat_interval = Duration::from_secs(3600);
+    options
+}
+
+/// One cache on its own connection to the bus, with an event receiver opened before it
+/// subscribed (so no event is missed).
+pub struct Instance {
+    pub cache: Cache,
+    pub conn: InMemoryBackplane,
+    pub events: broadcast::Receiver<CacheEvent>,
+}
+
+impl Instance {
+    /// Builds a cache on a new connection to `bus` and waits until it listens.
+    pub async fn start(bus: &InMemoryBackplane, options: CacheOptions) -> Instance {
+        let instance = Instance::build(bus, options);
+        within("the cache's subscription", instance.cache.ready()).await;
+        instance
+    }
+
+    /// Builds a cache on a new connection to `bus` without waiting for its subscription.
+    pub fn build(bus: &InMemoryBackplane, options: CacheOptions) -> Instance {
+        let conn = bus.connection();
+        let cache = Cache::builder()
+            .options(options)
+            .backplane(conn.clone())
+            .build()
+            .expect("valid options inside a runtime");
+        let events = cache.events();
+        Instance {
+            cache,
+            conn,
+            events,
+        }
+    }
+
+    pub fn id(&self) -> InstanceId {
+        self.cache.instance_id().expect("a cache with a backplane")
+    }
+
+    pub fn stats(&self) -> PropagationStats {
+        self.cache
+            .stats()
+            .propagation
+            .expect("a cache with a backplane")
+    }
+
+    /// The next event that `wanted` accepts; others are skipped.
+    pub async fn next_event(
+        &mut self,
+        what: &str,
+        mut wanted: impl FnMut(&CacheEvent) -> bool,
+    ) -> CacheEvent {
+        let events = &mut self.events;
+        within(what, async {
+            loop {
+                match events.recv().await {
+                    Ok(event) if wanted(&event) => return event,
+                    Ok(_) => {}
+                    Err(error) => {
+                        panic!("the event stream failed while waiting for {what}: {error}")
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Awaits the next `Applied` event: (origin, seq, invalidations).
+    pub async fn applied(&mut self) -> (InstanceId, u64, u64) {
+        match self
+            .next_event("an Applied event", |e| {
+                matches!(e, CacheEvent::Applied { .. })
+            })
+            .await
+        {
+            CacheEvent::Applied {
+                origin,
+                seq,
+                invalidations,
+            } => (origin, seq, invalidations),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Awaits a `LossCleared` event with `cause`; returns whether the store was cleared.
+    pub async fn loss_cleared(&mut self, cause: ClearCause) -> bool {
+        match self
+            .next_event(
+                &format!("a LossCleared({cause:?}) event"),
+                |e| matches!(e, CacheEvent::LossCleared { cause: c, .. } if *c == cause),
+            )
+            .await
+        {
+            CacheEvent::LossCleared { cleared, .. } => cleared,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Awaits the next `Rejected` event: with [`fence`], proof that everything delivered to
+    /// this instance before the fence has been processed.
+    pub async fn rejected(&mut self) {
+        self.next_event("a Rejected event", |e| *e == CacheEvent::Rejected)
+            .await;
+    }
+
+    /// Awaits exactly `event`.
+    pub async fn event(&mut self, event: CacheEvent) {
+        self.next_event(&format!("{event:?}"), |e| *e == event)
+            .await;
+    }
+
+    /// Loads `value` under `key` (a miss; the factory cannot fail).
+    pub async fn load(&self, key: &Key, value: u32) -> Arc<u32> {
+        self.cache
+            .get_or_create(key, async |_| Ok::<_, Infallible>(value))
+            .await
+            .unwrap()
+    }
+
+    /// The `u32` under `key`, if any.
+    pub fn get(&self, key: &Key) -> Option<u32> {
+        self.cache.get::<u32>(key).unwrap().map(|v| *v)
+    }
+}
+
+/// Three instances (A, B, C) on one bus, each on its own connection.
+pub async fn trio(bus: &InMemoryBackplane, options: CacheOptions) -> [Instance; 3] {
+    [
+        Instance::start(bus, options.clone()).await,
+        Instance::start(bus, options.clone()).await,
+        Instance::start(bus, options).await,
+    ]
+}
+
+/// A garbage payload: injected after something, the `Rejected` it causes on an instance
+/// shows that the instance has processed everything before it (delivery is in order).
+pub fn fence() -> Bytes {
+    Bytes::from_static(b"not an invalidation")
+}
+
+struct Svc;
+
+/// A distinct key per name.
+pub fn key(name: &str) -> Key {
+    cache_key!(Svc, "get", name)
+}
+
+/// A valid message from `origin`, encoded.
+pub fn encoded(origin: InstanceId, seq: u64, ops: Vec<Op>) -> Bytes {
+    wire::encode(&Message {
+        origin,
+        seq,
+        sent_at_unix_micros: 0,
+        origin_started_unix_ms: 0,
+        ops,
+    })
+    .unwrap()
+}
+
+pub fn remove_op(keys: &[&Key]) -> Op {
+    Op::Remove {
+        keys: keys.iter().map(|k| k.as_str().to_owned()).collect(),
+    }
+}
+
+/// A raw subscriber on the bus: sees every payload and decodes it.
+pub struct Tap {
+    subscription: Subscription,
+    pub conn: InMemoryBackplane,
+}
+
+impl Tap {
+    pub async fn new(bus: &InMemoryBackplane) -> Tap {
+        let conn = bus.connection();
+        let subscription = conn.subscribe().await.unwrap();
+        Tap { subscription, conn }
+    }
+
+    /// The next payload, decoded (heartbeats included).
+    pub async fn next_any(&mut self) -> Message {
+        let subscription = &mut self.subscription;
+        within("a payload on the bus", async {
+            match subscription.recv().await {
+                Some(BackplaneEvent::Message(payload)) => wire::decode(&payload).unwrap(),
+                other => panic!("the tap expected a message, got {other:?}"),
+            }
+        })
+        .await
+    }
+
+    /// The next message that is not a heartbeat.
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let message = self.next_any().await;
+            if !message.is_heartbeat() {
+                return message;
+            }
+        }
+    }
+
+    /// Forgets every payload delivered so far.
+    pub fn drain(&mut self) {
+        while self.subscription.try_recv().is_some() {}
+    }
+
+    /// Asserts that no message other than heartbeats has been delivered and not yet read.
+    pub fn assert_no_message(&mut self) {
+        while let Some(event) = self.subscription.try_recv() {
+            if let BackplaneEvent::Message(payload) = &event {
+                let message = wire::decode(payload).unwrap();
+                assert!(message.is_heartbeat(), "unexpected message {message:?}");
+            } else {
+                panic!("unexpected event on the tap: {event:?}");
+            }
+        }
+    }
+}
