@@ -1,0 +1,73 @@
+//! Making sure `redis-server` exists, because tests that need Redis start their own and
+//! never skip silently.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::cmd;
+
+const INSTALL_HINT: &str = "install it with: sudo apt-get update && sudo apt-get install -y redis-server \
+(or put a redis-server binary on PATH)";
+
+/// The path of `redis-server`, installing it with apt-get first when it is missing and this
+/// process may (root, or password-less sudo).
+pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
+    if let Some(path) = find_on_path("redis-server") {
+        return Ok(path);
+    }
+    eprintln!("xtask: redis-server is not on PATH; the Redis tests need it");
+    if find_on_path("apt-get").is_none() {
+        return Err(format!(
+            "redis-server not found and apt-get is unavailable; {INSTALL_HINT}"
+        ));
+    }
+    let sudo: &[&str] = if is_root() {
+        &[]
+    } else if Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        &["sudo", "-n"]
+    } else {
+        return Err(format!(
+            "redis-server not found and no rights to install it; {INSTALL_HINT}"
+        ));
+    };
+    for args in [
+        &["apt-get", "update", "-qq"][..],
+        &["apt-get", "install", "-y", "-qq", "redis-server"],
+    ] {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(args);
+        let mut command = Command::new(full[0]);
+        command
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd::run(command).map_err(|e| format!("{e}; {INSTALL_HINT}"))?;
+    }
+    // The Debian package starts a system server on 6379; tests never use it (each starts
+    // its own on a free port), so leave it be rather than guess at the init system.
+    find_on_path("redis-server")
+        .ok_or_else(|| format!("redis-server still not on PATH after installing; {INSTALL_HINT}"))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
