@@ -648,11 +648,9 @@ mod tests {
         assert!(url.starts_with("rediss://:pw@127.0.0.1:"), "{url}");
         assert_ne!(server.port(), server.port, "TLS and plain ports differ");
         std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-        assert_eq!(
-            server.connected_clients().unwrap(),
-            0,
-            "the plain port answers"
-        );
+        // The plain port answers commands. (How many clients it reports is not checked:
+        // the TLS connection just dropped may or may not be gone yet.)
+        server.connected_clients().unwrap();
         let ca = server.tls_ca_pem().unwrap().unwrap();
         assert!(ca.starts_with(b"-----BEGIN CERTIFICATE-----"));
         assert_eq!(RedisServer::start().unwrap().tls_ca_pem().unwrap(), None);

@@ -173,7 +173,7 @@ async fn a_reconnect_clears_then_the_store_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outbox_overflow_clears_itself_once_and_peers_get_one_clear() {
+async fn an_outbox_overflow_clears_itself_once_and_peers_see_a_gap() {
     let bus = InMemoryBackplane::new();
     let mut options = quiet();
     options.backplane.outbox_capacity = 4;
@@ -204,31 +204,42 @@ async fn an_outbox_overflow_clears_itself_once_and_peers_get_one_clear() {
     assert!(a.loss_cleared(ClearCause::OutboxOverflow).await);
     assert_eq!(a.get(&held), None, "A cleared itself");
     for i in 6..=20 {
-        a.cache.remove_sync(key(&format!("k{i}"))); // absorbed by the queued clear
+        a.cache.remove_sync(key(&format!("k{i}"))); // absorbed by the lost backlog
     }
     let s = a.stats();
     assert_eq!(s.outbox_overflows, 1, "counted once");
     assert_eq!(s.loss_clears.outbox_overflow, 1);
-    assert_eq!(s.outbox_len, 2, "k0 in flight + one clear");
+    assert_eq!(s.outbox_len, 2, "k0 in flight + the lost backlog");
     assert!(s.publish_failures >= 1);
 
     a.conn.reconnect();
     assert!(a.loss_cleared(ClearCause::Reconnect).await);
     for peer in [&mut b, &mut c] {
         assert_eq!(peer.applied().await, (a.id(), 1, 1), "k0");
-        assert_eq!(peer.applied().await, (a.id(), 2, 1), "the clear");
-        assert_eq!(peer.get(&held), None);
-        assert_eq!(
-            peer.stats().loss_clears.total(),
-            0,
-            "peers applied a clear; they lost nothing"
+        assert!(
+            peer.loss_cleared(ClearCause::PeerGap).await,
+            "the number A spent on its lost backlog shows as a gap"
         );
+        assert_eq!(peer.get(&held), None);
     }
     assert_eq!(a.cache.remove(key("after")).await, Propagated::Published);
+    for peer in [&mut b, &mut c] {
+        assert_eq!(
+            peer.applied().await,
+            (a.id(), 3, 1),
+            "numbered after the skipped one"
+        );
+        let s = peer.stats();
+        assert_eq!(s.loss_clears.total(), 1, "one gap, noticed once");
+        assert_eq!(
+            s.invalidations_received, 2,
+            "k0 and after: no clear was broadcast"
+        );
+    }
     let s = a.stats();
     assert_eq!(s.outbox_len, 0);
-    assert_eq!(s.messages_sent, 3);
-    assert_eq!(s.invalidations_sent, 3);
+    assert_eq!(s.messages_sent, 2);
+    assert_eq!(s.invalidations_sent, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,7 @@ async fn soak(args: &Args) -> Result<bool, String> {
     backplane.channel = Some("nearcache:soak:invalidations".into());
     backplane.heartbeat_interval = Duration::from_secs(1);
     backplane.publish_timeout = Duration::from_millis(200);
-    // Small, so a long outage overflows it (the collapse-into-clear path).
+    // Small, so a long outage overflows it (the lost-backlog path).
     backplane.outbox_capacity = 64;
     backplane.max_staleness = Some(MAX_STALENESS);
     backplane.reconnect_initial_delay = Duration::from_millis(50);

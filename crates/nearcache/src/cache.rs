@@ -71,7 +71,9 @@ pub enum Propagated {
     /// The backplane accepted the message carrying it.
     Published,
     /// The backplane did not accept it within `publish_timeout`; it stays queued and goes
-    /// out when the backplane is back (or collapses into a clear if the outbox overflows).
+    /// out when the backplane is back. If the outbox overflows first, the backlog is dropped:
+    /// this instance clears itself and peers, seeing a gap in its sequence numbers, clear
+    /// themselves.
     Queued,
     /// The invalidation was local only: this cache has no backplane, or it was
     /// [shut down](Cache::shutdown).

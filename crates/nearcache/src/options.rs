@@ -120,7 +120,8 @@ pub struct BackplaneOptions {
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// Most invalidations (keys, region expiries) waiting to be published. Past it the
-    /// backlog collapses into one `clear` for the peers (and this instance clears itself).
+    /// backlog is dropped: this instance clears itself, and its peers, seeing a gap in its
+    /// sequence numbers once the backplane is back, clear themselves.
     /// At least 1; default 100,000.
     pub outbox_capacity: usize,
     /// Most keys sent in one message; a burst goes out in messages of up to this many.

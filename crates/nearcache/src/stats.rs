@@ -28,6 +28,9 @@ pub struct PropagationStats {
     pub bypassing_reads: bool,
     /// Invalidations waiting to be published now (queued, or in a publish being retried).
     pub outbox_len: usize,
+    /// Peers heard from now: other instances on the channel whose messages or heartbeats
+    /// arrived and which have not fallen silent for long enough to be forgotten.
+    pub peers: usize,
     /// Messages published (not counting heartbeats).
     pub messages_sent: u64,
     /// Invalidations published (each key, region expiry or clear counts one).
@@ -52,7 +55,8 @@ pub struct PropagationStats {
     pub duplicates_ignored: u64,
     /// Messages that did not decode (garbage, foreign or unsupported), dropped.
     pub messages_rejected: u64,
-    /// Times the outbox overflowed and collapsed into one clear.
+    /// Times the outbox overflowed and its backlog was dropped (peers learn of it as a gap
+    /// in this instance's sequence numbers).
     pub outbox_overflows: u64,
     /// Times this instance cleared itself because it may have missed invalidations.
     pub loss_clears: LossClears,

@@ -90,6 +90,8 @@ pub(crate) struct Counters {
     pub(crate) clears_lagged: AtomicU64,
     pub(crate) clears_peer_gap: AtomicU64,
     pub(crate) clears_outbox_overflow: AtomicU64,
+    /// A gauge, not a counter: peers heard from and not forgotten.
+    pub(crate) peers: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -169,7 +171,8 @@ impl Propagation {
             tracing::warn!(
                 capacity = self.options.outbox_capacity,
                 "invalidation outbox overflowed while the backplane is unreachable: \
-                 the backlog collapsed into one clear for the peers"
+                 its backlog is dropped; this instance clears itself now, and peers will \
+                 see a gap in its sequence numbers and clear themselves"
             );
             self.loss_clear(store, ClearCause::OutboxOverflow);
         }
@@ -240,6 +243,7 @@ impl Propagation {
             connected: self.connected.load(Ordering::Relaxed),
             bypassing_reads: self.bypassing.load(Ordering::Relaxed),
             outbox_len: self.outbox.pending(),
+            peers: usize::try_from(read(&c.peers)).unwrap_or(usize::MAX),
             messages_sent: read(&c.messages_sent),
             invalidations_sent: read(&c.invalidations_sent),
             heartbeats_sent: read(&c.heartbeats_sent),

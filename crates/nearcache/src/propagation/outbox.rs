@@ -6,10 +6,13 @@
 //! out together in the next one — no timer ever delays a message (group commit).
 //!
 //! The outbox is bounded. When it would overflow (the backplane has been down a long time),
-//! its backlog collapses into one `Clear`: the peers cannot learn *which* keys changed, so
-//! they drop everything once it arrives. While an unsent `Clear` is queued, later
-//! invalidations are absorbed by it — the clear will be applied after they were made, so it
-//! covers them — and the outbox stays O(1) through an outage of any length.
+//! its backlog collapses into one [`Pending::Lost`] marker: the peers cannot learn *which*
+//! keys changed. The sender does not broadcast a clear for it; it spends one sequence
+//! number without publishing it, so every peer sees a gap at our next message or heartbeat
+//! and clears *itself*, as for any lost message (guarantee 7). While the marker is queued,
+//! later invalidations are absorbed by it — the peers notice the gap after they were made,
+//! so their clear covers them — and the outbox stays O(1) through an outage of any length.
+//! A local `clear()` works the same way: an unsent `Clear` absorbs what is pushed after it.
 //!
 //! Once closed (the cache shut down or was dropped), the outbox refuses new invalidations:
 //! nothing would send them, and a refused push is reported as local-only instead of piling
@@ -28,6 +31,8 @@ pub(crate) enum Pending {
     ExpireRegion(String),
     ExpireRegionKey(String, String),
     Clear,
+    /// The backlog overflowed and was dropped: sent as a skipped sequence number.
+    Lost,
 }
 
 /// Every push gets a ticket; the outbox's published watermark passes it once the
@@ -38,7 +43,7 @@ pub(crate) type Ticket = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pushed {
     pub(crate) ticket: Ticket,
-    /// This push overflowed the outbox and collapsed its backlog into one `Clear`.
+    /// This push overflowed the outbox and collapsed its backlog into one [`Pending::Lost`].
     pub(crate) overflowed: bool,
 }
 
@@ -103,12 +108,12 @@ impl Outbox {
         state.issued += 1;
         let ticket = state.issued;
         let mut overflowed = false;
-        let queued_clear = state
+        let absorbing = state
             .queue
             .back()
-            .is_some_and(|(last, _)| *last == Pending::Clear);
-        if queued_clear {
-            // An unsent clear covers everything pushed before it is sent.
+            .is_some_and(|(last, _)| matches!(last, Pending::Clear | Pending::Lost));
+        if absorbing {
+            // An unsent clear or lost backlog covers everything pushed before it is sent.
             if let Some(last) = state.queue.back_mut() {
                 last.1 = ticket;
             }
@@ -118,7 +123,7 @@ impl Outbox {
             state.queue.push_back((Pending::Clear, ticket));
         } else if state.queue.len() >= self.capacity {
             state.queue.clear();
-            state.queue.push_back((Pending::Clear, ticket));
+            state.queue.push_back((Pending::Lost, ticket));
             overflowed = true;
         } else {
             state.queue.push_back((op, ticket));
@@ -250,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn overflow_collapses_into_one_clear_that_absorbs_later_pushes() {
+    fn overflow_collapses_into_one_lost_marker_that_absorbs_later_pushes() {
         let outbox = Outbox::new(3);
         for k in ["a", "b", "c"] {
             assert!(!outbox.push(remove(k)).unwrap().overflowed);
@@ -262,10 +267,14 @@ mod tests {
             let p = outbox.push(Pending::ExpireRegion(k.into())).unwrap();
             assert!(!p.overflowed, "absorbed, not overflowed again");
         }
+        outbox.push(Pending::Clear).unwrap();
         assert_eq!(outbox.queued(), 1);
         let batch = batch(&outbox, 100);
-        assert_eq!(batch.ops, vec![Pending::Clear]);
-        assert_eq!(batch.covers, 6, "the clear covers every ticket it absorbed");
+        assert_eq!(batch.ops, vec![Pending::Lost]);
+        assert_eq!(
+            batch.covers, 7,
+            "the marker covers every ticket it absorbed"
+        );
     }
 
     #[test]

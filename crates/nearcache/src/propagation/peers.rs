@@ -15,10 +15,12 @@
 //!   this is exact: an origin sends a heartbeat only after a full interval without
 //!   messages, so a heartbeat that arrives within one interval of our subscription
 //!   vouches that its last message went out before we listened. (It assumes peers share
-//!   the heartbeat interval; a peer with a shorter one weakens it.) A first *message* in
+//!   the heartbeat interval; a peer with a shorter one weakens it. The heartbeat that
+//!   carries an overflowed outbox's skipped number is the exception: it follows at once.)
+//!   A first *message* in
 //!   that window is trusted too: a message lost in the window and followed by another in
-//!   the same window goes unnoticed — the one gap left, at most one interval long, at
-//!   startup and after each reconnect.
+//!   the same window goes unnoticed — the one gap left, at most one interval long, once:
+//!   the window opens at the first subscription, and a reconnect keeps what was learned.
 //! - After the window every live peer has spoken (an idle one through a heartbeat), so a
 //!   first contact from an older origin that is ahead of its start means we missed what it
 //!   said: a loss. This also catches a peer that comes back after being forgotten.
@@ -150,7 +152,12 @@ impl Peers {
         before - self.peers.len()
     }
 
-    #[cfg(test)]
+    /// Whether `origin` has been heard from (and not forgotten).
+    pub(crate) fn knows(&self, origin: u128) -> bool {
+        self.peers.contains_key(&origin)
+    }
+
+    /// How many peers have been heard from (and not forgotten).
     pub(crate) fn len(&self) -> usize {
         self.peers.len()
     }

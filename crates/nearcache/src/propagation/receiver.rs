@@ -109,6 +109,7 @@ pub(crate) async fn run(
             },
             _ = housekeeping.tick() => {
                 peers.forget_silent(Instant::now());
+                p.counters.peers.store(peers.len() as u64, Ordering::Relaxed);
             }
         }
     }
@@ -188,6 +189,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         return;
     }
     let heartbeat = message.is_heartbeat();
+    let first_contact = !peers.knows(message.origin.as_u128());
     let seen = peers.observe(
         message.origin.as_u128(),
         message.origin_started_unix_ms,
@@ -195,6 +197,11 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         heartbeat,
         Instant::now(),
     );
+    if first_contact {
+        p.counters
+            .peers
+            .store(peers.len() as u64, Ordering::Relaxed);
+    }
     if seen == Seen::Duplicate {
         bump(&p.counters.duplicates_ignored, 1);
         return;

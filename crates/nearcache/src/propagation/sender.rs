@@ -4,9 +4,11 @@
 //! goes out in the next message (group commit), so a lone invalidation is sent at once and
 //! a burst costs few round trips. A failed publish is retried with backoff (the message keeps
 //! its sequence number, so a retry of a publish that did go through is dropped by receivers
-//! as a duplicate); the outbox keeps filling meanwhile, bounded, and collapses into one
-//! clear if it overflows. When nothing has been sent for a heartbeat interval, a heartbeat
-//! carries the last sequence number so peers notice a lost last message.
+//! as a duplicate); the outbox keeps filling meanwhile, bounded, and if it overflows its
+//! backlog is sent as a *skipped sequence number*, so peers notice a loss and clear
+//! themselves — no clear is broadcast for it. When nothing has been sent for a heartbeat
+//! interval, a heartbeat carries the last sequence number so peers notice a lost last
+//! message.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,7 +67,28 @@ async fn send_batch(
     batch: Batch,
     reported_too_large: &mut bool,
 ) -> bool {
-    for outgoing in into_messages(p, *seq, batch.ops) {
+    let mut ops = batch.ops;
+    let lost = ops.len();
+    ops.retain(|op| *op != Pending::Lost);
+    let lost = lost - ops.len();
+    if lost > 0 {
+        // The overflowed backlog: its number is spent unpublished, so each peer sees a gap
+        // and clears itself. If nothing follows in this batch, a heartbeat (retried like a
+        // message) carries the number so the gap shows as soon as the backplane is back.
+        *seq += 1;
+        if ops.is_empty() {
+            let beat = Message::heartbeat(p.instance, *seq, unix_micros(), p.started_unix_ms);
+            if let Some(payload) = encode(&beat) {
+                match publish_until_sent(p, backplane, payload).await {
+                    Publish::Sent => bump(&p.counters.heartbeats_sent, 1),
+                    Publish::TooLarge { .. } => {}
+                    Publish::ShutDown => return false,
+                }
+            }
+        }
+        p.outbox.sent(lost);
+    }
+    for outgoing in into_messages(p, *seq, ops) {
         *seq = outgoing.message.seq;
         let Some(payload) = encode(&outgoing.message) else {
             // Its number is used up, so peers see a gap and clear: safe, if costly.
@@ -189,6 +212,8 @@ fn push(builder: &mut MessageBuilder, pending: Pending) -> Result<(), PushError<
             })
             .map_err(|e| e.map_value(|_| ())),
         Pending::Clear => builder.push(Op::Clear).map_err(|e| e.map_value(|_| ())),
+        // Taken out by `send_batch` before messages are built: it is a number, not an op.
+        Pending::Lost => Ok(()),
     };
     result.map_err(|e| e.map_value(|()| pending))
 }
