@@ -20,8 +20,10 @@ use crate::token::ChangeToken;
 /// The per-cache registry of region tokens (never a process global: two caches in one
 /// process each own one and do not affect each other).
 ///
-/// - the **global** token: every entry holds it, so [`expire_global`](Self::expire_global)
-///   expires everything;
+/// - the **global** token, current until [`expire_global`](Self::expire_global) replaces
+///   it, which expires everything; its epoch is also readable on its own with one atomic
+///   load ([`global_epoch`](Self::global_epoch)), so a store can record the epoch in each
+///   entry instead of a reference to the token;
 /// - one token per **region** name ([`token_of::<R>()`](Self::token_of));
 /// - one token per **(region, sub-key)** pair
 ///   ([`key_token_of::<R>("c1")`](Self::key_token_of)).
@@ -46,6 +48,8 @@ use crate::token::ChangeToken;
 pub struct Regions {
     epoch: AtomicU64,
     global: RwLock<ChangeToken>,
+    /// The current global token's epoch, readable without the lock.
+    global_epoch: AtomicU64,
     regions: RwLock<RegionMap>,
 }
 
@@ -93,6 +97,7 @@ impl Regions {
         Regions {
             epoch: AtomicU64::new(0),
             global: RwLock::new(ChangeToken::with_epoch(0)),
+            global_epoch: AtomicU64::new(0),
             regions: RwLock::new(RegionMap::default()),
         }
     }
@@ -110,7 +115,25 @@ impl Regions {
         token.is_expired() || token.epoch() > start_epoch
     }
 
-    /// The current global token (held by every entry).
+    /// The epoch of the current global token: it changes exactly when
+    /// [`expire_global`](Self::expire_global) replaces the token, so "the global token I
+    /// read is still current" is `global_epoch() == token.epoch()`, one atomic load.
+    ///
+    /// ```
+    /// use nearcache_regions::Regions;
+    ///
+    /// let regions = Regions::new();
+    /// let token = regions.global();
+    /// assert_eq!(regions.global_epoch(), token.epoch());
+    /// regions.expire_global();
+    /// assert_ne!(regions.global_epoch(), token.epoch());
+    /// ```
+    #[inline]
+    pub fn global_epoch(&self) -> u64 {
+        self.global_epoch.load(Ordering::Acquire)
+    }
+
+    /// The current global token.
     pub fn global(&self) -> ChangeToken {
         self.global.read().clone()
     }
@@ -161,6 +184,7 @@ impl Regions {
             let mut global = self.global.write();
             let epoch = self.bump();
             let old = std::mem::replace(&mut *global, ChangeToken::with_epoch(epoch));
+            self.global_epoch.store(epoch, Ordering::Release);
             (old, epoch)
         };
         old.expire();
@@ -408,6 +432,17 @@ mod tests {
         let fresh = regions.global();
         assert!(!fresh.is_expired());
         assert_eq!(fresh.epoch(), epoch);
+        assert_eq!(
+            regions.global_epoch(),
+            epoch,
+            "the lock-free epoch moved with it"
+        );
+        regions.expire_region("r").unwrap();
+        assert_eq!(
+            regions.global_epoch(),
+            epoch,
+            "only a global expiry moves it"
+        );
     }
 
     #[test]

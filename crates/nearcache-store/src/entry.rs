@@ -204,16 +204,19 @@ impl Entry {
         } else {
             1
         };
-        let stored = StoredEntry(Arc::new(Stored {
+        if global.is_expired() {
+            return None;
+        }
+        let stored = StoredEntry::new(
             payload,
-            global,
-            tokens: self.tokens,
+            global.epoch(),
+            self.tokens,
             deadline,
             sliding,
-            last_access: AtomicU64::new(now),
+            now,
             weight,
-        }));
-        stored.is_live_at(now).then_some(stored)
+        );
+        stored.is_live_at(now, global.epoch()).then_some(stored)
     }
 }
 
@@ -268,6 +271,11 @@ impl TokenSet {
         self.iter().count()
     }
 
+    /// No tokens (they fill the inline slots first).
+    fn is_empty(&self) -> bool {
+        self.inline[0].is_none()
+    }
+
     #[inline]
     fn any_expired(&self) -> bool {
         match &self.inline[0] {
@@ -281,79 +289,139 @@ impl TokenSet {
     }
 }
 
-/// What the cache holds for a key: cheap to clone (one `Arc`).
+/// What the cache holds for a key.
+///
+/// quick_cache clones the stored value on every read, so this is laid out for a cheap
+/// clone: the value's `Arc`, the deadline, the weight and the epoch of the global token
+/// the entry was loaded under are inline. Only what must be shared between clones — region
+/// and user tokens, and a sliding window's last access — lives behind a second `Arc`, and
+/// only for entries that have any. A plain entry's clone costs one reference count, and a
+/// hit *moves* that value out to the caller ([`into_payload`](Self::into_payload)), so a hit
+/// touches the same single reference count that a raw quick_cache read does.
 #[derive(Clone)]
-pub(crate) struct StoredEntry(Arc<Stored>);
-
-struct Stored {
+pub(crate) struct StoredEntry {
     payload: Payload,
-    /// The global token current when the load started (or the `set` ran).
-    global: ChangeToken,
-    tokens: TokenSet,
     /// Absolute deadline on the store clock, [`NEVER`] for none.
     deadline: u64,
+    /// The epoch of the global token current when the load started (or the `set` ran):
+    /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
+    global_epoch: u64,
+    weight: u32,
+    shared: Option<Arc<Shared>>,
+}
+
+/// The parts of an entry its clones must share.
+struct Shared {
+    tokens: TokenSet,
     /// Sliding window in nanoseconds, [`NEVER`] for none.
     sliding: u64,
     last_access: AtomicU64,
-    weight: u32,
 }
 
 impl StoredEntry {
-    /// Whether the entry may be returned now; restarts its sliding window if so.
+    fn new(
+        payload: Payload,
+        global_epoch: u64,
+        tokens: TokenSet,
+        deadline: u64,
+        sliding: u64,
+        now: u64,
+        weight: u32,
+    ) -> Self {
+        let shared = (!tokens.is_empty() || sliding != NEVER).then(|| {
+            Arc::new(Shared {
+                tokens,
+                sliding,
+                last_access: AtomicU64::new(now),
+            })
+        });
+        StoredEntry {
+            payload,
+            deadline,
+            global_epoch,
+            weight,
+            shared,
+        }
+    }
+
+    /// Whether the entry may be returned now, given the store's current global epoch;
+    /// restarts its sliding window if so.
     ///
-    /// Costs one atomic load per token; the clock is read only for entries that expire by
-    /// time, and a sliding entry's last access is written at most once per millisecond.
+    /// Costs a comparison for the global region and one atomic load per token; the clock is
+    /// read only for entries that expire by time, and a sliding entry's last access is
+    /// written at most once per millisecond.
     #[inline]
-    pub(crate) fn is_live(&self, clock: &StoreClock) -> bool {
-        let stored = &*self.0;
-        if stored.global.is_expired() || stored.tokens.any_expired() {
+    pub(crate) fn is_live(&self, clock: &StoreClock, global_epoch: u64) -> bool {
+        if self.global_epoch != global_epoch {
             return false;
         }
-        if stored.deadline == NEVER && stored.sliding == NEVER {
+        let sliding = match &self.shared {
+            None => None,
+            Some(shared) => {
+                if shared.tokens.any_expired() {
+                    return false;
+                }
+                (shared.sliding != NEVER).then_some(shared)
+            }
+        };
+        if self.deadline == NEVER && sliding.is_none() {
             return true;
         }
         let now = clock.now();
-        if now >= stored.deadline {
+        if now >= self.deadline {
             return false;
         }
-        if stored.sliding != NEVER {
-            let last = stored.last_access.load(Ordering::Relaxed);
-            if now >= last.saturating_add(stored.sliding) {
+        if let Some(shared) = sliding {
+            let last = shared.last_access.load(Ordering::Relaxed);
+            if now >= last.saturating_add(shared.sliding) {
                 return false;
             }
             if now.saturating_sub(last) > TOUCH_GRANULARITY {
-                stored.last_access.fetch_max(now, Ordering::Relaxed);
+                shared.last_access.fetch_max(now, Ordering::Relaxed);
             }
         }
         true
     }
 
-    /// Whether the entry is alive at `now`, without touching it (the purger's check).
-    pub(crate) fn is_live_at(&self, now: u64) -> bool {
-        let stored = &*self.0;
-        !stored.global.is_expired()
-            && !stored.tokens.any_expired()
-            && now < stored.deadline
-            && (stored.sliding == NEVER
-                || now
-                    < stored
-                        .last_access
-                        .load(Ordering::Relaxed)
-                        .saturating_add(stored.sliding))
+    /// Whether the entry is alive at `now` under `global_epoch`, without touching it (the
+    /// purger's check).
+    pub(crate) fn is_live_at(&self, now: u64, global_epoch: u64) -> bool {
+        self.global_epoch == global_epoch
+            && now < self.deadline
+            && self.shared.as_ref().is_none_or(|shared| {
+                !shared.tokens.any_expired()
+                    && (shared.sliding == NEVER
+                        || now
+                            < shared
+                                .last_access
+                                .load(Ordering::Relaxed)
+                                .saturating_add(shared.sliding))
+            })
     }
 
+    /// The value, for a caller that keeps only that (a hit): moved, not cloned.
     #[inline]
-    pub(crate) fn payload(&self) -> &Payload {
-        &self.0.payload
+    pub(crate) fn into_payload(self) -> Payload {
+        self.payload
     }
 
     #[inline]
     pub(crate) fn weight(&self) -> u32 {
-        self.0.weight
+        self.weight
     }
 
+    /// Whether `other` is this entry (a clone of the same insert). Two inserts of the same
+    /// value `Arc` with the same options may also compare equal; the only use, removing an
+    /// entry found dead, then removes a live twin: one extra miss, never a stale read.
     pub(crate) fn same_as(&self, other: &StoredEntry) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        self.payload.same_as(&other.payload)
+            && self.deadline == other.deadline
+            && self.global_epoch == other.global_epoch
+            && match (&self.shared, &other.shared) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
     }
 }
 
@@ -411,10 +479,10 @@ mod tests {
         assert_eq!(e.tokens.len(), 2, "the region token is not added twice");
         let stored = store(e, &regions, 0).unwrap();
         regions.expire_region_key_of::<Catalog>("c2");
-        assert!(stored.is_live_at(0));
+        assert!(stored.is_live_at(0, 0));
         regions.expire_region_of::<Catalog>();
         assert!(
-            !stored.is_live_at(0),
+            !stored.is_live_at(0, 0),
             "expiring the region expires its sub-keys' entries"
         );
     }
@@ -429,7 +497,7 @@ mod tests {
         e.region_key_by_name("pricing", "p1").unwrap();
         let stored = store(e, &regions, 0).unwrap();
         regions.expire_region_key_of::<Pricing>("p1");
-        assert!(!stored.is_live_at(0));
+        assert!(!stored.is_live_at(0, 0));
     }
 
     #[test]
@@ -481,13 +549,13 @@ mod tests {
         e.absolute_expiration(Duration::MAX)
             .sliding_expiration(Duration::MAX);
         let stored = store(e, &regions, 5).unwrap();
-        assert!(stored.is_live_at(NEVER - 1));
+        assert!(stored.is_live_at(NEVER - 1, 0));
         let mut far = entry(&regions);
         far.absolute_expiration_at(Instant::now() + Duration::from_secs(1 << 40));
         assert!(
             store(far, &regions, NEVER - 10)
                 .unwrap()
-                .is_live_at(NEVER - 1)
+                .is_live_at(NEVER - 1, 0)
         );
     }
 
@@ -522,28 +590,94 @@ mod tests {
         e.sliding_expiration(Duration::from_secs(10));
         let stored = store(e, &regions, clock.now()).unwrap();
         mock.increment(Duration::from_secs(6));
-        assert!(stored.is_live(&clock), "read at 6 s restarts the window");
+        assert!(stored.is_live(&clock, 0), "read at 6 s restarts the window");
         mock.increment(Duration::from_secs(6));
-        assert!(stored.is_live(&clock), "12 s: 6 s since the last read");
-        assert!(!stored.is_live_at(clock.now() + 10_000_000_000));
+        assert!(stored.is_live(&clock, 0), "12 s: 6 s since the last read");
+        assert!(!stored.is_live_at(clock.now() + 10_000_000_000, 0));
         mock.increment(Duration::from_micros(500));
-        assert!(stored.is_live(&clock));
+        assert!(stored.is_live(&clock, 0));
         assert_eq!(
-            stored.0.last_access.load(Ordering::Relaxed),
+            stored
+                .shared
+                .as_ref()
+                .unwrap()
+                .last_access
+                .load(Ordering::Relaxed),
             12_000_000_000,
             "a read within 1 ms of the last write does not write"
         );
         mock.increment(Duration::from_secs(11));
-        assert!(!stored.is_live(&clock));
+        assert!(!stored.is_live(&clock, 0));
     }
 
     #[test]
     fn a_stored_entry_is_small() {
         // Documented in the crate docs: keep them in sync.
+        let inline = std::mem::size_of::<StoredEntry>();
+        assert!(inline <= 72, "{inline}");
+        let shared = std::mem::size_of::<Shared>();
+        assert!(shared <= 56, "{shared}");
+    }
+
+    #[test]
+    fn a_global_expiry_kills_every_entry_by_epoch() {
+        let regions = Arc::new(Regions::new());
+        let stored = store(entry(&regions), &regions, 0).unwrap();
+        assert!(stored.is_live_at(0, regions.global_epoch()));
+        regions.expire_region_of::<Catalog>();
         assert!(
-            std::mem::size_of::<Stored>() <= 112,
-            "{}",
-            std::mem::size_of::<Stored>()
+            stored.is_live_at(0, regions.global_epoch()),
+            "a region is not global"
+        );
+        regions.expire_global();
+        assert!(!stored.is_live_at(0, regions.global_epoch()));
+        let clock = StoreClock::new(quanta::Clock::new());
+        assert!(!stored.is_live(&clock, regions.global_epoch()));
+        let mut tied = entry(&regions);
+        tied.region::<Catalog>();
+        let old = regions.global();
+        regions.expire_global();
+        assert!(
+            tied.into_stored(Payload::value(Arc::new(1_u8)), old, 0, &defaults())
+                .is_none(),
+            "loaded under a global token that was expired meanwhile: dead on arrival"
+        );
+    }
+
+    #[test]
+    fn a_plain_entry_shares_only_its_value_and_hands_it_over_without_a_copy() {
+        let regions = Arc::new(Regions::new());
+        let value = Arc::new(7_u8);
+        let plain = entry(&regions)
+            .into_stored(
+                Payload::value(Arc::clone(&value)),
+                regions.global(),
+                0,
+                &defaults(),
+            )
+            .unwrap();
+        assert!(
+            plain.shared.is_none(),
+            "no second allocation for a plain entry"
+        );
+        let clone = plain.clone();
+        assert!(clone.same_as(&plain));
+        let out = clone
+            .into_payload()
+            .downcast::<u8>(&Key::from_text("k"))
+            .unwrap();
+        assert!(Arc::ptr_eq(&out.unwrap(), &value), "the stored Arc itself");
+
+        let mut tied = entry(&regions);
+        tied.region::<Catalog>();
+        let tied = store(tied, &regions, 0).unwrap();
+        assert!(tied.shared.is_some());
+        assert!(!tied.same_as(&plain));
+        let mut other = entry(&regions);
+        other.region::<Catalog>();
+        assert!(
+            !store(other, &regions, 0).unwrap().same_as(&tied),
+            "another insert"
         );
     }
 }

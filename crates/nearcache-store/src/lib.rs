@@ -18,14 +18,16 @@
 //!
 //! # Costs
 //!
-//! - A hit: one shard read lock, one `Arc` clone and drop of the entry, one atomic load per
-//!   token (the global one plus its regions'), one `Arc` clone of the value, one relaxed
-//!   add to a per-thread counter stripe. No allocation. Entries that expire by time also read
-//!   the clock (`quanta`, the CPU counter where available: no system call); sliding entries
-//!   write their last access at most once per millisecond.
-//! - An entry: 112 bytes of metadata in one allocation (value pointer and type, the global
-//!   token, two inline region tokens, deadlines), plus quick_cache's slot and the key text.
-//!   Entries with more than two tokens spill the rest to one more allocation.
+//! - A hit: one shard read lock, one `Arc` clone of the value (moved out to the caller), one
+//!   atomic load of the global epoch, one relaxed add to a per-thread counter stripe. No
+//!   allocation. Entries tied to regions or tokens also clone and drop one shared `Arc` and
+//!   load one atomic per token; entries that expire by time also read the clock (`quanta`,
+//!   the CPU counter where available: no system call); sliding entries write their last
+//!   access at most once per millisecond.
+//! - An entry: 72 bytes inline in quick_cache's slot (value pointer and type, deadline,
+//!   global epoch, weight), plus the key text. Entries with tokens or a sliding window add
+//!   one allocation (two inline tokens and the sliding state); more than two tokens spill the
+//!   rest to one more.
 //! - A miss: one lock of the key's flight-table shard (never held across the factory).
 //!
 //! ```

@@ -47,7 +47,7 @@ impl StoreInner {
     #[inline]
     pub(crate) fn lookup(&self, key: &Key) -> Option<StoredEntry> {
         let entry = self.cache.get(key)?;
-        if entry.is_live(&self.clock) {
+        if entry.is_live(&self.clock, self.regions.global_epoch()) {
             return Some(entry);
         }
         if self
@@ -92,7 +92,7 @@ impl StoreInner {
 
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
         let entry = self.lookup(key)?;
-        S::from_payload(entry.payload(), key)
+        S::from_payload(entry.into_payload(), key)
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
@@ -325,9 +325,8 @@ fn resolve<S: Shape, E: Send + Sync + 'static>(
     key: &Key,
 ) -> Option<Result<S, LoadError<E>>> {
     match outcome {
-        Outcome::Value(payload) => {
-            S::from_payload(payload, key).map(|result| result.map_err(LoadError::TypeMismatch))
-        }
+        Outcome::Value(payload) => S::from_payload(payload.clone(), key)
+            .map(|result| result.map_err(LoadError::TypeMismatch)),
         Outcome::Error { error, type_name } => Some(Err(match Arc::clone(error).downcast::<E>() {
             Ok(error) => LoadError::Factory(error),
             Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),

@@ -70,9 +70,10 @@ impl StoreInner {
     fn purge(&self) -> usize {
         let served = self.purge.begin_pass();
         let now = self.clock.now();
+        let global_epoch = self.regions.global_epoch();
         let removed = Cell::new(0_usize);
         self.cache.retain(|_, entry| {
-            let live = entry.is_live_at(now);
+            let live = entry.is_live_at(now, global_epoch);
             if !live {
                 removed.set(removed.get() + 1);
             }
@@ -183,7 +184,7 @@ impl Store {
         match inner.lookup(key) {
             Some(entry) => {
                 inner.stats.incr(Counter::Hits);
-                entry.payload().downcast::<T>(key).map(Some)
+                entry.into_payload().downcast::<T>(key).map(Some)
             }
             None => {
                 inner.stats.incr(Counter::Misses);
@@ -348,7 +349,9 @@ impl Store {
             inner.cache.remove(key)
         };
         match removed {
-            Some((_, entry)) if entry.is_live_at(inner.clock.now()) => {
+            Some((_, entry))
+                if entry.is_live_at(inner.clock.now(), inner.regions.global_epoch()) =>
+            {
                 inner.stats.incr(Counter::Removals);
                 true
             }

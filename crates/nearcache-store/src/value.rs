@@ -42,23 +42,33 @@ impl Payload {
         matches!(self, Payload::Nothing { .. })
     }
 
+    /// Whether both hold the same value `Arc` (or are negative entries of one type).
+    pub(crate) fn same_as(&self, other: &Payload) -> bool {
+        match (self, other) {
+            (Payload::Value { value: a, .. }, Payload::Value { value: b, .. }) => Arc::ptr_eq(a, b),
+            (Payload::Nothing { type_id: a, .. }, Payload::Nothing { type_id: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+
     /// The payload as a `T`: `Ok(Some)` for a value, `Ok(None)` for a negative entry of `T`.
+    /// Takes the payload by value, so a value is moved out, not reference-counted again.
     ///
     /// # Errors
     ///
     /// [`TypeMismatch`] when it holds another type.
     #[inline]
     pub(crate) fn downcast<T: Send + Sync + 'static>(
-        &self,
+        self,
         key: &Key,
     ) -> Result<Option<Arc<T>>, TypeMismatch> {
         match self {
-            Payload::Value { value, type_name } => Arc::clone(value)
+            Payload::Value { value, type_name } => value
                 .downcast::<T>()
                 .map(Some)
                 .map_err(|_| TypeMismatch::new::<T>(key, type_name)),
             Payload::Nothing { type_id, type_name } => {
-                if *type_id == TypeId::of::<T>() {
+                if type_id == TypeId::of::<T>() {
                     Ok(None)
                 } else {
                     Err(TypeMismatch::new::<T>(key, type_name))
@@ -77,9 +87,10 @@ pub(crate) trait Shape: Sized {
     /// Wraps a factory's value: what the leader returns, and what the flight shares.
     fn from_loaded(loaded: Self::Loaded) -> (Self, Payload);
 
-    /// Reads a stored or shared payload. `None`: this shape cannot use it (a plain caller
+    /// Reads a stored or shared payload (moved in: a hit's clone, or a flight's shared
+    /// payload cloned for this caller). `None`: this shape cannot use it (a plain caller
     /// meeting a negative entry), so the caller loads as on a miss.
-    fn from_payload(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>>;
+    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>>;
 }
 
 impl<T: Send + Sync + 'static> Shape for Arc<T> {
@@ -92,7 +103,7 @@ impl<T: Send + Sync + 'static> Shape for Arc<T> {
     }
 
     #[inline]
-    fn from_payload(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
+    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
         match payload {
             Payload::Nothing { .. } => None,
             Payload::Value { .. } => Some(
@@ -118,7 +129,7 @@ impl<T: Send + Sync + 'static> Shape for Option<Arc<T>> {
     }
 
     #[inline]
-    fn from_payload(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
+    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
         Some(payload.downcast::<T>(key))
     }
 }
@@ -132,7 +143,7 @@ mod tests {
     fn values_come_back_as_the_same_arc() {
         let key = Key::from_text("k");
         let (value, payload) = <Arc<String> as Shape>::from_loaded(String::from("v"));
-        let read = <Arc<String> as Shape>::from_payload(&payload, &key)
+        let read = <Arc<String> as Shape>::from_payload(payload.clone(), &key)
             .unwrap()
             .unwrap();
         assert!(Arc::ptr_eq(&value, &read));
@@ -142,12 +153,12 @@ mod tests {
     fn another_type_is_a_mismatch_naming_both() {
         let key = Key::from_text("k");
         let payload = Payload::value(Arc::new(5_u32));
-        let mismatch = payload.downcast::<String>(&key).unwrap_err();
+        let mismatch = payload.clone().downcast::<String>(&key).unwrap_err();
         assert_eq!(mismatch.found, "u32");
         assert_eq!(mismatch.expected, "alloc::string::String");
         let nothing = Payload::nothing::<u32>();
-        assert!(nothing.downcast::<String>(&key).is_err());
-        assert!(nothing.downcast::<u32>(&key).unwrap().is_none());
+        assert!(nothing.clone().downcast::<String>(&key).is_err());
+        assert!(nothing.clone().downcast::<u32>(&key).unwrap().is_none());
     }
 
     #[test]
@@ -155,8 +166,8 @@ mod tests {
         let key = Key::from_text("k");
         let (value, nothing) = <Option<Arc<u8>> as Shape>::from_loaded(None);
         assert!(value.is_none() && nothing.is_nothing());
-        assert!(<Arc<u8> as Shape>::from_payload(&nothing, &key).is_none());
-        let read = <Option<Arc<u8>> as Shape>::from_payload(&nothing, &key);
+        assert!(<Arc<u8> as Shape>::from_payload(nothing.clone(), &key).is_none());
+        let read = <Option<Arc<u8>> as Shape>::from_payload(nothing.clone(), &key);
         assert!(matches!(read, Some(Ok(None))));
     }
 }
