@@ -24,7 +24,7 @@
 //!   load one atomic per token; entries that expire by time also read the clock (`quanta`,
 //!   the CPU counter where available: no system call); sliding entries write their last
 //!   access at most once per millisecond.
-//! - An entry: 72 bytes inline in quick_cache's slot (value pointer and type, deadline,
+//! - An entry: 64 bytes inline in quick_cache's slot (value pointer and type, deadline,
 //!   global epoch, weight), plus the key text. Entries with tokens or a sliding window add
 //!   one allocation (two inline tokens and the sliding state); more than two tokens spill the
 //!   rest to one more.

@@ -50,14 +50,22 @@ impl StoreInner {
         if entry.is_live(&self.clock, self.regions.global_epoch()) {
             return Some(entry);
         }
+        self.remove_dead(key, &entry);
+        None
+    }
+
+    /// Removes `entry`, found dead under `key`, unless it was replaced meanwhile. Kept out of
+    /// line: the hit path above stays small.
+    #[cold]
+    #[inline(never)]
+    fn remove_dead(&self, key: &Key, entry: &StoredEntry) {
         if self
             .cache
-            .remove_if(key, |held| held.same_as(&entry))
+            .remove_if(key, |held| held.same_as(entry))
             .is_some()
         {
             self.stats.incr(Counter::Expirations);
         }
-        None
     }
 
     /// Stores `entry` (`None`: it was dead on arrival) under `key`. The caller holds the
@@ -147,6 +155,7 @@ impl StoreInner {
     }
 
     /// The blocking get-or-create.
+    #[inline(never)]
     pub(crate) fn load_sync<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
     where
         S: Shape,

@@ -1,7 +1,8 @@
 //! Type-erased values: how a store holds values of any type, and how a caller gets its own
 //! type back (or a [`TypeMismatch`], never a panic or a silent miss).
 
-use std::any::{Any, TypeId, type_name};
+use std::any::{Any, type_name};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use nearcache_keys::Key;
@@ -9,46 +10,47 @@ use nearcache_keys::Key;
 use crate::error::TypeMismatch;
 
 /// What an entry or a flight holds: a value, or a cached "nothing" (negative entry).
+///
+/// 32 bytes, cloned with one reference count and no branch: it is part of every stored
+/// entry, which quick_cache clones on each read. A negative entry of `T` holds a
+/// [`Nothing<T>`] marker, so both kinds are checked by the same `TypeId` comparison.
 #[derive(Clone)]
-pub(crate) enum Payload {
-    /// An `Arc<T>`, erased; `type_name` is `T`'s, for error messages.
-    Value {
-        value: Arc<dyn Any + Send + Sync>,
-        type_name: &'static str,
-    },
-    /// A factory's `Ok(None)` for a `T`.
-    Nothing {
-        type_id: TypeId,
-        type_name: &'static str,
-    },
+pub(crate) struct Payload {
+    /// An `Arc<T>` (or `Arc<Nothing<T>>`), erased.
+    value: Arc<dyn Any + Send + Sync>,
+    /// `T`'s name, for error messages only (a function pointer: 8 bytes, not 16).
+    type_name: fn() -> &'static str,
+    /// A factory's `Ok(None)`.
+    nothing: bool,
 }
+
+/// The marker a negative entry of `T` holds.
+struct Nothing<T>(PhantomData<fn() -> T>);
 
 impl Payload {
     pub(crate) fn value<T: Send + Sync + 'static>(value: Arc<T>) -> Self {
-        Payload::Value {
+        Payload {
             value,
-            type_name: type_name::<T>(),
+            type_name: type_name::<T>,
+            nothing: false,
         }
     }
 
     pub(crate) fn nothing<T: 'static>() -> Self {
-        Payload::Nothing {
-            type_id: TypeId::of::<T>(),
-            type_name: type_name::<T>(),
+        Payload {
+            value: Arc::new(Nothing::<T>(PhantomData)),
+            type_name: type_name::<T>,
+            nothing: true,
         }
     }
 
     pub(crate) fn is_nothing(&self) -> bool {
-        matches!(self, Payload::Nothing { .. })
+        self.nothing
     }
 
-    /// Whether both hold the same value `Arc` (or are negative entries of one type).
+    /// Whether both are the same stored value (the same `Arc`).
     pub(crate) fn same_as(&self, other: &Payload) -> bool {
-        match (self, other) {
-            (Payload::Value { value: a, .. }, Payload::Value { value: b, .. }) => Arc::ptr_eq(a, b),
-            (Payload::Nothing { type_id: a, .. }, Payload::Nothing { type_id: b, .. }) => a == b,
-            _ => false,
-        }
+        Arc::ptr_eq(&self.value, &other.value)
     }
 
     /// The payload as a `T`: `Ok(Some)` for a value, `Ok(None)` for a negative entry of `T`.
@@ -62,18 +64,17 @@ impl Payload {
         self,
         key: &Key,
     ) -> Result<Option<Arc<T>>, TypeMismatch> {
-        match self {
-            Payload::Value { value, type_name } => value
-                .downcast::<T>()
-                .map(Some)
-                .map_err(|_| TypeMismatch::new::<T>(key, type_name)),
-            Payload::Nothing { type_id, type_name } => {
-                if type_id == TypeId::of::<T>() {
-                    Ok(None)
-                } else {
-                    Err(TypeMismatch::new::<T>(key, type_name))
-                }
-            }
+        let found = self.type_name;
+        if self.nothing {
+            return if self.value.is::<Nothing<T>>() {
+                Ok(None)
+            } else {
+                Err(TypeMismatch::new::<T>(key, found()))
+            };
+        }
+        match self.value.downcast::<T>() {
+            Ok(value) => Ok(Some(value)),
+            Err(_) => Err(TypeMismatch::new::<T>(key, found())),
         }
     }
 }
@@ -104,14 +105,14 @@ impl<T: Send + Sync + 'static> Shape for Arc<T> {
 
     #[inline]
     fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
-        match payload {
-            Payload::Nothing { .. } => None,
-            Payload::Value { .. } => Some(
-                payload
-                    .downcast::<T>(key)
-                    .and_then(|value| value.ok_or_else(|| TypeMismatch::new::<T>(key, "nothing"))),
-            ),
+        if payload.is_nothing() {
+            return None;
         }
+        Some(
+            payload
+                .downcast::<T>(key)
+                .and_then(|value| value.ok_or_else(|| TypeMismatch::new::<T>(key, "nothing"))),
+        )
     }
 }
 
@@ -159,6 +160,23 @@ mod tests {
         let nothing = Payload::nothing::<u32>();
         assert!(nothing.clone().downcast::<String>(&key).is_err());
         assert!(nothing.clone().downcast::<u32>(&key).unwrap().is_none());
+        let mismatch = nothing.downcast::<String>(&key).unwrap_err();
+        assert_eq!(mismatch.found, "u32", "a negative entry names its type too");
+    }
+
+    #[test]
+    fn a_payload_is_small_and_two_inserts_are_never_the_same() {
+        assert!(std::mem::size_of::<Payload>() <= 32);
+        let one = Arc::new(1_u8);
+        let a = Payload::value(Arc::clone(&one));
+        assert!(a.same_as(&a.clone()));
+        assert!(
+            a.same_as(&Payload::value(one)),
+            "the same Arc is the same value"
+        );
+        assert!(!a.same_as(&Payload::value(Arc::new(1_u8))));
+        let nothing = Payload::nothing::<u8>();
+        assert!(!nothing.same_as(&Payload::nothing::<u8>()));
     }
 
     #[test]
