@@ -1,11 +1,21 @@
-//! The quick_cache instance under the store: how entries are weighed, how evictions are
-//! counted, and how big one entry may be.
-
-use std::sync::Arc;
+//! The storage under the store: quick_cache's single-threaded cache, sharded behind read-write
+//! locks, with how entries are weighed, how evictions are counted, and how big one entry may
+//! be.
+//!
+//! Why not `quick_cache::sync::Cache`, which is exactly this inside? Its `get` hands out an
+//! owned clone of the stored value, so every hit would clone the whole entry record (its
+//! tokens, deadlines and value) only to check it and drop it again. Owning the shards lets a
+//! hit *read* the entry in place under the shard's read lock ([`Backend::read`]) and clone
+//! nothing but the value it returns: the same reference-count traffic as a raw quick_cache
+//! read. The store needs nothing else from the sync cache: it has its own single-flight table.
+//! Shards are picked from the key's precomputed hash as quick_cache picks them.
 
 use nearcache_keys::Key;
-use quick_cache::sync::Cache;
+use parking_lot::RwLock;
+use quick_cache::unsync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use crate::entry::StoredEntry;
 use crate::error::OptionsError;
@@ -14,11 +24,27 @@ use crate::options::Sizing;
 use crate::stats::{Counter, Stats};
 
 /// quick_cache admits an entry only if it fits this share of its shard ("hot" allocation).
-/// Set explicitly so that [`max_entry_weight`] computes the same limit quick_cache applies.
+/// Set explicitly so that [`Backend::max_entry_weight`] computes the same limit quick_cache
+/// applies.
 const HOT_ALLOCATION: f64 = 0.97;
 
-/// The underlying cache.
-pub(crate) type Backend = Cache<Key, StoredEntry, EntryWeighter, KeyHashBuilder, EvictionCounter>;
+/// Each shard should hold at least this many entries (quick_cache's own rule): fewer shards
+/// for small stores.
+const MIN_SHARD_ENTRIES: u64 = 32;
+
+type Shard = Cache<Key, StoredEntry, EntryWeighter, KeyHashBuilder, EvictionCounter>;
+
+/// Evicted or replaced entries, dropped once the shard's lock is released.
+type Evicted = <EvictionCounter as Lifecycle<Key, StoredEntry>>::RequestState;
+
+/// The sharded cache the store keeps its entries in.
+pub(crate) struct Backend {
+    shards: Box<[RwLock<Shard>]>,
+    /// `shards.len() - 1` (a power of two minus one).
+    mask: u64,
+    /// The weight budget of one shard.
+    shard_capacity: u64,
+}
 
 /// Weighs an entry by the weight it was stored with (1 unless the store has a budget).
 #[derive(Debug, Clone, Copy)]
@@ -31,8 +57,8 @@ impl Weighter<Key, StoredEntry> for EntryWeighter {
     }
 }
 
-/// Counts capacity evictions, and drops evicted entries after the shard lock is released
-/// (like quick_cache's default lifecycle).
+/// Counts capacity evictions, and keeps evicted entries so that they are dropped after the
+/// shard lock is released (as quick_cache's default lifecycle does).
 #[derive(Clone)]
 pub(crate) struct EvictionCounter(Arc<Stats>);
 
@@ -48,33 +74,189 @@ impl Lifecycle<Key, StoredEntry> for EvictionCounter {
     }
 }
 
-/// Builds the cache for `sizing`.
-pub(crate) fn build(
-    sizing: Sizing,
-    shards: Option<usize>,
-    stats: Arc<Stats>,
-) -> Result<Backend, OptionsError> {
-    let mut builder = OptionsBuilder::new();
-    builder
-        .estimated_items_capacity(sizing.estimated_entries)
-        .weight_capacity(sizing.weight_capacity)
-        .hot_allocation(HOT_ALLOCATION);
-    if let Some(shards) = shards {
-        builder.shards(shards);
+impl Backend {
+    /// Builds the shards for `sizing`: `shards` of them (default 4 × cores), rounded up to a
+    /// power of two, then halved while a shard would hold fewer than 32 entries.
+    pub(crate) fn build(
+        sizing: Sizing,
+        shards: Option<usize>,
+        stats: Arc<Stats>,
+    ) -> Result<Backend, OptionsError> {
+        let requested = shards.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(4, |cores| cores.get() * 4)
+        });
+        let mut count = u64::try_from(requested.max(1).next_power_of_two()).unwrap_or(1 << 16);
+        let estimated = u64::try_from(sizing.estimated_entries).unwrap_or(u64::MAX);
+        let per_shard = |total: u64, count: u64| total.saturating_add(count - 1) / count;
+        while per_shard(estimated, count) < MIN_SHARD_ENTRIES && count > 1 {
+            count /= 2;
+        }
+        let shard_capacity = per_shard(sizing.weight_capacity, count);
+        let items = usize::try_from(per_shard(estimated, count)).unwrap_or(usize::MAX);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(shard_capacity)
+            .hot_allocation(HOT_ALLOCATION)
+            .shards(1)
+            .build()
+            .map_err(|error| OptionsError::Cache(error.to_string()))?;
+        let lifecycle = EvictionCounter(stats);
+        let shards = (0..count)
+            .map(|_| {
+                RwLock::new(Cache::with_options(
+                    options.clone(),
+                    EntryWeighter,
+                    KeyHashBuilder,
+                    lifecycle.clone(),
+                ))
+            })
+            .collect();
+        Ok(Backend {
+            shards,
+            mask: count - 1,
+            shard_capacity,
+        })
     }
-    let options = builder
-        .build()
-        .map_err(|error| OptionsError::Cache(error.to_string()))?;
-    Ok(Cache::with_options(
-        options,
-        EntryWeighter,
-        KeyHashBuilder,
-        EvictionCounter(stats),
-    ))
+
+    #[inline]
+    fn shard(&self, key: &Key) -> &RwLock<Shard> {
+        // The middle bits of the hash, as quick_cache does: hashbrown inside the shard uses
+        // the low bits and the top seven.
+        let hash = KeyHashBuilder.hash_one(key);
+        let index = (hash.rotate_right(usize::BITS / 2) & self.mask) as usize;
+        // `mask` is the number of shards minus one, so the index is always in range.
+        &self.shards[index]
+    }
+
+    /// Calls `f` with the entry under `key`, in place, under the shard's read lock (marking
+    /// it recently used). `f` must be quick: writers to this shard wait for it.
+    #[inline]
+    pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&StoredEntry) -> R) -> Option<R> {
+        self.shard(key).read().get(key).map(f)
+    }
+
+    /// Stores `entry` under `key`, replacing what was there; may evict others.
+    pub(crate) fn insert(&self, key: Key, entry: StoredEntry) {
+        let mut evicted = Evicted::default();
+        self.shard(&key)
+            .write()
+            .insert_with_lifecycle(key, entry, &mut evicted);
+        drop(evicted);
+    }
+
+    /// Removes `key`'s entry, returning it (dropped by the caller, outside the lock).
+    pub(crate) fn remove(&self, key: &Key) -> Option<(Key, StoredEntry)> {
+        self.shard(key).write().remove(key)
+    }
+
+    /// Removes `key`'s entry if `f` says so.
+    pub(crate) fn remove_if(
+        &self,
+        key: &Key,
+        f: impl FnOnce(&StoredEntry) -> bool,
+    ) -> Option<(Key, StoredEntry)> {
+        self.shard(key).write().remove_if(key, f)
+    }
+
+    /// Keeps only the entries `f` accepts, one shard at a time.
+    pub(crate) fn retain(&self, f: impl Fn(&Key, &StoredEntry) -> bool) {
+        for shard in &self.shards {
+            shard.write().retain(&f);
+        }
+    }
+
+    /// Entries held (each shard counted at a slightly different moment).
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.read().len()).sum()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shards.iter().all(|shard| shard.read().is_empty())
+    }
+
+    /// Total weight held.
+    pub(crate) fn weight(&self) -> u64 {
+        self.shards.iter().map(|shard| shard.read().weight()).sum()
+    }
+
+    /// Total weight budget.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().capacity())
+            .sum()
+    }
+
+    /// The heaviest entry a shard admits: its hot share, as quick_cache computes it.
+    pub(crate) fn max_entry_weight(&self) -> u64 {
+        let shard = self.shard_capacity;
+        ((shard as f64 * HOT_ALLOCATION) as u64).clamp(shard.min(1), shard)
+    }
 }
 
-/// The heaviest entry `cache` admits: the hot share of one shard, as quick_cache computes it.
-pub(crate) fn max_entry_weight(cache: &Backend) -> u64 {
-    let shard = cache.shard_capacity();
-    ((shard as f64 * HOT_ALLOCATION) as u64).clamp(shard.min(1), shard)
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::entry::{Entry, EntryDefaults};
+    use crate::value::Payload;
+    use nearcache_regions::Regions;
+
+    fn sizing(entries: u64) -> Sizing {
+        Sizing {
+            weight_capacity: entries,
+            estimated_entries: usize::try_from(entries).unwrap(),
+            weighted: false,
+        }
+    }
+
+    fn entry(regions: &Arc<Regions>, key: &Key) -> StoredEntry {
+        let defaults = EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: false,
+        };
+        Entry::new(key.clone(), Arc::clone(regions))
+            .into_stored(
+                Payload::value(Arc::new(1_u8)),
+                regions.global(),
+                0,
+                &defaults,
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn small_stores_get_fewer_shards_of_at_least_32_entries() {
+        let stats = Arc::new(Stats::new());
+        let tiny = Backend::build(sizing(100), Some(64), Arc::clone(&stats)).unwrap();
+        assert_eq!(tiny.shards.len(), 2, "100 entries: two shards of 50");
+        let one = Backend::build(sizing(10), Some(64), Arc::clone(&stats)).unwrap();
+        assert_eq!(one.shards.len(), 1);
+        let big = Backend::build(sizing(1_000_000), Some(6), stats).unwrap();
+        assert_eq!(big.shards.len(), 8, "rounded up to a power of two");
+        assert_eq!(big.capacity(), 1_000_000);
+    }
+
+    #[test]
+    fn entries_are_read_in_place_removed_and_evicted_with_a_count() {
+        let stats = Arc::new(Stats::new());
+        let backend = Backend::build(sizing(64), Some(1), Arc::clone(&stats)).unwrap();
+        let regions = Arc::new(Regions::new());
+        let key = Key::from_text("k");
+        backend.insert(key.clone(), entry(&regions, &key));
+        assert_eq!(backend.read(&key, StoredEntry::weight), Some(1));
+        assert_eq!(backend.len(), 1);
+        assert!(backend.remove_if(&key, |_| false).is_none());
+        assert!(backend.remove(&key).is_some());
+        assert!(backend.is_empty());
+        for i in 0..1_000 {
+            let key = Key::from_text(format!("k{i}"));
+            backend.insert(key.clone(), entry(&regions, &key));
+        }
+        assert!(backend.len() <= 64);
+        assert!(stats.snapshot().evictions >= 1_000 - 64);
+        backend.retain(|_, _| false);
+        assert_eq!((backend.len(), backend.weight()), (0, 0));
+    }
 }

@@ -289,16 +289,11 @@ impl TokenSet {
     }
 }
 
-/// What the cache holds for a key.
+/// What the cache holds for a key, read in place under its shard's read lock (never cloned).
 ///
-/// quick_cache clones the stored value on every read, so this is laid out for a cheap
-/// clone: the value's `Arc`, the deadline, the weight and the epoch of the global token
-/// the entry was loaded under are inline. Only what must be shared between clones — region
-/// and user tokens, and a sliding window's last access — lives behind a second `Arc`, and
-/// only for entries that have any. A plain entry's clone costs one reference count, and a
-/// hit *moves* that value out to the caller ([`into_payload`](Self::into_payload)), so a hit
-/// touches the same single reference count that a raw quick_cache read does.
-#[derive(Clone)]
+/// The value, deadline, weight and the epoch of the global token the entry was loaded under
+/// are inline; region and user tokens and a sliding window's state are boxed, and only for
+/// entries that have any, so a plain entry is 64 bytes in its shard's slot and nothing else.
 pub(crate) struct StoredEntry {
     payload: Payload,
     /// Absolute deadline on the store clock, [`NEVER`] for none.
@@ -307,10 +302,10 @@ pub(crate) struct StoredEntry {
     /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
     global_epoch: u64,
     weight: u32,
-    shared: Option<Arc<Shared>>,
+    shared: Option<Box<Shared>>,
 }
 
-/// The parts of an entry its clones must share.
+/// The parts of an entry most entries do not have.
 struct Shared {
     tokens: TokenSet,
     /// Sliding window in nanoseconds, [`NEVER`] for none.
@@ -329,7 +324,7 @@ impl StoredEntry {
         weight: u32,
     ) -> Self {
         let shared = (!tokens.is_empty() || sliding != NEVER).then(|| {
-            Arc::new(Shared {
+            Box::new(Shared {
                 tokens,
                 sliding,
                 last_access: AtomicU64::new(now),
@@ -399,30 +394,15 @@ impl StoredEntry {
             })
     }
 
-    /// The value, for a caller that keeps only that (a hit): moved, not cloned.
+    /// The value (a hit clones it: one reference count).
     #[inline]
-    pub(crate) fn into_payload(self) -> Payload {
-        self.payload
+    pub(crate) fn payload(&self) -> &Payload {
+        &self.payload
     }
 
     #[inline]
     pub(crate) fn weight(&self) -> u32 {
         self.weight
-    }
-
-    /// Whether `other` is this entry (a clone of the same insert). Two inserts of the same
-    /// value `Arc` (a `set` of a value read back) with the same options may also compare
-    /// equal; the only use, removing an entry found dead, then removes a live twin: one
-    /// extra miss, never a stale read.
-    pub(crate) fn same_as(&self, other: &StoredEntry) -> bool {
-        self.payload.same_as(&other.payload)
-            && self.deadline == other.deadline
-            && self.global_epoch == other.global_epoch
-            && match (&self.shared, &other.shared) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
     }
 }
 
@@ -646,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_entry_shares_only_its_value_and_hands_it_over_without_a_copy() {
+    fn only_entries_with_tokens_or_a_sliding_window_box_anything() {
         let regions = Arc::new(Regions::new());
         let value = Arc::new(7_u8);
         let plain = entry(&regions)
@@ -661,24 +641,16 @@ mod tests {
             plain.shared.is_none(),
             "no second allocation for a plain entry"
         );
-        let clone = plain.clone();
-        assert!(clone.same_as(&plain));
-        let out = clone
-            .into_payload()
-            .downcast::<u8>(&Key::from_text("k"))
-            .unwrap();
-        assert!(Arc::ptr_eq(&out.unwrap(), &value), "the stored Arc itself");
-
+        let out = plain.payload().clone().downcast::<u8>(&Key::from_text("k"));
+        assert!(
+            Arc::ptr_eq(&out.unwrap().unwrap(), &value),
+            "the stored Arc itself"
+        );
         let mut tied = entry(&regions);
         tied.region::<Catalog>();
-        let tied = store(tied, &regions, 0).unwrap();
-        assert!(tied.shared.is_some());
-        assert!(!tied.same_as(&plain));
-        let mut other = entry(&regions);
-        other.region::<Catalog>();
-        assert!(
-            !store(other, &regions, 0).unwrap().same_as(&tied),
-            "another insert"
-        );
+        assert!(store(tied, &regions, 0).unwrap().shared.is_some());
+        let mut idle = entry(&regions);
+        idle.sliding_expiration(Duration::from_secs(1));
+        assert!(store(idle, &regions, 0).unwrap().shared.is_some());
     }
 }

@@ -18,16 +18,17 @@
 //!
 //! # Costs
 //!
-//! - A hit: one shard read lock, one `Arc` clone of the value (moved out to the caller), one
-//!   atomic load of the global epoch, one relaxed add to a per-thread counter stripe. No
-//!   allocation. Entries tied to regions or tokens also clone and drop one shared `Arc` and
-//!   load one atomic per token; entries that expire by time also read the clock (`quanta`,
-//!   the CPU counter where available: no system call); sliding entries write their last
-//!   access at most once per millisecond.
+//! - A hit: one shard read lock, under which the entry is checked in place and only its
+//!   value's `Arc` is cloned (the one the caller gets), one atomic load of the global epoch,
+//!   one relaxed add to a per-thread counter stripe. No allocation. Entries tied to regions
+//!   or tokens load one atomic per token; entries that expire by time also read the clock
+//!   (`quanta`, the CPU counter where available: no system call); sliding entries write their
+//!   last access at most once per millisecond.
 //! - An entry: 64 bytes inline in quick_cache's slot (value pointer and type, deadline,
 //!   global epoch, weight), plus the key text. Entries with tokens or a sliding window add
-//!   one allocation (two inline tokens and the sliding state); more than two tokens spill the
-//!   rest to one more.
+//!   one boxed record (two inline tokens and the sliding state); more than two tokens spill
+//!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
+//!   behind read-write locks (see `backend`), so a hit never clones the entry.
 //! - A miss: one lock of the key's flight-table shard (never held across the factory).
 //!
 //! ```

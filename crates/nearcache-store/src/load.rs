@@ -43,25 +43,31 @@ struct Leader<'a> {
 }
 
 impl StoreInner {
-    /// The live entry under `key`, if any; a dead one found on the way is removed.
+    /// The value of the live entry under `key`, if any: the entry is checked in place and
+    /// only its value is cloned. A dead one found on the way is removed.
     #[inline]
-    pub(crate) fn lookup(&self, key: &Key) -> Option<StoredEntry> {
-        let entry = self.cache.get(key)?;
-        if entry.is_live(&self.clock, self.regions.global_epoch()) {
-            return Some(entry);
+    pub(crate) fn lookup(&self, key: &Key) -> Option<Payload> {
+        let global_epoch = self.regions.global_epoch();
+        let read = self.cache.read(key, |entry| {
+            entry
+                .is_live(&self.clock, global_epoch)
+                .then(|| entry.payload().clone())
+        })?;
+        if read.is_none() {
+            self.remove_dead(key);
         }
-        self.remove_dead(key, &entry);
-        None
+        read
     }
 
-    /// Removes `entry`, found dead under `key`, unless it was replaced meanwhile. Kept out of
-    /// line: the hit path above stays small.
+    /// Removes `key`'s entry if it is (still) dead: a live one stored meanwhile stays. Kept
+    /// out of line: the hit path above stays small.
     #[cold]
     #[inline(never)]
-    fn remove_dead(&self, key: &Key, entry: &StoredEntry) {
+    fn remove_dead(&self, key: &Key) {
+        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
         if self
             .cache
-            .remove_if(key, |held| held.same_as(entry))
+            .remove_if(key, |held| !held.is_live_at(now, global_epoch))
             .is_some()
         {
             self.stats.incr(Counter::Expirations);
@@ -99,8 +105,7 @@ impl StoreInner {
     }
 
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        let entry = self.lookup(key)?;
-        S::from_payload(entry.into_payload(), key)
+        S::from_payload(self.lookup(key)?, key)
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nearcache_keys::Key;
 use nearcache_regions::{Region, RegionNameError, Regions, SubKey};
 
-use crate::backend::{self, Backend};
+use crate::backend::Backend;
 use crate::clock::StoreClock;
 use crate::entry::{Entry, EntryDefaults};
 use crate::error::{LoadError, OptionsError, TypeMismatch};
@@ -118,10 +118,10 @@ impl Store {
     pub fn with_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
         let sizing = options.sizing()?;
         let stats = Arc::new(Stats::new());
-        let cache = backend::build(sizing, options.shards, Arc::clone(&stats))?;
+        let cache = Backend::build(sizing, options.shards, Arc::clone(&stats))?;
         let purge = Arc::new(PurgeSignal::default());
         let inner = Arc::new(StoreInner {
-            max_entry_weight: backend::max_entry_weight(&cache),
+            max_entry_weight: cache.max_entry_weight(),
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),
@@ -182,9 +182,9 @@ impl Store {
             return Ok(None);
         }
         match inner.lookup(key) {
-            Some(entry) => {
+            Some(payload) => {
                 inner.stats.incr(Counter::Hits);
-                entry.into_payload().downcast::<T>(key).map(Some)
+                payload.downcast::<T>(key).map(Some)
             }
             None => {
                 inner.stats.incr(Counter::Misses);
