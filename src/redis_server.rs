@@ -344,6 +344,32 @@ impl RedisServer {
             .saturating_sub(1))
     }
 
+    /// Waits until exactly `expected` clients are connected (not counting the one asking),
+    /// checking every 10 ms: the server announces no disconnect, so this polls.
+    ///
+    /// # Errors
+    ///
+    /// When the server does not answer, or `within` passes first (`TimedOut`, saying how many
+    /// clients were still connected).
+    pub fn wait_for_clients(&self, expected: usize, within: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let clients = self.connected_clients()?;
+            if clients == expected {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{clients} clients still connected after {within:?}, expected {expected}"
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn spawn_and_wait(&mut self) -> Result<(), Startup> {
         let child = self.spawn().map_err(Startup::Failed)?;
         self.child = Some(child);

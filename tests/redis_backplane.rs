@@ -470,22 +470,6 @@ async fn a_slow_reader_is_told_what_it_missed() {
     assert!(delivered >= 8, "the queue's worth at least: {delivered}");
 }
 
-/// Polls the server until `expected` clients remain, with a deadline.
-fn await_clients(server: &RedisServer, expected: usize) {
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let clients = server.connected_clients().unwrap();
-        if clients == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{clients} clients still connected, expected {expected}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_closes_the_connections_and_ends_the_tasks() {
     let server = RedisServer::start().unwrap();
@@ -493,14 +477,14 @@ async fn dropping_closes_the_connections_and_ends_the_tasks() {
     let backplane = connect(&server, "drop").await;
     let sub = backplane.subscribe().await.unwrap();
     let second = backplane.subscribe().await.unwrap();
-    blocking(|| await_clients(&server, 3)); // publisher + two subscribers
+    blocking(|| server.wait_for_clients(3, EVENT_TIMEOUT)).unwrap(); // publisher + two subscribers
 
     drop(second);
-    blocking(|| await_clients(&server, 2));
+    blocking(|| server.wait_for_clients(2, EVENT_TIMEOUT)).unwrap();
     drop(sub);
-    blocking(|| await_clients(&server, 1));
+    blocking(|| server.wait_for_clients(1, EVENT_TIMEOUT)).unwrap();
     drop(backplane);
-    blocking(|| await_clients(&server, 0));
+    blocking(|| server.wait_for_clients(0, EVENT_TIMEOUT)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

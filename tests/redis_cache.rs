@@ -1010,7 +1010,7 @@ async fn an_acl_user_limited_to_its_channel_is_enough() {
             );
         }
         drop((a, b, con));
-        blocking(|| await_clients(&server, 1, WAIT)); // only the admin connection is left
+        blocking(|| server.wait_for_clients(1, WAIT)).unwrap(); // only the admin connection is left
     }
 }
 
@@ -1062,22 +1062,6 @@ async fn max_staleness_bypasses_reads_while_redis_is_down_and_serves_again_after
 
 // ---- lifetime ------------------------------------------------------------------------------
 
-/// Polls the server until `expected` clients remain (not counting the one asking).
-fn await_clients(server: &RedisServer, expected: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let clients = server.connected_clients().unwrap();
-        if clients == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{clients} clients still connected after {within:?}, expected {expected}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// With a one-minute ping interval the subscriber task would notice a dropped subscription
 /// only at its next ping; it must instead close its connection as the cache goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1095,9 +1079,9 @@ async fn dropping_a_cache_closes_its_redis_connections_at_once() {
         .build()
         .unwrap();
     ready(&cache).await;
-    blocking(|| await_clients(&server, 2, WAIT)); // publisher + subscriber
+    blocking(|| server.wait_for_clients(2, WAIT)).unwrap(); // publisher + subscriber
     drop(cache);
-    blocking(|| await_clients(&server, 0, Duration::from_secs(5)));
+    blocking(|| server.wait_for_clients(0, Duration::from_secs(5))).unwrap();
 }
 
 // ---- docs/configuration.md matches the code ------------------------------------------------
