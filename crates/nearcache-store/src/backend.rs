@@ -219,7 +219,7 @@ mod tests {
         Entry::new(key.clone(), Arc::clone(regions))
             .into_stored(
                 Payload::value(Arc::new(1_u8)),
-                regions.global(),
+                regions.global_epoch(),
                 0,
                 &defaults,
             )

@@ -182,12 +182,13 @@ impl Entry {
         self.region_epoch > start_epoch || self.tokens.any_expired()
     }
 
-    /// The stored form, or `None` when it would be dead on arrival (zero or past expiry,
-    /// or an expired token).
+    /// The stored form, or `None` when it would be dead on arrival (zero or past expiry, an
+    /// expired token, or a `clear` since `global_epoch`, the global epoch the load started
+    /// under).
     pub(crate) fn into_stored(
         self,
         payload: Payload,
-        global: ChangeToken,
+        global_epoch: u64,
         now: u64,
         defaults: &EntryDefaults,
     ) -> Option<StoredEntry> {
@@ -204,19 +205,17 @@ impl Entry {
         } else {
             1
         };
-        if global.is_expired() {
-            return None;
-        }
+        let current = self.regions.global_epoch();
         let stored = StoredEntry::new(
             payload,
-            global.epoch(),
+            global_epoch,
             self.tokens,
             deadline,
             sliding,
             now,
             weight,
         );
-        stored.is_live_at(now, global.epoch()).then_some(stored)
+        stored.is_live_at(now, current).then_some(stored)
     }
 }
 
@@ -429,7 +428,7 @@ mod tests {
     fn store(entry: Entry, regions: &Regions, now: u64) -> Option<StoredEntry> {
         entry.into_stored(
             Payload::value(Arc::new(1_u8)),
-            regions.global(),
+            regions.global_epoch(),
             now,
             &defaults(),
         )
@@ -550,15 +549,15 @@ mod tests {
         let mut heavy = entry(&regions);
         heavy.weight(7);
         let payload = Payload::value(Arc::new(()));
-        let stored = heavy.into_stored(payload.clone(), regions.global(), 0, &weighted);
+        let stored = heavy.into_stored(payload.clone(), regions.global_epoch(), 0, &weighted);
         assert_eq!(stored.map(|s| s.weight()), Some(7));
         let mut zero = entry(&regions);
         zero.weight(0);
-        let stored = zero.into_stored(payload.clone(), regions.global(), 0, &weighted);
+        let stored = zero.into_stored(payload.clone(), regions.global_epoch(), 0, &weighted);
         assert_eq!(stored.map(|s| s.weight()), Some(1));
         let mut ignored = entry(&regions);
         ignored.weight(7);
-        let stored = ignored.into_stored(payload, regions.global(), 0, &defaults());
+        let stored = ignored.into_stored(payload, regions.global_epoch(), 0, &defaults());
         assert_eq!(stored.map(|s| s.weight()), Some(1));
     }
 
@@ -616,12 +615,12 @@ mod tests {
         assert!(!stored.is_live(&clock, regions.global_epoch()));
         let mut tied = entry(&regions);
         tied.region::<Catalog>();
-        let old = regions.global();
+        let old = regions.global_epoch();
         regions.expire_global();
         assert!(
             tied.into_stored(Payload::value(Arc::new(1_u8)), old, 0, &defaults())
                 .is_none(),
-            "loaded under a global token that was expired meanwhile: dead on arrival"
+            "loaded under a global epoch that a clear moved on from: dead on arrival"
         );
     }
 
@@ -632,7 +631,7 @@ mod tests {
         let plain = entry(&regions)
             .into_stored(
                 Payload::value(Arc::clone(&value)),
-                regions.global(),
+                regions.global_epoch(),
                 0,
                 &defaults(),
             )

@@ -1,11 +1,12 @@
 //! Get-or-create: the hit path, joining or leading a flight, and the leader's
 //! check-then-insert that keeps a value loaded across an invalidation out of the store.
 //!
-//! The stale-insert rule: a leader reads the regions' epoch and the global token before its
-//! factory runs. Its value is returned but not stored if, at the end, the flight was
-//! invalidated (`remove`/`set` of the key), the global token is expired or newer than the
-//! start (a `clear`), or a token the factory collected is expired or was installed after the
-//! start (a region expiry, even one that came before the factory asked for the region). The
+//! The stale-insert rule: a leader reads the regions' epoch and then the global epoch before
+//! its factory runs. Its value is returned but not stored if, at the end, the flight was
+//! invalidated (`remove`/`set` of the key), the global epoch has moved or was already newer
+//! than the start (a `clear`), or a token the factory collected is expired or was installed
+//! after the start (a region expiry, even one that came before the factory asked for the
+//! region). The
 //! check and the insert happen under the key's flight-shard lock, which `remove` and `set`
 //! also take, so nothing slips between them; token expiries need no lock, because an entry
 //! stored just before its token flips is dead on arrival and never returned.
@@ -14,7 +15,6 @@ use std::any::type_name;
 use std::sync::Arc;
 
 use nearcache_keys::Key;
-use nearcache_regions::{ChangeToken, Regions};
 
 use crate::entry::{Entry, StoredEntry};
 use crate::error::{LoadError, TypeMismatch};
@@ -37,7 +37,8 @@ struct Leader<'a> {
     key: Key,
     flight: Arc<Flight>,
     start_epoch: u64,
-    global: ChangeToken,
+    /// The global epoch read just after `start_epoch`.
+    global_epoch: u64,
     bypass: bool,
     finished: bool,
 }
@@ -144,7 +145,7 @@ impl StoreInner {
                     key: key.clone(),
                     flight,
                     start_epoch: self.regions.epoch(),
-                    global: self.regions.global(),
+                    global_epoch: self.regions.global_epoch(),
                     bypass,
                     finished: false,
                 })
@@ -251,7 +252,7 @@ impl StoreInner {
             let overlapped = entry.overlapped_expiry(leader.start_epoch);
             let stored = entry.into_stored(
                 payload,
-                leader.global.clone(),
+                leader.global_epoch,
                 self.clock.now(),
                 &self.defaults,
             );
@@ -263,7 +264,8 @@ impl StoreInner {
                 // Bypass began during the load: store nothing until it ends.
             } else if overlapped
                 || leader.flight.is_invalidated()
-                || Regions::is_stale(&leader.global, leader.start_epoch)
+                || leader.global_epoch > leader.start_epoch
+                || self.regions.global_epoch() != leader.global_epoch
             {
                 self.stats.incr(Counter::InsertsRejectedStale);
                 tracing::debug!(key = %leader.key, "invalidated while loading: returned, not stored");

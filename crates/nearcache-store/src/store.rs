@@ -326,7 +326,7 @@ impl Store {
         configure(&mut entry);
         let stored = entry.into_stored(
             Payload::value(Arc::new(value)),
-            inner.regions.global(),
+            inner.regions.global_epoch(),
             inner.clock.now(),
             &inner.defaults,
         );
