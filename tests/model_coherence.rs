@@ -220,15 +220,20 @@ impl World {
                 Propagated::Published
             );
         }
+        self.wait_all_applied().await;
+        for cache in &self.caches {
+            assert_eq!(cache.stats().propagation.unwrap().peers, INSTANCES - 1);
+        }
+    }
+
+    /// Waits until every instance has applied everything each of its peers has published.
+    async fn wait_all_applied(&mut self) {
         for j in 0..INSTANCES {
             for i in (0..INSTANCES).filter(|&i| i != j) {
                 let seq = messages_sent(&self.caches[i]);
                 let origin = self.origin(i);
                 self.wait_applied(j, origin, seq).await;
             }
-        }
-        for cache in &self.caches {
-            assert_eq!(cache.stats().propagation.unwrap().peers, INSTANCES - 1);
         }
     }
 
@@ -385,13 +390,7 @@ impl World {
                 break;
             }
         }
-        for j in 0..INSTANCES {
-            for i in (0..INSTANCES).filter(|&i| i != j) {
-                let seq = messages_sent(&self.caches[i]);
-                let origin = self.origin(i);
-                self.wait_applied(j, origin, seq).await;
-            }
-        }
+        self.wait_all_applied().await;
         let db = self.db.lock().unwrap().clone();
         for (j, cache) in self.caches.iter().enumerate() {
             for (k, &version) in db.iter().enumerate() {

@@ -152,11 +152,6 @@ impl Peers {
         before - self.peers.len()
     }
 
-    /// Whether `origin` has been heard from (and not forgotten).
-    pub(crate) fn knows(&self, origin: u128) -> bool {
-        self.peers.contains_key(&origin)
-    }
-
     /// How many peers have been heard from (and not forgotten).
     pub(crate) fn len(&self) -> usize {
         self.peers.len()

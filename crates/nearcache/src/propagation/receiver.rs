@@ -189,7 +189,6 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         return;
     }
     let heartbeat = message.is_heartbeat();
-    let first_contact = !peers.knows(message.origin.as_u128());
     let seen = peers.observe(
         message.origin.as_u128(),
         message.origin_started_unix_ms,
@@ -197,11 +196,9 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         heartbeat,
         Instant::now(),
     );
-    if first_contact {
-        p.counters
-            .peers
-            .store(peers.len() as u64, Ordering::Relaxed);
-    }
+    p.counters
+        .peers
+        .store(peers.len() as u64, Ordering::Relaxed);
     if seen == Seen::Duplicate {
         bump(&p.counters.duplicates_ignored, 1);
         return;

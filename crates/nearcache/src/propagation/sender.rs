@@ -76,14 +76,13 @@ async fn send_batch(
         // and clears itself. If nothing follows in this batch, a heartbeat (retried like a
         // message) carries the number so the gap shows as soon as the backplane is back.
         *seq += 1;
-        if ops.is_empty() {
-            let beat = Message::heartbeat(p.instance, *seq, unix_micros(), p.started_unix_ms);
-            if let Some(payload) = encode(&beat) {
-                match publish_until_sent(p, backplane, payload).await {
-                    Publish::Sent => bump(&p.counters.heartbeats_sent, 1),
-                    Publish::TooLarge { .. } => {}
-                    Publish::ShutDown => return false,
-                }
+        if ops.is_empty()
+            && let Some(payload) = heartbeat(p, *seq)
+        {
+            match publish_until_sent(p, backplane, payload).await {
+                Publish::Sent => bump(&p.counters.heartbeats_sent, 1),
+                Publish::TooLarge { .. } => {}
+                Publish::ShutDown => return false,
             }
         }
         p.outbox.sent(lost);
@@ -131,9 +130,18 @@ async fn send_batch(
     true
 }
 
+/// A heartbeat carrying `seq`, encoded.
+fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
+    encode(&Message::heartbeat(
+        p.instance,
+        seq,
+        unix_micros(),
+        p.started_unix_ms,
+    ))
+}
+
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
-    let beat = Message::heartbeat(p.instance, seq, unix_micros(), p.started_unix_ms);
-    if let Some(payload) = encode(&beat) {
+    if let Some(payload) = heartbeat(p, seq) {
         let sent =
             tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
         if matches!(sent, Ok(Ok(()))) {
