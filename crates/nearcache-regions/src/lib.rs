@@ -28,7 +28,7 @@ mod registry;
 mod token;
 
 pub use region::{
-    MAX_REGION_NAME_LEN, Region, RegionNameError, SubKey, is_valid_region_name,
+    MAX_REGION_NAME_LEN, Region, RegionNameError, SubKey, SubKeyText, is_valid_region_name,
     validate_region_name,
 };
 pub use registry::Regions;

@@ -151,9 +151,11 @@ impl<R: Region> CheckedName<R> {
 ///
 /// Every [`CacheKey`](nearcache_keys::CacheKey) is a sub-key, and its text is its
 /// [`key_text`](nearcache_keys::CacheKey::key_text) — the same on every instance, which is
-/// what lets a sub-key expiry travel between them by name. The by-name functions
-/// (`key_token`, `expire_region_key`) take that text: `"c1"` for `"c1"`, but `"'a-b'"` for
-/// `"a-b"`, because key text escapes separators.
+/// what lets a sub-key expiry travel between them by name. Every function that ties an entry
+/// to a sub-key or expires one, typed or by region name, spells the sub-key this way, so
+/// `"a-b"` names one sub-key whichever of them is used (its text is `'a-b'`, because key
+/// text escapes separators). Text that is already spelled — what a peer's message carries —
+/// goes in as a [`SubKeyText`].
 //
 // The one place where a typed sub-key becomes text.
 pub trait SubKey {
@@ -164,6 +166,43 @@ pub trait SubKey {
 impl<T: nearcache_keys::CacheKey + ?Sized> SubKey for T {
     fn sub_key_text(&self) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Owned(self.key_text())
+    }
+}
+
+/// A sub-key given by the text that [`SubKey::sub_key_text`] made of it, taken as it is:
+/// how a sub-key travels between instances. Only text that came from `sub_key_text` names
+/// the sub-key it looks like; `SubKeyText::new("a-b")` is not the sub-key `"a-b"` (whose
+/// text is `'a-b'`).
+///
+/// ```
+/// use nearcache_regions::{Regions, SubKey, SubKeyText, region};
+///
+/// region!(Catalog = "catalog");
+/// let regions = Regions::new();
+/// let token = regions.key_token_of::<Catalog>("a-b");
+/// let text = "a-b".sub_key_text(); // what a peer's message carries
+/// regions.expire_region_key("catalog", &SubKeyText::new(&text))?;
+/// assert!(token.is_expired());
+/// # Ok::<(), nearcache_regions::RegionNameError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubKeyText<'a>(&'a str);
+
+impl<'a> SubKeyText<'a> {
+    /// `text`, already spelled by [`SubKey::sub_key_text`].
+    pub fn new(text: &'a str) -> Self {
+        SubKeyText(text)
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl SubKey for SubKeyText<'_> {
+    fn sub_key_text(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(self.0)
     }
 }
 
@@ -211,5 +250,12 @@ mod tests {
         assert_eq!(String::from("c2").sub_key_text(), "c2");
         let key = nearcache_keys::Key::from_text("Catalog:c3");
         assert_eq!(key.sub_key_text(), "Catalog:c3");
+        assert_eq!("a-b".sub_key_text(), "'a-b'", "separators are escaped");
+        let spelled = "a-b".sub_key_text();
+        assert_eq!(
+            SubKeyText::new(&spelled).sub_key_text(),
+            spelled,
+            "taken as it is"
+        );
     }
 }

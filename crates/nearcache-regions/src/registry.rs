@@ -160,14 +160,34 @@ impl Regions {
         self.sub_key_token(CheckedName::<R>::NAME, &sub.sub_key_text())
     }
 
-    /// The current token of sub-key `sub` of the region named `name`.
+    /// The current token of sub-key `sub` of the region named `name` (spelled as the typed
+    /// functions spell it: see [`SubKey`]).
     ///
     /// # Errors
     ///
     /// [`RegionNameError`] when `name` is not a valid region name.
-    pub fn key_token(&self, name: &str, sub: &str) -> Result<ChangeToken, RegionNameError> {
+    pub fn key_token(
+        &self,
+        name: &str,
+        sub: &(impl SubKey + ?Sized),
+    ) -> Result<ChangeToken, RegionNameError> {
         validate_region_name(name)?;
-        Ok(self.sub_key_token(name, sub))
+        Ok(self.sub_key_token(name, &sub.sub_key_text()))
+    }
+
+    /// The current tokens of the region named `name` and of its sub-key `sub`, read
+    /// together.
+    ///
+    /// # Errors
+    ///
+    /// [`RegionNameError`] when `name` is not a valid region name.
+    pub fn region_and_key_tokens(
+        &self,
+        name: &str,
+        sub: &(impl SubKey + ?Sized),
+    ) -> Result<[ChangeToken; 2], RegionNameError> {
+        validate_region_name(name)?;
+        Ok(self.region_and_sub_key_tokens(name, &sub.sub_key_text()))
     }
 
     /// The current tokens of region `R` and of its sub-key `sub`, read together.
@@ -213,16 +233,21 @@ impl Regions {
         self.expire_sub_key_unchecked(CheckedName::<R>::NAME, &sub.sub_key_text())
     }
 
-    /// Expires the entries of region `name` tied to sub-key `sub`. A sub-key nobody has used
-    /// yet still gets a fresh token at the new epoch, so a load already running that ties
-    /// itself to `sub` afterwards is not stored. Returns the new epoch.
+    /// Expires the entries of region `name` tied to sub-key `sub` (spelled as the typed
+    /// functions spell it: see [`SubKey`]). A sub-key nobody has used yet still gets a fresh
+    /// token at the new epoch, so a load already running that ties itself to `sub`
+    /// afterwards is not stored. Returns the new epoch.
     ///
     /// # Errors
     ///
     /// [`RegionNameError`] when `name` is not a valid region name; nothing is expired.
-    pub fn expire_region_key(&self, name: &str, sub: &str) -> Result<u64, RegionNameError> {
+    pub fn expire_region_key(
+        &self,
+        name: &str,
+        sub: &(impl SubKey + ?Sized),
+    ) -> Result<u64, RegionNameError> {
         validate_region_name(name)?;
-        Ok(self.expire_sub_key_unchecked(name, sub))
+        Ok(self.expire_sub_key_unchecked(name, &sub.sub_key_text()))
     }
 
     /// Drops region and sub-key tokens that no entry holds any more; returns how many were

@@ -147,7 +147,9 @@ impl Entry {
         Ok(self)
     }
 
-    /// [`region_key`](Self::region_key) by name.
+    /// [`region_key`](Self::region_key) by region name, for regions known only at run time.
+    /// The sub-key is spelled as the typed functions spell it, so
+    /// `region_key_by_name("catalog", "a-b")` is undone by `expire_region_key::<Catalog>("a-b")`.
     ///
     /// # Errors
     ///
@@ -155,10 +157,9 @@ impl Entry {
     pub fn region_key_by_name(
         &mut self,
         name: &str,
-        sub: &str,
+        sub: &(impl SubKey + ?Sized),
     ) -> Result<&mut Self, RegionNameError> {
-        let region = self.regions.token(name)?;
-        let sub = self.regions.key_token(name, sub)?;
+        let [region, sub] = self.regions.region_and_key_tokens(name, sub)?;
         self.push_region_token(region);
         self.push_region_token(sub);
         Ok(self)

@@ -35,19 +35,29 @@ impl TypeMismatch {
 /// How many bytes of a key an error message shows.
 const SHOWN_KEY_BYTES: usize = 200;
 
-impl fmt::Display for TypeMismatch {
+/// `key`'s text, cut to at most [`SHOWN_KEY_BYTES`] on a character boundary, with an
+/// ellipsis when cut.
+struct Shown<'a>(&'a Key);
+
+impl fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = self.key.as_str();
+        let text = self.0.as_str();
         let mut end = text.len().min(SHOWN_KEY_BYTES);
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         let ellipsis = if end < text.len() { "…" } else { "" };
+        write!(f, "{}{ellipsis}", &text[..end])
+    }
+}
+
+impl fmt::Display for TypeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cache key `{}{ellipsis}` holds a `{}`, but a `{}` was requested; \
+            "cache key `{}` holds a `{}`, but a `{}` was requested; \
              give each type its own keys",
-            &text[..end],
+            Shown(&self.key),
             self.found,
             self.expected
         )
@@ -55,6 +65,41 @@ impl fmt::Display for TypeMismatch {
 }
 
 impl std::error::Error for TypeMismatch {}
+
+/// A blocking get-or-create would have waited for a load that an async caller leads on this
+/// same thread — a current-thread async runtime, whose one thread the blocking call holds —
+/// so the load could never finish. Nothing was loaded or cached.
+///
+/// Call the async `get_or_create` from async code, or make the blocking call from a thread
+/// outside the runtime (for tokio: `spawn_blocking`). On a multi-thread tokio runtime, with
+/// this crate's `tokio` feature (on in the `nearcache` facade), a blocking wait first hands
+/// the worker's other tasks off with `block_in_place`, so this does not happen there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WouldDeadlock {
+    /// The key whose load was in progress.
+    pub key: Key,
+}
+
+impl WouldDeadlock {
+    pub(crate) fn new(key: &Key) -> Self {
+        WouldDeadlock { key: key.clone() }
+    }
+}
+
+impl fmt::Display for WouldDeadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a blocking get-or-create of `{}` would wait for a load led by an async task on \
+             this same thread, which could then never run; use the async get_or_create, or \
+             call the blocking one outside the async runtime (e.g. in spawn_blocking)",
+            Shown(&self.key)
+        )
+    }
+}
+
+impl std::error::Error for WouldDeadlock {}
 
 /// Why a get-or-create call returned no value.
 ///
@@ -66,6 +111,9 @@ pub enum LoadError<E> {
     Factory(Arc<E>),
     /// The key holds (or the flight produced) a value of another type.
     TypeMismatch(TypeMismatch),
+    /// A blocking call on an async runtime's thread would have waited for a load only that
+    /// thread could run; see [`WouldDeadlock`].
+    WouldDeadlock(WouldDeadlock),
 }
 
 impl<E> LoadError<E> {
@@ -73,7 +121,7 @@ impl<E> LoadError<E> {
     pub fn factory_error(&self) -> Option<&Arc<E>> {
         match self {
             LoadError::Factory(error) => Some(error),
-            LoadError::TypeMismatch(_) => None,
+            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) => None,
         }
     }
 }
@@ -83,6 +131,7 @@ impl<E> Clone for LoadError<E> {
         match self {
             LoadError::Factory(error) => LoadError::Factory(Arc::clone(error)),
             LoadError::TypeMismatch(mismatch) => LoadError::TypeMismatch(mismatch.clone()),
+            LoadError::WouldDeadlock(error) => LoadError::WouldDeadlock(error.clone()),
         }
     }
 }
@@ -100,6 +149,7 @@ impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
             LoadError::TypeMismatch(mismatch) => {
                 f.debug_tuple("TypeMismatch").field(mismatch).finish()
             }
+            LoadError::WouldDeadlock(error) => f.debug_tuple("WouldDeadlock").field(error).finish(),
         }
     }
 }
@@ -109,6 +159,7 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
         match self {
             LoadError::Factory(error) => fmt::Display::fmt(error, f),
             LoadError::TypeMismatch(mismatch) => fmt::Display::fmt(mismatch, f),
+            LoadError::WouldDeadlock(error) => fmt::Display::fmt(error, f),
         }
     }
 }
@@ -118,7 +169,7 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
         match self {
             // Transparent: the factory's error is displayed, so point past it.
             LoadError::Factory(error) => error.source(),
-            LoadError::TypeMismatch(_) => None,
+            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) => None,
         }
     }
 }

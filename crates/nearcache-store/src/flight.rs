@@ -13,26 +13,56 @@
 //! - The leader publishes its outcome (a value or its error, shared as an `Arc`) once; if it
 //!   panics or is dropped, the outcome is [`Outcome::Abandoned`] and each waiter goes back
 //!   through the table, where one of them becomes the next leader and the rest join it.
+//!
+//! # Late callers never get a value from before an invalidation
+//!
+//! A flight's value was read from the source at some point after the flight began. A caller
+//! that arrives after an invalidation of that key *finished* must not be handed it: the
+//! invalidation may have been for exactly the write that value predates. Which
+//! invalidations matter is decided as finely as the information at hand allows:
+//!
+//! - **`remove`/`set` of the key** mark the flight (under this table's shard lock). A caller
+//!   that finds a marked flight does not join it: it replaces it in the table with a fresh
+//!   one, which it leads and later callers join (single flight among the late callers). The
+//!   old flight finishes for the callers it already had, and stores nothing.
+//! - **`clear`** moves the global epoch. A flight remembers the global epoch it began under;
+//!   a caller that sees another one replaces the flight, as above.
+//! - **Region and sub-key expiries** move the registry's epoch, but whether one concerns a
+//!   flight is known only at its end: its factory ties the entry to regions as it runs. So a
+//!   caller joins the flight and remembers the epoch it joined at. If that is the flight's
+//!   start epoch, no expiry of any kind came between, and the value is as fresh as the
+//!   caller. Otherwise the caller takes the value only if the leader, checking under the
+//!   shard lock as it finishes, found no expiry of a region the value is tied to (the same
+//!   check that decides whether the value is stored); if it found one, the caller goes
+//!   through the table again and loads anew (one load among all such callers). An expiry of
+//!   an unrelated region therefore never restarts a flight.
+//!
+//! A caller that overlaps the invalidation (it began before the invalidation returned) may
+//! get the flight's value either way; only callers that begin afterwards are promised a
+//! load that began after it.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
 use nearcache_keys::Key;
+use nearcache_regions::Regions;
 
 use crate::hash::KeyHashBuilder;
 use crate::shim::{
-    AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard, OnceLock, Ordering,
+    AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard, OnceLock, Ordering, ThreadToken,
+    current_thread,
 };
 use crate::value::Payload;
-use std::hash::BuildHasher;
-use std::sync::Arc;
 
 /// How a flight ended.
 #[derive(Clone)]
 pub(crate) enum Outcome {
-    /// The factory's value (or its `None`).
-    Value(Payload),
+    /// The factory's value (or its `None`). `fresh`: the leader found, as it finished, that
+    /// no invalidation had overlapped the load (see the module docs).
+    Value { payload: Payload, fresh: bool },
     /// The factory's error, `Arc<E>` erased; `type_name` is `E`'s.
     Error {
         error: Arc<dyn Any + Send + Sync>,
@@ -50,16 +80,59 @@ pub(crate) struct Flight {
     invalidated: AtomicBool,
     /// Callers that joined this flight (for tests and diagnostics).
     waiters: AtomicUsize,
+    /// The registry's epoch when the flight began (read under the shard lock, before the
+    /// factory runs).
+    start_epoch: u64,
+    /// The global epoch when the flight began, read after `start_epoch`.
+    start_global_epoch: u64,
+    /// The thread an async leader runs on, `None` for a blocking leader: a blocking caller
+    /// on that same thread could never see the flight finish.
+    async_leader_thread: Option<ThreadToken>,
+}
+
+/// Who is about to lead a flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaderKind {
+    /// A blocking caller: it runs the factory on its own thread.
+    Blocking,
+    /// An async caller: its factory runs wherever its task is polled.
+    Async,
 }
 
 impl Flight {
-    fn new() -> Self {
+    fn new(regions: &Regions, leader: LeaderKind) -> Self {
+        let start_epoch = regions.epoch();
         Flight {
             outcome: OnceLock::new(),
             done: Event::new(),
             invalidated: AtomicBool::new(false),
             waiters: AtomicUsize::new(0),
+            start_epoch,
+            start_global_epoch: regions.global_epoch(),
+            async_leader_thread: (leader == LeaderKind::Async).then(current_thread),
         }
+    }
+
+    /// The registry's epoch when the flight began.
+    pub(crate) fn start_epoch(&self) -> u64 {
+        self.start_epoch
+    }
+
+    /// The global epoch when the flight began.
+    pub(crate) fn start_global_epoch(&self) -> u64 {
+        self.start_global_epoch
+    }
+
+    /// Whether a blocking caller on this thread would wait for an async leader that only
+    /// this thread can run (a current-thread runtime): it would wait forever.
+    pub(crate) fn led_async_on_this_thread(&self) -> bool {
+        self.async_leader_thread == Some(current_thread())
+    }
+
+    /// Whether a caller that arrives now must not join: an invalidation of this key (a
+    /// `remove`, a `set`) or a `clear` has finished since the flight began.
+    fn is_too_old_to_join(&self, regions: &Regions) -> bool {
+        self.is_invalidated() || regions.global_epoch() != self.start_global_epoch
     }
 
     /// Marks the flight's result as stale: it will be returned but not stored.
@@ -142,9 +215,11 @@ pub(crate) struct FlightShard<'a>(MutexGuard<'a, Shard>);
 
 /// What a caller found in the table.
 pub(crate) enum Joined {
-    /// A flight was in progress: wait for it.
-    Waiter(Arc<Flight>),
-    /// None was: this caller created it and must lead it.
+    /// A flight was in progress: wait for it. `joined_at` is the registry's epoch when this
+    /// caller joined: the value is this caller's only if it is `fresh` or no expiry came
+    /// between the flight's start and `joined_at`.
+    Waiter { flight: Arc<Flight>, joined_at: u64 },
+    /// None was (or only one too old to join): this caller created it and must lead it.
     Leader(Arc<Flight>),
 }
 
@@ -179,13 +254,26 @@ impl FlightShard<'_> {
         self.0.get(key)
     }
 
-    /// Joins the key's flight, or starts one that the caller leads.
-    pub(crate) fn join_or_lead(&mut self, key: &Key) -> Joined {
-        if let Some(flight) = self.0.get(key) {
+    /// Joins the key's flight, or starts one that the caller leads. A flight that an
+    /// invalidation of the key or a `clear` has overtaken is not joined but replaced: it
+    /// finishes for the callers it has, and later ones share the new flight.
+    pub(crate) fn join_or_lead(
+        &mut self,
+        key: &Key,
+        regions: &Regions,
+        kind: LeaderKind,
+    ) -> Joined {
+        if let Some(flight) = self.0.get(key)
+            && !flight.is_too_old_to_join(regions)
+        {
             flight.waiters.fetch_add(1, Ordering::AcqRel);
-            return Joined::Waiter(Arc::clone(flight));
+            return Joined::Waiter {
+                flight: Arc::clone(flight),
+                joined_at: regions.epoch(),
+            };
         }
-        let flight = Arc::new(Flight::new());
+        let flight = Arc::new(Flight::new(regions, kind));
+        // Replaces an overtaken flight, if any; its leader's `remove` leaves this one alone.
         self.0.insert(key.clone(), Arc::clone(&flight));
         Joined::Leader(flight)
     }
@@ -211,40 +299,48 @@ impl fmt::Debug for FlightTable {
 mod tests {
     use super::*;
 
+    fn lead(table: &FlightTable, regions: &Regions, key: &Key) -> Arc<Flight> {
+        match table
+            .lock(key)
+            .join_or_lead(key, regions, LeaderKind::Blocking)
+        {
+            Joined::Leader(flight) => flight,
+            Joined::Waiter { .. } => panic!("this caller must lead"),
+        }
+    }
+
+    fn join(table: &FlightTable, regions: &Regions, key: &Key) -> (Arc<Flight>, u64) {
+        match table
+            .lock(key)
+            .join_or_lead(key, regions, LeaderKind::Blocking)
+        {
+            Joined::Waiter { flight, joined_at } => (flight, joined_at),
+            Joined::Leader(_) => panic!("this caller must join"),
+        }
+    }
+
     #[test]
     fn first_caller_leads_and_later_ones_wait() {
-        let table = FlightTable::new();
+        let (table, regions) = (FlightTable::new(), Regions::new());
         assert!(table.shard_count().is_power_of_two() && table.shard_count() >= 4);
         let key = Key::from_text("k");
-        let leader = match table.lock(&key).join_or_lead(&key) {
-            Joined::Leader(flight) => flight,
-            Joined::Waiter(_) => panic!("the first caller must lead"),
-        };
-        let waiter = match table.lock(&key).join_or_lead(&key) {
-            Joined::Waiter(flight) => flight,
-            Joined::Leader(_) => panic!("a second caller must join"),
-        };
+        let leader = lead(&table, &regions, &key);
+        let (waiter, joined_at) = join(&table, &regions, &key);
         assert!(Arc::ptr_eq(&leader, &waiter));
+        assert_eq!(joined_at, leader.start_epoch());
         assert_eq!(leader.waiters(), 1);
         table.lock(&key).remove(&key, &leader);
         assert!(table.lock(&key).get(&key).is_none());
-        assert!(matches!(
-            table.lock(&key).join_or_lead(&key),
-            Joined::Leader(_)
-        ));
+        lead(&table, &regions, &key);
     }
 
     #[test]
     fn removing_a_finished_flight_leaves_its_successor() {
-        let table = FlightTable::new();
+        let (table, regions) = (FlightTable::new(), Regions::new());
         let key = Key::from_text("k");
-        let Joined::Leader(old) = table.lock(&key).join_or_lead(&key) else {
-            panic!("leads")
-        };
+        let old = lead(&table, &regions, &key);
         table.lock(&key).remove(&key, &old);
-        let Joined::Leader(new) = table.lock(&key).join_or_lead(&key) else {
-            panic!("leads")
-        };
+        let new = lead(&table, &regions, &key);
         table.lock(&key).remove(&key, &old);
         assert!(
             table
@@ -255,9 +351,75 @@ mod tests {
     }
 
     #[test]
+    fn an_invalidated_flight_is_replaced_not_joined() {
+        let (table, regions) = (FlightTable::new(), Regions::new());
+        let key = Key::from_text("k");
+        let old = lead(&table, &regions, &key);
+        table.lock(&key).get(&key).unwrap().invalidate();
+        let new = lead(&table, &regions, &key);
+        assert!(!Arc::ptr_eq(&old, &new));
+        let (joined, _) = join(&table, &regions, &key);
+        assert!(
+            Arc::ptr_eq(&joined, &new),
+            "later callers share the new flight"
+        );
+        table.lock(&key).remove(&key, &old);
+        assert!(
+            table
+                .lock(&key)
+                .get(&key)
+                .is_some_and(|f| Arc::ptr_eq(f, &new)),
+            "the overtaken flight's end leaves its successor in place"
+        );
+    }
+
+    #[test]
+    fn a_clear_makes_later_callers_start_a_new_flight() {
+        let (table, regions) = (FlightTable::new(), Regions::new());
+        let key = Key::from_text("k");
+        let old = lead(&table, &regions, &key);
+        regions.expire_global();
+        let new = lead(&table, &regions, &key);
+        assert!(!Arc::ptr_eq(&old, &new));
+    }
+
+    #[test]
+    fn a_region_expiry_is_joined_with_the_epoch_it_came_after() {
+        let (table, regions) = (FlightTable::new(), Regions::new());
+        let key = Key::from_text("k");
+        let leader = lead(&table, &regions, &key);
+        regions.expire_region("unrelated").unwrap();
+        let (waiter, joined_at) = join(&table, &regions, &key);
+        assert!(
+            Arc::ptr_eq(&leader, &waiter),
+            "a region expiry does not restart a flight"
+        );
+        assert!(joined_at > leader.start_epoch());
+    }
+
+    #[test]
+    fn an_async_leader_is_known_by_its_thread() {
+        let (table, regions) = (FlightTable::new(), Regions::new());
+        let key = Key::from_text("k");
+        let Joined::Leader(flight) =
+            table
+                .lock(&key)
+                .join_or_lead(&key, &regions, LeaderKind::Async)
+        else {
+            panic!("leads")
+        };
+        assert!(flight.led_async_on_this_thread());
+        let elsewhere =
+            std::thread::scope(|s| s.spawn(|| flight.led_async_on_this_thread()).join());
+        assert!(!elsewhere.unwrap());
+        assert!(!lead(&table, &regions, &Key::from_text("j")).led_async_on_this_thread());
+    }
+
+    #[test]
     fn every_blocked_waiter_sees_the_outcome() {
+        let regions = Regions::new();
         for _ in 0..20 {
-            let flight = Flight::new();
+            let flight = Flight::new(&regions, LeaderKind::Blocking);
             let barrier = std::sync::Barrier::new(9);
             std::thread::scope(|s| {
                 let waiters: Vec<_> = (0..8)
@@ -279,9 +441,12 @@ mod tests {
 
     #[test]
     fn only_the_first_outcome_counts() {
-        let flight = Flight::new();
+        let flight = Flight::new(&Regions::new(), LeaderKind::Blocking);
         flight.finish(Outcome::Abandoned);
-        flight.finish(Outcome::Value(Payload::nothing::<u8>()));
+        flight.finish(Outcome::Value {
+            payload: Payload::nothing::<u8>(),
+            fresh: true,
+        });
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
     }
 }

@@ -63,6 +63,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod blocking;
 mod clock;
 mod entry;
 mod error;
@@ -79,7 +80,7 @@ mod store;
 mod value;
 
 pub use entry::Entry;
-pub use error::{LoadError, OptionsError, TypeMismatch};
+pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
 pub use stats::StoreStats;

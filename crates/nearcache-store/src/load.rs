@@ -1,15 +1,17 @@
 //! Get-or-create: the hit path, joining or leading a flight, and the leader's
 //! check-then-insert that keeps a value loaded across an invalidation out of the store.
 //!
-//! The stale-insert rule: a leader reads the regions' epoch and then the global epoch before
-//! its factory runs. Its value is returned but not stored if, at the end, the flight was
+//! The stale-insert rule: a flight reads the regions' epoch and then the global epoch when it
+//! begins, before its factory runs. Its value is *fresh* unless, at the end, the flight was
 //! invalidated (`remove`/`set` of the key), the global epoch has moved or was already newer
 //! than the start (a `clear`), or a token the factory collected is expired or was installed
 //! after the start (a region expiry, even one that came before the factory asked for the
-//! region). The
-//! check and the insert happen under the key's flight-shard lock, which `remove` and `set`
-//! also take, so nothing slips between them; token expiries need no lock, because an entry
-//! stored just before its token flips is dead on arrival and never returned.
+//! region). Only a fresh value is stored; a stale one is returned to the callers that
+//! overlapped the invalidation, and never to one that joined after it (see `flight`).
+//! The check and the insert happen under the key's flight-shard lock, which `remove`, `set`
+//! and joining callers also take, so nothing slips between them; token expiries need no
+//! lock, because an entry stored just before its token flips is dead on arrival and never
+//! returned.
 
 use std::any::type_name;
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use std::sync::Arc;
 use nearcache_keys::Key;
 
 use crate::entry::{Entry, StoredEntry};
+use crate::error::WouldDeadlock;
 use crate::error::{LoadError, TypeMismatch};
-use crate::flight::{Flight, Joined, Outcome};
+use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::stats::Counter;
 use crate::store::StoreInner;
 use crate::value::{Payload, Shape};
@@ -26,7 +29,7 @@ use crate::value::{Payload, Shape};
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
 enum Acquired<'a, S> {
     Hit(Result<S, TypeMismatch>),
-    Wait(Arc<Flight>),
+    Wait { flight: Arc<Flight>, joined_at: u64 },
     Lead(Leader<'a>),
 }
 
@@ -36,9 +39,6 @@ struct Leader<'a> {
     inner: &'a StoreInner,
     key: Key,
     flight: Arc<Flight>,
-    start_epoch: u64,
-    /// The global epoch read just after `start_epoch`.
-    global_epoch: u64,
     bypass: bool,
     finished: bool,
 }
@@ -126,7 +126,7 @@ impl StoreInner {
         Some(hit)
     }
 
-    fn acquire<S: Shape>(&self, key: &Key, bypass: bool) -> Acquired<'_, S> {
+    fn acquire<S: Shape>(&self, key: &Key, bypass: bool, kind: LeaderKind) -> Acquired<'_, S> {
         if !bypass && let Some(hit) = self.usable::<S>(key) {
             return Acquired::Hit(hit);
         }
@@ -135,8 +135,8 @@ impl StoreInner {
         if !bypass && let Some(hit) = self.usable::<S>(key) {
             return Acquired::Hit(hit);
         }
-        match shard.join_or_lead(key) {
-            Joined::Waiter(flight) => Acquired::Wait(flight),
+        match shard.join_or_lead(key, &self.regions, kind) {
+            Joined::Waiter { flight, joined_at } => Acquired::Wait { flight, joined_at },
             Joined::Leader(flight) => {
                 drop(shard);
                 self.stats.incr(Counter::Loads);
@@ -144,8 +144,6 @@ impl StoreInner {
                     inner: self,
                     key: key.clone(),
                     flight,
-                    start_epoch: self.regions.epoch(),
-                    global_epoch: self.regions.global_epoch(),
                     bypass,
                     finished: false,
                 })
@@ -177,14 +175,23 @@ impl StoreInner {
         let bypass = self.read_bypass();
         let mut counted = false;
         loop {
-            match self.acquire::<S>(key, bypass) {
+            match self.acquire::<S>(key, bypass, LeaderKind::Blocking) {
                 Acquired::Hit(hit) => {
                     self.count_first(&mut counted, Counter::Hits);
                     return hit.map_err(LoadError::TypeMismatch);
                 }
-                Acquired::Wait(flight) => {
+                Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    if let Some(result) = resolve::<S, E>(flight.wait_blocking(), key) {
+                    let outcome = crate::blocking::wait_blocking(|handed_off| {
+                        if !handed_off && flight.led_async_on_this_thread() {
+                            return None;
+                        }
+                        Some(flight.wait_blocking())
+                    });
+                    let Some(outcome) = outcome else {
+                        return Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)));
+                    };
+                    if let Some(result) = resolve::<S, E>(outcome, &flight, joined_at, key) {
                         return result;
                     }
                 }
@@ -214,14 +221,16 @@ impl StoreInner {
         let bypass = self.read_bypass();
         let mut counted = false;
         loop {
-            match self.acquire::<S>(key, bypass) {
+            match self.acquire::<S>(key, bypass, LeaderKind::Async) {
                 Acquired::Hit(hit) => {
                     self.count_first(&mut counted, Counter::Hits);
                     return hit.map_err(LoadError::TypeMismatch);
                 }
-                Acquired::Wait(flight) => {
+                Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    if let Some(result) = resolve::<S, E>(flight.wait().await, key) {
+                    if let Some(result) =
+                        resolve::<S, E>(flight.wait().await, &flight, joined_at, key)
+                    {
                         return result;
                     }
                 }
@@ -245,35 +254,44 @@ impl StoreInner {
         }
     }
 
-    /// Ends a flight: stores its value unless an invalidation overlapped it, and takes the
-    /// flight out of the table, both under the key's flight-shard lock.
-    fn complete(&self, leader: &Leader<'_>, to_store: Option<(Payload, Entry)>) {
-        let prepared = to_store.map(|(payload, entry)| {
-            let overlapped = entry.overlapped_expiry(leader.start_epoch);
+    /// Ends a flight with a value: decides under the key's flight-shard lock whether an
+    /// invalidation overlapped it, stores it (when `store`) if none did, and takes the
+    /// flight out of the table. Returns whether the value is fresh (no invalidation
+    /// overlapped the load): only then may callers that joined after an expiry take it.
+    ///
+    /// The freshness check must sit under the lock: a caller that joins after an expiry
+    /// finished does so under this lock, so the check here sees that expiry.
+    fn complete(&self, leader: &Leader<'_>, payload: &Payload, entry: Entry, store: bool) -> bool {
+        let flight = &leader.flight;
+        let (start_epoch, start_global) = (flight.start_epoch(), flight.start_global_epoch());
+        let mut shard = self.flights.lock(&leader.key);
+        let fresh = !(entry.overlapped_expiry(start_epoch)
+            || flight.is_invalidated()
+            || start_global > start_epoch
+            || self.regions.global_epoch() != start_global);
+        if !store || self.read_bypass() {
+            // Not to be stored, or bypass began during the load: store nothing until it ends.
+        } else if !fresh {
+            self.stats.incr(Counter::InsertsRejectedStale);
+            tracing::debug!(key = %leader.key, "invalidated while loading: returned, not stored");
+        } else {
             let stored = entry.into_stored(
-                payload,
-                leader.global_epoch,
+                payload.clone(),
+                start_global,
                 self.clock.now(),
                 &self.defaults,
             );
-            (stored, overlapped)
-        });
-        let mut shard = self.flights.lock(&leader.key);
-        if let Some((stored, overlapped)) = prepared {
-            if self.read_bypass() {
-                // Bypass began during the load: store nothing until it ends.
-            } else if overlapped
-                || leader.flight.is_invalidated()
-                || leader.global_epoch > leader.start_epoch
-                || self.regions.global_epoch() != leader.global_epoch
-            {
-                self.stats.incr(Counter::InsertsRejectedStale);
-                tracing::debug!(key = %leader.key, "invalidated while loading: returned, not stored");
-            } else {
-                self.insert_locked(&leader.key, stored);
-            }
+            self.insert_locked(&leader.key, stored);
         }
-        shard.remove(&leader.key, &leader.flight);
+        shard.remove(&leader.key, flight);
+        fresh
+    }
+
+    /// Ends a flight that produced no value: takes it out of the table.
+    fn complete_without_value(&self, leader: &Leader<'_>) {
+        self.flights
+            .lock(&leader.key)
+            .remove(&leader.key, &leader.flight);
     }
 }
 
@@ -295,15 +313,15 @@ impl Leader<'_> {
             Ok(loaded) => {
                 let (value, payload) = S::from_loaded(loaded);
                 let store = !self.bypass && (inner.cache_none || !payload.is_nothing());
-                inner.complete(&self, store.then(|| (payload.clone(), entry)));
-                self.flight.finish(Outcome::Value(payload));
+                let fresh = inner.complete(&self, &payload, entry, store);
+                self.flight.finish(Outcome::Value { payload, fresh });
                 self.finished = true;
                 Ok(value)
             }
             Err(error) => {
                 inner.stats.incr(Counter::LoadErrors);
                 let error = Arc::new(error);
-                inner.complete(&self, None);
+                inner.complete_without_value(&self);
                 self.flight.finish(Outcome::Error {
                     error: Arc::clone(&error) as _,
                     type_name: type_name::<E>(),
@@ -334,15 +352,25 @@ impl Drop for Leader<'_> {
     }
 }
 
-/// A waiter's result from its flight's outcome; `None` means go again (the flight was
-/// abandoned, or a plain caller met a `None`).
+/// A waiter's result from its flight's outcome; `None` means go again: the flight was
+/// abandoned, a plain caller met a `None`, or the value predates an expiry that had finished
+/// before this caller joined (`joined_at` is past the flight's start and the leader found
+/// the value stale).
 fn resolve<S: Shape, E: Send + Sync + 'static>(
     outcome: &Outcome,
+    flight: &Flight,
+    joined_at: u64,
     key: &Key,
 ) -> Option<Result<S, LoadError<E>>> {
     match outcome {
-        Outcome::Value(payload) => S::from_payload(payload.clone(), key)
-            .map(|result| result.map_err(LoadError::TypeMismatch)),
+        Outcome::Value { payload, fresh } => {
+            if !fresh && joined_at != flight.start_epoch() {
+                tracing::debug!(key = %key, "joined a load after an expiry that made it stale: loading again");
+                return None;
+            }
+            S::from_payload(payload.clone(), key)
+                .map(|result| result.map_err(LoadError::TypeMismatch))
+        }
         Outcome::Error { error, type_name } => Some(Err(match Arc::clone(error).downcast::<E>() {
             Ok(error) => LoadError::Factory(error),
             Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),

@@ -61,9 +61,15 @@ pub(crate) struct StoreInner {
 }
 
 impl StoreInner {
+    /// Whether reads bypass the store now.
+    ///
+    /// Acquire, paired with the Release in [`Store::set_read_bypass`]: whoever lifts the
+    /// bypass first makes the store safe to read again (the facade clears it, moving the
+    /// global epoch), and a reader that sees the bypass lifted must also see that clear, or
+    /// it could serve an entry the clear was meant to kill. On x86 both are plain moves.
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
-        self.bypass.load(Ordering::Relaxed)
+        self.bypass.load(Ordering::Acquire)
     }
 
     /// One purge pass: removes dead entries, then unused region tokens.
@@ -236,11 +242,17 @@ impl Store {
     }
 
     /// The blocking twin of [`get_or_create`](Self::get_or_create), sharing flights with
-    /// async callers of the same key. Do not call it on an async runtime's worker thread.
+    /// async callers of the same key.
+    ///
+    /// Meant for threads outside an async runtime. If it would have to wait for a load that
+    /// an async caller leads on this same thread (a current-thread runtime, which this call
+    /// holds), it returns [`LoadError::WouldDeadlock`] instead of hanging. With the `tokio`
+    /// feature, on a multi-thread tokio runtime a wait runs inside
+    /// `tokio::task::block_in_place`, which makes it sound.
     ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create).
+    /// As [`get_or_create`](Self::get_or_create), and [`LoadError::WouldDeadlock`] as above.
     pub fn get_or_create_sync<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
     where
         T: Send + Sync + 'static,
@@ -281,11 +293,12 @@ impl Store {
         Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
     }
 
-    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional).
+    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional); on
+    /// async runtimes it behaves as [`get_or_create_sync`](Self::get_or_create_sync).
     ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create).
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
     pub fn get_or_create_optional_sync<T, E, F>(
         &self,
         key: &Key,
@@ -394,12 +407,18 @@ impl Store {
         Ok(())
     }
 
-    /// [`expire_region_key`](Self::expire_region_key) by name.
+    /// [`expire_region_key`](Self::expire_region_key) by region name. The sub-key is spelled
+    /// as the typed functions spell it; a sub-key's text as it travels between instances goes
+    /// in as a [`SubKeyText`](nearcache_regions::SubKeyText).
     ///
     /// # Errors
     ///
     /// [`RegionNameError`] when `name` is empty or too long; nothing is expired.
-    pub fn expire_region_key_by_name(&self, name: &str, sub: &str) -> Result<(), RegionNameError> {
+    pub fn expire_region_key_by_name(
+        &self,
+        name: &str,
+        sub: &(impl SubKey + ?Sized),
+    ) -> Result<(), RegionNameError> {
         self.inner.regions.expire_region_key(name, sub)?;
         self.inner.purge.request();
         Ok(())
@@ -446,8 +465,12 @@ impl Store {
     /// While on, reads miss and every get-or-create loads (still one flight per key) without
     /// storing. The facade turns it on while its backplane has been down for longer than it
     /// may serve possibly stale entries. `set` still stores.
+    ///
+    /// Lifting it is a Release store: everything this thread did before — in particular a
+    /// [`clear`](Self::clear) that makes the store safe again — is visible to every reader
+    /// that sees the bypass lifted (they load it with Acquire).
     pub fn set_read_bypass(&self, on: bool) {
-        self.inner.bypass.store(on, Ordering::Relaxed);
+        self.inner.bypass.store(on, Ordering::Release);
     }
 
     /// Whether reads bypass the store now.

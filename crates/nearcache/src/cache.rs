@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::{CacheKey, Key};
-use nearcache_regions::Region;
+use nearcache_regions::{Region, SubKey};
 use nearcache_store::{Entry, LoadError, Store, TypeMismatch};
 use tokio::sync::broadcast;
 
@@ -155,9 +155,17 @@ impl Cache {
     /// The blocking twin of [`get_or_create`](Self::get_or_create); it shares flights with
     /// async callers of the same key.
     ///
+    /// Meant for threads outside an async runtime. Called on a multi-thread tokio runtime's
+    /// worker, a wait for another caller's load runs inside `tokio::task::block_in_place`, so
+    /// the worker's other tasks (that load's async leader among them) move to another thread
+    /// first; hits and loads this call leads itself pay nothing for it. On a current-thread
+    /// runtime's thread it cannot do that: if it would have to wait for a load that an async
+    /// task leads on that same thread, it returns [`LoadError::WouldDeadlock`] instead of
+    /// hanging. From async code, use [`get_or_create`](Self::get_or_create).
+    ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create).
+    /// As [`get_or_create`](Self::get_or_create), and [`LoadError::WouldDeadlock`] as above.
     pub fn get_or_create_sync<T, E, F>(
         &self,
         key: impl Borrow<Key>,
@@ -198,11 +206,12 @@ impl Cache {
             .await
     }
 
-    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional).
+    /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional); on
+    /// async runtimes it behaves as [`get_or_create_sync`](Self::get_or_create_sync).
     ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create).
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
     pub fn get_or_create_optional_sync<T, E, F>(
         &self,
         key: impl Borrow<Key>,
@@ -331,7 +340,8 @@ impl Cache {
         sub_key: &K,
     ) -> Option<Ticket> {
         self.inner.store.expire_region_key::<R>(sub_key);
-        let sub_key = sub_key.key_text();
+        // The one spelling of a sub-key, the one the store just used.
+        let sub_key = sub_key.sub_key_text().into_owned();
         self.publish(Pending::ExpireRegionKey(R::NAME.to_owned(), sub_key))
     }
 

@@ -176,7 +176,7 @@ pub use nearcache_derive::CacheKey;
 // ---- end of Keys ----------------------------------------------------------------------------
 
 // ---- regions and entries ----
-pub use nearcache_regions::{ChangeToken, Region, region};
+pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
 pub use nearcache_store::Entry;
 
 // ---- backplanes ----

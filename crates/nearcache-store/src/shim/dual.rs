@@ -20,6 +20,22 @@ fn modelled() -> bool {
     shuttle::current::try_get_current_task().is_some()
 }
 
+/// A thread's identity: shuttle's task id inside an execution, the OS thread's outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ThreadToken {
+    Real(std::thread::ThreadId),
+    Model(usize),
+}
+
+/// The running thread's (or modelled task's) [`ThreadToken`].
+pub(crate) fn current_thread() -> ThreadToken {
+    if modelled() {
+        ThreadToken::Model(usize::from(shuttle::thread::current().id()))
+    } else {
+        ThreadToken::Real(std::thread::current().id())
+    }
+}
+
 /// `parking_lot::Mutex`, or shuttle's inside an execution.
 pub(crate) enum Mutex<T> {
     Real(parking_lot::Mutex<T>),

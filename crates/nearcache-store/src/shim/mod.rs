@@ -25,3 +25,20 @@ pub(crate) use dual::{AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuar
 // and never block on it (they block on the `Event` next to it, which shuttle controls).
 pub(crate) use std::sync::OnceLock;
 pub(crate) use std::sync::atomic::Ordering;
+
+/// Names the thread (or, under shuttle, the modelled thread or task) running now: a flight
+/// remembers its async leader's, so a blocking caller on that same thread can refuse to wait
+/// for a load only that thread could finish.
+#[cfg(not(all(test, feature = "shuttle")))]
+pub(crate) type ThreadToken = std::thread::ThreadId;
+
+/// The current [`ThreadToken`].
+#[cfg(not(all(test, feature = "shuttle")))]
+pub(crate) fn current_thread() -> ThreadToken {
+    std::thread::current().id()
+}
+
+/// Under shuttle every modelled thread and task runs on one OS thread: inside an execution
+/// they are told apart by shuttle's own ids, outside it by the real thread's.
+#[cfg(all(test, feature = "shuttle"))]
+pub(crate) use dual::{ThreadToken, current_thread};

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use nearcache_backplane::wire::{self, Op};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_keys::Key;
+use nearcache_regions::SubKeyText;
 use nearcache_store::Store;
 
 use super::peers::{Peers, Seen, Subscribed};
@@ -234,7 +235,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
                 Err(error) => not_applied(p, store, &error),
             },
             Op::ExpireRegionKey { region, key } => {
-                match store.expire_region_key_by_name(region, key) {
+                match store.expire_region_key_by_name(region, &SubKeyText::new(key)) {
                     Ok(()) => applied += 1,
                     Err(error) => not_applied(p, store, &error),
                 }
