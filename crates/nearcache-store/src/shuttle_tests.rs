@@ -10,8 +10,9 @@
 //! ```
 //!
 //! Scenarios: sync threads and async tasks sharing one flight (guarantee 1); a load racing
-//! `remove`, `set`, `clear`, a region expiry and a sub-key expiry (guarantee 3: afterwards the
-//! store holds nothing older than the "database"); a factory that panics and an async leader
+//! `remove`, `set`, `clear`, a region expiry and a sub-key expiry (guarantee 3: a read that
+//! starts after the invalidation returned gets the new version, and afterwards the store
+//! holds nothing older than the "database"); a factory that panics and an async leader
 //! dropped mid-load (guarantee 2: nobody hangs, a waiter takes over); a failing factory whose
 //! error is shared by its flight. Each schedule ends with every caller joined, so a waiter
 //! left hanging is reported by shuttle as a deadlock.
@@ -192,7 +193,9 @@ enum Invalidation {
 
 /// Guarantee 3: a writer updates the database and then invalidates, while a thread and a task
 /// load the key (a factory reads the database, and ties its entry to the region at a point
-/// the schedule picks). Once everyone is done the store holds nothing older than the database.
+/// the schedule picks). Once the invalidation has returned, the writer reads the key itself:
+/// that late caller must get the new version, whether it hits, joins a load in progress or
+/// loads. Once everyone is done the store holds nothing older than the database.
 fn invalidation_racing_loads(how: Invalidation) {
     let store = store();
     let db = Arc::new(AtomicU64::new(0));
@@ -239,6 +242,16 @@ fn invalidation_racing_loads(how: Invalidation) {
                 Invalidation::Region => store.expire_region::<Catalog>(),
                 Invalidation::RegionKey => store.expire_region_key::<Catalog>("c1"),
             }
+            let late = store
+                .get_or_create_sync(&key(), |entry| {
+                    entry.region_key::<Catalog>("c1");
+                    Ok::<_, ()>(db.load(Ordering::SeqCst))
+                })
+                .unwrap();
+            assert_eq!(
+                *late, version,
+                "{how:?}: a read that started after the invalidation got an older load"
+            );
         })
     };
     loader.join().unwrap();
@@ -254,27 +267,27 @@ fn invalidation_racing_loads(how: Invalidation) {
 }
 
 #[test]
-fn shuttle_remove_racing_loads_stores_nothing_stale() {
+fn shuttle_remove_racing_loads_serves_and_stores_nothing_stale() {
     check(|| invalidation_racing_loads(Invalidation::Remove));
 }
 
 #[test]
-fn shuttle_set_racing_loads_keeps_the_new_value() {
+fn shuttle_set_racing_loads_serves_and_keeps_the_new_value() {
     check(|| invalidation_racing_loads(Invalidation::Set));
 }
 
 #[test]
-fn shuttle_clear_racing_loads_stores_nothing_stale() {
+fn shuttle_clear_racing_loads_serves_and_stores_nothing_stale() {
     check(|| invalidation_racing_loads(Invalidation::Clear));
 }
 
 #[test]
-fn shuttle_region_expiry_racing_loads_stores_nothing_stale() {
+fn shuttle_region_expiry_racing_loads_serves_and_stores_nothing_stale() {
     check(|| invalidation_racing_loads(Invalidation::Region));
 }
 
 #[test]
-fn shuttle_sub_key_expiry_racing_loads_stores_nothing_stale() {
+fn shuttle_sub_key_expiry_racing_loads_serves_and_stores_nothing_stale() {
     check(|| invalidation_racing_loads(Invalidation::RegionKey));
 }
 
