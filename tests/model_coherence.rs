@@ -2,11 +2,17 @@
 //!
 //! proptest generates sequences of reads, writes (a database update followed by the matching
 //! invalidation through one instance: remove, set, sub-key expiry, region expiry or clear),
-//! reads whose load races a peer's write, lost publishes (`drop_next`), lost deliveries to
-//! one instance (`drop_incoming`), disconnects and reconnects. The model checks:
+//! reads whose load races a peer's write, bursts of concurrent readers on one instance that
+//! overlap a write (some start before it, some after it returned or was applied there, and
+//! the later ones find the earlier ones' loads still in flight), lost publishes
+//! (`drop_next`), lost deliveries to one instance (`drop_incoming`), disconnects and
+//! reconnects. The model checks:
 //!
-//! - **read your writes, locally:** after an instance invalidated a key, its own reads never
-//!   return a version older than the one that invalidation was for;
+//! - **no read goes back past a finished invalidation, for every caller:** once an
+//!   invalidation has been applied on an instance — its own call returned, or the model saw
+//!   the instance's `Applied` event for the peer's message that carried it — no read that
+//!   starts there afterwards returns a version older than the one that invalidation was for,
+//!   whether it hits, loads, or joins a load in progress;
 //! - **no stale insert:** a load that read the database before a peer's write, and finished
 //!   after the peer's invalidation was applied here, is not stored;
 //! - **coherence at quiescent points:** once every instance is connected and has applied
@@ -25,10 +31,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nearcache::{
-    Cache, CacheEvent, CacheOptions, Entry, InMemoryBackplane, Key, Propagated, region,
+    Backplane, BackplaneEvent, Cache, CacheEvent, CacheOptions, Entry, InMemoryBackplane, Key,
+    Propagated, region,
 };
+use nearcache_backplane::Subscription;
+use nearcache_backplane::wire;
 use proptest::prelude::*;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 region!(Catalog = "catalog");
 
@@ -66,6 +75,15 @@ enum Step {
         key: usize,
         how: How,
     },
+    /// Readers on `at` start loading `key` (their loads wait on a gate), `writer` writes it,
+    /// and more readers start on `at` once the write is known to have been applied there;
+    /// then the gate opens.
+    ConcurrentReads {
+        at: usize,
+        writer: usize,
+        key: usize,
+        how: How,
+    },
     DropNext {
         n: u64,
     },
@@ -98,8 +116,11 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => (at.clone(), key.clone()).prop_map(|(at, key)| Step::Read { at, key }),
         5 => (at.clone(), key.clone(), how()).prop_map(|(at, key, how)| Step::Write { at, key, how }),
-        3 => (at.clone(), at.clone(), key, how()).prop_map(|(reader, writer, key, how)| {
+        3 => (at.clone(), at.clone(), key.clone(), how()).prop_map(|(reader, writer, key, how)| {
             Step::ReadDuringWrite { reader, writer, key, how }
+        }),
+        3 => (at.clone(), at.clone(), key, how()).prop_map(|(at, writer, key, how)| {
+            Step::ConcurrentReads { at, writer, key, how }
         }),
         2 => (1..3_u64).prop_map(|n| Step::DropNext { n }),
         2 => (at.clone(), 1..3_u64).prop_map(|(at, n)| Step::DropIncoming { at, n }),
@@ -142,9 +163,28 @@ struct World {
     /// Per instance: the highest sequence number applied per origin.
     applied: Vec<HashMap<u128, u64>>,
     db: Db,
-    /// Per instance and key: the oldest version a read there may still return.
+    /// Per instance and key: the oldest version a read there may still return, from its own
+    /// invalidations and quiescent points.
     floor: Vec<[u64; KEYS]>,
+    /// Every delivered write: who sent it, in which message, and the versions it was for. A
+    /// read on an instance that has applied that message (or a later one from the same
+    /// origin) must not return anything older.
+    delivered: Vec<Delivered>,
+    /// A raw subscriber on the bus: tells which message carried each write.
+    tap: Subscription,
+    /// Per origin: the highest sequence number the tap has seen.
+    tapped: HashMap<u128, u64>,
 }
+
+/// A write whose message reached every subscription.
+struct Delivered {
+    origin: u128,
+    seq: u64,
+    versions: Vec<(usize, u64)>,
+}
+
+/// Readers started per wave of [`Step::ConcurrentReads`].
+const WAVE: usize = 3;
 
 fn options() -> CacheOptions {
     let mut options = CacheOptions::default();
@@ -196,6 +236,7 @@ impl World {
         for cache in &caches {
             within("ready", cache.ready()).await;
         }
+        let tap = bus.connection().subscribe().await.unwrap();
         let mut world = World {
             bus,
             conns,
@@ -204,6 +245,9 @@ impl World {
             applied: vec![HashMap::new(); INSTANCES],
             db: Arc::new(Mutex::new(vec![0; KEYS])),
             floor: vec![[0; KEYS]; INSTANCES],
+            delivered: Vec::new(),
+            tap,
+            tapped: HashMap::new(),
         };
         world.introduce().await;
         world
@@ -267,9 +311,44 @@ impl World {
         }
     }
 
+    /// Reads what the tap has received: the highest sequence number per origin.
+    fn drain_tap(&mut self) {
+        while let Some(event) = self.tap.try_recv() {
+            match event {
+                BackplaneEvent::Message(payload) => {
+                    let message = wire::decode(&payload).unwrap();
+                    let seen = self.tapped.entry(message.origin.as_u128()).or_default();
+                    *seen = (*seen).max(message.seq);
+                }
+                BackplaneEvent::Lagged { .. } => panic!("the tap lagged: the model cannot follow"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The oldest version of `k` a read that starts on instance `at` now may return: what
+    /// its own invalidations and the quiescent points say, and every delivered write whose
+    /// message it has applied (as its events tell so far).
+    fn floor_for(&mut self, at: usize, k: usize) -> u64 {
+        while let Ok(event) = self.events[at].try_recv() {
+            self.record(at, event);
+        }
+        let applied = &self.applied[at];
+        let me = self.origin(at);
+        self.delivered
+            .iter()
+            .filter(|d| d.origin != me && applied.get(&d.origin).is_some_and(|&s| s >= d.seq))
+            .flat_map(|d| d.versions.iter())
+            .filter(|&&(key, _)| key == k)
+            .map(|&(_, version)| version)
+            .fold(self.floor[at][k], u64::max)
+    }
+
     /// Updates the database and invalidates through instance `at`; returns whether the
     /// message reached every subscription on the bus.
     async fn write(&mut self, at: usize, k: usize, how: How) -> bool {
+        self.drain_tap();
+        let before = self.tapped.get(&self.origin(at)).copied().unwrap_or(0);
         let version = {
             let mut db = self.db.lock().unwrap();
             db[k] += 1;
@@ -292,15 +371,32 @@ impl World {
             How::Region => cache.expire_region::<Catalog>().await,
             How::Clear => cache.clear().await,
         };
-        for j in covered(k, how) {
-            self.floor[at][j] = read_db(&self.db, j);
+        let versions: Vec<(usize, u64)> = covered(k, how)
+            .into_iter()
+            .map(|j| (j, read_db(&self.db, j)))
+            .collect();
+        for &(j, version) in &versions {
+            self.floor[at][j] = version;
         }
-        published == Propagated::Published
+        let delivered = published == Propagated::Published
             && messages_sent(cache) > sent
-            && self.bus.dropped() == dropped
+            && self.bus.dropped() == dropped;
+        if delivered {
+            self.drain_tap();
+            let origin = self.origin(at);
+            let seq = self.tapped.get(&origin).copied().unwrap_or(0);
+            assert!(seq > before, "the tap saw no message for a delivered write");
+            self.delivered.push(Delivered {
+                origin,
+                seq,
+                versions,
+            });
+        }
+        delivered
     }
 
-    async fn read(&self, at: usize, k: usize) -> u64 {
+    async fn read(&mut self, at: usize, k: usize) -> u64 {
+        let floor = self.floor_for(at, k);
         let db = Arc::clone(&self.db);
         let value = self.caches[at]
             .get_or_create(key(k), async move |e: &mut Entry| {
@@ -311,11 +407,66 @@ impl World {
             .unwrap();
         let value = *value;
         assert!(
-            value >= self.floor[at][k],
-            "instance {at} read key {k} at version {value} after invalidating it at {}",
-            self.floor[at][k]
+            value >= floor,
+            "instance {at} read key {k} at version {value}, but the invalidation for version \
+             {floor} had been applied there before the read started"
         );
         value
+    }
+
+    /// Starts a read of `k` on `at` whose load (if it runs one) waits for `gate`; it checks
+    /// its result against the floor when it started.
+    fn spawn_read(
+        &mut self,
+        at: usize,
+        k: usize,
+        gate: &watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let floor = self.floor_for(at, k);
+        let (db, cache, mut gate) = (Arc::clone(&self.db), self.caches[at].clone(), gate.clone());
+        tokio::spawn(async move {
+            let value = cache
+                .get_or_create(key(k), async move |e: &mut Entry| {
+                    e.region_key::<Catalog>(&sub(k));
+                    let version = read_db(&db, k);
+                    let _ = gate.wait_for(|open| *open).await;
+                    Ok::<_, std::convert::Infallible>(version)
+                })
+                .await
+                .unwrap();
+            assert!(
+                *value >= floor,
+                "a concurrent read on instance {at} got key {k} at version {value}, but the \
+                 invalidation for version {floor} had been applied there before it started"
+            );
+        })
+    }
+
+    /// Lets spawned tasks run up to where they wait (a current-thread runtime).
+    async fn let_tasks_run() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn concurrent_reads(&mut self, at: usize, writer: usize, k: usize, how: How) {
+        let (open, gate) = watch::channel(false);
+        let mut readers: Vec<_> = (0..WAVE).map(|_| self.spawn_read(at, k, &gate)).collect();
+        Self::let_tasks_run().await;
+        let delivered = self.write(writer, k, how).await;
+        if delivered && writer != at && self.conns[at].is_connected() {
+            let seq = self.delivered.last().map_or(0, |d| d.seq);
+            let origin = self.origin(writer);
+            self.wait_applied(at, origin, seq).await;
+        }
+        // These start after the invalidation was applied here, while the first wave's load
+        // (if any) is still held at the gate.
+        readers.extend((0..WAVE).map(|_| self.spawn_read(at, k, &gate)));
+        Self::let_tasks_run().await;
+        open.send_replace(true);
+        for reader in readers {
+            within("a concurrent read", reader).await.unwrap();
+        }
     }
 
     async fn read_during_write(&mut self, reader: usize, writer: usize, k: usize, how: How) {
@@ -419,6 +570,12 @@ impl World {
                 key,
                 how,
             } => self.read_during_write(reader, writer, key, how).await,
+            Step::ConcurrentReads {
+                at,
+                writer,
+                key,
+                how,
+            } => self.concurrent_reads(at, writer, key, how).await,
             Step::DropNext { n } => self.bus.drop_next(n),
             Step::DropIncoming { at, n } => self.conns[at].drop_incoming(n),
             Step::Disconnect { at } => self.conns[at].disconnect(),
@@ -542,4 +699,21 @@ fn a_message_lost_after_a_reconnect_is_still_noticed() {
         },
         Step::Quiesce,
     ]);
+}
+
+/// Readers that start after a peer's invalidation was applied here must not get the load
+/// that an earlier reader started before it (the flight still in progress), for every kind
+/// of invalidation; nor after the instance's own invalidation.
+#[test]
+fn readers_that_start_after_an_invalidation_never_get_the_load_in_progress() {
+    for how in [How::Remove, How::Set, How::SubKey, How::Region, How::Clear] {
+        for writer in [0, 1] {
+            check(&[Step::ConcurrentReads {
+                at: 1,
+                writer,
+                key: 2,
+                how,
+            }]);
+        }
+    }
 }
