@@ -295,6 +295,15 @@ impl RedisServer {
         connect(&self.control_url())
     }
 
+    /// Runs one command on a connection of its own, which it closes with `QUIT` (see
+    /// [`quit`]) so that it is gone from the server before the next command is sent.
+    fn control<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> io::Result<T> {
+        let mut con = self.connection()?;
+        let result = command.query(&mut con).map_err(redis_error);
+        quit(&mut con);
+        result
+    }
+
     /// Runs `CLIENT KILL TYPE pubsub`: drops every connection in subscribed state while the
     /// server stays up. Returns how many were killed.
     ///
@@ -302,13 +311,7 @@ impl RedisServer {
     ///
     /// When the server does not answer.
     pub fn client_kill_pubsub(&self) -> io::Result<u64> {
-        let mut con = self.connection()?;
-        redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("pubsub")
-            .query(&mut con)
-            .map_err(redis_error)
+        self.control(redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub"))
     }
 
     /// `PUBLISH channel payload` from a plain client, bytes verbatim (for garbage and foreign
@@ -318,12 +321,7 @@ impl RedisServer {
     ///
     /// When the server does not answer.
     pub fn publish_raw(&self, channel: &str, payload: &[u8]) -> io::Result<u64> {
-        let mut con = self.connection()?;
-        redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query(&mut con)
-            .map_err(redis_error)
+        self.control(redis::cmd("PUBLISH").arg(channel).arg(payload))
     }
 
     /// How many clients are connected, not counting the one asking.
@@ -332,11 +330,7 @@ impl RedisServer {
     ///
     /// When the server does not answer.
     pub fn connected_clients(&self) -> io::Result<usize> {
-        let mut con = self.connection()?;
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query(&mut con)
-            .map_err(redis_error)?;
+        let list: String = self.control(redis::cmd("CLIENT").arg("LIST"))?;
         Ok(list
             .lines()
             .filter(|line| !line.is_empty())
@@ -580,10 +574,19 @@ fn server_pid(url: &str) -> io::Result<u32> {
         .arg("server")
         .query(&mut con)
         .map_err(redis_error)?;
+    quit(&mut con);
     info.lines()
         .find_map(|line| line.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
         .ok_or_else(|| io::Error::other("INFO server has no process_id"))
+}
+
+/// Closes a control connection so that the server has let go of it before this returns:
+/// the server frees a client that sent `QUIT` as soon as the reply is written, before it
+/// serves anyone else. A connection merely dropped is closed by the server only when it
+/// notices, so a `CLIENT LIST` right after might still count it.
+fn quit(con: &mut redis::Connection) {
+    let _ = redis::cmd("QUIT").query::<()>(con);
 }
 
 fn redis_error(err: redis::RedisError) -> io::Error {
