@@ -11,8 +11,10 @@
 //! - **Failure isolation.** A factory's `Err` is never cached and goes to every caller of
 //!   that flight as the same `Arc<E>`. A factory that panics, or an async caller dropped
 //!   mid-load, abandons the flight and one waiter takes it over.
-//! - **No stale insert.** A `remove`, `set`, `clear` or region expiry that happens while a
-//!   value loads keeps that value out of the store; its callers still get it.
+//! - **No stale insert, and no read goes back.** A `remove`, `set`, `clear` or region expiry
+//!   that happens while a value loads keeps that value out of the store; the callers that
+//!   overlapped it still get it, but a caller that starts after the invalidation returned
+//!   never does (see the `flight` module's docs for how finely that is decided).
 //! - **Expiry.** Absolute, sliding or both, per entry or by default; a dead entry is never
 //!   returned. Region expiry is O(1); dead entries are purged in the background.
 //!
