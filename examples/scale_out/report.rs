@@ -8,57 +8,57 @@ use std::time::Duration;
 use nearcache::CacheStats;
 use serde::{Deserialize, Serialize};
 
-use crate::demo::clock::Micros;
-use crate::demo::workload::Counters;
+use crate::clock::Micros;
+use crate::workload::Counters;
 
 /// What one instance did in a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceReport {
+pub(crate) struct InstanceReport {
     /// Its number (0 is the writer).
-    pub index: usize,
+    pub(crate) index: usize,
     /// Whether it ran the writer.
-    pub writer: bool,
+    pub(crate) writer: bool,
     /// Reads served.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Database queries its reads made (its cache's loads).
-    pub db_queries: u64,
+    pub(crate) db_queries: u64,
     /// Reads answered from the cache.
-    pub hits: u64,
+    pub(crate) hits: u64,
     /// Reads that missed (and loaded, or joined a load).
-    pub misses: u64,
+    pub(crate) misses: u64,
     /// Factory runs.
-    pub loads: u64,
+    pub(crate) loads: u64,
     /// Misses that joined another caller's load instead of querying the database.
-    pub collapsed: u64,
+    pub(crate) collapsed: u64,
     /// Loaded values not stored because an invalidation overlapped the load.
-    pub inserts_rejected_stale: u64,
+    pub(crate) inserts_rejected_stale: u64,
     /// Products it wrote.
-    pub writes: u64,
+    pub(crate) writes: u64,
     /// Invalidations it published.
-    pub invalidations_sent: u64,
+    pub(crate) invalidations_sent: u64,
     /// Invalidations it received from peers.
-    pub invalidations_received: u64,
+    pub(crate) invalidations_received: u64,
     /// Messages whose lag was measured.
-    pub lag_samples: u64,
+    pub(crate) lag_samples: u64,
     /// Median propagation lag (publish on the origin → applied here), µs.
-    pub lag_p50: Micros,
+    pub(crate) lag_p50: Micros,
     /// 99th percentile propagation lag, µs.
-    pub lag_p99: Micros,
+    pub(crate) lag_p99: Micros,
     /// Largest propagation lag, µs.
-    pub lag_max: Micros,
+    pub(crate) lag_max: Micros,
     /// Times it cleared itself because it may have missed an invalidation.
-    pub loss_clears: u64,
+    pub(crate) loss_clears: u64,
     /// Stale reads it saw.
-    pub stale_reads: u64,
+    pub(crate) stale_reads: u64,
     /// The longest a stale read came after the write it missed, µs.
-    pub worst_stale: Micros,
+    pub(crate) worst_stale: Micros,
     /// Reads the check could not judge (should be none).
-    pub unchecked_reads: u64,
+    pub(crate) unchecked_reads: u64,
 }
 
 impl InstanceReport {
     /// Gathers an instance's numbers from its counters and its cache's stats.
-    pub fn gather(
+    pub(crate) fn gather(
         index: usize,
         writer: bool,
         counters: &Counters,
@@ -102,20 +102,20 @@ fn micros(duration: Duration) -> Micros {
 
 /// Running totals for the progress line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// Reads served.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Database queries made by reads.
-    pub db_queries: u64,
+    pub(crate) db_queries: u64,
     /// Writes.
-    pub writes: u64,
+    pub(crate) writes: u64,
     /// Stale reads.
-    pub stale_reads: u64,
+    pub(crate) stale_reads: u64,
 }
 
 impl Tally {
     /// A snapshot of `counters`.
-    pub fn of(counters: &Counters) -> Tally {
+    pub(crate) fn of(counters: &Counters) -> Tally {
         Tally {
             requests: counters.requests.load(Ordering::Relaxed),
             db_queries: counters.db_queries.load(Ordering::Relaxed),
@@ -125,7 +125,7 @@ impl Tally {
     }
 
     /// The sum of `tallies`.
-    pub fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
+    pub(crate) fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
         tallies.into_iter().fold(Tally::default(), |a, b| Tally {
             requests: a.requests + b.requests,
             db_queries: a.db_queries + b.db_queries,
@@ -137,30 +137,30 @@ impl Tally {
 
 /// A whole run: what was run, and every instance's report.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// One line saying what ran (instances, backplane, duration, workload).
-    pub title: String,
+    pub(crate) title: String,
     /// The stale-read bound.
-    pub bound: Duration,
+    pub(crate) bound: Duration,
     /// How long the readers ran.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// One report per instance, by index.
-    pub instances: Vec<InstanceReport>,
+    pub(crate) instances: Vec<InstanceReport>,
 }
 
 impl Summary {
     /// Stale reads across instances.
-    pub fn stale_reads(&self) -> u64 {
+    pub(crate) fn stale_reads(&self) -> u64 {
         self.instances.iter().map(|i| i.stale_reads).sum()
     }
 
     /// Reads nobody could judge across instances.
-    pub fn unchecked_reads(&self) -> u64 {
+    pub(crate) fn unchecked_reads(&self) -> u64 {
         self.instances.iter().map(|i| i.unchecked_reads).sum()
     }
 
     /// Whether the run proved what it should: no stale read, every read judged.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.stale_reads() == 0 && self.unchecked_reads() == 0
     }
 
@@ -169,7 +169,7 @@ impl Summary {
     }
 
     /// The table and the verdict, as printed at the end of a run.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.title);
         let _ = writeln!(
@@ -382,7 +382,7 @@ impl Table {
 }
 
 /// `1234567` → `1,234,567`.
-pub fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
@@ -411,7 +411,7 @@ fn per_second(n: u64, elapsed: Duration) -> u64 {
 }
 
 /// µs → `850 µs`, `1.25 ms`, `2.50 s`.
-pub fn lag(micros: Micros) -> String {
+pub(crate) fn lag(micros: Micros) -> String {
     match micros {
         0..1_000 => format!("{micros} µs"),
         1_000..1_000_000 => format!("{:.2} ms", micros as f64 / 1e3),
@@ -420,7 +420,7 @@ pub fn lag(micros: Micros) -> String {
 }
 
 /// A duration as the flags take it: `2ms`, `1.5s`.
-pub fn human_duration(duration: Duration) -> String {
+pub(crate) fn human_duration(duration: Duration) -> String {
     let micros = micros(duration);
     if micros.is_multiple_of(1_000_000) {
         format!("{}s", micros / 1_000_000)

@@ -15,41 +15,41 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use tokio::time::Instant;
 
-use crate::demo::clock::{DemoClock, Micros};
-use crate::demo::db::{CatalogPage, Database, DbError, Layout, Product};
-use crate::demo::write_log::{Verdict, WriteLog};
+use crate::clock::{DemoClock, Micros};
+use crate::db::{CatalogPage, Database, DbError, Layout, Product};
+use crate::write_log::{Verdict, WriteLog};
 
 region!(
     /// The catalog region: a catalog page is tied to its catalog's sub-key, so a write to
     /// one product expires the pages of its catalog (`expire_region_key::<Catalog>(&c)`).
-    pub Catalog = "catalog"
+    pub(crate) Catalog = "catalog"
 );
 
 /// The service whose reads are cached (names the keys: `ProductService:get-42`).
 #[derive(Debug)]
-pub struct ProductService;
+pub(crate) struct ProductService;
 
 /// How long a cached entry lives at most. Far longer than a run: the cache stays coherent
 /// through invalidations, not through short expiries.
-pub const ENTRY_TTL: Duration = Duration::from_secs(300);
+pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(300);
 
 /// Requests between two yields of a reader, so that on a busy runtime the tasks that apply
 /// peers' invalidations are never starved by readers whose reads all hit.
 const YIELD_EVERY: u32 = 32;
 
 /// The key of product `id`.
-pub fn product_key(id: u32) -> Key {
+pub(crate) fn product_key(id: u32) -> Key {
     cache_key!(ProductService, "get", &id)
 }
 
 /// The key of catalog `catalog`'s page.
-pub fn catalog_key(catalog: u32) -> Key {
+pub(crate) fn catalog_key(catalog: u32) -> Key {
     cache_key!(ProductService, "catalog", &catalog)
 }
 
 /// Picks products with a Zipf distribution: product 0 is the most popular.
 #[derive(Debug, Clone, Copy)]
-pub struct Popularity {
+pub(crate) struct Popularity {
     zipf: Zipf<f64>,
     products: u32,
 }
@@ -60,7 +60,7 @@ impl Popularity {
     /// # Errors
     ///
     /// A message when `products` is 0 or `exponent` is negative or not a number.
-    pub fn new(products: u32, exponent: f64) -> Result<Popularity, String> {
+    pub(crate) fn new(products: u32, exponent: f64) -> Result<Popularity, String> {
         let zipf = Zipf::new(f64::from(products), exponent).map_err(|e| {
             format!("cannot draw from {products} products with exponent {exponent}: {e}")
         })?;
@@ -68,7 +68,7 @@ impl Popularity {
     }
 
     /// A product id in `0..products`.
-    pub fn sample(&self, rng: &mut impl Rng) -> u32 {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> u32 {
         // Zipf yields ranks 1..=n as floats.
         let rank = self.zipf.sample(rng) as u32;
         rank.saturating_sub(1).min(self.products.saturating_sub(1))
@@ -77,51 +77,51 @@ impl Popularity {
 
 /// Counters of one instance, shared with the progress line.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Reads served (cache hits and loads alike).
-    pub requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// Database queries made by this instance's reads (its cache's loads).
-    pub db_queries: AtomicU64,
+    pub(crate) db_queries: AtomicU64,
     /// Writes made by this instance (the writer).
-    pub writes: AtomicU64,
+    pub(crate) writes: AtomicU64,
     /// Stale reads seen.
-    pub stale_reads: AtomicU64,
+    pub(crate) stale_reads: AtomicU64,
     /// The largest time, in µs, between a missed write and a stale read that missed it.
-    pub worst_stale: AtomicU64,
+    pub(crate) worst_stale: AtomicU64,
 }
 
 /// A read the check could not judge yet (its write log is a mirror that was behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingRead {
+pub(crate) struct PendingRead {
     /// The product read.
-    pub product: u32,
+    pub(crate) product: u32,
     /// The version the read returned.
-    pub version: u64,
+    pub(crate) version: u64,
     /// When the read started.
-    pub started: Micros,
+    pub(crate) started: Micros,
 }
 
 /// Everything the readers and the writer of one instance share.
 #[derive(Debug, Clone)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// This instance's cache.
-    pub cache: Cache,
+    pub(crate) cache: Cache,
     /// The database.
-    pub db: Database,
+    pub(crate) db: Database,
     /// The write log the check reads (live, or a mirror of the database's).
-    pub log: Arc<WriteLog>,
+    pub(crate) log: Arc<WriteLog>,
     /// Products and catalogs.
-    pub layout: Layout,
+    pub(crate) layout: Layout,
     /// Which products are read and written.
-    pub popularity: Popularity,
+    pub(crate) popularity: Popularity,
     /// The run's clock.
-    pub clock: DemoClock,
+    pub(crate) clock: DemoClock,
     /// The propagation bound of the stale-read check, in µs.
-    pub bound: Micros,
+    pub(crate) bound: Micros,
     /// One read in this many is a catalog page (0: none).
-    pub page_every: u32,
+    pub(crate) page_every: u32,
     /// This instance's counters.
-    pub counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Workload {
@@ -130,7 +130,7 @@ impl Workload {
     /// # Errors
     ///
     /// The first database error a load met.
-    pub async fn read(self, deadline: Instant, seed: u64) -> Result<Vec<PendingRead>, DbError> {
+    pub(crate) async fn read(self, deadline: Instant, seed: u64) -> Result<Vec<PendingRead>, DbError> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut pending = Vec::new();
         let mut served = 0;
@@ -201,7 +201,7 @@ impl Workload {
 
     /// Judges reads left undecided, against the log as it is now. Returns those still
     /// undecided (none, once the log is complete past their start plus the bound).
-    pub fn judge_pending(&self, pending: Vec<PendingRead>) -> Vec<PendingRead> {
+    pub(crate) fn judge_pending(&self, pending: Vec<PendingRead>) -> Vec<PendingRead> {
         let mut still = Vec::new();
         for read in pending {
             let product = Product {
@@ -235,7 +235,7 @@ impl Workload {
     /// # Errors
     ///
     /// The first database error.
-    pub async fn write(self, rate: f64, deadline: Instant, seed: u64) -> Result<(), DbError> {
+    pub(crate) async fn write(self, rate: f64, deadline: Instant, seed: u64) -> Result<(), DbError> {
         if rate.is_nan() || rate <= 0.0 {
             return Ok(());
         }
@@ -275,7 +275,7 @@ fn load_error(error: LoadError<DbError>) -> DbError {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::demo::db::MemoryDb;
+    use crate::db::MemoryDb;
 
     #[test]
     fn popularity_stays_in_range_and_favours_the_first_products() {

@@ -17,26 +17,26 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::demo::clock::{DemoClock, Micros};
-use crate::demo::write_log::{FIRST_VERSION, WriteLog};
+use crate::clock::{DemoClock, Micros};
+use crate::write_log::{FIRST_VERSION, WriteLog};
 
 /// How products are spread over catalogs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
+pub(crate) struct Layout {
     /// Number of products (ids `0..products`).
-    pub products: u32,
+    pub(crate) products: u32,
     /// Number of catalogs (ids `0..catalogs`); product `p` is in catalog `p % catalogs`.
-    pub catalogs: u32,
+    pub(crate) catalogs: u32,
 }
 
 impl Layout {
     /// The catalog of `product`.
-    pub fn catalog_of(&self, product: u32) -> u32 {
+    pub(crate) fn catalog_of(&self, product: u32) -> u32 {
         product % self.catalogs.max(1)
     }
 
     /// The products of `catalog`, in id order.
-    pub fn products_in(&self, catalog: u32) -> impl Iterator<Item = u32> + use<> {
+    pub(crate) fn products_in(&self, catalog: u32) -> impl Iterator<Item = u32> + use<> {
         let step = usize::try_from(self.catalogs.max(1)).unwrap_or(usize::MAX);
         (catalog..self.products).step_by(step)
     }
@@ -44,25 +44,25 @@ impl Layout {
 
 /// One product row as a query returns it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Product {
+pub(crate) struct Product {
     /// Its id.
-    pub id: u32,
+    pub(crate) id: u32,
     /// Its version when the query read it.
-    pub version: u64,
+    pub(crate) version: u64,
 }
 
 /// A catalog page: every product of one catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CatalogPage {
+pub(crate) struct CatalogPage {
     /// The catalog.
-    pub catalog: u32,
+    pub(crate) catalog: u32,
     /// Its products, with the versions the query read.
-    pub products: Vec<Product>,
+    pub(crate) products: Vec<Product>,
 }
 
 /// What can go wrong talking to the database.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
+pub(crate) enum DbError {
     /// A product id outside the table (a bug in the workload).
     #[error("product {0} is not in the database")]
     NoSuchProduct(u32),
@@ -79,7 +79,7 @@ pub enum DbError {
 
 /// The database of one demo run.
 #[derive(Debug, Clone)]
-pub enum Database {
+pub(crate) enum Database {
     /// Rows in this process.
     Memory(MemoryDb),
     /// Rows in Redis, shared between processes.
@@ -92,7 +92,7 @@ impl Database {
     /// # Errors
     ///
     /// [`DbError`] when the product does not exist or Redis fails.
-    pub async fn product(&self, id: u32) -> Result<Product, DbError> {
+    pub(crate) async fn product(&self, id: u32) -> Result<Product, DbError> {
         match self {
             Database::Memory(db) => db.product(id).await,
             Database::Redis(db) => db.product(id).await,
@@ -104,7 +104,7 @@ impl Database {
     /// # Errors
     ///
     /// [`DbError`] when Redis fails.
-    pub async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
+    pub(crate) async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
         match self {
             Database::Memory(db) => db.catalog(catalog).await,
             Database::Redis(db) => db.catalog(catalog).await,
@@ -116,7 +116,7 @@ impl Database {
     /// # Errors
     ///
     /// [`DbError`] when the product does not exist or Redis fails.
-    pub async fn update(&self, id: u32) -> Result<u64, DbError> {
+    pub(crate) async fn update(&self, id: u32) -> Result<u64, DbError> {
         match self {
             Database::Memory(db) => db.update(id).await,
             Database::Redis(db) => db.update(id).await,
@@ -126,7 +126,7 @@ impl Database {
 
 /// The table in this process; its [`WriteLog`] is the table itself.
 #[derive(Debug, Clone)]
-pub struct MemoryDb {
+pub(crate) struct MemoryDb {
     log: Arc<WriteLog>,
     layout: Layout,
     latency: Duration,
@@ -135,7 +135,7 @@ pub struct MemoryDb {
 
 impl MemoryDb {
     /// Every product at version 1.
-    pub fn new(layout: Layout, latency: Duration, clock: DemoClock) -> MemoryDb {
+    pub(crate) fn new(layout: Layout, latency: Duration, clock: DemoClock) -> MemoryDb {
         MemoryDb {
             log: Arc::new(WriteLog::live(layout.products)),
             layout,
@@ -145,7 +145,7 @@ impl MemoryDb {
     }
 
     /// The table's write log (live: the stale-read check reads it directly).
-    pub fn log(&self) -> &Arc<WriteLog> {
+    pub(crate) fn log(&self) -> &Arc<WriteLog> {
         &self.log
     }
 
@@ -200,7 +200,7 @@ const KEY_TTL_SECS: u64 = 3_600;
 
 /// The table in a Redis hash, for instances in several processes.
 #[derive(Clone)]
-pub struct RedisDb {
+pub(crate) struct RedisDb {
     con: MultiplexedConnection,
     versions_key: String,
     log_key: String,
@@ -224,7 +224,7 @@ impl RedisDb {
     /// # Errors
     ///
     /// [`DbError::Redis`] when Redis cannot be reached.
-    pub async fn connect(
+    pub(crate) async fn connect(
         url: &str,
         run_id: &str,
         layout: Layout,
@@ -247,7 +247,7 @@ impl RedisDb {
     /// # Errors
     ///
     /// [`DbError::Redis`] when Redis fails.
-    pub async fn reset(&self) -> Result<(), DbError> {
+    pub(crate) async fn reset(&self) -> Result<(), DbError> {
         let mut con = self.con.clone();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -272,7 +272,7 @@ impl RedisDb {
     /// # Errors
     ///
     /// [`DbError::Redis`] when Redis fails.
-    pub async fn delete(&self) -> Result<(), DbError> {
+    pub(crate) async fn delete(&self) -> Result<(), DbError> {
         let mut con = self.con.clone();
         redis::cmd("DEL")
             .arg(&self.versions_key)
@@ -346,7 +346,7 @@ impl RedisDb {
     ///
     /// [`DbError::Redis`] when Redis fails, [`DbError::BadLogEntry`] for an entry this demo
     /// did not write.
-    pub async fn refresh(&self, mirror: &WriteLog, seen: &mut usize) -> Result<usize, DbError> {
+    pub(crate) async fn refresh(&self, mirror: &WriteLog, seen: &mut usize) -> Result<usize, DbError> {
         let mut con = self.con.clone();
         let (seconds, micros, entries): (u64, u64, Vec<String>) = redis::cmd("EVAL")
             .arg(MIRROR_SCRIPT)
@@ -394,7 +394,7 @@ async fn pause(latency: Duration) {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::demo::write_log::Verdict;
+    use crate::write_log::Verdict;
 
     const LAYOUT: Layout = Layout {
         products: 10,
@@ -452,7 +452,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_redis_table_logs_writes_that_a_mirror_can_judge() {
-        let server = tokio::task::spawn_blocking(crate::RedisServer::start)
+        let server = tokio::task::spawn_blocking(nearcache_suite::RedisServer::start)
             .await
             .unwrap()
             .unwrap();

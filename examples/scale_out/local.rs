@@ -9,14 +9,14 @@ use nearcache::{Cache, InMemoryBackplane};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::demo::DemoError;
-use crate::demo::cli::Config;
-use crate::demo::clock::{DemoClock, Micros};
-use crate::demo::db::{Database, Layout, MemoryDb};
-use crate::demo::instance::{Instance, cache_options, new_run_id};
-use crate::demo::progress::{Progress, TERMINAL_REFRESH};
-use crate::demo::report::{Summary, Tally};
-use crate::demo::workload::{Counters, Popularity, Workload};
+use crate::DemoError;
+use crate::cli::Config;
+use crate::clock::{DemoClock, Micros};
+use crate::db::{Database, Layout, MemoryDb};
+use crate::instance::{Instance, cache_options, new_run_id};
+use crate::progress::{Progress, TERMINAL_REFRESH};
+use crate::report::{Summary, Tally};
+use crate::workload::{Counters, Popularity, Workload};
 
 /// Runs `config` in this process, with Redis at `redis_url` as the backplane if given.
 /// `show_progress` turns the progress line on.
@@ -24,7 +24,7 @@ use crate::demo::workload::{Counters, Popularity, Workload};
 /// # Errors
 ///
 /// [`DemoError`] when a cache cannot be built or connected, or the database fails.
-pub async fn run(
+pub(crate) async fn run(
     config: &Config,
     redis_url: Option<&str>,
     show_progress: bool,
@@ -106,7 +106,7 @@ pub async fn run(
         first.unchecked_reads += undecided as u64;
     }
     Ok(Summary {
-        title: super::title(config, elapsed),
+        title: crate::title(config, elapsed),
         bound: config.bound,
         elapsed,
         instances: reports,

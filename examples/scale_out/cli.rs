@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Usage text (`--help`).
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 nearcache scale-out demo: N instances of a service, each with its own nearcache, reading
 products from a slow database while a writer updates them. Shows how many database queries
 the caches save, how fast invalidations reach the other instances, and checks that no
@@ -34,7 +34,7 @@ Durations: 250us, 2ms, 1.5s, 1m (a bare number is seconds).
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
+pub(crate) enum RedisTarget {
     /// A server the user runs.
     Url(String),
     /// A private `redis-server` the demo starts (and stops) itself.
@@ -43,44 +43,44 @@ pub enum RedisTarget {
 
 /// The hidden arguments of an instance process in a `--processes` run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildArgs {
+pub(crate) struct ChildArgs {
     /// The instance's number.
-    pub index: usize,
+    pub(crate) index: usize,
     /// The run's id (names its Redis keys and channel).
-    pub run_id: String,
+    pub(crate) run_id: String,
 }
 
 /// A demo run's settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+pub(crate) struct Config {
     /// Instances of the service.
-    pub instances: usize,
+    pub(crate) instances: usize,
     /// How long the readers run.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// Latency of each database query.
-    pub db_latency: Duration,
+    pub(crate) db_latency: Duration,
     /// Writes per second.
-    pub write_rate: f64,
+    pub(crate) write_rate: f64,
     /// Readers per instance.
-    pub readers: usize,
+    pub(crate) readers: usize,
     /// Products in the database.
-    pub products: u32,
+    pub(crate) products: u32,
     /// Catalogs.
-    pub catalogs: u32,
+    pub(crate) catalogs: u32,
     /// One read in this many is a catalog page (0: none).
-    pub page_every: u32,
+    pub(crate) page_every: u32,
     /// Zipf exponent.
-    pub zipf: f64,
+    pub(crate) zipf: f64,
     /// The stale-read bound.
-    pub bound: Duration,
+    pub(crate) bound: Duration,
     /// Redis, if used.
-    pub redis: Option<RedisTarget>,
+    pub(crate) redis: Option<RedisTarget>,
     /// One process per instance.
-    pub processes: bool,
+    pub(crate) processes: bool,
     /// Caches without a backplane.
-    pub no_backplane: bool,
+    pub(crate) no_backplane: bool,
     /// Set when this process is one instance of a `--processes` run.
-    pub child: Option<ChildArgs>,
+    pub(crate) child: Option<ChildArgs>,
 }
 
 impl Default for Config {
@@ -106,7 +106,7 @@ impl Default for Config {
 
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the demo.
     Run(Config),
     /// Print [`USAGE`].
@@ -119,7 +119,7 @@ impl Config {
     /// # Errors
     ///
     /// A message naming the bad flag or value.
-    pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
         let mut config = Config::default();
         let mut args = args.into_iter();
         let mut child_index = None;
@@ -214,7 +214,7 @@ impl Config {
     }
 
     /// The arguments that make an instance process of this run.
-    pub fn child_args(&self, index: usize, run_id: &str, redis_url: &str) -> Vec<String> {
+    pub(crate) fn child_args(&self, index: usize, run_id: &str, redis_url: &str) -> Vec<String> {
         let mut args = vec![
             format!("--instances={}", self.instances),
             format!("--duration={}us", self.duration.as_micros()),

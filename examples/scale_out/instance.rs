@@ -6,27 +6,27 @@ use nearcache::{BackplaneOptions, CacheOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::demo::DemoError;
-use crate::demo::cli::Config;
-use crate::demo::report::InstanceReport;
-use crate::demo::workload::{PendingRead, Workload};
+use crate::DemoError;
+use crate::cli::Config;
+use crate::report::InstanceReport;
+use crate::workload::{PendingRead, Workload};
 
 /// One instance: a workload on its own cache.
 #[derive(Debug, Clone)]
-pub struct Instance {
+pub(crate) struct Instance {
     /// Its number; instance 0 runs the writer.
-    pub index: usize,
+    pub(crate) index: usize,
     /// Its cache, database and counters.
-    pub workload: Workload,
+    pub(crate) workload: Workload,
     /// Concurrent readers.
-    pub readers: usize,
+    pub(crate) readers: usize,
     /// Writes per second (instance 0 only).
-    pub write_rate: f64,
+    pub(crate) write_rate: f64,
 }
 
 impl Instance {
     /// Whether this instance runs the writer.
-    pub fn is_writer(&self) -> bool {
+    pub(crate) fn is_writer(&self) -> bool {
         self.index == 0 && self.write_rate > 0.0
     }
 
@@ -36,7 +36,7 @@ impl Instance {
     /// # Errors
     ///
     /// The first database error, or a task that panicked.
-    pub async fn run(&self, deadline: Instant) -> Result<Vec<PendingRead>, DemoError> {
+    pub(crate) async fn run(&self, deadline: Instant) -> Result<Vec<PendingRead>, DemoError> {
         let mut tasks = JoinSet::new();
         let seed = (self.index as u64) << 32;
         for reader in 0..self.readers {
@@ -60,7 +60,7 @@ impl Instance {
     }
 
     /// This instance's numbers now.
-    pub fn report(&self, unchecked_reads: u64) -> InstanceReport {
+    pub(crate) fn report(&self, unchecked_reads: u64) -> InstanceReport {
         InstanceReport::gather(
             self.index,
             self.is_writer(),
@@ -75,7 +75,7 @@ impl Instance {
 /// the run (only invalidations make them go), and a backplane whose loss detection fits
 /// inside the stale-read bound: heartbeats every quarter of it, reads bypass the cache once
 /// the backplane has been down for half of it.
-pub fn cache_options(config: &Config, run_id: &str, redis_url: Option<&str>) -> CacheOptions {
+pub(crate) fn cache_options(config: &Config, run_id: &str, redis_url: Option<&str>) -> CacheOptions {
     let bound = config.bound;
     CacheOptions {
         max_capacity: u64::from(config.products) + u64::from(config.catalogs) + 1_024,
@@ -92,7 +92,7 @@ pub fn cache_options(config: &Config, run_id: &str, redis_url: Option<&str>) -> 
 }
 
 /// A run id unique on this host: names the run's Redis keys and channel.
-pub fn new_run_id() -> String {
+pub(crate) fn new_run_id() -> String {
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())

@@ -24,14 +24,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::demo::clock::Micros;
+use crate::clock::Micros;
 
 /// Every product's first version.
-pub const FIRST_VERSION: u64 = 1;
+pub(crate) const FIRST_VERSION: u64 = 1;
 
 /// What [`WriteLog::check`] concluded about one read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// No version newer than the one read was written more than the bound before the read.
     Fresh,
     /// A newer version was written `behind` µs before the read started (more than the bound).
@@ -45,7 +45,7 @@ pub enum Verdict {
 
 /// Per product: its latest version and the write time of every version after the first.
 #[derive(Debug)]
-pub struct WriteLog {
+pub(crate) struct WriteLog {
     rows: Box<[Row]>,
     /// Writes up to this time are all in the log (`u64::MAX`: a live log).
     known_until: AtomicU64,
@@ -62,13 +62,13 @@ struct Row {
 impl WriteLog {
     /// A live log of `products` products at their first version: the writer is in this
     /// process and records each write as it commits it.
-    pub fn live(products: u32) -> WriteLog {
+    pub(crate) fn live(products: u32) -> WriteLog {
         WriteLog::with_known_until(products, u64::MAX)
     }
 
     /// A mirror of a log kept elsewhere, empty until [`record`](Self::record)ed and
     /// [`set_known_until`](Self::set_known_until) is called.
-    pub fn mirror(products: u32) -> WriteLog {
+    pub(crate) fn mirror(products: u32) -> WriteLog {
         WriteLog::with_known_until(products, 0)
     }
 
@@ -85,15 +85,11 @@ impl WriteLog {
         }
     }
 
-    /// Number of products.
-    pub fn products(&self) -> u32 {
-        u32::try_from(self.rows.len()).unwrap_or(u32::MAX)
-    }
-
     /// The latest version of `product` as far as this thread can see now, without the lock
     /// (for reports and mirrors; the in-process database uses [`read`](Self::read)). `None`
     /// for a product out of range.
-    pub fn latest(&self, product: u32) -> Option<u64> {
+    #[cfg(test)]
+    pub(crate) fn latest(&self, product: u32) -> Option<u64> {
         self.row(product)
             .map(|row| row.latest.load(Ordering::Acquire))
     }
@@ -101,7 +97,7 @@ impl WriteLog {
     /// Reads the latest version of `product` under the row's lock, ordered with
     /// [`commit`](Self::commit)s: what the in-process database returns. `None` for a product
     /// out of range.
-    pub fn read(&self, product: u32) -> Option<u64> {
+    pub(crate) fn read(&self, product: u32) -> Option<u64> {
         let row = self.row(product)?;
         let _ordered = row.times.lock();
         Some(row.latest.load(Ordering::Acquire))
@@ -110,7 +106,7 @@ impl WriteLog {
     /// Commits a new version of `product` (a live log's writer): under the row's lock, the
     /// version is published and then its write time is taken with `now`. Returns the new
     /// version, or `None` for a product out of range.
-    pub fn commit(&self, product: u32, now: impl FnOnce() -> Micros) -> Option<u64> {
+    pub(crate) fn commit(&self, product: u32, now: impl FnOnce() -> Micros) -> Option<u64> {
         let row = self.row(product)?;
         let mut times = row.times.lock();
         let version = row.latest.load(Ordering::Relaxed) + 1;
@@ -122,7 +118,7 @@ impl WriteLog {
     /// Records, in a mirror, that `version` of `product` was written at `at`. Versions of one
     /// product must be recorded in order; one already known is ignored. Returns whether it
     /// was new.
-    pub fn record(&self, product: u32, version: u64, at: Micros) -> bool {
+    pub(crate) fn record(&self, product: u32, version: u64, at: Micros) -> bool {
         let Some(row) = self.row(product) else {
             return false;
         };
@@ -137,18 +133,18 @@ impl WriteLog {
     }
 
     /// Declares every write up to `at` recorded (a mirror, after a refresh).
-    pub fn set_known_until(&self, at: Micros) {
+    pub(crate) fn set_known_until(&self, at: Micros) {
         self.known_until.fetch_max(at, Ordering::AcqRel);
     }
 
     /// Up to when the log is complete (`u64::MAX` for a live log).
-    pub fn known_until(&self) -> Micros {
+    pub(crate) fn known_until(&self) -> Micros {
         self.known_until.load(Ordering::Acquire)
     }
 
     /// Judges a read of `product` that started at `started` and returned `version`, with
     /// `bound` µs of allowed propagation delay.
-    pub fn check(&self, product: u32, version: u64, started: Micros, bound: Micros) -> Verdict {
+    pub(crate) fn check(&self, product: u32, version: u64, started: Micros, bound: Micros) -> Verdict {
         // Load the horizon before the versions: everything up to it is visible below.
         let known_until = self.known_until();
         let Some(row) = self.row(product) else {
@@ -189,7 +185,7 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
-    use crate::demo::clock::DemoClock;
+    use crate::clock::DemoClock;
 
     #[test]
     fn a_live_log_judges_by_the_first_missed_write() {

@@ -33,15 +33,15 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::demo::DemoError;
-use crate::demo::cli::{ChildArgs, Config, RedisTarget};
-use crate::demo::clock::DemoClock;
-use crate::demo::db::{Database, Layout, RedisDb};
-use crate::demo::instance::{Instance, cache_options, new_run_id};
-use crate::demo::progress::{Progress, TERMINAL_REFRESH};
-use crate::demo::report::{InstanceReport, Summary, Tally};
-use crate::demo::workload::{Counters, Popularity, Workload};
-use crate::demo::write_log::WriteLog;
+use crate::DemoError;
+use crate::cli::{ChildArgs, Config, RedisTarget};
+use crate::clock::DemoClock;
+use crate::db::{Database, Layout, RedisDb};
+use crate::instance::{Instance, cache_options, new_run_id};
+use crate::progress::{Progress, TERMINAL_REFRESH};
+use crate::report::{InstanceReport, Summary, Tally};
+use crate::workload::{Counters, Popularity, Workload};
+use crate::write_log::WriteLog;
 
 /// What starts every line an instance sends its parent.
 const PREFIX: &str = "nearcache-demo ";
@@ -54,7 +54,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A message from an instance to its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// Connected and mirrored; waiting for `go`.
     Ready,
     /// Running totals.
@@ -67,7 +67,7 @@ pub enum Line {
 
 impl Line {
     /// The line as sent (without the newline).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let body = match self {
             Line::Ready => "ready".to_owned(),
             Line::Done => "done".to_owned(),
@@ -78,7 +78,7 @@ impl Line {
     }
 
     /// Parses a line sent by [`render`](Self::render); `None` for anything else.
-    pub fn parse(line: &str) -> Option<Line> {
+    pub(crate) fn parse(line: &str) -> Option<Line> {
         let body = line.strip_prefix(PREFIX)?;
         let (kind, rest) = body.split_once(' ').unwrap_or((body, ""));
         match kind {
@@ -103,7 +103,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 /// # Errors
 ///
 /// [`DemoError`] when Redis fails, an instance cannot start, exits early or fails.
-pub async fn run_parent(
+pub(crate) async fn run_parent(
     config: &Config,
     redis_url: &str,
     show_progress: bool,
@@ -244,7 +244,7 @@ async fn conduct(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Summary {
-        title: super::title(config, elapsed),
+        title: crate::title(config, elapsed),
         bound: config.bound,
         elapsed,
         instances,
@@ -268,7 +268,7 @@ async fn tell(stdins: &mut [ChildStdin], word: &str) -> Result<(), DemoError> {
 /// # Errors
 ///
 /// [`DemoError`] when Redis fails or the parent goes away.
-pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
+pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
     let Some(RedisTarget::Url(url)) = &config.redis else {
         return Err(DemoError::Usage(
             "an instance process needs --redis URL".into(),

@@ -1,5 +1,12 @@
-//! The scale-out demo (`cargo run --release --example scale_out`): the parts, testable one
-//! by one, and [`main`], which the example calls.
+//! The scale-out demo (`cargo run --release --example scale_out`): N instances of a service,
+//! each with its own nearcache, in front of a slow product database that a writer keeps
+//! updating.
+//!
+//! ```sh
+//! cargo run --release --example scale_out                              # in-process backplane
+//! cargo run --release --example scale_out -- --redis auto --processes  # real processes, Redis
+//! cargo run --release --example scale_out -- --help
+//! ```
 //!
 //! N instances of a product service each cache reads from a slow, versioned database in
 //! their own nearcache; instance 0 also updates products (database first, then the cache)
@@ -18,32 +25,32 @@
 //! * [`processes`]: one OS process per instance, conducted over their standard streams.
 //! * [`report`], [`progress`]: the summary table and the live progress line.
 
-pub mod cli;
-pub mod clock;
-pub mod db;
-pub mod instance;
-pub mod local;
-pub mod processes;
-pub mod progress;
-pub mod report;
-pub mod workload;
-pub mod write_log;
+mod cli;
+mod clock;
+mod db;
+mod instance;
+mod local;
+mod processes;
+mod progress;
+mod report;
+mod workload;
+mod write_log;
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::demo::cli::{Command, Config, RedisTarget};
-use crate::demo::report::human_duration;
+use crate::cli::{Command, Config, RedisTarget};
+use crate::report::human_duration;
 
 /// Exit code of a run that saw a stale read (or could not check every read).
-pub const EXIT_STALE: u8 = 1;
+pub(crate) const EXIT_STALE: u8 = 1;
 /// Exit code of a run that could not run (bad flags, Redis unreachable, …).
-pub const EXIT_ERROR: u8 = 2;
+pub(crate) const EXIT_ERROR: u8 = 2;
 
 /// Why a demo run could not complete.
 #[derive(Debug, thiserror::Error)]
-pub enum DemoError {
+pub(crate) enum DemoError {
     /// A flag or setting is wrong.
     #[error("{0}")]
     Usage(String),
@@ -73,11 +80,19 @@ pub enum DemoError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The whole demo program: parses `args` (without the program name), runs, prints the
-/// summary to stdout (progress and errors go to stderr), and says how it went: 0 when no
-/// read was stale, [`EXIT_STALE`] when one was, [`EXIT_ERROR`] when it could not run.
-pub fn main<I: IntoIterator<Item = String>>(args: I) -> ExitCode {
-    let config = match Config::parse(args) {
+/// The whole demo program: parses the command line, runs, prints the summary to stdout
+/// (progress and errors go to stderr), and says how it went: 0 when no read was stale,
+/// [`EXIT_STALE`] when one was, [`EXIT_ERROR`] when it could not run.
+fn main() -> ExitCode {
+    // Errors and warnings of the library (and stale reads) go to stderr; RUST_LOG to see more.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::parse(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
             let _ = write!(std::io::stdout(), "{}", cli::USAGE);
@@ -111,11 +126,11 @@ pub fn main<I: IntoIterator<Item = String>>(args: I) -> ExitCode {
 /// # Errors
 ///
 /// [`DemoError`] when the run could not complete.
-pub fn run(config: &Config) -> Result<Option<report::Summary>, DemoError> {
+pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError> {
     // `--redis auto`: a private server for this run, stopped when it ends.
     let server = match &config.redis {
         Some(RedisTarget::Auto) => {
-            Some(crate::RedisServer::start().map_err(DemoError::RedisServer)?)
+            Some(nearcache_suite::RedisServer::start().map_err(DemoError::RedisServer)?)
         }
         _ => None,
     };

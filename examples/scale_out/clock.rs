@@ -8,11 +8,11 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds on a [`DemoClock`].
-pub type Micros = u64;
+pub(crate) type Micros = u64;
 
 /// The clock of one demo run.
 #[derive(Debug, Clone, Copy)]
-pub enum DemoClock {
+pub(crate) enum DemoClock {
     /// Microseconds since `Instant` (one process: monotonic).
     Monotonic(Instant),
     /// Microseconds since the Unix epoch (several processes on one host; Redis `TIME`).
@@ -21,12 +21,12 @@ pub enum DemoClock {
 
 impl DemoClock {
     /// A monotonic clock starting now.
-    pub fn monotonic() -> DemoClock {
+    pub(crate) fn monotonic() -> DemoClock {
         DemoClock::Monotonic(Instant::now())
     }
 
     /// Now, in microseconds.
-    pub fn now(&self) -> Micros {
+    pub(crate) fn now(&self) -> Micros {
         match self {
             DemoClock::Monotonic(start) => saturating_micros(start.elapsed().as_micros()),
             DemoClock::Wall => SystemTime::now()
