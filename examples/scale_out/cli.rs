@@ -23,8 +23,8 @@ usage: cargo run --release --example scale_out -- [flags]
   --bound D           stale-read bound: a read is stale if it returned a version older than
                       one written more than D before the read started (default 1s)
   --redis URL|auto    use Redis as the backplane (auto: start a private redis-server from PATH)
-  --processes         run each instance as its own OS process (needs --redis); the database
-                      then lives in Redis too, so every process reads the same rows
+  --processes         run each instance as its own OS process (needs --redis); each one
+                      opens the run's SQLite database file
   --no-backplane      caches that do not tell each other: shows the stale reads nearcache
                       prevents (exits 1 when the run is longer than the bound)
   -h, --help          this text
@@ -46,8 +46,10 @@ pub(crate) enum RedisTarget {
 pub(crate) struct ChildArgs {
     /// The instance's number.
     pub(crate) index: usize,
-    /// The run's id (names its Redis keys and channel).
+    /// The run's id (names its Redis channel).
     pub(crate) run_id: String,
+    /// The run's database file.
+    pub(crate) db: std::path::PathBuf,
 }
 
 /// A demo run's settings.
@@ -124,6 +126,7 @@ impl Config {
         let mut args = args.into_iter();
         let mut child_index = None;
         let mut run_id = None;
+        let mut db = None;
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
                 Some((flag, value)) if flag.starts_with("--") => {
@@ -162,15 +165,25 @@ impl Config {
                 // Hidden: set by the parent of a --processes run.
                 "--instance" => child_index = Some(number(&flag, &value()?)?),
                 "--run-id" => run_id = Some(value()?),
+                "--db" => db = Some(std::path::PathBuf::from(value()?)),
                 other => return Err(format!("unknown flag `{other}` (see --help)")),
             }
         }
         if let Some(index) = child_index {
             let run_id = run_id.ok_or("--instance needs --run-id")?;
-            config.child = Some(ChildArgs { index, run_id });
+            let db = db.ok_or("--instance needs --db")?;
+            config.child = Some(ChildArgs { index, run_id, db });
         }
         config.validate()?;
         Ok(Command::Run(config))
+    }
+
+    /// How the run's products are spread over catalogs.
+    pub(crate) fn layout(&self) -> crate::db::Layout {
+        crate::db::Layout {
+            products: self.products,
+            catalogs: self.catalogs,
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -214,7 +227,13 @@ impl Config {
     }
 
     /// The arguments that make an instance process of this run.
-    pub(crate) fn child_args(&self, index: usize, run_id: &str, redis_url: &str) -> Vec<String> {
+    pub(crate) fn child_args(
+        &self,
+        index: usize,
+        run_id: &str,
+        redis_url: &str,
+        db: &std::path::Path,
+    ) -> Vec<String> {
         let mut args = vec![
             format!("--instances={}", self.instances),
             format!("--duration={}us", self.duration.as_micros()),
@@ -231,6 +250,7 @@ impl Config {
         ];
         args.push(format!("--instance={index}"));
         args.push(format!("--run-id={run_id}"));
+        args.push(format!("--db={}", db.display()));
         args
     }
 }
@@ -334,7 +354,11 @@ mod tests {
             (&["--catalogs", "2000"], "--catalogs"),
             (&["--frobnicate"], "unknown flag"),
             (&["--instance", "1"], "--run-id"),
-            (&["--instance", "1", "--run-id", "x"], "set by the demo"),
+            (&["--instance", "1", "--run-id", "x"], "--db"),
+            (
+                &["--instance", "1", "--run-id", "x", "--db", "f"],
+                "set by the demo",
+            ),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(says), "{args:?}: {err}");
@@ -349,13 +373,19 @@ mod tests {
             "--redis=auto",
             "--processes",
         ]);
-        let args = parent.child_args(2, "run-1", "redis://127.0.0.1:7000");
+        let args = parent.child_args(
+            2,
+            "run-1",
+            "redis://127.0.0.1:7000",
+            std::path::Path::new("/tmp/x/products.sqlite3"),
+        );
         let child = config(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(
             child.child,
             Some(ChildArgs {
                 index: 2,
-                run_id: "run-1".into()
+                run_id: "run-1".into(),
+                db: "/tmp/x/products.sqlite3".into(),
             })
         );
         assert_eq!(

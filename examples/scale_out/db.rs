@@ -1,24 +1,32 @@
-//! The simulated product database: versioned rows behind a per-query latency.
+//! The demo's product database: one SQLite file (WAL mode) in a temporary directory, opened
+//! by every instance, whether the instances share a process or each has its own.
 //!
-//! Every product has a version that each write increments; a catalog lists the products
-//! whose id modulo the number of catalogs is its number. Two backings:
+//! * `products(id, catalog, version)`: every write increments a product's version; catalog
+//!   `c` lists the products whose id modulo the number of catalogs is `c`.
+//! * `writes(seq, product, version, at)`: the write log the stale-read check mirrors
+//!   ([`Database::refresh`]). A write commits the new version with its log row, `at` still
+//!   empty, and only then stamps `at` with the wall clock: a read that returned the old
+//!   version queried before the commit, so it started before `at` and is never accused. A
+//!   mirror stops at a row whose `at` is still empty and does not move its horizon past it.
 //!
-//! * [`Database::Memory`]: rows in this process ([`WriteLog::live`] is the table itself), for
-//!   every instance of a one-process run.
-//! * [`Database::Redis`]: rows in a Redis hash, shared by the instances of a `--processes`
-//!   run. A write is one Lua script that increments the version and appends
-//!   `product:version:seconds:micros` (Redis `TIME`, taken in the same atomic step) to a log
-//!   list, which every process mirrors to check its reads.
-//!
-//! Both sleep for the configured latency before each query, as a real database's round trip.
+//! Every query waits the configured latency first, as a remote database's round trip would,
+//! and runs on tokio's blocking pool (SQLite calls block).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::clock::{DemoClock, Micros};
+use crate::clock::{self, Micros};
 use crate::write_log::{FIRST_VERSION, WriteLog};
+
+/// The database file's name in the run's directory.
+pub(crate) const FILE_NAME: &str = "products.sqlite3";
+
+/// How long a query waits for a lock another connection holds before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How products are spread over catalogs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,12 +41,6 @@ impl Layout {
     /// The catalog of `product`.
     pub(crate) fn catalog_of(&self, product: u32) -> u32 {
         product % self.catalogs.max(1)
-    }
-
-    /// The products of `catalog`, in id order.
-    pub(crate) fn products_in(&self, catalog: u32) -> impl Iterator<Item = u32> + use<> {
-        let step = usize::try_from(self.catalogs.max(1)).unwrap_or(usize::MAX);
-        (catalog..self.products).step_by(step)
     }
 }
 
@@ -56,7 +58,7 @@ pub(crate) struct Product {
 pub(crate) struct CatalogPage {
     /// The catalog.
     pub(crate) catalog: u32,
-    /// Its products, with the versions the query read.
+    /// Its products, with the versions the query read, in id order.
     pub(crate) products: Vec<Product>,
 }
 
@@ -66,322 +68,241 @@ pub(crate) enum DbError {
     /// A product id outside the table (a bug in the workload).
     #[error("product {0} is not in the database")]
     NoSuchProduct(u32),
-    /// The Redis-backed table failed.
-    #[error("the demo database in Redis failed ({0}); is Redis still running?")]
-    Redis(#[from] redis::RedisError),
+    /// SQLite failed (a lock held too long, a missing table, a full disk, …).
+    #[error("the demo database failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A load failed and its error was shared with other callers of the flight.
     #[error("a database load failed: {0}")]
     Shared(String),
-    /// The write log in Redis held an entry this demo did not write.
-    #[error("unexpected entry `{0}` in the demo's write log in Redis")]
-    BadLogEntry(String),
+    /// The blocking task that ran the query did not finish.
+    #[error("a database query did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// The database of one demo run.
+/// One connection to the run's database file (clones share it).
 #[derive(Debug, Clone)]
-pub(crate) enum Database {
-    /// Rows in this process.
-    Memory(MemoryDb),
-    /// Rows in Redis, shared between processes.
-    Redis(RedisDb),
+pub(crate) struct Database {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    layout: Layout,
+    latency: Duration,
 }
 
 impl Database {
+    /// Creates the database file at `path`: the tables, every product at its first version,
+    /// WAL mode. Once per run, before any instance opens it.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Sqlite`] when the file cannot be created or written.
+    pub(crate) fn create(path: &Path, layout: Layout) -> Result<(), DbError> {
+        let mut conn = Connection::open(path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(%mode, "SQLite would not use WAL mode for the demo database");
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(
+            "CREATE TABLE products (
+                 id INTEGER PRIMARY KEY,
+                 catalog INTEGER NOT NULL,
+                 version INTEGER NOT NULL
+             );
+             CREATE INDEX products_by_catalog ON products (catalog, id);
+             CREATE TABLE writes (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 product INTEGER NOT NULL,
+                 version INTEGER NOT NULL,
+                 at INTEGER
+             );",
+        )?;
+        {
+            let mut insert =
+                tx.prepare("INSERT INTO products (id, catalog, version) VALUES (?1, ?2, ?3)")?;
+            for id in 0..layout.products {
+                insert.execute(params![id, layout.catalog_of(id), FIRST_VERSION as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Opens the database file at `path` (made by [`create`](Self::create)); every query
+    /// waits `latency` first.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Sqlite`] when the file cannot be opened.
+    pub(crate) fn open(
+        path: &Path,
+        layout: Layout,
+        latency: Duration,
+    ) -> Result<Database, DbError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // WAL with NORMAL sync: durable enough for a demo, and no fsync per write.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        Ok(Database {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+            layout,
+            latency,
+        })
+    }
+
+    /// Another connection to the same file (for a second instance in this process).
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Sqlite`] when the file cannot be opened.
+    pub(crate) fn reopen(&self) -> Result<Database, DbError> {
+        Database::open(&self.path, self.layout, self.latency)
+    }
+
     /// Reads one product.
     ///
     /// # Errors
     ///
-    /// [`DbError`] when the product does not exist or Redis fails.
+    /// [`DbError`] when the product does not exist or SQLite fails.
     pub(crate) async fn product(&self, id: u32) -> Result<Product, DbError> {
-        match self {
-            Database::Memory(db) => db.product(id).await,
-            Database::Redis(db) => db.product(id).await,
-        }
+        pause(self.latency).await;
+        self.blocking(move |conn| {
+            let version: Option<i64> = conn
+                .prepare("SELECT version FROM products WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            let version = version.ok_or(DbError::NoSuchProduct(id))?;
+            Ok(Product {
+                id,
+                version: to_u64(version),
+            })
+        })
+        .await
     }
 
     /// Reads every product of `catalog` in one query.
     ///
     /// # Errors
     ///
-    /// [`DbError`] when Redis fails.
+    /// [`DbError::Sqlite`] when SQLite fails.
     pub(crate) async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
-        match self {
-            Database::Memory(db) => db.catalog(catalog).await,
-            Database::Redis(db) => db.catalog(catalog).await,
-        }
-    }
-
-    /// Writes a new version of product `id` and returns it.
-    ///
-    /// # Errors
-    ///
-    /// [`DbError`] when the product does not exist or Redis fails.
-    pub(crate) async fn update(&self, id: u32) -> Result<u64, DbError> {
-        match self {
-            Database::Memory(db) => db.update(id).await,
-            Database::Redis(db) => db.update(id).await,
-        }
-    }
-}
-
-/// The table in this process; its [`WriteLog`] is the table itself.
-#[derive(Debug, Clone)]
-pub(crate) struct MemoryDb {
-    log: Arc<WriteLog>,
-    layout: Layout,
-    latency: Duration,
-    clock: DemoClock,
-}
-
-impl MemoryDb {
-    /// Every product at version 1.
-    pub(crate) fn new(layout: Layout, latency: Duration, clock: DemoClock) -> MemoryDb {
-        MemoryDb {
-            log: Arc::new(WriteLog::live(layout.products)),
-            layout,
-            latency,
-            clock,
-        }
-    }
-
-    /// The table's write log (live: the stale-read check reads it directly).
-    pub(crate) fn log(&self) -> &Arc<WriteLog> {
-        &self.log
-    }
-
-    async fn product(&self, id: u32) -> Result<Product, DbError> {
         pause(self.latency).await;
-        let version = self.log.read(id).ok_or(DbError::NoSuchProduct(id))?;
-        Ok(Product { id, version })
-    }
-
-    async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
-        pause(self.latency).await;
-        let products = self
-            .layout
-            .products_in(catalog)
-            .filter_map(|id| {
-                Some(Product {
-                    id,
-                    version: self.log.read(id)?,
-                })
-            })
-            .collect();
-        Ok(CatalogPage { catalog, products })
-    }
-
-    async fn update(&self, id: u32) -> Result<u64, DbError> {
-        pause(self.latency).await;
-        let clock = self.clock;
-        self.log
-            .commit(id, || clock.now())
-            .ok_or(DbError::NoSuchProduct(id))
-    }
-}
-
-/// Increments a product's version and logs the write with Redis' own time, atomically.
-const UPDATE_SCRIPT: &str = r"
-local version = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-local now = redis.call('TIME')
-redis.call('RPUSH', KEYS[2], ARGV[1] .. ':' .. version .. ':' .. now[1] .. ':' .. now[2])
-return version
-";
-
-/// Returns Redis' time and the log from index `ARGV[1]` on, atomically: every write up to
-/// that time is in the returned part of the log.
-const MIRROR_SCRIPT: &str = r"
-local now = redis.call('TIME')
-local entries = redis.call('LRANGE', KEYS[1], ARGV[1], -1)
-return {now[1], now[2], entries}
-";
-
-/// How long the demo's keys survive in Redis if a run dies before cleaning up.
-const KEY_TTL_SECS: u64 = 3_600;
-
-/// The table in a Redis hash, for instances in several processes.
-#[derive(Clone)]
-pub(crate) struct RedisDb {
-    con: MultiplexedConnection,
-    versions_key: String,
-    log_key: String,
-    layout: Layout,
-    latency: Duration,
-}
-
-impl std::fmt::Debug for RedisDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisDb")
-            .field("versions_key", &self.versions_key)
-            .field("layout", &self.layout)
-            .field("latency", &self.latency)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisDb {
-    /// Connects to the table of run `run_id` at `url` (keys `nearcache-demo:{run_id}:*`).
-    ///
-    /// # Errors
-    ///
-    /// [`DbError::Redis`] when Redis cannot be reached.
-    pub(crate) async fn connect(
-        url: &str,
-        run_id: &str,
-        layout: Layout,
-        latency: Duration,
-    ) -> Result<RedisDb, DbError> {
-        let client = redis::Client::open(url)?;
-        let con = client.get_multiplexed_async_connection().await?;
-        Ok(RedisDb {
-            con,
-            versions_key: format!("nearcache-demo:{run_id}:versions"),
-            log_key: format!("nearcache-demo:{run_id}:log"),
-            layout,
-            latency,
+        self.blocking(move |conn| {
+            let mut query =
+                conn.prepare("SELECT id, version FROM products WHERE catalog = ?1 ORDER BY id")?;
+            let products = query
+                .query_map([catalog], |row| {
+                    Ok(Product {
+                        id: row.get(0)?,
+                        version: to_u64(row.get(1)?),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(CatalogPage { catalog, products })
         })
+        .await
     }
 
-    /// Puts every product at version 1 and empties the log (once per run, before any
-    /// instance starts).
+    /// Writes a new version of product `id` and returns it: the version and its log row in
+    /// one transaction, then the row's write time, taken after the commit.
     ///
     /// # Errors
     ///
-    /// [`DbError::Redis`] when Redis fails.
-    pub(crate) async fn reset(&self) -> Result<(), DbError> {
-        let mut con = self.con.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .del(&self.versions_key)
-            .ignore()
-            .del(&self.log_key)
-            .ignore();
-        let rows: Vec<(u32, u64)> = (0..self.layout.products)
-            .map(|id| (id, FIRST_VERSION))
-            .collect();
-        for chunk in rows.chunks(1_000) {
-            pipe.hset_multiple(&self.versions_key, chunk).ignore();
-        }
-        pipe.expire(&self.versions_key, KEY_TTL_SECS as i64)
-            .ignore();
-        pipe.query_async::<()>(&mut con).await?;
-        Ok(())
+    /// [`DbError`] when the product does not exist or SQLite fails.
+    pub(crate) async fn update(&self, id: u32) -> Result<u64, DbError> {
+        pause(self.latency).await;
+        self.blocking(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let version: Option<i64> = tx
+                .query_row(
+                    "UPDATE products SET version = version + 1 WHERE id = ?1 RETURNING version",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let version = version.ok_or(DbError::NoSuchProduct(id))?;
+            tx.execute(
+                "INSERT INTO writes (product, version) VALUES (?1, ?2)",
+                params![id, version],
+            )?;
+            let seq = tx.last_insert_rowid();
+            tx.commit()?;
+            // After the commit: every read that still returned the old version began earlier.
+            let at = i64::try_from(clock::now()).unwrap_or(i64::MAX);
+            conn.execute("UPDATE writes SET at = ?1 WHERE seq = ?2", params![at, seq])?;
+            Ok(to_u64(version))
+        })
+        .await
     }
 
-    /// Deletes the run's keys.
+    /// Copies the log rows after `*seen` into `mirror` (up to the first one not yet stamped),
+    /// and when it got them all, declares the mirror complete up to the time taken before
+    /// the query. Returns how many rows were new.
     ///
     /// # Errors
     ///
-    /// [`DbError::Redis`] when Redis fails.
-    pub(crate) async fn delete(&self) -> Result<(), DbError> {
-        let mut con = self.con.clone();
-        redis::cmd("DEL")
-            .arg(&self.versions_key)
-            .arg(&self.log_key)
-            .query_async::<()>(&mut con)
-            .await?;
-        Ok(())
-    }
-
-    async fn product(&self, id: u32) -> Result<Product, DbError> {
-        pause(self.latency).await;
-        let mut con = self.con.clone();
-        let version: Option<u64> = redis::cmd("HGET")
-            .arg(&self.versions_key)
-            .arg(id)
-            .query_async(&mut con)
-            .await?;
-        let version = version.ok_or(DbError::NoSuchProduct(id))?;
-        Ok(Product { id, version })
-    }
-
-    async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
-        pause(self.latency).await;
-        let ids: Vec<u32> = self.layout.products_in(catalog).collect();
-        if ids.is_empty() {
-            return Ok(CatalogPage {
-                catalog,
-                products: Vec::new(),
-            });
-        }
-        let mut con = self.con.clone();
-        let versions: Vec<Option<u64>> = redis::cmd("HMGET")
-            .arg(&self.versions_key)
-            .arg(&ids)
-            .query_async(&mut con)
-            .await?;
-        let products = ids
-            .into_iter()
-            .zip(versions)
-            .filter_map(|(id, version)| {
-                Some(Product {
-                    id,
-                    version: version?,
-                })
+    /// [`DbError::Sqlite`] when SQLite fails.
+    pub(crate) async fn refresh(
+        &self,
+        mirror: &Arc<WriteLog>,
+        seen: &mut i64,
+    ) -> Result<usize, DbError> {
+        let mirror = Arc::clone(mirror);
+        let after = *seen;
+        let (last, new) = self
+            .blocking(move |conn| {
+                // Any write stamped before `horizon` committed before the query below began.
+                let horizon = clock::now();
+                let mut query = conn.prepare(
+                    "SELECT seq, product, version, at FROM writes WHERE seq > ?1 ORDER BY seq",
+                )?;
+                let mut rows = query.query([after])?;
+                let (mut last, mut new, mut complete) = (after, 0, true);
+                while let Some(row) = rows.next()? {
+                    let Some(at) = row.get::<_, Option<i64>>(3)? else {
+                        complete = false;
+                        break;
+                    };
+                    let product: u32 = row.get(1)?;
+                    mirror.record(product, to_u64(row.get(2)?), to_u64(at));
+                    last = row.get(0)?;
+                    new += 1;
+                }
+                if complete {
+                    mirror.set_known_until(horizon);
+                }
+                Ok((last, new))
             })
-            .collect();
-        Ok(CatalogPage { catalog, products })
+            .await?;
+        *seen = last;
+        Ok(new)
     }
 
-    async fn update(&self, id: u32) -> Result<u64, DbError> {
-        if id >= self.layout.products {
-            return Err(DbError::NoSuchProduct(id));
+    /// Refreshes `mirror` from row `seen` on, every quarter of `bound` (at most every 50 ms),
+    /// until aborted. A failed refresh is logged and tried again on the next tick: reads wait
+    /// to be judged meanwhile.
+    pub(crate) async fn keep_mirrored(self, mirror: Arc<WriteLog>, mut seen: i64, bound: Duration) {
+        let every = (bound / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.refresh(&mirror, &mut seen).await {
+                tracing::warn!(%error, "could not refresh the write log mirror; reads wait to be judged");
+            }
         }
-        pause(self.latency).await;
-        let mut con = self.con.clone();
-        let version: u64 = redis::cmd("EVAL")
-            .arg(UPDATE_SCRIPT)
-            .arg(2)
-            .arg(&self.versions_key)
-            .arg(&self.log_key)
-            .arg(id)
-            .query_async(&mut con)
-            .await?;
-        Ok(version)
     }
 
-    /// Copies the log entries after the first `*seen` into `mirror`, then declares the
-    /// mirror complete up to Redis' time of that read. Returns how many entries were new.
-    ///
-    /// # Errors
-    ///
-    /// [`DbError::Redis`] when Redis fails, [`DbError::BadLogEntry`] for an entry this demo
-    /// did not write.
-    pub(crate) async fn refresh(&self, mirror: &WriteLog, seen: &mut usize) -> Result<usize, DbError> {
-        let mut con = self.con.clone();
-        let (seconds, micros, entries): (u64, u64, Vec<String>) = redis::cmd("EVAL")
-            .arg(MIRROR_SCRIPT)
-            .arg(1)
-            .arg(&self.log_key)
-            .arg(*seen)
-            .query_async(&mut con)
-            .await?;
-        for entry in &entries {
-            let (product, version, at) = parse_log_entry(entry)?;
-            mirror.record(product, version, at);
-        }
-        *seen += entries.len();
-        mirror.set_known_until(seconds.saturating_mul(1_000_000).saturating_add(micros));
-        Ok(entries.len())
+    async fn blocking<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || query(&mut conn.lock())).await?
     }
 }
 
-/// `product:version:seconds:micros` → (product, version, µs since the epoch).
-fn parse_log_entry(entry: &str) -> Result<(u32, u64, Micros), DbError> {
-    let bad = || DbError::BadLogEntry(entry.to_owned());
-    let mut parts = entry.split(':');
-    let mut next = || parts.next().ok_or_else(bad);
-    let product = next()?.parse::<u32>().map_err(|_| bad())?;
-    let version = next()?.parse::<u64>().map_err(|_| bad())?;
-    let seconds = next()?.parse::<u64>().map_err(|_| bad())?;
-    let micros = next()?.parse::<u64>().map_err(|_| bad())?;
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok((
-        product,
-        version,
-        seconds.saturating_mul(1_000_000).saturating_add(micros),
-    ))
+fn to_u64(value: i64) -> Micros {
+    u64::try_from(value).unwrap_or(0)
 }
 
 async fn pause(latency: Duration) {
@@ -401,45 +322,35 @@ mod tests {
         catalogs: 3,
     };
 
-    #[test]
-    fn catalogs_partition_the_products() {
-        let mut all: Vec<u32> = (0..3).flat_map(|c| LAYOUT.products_in(c)).collect();
-        all.sort_unstable();
-        assert_eq!(all, (0..10).collect::<Vec<_>>());
-        assert_eq!(LAYOUT.products_in(1).collect::<Vec<_>>(), [1, 4, 7]);
-        assert!(LAYOUT.products_in(1).all(|p| LAYOUT.catalog_of(p) == 1));
-    }
-
-    #[test]
-    fn log_entries_parse_and_garbage_is_an_error() {
-        assert_eq!(
-            parse_log_entry("7:3:1700000000:42").unwrap(),
-            (7, 3, 1_700_000_000_000_042)
-        );
-        for bad in ["", "7:3:1", "7:3:1:2:3", "x:3:1:2", "7:-1:1:2"] {
-            assert!(
-                matches!(parse_log_entry(bad), Err(DbError::BadLogEntry(_))),
-                "{bad}"
-            );
-        }
+    fn database(dir: &tempfile::TempDir) -> Database {
+        let path = dir.path().join(FILE_NAME);
+        Database::create(&path, LAYOUT).unwrap();
+        Database::open(&path, LAYOUT, Duration::ZERO).unwrap()
     }
 
     #[tokio::test]
-    async fn the_memory_table_versions_rows_and_lists_catalogs() {
-        let db = MemoryDb::new(LAYOUT, Duration::ZERO, DemoClock::monotonic());
-        let db = Database::Memory(db);
+    async fn rows_are_versioned_and_catalogs_list_their_products() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
         assert_eq!(db.product(4).await.unwrap(), Product { id: 4, version: 1 });
         assert_eq!(db.update(4).await.unwrap(), 2);
-        assert_eq!(db.product(4).await.unwrap().version, 2);
-        let page = db.catalog(1).await.unwrap();
+        // Another connection to the same file sees the write.
+        let other = db.reopen().unwrap();
+        assert_eq!(other.product(4).await.unwrap().version, 2);
         assert_eq!(
-            page.products,
+            other.catalog(1).await.unwrap().products,
             [
                 Product { id: 1, version: 1 },
                 Product { id: 4, version: 2 },
                 Product { id: 7, version: 1 },
             ]
         );
+        let mode: String = db
+            .conn
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
         assert!(matches!(
             db.product(10).await,
             Err(DbError::NoSuchProduct(10))
@@ -450,46 +361,27 @@ mod tests {
         ));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_redis_table_logs_writes_that_a_mirror_can_judge() {
-        let server = tokio::task::spawn_blocking(nearcache_suite::RedisServer::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let db = RedisDb::connect(&server.url(), "test", LAYOUT, Duration::ZERO)
-            .await
-            .unwrap();
-        db.reset().await.unwrap();
-        let clock = DemoClock::Wall;
-        let database = Database::Redis(db.clone());
-        assert_eq!(database.product(4).await.unwrap().version, 1);
-        let before = clock.now();
-        assert_eq!(database.update(4).await.unwrap(), 2);
-        assert_eq!(database.update(4).await.unwrap(), 3);
-        let after = clock.now();
-        assert_eq!(database.product(4).await.unwrap().version, 3);
-        assert_eq!(
-            database.catalog(1).await.unwrap().products,
-            [
-                Product { id: 1, version: 1 },
-                Product { id: 4, version: 3 },
-                Product { id: 7, version: 1 },
-            ]
-        );
-        assert!(matches!(
-            database.update(99).await,
-            Err(DbError::NoSuchProduct(99))
-        ));
-
-        let mirror = WriteLog::mirror(LAYOUT.products);
+    #[tokio::test]
+    async fn the_write_log_feeds_a_mirror_that_judges_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        let before = clock::now();
+        assert_eq!(db.update(4).await.unwrap(), 2);
+        assert_eq!(db.update(4).await.unwrap(), 3);
+        let after = clock::now();
+        let mirror = Arc::new(WriteLog::mirror(LAYOUT.products));
         let mut seen = 0;
-        assert_eq!(db.refresh(&mirror, &mut seen).await.unwrap(), 2);
+        assert_eq!(
+            db.reopen()
+                .unwrap()
+                .refresh(&mirror, &mut seen)
+                .await
+                .unwrap(),
+            2
+        );
         assert_eq!(db.refresh(&mirror, &mut seen).await.unwrap(), 0);
         assert_eq!(mirror.latest(4), Some(3));
-        assert!(
-            mirror.known_until() >= after,
-            "Redis TIME is this host's clock"
-        );
+        assert!(mirror.known_until() >= after);
         // Version 2 was written between `before` and `after`: a read of version 1 long after
         // is stale, a read that started before the write is not.
         assert_eq!(mirror.check(4, 1, before, 0), Verdict::Fresh);
@@ -498,6 +390,94 @@ mod tests {
             Verdict::Stale { .. }
         ));
         assert_eq!(mirror.check(4, 3, after, 0), Verdict::Fresh);
-        db.delete().await.unwrap();
+    }
+
+    /// A write whose time is not stamped yet holds the mirror's horizon back: reads after it
+    /// stay undecided instead of being judged against a log that may miss a write.
+    #[tokio::test]
+    async fn an_unstamped_write_holds_the_horizon_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir);
+        db.update(1).await.unwrap();
+        let mirror = Arc::new(WriteLog::mirror(LAYOUT.products));
+        let mut seen = 0;
+        db.refresh(&mirror, &mut seen).await.unwrap();
+        let horizon = mirror.known_until();
+        db.conn
+            .lock()
+            .execute_batch(
+                "UPDATE products SET version = version + 1 WHERE id = 2;
+                 INSERT INTO writes (product, version) VALUES (2, 2);",
+            )
+            .unwrap();
+        db.update(3).await.unwrap();
+        assert_eq!(db.refresh(&mirror, &mut seen).await.unwrap(), 0);
+        assert_eq!(mirror.known_until(), horizon);
+        assert_eq!(mirror.check(5, 1, clock::now(), 0), Verdict::Undecided);
+        let at = i64::try_from(clock::now()).unwrap();
+        db.conn
+            .lock()
+            .execute("UPDATE writes SET at = ?1 WHERE product = 2", [at])
+            .unwrap();
+        assert_eq!(db.refresh(&mirror, &mut seen).await.unwrap(), 2);
+        assert!(mirror.known_until() > horizon);
+        assert_eq!(mirror.latest(3), Some(2));
+    }
+
+    /// Readers that read the database directly (no cache) and are judged with a zero bound
+    /// are never stale, however the writer's commits interleave: the check has no false
+    /// positives across connections.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reading_the_database_itself_is_never_stale() {
+        const READERS: usize = 3;
+        const READS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            products: 2,
+            catalogs: 1,
+        };
+        let path = dir.path().join(FILE_NAME);
+        Database::create(&path, layout).unwrap();
+        let writer = Database::open(&path, layout, Duration::ZERO).unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(READERS + 1));
+        let readers: Vec<_> = (0..READERS)
+            .map(|i| {
+                let db = writer.reopen().unwrap();
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let product = u32::try_from(i % 2).unwrap();
+                    let mut reads = Vec::with_capacity(READS);
+                    for _ in 0..READS {
+                        let started = clock::now();
+                        let read = db.product(product).await.unwrap();
+                        reads.push((read, started));
+                    }
+                    reads
+                })
+            })
+            .collect();
+        barrier.wait().await;
+        for n in 0..READS {
+            writer.update(u32::try_from(n % 2).unwrap()).await.unwrap();
+        }
+        let mirror = Arc::new(WriteLog::mirror(layout.products));
+        let mut seen = 0;
+        let mut judged = 0;
+        let mut all = Vec::new();
+        for reader in readers {
+            all.extend(reader.await.unwrap());
+        }
+        writer.refresh(&mirror, &mut seen).await.unwrap();
+        for (read, started) in all {
+            assert_eq!(
+                mirror.check(read.id, read.version, started, 0),
+                Verdict::Fresh,
+                "{read:?} started at {started}"
+            );
+            judged += 1;
+        }
+        assert_eq!(judged, READERS * READS);
+        assert_eq!(mirror.latest(0), Some(1 + READS as u64 / 2));
     }
 }

@@ -17,7 +17,7 @@
 //! it saw a stale read — a correctness check anyone can run.
 //!
 //! * [`cli`]: flags and defaults.
-//! * [`db`]: the simulated database, in memory or in Redis.
+//! * [`db`]: the product database: a SQLite file every instance opens.
 //! * [`write_log`]: write times of every version, and the stale-read check.
 //! * [`workload`]: readers (Zipf-distributed products and catalog pages) and the writer.
 //! * [`instance`]: one instance: a cache and its workload.
@@ -37,6 +37,7 @@ mod workload;
 mod write_log;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,9 +58,12 @@ pub(crate) enum DemoError {
     /// A cache could not be built or could not connect to Redis.
     #[error("could not build a cache: {0}")]
     Build(#[from] nearcache::BuildError),
-    /// The demo database failed.
+    /// The demo database could not be created or opened.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// The demo database's directory could not be created.
+    #[error("could not create a directory for the demo database: {0}")]
+    DbDir(std::io::Error),
     /// `--redis auto` could not start a private redis-server.
     #[error("could not start a private redis-server: {0}")]
     RedisServer(std::io::Error),
@@ -144,20 +148,40 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
         .build()
         .map_err(DemoError::Spawn)?;
     let show_progress = config.child.is_none();
+    if let Some(child) = &config.child {
+        return runtime
+            .block_on(processes::run_instance(config, child))
+            .map(|()| None);
+    }
+    // The run's database, in a directory removed when the run ends.
+    let dir = tempfile::Builder::new()
+        .prefix("nearcache-demo-")
+        .tempdir()
+        .map_err(DemoError::DbDir)?;
+    let db_path = create_database(&dir, config)?;
     runtime.block_on(async {
-        if let Some(child) = &config.child {
-            processes::run_instance(config, child).await.map(|()| None)
-        } else if config.processes {
+        if config.processes {
             let url = redis_url.as_deref().unwrap_or_default();
-            processes::run_parent(config, url, show_progress)
+            processes::run_parent(config, &db_path, url, show_progress)
                 .await
                 .map(Some)
         } else {
-            local::run(config, redis_url.as_deref(), show_progress)
+            local::run(config, &db_path, redis_url.as_deref(), show_progress)
                 .await
                 .map(Some)
         }
     })
+}
+
+/// Creates the run's database in `dir`: every product at its first version.
+///
+/// # Errors
+///
+/// [`DemoError::Db`] when SQLite cannot create it.
+fn create_database(dir: &tempfile::TempDir, config: &Config) -> Result<PathBuf, DemoError> {
+    let path = dir.path().join(db::FILE_NAME);
+    db::Database::create(&path, config.layout())?;
+    Ok(path)
 }
 
 /// The first line of the summary: what ran.
@@ -166,11 +190,11 @@ fn title(config: &Config, elapsed: Duration) -> String {
         (_, _, true) => "NO backplane (caches that do not tell each other)",
         (None, _, false) => "in-process backplane, one process",
         (Some(_), false, false) => "Redis backplane, one process",
-        (Some(_), true, false) => "Redis backplane and database, one OS process per instance",
+        (Some(_), true, false) => "Redis backplane, one OS process per instance",
     };
     format!(
         "nearcache scale-out demo: {} instances ({mode}), {} readers each, {} run\n\
-         {} products (Zipf {}) in {} catalogs, database latency {}, {} writes/s by instance 0",
+         {} products (Zipf {}) in {} catalogs in SQLite, query latency {} on top, {} writes/s by instance 0",
         config.instances,
         config.readers,
         human_duration(elapsed),

@@ -2,13 +2,14 @@
 //! the hidden `--instance i` flag), so the scale-out is real: separate address spaces,
 //! separate runtimes, and only Redis between them.
 //!
-//! Redis carries both the invalidations (the backplane) and the database (a hash of
-//! versions and a write log stamped with Redis `TIME`, see [`RedisDb`]): every instance reads
-//! the same rows, and each one checks its reads against a mirror of the log it refreshes
-//! every few milliseconds.
+//! Redis carries the invalidations (the backplane); the database is the run's SQLite file,
+//! which every instance opens (hidden `--db PATH`): every instance reads the same rows, and
+//! each one checks its reads against a mirror of the database's write log it refreshes every
+//! few milliseconds. A Redis outage therefore costs the instances their invalidations for a
+//! while, never their database.
 //!
-//! The parent resets the database, starts the instances and plays the conductor over their
-//! standard streams, one line per message:
+//! The parent starts the instances and plays the conductor over their standard streams, one
+//! line per message:
 //!
 //! | from | line | meaning |
 //! |---|---|---|
@@ -23,6 +24,7 @@
 //! arrive, so the received counts are complete. Instances log to stderr, which they share
 //! with the parent.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +37,7 @@ use tokio::time::Instant;
 
 use crate::DemoError;
 use crate::cli::{ChildArgs, Config, RedisTarget};
-use crate::clock::DemoClock;
-use crate::db::{Database, Layout, RedisDb};
+use crate::db::Database;
 use crate::instance::{Instance, cache_options, new_run_id};
 use crate::progress::{Progress, TERMINAL_REFRESH};
 use crate::report::{InstanceReport, Summary, Tally};
@@ -97,33 +98,25 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
-/// The parent of a `--processes` run: resets the database in Redis at `redis_url`, runs
-/// one process per instance, and gathers their reports.
+/// The parent of a `--processes` run: runs one process per instance on the database at
+/// `db_path` with Redis at `redis_url`, and gathers their reports.
 ///
 /// # Errors
 ///
-/// [`DemoError`] when Redis fails, an instance cannot start, exits early or fails.
+/// [`DemoError`] when an instance cannot start, exits early or fails.
 pub(crate) async fn run_parent(
     config: &Config,
+    db_path: &Path,
     redis_url: &str,
     show_progress: bool,
 ) -> Result<Summary, DemoError> {
     let run_id = new_run_id();
-    let layout = Layout {
-        products: config.products,
-        catalogs: config.catalogs,
-    };
-    let db = RedisDb::connect(redis_url, &run_id, layout, config.db_latency).await?;
-    db.reset().await?;
-    let result = conduct(config, redis_url, &run_id, show_progress).await;
-    if let Err(error) = db.delete().await {
-        tracing::warn!(%error, "could not delete the demo's keys (they expire within an hour)");
-    }
-    result
+    conduct(config, db_path, redis_url, &run_id, show_progress).await
 }
 
 async fn conduct(
     config: &Config,
+    db_path: &Path,
     redis_url: &str,
     run_id: &str,
     show_progress: bool,
@@ -135,7 +128,7 @@ async fn conduct(
     let mut stdins: Vec<ChildStdin> = Vec::with_capacity(n);
     for index in 0..n {
         let mut child = Command::new(&exe)
-            .args(config.child_args(index, run_id, redis_url))
+            .args(config.child_args(index, run_id, redis_url, db_path))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -267,42 +260,37 @@ async fn tell(stdins: &mut [ChildStdin], word: &str) -> Result<(), DemoError> {
 ///
 /// # Errors
 ///
-/// [`DemoError`] when Redis fails or the parent goes away.
+/// [`DemoError`] when Redis cannot be reached at the start, the database cannot be opened,
+/// or the parent goes away.
 pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
     let Some(RedisTarget::Url(url)) = &config.redis else {
         return Err(DemoError::Usage(
             "an instance process needs --redis URL".into(),
         ));
     };
-    let layout = Layout {
-        products: config.products,
-        catalogs: config.catalogs,
-    };
+    let layout = config.layout();
     let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
     let cache = Cache::builder()
         .options(cache_options(config, &child.run_id, Some(url)))
         .connect()
         .await?;
     cache.ready().await;
-    let db = RedisDb::connect(url, &child.run_id, layout, config.db_latency).await?;
+    let db = Database::open(&child.db, layout, config.db_latency)?;
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
     db.refresh(&mirror, &mut seen).await?;
-    let refresher = tokio::spawn(keep_mirrored(
-        db.clone(),
-        Arc::clone(&mirror),
-        seen,
-        config.bound,
-    ));
+    let refresher = tokio::spawn(
+        db.clone()
+            .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
+    );
     let instance = Instance {
         index: child.index,
         workload: Workload {
             cache: cache.clone(),
-            db: Database::Redis(db.clone()),
+            db: db.reopen()?,
             log: Arc::clone(&mirror),
             layout,
             popularity,
-            clock: DemoClock::Wall,
             bound: u64::try_from(config.bound.as_micros()).unwrap_or(u64::MAX),
             page_every: config.page_every,
             counters: Arc::new(Counters::default()),
@@ -341,18 +329,6 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     say(&Line::Report(Box::new(report)))?;
     cache.shutdown().await;
     Ok(())
-}
-
-/// Refreshes `mirror` every quarter of the bound (at most every 50 ms) until aborted.
-async fn keep_mirrored(db: RedisDb, mirror: Arc<WriteLog>, mut seen: usize, bound: Duration) {
-    let every = (bound / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let mut ticks = tokio::time::interval(every);
-    loop {
-        ticks.tick().await;
-        if let Err(error) = db.refresh(&mirror, &mut seen).await {
-            tracing::warn!(%error, "could not refresh the write log mirror; reads wait to be judged");
-        }
-    }
 }
 
 fn say(line: &Line) -> Result<(), DemoError> {

@@ -54,6 +54,8 @@ pub(crate) struct InstanceReport {
     pub(crate) worst_stale: Micros,
     /// Reads the check could not judge (should be none).
     pub(crate) unchecked_reads: u64,
+    /// Database calls that failed and were tried again.
+    pub(crate) db_errors: u64,
 }
 
 impl InstanceReport {
@@ -80,6 +82,7 @@ impl InstanceReport {
             stale_reads: counters.stale_reads.load(Ordering::Relaxed),
             worst_stale: counters.worst_stale.load(Ordering::Relaxed),
             unchecked_reads,
+            db_errors: counters.db_errors.load(Ordering::Relaxed),
             ..InstanceReport::default()
         };
         if let Some(propagation) = &stats.propagation {
@@ -268,6 +271,12 @@ impl Summary {
             self,
             |i| count(i.loss_clears),
             count(self.total(|i| i.loss_clears)),
+        );
+        table.row(
+            "database errors (tried again)",
+            self,
+            |i| count(i.db_errors),
+            count(self.total(|i| i.db_errors)),
         );
         table.row(
             "stale reads",
@@ -488,6 +497,7 @@ mod tests {
             "122 µs",
             "1.50 ms",
             "loss clears",
+            "database errors (tried again)",
             "stale reads",
             "#0 (writer)",
             "1000x fewer",

@@ -4,21 +4,13 @@
 //! had been written more than the propagation bound before the read started. Versions only
 //! grow, so `v + 1` is the oldest write the read missed and its write time decides.
 //!
-//! The check must never accuse a correct cache, so both sides are careful about time:
-//!
-//! * In this process the database reads and writes a row under its lock ([`WriteLog::read`],
-//!   [`WriteLog::commit`]) and a write's time is taken inside that lock. So if a query
-//!   returned version `v`, the write of `v + 1` came after the query, whose read started
-//!   earlier still: a read served straight from the database is never judged stale. (Reading
-//!   the version without the lock is not enough: a store can sit in the writer's store
-//!   buffer after its time was taken — a test caught exactly that.)
-//! * The check's fast path reads the latest version without the lock and only ever
-//!   concludes "fresh" from it; at worst it misses a staleness for the nanoseconds a store
-//!   takes to become visible. It never accuses.
-//! * A log mirrored from another process (Redis) is known up to a time `known_until`: a
-//!   version absent from it was committed after that. When that does not settle it (the
-//!   mirror is older than the bound), the verdict is [`Verdict::Undecided`] and the read is
-//!   checked again against a later mirror.
+//! The check must never accuse a correct cache. The log is a mirror of the database's own
+//! write log ([`crate::db`]), whose write times are taken after each commit: a read that
+//! returned `v` queried before `v + 1` committed, so it started before `v + 1`'s time and is
+//! never judged stale. The mirror is known up to a time `known_until`: a version absent from
+//! it was written after that. When that does not settle a read (the mirror is older than the
+//! bound), the verdict is [`Verdict::Undecided`] and the read is checked again against a
+//! later mirror.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,7 +39,7 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct WriteLog {
     rows: Box<[Row]>,
-    /// Writes up to this time are all in the log (`u64::MAX`: a live log).
+    /// Writes up to this time are all in the log .
     known_until: AtomicU64,
 }
 
@@ -60,19 +52,9 @@ struct Row {
 }
 
 impl WriteLog {
-    /// A live log of `products` products at their first version: the writer is in this
-    /// process and records each write as it commits it.
-    pub(crate) fn live(products: u32) -> WriteLog {
-        WriteLog::with_known_until(products, u64::MAX)
-    }
-
     /// A mirror of a log kept elsewhere, empty until [`record`](Self::record)ed and
     /// [`set_known_until`](Self::set_known_until) is called.
     pub(crate) fn mirror(products: u32) -> WriteLog {
-        WriteLog::with_known_until(products, 0)
-    }
-
-    fn with_known_until(products: u32, known_until: Micros) -> WriteLog {
         let rows = (0..products)
             .map(|_| Row {
                 latest: AtomicU64::new(FIRST_VERSION),
@@ -81,38 +63,15 @@ impl WriteLog {
             .collect();
         WriteLog {
             rows,
-            known_until: AtomicU64::new(known_until),
+            known_until: AtomicU64::new(0),
         }
     }
 
-    /// The latest version of `product` as far as this thread can see now, without the lock
-    /// (for reports and mirrors; the in-process database uses [`read`](Self::read)). `None`
-    /// for a product out of range.
+    /// The latest version of `product` recorded. `None` for a product out of range.
     #[cfg(test)]
     pub(crate) fn latest(&self, product: u32) -> Option<u64> {
         self.row(product)
             .map(|row| row.latest.load(Ordering::Acquire))
-    }
-
-    /// Reads the latest version of `product` under the row's lock, ordered with
-    /// [`commit`](Self::commit)s: what the in-process database returns. `None` for a product
-    /// out of range.
-    pub(crate) fn read(&self, product: u32) -> Option<u64> {
-        let row = self.row(product)?;
-        let _ordered = row.times.lock();
-        Some(row.latest.load(Ordering::Acquire))
-    }
-
-    /// Commits a new version of `product` (a live log's writer): under the row's lock, the
-    /// version is published and then its write time is taken with `now`. Returns the new
-    /// version, or `None` for a product out of range.
-    pub(crate) fn commit(&self, product: u32, now: impl FnOnce() -> Micros) -> Option<u64> {
-        let row = self.row(product)?;
-        let mut times = row.times.lock();
-        let version = row.latest.load(Ordering::Relaxed) + 1;
-        row.latest.store(version, Ordering::Release);
-        times.push(now());
-        Some(version)
     }
 
     /// Records, in a mirror, that `version` of `product` was written at `at`. Versions of one
@@ -137,14 +96,20 @@ impl WriteLog {
         self.known_until.fetch_max(at, Ordering::AcqRel);
     }
 
-    /// Up to when the log is complete (`u64::MAX` for a live log).
+    /// Up to when the log is complete.
     pub(crate) fn known_until(&self) -> Micros {
         self.known_until.load(Ordering::Acquire)
     }
 
     /// Judges a read of `product` that started at `started` and returned `version`, with
     /// `bound` µs of allowed propagation delay.
-    pub(crate) fn check(&self, product: u32, version: u64, started: Micros, bound: Micros) -> Verdict {
+    pub(crate) fn check(
+        &self,
+        product: u32,
+        version: u64,
+        started: Micros,
+        bound: Micros,
+    ) -> Verdict {
         // Load the horizon before the versions: everything up to it is visible below.
         let known_until = self.known_until();
         let Some(row) = self.row(product) else {
@@ -182,16 +147,14 @@ impl WriteLog {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::sync::{Arc, Barrier};
-
     use super::*;
-    use crate::clock::DemoClock;
 
     #[test]
-    fn a_live_log_judges_by_the_first_missed_write() {
-        let log = WriteLog::live(2);
-        assert_eq!(log.commit(0, || 1_000), Some(2));
-        assert_eq!(log.commit(0, || 5_000), Some(3));
+    fn a_log_judges_by_the_first_missed_write() {
+        let log = WriteLog::mirror(2);
+        assert!(log.record(0, 2, 1_000));
+        assert!(log.record(0, 3, 5_000));
+        log.set_known_until(u64::MAX - 1_000);
         assert_eq!(log.latest(0), Some(3));
         assert_eq!(log.latest(1), Some(FIRST_VERSION));
         // Version 1 was overtaken at 1 000 µs: stale for reads after 1 000 + bound.
@@ -203,18 +166,17 @@ mod tests {
             log.check(0, 2, 9_000, 100),
             Verdict::Stale { behind: 4_000 }
         );
-        // The latest version is never stale, however late the read.
-        assert_eq!(log.check(0, 3, u64::MAX, 100), Verdict::Fresh);
-        assert_eq!(log.check(1, 1, u64::MAX, 0), Verdict::Fresh);
+        // The latest version is never stale while the log is known past the read.
+        assert_eq!(log.check(0, 3, u64::MAX - 1_000, 100), Verdict::Fresh);
+        assert_eq!(log.check(1, 1, u64::MAX - 1_000, 0), Verdict::Fresh);
     }
 
     #[test]
     fn out_of_range_products_and_versions_are_undecided_not_a_panic() {
-        let log = WriteLog::live(1);
-        assert_eq!(log.commit(7, || 0), None);
+        let log = WriteLog::mirror(1);
         assert_eq!(log.latest(7), None);
         assert_eq!(log.check(7, 1, 0, 0), Verdict::Undecided);
-        log.commit(0, || 10);
+        assert!(log.record(0, 2, 10));
         assert_eq!(log.check(0, 0, 1_000, 0), Verdict::Undecided);
         assert!(!log.record(9, 2, 0));
     }
@@ -235,58 +197,5 @@ mod tests {
         // Version 2 is the latest known; writes after 2 000 µs are unknown.
         assert_eq!(log.check(0, 2, 2_100, 100), Verdict::Fresh);
         assert_eq!(log.check(0, 2, 2_101, 100), Verdict::Undecided);
-    }
-
-    /// Readers that read the database directly (no cache) and check with a zero bound must
-    /// never be judged stale, however the writer's commits interleave: the check has no false
-    /// positives. (With unlocked reads this test failed: see the module docs.)
-    #[test]
-    fn reading_the_database_itself_is_never_stale() {
-        const READERS: usize = 4;
-        const ROUNDS: usize = 20;
-        const READS: usize = 2_000;
-        for _ in 0..ROUNDS {
-            let log = Arc::new(WriteLog::live(2));
-            let clock = DemoClock::monotonic();
-            let barrier = Arc::new(Barrier::new(READERS + 1));
-            let readers: Vec<_> = (0..READERS)
-                .map(|i| {
-                    let (log, barrier) = (Arc::clone(&log), Arc::clone(&barrier));
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        let product = u32::try_from(i % 2).unwrap();
-                        let mut judged = 0;
-                        for _ in 0..READS {
-                            let started = clock.now();
-                            let version = log.read(product).unwrap();
-                            assert_eq!(log.check(product, version, started, 0), Verdict::Fresh);
-                            judged += 1;
-                        }
-                        judged
-                    })
-                })
-                .collect();
-            barrier.wait();
-            for n in 0..READS {
-                log.commit(u32::try_from(n % 2).unwrap(), || clock.now());
-            }
-            let judged: usize = readers.into_iter().map(|r| r.join().unwrap()).sum();
-            assert_eq!(judged, READERS * READS);
-        }
-    }
-
-    /// The check can fail: a reader that keeps an old version is caught.
-    #[test]
-    fn keeping_an_old_version_is_stale() {
-        let log = WriteLog::live(1);
-        let clock = DemoClock::monotonic();
-        let kept = log.latest(0).unwrap();
-        log.commit(0, || clock.now());
-        let written = clock.now();
-        let verdict = log.check(0, kept, written + 2_000, 1_000);
-        assert!(
-            matches!(verdict, Verdict::Stale { behind } if behind >= 2_000),
-            "{verdict:?}"
-        );
     }
 }
