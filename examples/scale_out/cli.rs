@@ -1,36 +1,26 @@
-//! The demo's command line: flags with sane defaults, checked before anything starts.
+//! The demo's command line (clap): flags with sane defaults, checked before anything starts.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Usage text (`--help`).
-pub(crate) const USAGE: &str = "\
+use clap::Parser;
+
+/// What `--help` says before the flags.
+const ABOUT: &str = "\
 nearcache scale-out demo: N instances of a service, each with its own nearcache, reading
-products from a slow database while a writer updates them. Shows how many database queries
-the caches save, how fast invalidations reach the other instances, and checks that no
-instance ever serves a stale product. Exits 1 if it saw a stale read.
+products from a slow SQLite database while a writer updates them. Shows how many database
+queries the caches save, how fast invalidations reach the other instances, and checks that
+no instance ever serves a stale product. Exits 1 if it saw a stale read, 2 if it could not
+run.";
 
-usage: cargo run --release --example scale_out -- [flags]
+/// What `--help` says after the flags.
+const AFTER_HELP: &str = "\
+Durations: 250us, 2ms, 1s, 1s 500ms, 1m.
 
-  --instances N       instances of the service (default 3); instance 0 also runs the writer
-  --duration D        how long the readers run (default 10s)
-  --db-latency D      latency of every database query (default 2ms)
-  --write-rate R      product updates per second (default 50)
-  --readers N         concurrent readers per instance (default 4)
-  --products N        products in the database (default 1000), read with a Zipf distribution
-  --catalogs N        catalogs (default 50); one read in --page-every is a catalog page
-  --page-every N      (default 10; 0: only product reads)
-  --zipf S            Zipf exponent (default 1.0; 0 is uniform)
-  --bound D           stale-read bound: a read is stale if it returned a version older than
-                      one written more than D before the read started (default 1s)
-  --redis URL|auto    use Redis as the backplane (auto: start a private redis-server from PATH)
-  --processes         run each instance as its own OS process (needs --redis); each one
-                      opens the run's SQLite database file
-  --no-backplane      caches that do not tell each other: shows the stale reads nearcache
-                      prevents (exits 1 when the run is longer than the bound)
-  -h, --help          this text
-
-Durations: 250us, 2ms, 1.5s, 1m (a bare number is seconds).
-";
+Examples:
+  cargo run --release --example scale_out                                  # in-process backplane
+  cargo run --release --example scale_out -- --redis auto --processes      # one process each
+  cargo run --release --example scale_out -- --redis auto --processes --faults --duration 20s";
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,40 +39,76 @@ pub(crate) struct ChildArgs {
     /// The run's id (names its Redis channel).
     pub(crate) run_id: String,
     /// The run's database file.
-    pub(crate) db: std::path::PathBuf,
+    pub(crate) db: PathBuf,
 }
 
 /// A demo run's settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Parser)]
+#[command(
+    name = "scale_out",
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    override_usage = "cargo run --release --example scale_out -- [FLAGS]"
+)]
 pub(crate) struct Config {
-    /// Instances of the service.
+    /// Instances of the service; instance 0 also runs the writer.
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub(crate) instances: usize,
     /// How long the readers run.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = humantime::parse_duration)]
     pub(crate) duration: Duration,
-    /// Latency of each database query.
+    /// Latency added to every database query, as a remote database's round trip.
+    #[arg(long, value_name = "D", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub(crate) db_latency: Duration,
-    /// Writes per second.
+    /// Product updates per second (by instance 0).
+    #[arg(long, value_name = "R", default_value_t = 50.0)]
     pub(crate) write_rate: f64,
-    /// Readers per instance.
+    /// Concurrent readers per instance.
+    #[arg(long, value_name = "N", default_value_t = 4)]
     pub(crate) readers: usize,
-    /// Products in the database.
+    /// Products in the database, read with a Zipf distribution.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub(crate) products: u32,
-    /// Catalogs.
+    /// Catalogs; one read in --page-every is a whole catalog page.
+    #[arg(long, value_name = "N", default_value_t = 50)]
     pub(crate) catalogs: u32,
-    /// One read in this many is a catalog page (0: none).
+    /// One read in N is a catalog page (0: only product reads).
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) page_every: u32,
-    /// Zipf exponent.
+    /// Zipf exponent of product popularity (0 is uniform).
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub(crate) zipf: f64,
-    /// The stale-read bound.
+    /// Stale-read bound: a read is stale if it returned a version older than one written more
+    /// than this before the read started.
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = humantime::parse_duration)]
     pub(crate) bound: Duration,
-    /// Redis, if used.
+    /// Use Redis as the backplane (auto: start a private redis-server from PATH).
+    #[arg(long, value_name = "URL|auto", value_parser = redis_target)]
     pub(crate) redis: Option<RedisTarget>,
-    /// One process per instance.
+    /// Run each instance as its own OS process (needs --redis); each opens the run's SQLite
+    /// file.
+    #[arg(long)]
     pub(crate) processes: bool,
-    /// Caches without a backplane.
+    /// Caches that do not tell each other: shows the stale reads nearcache prevents (exits 1
+    /// when the run is longer than the bound).
+    #[arg(long)]
     pub(crate) no_backplane: bool,
-    /// Set when this process is one instance of a `--processes` run.
-    pub(crate) child: Option<ChildArgs>,
+    /// With --redis auto: kill the subscribers' connections and restart Redis during the run,
+    /// and show what each fault cost.
+    #[arg(long)]
+    pub(crate) faults: bool,
+    /// Where to write the run's plot (SVG); by default under the target directory.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
+    /// Set by the demo for its instance processes.
+    #[arg(long, hide = true, requires_all = ["run_id", "db"])]
+    pub(crate) instance: Option<usize>,
+    /// Set by the demo for its instance processes.
+    #[arg(long, hide = true)]
+    pub(crate) run_id: Option<String>,
+    /// Set by the demo for its instance processes.
+    #[arg(long, hide = true)]
+    pub(crate) db: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -101,18 +127,22 @@ impl Default for Config {
             redis: None,
             processes: false,
             no_backplane: false,
-            child: None,
+            faults: false,
+            plot: None,
+            instance: None,
+            run_id: None,
+            db: None,
         }
     }
 }
 
 /// What the command line asks for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Command {
     /// Run the demo.
-    Run(Config),
-    /// Print [`USAGE`].
-    Help,
+    Run(Box<Config>),
+    /// Print this text to stdout and exit 0 (`--help`).
+    Help(String),
 }
 
 impl Config {
@@ -121,61 +151,28 @@ impl Config {
     /// # Errors
     ///
     /// A message naming the bad flag or value.
-    pub(crate) fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-        let mut config = Config::default();
-        let mut args = args.into_iter();
-        let mut child_index = None;
-        let mut run_id = None;
-        let mut db = None;
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => {
-                    (flag.to_owned(), Some(value.to_owned()))
-                }
-                _ => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "-h" | "--help" => return Ok(Command::Help),
-                "--instances" => config.instances = number(&flag, &value()?)?,
-                "--duration" => config.duration = duration(&flag, &value()?)?,
-                "--db-latency" => config.db_latency = duration(&flag, &value()?)?,
-                "--write-rate" => config.write_rate = number(&flag, &value()?)?,
-                "--readers" => config.readers = number(&flag, &value()?)?,
-                "--products" => config.products = number(&flag, &value()?)?,
-                "--catalogs" => config.catalogs = number(&flag, &value()?)?,
-                "--page-every" => config.page_every = number(&flag, &value()?)?,
-                "--zipf" => config.zipf = number(&flag, &value()?)?,
-                "--bound" => config.bound = duration(&flag, &value()?)?,
-                "--redis" => {
-                    let url = value()?;
-                    config.redis = Some(if url == "auto" {
-                        RedisTarget::Auto
-                    } else {
-                        RedisTarget::Url(url)
-                    });
-                }
-                "--processes" => config.processes = true,
-                "--no-backplane" => config.no_backplane = true,
-                // Hidden: set by the parent of a --processes run.
-                "--instance" => child_index = Some(number(&flag, &value()?)?),
-                "--run-id" => run_id = Some(value()?),
-                "--db" => db = Some(std::path::PathBuf::from(value()?)),
-                other => return Err(format!("unknown flag `{other}` (see --help)")),
+    pub(crate) fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+        let args = std::iter::once("scale_out".to_owned()).chain(args);
+        let config = match Config::try_parse_from(args) {
+            Ok(config) => config,
+            Err(error) if error.kind() == clap::error::ErrorKind::DisplayHelp => {
+                return Ok(Command::Help(error.render().to_string()));
             }
-        }
-        if let Some(index) = child_index {
-            let run_id = run_id.ok_or("--instance needs --run-id")?;
-            let db = db.ok_or("--instance needs --db")?;
-            config.child = Some(ChildArgs { index, run_id, db });
-        }
-        config.validate()?;
-        Ok(Command::Run(config))
+            Err(error) => return Err(error.render().to_string()),
+        };
+        config.validate().map_err(|message| {
+            format!("error: {message}\n\nFor more information, try '--help'.\n")
+        })?;
+        Ok(Command::Run(Box::new(config)))
+    }
+
+    /// Set when this process is one instance of a `--processes` run.
+    pub(crate) fn child(&self) -> Option<ChildArgs> {
+        Some(ChildArgs {
+            index: self.instance?,
+            run_id: self.run_id.clone()?,
+            db: self.db.clone()?,
+        })
     }
 
     /// How the run's products are spread over catalogs.
@@ -210,16 +207,21 @@ impl Config {
         }
         if self.processes && self.redis.is_none() {
             return Err(
-                "--processes needs --redis URL (or --redis auto): processes share \
-                        their invalidations and their database through Redis"
+                "--processes needs --redis URL (or --redis auto): processes share their \
+                 invalidations through Redis"
                     .into(),
             );
         }
         if self.no_backplane && (self.redis.is_some() || self.processes) {
             return Err("--no-backplane cannot be combined with --redis or --processes".into());
         }
-        if let Some(child) = &self.child
-            && (child.index >= self.instances || !matches!(self.redis, Some(RedisTarget::Url(_))))
+        if self.faults && self.redis != Some(RedisTarget::Auto) {
+            return Err(
+                "--faults needs --redis auto: the demo restarts only a redis-server it owns".into(),
+            );
+        }
+        if let Some(index) = self.instance
+            && (index >= self.instances || !matches!(self.redis, Some(RedisTarget::Url(_))))
         {
             return Err("--instance is set by the demo itself for its instance processes".into());
         }
@@ -232,9 +234,9 @@ impl Config {
         index: usize,
         run_id: &str,
         redis_url: &str,
-        db: &std::path::Path,
+        db: &Path,
     ) -> Vec<String> {
-        let mut args = vec![
+        vec![
             format!("--instances={}", self.instances),
             format!("--duration={}us", self.duration.as_micros()),
             format!("--db-latency={}us", self.db_latency.as_micros()),
@@ -247,35 +249,24 @@ impl Config {
             format!("--bound={}us", self.bound.as_micros()),
             format!("--redis={redis_url}"),
             "--processes".to_owned(),
-        ];
-        args.push(format!("--instance={index}"));
-        args.push(format!("--run-id={run_id}"));
-        args.push(format!("--db={}", db.display()));
-        args
+            format!("--instance={index}"),
+            format!("--run-id={run_id}"),
+            format!("--db={}", db.display()),
+        ]
     }
 }
 
-fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{flag}: `{text}` is not a valid number"))
-}
-
-/// `250us`, `2ms`, `1.5s`, `1m`, or a bare number of seconds.
-fn duration(flag: &str, text: &str) -> Result<Duration, String> {
-    let bad = || format!("{flag}: `{text}` is not a duration (like 250us, 2ms, 1.5s, 1m)");
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (amount, unit) = text.split_at(split);
-    let amount: f64 = amount.parse().map_err(|_| bad())?;
-    let seconds = match unit {
-        "" | "s" => amount,
-        "ms" => amount / 1e3,
-        "us" | "µs" => amount / 1e6,
-        "m" => amount * 60.0,
-        _ => return Err(bad()),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| bad())
+/// `auto`, or a Redis URL.
+fn redis_target(text: &str) -> Result<RedisTarget, String> {
+    match text {
+        "auto" => Ok(RedisTarget::Auto),
+        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(RedisTarget::Url(url.to_owned()))
+        }
+        other => Err(format!(
+            "`{other}` is neither `auto` nor a redis:// or rediss:// URL"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -284,13 +275,13 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Command, String> {
-        Config::parse(args.iter().map(|a| (*a).to_owned()))
+        Config::parse_args(args.iter().map(|a| (*a).to_owned()))
     }
 
     fn config(args: &[&str]) -> Config {
         match parse(args).unwrap() {
-            Command::Run(config) => config,
-            Command::Help => panic!("not a run"),
+            Command::Run(config) => *config,
+            Command::Help(_) => panic!("not a run"),
         }
     }
 
@@ -302,7 +293,35 @@ mod tests {
         assert_eq!(c.duration, Duration::from_secs(10));
         assert_eq!(c.db_latency, Duration::from_millis(2));
         assert_eq!(c.bound, Duration::from_secs(1));
-        assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(c.child(), None);
+    }
+
+    #[test]
+    fn help_describes_the_demo_and_every_flag_but_the_hidden_ones() {
+        let Command::Help(text) = parse(&["--help"]).unwrap() else {
+            panic!("--help is not help");
+        };
+        for expected in [
+            "scale-out demo",
+            "Exits 1 if it saw a stale read",
+            "--instances <N>",
+            "[default: 3]",
+            "--duration <D>",
+            "[default: 10s]",
+            "--db-latency <D>",
+            "--bound <D>",
+            "--redis <URL|auto>",
+            "--processes",
+            "--no-backplane",
+            "--faults",
+            "--plot <FILE.svg>",
+            "Durations: 250us",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        for hidden in ["--instance ", "--run-id", "--db "] {
+            assert!(!text.contains(hidden), "{hidden:?} shown in\n{text}");
+        }
     }
 
     #[test]
@@ -320,6 +339,8 @@ mod tests {
             "redis://127.0.0.1:6379",
             "--processes",
             "--zipf=0.8",
+            "--plot",
+            "run.svg",
         ]);
         assert_eq!(c.instances, 5);
         assert_eq!(c.duration, Duration::from_secs(2));
@@ -331,14 +352,17 @@ mod tests {
             Some(RedisTarget::Url("redis://127.0.0.1:6379".into()))
         );
         assert!(c.processes);
-        assert_eq!(config(&["--redis", "auto"]).redis, Some(RedisTarget::Auto));
+        assert_eq!(c.plot, Some(PathBuf::from("run.svg")));
+        let faults = config(&["--redis", "auto", "--faults"]);
+        assert_eq!(faults.redis, Some(RedisTarget::Auto));
+        assert!(faults.faults);
         assert_eq!(
             config(&["--duration", "1m"]).duration,
             Duration::from_secs(60)
         );
         assert_eq!(
-            config(&["--duration", "3"]).duration,
-            Duration::from_secs(3)
+            config(&["--duration", "1s 500ms"]).duration,
+            Duration::from_millis(1_500)
         );
     }
 
@@ -346,15 +370,21 @@ mod tests {
     fn bad_command_lines_say_what_is_wrong() {
         for (args, says) in [
             (&["--instances", "0"][..], "--instances"),
-            (&["--duration", "soon"], "not a duration"),
-            (&["--duration", "10h"], "not a duration"),
-            (&["--write-rate"], "needs a value"),
+            (&["--instances", "-1"], "-1"),
+            (&["--duration", "soon"], "--duration"),
+            (&["--duration", "0s"], "--duration"),
+            (&["--write-rate"], "--write-rate"),
+            (&["--redis", "localhost"], "neither `auto` nor"),
             (&["--processes"], "needs --redis"),
             (&["--no-backplane", "--redis", "auto"], "cannot be combined"),
+            (&["--faults"], "needs --redis auto"),
+            (
+                &["--faults", "--redis", "redis://127.0.0.1:1"],
+                "needs --redis auto",
+            ),
             (&["--catalogs", "2000"], "--catalogs"),
-            (&["--frobnicate"], "unknown flag"),
+            (&["--frobnicate"], "--frobnicate"),
             (&["--instance", "1"], "--run-id"),
-            (&["--instance", "1", "--run-id", "x"], "--db"),
             (
                 &["--instance", "1", "--run-id", "x", "--db", "f"],
                 "set by the demo",
@@ -369,23 +399,19 @@ mod tests {
     fn an_instance_process_gets_the_parents_settings() {
         let parent = config(&[
             "--instances=4",
-            "--duration=1.5s",
+            "--duration=1s 500ms",
             "--redis=auto",
             "--processes",
         ]);
-        let args = parent.child_args(
-            2,
-            "run-1",
-            "redis://127.0.0.1:7000",
-            std::path::Path::new("/tmp/x/products.sqlite3"),
-        );
+        let db = Path::new("/tmp/x/products.sqlite3");
+        let args = parent.child_args(2, "run-1", "redis://127.0.0.1:7000", db);
         let child = config(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert_eq!(
-            child.child,
+            child.child(),
             Some(ChildArgs {
                 index: 2,
                 run_id: "run-1".into(),
-                db: "/tmp/x/products.sqlite3".into(),
+                db: db.to_owned(),
             })
         );
         assert_eq!(
@@ -394,7 +420,9 @@ mod tests {
         );
         assert_eq!(
             Config {
-                child: None,
+                instance: None,
+                run_id: None,
+                db: None,
                 redis: parent.redis.clone(),
                 ..child
             },

@@ -96,14 +96,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match Config::parse(std::env::args().skip(1)) {
+    let config = match Config::parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            let _ = write!(std::io::stdout(), "{}", cli::USAGE);
+        Ok(Command::Help(text)) => {
+            let _ = write!(std::io::stdout(), "{text}");
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            let _ = writeln!(std::io::stderr(), "scale_out: {message}");
+            let _ = write!(std::io::stderr(), "{message}");
             return ExitCode::from(EXIT_ERROR);
         }
     };
@@ -147,8 +147,9 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
         .enable_all()
         .build()
         .map_err(DemoError::Spawn)?;
-    let show_progress = config.child.is_none();
-    if let Some(child) = &config.child {
+    let child = config.child();
+    let show_progress = child.is_none();
+    if let Some(child) = &child {
         return runtime
             .block_on(processes::run_instance(config, child))
             .map(|()| None);
