@@ -15,7 +15,7 @@ run.";
 
 /// What `--help` says after the flags.
 const AFTER_HELP: &str = "\
-Durations: 250us, 2ms, 1s, 1s 500ms, 1m.
+Durations: 250us, 2ms, 1s, 1s 500ms, 1m. RUST_LOG=warn (or debug) shows the library's log.
 
 Examples:
   cargo run --release --example scale_out                                  # in-process backplane

@@ -1,15 +1,18 @@
 //! One instance of the demo's service: its cache, its readers, and (instance 0) the writer.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nearcache::{BackplaneOptions, CacheOptions};
+use nearcache::{BackplaneOptions, Cache, CacheOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::DemoError;
 use crate::cli::Config;
 use crate::report::InstanceReport;
-use crate::workload::{PendingRead, Workload};
+use crate::timeline::Tally;
+use crate::workload::{Counters, PendingRead, Workload};
 
 /// One instance: a workload on its own cache.
 #[derive(Debug, Clone)]
@@ -37,6 +40,10 @@ impl Instance {
     ///
     /// A reader or the writer panicked.
     pub(crate) async fn run(&self, deadline: Instant) -> Result<Vec<PendingRead>, DemoError> {
+        let watcher = tokio::spawn(watch_backplane(
+            self.workload.cache.clone(),
+            Arc::clone(&self.workload.counters),
+        ));
         let mut tasks = JoinSet::new();
         let seed = (self.index as u64) << 32;
         for reader in 0..self.readers {
@@ -53,9 +60,21 @@ impl Instance {
         }
         let mut pending = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            pending.extend(joined?);
+            match joined {
+                Ok(reads) => pending.extend(reads),
+                Err(error) => {
+                    watcher.abort();
+                    return Err(error.into());
+                }
+            }
         }
+        watcher.abort();
         Ok(pending)
+    }
+
+    /// This instance's running totals now.
+    pub(crate) fn tally(&self) -> Tally {
+        Tally::of(&self.workload.counters, &self.workload.cache.stats())
     }
 
     /// This instance's numbers now.
@@ -67,6 +86,31 @@ impl Instance {
             &self.workload.cache.stats(),
             unchecked_reads,
         )
+    }
+}
+
+/// How often the backplane watcher looks at the cache.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// Adds up, until aborted, how long `cache` is disconnected from its backplane and how long
+/// its reads bypass it (to [`WATCH_EVERY`]'s precision).
+async fn watch_backplane(cache: Cache, counters: Arc<Counters>) {
+    let mut ticks = tokio::time::interval(WATCH_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = Instant::now();
+    loop {
+        ticks.tick().await;
+        let now = Instant::now();
+        let step = u64::try_from((now - last).as_micros()).unwrap_or(u64::MAX);
+        last = now;
+        if let Some(propagation) = cache.stats().propagation {
+            if !propagation.connected {
+                counters.disconnected_us.fetch_add(step, Ordering::Relaxed);
+            }
+            if propagation.bypassing_reads {
+                counters.bypass_us.fetch_add(step, Ordering::Relaxed);
+            }
+        }
     }
 }
 

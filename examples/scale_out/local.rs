@@ -15,14 +15,17 @@ use crate::DemoError;
 use crate::cli::Config;
 use crate::clock::Micros;
 use crate::db::Database;
+use crate::faults::Injector;
 use crate::instance::{Instance, cache_options, new_run_id};
 use crate::progress::{Progress, TERMINAL_REFRESH};
-use crate::report::{Summary, Tally};
+use crate::report::Summary;
+use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
 use crate::workload::{Counters, Popularity, Workload};
 use crate::write_log::WriteLog;
 
 /// Runs `config` in this process on the database at `db_path`, with Redis at `redis_url` as
-/// the backplane if given. `show_progress` turns the progress line on.
+/// the backplane if given, and `faults` injected into it. `show_progress` turns the progress
+/// line on.
 ///
 /// # Errors
 ///
@@ -32,6 +35,7 @@ pub(crate) async fn run(
     config: &Config,
     db_path: &Path,
     redis_url: Option<&str>,
+    faults: Option<Injector>,
     show_progress: bool,
 ) -> Result<Summary, DemoError> {
     let run_id = new_run_id();
@@ -83,8 +87,11 @@ pub(crate) async fn run(
         let instance = instance.clone();
         tasks.spawn(async move { (instance.index, instance.run(deadline).await) });
     }
+    let injector = faults.map(|faults| faults.spawn(started.into_std()));
     let mut progress = show_progress.then(|| Progress::start(config.duration));
     let mut ticks = tokio::time::interval(TERMINAL_REFRESH);
+    let mut samples = tokio::time::interval(SAMPLE_EVERY);
+    let mut timeline = Timeline::default();
     let mut undecided = vec![Vec::new(); instances.len()];
     loop {
         tokio::select! {
@@ -96,11 +103,23 @@ pub(crate) async fn run(
                 None => break,
             },
             _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
-                progress.update(tally(&instances));
+                progress.update(Tally::sum(&tallies(&instances)));
             },
+            _ = samples.tick() => {
+                timeline.push(started.elapsed().as_secs_f64(), tallies(&instances));
+            }
         }
     }
     let elapsed = started.elapsed();
+    timeline.push(elapsed.as_secs_f64(), tallies(&instances));
+    // The server (if the injector had it) stays up until the instances are shut down.
+    let (_server, faults) = match injector {
+        Some(injector) => {
+            let (server, records) = injector.await?;
+            (Some(server), records)
+        }
+        None => (None, Vec::new()),
+    };
     if let Some(progress) = progress {
         progress.finish();
     }
@@ -126,6 +145,8 @@ pub(crate) async fn run(
         bound: config.bound,
         elapsed,
         instances: reports,
+        timeline,
+        faults,
     })
 }
 
@@ -160,12 +181,8 @@ async fn settle(instances: &[Instance], bound: Duration) {
     }
 }
 
-fn tally(instances: &[Instance]) -> Tally {
-    let tallies: Vec<Tally> = instances
-        .iter()
-        .map(|i| Tally::of(&i.workload.counters))
-        .collect();
-    Tally::sum(&tallies)
+fn tallies(instances: &[Instance]) -> Vec<Tally> {
+    instances.iter().map(Instance::tally).collect()
 }
 
 fn micros(duration: Duration) -> Micros {
@@ -198,7 +215,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, None, false).await.unwrap();
+        let summary = run(&config, &path, None, None, false).await.unwrap();
         assert_eq!(summary.instances.len(), 3);
         assert!(summary.passed(), "{}", summary.render());
         let writer = &summary.instances[0];
@@ -228,7 +245,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, None, false).await.unwrap();
+        let summary = run(&config, &path, None, None, false).await.unwrap();
         assert!(!summary.passed());
         assert!(summary.stale_reads() > 0);
         assert_eq!(

@@ -23,16 +23,22 @@
 //! * [`instance`]: one instance: a cache and its workload.
 //! * [`local`]: every instance in this process (in-process bus, Redis, or no backplane).
 //! * [`processes`]: one OS process per instance, conducted over their standard streams.
-//! * [`report`], [`progress`]: the summary table and the live progress line.
+//! * [`timeline`]: every instance's running totals over time.
+//! * [`faults`]: `--faults`: the demo breaks its own Redis on a schedule, and what it cost.
+//! * [`report`], [`progress`], [`plot`]: the summary table, the live progress line, and the
+//!   SVG plot of the run.
 
 mod cli;
 mod clock;
 mod db;
+mod faults;
 mod instance;
 mod local;
+mod plot;
 mod processes;
 mod progress;
 mod report;
+mod timeline;
 mod workload;
 mod write_log;
 
@@ -88,14 +94,6 @@ pub(crate) enum DemoError {
 /// (progress and errors go to stderr), and says how it went: 0 when no read was stale,
 /// [`EXIT_STALE`] when one was, [`EXIT_ERROR`] when it could not run.
 fn main() -> ExitCode {
-    // Errors and warnings of the library (and stale reads) go to stderr; RUST_LOG to see more.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match Config::parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help(text)) => {
@@ -107,10 +105,34 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    // Errors and warnings of the library (and stale reads) go to stderr; RUST_LOG to see
+    // more. With --faults the library's warnings about the faults are expected (the summary
+    // counts them), so only errors show.
+    let quiet = if config.faults { "error" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(&config) {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(summary)) => {
             let _ = write!(std::io::stdout(), "\n{}", summary.render());
+            let path = config.plot.clone().unwrap_or_else(plot::default_path);
+            match plot::write_svg(&path, &summary) {
+                Ok(()) => {
+                    let _ = writeln!(std::io::stdout(), "Plot: {}", path.display());
+                }
+                Err(error) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "scale_out: could not write the plot to {}: {error}",
+                        path.display()
+                    );
+                }
+            }
             if summary.passed() {
                 ExitCode::SUCCESS
             } else {
@@ -143,6 +165,12 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
         (Some(RedisTarget::Url(url)), None) => Some(url.clone()),
         _ => None,
     };
+    let (server, faults) = match server {
+        Some(server) if config.faults => {
+            (None, Some(faults::Injector::new(server, config.duration)))
+        }
+        server => (server, None),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -160,18 +188,23 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
         .tempdir()
         .map_err(DemoError::DbDir)?;
     let db_path = create_database(&dir, config)?;
-    runtime.block_on(async {
+    let summary = runtime.block_on(async {
         if config.processes {
             let url = redis_url.as_deref().unwrap_or_default();
-            processes::run_parent(config, &db_path, url, show_progress)
-                .await
-                .map(Some)
+            processes::run_parent(config, &db_path, url, faults, show_progress).await
         } else {
-            local::run(config, &db_path, redis_url.as_deref(), show_progress)
-                .await
-                .map(Some)
+            local::run(
+                config,
+                &db_path,
+                redis_url.as_deref(),
+                faults,
+                show_progress,
+            )
+            .await
         }
-    })
+    });
+    drop(server);
+    summary.map(Some)
 }
 
 /// Creates the run's database in `dir`: every product at its first version.

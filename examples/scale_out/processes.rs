@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | instance | `nearcache-demo ready` | subscribed to the backplane, database mirrored |
 //! | parent | `go` | start reading (instance 0 also starts writing) |
-//! | instance | `nearcache-demo progress {json}` | running totals ([`Tally`]), 4 a second |
+//! | instance | `nearcache-demo progress {json}` | running totals ([`Tally`]), every [`SAMPLE_EVERY`] |
 //! | instance | `nearcache-demo done` | the workload is over |
 //! | parent | `finish` | every instance is done: report |
 //! | instance | `nearcache-demo report {json}` | its [`InstanceReport`], then it exits |
@@ -38,9 +38,11 @@ use tokio::time::Instant;
 use crate::DemoError;
 use crate::cli::{ChildArgs, Config, RedisTarget};
 use crate::db::Database;
+use crate::faults::Injector;
 use crate::instance::{Instance, cache_options, new_run_id};
 use crate::progress::{Progress, TERMINAL_REFRESH};
-use crate::report::{InstanceReport, Summary, Tally};
+use crate::report::{InstanceReport, Summary};
+use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
 use crate::workload::{Counters, Popularity, Workload};
 use crate::write_log::WriteLog;
 
@@ -50,8 +52,6 @@ const PREFIX: &str = "nearcache-demo ";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after the run's end the instances may take to report and exit.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an instance sends its running totals.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A message from an instance to its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,8 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// The parent of a `--processes` run: runs one process per instance on the database at
-/// `db_path` with Redis at `redis_url`, and gathers their reports.
+/// `db_path` with Redis at `redis_url` (and `faults` injected into it), and gathers their
+/// reports.
 ///
 /// # Errors
 ///
@@ -108,27 +109,23 @@ pub(crate) async fn run_parent(
     config: &Config,
     db_path: &Path,
     redis_url: &str,
+    faults: Option<Injector>,
     show_progress: bool,
 ) -> Result<Summary, DemoError> {
     let run_id = new_run_id();
-    conduct(config, db_path, redis_url, &run_id, show_progress).await
-}
-
-async fn conduct(
-    config: &Config,
-    db_path: &Path,
-    redis_url: &str,
-    run_id: &str,
-    show_progress: bool,
-) -> Result<Summary, DemoError> {
     let exe = std::env::current_exe().map_err(DemoError::Spawn)?;
     let n = config.instances;
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
     let mut children: Vec<Child> = Vec::with_capacity(n);
     let mut stdins: Vec<ChildStdin> = Vec::with_capacity(n);
     for index in 0..n {
-        let mut child = Command::new(&exe)
-            .args(config.child_args(index, run_id, redis_url, db_path))
+        let mut command = Command::new(&exe);
+        if config.faults && std::env::var_os("RUST_LOG").is_none() {
+            // The instances' warnings about the faults are expected: the summary counts them.
+            command.env("RUST_LOG", "error");
+        }
+        let mut child = command
+            .args(config.child_args(index, &run_id, redis_url, db_path))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -181,8 +178,11 @@ async fn conduct(
 
     tell(&mut stdins, "go").await?;
     let started = Instant::now();
+    let injector = faults.map(|faults| faults.spawn(started.into_std()));
     let mut elapsed = config.duration;
     let mut tallies = vec![Tally::default(); n];
+    let mut samples = tokio::time::interval(SAMPLE_EVERY);
+    let mut timeline = Timeline::default();
     let mut reports: Vec<Option<InstanceReport>> = vec![None; n];
     let mut done = 0;
     let mut progress = show_progress.then(|| Progress::start(config.duration));
@@ -198,6 +198,7 @@ async fn conduct(
                         done += 1;
                         if done == n {
                             elapsed = started.elapsed();
+                            timeline.push(elapsed.as_secs_f64(), tallies.clone());
                             tell(&mut stdins, "finish").await?;
                         }
                     }
@@ -214,12 +215,23 @@ async fn conduct(
             _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
                 progress.update(Tally::sum(&tallies));
             },
+            _ = samples.tick(), if done < n => {
+                timeline.push(started.elapsed().as_secs_f64(), tallies.clone());
+            }
             () = &mut limit => return Err(DemoError::Timeout("the instances to report")),
         }
     }
     if let Some(progress) = progress {
         progress.finish();
     }
+    // The server (if the injector had it) stays up until the instances have exited.
+    let (_server, faults) = match injector {
+        Some(injector) => {
+            let (server, records) = injector.await?;
+            (Some(server), records)
+        }
+        None => (None, Vec::new()),
+    };
     for (index, mut child) in children.into_iter().enumerate() {
         let status = tokio::time::timeout(FINISH_TIMEOUT, child.wait())
             .await
@@ -241,6 +253,8 @@ async fn conduct(
         bound: config.bound,
         elapsed,
         instances,
+        timeline,
+        faults,
     })
 }
 
@@ -303,12 +317,12 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     say(&Line::Ready)?;
     wait_for(&mut orders, "go").await?;
     let deadline = Instant::now() + config.duration;
-    let counters = Arc::clone(&instance.workload.counters);
+    let reporting = instance.clone();
     let reporter = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         loop {
             ticks.tick().await;
-            if say(&Line::Progress(Tally::of(&counters))).is_err() {
+            if say(&Line::Progress(reporting.tally())).is_err() {
                 return;
             }
         }
@@ -316,7 +330,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     let pending = instance.run(deadline).await;
     reporter.abort();
     let pending = pending?;
-    say(&Line::Progress(Tally::of(&instance.workload.counters)))?;
+    say(&Line::Progress(instance.tally()))?;
     say(&Line::Done)?;
     wait_for(&mut orders, "finish").await?;
 

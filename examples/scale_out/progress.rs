@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::report::{Tally, count};
+use crate::report::count;
+use crate::timeline::Tally;
 
 /// How often [`Progress::update`] should be called on a terminal.
 pub(crate) const TERMINAL_REFRESH: Duration = Duration::from_millis(100);
@@ -105,6 +106,7 @@ mod tests {
             db_queries: 30,
             writes: 4,
             stale_reads: 0,
+            ..Tally::default()
         };
         assert_eq!(
             line(tally, Duration::from_secs(2)),

@@ -9,6 +9,8 @@ use nearcache::CacheStats;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Micros;
+use crate::faults::FaultRecord;
+use crate::timeline::Timeline;
 use crate::workload::Counters;
 
 /// What one instance did in a run.
@@ -56,6 +58,14 @@ pub(crate) struct InstanceReport {
     pub(crate) unchecked_reads: u64,
     /// Database calls that failed and were tried again.
     pub(crate) db_errors: u64,
+    /// Publish attempts that failed or timed out (each retried).
+    pub(crate) publish_failures: u64,
+    /// Times its outbox overflowed (and dropped its backlog).
+    pub(crate) outbox_overflows: u64,
+    /// Time disconnected from the backplane, µs.
+    pub(crate) disconnected_us: Micros,
+    /// Time its reads bypassed the cache, µs.
+    pub(crate) bypass_us: Micros,
 }
 
 impl InstanceReport {
@@ -83,6 +93,8 @@ impl InstanceReport {
             worst_stale: counters.worst_stale.load(Ordering::Relaxed),
             unchecked_reads,
             db_errors: counters.db_errors.load(Ordering::Relaxed),
+            disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
+            bypass_us: counters.bypass_us.load(Ordering::Relaxed),
             ..InstanceReport::default()
         };
         if let Some(propagation) = &stats.propagation {
@@ -94,6 +106,8 @@ impl InstanceReport {
             report.lag_p99 = micros(lag.p99);
             report.lag_max = micros(lag.max);
             report.loss_clears = propagation.loss_clears.total();
+            report.publish_failures = propagation.publish_failures;
+            report.outbox_overflows = propagation.outbox_overflows;
         }
         report
     }
@@ -101,41 +115,6 @@ impl InstanceReport {
 
 fn micros(duration: Duration) -> Micros {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Running totals for the progress line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Tally {
-    /// Reads served.
-    pub(crate) requests: u64,
-    /// Database queries made by reads.
-    pub(crate) db_queries: u64,
-    /// Writes.
-    pub(crate) writes: u64,
-    /// Stale reads.
-    pub(crate) stale_reads: u64,
-}
-
-impl Tally {
-    /// A snapshot of `counters`.
-    pub(crate) fn of(counters: &Counters) -> Tally {
-        Tally {
-            requests: counters.requests.load(Ordering::Relaxed),
-            db_queries: counters.db_queries.load(Ordering::Relaxed),
-            writes: counters.writes.load(Ordering::Relaxed),
-            stale_reads: counters.stale_reads.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The sum of `tallies`.
-    pub(crate) fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
-        tallies.into_iter().fold(Tally::default(), |a, b| Tally {
-            requests: a.requests + b.requests,
-            db_queries: a.db_queries + b.db_queries,
-            writes: a.writes + b.writes,
-            stale_reads: a.stale_reads + b.stale_reads,
-        })
-    }
 }
 
 /// A whole run: what was run, and every instance's report.
@@ -149,6 +128,10 @@ pub(crate) struct Summary {
     pub(crate) elapsed: Duration,
     /// One report per instance, by index.
     pub(crate) instances: Vec<InstanceReport>,
+    /// Every instance's totals over time.
+    pub(crate) timeline: Timeline,
+    /// The faults the demo injected (`--faults`).
+    pub(crate) faults: Vec<FaultRecord>,
 }
 
 impl Summary {
@@ -273,6 +256,30 @@ impl Summary {
             count(self.total(|i| i.loss_clears)),
         );
         table.row(
+            "time disconnected from Redis",
+            self,
+            |i| lag(i.disconnected_us),
+            lag(self.total(|i| i.disconnected_us)),
+        );
+        table.row(
+            "time reads bypassed the cache",
+            self,
+            |i| lag(i.bypass_us),
+            lag(self.total(|i| i.bypass_us)),
+        );
+        table.row(
+            "failed publishes (retried)",
+            self,
+            |i| count(i.publish_failures),
+            count(self.total(|i| i.publish_failures)),
+        );
+        table.row(
+            "outbox overflows",
+            self,
+            |i| count(i.outbox_overflows),
+            count(self.total(|i| i.outbox_overflows)),
+        );
+        table.row(
             "database errors (tried again)",
             self,
             |i| count(i.db_errors),
@@ -286,6 +293,13 @@ impl Summary {
         );
         out.push_str(&table.finish());
         out.push_str("  (latency totals are the worst instance's; without a cache every request is a query)\n\n");
+        out.push_str(&crate::faults::render(&crate::faults::costs(
+            &self.timeline,
+            &self.faults,
+        )));
+        if !self.faults.is_empty() {
+            out.push('\n');
+        }
 
         if queries > 0 {
             let _ = writeln!(
@@ -475,6 +489,8 @@ mod tests {
             bound: Duration::from_secs(1),
             elapsed: Duration::from_secs(10),
             instances: vec![instance(0, 0), instance(1, stale), instance(2, 0)],
+            timeline: Timeline::default(),
+            faults: Vec::new(),
         }
     }
 
@@ -545,20 +561,5 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(2)), "2ms");
         assert_eq!(human_duration(Duration::from_millis(1_500)), "1.5s");
         assert_eq!(human_duration(Duration::from_micros(250)), "250us");
-        let a = Tally {
-            requests: 1,
-            db_queries: 2,
-            writes: 3,
-            stale_reads: 4,
-        };
-        assert_eq!(
-            Tally::sum([&a, &a]),
-            Tally {
-                requests: 2,
-                db_queries: 4,
-                writes: 6,
-                stale_reads: 8
-            }
-        );
     }
 }

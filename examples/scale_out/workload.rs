@@ -99,6 +99,10 @@ pub(crate) struct Counters {
     pub(crate) worst_stale: AtomicU64,
     /// Database calls (loads and writes) that failed and were tried again.
     pub(crate) db_errors: AtomicU64,
+    /// Time the cache was disconnected from the backplane, µs ([`crate::instance`]'s watcher).
+    pub(crate) disconnected_us: AtomicU64,
+    /// Time the cache's reads bypassed it, µs.
+    pub(crate) bypass_us: AtomicU64,
 }
 
 /// A read the check could not judge yet (its write log is a mirror that was behind).

@@ -1,0 +1,205 @@
+//! The run over time: each instance's running totals ([`Tally`]), sampled a few times a
+//! second ([`Timeline`]). The progress line shows the latest; the fault costs and the plot
+//! are read off the whole of it.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nearcache::CacheStats;
+use serde::{Deserialize, Serialize};
+
+use crate::workload::Counters;
+
+/// How often the timeline is sampled (and instance processes send their totals).
+pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// One instance's running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Tally {
+    /// Reads served.
+    pub(crate) requests: u64,
+    /// Database queries made by reads.
+    pub(crate) db_queries: u64,
+    /// Writes.
+    pub(crate) writes: u64,
+    /// Stale reads.
+    pub(crate) stale_reads: u64,
+    /// Invalidations received from peers.
+    pub(crate) invalidations_received: u64,
+    /// Loss clears (all causes).
+    pub(crate) loss_clears: u64,
+    /// Publish attempts that failed or timed out.
+    pub(crate) publish_failures: u64,
+    /// Database calls that failed and were tried again.
+    pub(crate) db_errors: u64,
+    /// Time disconnected from the backplane, µs.
+    pub(crate) disconnected_us: u64,
+    /// Time its reads bypassed the cache, µs.
+    pub(crate) bypass_us: u64,
+}
+
+impl Tally {
+    /// A snapshot of an instance's `counters` and its cache's `stats`.
+    pub(crate) fn of(counters: &Counters, stats: &CacheStats) -> Tally {
+        let propagation = stats.propagation.as_ref();
+        Tally {
+            requests: counters.requests.load(Ordering::Relaxed),
+            db_queries: counters.db_queries.load(Ordering::Relaxed),
+            writes: counters.writes.load(Ordering::Relaxed),
+            stale_reads: counters.stale_reads.load(Ordering::Relaxed),
+            invalidations_received: propagation.map_or(0, |p| p.invalidations_received),
+            loss_clears: propagation.map_or(0, |p| p.loss_clears.total()),
+            publish_failures: propagation.map_or(0, |p| p.publish_failures),
+            db_errors: counters.db_errors.load(Ordering::Relaxed),
+            disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
+            bypass_us: counters.bypass_us.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The sum of `tallies`.
+    pub(crate) fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
+        tallies.into_iter().fold(Tally::default(), |a, b| Tally {
+            requests: a.requests + b.requests,
+            db_queries: a.db_queries + b.db_queries,
+            writes: a.writes + b.writes,
+            stale_reads: a.stale_reads + b.stale_reads,
+            invalidations_received: a.invalidations_received + b.invalidations_received,
+            loss_clears: a.loss_clears + b.loss_clears,
+            publish_failures: a.publish_failures + b.publish_failures,
+            db_errors: a.db_errors + b.db_errors,
+            disconnected_us: a.disconnected_us + b.disconnected_us,
+            bypass_us: a.bypass_us + b.bypass_us,
+        })
+    }
+}
+
+/// Every instance's totals at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sample {
+    /// Seconds since the run started.
+    pub(crate) at: f64,
+    /// One tally per instance, by index.
+    pub(crate) instances: Vec<Tally>,
+}
+
+/// Samples in time order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Timeline {
+    samples: Vec<Sample>,
+}
+
+impl Timeline {
+    /// Adds the totals at `at` seconds (after every earlier sample).
+    pub(crate) fn push(&mut self, at: f64, instances: Vec<Tally>) {
+        self.samples.push(Sample { at, instances });
+    }
+
+    /// When the last sample was taken.
+    pub(crate) fn end(&self) -> Option<f64> {
+        self.samples.last().map(|s| s.at)
+    }
+
+    /// Instances in the samples.
+    pub(crate) fn instances(&self) -> usize {
+        self.samples
+            .iter()
+            .map(|s| s.instances.len())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `field` of `instance` at the last sample at or before `at` (0 before the first).
+    fn value_at(&self, at: f64, instance: usize, field: fn(&Tally) -> u64) -> u64 {
+        let taken = self.samples.partition_point(|s| s.at <= at);
+        taken
+            .checked_sub(1)
+            .and_then(|i| self.samples[i].instances.get(instance))
+            .map_or(0, field)
+    }
+
+    /// Per instance, how much `field` grew from `from` to `to` seconds.
+    pub(crate) fn deltas_between(&self, from: f64, to: f64, field: fn(&Tally) -> u64) -> Vec<u64> {
+        (0..self.instances())
+            .map(|i| {
+                self.value_at(to, i, field)
+                    .saturating_sub(self.value_at(from, i, field))
+            })
+            .collect()
+    }
+
+    /// How much `field` grew from `from` to `to` seconds, all instances together.
+    pub(crate) fn total_between(&self, from: f64, to: f64, field: fn(&Tally) -> u64) -> u64 {
+        self.deltas_between(from, to, field).iter().sum()
+    }
+
+    /// `(seconds, value)` of `field` of `instance` at every sample.
+    pub(crate) fn values(&self, instance: usize, field: fn(&Tally) -> u64) -> Vec<(f64, f64)> {
+        self.samples
+            .iter()
+            .filter_map(|s| Some((s.at, field(s.instances.get(instance)?) as f64)))
+            .collect()
+    }
+
+    /// `(seconds, per second)` of `field` of `instance` between consecutive samples, placed
+    /// at the end of each interval.
+    pub(crate) fn rates(&self, instance: usize, field: fn(&Tally) -> u64) -> Vec<(f64, f64)> {
+        self.values(instance, field)
+            .windows(2)
+            .filter(|pair| pair[1].0 > pair[0].0)
+            .map(|pair| {
+                let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
+                (t1, (v1 - v0).max(0.0) / (t1 - t0))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tallies_add_up() {
+        let a = Tally {
+            requests: 1,
+            db_queries: 2,
+            writes: 3,
+            stale_reads: 4,
+            disconnected_us: 5,
+            ..Tally::default()
+        };
+        let sum = Tally::sum([&a, &a]);
+        assert_eq!(sum.requests, 2);
+        assert_eq!(sum.db_queries, 4);
+        assert_eq!(sum.writes, 6);
+        assert_eq!(sum.stale_reads, 8);
+        assert_eq!(sum.disconnected_us, 10);
+        let line = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<Tally>(&line).unwrap(), a);
+    }
+
+    #[test]
+    fn rates_and_deltas_come_from_consecutive_samples() {
+        let mut timeline = Timeline::default();
+        let at = |requests| Tally {
+            requests,
+            ..Tally::default()
+        };
+        timeline.push(0.0, vec![at(0), at(0)]);
+        timeline.push(0.5, vec![at(100), at(10)]);
+        timeline.push(1.0, vec![at(300), at(10)]);
+        assert_eq!(timeline.instances(), 2);
+        assert_eq!(timeline.end(), Some(1.0));
+        assert_eq!(
+            timeline.rates(0, |t| t.requests),
+            [(0.5, 200.0), (1.0, 400.0)]
+        );
+        assert_eq!(timeline.rates(1, |t| t.requests), [(0.5, 20.0), (1.0, 0.0)]);
+        assert_eq!(timeline.deltas_between(0.5, 1.0, |t| t.requests), [200, 0]);
+        // Between samples, the last one before counts.
+        assert_eq!(timeline.deltas_between(0.2, 0.9, |t| t.requests), [100, 10]);
+        assert_eq!(timeline.total_between(0.0, 1.0, |t| t.requests), 310);
+        assert_eq!(timeline.values(0, |t| t.requests).len(), 3);
+    }
+}
