@@ -15,7 +15,7 @@
 //! |---|---|---|
 //! | instance | `nearcache-demo ready` | subscribed to the backplane, database mirrored |
 //! | parent | `go` | start reading (instance 0 also starts writing) |
-//! | instance | `nearcache-demo progress {json}` | running totals ([`Tally`]), every [`SAMPLE_EVERY`] |
+//! | instance | `nearcache-demo progress {µs since go} {json}` | running totals ([`Tally`]), every [`SAMPLE_EVERY`] |
 //! | instance | `nearcache-demo done` | the workload is over |
 //! | parent | `finish` | every instance is done: report |
 //! | instance | `nearcache-demo report {json}` | its [`InstanceReport`], then it exits |
@@ -58,8 +58,13 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) enum Line {
     /// Connected and mirrored; waiting for `go`.
     Ready,
-    /// Running totals.
-    Progress(Tally),
+    /// Running totals, and when (µs since `go`).
+    Progress {
+        /// µs since the instance was told `go`.
+        at_us: u64,
+        /// The totals.
+        tally: Tally,
+    },
     /// The workload is over; waiting for `finish`.
     Done,
     /// The instance's numbers.
@@ -72,7 +77,7 @@ impl Line {
         let body = match self {
             Line::Ready => "ready".to_owned(),
             Line::Done => "done".to_owned(),
-            Line::Progress(tally) => format!("progress {}", json(tally)),
+            Line::Progress { at_us, tally } => format!("progress {at_us} {}", json(tally)),
             Line::Report(report) => format!("report {}", json(report.as_ref())),
         };
         format!("{PREFIX}{body}")
@@ -85,7 +90,13 @@ impl Line {
         match kind {
             "ready" => Some(Line::Ready),
             "done" => Some(Line::Done),
-            "progress" => serde_json::from_str(rest).ok().map(Line::Progress),
+            "progress" => {
+                let (at_us, tally) = rest.split_once(' ')?;
+                Some(Line::Progress {
+                    at_us: at_us.parse().ok()?,
+                    tally: serde_json::from_str(tally).ok()?,
+                })
+            }
             "report" => serde_json::from_str(rest)
                 .ok()
                 .map(|r| Line::Report(Box::new(r))),
@@ -181,7 +192,6 @@ pub(crate) async fn run_parent(
     let injector = faults.map(|faults| faults.spawn(started.into_std()));
     let mut elapsed = config.duration;
     let mut tallies = vec![Tally::default(); n];
-    let mut samples = tokio::time::interval(SAMPLE_EVERY);
     let mut timeline = Timeline::default();
     let mut reports: Vec<Option<InstanceReport>> = vec![None; n];
     let mut done = 0;
@@ -193,12 +203,14 @@ pub(crate) async fn run_parent(
         tokio::select! {
             message = rx.recv() => match message {
                 Some((index, Some(line))) => match Line::parse(&line) {
-                    Some(Line::Progress(tally)) => tallies[index] = tally,
+                    Some(Line::Progress { at_us, tally }) => {
+                        tallies[index] = tally;
+                        timeline.push_one(index, at_us as f64 / 1e6, tally);
+                    }
                     Some(Line::Done) => {
                         done += 1;
                         if done == n {
                             elapsed = started.elapsed();
-                            timeline.push(elapsed.as_secs_f64(), tallies.clone());
                             tell(&mut stdins, "finish").await?;
                         }
                     }
@@ -215,9 +227,6 @@ pub(crate) async fn run_parent(
             _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
                 progress.update(Tally::sum(&tallies));
             },
-            _ = samples.tick(), if done < n => {
-                timeline.push(started.elapsed().as_secs_f64(), tallies.clone());
-            }
             () = &mut limit => return Err(DemoError::Timeout("the instances to report")),
         }
     }
@@ -316,13 +325,14 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     let mut orders = BufReader::new(tokio::io::stdin()).lines();
     say(&Line::Ready)?;
     wait_for(&mut orders, "go").await?;
-    let deadline = Instant::now() + config.duration;
+    let go = Instant::now();
+    let deadline = go + config.duration;
     let reporting = instance.clone();
     let reporter = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         loop {
             ticks.tick().await;
-            if say(&Line::Progress(reporting.tally())).is_err() {
+            if say(&progress(go, reporting.tally())).is_err() {
                 return;
             }
         }
@@ -330,7 +340,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     let pending = instance.run(deadline).await;
     reporter.abort();
     let pending = pending?;
-    say(&Line::Progress(instance.tally()))?;
+    say(&progress(go, instance.tally()))?;
     say(&Line::Done)?;
     wait_for(&mut orders, "finish").await?;
 
@@ -343,6 +353,13 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     say(&Line::Report(Box::new(report)))?;
     cache.shutdown().await;
     Ok(())
+}
+
+fn progress(go: Instant, tally: Tally) -> Line {
+    Line::Progress {
+        at_us: u64::try_from(go.elapsed().as_micros()).unwrap_or(u64::MAX),
+        tally,
+    }
 }
 
 fn say(line: &Line) -> Result<(), DemoError> {
@@ -383,10 +400,13 @@ mod tests {
         for line in [
             Line::Ready,
             Line::Done,
-            Line::Progress(Tally {
-                requests: 5,
-                ..Tally::default()
-            }),
+            Line::Progress {
+                at_us: 1_250_000,
+                tally: Tally {
+                    requests: 5,
+                    ..Tally::default()
+                },
+            },
             Line::Report(Box::new(report)),
         ] {
             let text = line.render();

@@ -73,48 +73,48 @@ impl Tally {
     }
 }
 
-/// Every instance's totals at one moment.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sample {
-    /// Seconds since the run started.
-    pub(crate) at: f64,
-    /// One tally per instance, by index.
-    pub(crate) instances: Vec<Tally>,
-}
-
-/// Samples in time order.
+/// Each instance's totals over time: `(seconds since the run started, totals)` in time order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Timeline {
-    samples: Vec<Sample>,
+    instances: Vec<Vec<(f64, Tally)>>,
 }
 
 impl Timeline {
-    /// Adds the totals at `at` seconds (after every earlier sample).
-    pub(crate) fn push(&mut self, at: f64, instances: Vec<Tally>) {
-        self.samples.push(Sample { at, instances });
+    /// Adds every instance's totals at `at` seconds, by index.
+    pub(crate) fn push(&mut self, at: f64, tallies: Vec<Tally>) {
+        for (instance, tally) in tallies.into_iter().enumerate() {
+            self.push_one(instance, at, tally);
+        }
+    }
+
+    /// Adds `instance`'s totals at `at` seconds (after its earlier ones).
+    pub(crate) fn push_one(&mut self, instance: usize, at: f64, tally: Tally) {
+        if self.instances.len() <= instance {
+            self.instances.resize_with(instance + 1, Vec::new);
+        }
+        self.instances[instance].push((at, tally));
     }
 
     /// When the last sample was taken.
     pub(crate) fn end(&self) -> Option<f64> {
-        self.samples.last().map(|s| s.at)
+        self.instances
+            .iter()
+            .filter_map(|samples| samples.last().map(|&(at, _)| at))
+            .reduce(f64::max)
     }
 
     /// Instances in the samples.
     pub(crate) fn instances(&self) -> usize {
-        self.samples
-            .iter()
-            .map(|s| s.instances.len())
-            .max()
-            .unwrap_or(0)
+        self.instances.len()
     }
 
-    /// `field` of `instance` at the last sample at or before `at` (0 before the first).
+    /// `field` of `instance` at its last sample at or before `at` (0 before the first).
     fn value_at(&self, at: f64, instance: usize, field: fn(&Tally) -> u64) -> u64 {
-        let taken = self.samples.partition_point(|s| s.at <= at);
-        taken
-            .checked_sub(1)
-            .and_then(|i| self.samples[i].instances.get(instance))
-            .map_or(0, field)
+        let Some(samples) = self.instances.get(instance) else {
+            return 0;
+        };
+        let taken = samples.partition_point(|&(t, _)| t <= at);
+        taken.checked_sub(1).map_or(0, |i| field(&samples[i].1))
     }
 
     /// Per instance, how much `field` grew from `from` to `to` seconds.
@@ -132,16 +132,20 @@ impl Timeline {
         self.deltas_between(from, to, field).iter().sum()
     }
 
-    /// `(seconds, value)` of `field` of `instance` at every sample.
+    /// `(seconds, value)` of `field` of `instance` at each of its samples.
     pub(crate) fn values(&self, instance: usize, field: fn(&Tally) -> u64) -> Vec<(f64, f64)> {
-        self.samples
-            .iter()
-            .filter_map(|s| Some((s.at, field(s.instances.get(instance)?) as f64)))
-            .collect()
+        self.instances
+            .get(instance)
+            .map_or_else(Vec::new, |samples| {
+                samples
+                    .iter()
+                    .map(|(at, tally)| (*at, field(tally) as f64))
+                    .collect()
+            })
     }
 
-    /// `(seconds, per second)` of `field` of `instance` between consecutive samples, placed
-    /// at the end of each interval.
+    /// `(seconds, per second)` of `field` of `instance` between its consecutive samples,
+    /// placed at the end of each interval.
     pub(crate) fn rates(&self, instance: usize, field: fn(&Tally) -> u64) -> Vec<(f64, f64)> {
         self.values(instance, field)
             .windows(2)
@@ -201,5 +205,15 @@ mod tests {
         assert_eq!(timeline.deltas_between(0.2, 0.9, |t| t.requests), [100, 10]);
         assert_eq!(timeline.total_between(0.0, 1.0, |t| t.requests), 310);
         assert_eq!(timeline.values(0, |t| t.requests).len(), 3);
+        // Instances sampled at their own times (separate processes) are read the same way.
+        let mut apart = Timeline::default();
+        apart.push_one(1, 0.1, at(0));
+        apart.push_one(0, 0.0, at(0));
+        apart.push_one(1, 0.6, at(50));
+        apart.push_one(0, 0.5, at(100));
+        assert_eq!(apart.instances(), 2);
+        assert_eq!(apart.end(), Some(0.6));
+        assert_eq!(apart.rates(1, |t| t.requests), [(0.6, 100.0)]);
+        assert_eq!(apart.deltas_between(0.0, 0.55, |t| t.requests), [100, 0]);
     }
 }
