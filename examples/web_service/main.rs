@@ -44,8 +44,9 @@ struct Args {
     /// (one instance only).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// The SQLite database file, created if missing (default: nearcache-web-service/
-    /// products.sqlite3 in the temp directory, so instances started alike share it).
+    /// The SQLite database file, created if missing (default:
+    /// nearcache-web-service/products.sqlite3 in the temp directory, so instances started
+    /// alike share it).
     #[arg(long, value_name = "FILE")]
     db: Option<PathBuf>,
 }
