@@ -117,7 +117,11 @@ async fn watch_backplane(cache: Cache, counters: Arc<Counters>) {
 /// The cache options of every instance of a run: room for every entry, entries that outlive
 /// the run (only invalidations make them go), and a backplane whose loss detection fits
 /// inside the stale-read bound: heartbeats every quarter of it, reads bypass the cache once
-/// the backplane has been down for half of it.
+/// the backplane has been down for half of it, and a lost connection is retried at least
+/// every quarter of it. The last matters after a Redis restart: the peers' subscriptions are
+/// back and they serve from their caches again, but the writer's invalidations wait in its
+/// outbox until *its* publisher reconnects — with the default backoff (up to 5 s) that
+/// window is longer than a 1 s bound.
 pub(crate) fn cache_options(
     config: &Config,
     run_id: &str,
@@ -132,6 +136,10 @@ pub(crate) fn cache_options(
             heartbeat_interval: (bound / 4)
                 .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             max_staleness: Some(bound / 2),
+            reconnect_initial_delay: (bound / 16)
+                .clamp(Duration::from_millis(10), Duration::from_millis(100)),
+            reconnect_max_delay: (bound / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()
@@ -165,6 +173,14 @@ mod tests {
         assert_eq!(
             options.backplane.max_staleness,
             Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            options.backplane.reconnect_initial_delay,
+            Duration::from_millis(25)
+        );
+        assert_eq!(
+            options.backplane.reconnect_max_delay,
+            Duration::from_millis(100)
         );
         assert_eq!(
             options.backplane.channel_name(),

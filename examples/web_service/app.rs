@@ -228,7 +228,7 @@ mod tests {
         let read: Product = get(b, "/products/42").await.unwrap().json().await.unwrap();
         assert_eq!(read, updated, "B served its cached old version");
         let page: Vec<Product> = get(b, "/catalogs/3").await.unwrap().json().await.unwrap();
-        assert_eq!(page, [updated.clone()]);
+        assert_eq!(page, std::slice::from_ref(&updated));
 
         // A caches the page; the row changes behind the service's back; an expiry sent to
         // B reaches A, whose next read of the page is fresh.
