@@ -28,6 +28,9 @@ pub(crate) const FILE_NAME: &str = "products.sqlite3";
 /// How long a query waits for a lock another connection holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Tries of [`Database::refresh_patiently`], and of stamping a write's time.
+const REFRESH_TRIES: u32 = 5;
+
 /// How products are spread over catalogs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -229,7 +232,17 @@ impl Database {
             tx.commit()?;
             // After the commit: every read that still returned the old version began earlier.
             let at = i64::try_from(clock::now()).unwrap_or(i64::MAX);
-            conn.execute("UPDATE writes SET at = ?1 WHERE seq = ?2", params![at, seq])?;
+            // Until it is stamped, the row holds every mirror's horizon back: insist.
+            let mut tries = 1;
+            while let Err(error) =
+                conn.execute("UPDATE writes SET at = ?1 WHERE seq = ?2", params![at, seq])
+            {
+                if tries == REFRESH_TRIES {
+                    return Err(error.into());
+                }
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Ok(to_u64(version))
         })
         .await
@@ -276,6 +289,31 @@ impl Database {
             .await?;
         *seen = last;
         Ok(new)
+    }
+
+    /// [`refresh`](Self::refresh), tried again after a short pause when it fails (a lock
+    /// held too long), a few times: for the refreshes a run cannot do without.
+    ///
+    /// # Errors
+    ///
+    /// The last error, when every try failed.
+    pub(crate) async fn refresh_patiently(
+        &self,
+        mirror: &Arc<WriteLog>,
+        seen: &mut i64,
+    ) -> Result<usize, DbError> {
+        let mut tries = 1;
+        loop {
+            match self.refresh(mirror, seen).await {
+                Ok(new) => return Ok(new),
+                Err(error) if tries < REFRESH_TRIES => {
+                    tracing::warn!(%error, "could not read the write log; trying again");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Refreshes `mirror` from row `seen` on, every quarter of `bound` (at most every 50 ms),

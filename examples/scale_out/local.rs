@@ -44,7 +44,7 @@ pub(crate) async fn run(
     let db = Database::open(db_path, layout, config.db_latency)?;
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
+    db.refresh_patiently(&mirror, &mut seen).await?;
     let refresher = tokio::spawn(
         db.clone()
             .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
@@ -128,7 +128,7 @@ pub(crate) async fn run(
     // Every read started before now: a mirror complete up to now judges them all.
     refresher.abort();
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
+    db.refresh_patiently(&mirror, &mut seen).await?;
     let reports = instances
         .iter()
         .zip(undecided)

@@ -301,7 +301,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     let db = Database::open(&child.db, layout, config.db_latency)?;
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
+    db.refresh_patiently(&mirror, &mut seen).await?;
     let refresher = tokio::spawn(
         db.clone()
             .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
@@ -347,7 +347,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     // Every read started before now: a mirror complete up to now judges them all.
     refresher.abort();
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
+    db.refresh_patiently(&mirror, &mut seen).await?;
     let still = instance.workload.judge_pending(pending);
     let report = instance.report(still.len() as u64);
     say(&Line::Report(Box::new(report)))?;
