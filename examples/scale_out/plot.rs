@@ -121,9 +121,18 @@ fn panel(
         .x_label_area_size(28)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    let whole = y_max > 10.0;
+    let y_label = move |y: &f64| {
+        if whole {
+            format!("{y:.0}")
+        } else {
+            format!("{y:.1}")
+        }
+    };
     chart
         .configure_mesh()
         .x_desc("seconds")
+        .y_label_formatter(&y_label)
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
     for fault in &summary.faults {

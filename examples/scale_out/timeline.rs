@@ -144,17 +144,25 @@ impl Timeline {
             })
     }
 
-    /// `(seconds, per second)` of `field` of `instance` between its consecutive samples,
-    /// placed at the end of each interval.
+    /// `(seconds, per second)` of `field` of `instance` between its samples, placed at the
+    /// end of each interval. A sample closer than half of [`SAMPLE_EVERY`] to the previous
+    /// point is merged into the next interval (the last totals of a run come right after a
+    /// regular sample, and a rate over a few milliseconds is noise).
     pub(crate) fn rates(&self, instance: usize, field: fn(&Tally) -> u64) -> Vec<(f64, f64)> {
-        self.values(instance, field)
-            .windows(2)
-            .filter(|pair| pair[1].0 > pair[0].0)
-            .map(|pair| {
-                let ((t0, v0), (t1, v1)) = (pair[0], pair[1]);
-                (t1, (v1 - v0).max(0.0) / (t1 - t0))
-            })
-            .collect()
+        let shortest = SAMPLE_EVERY.as_secs_f64() / 2.0;
+        let mut rates = Vec::new();
+        let mut last: Option<(f64, f64)> = None;
+        for (t1, v1) in self.values(instance, field) {
+            match last {
+                Some((t0, _)) if t1 - t0 < shortest => {}
+                Some((t0, v0)) => {
+                    rates.push((t1, (v1 - v0).max(0.0) / (t1 - t0)));
+                    last = Some((t1, v1));
+                }
+                None => last = Some((t1, v1)),
+            }
+        }
+        rates
     }
 }
 
@@ -205,6 +213,11 @@ mod tests {
         assert_eq!(timeline.deltas_between(0.2, 0.9, |t| t.requests), [100, 10]);
         assert_eq!(timeline.total_between(0.0, 1.0, |t| t.requests), 310);
         assert_eq!(timeline.values(0, |t| t.requests).len(), 3);
+        // A last sample right after a regular one is merged into the next interval.
+        timeline.push(1.01, vec![at(310), at(10)]);
+        assert_eq!(timeline.rates(0, |t| t.requests).len(), 2);
+        timeline.push(1.5, vec![at(400), at(10)]);
+        assert_eq!(timeline.rates(0, |t| t.requests)[2], (1.5, 200.0));
         // Instances sampled at their own times (separate processes) are read the same way.
         let mut apart = Timeline::default();
         apart.push_one(1, 0.1, at(0));
