@@ -93,7 +93,8 @@ impl Instance {
 const WATCH_EVERY: Duration = Duration::from_millis(20);
 
 /// Adds up, until aborted, how long `cache` is disconnected from its backplane and how long
-/// its reads bypass it (to [`WATCH_EVERY`]'s precision).
+/// its reads bypass it (to [`WATCH_EVERY`]'s precision), and notes the longest its outbox
+/// got.
 async fn watch_backplane(cache: Cache, counters: Arc<Counters>) {
     let mut ticks = tokio::time::interval(WATCH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -110,6 +111,8 @@ async fn watch_backplane(cache: Cache, counters: Arc<Counters>) {
             if propagation.bypassing_reads {
                 counters.bypass_us.fetch_add(step, Ordering::Relaxed);
             }
+            let queued = u64::try_from(propagation.outbox_len).unwrap_or(u64::MAX);
+            counters.outbox_peak.fetch_max(queued, Ordering::Relaxed);
         }
     }
 }

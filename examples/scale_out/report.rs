@@ -62,6 +62,8 @@ pub(crate) struct InstanceReport {
     pub(crate) publish_failures: u64,
     /// Times its outbox overflowed (and dropped its backlog).
     pub(crate) outbox_overflows: u64,
+    /// The most invalidations waiting in its outbox at once.
+    pub(crate) outbox_peak: u64,
     /// Time disconnected from the backplane, µs.
     pub(crate) disconnected_us: Micros,
     /// Time its reads bypassed the cache, µs.
@@ -95,6 +97,7 @@ impl InstanceReport {
             db_errors: counters.db_errors.load(Ordering::Relaxed),
             disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
             bypass_us: counters.bypass_us.load(Ordering::Relaxed),
+            outbox_peak: counters.outbox_peak.load(Ordering::Relaxed),
             ..InstanceReport::default()
         };
         if let Some(propagation) = &stats.propagation {
@@ -274,6 +277,18 @@ impl Summary {
             count(self.total(|i| i.publish_failures)),
         );
         table.row(
+            "invalidations queued (most at once)",
+            self,
+            |i| count(i.outbox_peak),
+            count(
+                self.instances
+                    .iter()
+                    .map(|i| i.outbox_peak)
+                    .max()
+                    .unwrap_or(0),
+            ),
+        );
+        table.row(
             "outbox overflows",
             self,
             |i| count(i.outbox_overflows),
@@ -292,7 +307,7 @@ impl Summary {
             count(self.stale_reads()),
         );
         out.push_str(&table.finish());
-        out.push_str("  (latency totals are the worst instance's; without a cache every request is a query)\n\n");
+        out.push_str("  (latency and queue totals are the worst instance's; without a cache every request is a query)\n\n");
         out.push_str(&crate::faults::render(&crate::faults::costs(
             &self.timeline,
             &self.faults,

@@ -103,6 +103,8 @@ pub(crate) struct Counters {
     pub(crate) disconnected_us: AtomicU64,
     /// Time the cache's reads bypassed it, µs.
     pub(crate) bypass_us: AtomicU64,
+    /// The most invalidations seen waiting in the cache's outbox at once.
+    pub(crate) outbox_peak: AtomicU64,
 }
 
 /// A read the check could not judge yet (its write log is a mirror that was behind).
