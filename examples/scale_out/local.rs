@@ -254,4 +254,56 @@ mod tests {
         );
         assert!(summary.render().contains("FAILED"));
     }
+
+    /// `--faults` in one process: the demo kills the subscribers and restarts its Redis
+    /// during the run; every fault happens, every instance notices the restart (it is
+    /// disconnected, and clears itself when it reconnects), and still no read is stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_faults_are_ridden_through_and_costed() {
+        let config = Config {
+            duration: Duration::from_secs(3),
+            db_latency: Duration::from_micros(200),
+            write_rate: 100.0,
+            readers: 2,
+            products: 50,
+            catalogs: 5,
+            redis: Some(crate::cli::RedisTarget::Auto),
+            faults: true,
+            ..Config::default()
+        };
+        let server = tokio::task::spawn_blocking(nearcache_suite::RedisServer::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let url = server.url();
+        let injector = Injector::new(server, config.duration);
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, &config).unwrap();
+        let summary = run(&config, &path, Some(&url), Some(injector), false)
+            .await
+            .unwrap();
+        assert!(summary.passed(), "{}", summary.render());
+        assert_eq!(summary.faults.len(), 3, "{:?}", summary.faults);
+        assert_eq!(
+            summary.faults[0].outcome, "3 subscriber connections killed",
+            "{:?}",
+            summary.faults
+        );
+        assert!(
+            summary.faults[1]
+                .outcome
+                .starts_with("stopped, started again"),
+            "{:?}",
+            summary.faults
+        );
+        let costs = crate::faults::costs(&summary.timeline, &summary.faults);
+        let restart = &costs[1];
+        assert!(restart.disconnected.iter().all(|&us| us > 0), "{restart:?}");
+        for instance in &summary.instances {
+            assert!(instance.loss_clears >= 1, "{instance:?}");
+            assert!(instance.disconnected_us > 0, "{instance:?}");
+        }
+        let text = summary.render();
+        assert!(text.contains("Faults (--faults)"), "{text}");
+    }
 }
