@@ -15,7 +15,7 @@ run.";
 
 /// What `--help` says after the flags.
 const AFTER_HELP: &str = "\
-Durations: 250us, 2ms, 1s, 1s 500ms, 1m. RUST_LOG=warn (or debug) shows the library's log.
+Durations: 250us, 2ms, 1s, 1s 500ms, 1m, or a number of seconds (20, 1.5). RUST_LOG=warn (or debug) shows the library's log.
 
 Examples:
   cargo run --release --example scale_out                                  # in-process backplane
@@ -55,10 +55,10 @@ pub(crate) struct Config {
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub(crate) instances: usize,
     /// How long the readers run.
-    #[arg(long, value_name = "D", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = duration)]
     pub(crate) duration: Duration,
     /// Latency added to every database query, as a remote database's round trip.
-    #[arg(long, value_name = "D", default_value = "2ms", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "2ms", value_parser = duration)]
     pub(crate) db_latency: Duration,
     /// Product updates per second (by instance 0).
     #[arg(long, value_name = "R", default_value_t = 50.0)]
@@ -80,7 +80,7 @@ pub(crate) struct Config {
     pub(crate) zipf: f64,
     /// Stale-read bound: a read is stale if it returned a version older than one written more
     /// than this before the read started.
-    #[arg(long, value_name = "D", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "1s", value_parser = duration)]
     pub(crate) bound: Duration,
     /// Use Redis as the backplane (auto: start a private redis-server from PATH).
     #[arg(long, value_name = "URL|auto", value_parser = redis_target)]
@@ -256,6 +256,15 @@ impl Config {
     }
 }
 
+/// A humantime duration (`250us`, `2ms`, `1s 500ms`, `1m`), or a bare number of seconds
+/// (`20`, `1.5`).
+fn duration(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string()),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
+}
+
 /// `auto`, or a Redis URL.
 fn redis_target(text: &str) -> Result<RedisTarget, String> {
     match text {
@@ -364,6 +373,14 @@ mod tests {
             config(&["--duration", "1s 500ms"]).duration,
             Duration::from_millis(1_500)
         );
+        assert_eq!(
+            config(&["--duration", "20"]).duration,
+            Duration::from_secs(20)
+        );
+        assert_eq!(
+            config(&["--bound", "1.5"]).bound,
+            Duration::from_millis(1_500)
+        );
     }
 
     #[test]
@@ -372,6 +389,7 @@ mod tests {
             (&["--instances", "0"][..], "--instances"),
             (&["--instances", "-1"], "-1"),
             (&["--duration", "soon"], "--duration"),
+            (&["--duration=-3"], "--duration"),
             (&["--duration", "0s"], "--duration"),
             (&["--write-rate"], "--write-rate"),
             (&["--redis", "localhost"], "neither `auto` nor"),
