@@ -5,9 +5,7 @@
 //!   restartable, for tests that need a real Redis.
 //! * [`TcpProxy`]: a loopback relay whose connections can be made to go silent, to play a
 //!   network partition (half-open connections) between an instance and Redis.
-//! * [`demo`]: the scale-out demo's parts (`examples/scale_out.rs` runs [`demo::main`]).
 
-pub mod demo;
 pub mod redis_server;
 pub mod tcp_proxy;
 

@@ -53,6 +53,31 @@ struct Versioned {
     _payload: Vec<u8>,
 }
 
+/// The soak's command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "soak",
+    about = "Three caches through a real redis-server under read/write load while Redis is \
+             killed and restarted and its subscribers are CLIENT KILLed; exits 1 on any stale \
+             read past the bound, stale entry left, panic or instance that did not reconnect.",
+    override_usage = "cargo run --example soak -- [--minutes N | --seconds N] [--bound D] [--strict-rss]",
+    after_help = "Durations: 500ms, 5s, 1m 30s."
+)]
+struct Cli {
+    /// How long to run, in minutes (fractions allowed).
+    #[arg(long, value_name = "N", conflicts_with = "seconds")]
+    minutes: Option<f64>,
+    /// How long to run, in seconds.
+    #[arg(long, value_name = "N")]
+    seconds: Option<u64>,
+    /// Stale-read bound (default: max_staleness plus 4 s).
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    bound: Option<Duration>,
+    /// Exit 1 on resident-memory growth too.
+    #[arg(long)]
+    strict_rss: bool,
+}
+
 struct Args {
     duration: Duration,
     bound: Duration,
@@ -60,47 +85,18 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        duration: Duration::from_secs(60),
-        bound: MAX_STALENESS + Duration::from_secs(4),
-        strict_rss: false,
+    let cli = <Cli as clap::Parser>::parse();
+    let duration = match (cli.minutes, cli.seconds) {
+        (Some(minutes), _) => Duration::try_from_secs_f64(minutes * 60.0)
+            .map_err(|e| format!("--minutes {minutes}: {e}"))?,
+        (None, Some(seconds)) => Duration::from_secs(seconds),
+        (None, None) => Duration::from_secs(60),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("`{arg}` needs a value"));
-        match arg.as_str() {
-            "--minutes" => {
-                let minutes: f64 = value()?.parse().map_err(|e| format!("--minutes: {e}"))?;
-                args.duration = Duration::try_from_secs_f64(minutes * 60.0)
-                    .map_err(|e| format!("--minutes: {e}"))?;
-            }
-            "--seconds" => {
-                let seconds: u64 = value()?.parse().map_err(|e| format!("--seconds: {e}"))?;
-                args.duration = Duration::from_secs(seconds);
-            }
-            "--bound" => {
-                args.bound = humantime_parse(&value()?)?;
-            }
-            "--strict-rss" => args.strict_rss = true,
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}`; usage: soak [--minutes N | --seconds N] \
-                     [--bound 5s] [--strict-rss]"
-                ));
-            }
-        }
-    }
-    Ok(args)
-}
-
-/// `"5s"`, `"500ms"`: the two forms `--bound` needs.
-fn humantime_parse(text: &str) -> Result<Duration, String> {
-    let bad = || format!("--bound: `{text}` is not like 5s or 500ms");
-    if let Some(ms) = text.strip_suffix("ms") {
-        return ms.parse().map(Duration::from_millis).map_err(|_| bad());
-    }
-    let secs = text.strip_suffix('s').ok_or_else(bad)?;
-    secs.parse().map(Duration::from_secs).map_err(|_| bad())
+    Ok(Args {
+        duration,
+        bound: cli.bound.unwrap_or(MAX_STALENESS + Duration::from_secs(4)),
+        strict_rss: cli.strict_rss,
+    })
 }
 
 static PANICS: AtomicU64 = AtomicU64::new(0);

@@ -19,9 +19,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// The demo as CI runs it: 2 s with every instance in one process on the in-process bus,
-/// then 2 s with one OS process per instance through a private redis-server (`--redis
-/// auto`, started from PATH, which `cargo xtask test` made sure of). A stale read exits 1
-/// and fails CI.
+/// then 4 s with one OS process per instance through a private redis-server (`--redis
+/// auto`, started from PATH, which `cargo xtask test` made sure of) that the demo breaks on
+/// its schedule (`--faults`: subscribers killed twice, Redis restarted once). Any non-zero
+/// exit fails CI: 1 for a stale read, 2 for a run that could not complete.
 ///
 /// The example is a debug build with the features of `cargo test --workspace
 /// --all-features`, which CI ran just before: it is already built, where a release build
@@ -42,7 +43,14 @@ pub(crate) fn smoke() -> Result<(), String> {
         .join("scale_out");
     let runs: [&[&str]; 2] = [
         &["--duration", "2s"],
-        &["--duration", "2s", "--redis", "auto", "--processes"],
+        &[
+            "--duration",
+            "4s",
+            "--redis",
+            "auto",
+            "--processes",
+            "--faults",
+        ],
     ];
     for args in runs {
         let mut demo = Command::new(&exe);

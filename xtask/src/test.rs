@@ -59,7 +59,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     demo::smoke()?;
 
-    // Hardening (issue 9): a fuzz smoke on nightly from the committed corpus, and one minute
+    // Hardening: a fuzz smoke on nightly from the committed corpus, and one minute
     // of the soak with Redis faults.
     fuzz::fuzz(&fuzz::TARGETS, FUZZ_SMOKE_SECONDS)?;
     soak::soak("1", false, &[])?;

@@ -1,7 +1,9 @@
 //! A run with every instance in this process: the in-process backplane (default), Redis
-//! (`--redis`), or none (`--no-backplane`). The database is in memory and its write log is
-//! live, so every read is judged the moment it returns.
+//! (`--redis`), or none (`--no-backplane`). Each instance opens the run's SQLite database
+//! itself, as the instances of a `--processes` run do; they share one mirror of its write
+//! log.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,34 +11,44 @@ use nearcache::{Cache, InMemoryBackplane};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::demo::DemoError;
-use crate::demo::cli::Config;
-use crate::demo::clock::{DemoClock, Micros};
-use crate::demo::db::{Database, Layout, MemoryDb};
-use crate::demo::instance::{Instance, cache_options, new_run_id};
-use crate::demo::progress::{Progress, TERMINAL_REFRESH};
-use crate::demo::report::{Summary, Tally};
-use crate::demo::workload::{Counters, Popularity, Workload};
+use crate::DemoError;
+use crate::cli::Config;
+use crate::clock::Micros;
+use crate::db::Database;
+use crate::faults::Injector;
+use crate::instance::{Instance, cache_options, new_run_id};
+use crate::progress::{Progress, TERMINAL_REFRESH};
+use crate::report::Summary;
+use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
+use crate::workload::{Counters, Popularity, Workload};
+use crate::write_log::WriteLog;
 
-/// Runs `config` in this process, with Redis at `redis_url` as the backplane if given.
-/// `show_progress` turns the progress line on.
+/// Runs `config` in this process on the database at `db_path`, with Redis at `redis_url` as
+/// the backplane if given, and `faults` injected into it. `show_progress` turns the progress
+/// line on.
 ///
 /// # Errors
 ///
-/// [`DemoError`] when a cache cannot be built or connected, or the database fails.
-pub async fn run(
+/// [`DemoError`] when a cache cannot be built or connected, or the database cannot be
+/// opened.
+pub(crate) async fn run(
     config: &Config,
+    db_path: &Path,
     redis_url: Option<&str>,
+    faults: Option<Injector>,
     show_progress: bool,
 ) -> Result<Summary, DemoError> {
     let run_id = new_run_id();
-    let clock = DemoClock::monotonic();
-    let layout = Layout {
-        products: config.products,
-        catalogs: config.catalogs,
-    };
+    let layout = config.layout();
     let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
-    let db = MemoryDb::new(layout, config.db_latency, clock);
+    let db = Database::open(db_path, layout, config.db_latency)?;
+    let mirror = Arc::new(WriteLog::mirror(config.products));
+    let mut seen = 0;
+    db.refresh_patiently(&mirror, &mut seen).await?;
+    let refresher = tokio::spawn(
+        db.clone()
+            .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
+    );
     let bus = InMemoryBackplane::new();
     let mut instances = Vec::with_capacity(config.instances);
     for index in 0..config.instances {
@@ -52,11 +64,10 @@ pub async fn run(
             index,
             workload: Workload {
                 cache,
-                db: Database::Memory(db.clone()),
-                log: Arc::clone(db.log()),
+                db: db.reopen()?,
+                log: Arc::clone(&mirror),
                 layout,
                 popularity,
-                clock,
                 bound: micros(config.bound),
                 page_every: config.page_every,
                 counters: Arc::new(Counters::default()),
@@ -74,42 +85,68 @@ pub async fn run(
     let mut tasks = JoinSet::new();
     for instance in &instances {
         let instance = instance.clone();
-        tasks.spawn(async move { instance.run(deadline).await });
+        tasks.spawn(async move { (instance.index, instance.run(deadline).await) });
     }
+    let injector = faults.map(|faults| faults.spawn(started.into_std()));
     let mut progress = show_progress.then(|| Progress::start(config.duration));
     let mut ticks = tokio::time::interval(TERMINAL_REFRESH);
-    let mut undecided = 0;
+    let mut samples = tokio::time::interval(SAMPLE_EVERY);
+    let mut timeline = Timeline::default();
+    let mut undecided = vec![Vec::new(); instances.len()];
     loop {
         tokio::select! {
             joined = tasks.join_next() => match joined {
-                Some(joined) => undecided += joined??.len(),
+                Some(joined) => {
+                    let (index, pending) = joined?;
+                    undecided[index] = pending?;
+                }
                 None => break,
             },
             _ = ticks.tick() => if let Some(progress) = progress.as_mut() {
-                progress.update(tally(&instances));
+                progress.update(Tally::sum(&tallies(&instances)));
             },
+            _ = samples.tick() => {
+                timeline.push(started.elapsed().as_secs_f64(), tallies(&instances));
+            }
         }
     }
     let elapsed = started.elapsed();
+    timeline.push(elapsed.as_secs_f64(), tallies(&instances));
+    // The server (if the injector had it) stays up until the instances are shut down.
+    let (_server, faults) = match injector {
+        Some(injector) => {
+            let (server, records) = injector.await?;
+            (Some(server), records)
+        }
+        None => (None, Vec::new()),
+    };
     if let Some(progress) = progress {
         progress.finish();
     }
     settle(&instances, config.bound).await;
 
-    let reports = instances.iter().map(|i| i.report(0)).collect::<Vec<_>>();
+    // Every read started before now: a mirror complete up to now judges them all.
+    refresher.abort();
+    let mut seen = 0;
+    db.refresh_patiently(&mirror, &mut seen).await?;
+    let reports = instances
+        .iter()
+        .zip(undecided)
+        .map(|(instance, pending)| {
+            let still = instance.workload.judge_pending(pending);
+            instance.report(still.len() as u64)
+        })
+        .collect::<Vec<_>>();
     for instance in &instances {
         instance.workload.cache.shutdown().await;
     }
-    // A live log decides every read; anything left is a bug in the check, and fails the run.
-    let mut reports = reports;
-    if let Some(first) = reports.first_mut() {
-        first.unchecked_reads += undecided as u64;
-    }
     Ok(Summary {
-        title: super::title(config, elapsed),
+        title: crate::title(config, elapsed),
         bound: config.bound,
         elapsed,
         instances: reports,
+        timeline,
+        faults,
     })
 }
 
@@ -144,12 +181,8 @@ async fn settle(instances: &[Instance], bound: Duration) {
     }
 }
 
-fn tally(instances: &[Instance]) -> Tally {
-    let tallies: Vec<Tally> = instances
-        .iter()
-        .map(|i| Tally::of(&i.workload.counters))
-        .collect();
-    Tally::sum(&tallies)
+fn tallies(instances: &[Instance]) -> Vec<Tally> {
+    instances.iter().map(Instance::tally).collect()
 }
 
 fn micros(duration: Duration) -> Micros {
@@ -180,7 +213,9 @@ mod tests {
             catalogs: 5,
             ..Config::default()
         });
-        let summary = run(&config, None, false).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, &config).unwrap();
+        let summary = run(&config, &path, None, None, false).await.unwrap();
         assert_eq!(summary.instances.len(), 3);
         assert!(summary.passed(), "{}", summary.render());
         let writer = &summary.instances[0];
@@ -208,7 +243,9 @@ mod tests {
             bound: Duration::from_millis(20),
             ..Config::default()
         });
-        let summary = run(&config, None, false).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, &config).unwrap();
+        let summary = run(&config, &path, None, None, false).await.unwrap();
         assert!(!summary.passed());
         assert!(summary.stale_reads() > 0);
         assert_eq!(
@@ -216,5 +253,57 @@ mod tests {
             "the writer's own cache is coherent"
         );
         assert!(summary.render().contains("FAILED"));
+    }
+
+    /// `--faults` in one process: the demo kills the subscribers and restarts its Redis
+    /// during the run; every fault happens, every instance notices the restart (it is
+    /// disconnected, and clears itself when it reconnects), and still no read is stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_faults_are_ridden_through_and_costed() {
+        let config = Config {
+            duration: Duration::from_secs(3),
+            db_latency: Duration::from_micros(200),
+            write_rate: 100.0,
+            readers: 2,
+            products: 50,
+            catalogs: 5,
+            redis: Some(crate::cli::RedisTarget::Auto),
+            faults: true,
+            ..Config::default()
+        };
+        let server = tokio::task::spawn_blocking(nearcache_suite::RedisServer::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let url = server.url();
+        let injector = Injector::new(server, config.duration);
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, &config).unwrap();
+        let summary = run(&config, &path, Some(&url), Some(injector), false)
+            .await
+            .unwrap();
+        assert!(summary.passed(), "{}", summary.render());
+        assert_eq!(summary.faults.len(), 3, "{:?}", summary.faults);
+        assert_eq!(
+            summary.faults[0].outcome, "3 subscriber connections killed",
+            "{:?}",
+            summary.faults
+        );
+        assert!(
+            summary.faults[1]
+                .outcome
+                .starts_with("stopped, started again"),
+            "{:?}",
+            summary.faults
+        );
+        let costs = crate::faults::costs(&summary.timeline, &summary.faults);
+        let restart = &costs[1];
+        assert!(restart.disconnected.iter().all(|&us| us > 0), "{restart:?}");
+        for instance in &summary.instances {
+            assert!(instance.loss_clears >= 1, "{instance:?}");
+            assert!(instance.disconnected_us > 0, "{instance:?}");
+        }
+        let text = summary.render();
+        assert!(text.contains("Faults (--faults)"), "{text}");
     }
 }

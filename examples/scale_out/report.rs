@@ -8,57 +8,71 @@ use std::time::Duration;
 use nearcache::CacheStats;
 use serde::{Deserialize, Serialize};
 
-use crate::demo::clock::Micros;
-use crate::demo::workload::Counters;
+use crate::clock::Micros;
+use crate::faults::FaultRecord;
+use crate::timeline::Timeline;
+use crate::workload::Counters;
 
 /// What one instance did in a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceReport {
+pub(crate) struct InstanceReport {
     /// Its number (0 is the writer).
-    pub index: usize,
+    pub(crate) index: usize,
     /// Whether it ran the writer.
-    pub writer: bool,
+    pub(crate) writer: bool,
     /// Reads served.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// Database queries its reads made (its cache's loads).
-    pub db_queries: u64,
+    pub(crate) db_queries: u64,
     /// Reads answered from the cache.
-    pub hits: u64,
+    pub(crate) hits: u64,
     /// Reads that missed (and loaded, or joined a load).
-    pub misses: u64,
+    pub(crate) misses: u64,
     /// Factory runs.
-    pub loads: u64,
+    pub(crate) loads: u64,
     /// Misses that joined another caller's load instead of querying the database.
-    pub collapsed: u64,
+    pub(crate) collapsed: u64,
     /// Loaded values not stored because an invalidation overlapped the load.
-    pub inserts_rejected_stale: u64,
+    pub(crate) inserts_rejected_stale: u64,
     /// Products it wrote.
-    pub writes: u64,
+    pub(crate) writes: u64,
     /// Invalidations it published.
-    pub invalidations_sent: u64,
+    pub(crate) invalidations_sent: u64,
     /// Invalidations it received from peers.
-    pub invalidations_received: u64,
+    pub(crate) invalidations_received: u64,
     /// Messages whose lag was measured.
-    pub lag_samples: u64,
+    pub(crate) lag_samples: u64,
     /// Median propagation lag (publish on the origin → applied here), µs.
-    pub lag_p50: Micros,
+    pub(crate) lag_p50: Micros,
     /// 99th percentile propagation lag, µs.
-    pub lag_p99: Micros,
+    pub(crate) lag_p99: Micros,
     /// Largest propagation lag, µs.
-    pub lag_max: Micros,
+    pub(crate) lag_max: Micros,
     /// Times it cleared itself because it may have missed an invalidation.
-    pub loss_clears: u64,
+    pub(crate) loss_clears: u64,
     /// Stale reads it saw.
-    pub stale_reads: u64,
+    pub(crate) stale_reads: u64,
     /// The longest a stale read came after the write it missed, µs.
-    pub worst_stale: Micros,
+    pub(crate) worst_stale: Micros,
     /// Reads the check could not judge (should be none).
-    pub unchecked_reads: u64,
+    pub(crate) unchecked_reads: u64,
+    /// Database calls that failed and were tried again.
+    pub(crate) db_errors: u64,
+    /// Publish attempts that failed or timed out (each retried).
+    pub(crate) publish_failures: u64,
+    /// Times its outbox overflowed (and dropped its backlog).
+    pub(crate) outbox_overflows: u64,
+    /// The most invalidations waiting in its outbox at once.
+    pub(crate) outbox_peak: u64,
+    /// Time disconnected from the backplane, µs.
+    pub(crate) disconnected_us: Micros,
+    /// Time its reads bypassed the cache, µs.
+    pub(crate) bypass_us: Micros,
 }
 
 impl InstanceReport {
     /// Gathers an instance's numbers from its counters and its cache's stats.
-    pub fn gather(
+    pub(crate) fn gather(
         index: usize,
         writer: bool,
         counters: &Counters,
@@ -80,6 +94,10 @@ impl InstanceReport {
             stale_reads: counters.stale_reads.load(Ordering::Relaxed),
             worst_stale: counters.worst_stale.load(Ordering::Relaxed),
             unchecked_reads,
+            db_errors: counters.db_errors.load(Ordering::Relaxed),
+            disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
+            bypass_us: counters.bypass_us.load(Ordering::Relaxed),
+            outbox_peak: counters.outbox_peak.load(Ordering::Relaxed),
             ..InstanceReport::default()
         };
         if let Some(propagation) = &stats.propagation {
@@ -91,6 +109,8 @@ impl InstanceReport {
             report.lag_p99 = micros(lag.p99);
             report.lag_max = micros(lag.max);
             report.loss_clears = propagation.loss_clears.total();
+            report.publish_failures = propagation.publish_failures;
+            report.outbox_overflows = propagation.outbox_overflows;
         }
         report
     }
@@ -100,67 +120,36 @@ fn micros(duration: Duration) -> Micros {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Running totals for the progress line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tally {
-    /// Reads served.
-    pub requests: u64,
-    /// Database queries made by reads.
-    pub db_queries: u64,
-    /// Writes.
-    pub writes: u64,
-    /// Stale reads.
-    pub stale_reads: u64,
-}
-
-impl Tally {
-    /// A snapshot of `counters`.
-    pub fn of(counters: &Counters) -> Tally {
-        Tally {
-            requests: counters.requests.load(Ordering::Relaxed),
-            db_queries: counters.db_queries.load(Ordering::Relaxed),
-            writes: counters.writes.load(Ordering::Relaxed),
-            stale_reads: counters.stale_reads.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The sum of `tallies`.
-    pub fn sum<'a>(tallies: impl IntoIterator<Item = &'a Tally>) -> Tally {
-        tallies.into_iter().fold(Tally::default(), |a, b| Tally {
-            requests: a.requests + b.requests,
-            db_queries: a.db_queries + b.db_queries,
-            writes: a.writes + b.writes,
-            stale_reads: a.stale_reads + b.stale_reads,
-        })
-    }
-}
-
 /// A whole run: what was run, and every instance's report.
 #[derive(Debug, Clone)]
-pub struct Summary {
+pub(crate) struct Summary {
     /// One line saying what ran (instances, backplane, duration, workload).
-    pub title: String,
+    pub(crate) title: String,
     /// The stale-read bound.
-    pub bound: Duration,
+    pub(crate) bound: Duration,
     /// How long the readers ran.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
     /// One report per instance, by index.
-    pub instances: Vec<InstanceReport>,
+    pub(crate) instances: Vec<InstanceReport>,
+    /// Every instance's totals over time.
+    pub(crate) timeline: Timeline,
+    /// The faults the demo injected (`--faults`).
+    pub(crate) faults: Vec<FaultRecord>,
 }
 
 impl Summary {
     /// Stale reads across instances.
-    pub fn stale_reads(&self) -> u64 {
+    pub(crate) fn stale_reads(&self) -> u64 {
         self.instances.iter().map(|i| i.stale_reads).sum()
     }
 
     /// Reads nobody could judge across instances.
-    pub fn unchecked_reads(&self) -> u64 {
+    pub(crate) fn unchecked_reads(&self) -> u64 {
         self.instances.iter().map(|i| i.unchecked_reads).sum()
     }
 
     /// Whether the run proved what it should: no stale read, every read judged.
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.stale_reads() == 0 && self.unchecked_reads() == 0
     }
 
@@ -169,7 +158,7 @@ impl Summary {
     }
 
     /// The table and the verdict, as printed at the end of a run.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.title);
         let _ = writeln!(
@@ -270,13 +259,62 @@ impl Summary {
             count(self.total(|i| i.loss_clears)),
         );
         table.row(
+            "time disconnected from Redis",
+            self,
+            |i| lag(i.disconnected_us),
+            lag(self.total(|i| i.disconnected_us)),
+        );
+        table.row(
+            "time reads bypassed the cache",
+            self,
+            |i| lag(i.bypass_us),
+            lag(self.total(|i| i.bypass_us)),
+        );
+        table.row(
+            "failed publishes (retried)",
+            self,
+            |i| count(i.publish_failures),
+            count(self.total(|i| i.publish_failures)),
+        );
+        table.row(
+            "invalidations queued (most at once)",
+            self,
+            |i| count(i.outbox_peak),
+            count(
+                self.instances
+                    .iter()
+                    .map(|i| i.outbox_peak)
+                    .max()
+                    .unwrap_or(0),
+            ),
+        );
+        table.row(
+            "outbox overflows",
+            self,
+            |i| count(i.outbox_overflows),
+            count(self.total(|i| i.outbox_overflows)),
+        );
+        table.row(
+            "database errors (tried again)",
+            self,
+            |i| count(i.db_errors),
+            count(self.total(|i| i.db_errors)),
+        );
+        table.row(
             "stale reads",
             self,
             |i| count(i.stale_reads),
             count(self.stale_reads()),
         );
         out.push_str(&table.finish());
-        out.push_str("  (latency totals are the worst instance's; without a cache every request is a query)\n\n");
+        out.push_str("  (latency and queue totals are the worst instance's; without a cache every request is a query)\n\n");
+        out.push_str(&crate::faults::render(&crate::faults::costs(
+            &self.timeline,
+            &self.faults,
+        )));
+        if !self.faults.is_empty() {
+            out.push('\n');
+        }
 
         if queries > 0 {
             let _ = writeln!(
@@ -382,7 +420,7 @@ impl Table {
 }
 
 /// `1234567` → `1,234,567`.
-pub fn count(n: u64) -> String {
+pub(crate) fn count(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
@@ -411,7 +449,7 @@ fn per_second(n: u64, elapsed: Duration) -> u64 {
 }
 
 /// µs → `850 µs`, `1.25 ms`, `2.50 s`.
-pub fn lag(micros: Micros) -> String {
+pub(crate) fn lag(micros: Micros) -> String {
     match micros {
         0..1_000 => format!("{micros} µs"),
         1_000..1_000_000 => format!("{:.2} ms", micros as f64 / 1e3),
@@ -420,7 +458,7 @@ pub fn lag(micros: Micros) -> String {
 }
 
 /// A duration as the flags take it: `2ms`, `1.5s`.
-pub fn human_duration(duration: Duration) -> String {
+pub(crate) fn human_duration(duration: Duration) -> String {
     let micros = micros(duration);
     if micros.is_multiple_of(1_000_000) {
         format!("{}s", micros / 1_000_000)
@@ -466,6 +504,8 @@ mod tests {
             bound: Duration::from_secs(1),
             elapsed: Duration::from_secs(10),
             instances: vec![instance(0, 0), instance(1, stale), instance(2, 0)],
+            timeline: Timeline::default(),
+            faults: Vec::new(),
         }
     }
 
@@ -488,6 +528,7 @@ mod tests {
             "122 µs",
             "1.50 ms",
             "loss clears",
+            "database errors (tried again)",
             "stale reads",
             "#0 (writer)",
             "1000x fewer",
@@ -535,20 +576,5 @@ mod tests {
         assert_eq!(human_duration(Duration::from_millis(2)), "2ms");
         assert_eq!(human_duration(Duration::from_millis(1_500)), "1.5s");
         assert_eq!(human_duration(Duration::from_micros(250)), "250us");
-        let a = Tally {
-            requests: 1,
-            db_queries: 2,
-            writes: 3,
-            stale_reads: 4,
-        };
-        assert_eq!(
-            Tally::sum([&a, &a]),
-            Tally {
-                requests: 2,
-                db_queries: 4,
-                writes: 6,
-                stale_reads: 8
-            }
-        );
     }
 }

@@ -3,7 +3,10 @@
 //! invalidates them through the cache.
 //!
 //! Every read is judged by the stale-read check as soon as it returns ([`WriteLog::check`]);
-//! the few that a mirrored log cannot judge yet are kept and judged at the end.
+//! the few that the mirrored log cannot judge yet are kept and judged at the end.
+//!
+//! A database call that fails (a lock held too long, the file gone) is counted and tried
+//! again after a short pause: the demo rides through it and reports it, it does not stop.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,41 +18,47 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use tokio::time::Instant;
 
-use crate::demo::clock::{DemoClock, Micros};
-use crate::demo::db::{CatalogPage, Database, DbError, Layout, Product};
-use crate::demo::write_log::{Verdict, WriteLog};
+use crate::clock::{self, Micros};
+use crate::db::{CatalogPage, Database, DbError, Layout, Product};
+use crate::write_log::{Verdict, WriteLog};
 
 region!(
     /// The catalog region: a catalog page is tied to its catalog's sub-key, so a write to
     /// one product expires the pages of its catalog (`expire_region_key::<Catalog>(&c)`).
-    pub Catalog = "catalog"
+    pub(crate) Catalog = "catalog"
 );
 
 /// The service whose reads are cached (names the keys: `ProductService:get-42`).
 #[derive(Debug)]
-pub struct ProductService;
+pub(crate) struct ProductService;
 
 /// How long a cached entry lives at most. Far longer than a run: the cache stays coherent
 /// through invalidations, not through short expiries.
-pub const ENTRY_TTL: Duration = Duration::from_secs(300);
+pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(300);
 
 /// Requests between two yields of a reader, so that on a busy runtime the tasks that apply
 /// peers' invalidations are never starved by readers whose reads all hit.
 const YIELD_EVERY: u32 = 32;
 
+/// How long a reader or the writer waits before trying a failed database call again.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Database errors logged per instance (all are counted).
+const ERRORS_LOGGED: u64 = 5;
+
 /// The key of product `id`.
-pub fn product_key(id: u32) -> Key {
+pub(crate) fn product_key(id: u32) -> Key {
     cache_key!(ProductService, "get", &id)
 }
 
 /// The key of catalog `catalog`'s page.
-pub fn catalog_key(catalog: u32) -> Key {
+pub(crate) fn catalog_key(catalog: u32) -> Key {
     cache_key!(ProductService, "catalog", &catalog)
 }
 
 /// Picks products with a Zipf distribution: product 0 is the most popular.
 #[derive(Debug, Clone, Copy)]
-pub struct Popularity {
+pub(crate) struct Popularity {
     zipf: Zipf<f64>,
     products: u32,
 }
@@ -60,7 +69,7 @@ impl Popularity {
     /// # Errors
     ///
     /// A message when `products` is 0 or `exponent` is negative or not a number.
-    pub fn new(products: u32, exponent: f64) -> Result<Popularity, String> {
+    pub(crate) fn new(products: u32, exponent: f64) -> Result<Popularity, String> {
         let zipf = Zipf::new(f64::from(products), exponent).map_err(|e| {
             format!("cannot draw from {products} products with exponent {exponent}: {e}")
         })?;
@@ -68,7 +77,7 @@ impl Popularity {
     }
 
     /// A product id in `0..products`.
-    pub fn sample(&self, rng: &mut impl Rng) -> u32 {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> u32 {
         // Zipf yields ranks 1..=n as floats.
         let rank = self.zipf.sample(rng) as u32;
         rank.saturating_sub(1).min(self.products.saturating_sub(1))
@@ -77,74 +86,71 @@ impl Popularity {
 
 /// Counters of one instance, shared with the progress line.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Reads served (cache hits and loads alike).
-    pub requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// Database queries made by this instance's reads (its cache's loads).
-    pub db_queries: AtomicU64,
+    pub(crate) db_queries: AtomicU64,
     /// Writes made by this instance (the writer).
-    pub writes: AtomicU64,
+    pub(crate) writes: AtomicU64,
     /// Stale reads seen.
-    pub stale_reads: AtomicU64,
+    pub(crate) stale_reads: AtomicU64,
     /// The largest time, in µs, between a missed write and a stale read that missed it.
-    pub worst_stale: AtomicU64,
+    pub(crate) worst_stale: AtomicU64,
+    /// Database calls (loads and writes) that failed and were tried again.
+    pub(crate) db_errors: AtomicU64,
+    /// Time the cache was disconnected from the backplane, µs ([`crate::instance`]'s watcher).
+    pub(crate) disconnected_us: AtomicU64,
+    /// Time the cache's reads bypassed it, µs.
+    pub(crate) bypass_us: AtomicU64,
+    /// The most invalidations seen waiting in the cache's outbox at once.
+    pub(crate) outbox_peak: AtomicU64,
 }
 
 /// A read the check could not judge yet (its write log is a mirror that was behind).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PendingRead {
+pub(crate) struct PendingRead {
     /// The product read.
-    pub product: u32,
+    pub(crate) product: u32,
     /// The version the read returned.
-    pub version: u64,
+    pub(crate) version: u64,
     /// When the read started.
-    pub started: Micros,
+    pub(crate) started: Micros,
 }
 
 /// Everything the readers and the writer of one instance share.
 #[derive(Debug, Clone)]
-pub struct Workload {
+pub(crate) struct Workload {
     /// This instance's cache.
-    pub cache: Cache,
+    pub(crate) cache: Cache,
     /// The database.
-    pub db: Database,
-    /// The write log the check reads (live, or a mirror of the database's).
-    pub log: Arc<WriteLog>,
+    pub(crate) db: Database,
+    /// The mirror of the database's write log that the check reads.
+    pub(crate) log: Arc<WriteLog>,
     /// Products and catalogs.
-    pub layout: Layout,
+    pub(crate) layout: Layout,
     /// Which products are read and written.
-    pub popularity: Popularity,
-    /// The run's clock.
-    pub clock: DemoClock,
+    pub(crate) popularity: Popularity,
     /// The propagation bound of the stale-read check, in µs.
-    pub bound: Micros,
+    pub(crate) bound: Micros,
     /// One read in this many is a catalog page (0: none).
-    pub page_every: u32,
+    pub(crate) page_every: u32,
     /// This instance's counters.
-    pub counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Workload {
-    /// Reads until `deadline`; returns the reads the check could not judge yet.
-    ///
-    /// # Errors
-    ///
-    /// The first database error a load met.
-    pub async fn read(self, deadline: Instant, seed: u64) -> Result<Vec<PendingRead>, DbError> {
+    /// Reads until `deadline`; returns the reads the check could not judge yet. A read whose
+    /// load failed is counted and tried again.
+    pub(crate) async fn read(self, deadline: Instant, seed: u64) -> Vec<PendingRead> {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut pending = Vec::new();
         let mut served = 0;
         while Instant::now() < deadline {
             let product = self.popularity.sample(&mut rng);
-            let started = self.clock.now();
-            if self.page_every > 0 && rng.random_ratio(1, self.page_every) {
-                let page = self.catalog_page(self.layout.catalog_of(product)).await?;
-                for read in &page.products {
-                    self.judge(read, started, &mut pending);
-                }
-            } else {
-                let read = self.product(product).await?;
-                self.judge(&read, started, &mut pending);
+            let page = self.page_every > 0 && rng.random_ratio(1, self.page_every);
+            if !self.read_one(product, page, deadline, &mut pending).await {
+                break;
             }
             served += 1;
             if served == YIELD_EVERY {
@@ -158,7 +164,51 @@ impl Workload {
         self.counters
             .requests
             .fetch_add(u64::from(served), Ordering::Relaxed);
-        Ok(pending)
+        pending
+    }
+
+    /// One request (a product, or its catalog's page), tried until it succeeds or `deadline`
+    /// passes (then `false`).
+    async fn read_one(
+        &self,
+        product: u32,
+        page: bool,
+        deadline: Instant,
+        pending: &mut Vec<PendingRead>,
+    ) -> bool {
+        loop {
+            let started = clock::now();
+            let result = if page {
+                self.catalog_page(self.layout.catalog_of(product))
+                    .await
+                    .map(|page| {
+                        for read in &page.products {
+                            self.judge(read, started, pending);
+                        }
+                    })
+            } else {
+                self.product(product)
+                    .await
+                    .map(|read| self.judge(&read, started, pending))
+            };
+            match result {
+                Ok(()) => return true,
+                Err(error) => {
+                    self.count_error(&error);
+                    if Instant::now() + RETRY_PAUSE >= deadline {
+                        return false;
+                    }
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    fn count_error(&self, error: &DbError) {
+        let seen = self.counters.db_errors.fetch_add(1, Ordering::Relaxed);
+        if seen < ERRORS_LOGGED {
+            tracing::warn!(%error, "a database call failed; trying again");
+        }
     }
 
     async fn product(&self, id: u32) -> Result<Arc<Product>, DbError> {
@@ -201,7 +251,7 @@ impl Workload {
 
     /// Judges reads left undecided, against the log as it is now. Returns those still
     /// undecided (none, once the log is complete past their start plus the bound).
-    pub fn judge_pending(&self, pending: Vec<PendingRead>) -> Vec<PendingRead> {
+    pub(crate) fn judge_pending(&self, pending: Vec<PendingRead>) -> Vec<PendingRead> {
         let mut still = Vec::new();
         for read in pending {
             let product = Product {
@@ -230,14 +280,10 @@ impl Workload {
 
     /// Writes `rate` products a second until `deadline`: database first, then the cache
     /// (the product's key, then its catalog's pages), so peers evict after the new version
-    /// is readable.
-    ///
-    /// # Errors
-    ///
-    /// The first database error.
-    pub async fn write(self, rate: f64, deadline: Instant, seed: u64) -> Result<(), DbError> {
+    /// is readable. A write that failed is counted and the next tick writes again.
+    pub(crate) async fn write(self, rate: f64, deadline: Instant, seed: u64) {
         if rate.is_nan() || rate <= 0.0 {
-            return Ok(());
+            return;
         }
         let mut rng = SmallRng::seed_from_u64(seed);
         let period = Duration::from_secs_f64(1.0 / rate);
@@ -248,10 +294,13 @@ impl Workload {
                 .await
                 .is_err()
             {
-                return Ok(());
+                return;
             }
             let product = self.popularity.sample(&mut rng);
-            self.db.update(product).await?;
+            if let Err(error) = self.db.update(product).await {
+                self.count_error(&error);
+                continue;
+            }
             self.cache.remove(product_key(product)).await;
             self.cache
                 .expire_region_key::<Catalog, _>(&self.layout.catalog_of(product))
@@ -275,7 +324,6 @@ fn load_error(error: LoadError<DbError>) -> DbError {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::demo::db::MemoryDb;
 
     #[test]
     fn popularity_stays_in_range_and_favours_the_first_products() {
@@ -301,14 +349,19 @@ mod tests {
         assert_eq!(catalog_key(3).as_str(), "ProductService:catalog-3");
     }
 
-    fn workload(cache: Cache, db: &MemoryDb, layout: Layout) -> Workload {
+    fn database(dir: &tempfile::TempDir, layout: Layout) -> Database {
+        let path = dir.path().join(crate::db::FILE_NAME);
+        Database::create(&path, layout).unwrap();
+        Database::open(&path, layout, Duration::ZERO).unwrap()
+    }
+
+    fn workload(cache: Cache, db: &Database, layout: Layout) -> Workload {
         Workload {
             cache,
-            db: Database::Memory(db.clone()),
-            log: Arc::clone(db.log()),
+            db: db.reopen().unwrap(),
+            log: Arc::new(WriteLog::mirror(layout.products)),
             layout,
             popularity: Popularity::new(layout.products, 1.0).unwrap(),
-            clock: DemoClock::monotonic(),
             bound: 0,
             page_every: 2,
             counters: Arc::default(),
@@ -323,7 +376,8 @@ mod tests {
             products: 20,
             catalogs: 4,
         };
-        let db = MemoryDb::new(layout, Duration::ZERO, DemoClock::monotonic());
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir, layout);
         let cache = Cache::new(nearcache::CacheOptions::default()).unwrap();
         let mut work = workload(cache.clone(), &db, layout);
         // The remove follows the commit at once, but not in the same instant.
@@ -332,18 +386,22 @@ mod tests {
         let readers: Vec<_> = (0..3)
             .map(|i| tokio::spawn(work.clone().read(deadline, i)))
             .collect();
-        work.clone().write(500.0, deadline, 99).await.unwrap();
+        work.clone().write(500.0, deadline, 99).await;
+        let mut pending = Vec::new();
         for reader in readers {
-            assert!(
-                reader.await.unwrap().unwrap().is_empty(),
-                "a live log decides every read"
-            );
+            pending.extend(reader.await.unwrap());
         }
+        // The mirror was never refreshed: every read waits, and a complete mirror judges all.
+        let mut seen = 0;
+        db.refresh(&work.log, &mut seen).await.unwrap();
+        assert!(!pending.is_empty());
+        assert!(work.judge_pending(pending).is_empty());
         let counters = &work.counters;
         let requests = counters.requests.load(Ordering::Relaxed);
         let queries = counters.db_queries.load(Ordering::Relaxed);
         assert!(counters.writes.load(Ordering::Relaxed) > 10);
         assert_eq!(counters.stale_reads.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.db_errors.load(Ordering::Relaxed), 0);
         assert!(
             requests > 10 * queries,
             "{requests} requests, {queries} queries"
@@ -359,34 +417,74 @@ mod tests {
             products: 1,
             catalogs: 1,
         };
-        let db = MemoryDb::new(layout, Duration::ZERO, DemoClock::monotonic());
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir, layout);
         let writer = workload(
             Cache::new(nearcache::CacheOptions::default()).unwrap(),
             &db,
             layout,
         );
-        let reader = workload(
+        let mut reader = workload(
             Cache::new(nearcache::CacheOptions::default()).unwrap(),
             &db,
             layout,
         );
+        reader.log = Arc::clone(&writer.log);
         // The reader caches version 1.
         let until = Instant::now() + Duration::from_millis(20);
-        reader.clone().read(until, 1).await.unwrap();
+        reader.clone().read(until, 1).await;
         // The writer updates it (invalidating only its own cache), then the reader reads on.
         writer
             .clone()
             .write(1_000.0, Instant::now() + Duration::from_millis(5), 2)
-            .await
-            .unwrap();
+            .await;
         assert!(writer.counters.writes.load(Ordering::Relaxed) >= 1);
+        let mut seen = 0;
+        db.refresh(&writer.log, &mut seen).await.unwrap();
         reader
             .clone()
             .read(Instant::now() + Duration::from_millis(20), 3)
-            .await
-            .unwrap();
+            .await;
         assert!(reader.counters.stale_reads.load(Ordering::Relaxed) > 0);
         assert!(reader.counters.worst_stale.load(Ordering::Relaxed) > 0);
+    }
+
+    /// A database that fails for a while (its table renamed away) costs errors, counted, and
+    /// the readers go on reading once it is back: no read is lost, none is stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_database_calls_are_counted_and_retried() {
+        let layout = Layout {
+            products: 50,
+            catalogs: 5,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir, layout);
+        let admin = rusqlite::Connection::open(dir.path().join(crate::db::FILE_NAME)).unwrap();
+        admin
+            .execute_batch("ALTER TABLE products RENAME TO hidden")
+            .unwrap();
+        let cache = Cache::new(nearcache::CacheOptions::default()).unwrap();
+        let work = workload(cache, &db, layout);
+        let reader = tokio::spawn(
+            work.clone()
+                .read(Instant::now() + Duration::from_secs(30), 5),
+        );
+        // Wait (bounded by the reader's deadline) until the failures are seen, then heal.
+        while work.counters.db_errors.load(Ordering::Relaxed) < 3 {
+            assert!(!reader.is_finished(), "the reader gave up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(work.counters.requests.load(Ordering::Relaxed), 0);
+        admin
+            .execute_batch("ALTER TABLE hidden RENAME TO products")
+            .unwrap();
+        while work.counters.requests.load(Ordering::Relaxed) < 100 {
+            assert!(!reader.is_finished(), "the reader gave up");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        reader.abort();
+        assert!(work.counters.db_errors.load(Ordering::Relaxed) >= 3);
+        assert_eq!(work.counters.stale_reads.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -395,14 +493,14 @@ mod tests {
             products: 1,
             catalogs: 1,
         };
-        let db = MemoryDb::new(layout, Duration::ZERO, DemoClock::monotonic());
-        let mut work = workload(
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir, layout);
+        let work = workload(
             Cache::new(nearcache::CacheOptions::default()).unwrap(),
             &db,
             layout,
         );
-        let mirror = Arc::new(WriteLog::mirror(1));
-        work.log = Arc::clone(&mirror);
+        let mirror = Arc::clone(&work.log);
         let mut pending = Vec::new();
         work.judge(&Product { id: 0, version: 1 }, 5_000, &mut pending);
         work.judge(&Product { id: 0, version: 1 }, 9_000, &mut pending);

@@ -2,19 +2,20 @@
 //! the hidden `--instance i` flag), so the scale-out is real: separate address spaces,
 //! separate runtimes, and only Redis between them.
 //!
-//! Redis carries both the invalidations (the backplane) and the database (a hash of
-//! versions and a write log stamped with Redis `TIME`, see [`RedisDb`]): every instance reads
-//! the same rows, and each one checks its reads against a mirror of the log it refreshes
-//! every few milliseconds.
+//! Redis carries the invalidations (the backplane); the database is the run's SQLite file,
+//! which every instance opens (hidden `--db PATH`): every instance reads the same rows, and
+//! each one checks its reads against a mirror of the database's write log it refreshes every
+//! few milliseconds. A Redis outage therefore costs the instances their invalidations for a
+//! while, never their database.
 //!
-//! The parent resets the database, starts the instances and plays the conductor over their
-//! standard streams, one line per message:
+//! The parent starts the instances and plays the conductor over their standard streams, one
+//! line per message:
 //!
 //! | from | line | meaning |
 //! |---|---|---|
 //! | instance | `nearcache-demo ready` | subscribed to the backplane, database mirrored |
 //! | parent | `go` | start reading (instance 0 also starts writing) |
-//! | instance | `nearcache-demo progress {json}` | running totals ([`Tally`]), 4 a second |
+//! | instance | `nearcache-demo progress {µs since go} {json}` | running totals ([`Tally`]), every [`SAMPLE_EVERY`] |
 //! | instance | `nearcache-demo done` | the workload is over |
 //! | parent | `finish` | every instance is done: report |
 //! | instance | `nearcache-demo report {json}` | its [`InstanceReport`], then it exits |
@@ -23,6 +24,7 @@
 //! arrive, so the received counts are complete. Instances log to stderr, which they share
 //! with the parent.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,15 +35,16 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::demo::DemoError;
-use crate::demo::cli::{ChildArgs, Config, RedisTarget};
-use crate::demo::clock::DemoClock;
-use crate::demo::db::{Database, Layout, RedisDb};
-use crate::demo::instance::{Instance, cache_options, new_run_id};
-use crate::demo::progress::{Progress, TERMINAL_REFRESH};
-use crate::demo::report::{InstanceReport, Summary, Tally};
-use crate::demo::workload::{Counters, Popularity, Workload};
-use crate::demo::write_log::WriteLog;
+use crate::DemoError;
+use crate::cli::{ChildArgs, Config, RedisTarget};
+use crate::db::Database;
+use crate::faults::Injector;
+use crate::instance::{Instance, cache_options, new_run_id};
+use crate::progress::{Progress, TERMINAL_REFRESH};
+use crate::report::{InstanceReport, Summary};
+use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
+use crate::workload::{Counters, Popularity, Workload};
+use crate::write_log::WriteLog;
 
 /// What starts every line an instance sends its parent.
 const PREFIX: &str = "nearcache-demo ";
@@ -49,16 +52,19 @@ const PREFIX: &str = "nearcache-demo ";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long after the run's end the instances may take to report and exit.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often an instance sends its running totals.
-const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// A message from an instance to its parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Line {
+pub(crate) enum Line {
     /// Connected and mirrored; waiting for `go`.
     Ready,
-    /// Running totals.
-    Progress(Tally),
+    /// Running totals, and when (µs since `go`).
+    Progress {
+        /// µs since the instance was told `go`.
+        at_us: u64,
+        /// The totals.
+        tally: Tally,
+    },
     /// The workload is over; waiting for `finish`.
     Done,
     /// The instance's numbers.
@@ -67,24 +73,30 @@ pub enum Line {
 
 impl Line {
     /// The line as sent (without the newline).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let body = match self {
             Line::Ready => "ready".to_owned(),
             Line::Done => "done".to_owned(),
-            Line::Progress(tally) => format!("progress {}", json(tally)),
+            Line::Progress { at_us, tally } => format!("progress {at_us} {}", json(tally)),
             Line::Report(report) => format!("report {}", json(report.as_ref())),
         };
         format!("{PREFIX}{body}")
     }
 
     /// Parses a line sent by [`render`](Self::render); `None` for anything else.
-    pub fn parse(line: &str) -> Option<Line> {
+    pub(crate) fn parse(line: &str) -> Option<Line> {
         let body = line.strip_prefix(PREFIX)?;
         let (kind, rest) = body.split_once(' ').unwrap_or((body, ""));
         match kind {
             "ready" => Some(Line::Ready),
             "done" => Some(Line::Done),
-            "progress" => serde_json::from_str(rest).ok().map(Line::Progress),
+            "progress" => {
+                let (at_us, tally) = rest.split_once(' ')?;
+                Some(Line::Progress {
+                    at_us: at_us.parse().ok()?,
+                    tally: serde_json::from_str(tally).ok()?,
+                })
+            }
             "report" => serde_json::from_str(rest)
                 .ok()
                 .map(|r| Line::Report(Box::new(r))),
@@ -97,45 +109,34 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
-/// The parent of a `--processes` run: resets the database in Redis at `redis_url`, runs
-/// one process per instance, and gathers their reports.
+/// The parent of a `--processes` run: runs one process per instance on the database at
+/// `db_path` with Redis at `redis_url` (and `faults` injected into it), and gathers their
+/// reports.
 ///
 /// # Errors
 ///
-/// [`DemoError`] when Redis fails, an instance cannot start, exits early or fails.
-pub async fn run_parent(
+/// [`DemoError`] when an instance cannot start, exits early or fails.
+pub(crate) async fn run_parent(
     config: &Config,
+    db_path: &Path,
     redis_url: &str,
+    faults: Option<Injector>,
     show_progress: bool,
 ) -> Result<Summary, DemoError> {
     let run_id = new_run_id();
-    let layout = Layout {
-        products: config.products,
-        catalogs: config.catalogs,
-    };
-    let db = RedisDb::connect(redis_url, &run_id, layout, config.db_latency).await?;
-    db.reset().await?;
-    let result = conduct(config, redis_url, &run_id, show_progress).await;
-    if let Err(error) = db.delete().await {
-        tracing::warn!(%error, "could not delete the demo's keys (they expire within an hour)");
-    }
-    result
-}
-
-async fn conduct(
-    config: &Config,
-    redis_url: &str,
-    run_id: &str,
-    show_progress: bool,
-) -> Result<Summary, DemoError> {
     let exe = std::env::current_exe().map_err(DemoError::Spawn)?;
     let n = config.instances;
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Option<String>)>();
     let mut children: Vec<Child> = Vec::with_capacity(n);
     let mut stdins: Vec<ChildStdin> = Vec::with_capacity(n);
     for index in 0..n {
-        let mut child = Command::new(&exe)
-            .args(config.child_args(index, run_id, redis_url))
+        let mut command = Command::new(&exe);
+        if config.faults && std::env::var_os("RUST_LOG").is_none() {
+            // The instances' warnings about the faults are expected: the summary counts them.
+            command.env("RUST_LOG", "error");
+        }
+        let mut child = command
+            .args(config.child_args(index, &run_id, redis_url, db_path))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -188,8 +189,10 @@ async fn conduct(
 
     tell(&mut stdins, "go").await?;
     let started = Instant::now();
+    let injector = faults.map(|faults| faults.spawn(started.into_std()));
     let mut elapsed = config.duration;
     let mut tallies = vec![Tally::default(); n];
+    let mut timeline = Timeline::default();
     let mut reports: Vec<Option<InstanceReport>> = vec![None; n];
     let mut done = 0;
     let mut progress = show_progress.then(|| Progress::start(config.duration));
@@ -200,7 +203,10 @@ async fn conduct(
         tokio::select! {
             message = rx.recv() => match message {
                 Some((index, Some(line))) => match Line::parse(&line) {
-                    Some(Line::Progress(tally)) => tallies[index] = tally,
+                    Some(Line::Progress { at_us, tally }) => {
+                        tallies[index] = tally;
+                        timeline.push_one(index, at_us as f64 / 1e6, tally);
+                    }
                     Some(Line::Done) => {
                         done += 1;
                         if done == n {
@@ -227,6 +233,14 @@ async fn conduct(
     if let Some(progress) = progress {
         progress.finish();
     }
+    // The server (if the injector had it) stays up until the instances have exited.
+    let (_server, faults) = match injector {
+        Some(injector) => {
+            let (server, records) = injector.await?;
+            (Some(server), records)
+        }
+        None => (None, Vec::new()),
+    };
     for (index, mut child) in children.into_iter().enumerate() {
         let status = tokio::time::timeout(FINISH_TIMEOUT, child.wait())
             .await
@@ -244,10 +258,12 @@ async fn conduct(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Summary {
-        title: super::title(config, elapsed),
+        title: crate::title(config, elapsed),
         bound: config.bound,
         elapsed,
         instances,
+        timeline,
+        faults,
     })
 }
 
@@ -267,42 +283,37 @@ async fn tell(stdins: &mut [ChildStdin], word: &str) -> Result<(), DemoError> {
 ///
 /// # Errors
 ///
-/// [`DemoError`] when Redis fails or the parent goes away.
-pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
+/// [`DemoError`] when Redis cannot be reached at the start, the database cannot be opened,
+/// or the parent goes away.
+pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), DemoError> {
     let Some(RedisTarget::Url(url)) = &config.redis else {
         return Err(DemoError::Usage(
             "an instance process needs --redis URL".into(),
         ));
     };
-    let layout = Layout {
-        products: config.products,
-        catalogs: config.catalogs,
-    };
+    let layout = config.layout();
     let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
     let cache = Cache::builder()
         .options(cache_options(config, &child.run_id, Some(url)))
         .connect()
         .await?;
     cache.ready().await;
-    let db = RedisDb::connect(url, &child.run_id, layout, config.db_latency).await?;
+    let db = Database::open(&child.db, layout, config.db_latency)?;
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
-    let refresher = tokio::spawn(keep_mirrored(
-        db.clone(),
-        Arc::clone(&mirror),
-        seen,
-        config.bound,
-    ));
+    db.refresh_patiently(&mirror, &mut seen).await?;
+    let refresher = tokio::spawn(
+        db.clone()
+            .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
+    );
     let instance = Instance {
         index: child.index,
         workload: Workload {
             cache: cache.clone(),
-            db: Database::Redis(db.clone()),
+            db: db.reopen()?,
             log: Arc::clone(&mirror),
             layout,
             popularity,
-            clock: DemoClock::Wall,
             bound: u64::try_from(config.bound.as_micros()).unwrap_or(u64::MAX),
             page_every: config.page_every,
             counters: Arc::new(Counters::default()),
@@ -314,13 +325,14 @@ pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), Demo
     let mut orders = BufReader::new(tokio::io::stdin()).lines();
     say(&Line::Ready)?;
     wait_for(&mut orders, "go").await?;
-    let deadline = Instant::now() + config.duration;
-    let counters = Arc::clone(&instance.workload.counters);
+    let go = Instant::now();
+    let deadline = go + config.duration;
+    let reporting = instance.clone();
     let reporter = tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(PROGRESS_EVERY);
+        let mut ticks = tokio::time::interval(SAMPLE_EVERY);
         loop {
             ticks.tick().await;
-            if say(&Line::Progress(Tally::of(&counters))).is_err() {
+            if say(&progress(go, reporting.tally())).is_err() {
                 return;
             }
         }
@@ -328,14 +340,14 @@ pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), Demo
     let pending = instance.run(deadline).await;
     reporter.abort();
     let pending = pending?;
-    say(&Line::Progress(Tally::of(&instance.workload.counters)))?;
+    say(&progress(go, instance.tally()))?;
     say(&Line::Done)?;
     wait_for(&mut orders, "finish").await?;
 
     // Every read started before now: a mirror complete up to now judges them all.
     refresher.abort();
     let mut seen = 0;
-    db.refresh(&mirror, &mut seen).await?;
+    db.refresh_patiently(&mirror, &mut seen).await?;
     let still = instance.workload.judge_pending(pending);
     let report = instance.report(still.len() as u64);
     say(&Line::Report(Box::new(report)))?;
@@ -343,15 +355,10 @@ pub async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(), Demo
     Ok(())
 }
 
-/// Refreshes `mirror` every quarter of the bound (at most every 50 ms) until aborted.
-async fn keep_mirrored(db: RedisDb, mirror: Arc<WriteLog>, mut seen: usize, bound: Duration) {
-    let every = (bound / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let mut ticks = tokio::time::interval(every);
-    loop {
-        ticks.tick().await;
-        if let Err(error) = db.refresh(&mirror, &mut seen).await {
-            tracing::warn!(%error, "could not refresh the write log mirror; reads wait to be judged");
-        }
+fn progress(go: Instant, tally: Tally) -> Line {
+    Line::Progress {
+        at_us: u64::try_from(go.elapsed().as_micros()).unwrap_or(u64::MAX),
+        tally,
     }
 }
 
@@ -393,10 +400,13 @@ mod tests {
         for line in [
             Line::Ready,
             Line::Done,
-            Line::Progress(Tally {
-                requests: 5,
-                ..Tally::default()
-            }),
+            Line::Progress {
+                at_us: 1_250_000,
+                tally: Tally {
+                    requests: 5,
+                    ..Tally::default()
+                },
+            },
             Line::Report(Box::new(report)),
         ] {
             let text = line.render();

@@ -6,16 +6,17 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::demo::report::{Tally, count};
+use crate::report::count;
+use crate::timeline::Tally;
 
 /// How often [`Progress::update`] should be called on a terminal.
-pub const TERMINAL_REFRESH: Duration = Duration::from_millis(100);
+pub(crate) const TERMINAL_REFRESH: Duration = Duration::from_millis(100);
 /// How often a plain progress line is printed when stderr is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// The progress display of one run.
 #[derive(Debug)]
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     start: Instant,
     duration: Duration,
@@ -24,7 +25,7 @@ pub struct Progress {
 
 impl Progress {
     /// Starts showing progress of a run of `duration`.
-    pub fn start(duration: Duration) -> Progress {
+    pub(crate) fn start(duration: Duration) -> Progress {
         let now = Instant::now();
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(
@@ -47,7 +48,7 @@ impl Progress {
     }
 
     /// Shows `tally`, the run's totals so far.
-    pub fn update(&mut self, tally: Tally) {
+    pub(crate) fn update(&mut self, tally: Tally) {
         let elapsed = self.start.elapsed();
         let line = line(tally, elapsed.min(self.duration));
         match &self.bar {
@@ -70,7 +71,7 @@ impl Progress {
     }
 
     /// Removes the bar (the summary follows).
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
@@ -105,6 +106,7 @@ mod tests {
             db_queries: 30,
             writes: 4,
             stale_reads: 0,
+            ..Tally::default()
         };
         assert_eq!(
             line(tally, Duration::from_secs(2)),
