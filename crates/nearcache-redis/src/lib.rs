@@ -44,11 +44,14 @@ mod config;
 mod error;
 mod publisher;
 mod redact;
+mod resolve;
+mod slot;
 mod status;
 mod subscriber;
 mod target;
 #[cfg(feature = "tls")]
 mod tls;
+mod topology;
 
 pub use backplane::RedisBackplane;
 pub use config::{DEFAULT_APP, ReconnectBackoff, RedisConfig, channel_for_app};

@@ -60,6 +60,8 @@ struct Gate {
     /// Wakes the task: the connection dropped, or the subscription was dropped.
     lost: Notify,
     channel: Bytes,
+    /// The server ended our subscription (an unsolicited unsubscribe).
+    ended_by_server: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -80,6 +82,7 @@ impl Gate {
             }),
             lost: Notify::new(),
             channel,
+            ended_by_server: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -110,10 +113,7 @@ impl Gate {
                 }
             },
             PushKind::Subscribe | PushKind::SSubscribe => {
-                let ours = matches!(
-                    info.data.first(),
-                    Some(Value::BulkString(name)) if name[..] == self.channel[..]
-                );
+                let ours = self.is_ours(&info.data);
                 if ours && *announce_reconnect {
                     *announce_reconnect = false;
                     events.send(BackplaneEvent::Reconnected)
@@ -126,6 +126,18 @@ impl Gate {
                 self.lost.notify_one();
                 return;
             }
+            // We never unsubscribe (a subscription ends by closing its connection), so this
+            // is the server ending it: a Redis Cluster moving the channel's slot away or
+            // failing over its shard. The connection stays up and answers PING while nothing
+            // arrives any more, so it is a loss of the link like a closed socket.
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.is_ours(&info.data) => {
+                *slot = None;
+                self.ended_by_server
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(guard);
+                self.lost.notify_one();
+                return;
+            }
             _ => true,
         };
         if !delivered {
@@ -133,6 +145,25 @@ impl Gate {
             *slot = None;
             drop(guard);
             self.lost.notify_one();
+        }
+    }
+}
+
+impl Gate {
+    /// Whether a (un)subscribe push names our channel.
+    fn is_ours(&self, data: &[Value]) -> bool {
+        matches!(data.first(), Some(Value::BulkString(name)) if name[..] == self.channel[..])
+    }
+
+    /// Why the link was lost, once `lost` fired.
+    fn loss_reason(&self) -> &'static str {
+        if self
+            .ended_by_server
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "the server ended the subscription (the channel's slot moved, or its shard failed over)"
+        } else {
+            "connection closed"
         }
     }
 }
@@ -230,27 +261,33 @@ impl Subscriber {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
             .set_push_sender(PushGate(gate.clone()));
-        let client = &self.target.client;
+        let target = &self.target;
         let channel = &self.channel[..];
         let sharded = self.sharded;
         let subscribe = async move {
-            let mut con = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            if sharded {
-                // One channel, so exactly one confirmation answers it.
-                redis::cmd("SSUBSCRIBE")
-                    .arg(channel)
-                    .exec_async(&mut con)
+            // The URL's node, or the cluster's slot owner / Sentinel's primary of right now.
+            let node = target.resolve().await.map_err(|err| err.to_string())?;
+            let subscribe = async {
+                let mut con = node
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await?;
-            } else {
-                con.subscribe(channel).await?;
-            }
-            Ok::<_, redis::RedisError>(con)
+                if sharded {
+                    // One channel, so exactly one confirmation answers it.
+                    redis::cmd("SSUBSCRIBE")
+                        .arg(channel)
+                        .exec_async(&mut con)
+                        .await?;
+                } else {
+                    con.subscribe(channel).await?;
+                }
+                Ok::<_, redis::RedisError>(con)
+            };
+            subscribe.await.map_err(|err| target.describe(&err))
         };
         let reason = match tokio::time::timeout(self.connect_timeout, subscribe).await {
             Ok(Ok(con)) => return Ok(Link { con, gate }),
-            Ok(Err(err)) => self.target.describe(&err),
+            Ok(Err(reason)) => reason,
             Err(_) => format!(
                 "no subscription within connect_timeout ({:?})",
                 self.connect_timeout
@@ -333,7 +370,7 @@ impl Subscriber {
                     return if self.events.is_closed() {
                         Loss::SubscriptionDropped
                     } else {
-                        Loss::Connection("connection closed".to_owned())
+                        Loss::Connection(link.gate.loss_reason().to_owned())
                     };
                 }
                 _ = ping.tick() => {
