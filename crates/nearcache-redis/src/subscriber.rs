@@ -456,6 +456,29 @@ mod tests {
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
     }
 
+    #[tokio::test]
+    async fn an_unsolicited_unsubscribe_of_our_channel_loses_the_link() {
+        for kind in [PushKind::SUnsubscribe, PushKind::Unsubscribe] {
+            let (events, mut sub) = Subscription::channel(16);
+            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+            gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
+            gate.on_push(message(b"still ours"));
+            assert_eq!(gate.loss_reason(), "connection closed", "{kind:?}");
+            gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));
+            gate.on_push(message(b"after"));
+            // The task is woken, and nothing more is forwarded from this connection.
+            tokio::time::timeout(std::time::Duration::from_secs(5), gate.lost.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{kind:?}: the task is not woken"));
+            assert!(gate.loss_reason().contains("ended the subscription"));
+            assert_eq!(
+                sub.recv().await,
+                Some(BackplaneEvent::Message(Bytes::from_static(b"still ours")))
+            );
+            assert!(sub.try_recv().is_none(), "{kind:?}");
+        }
+    }
+
     #[test]
     fn retire_tells_whether_reconnected_was_sent() {
         let (events, _sub) = Subscription::channel(16);
