@@ -59,6 +59,8 @@ impl RedisCluster {
                     // A replica may take over however long it was cut off: tests kill nodes.
                     .args(["--cluster-replica-validity-factor", "0"])
                     .args(["--cluster-require-full-coverage", "no"])
+                    // Replicas sync at once instead of after the default 5 s delay.
+                    .args(["--repl-diskless-sync-delay", "0"])
                     .start()
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -91,6 +93,14 @@ impl RedisCluster {
             )));
         }
         cluster.wait_until("the cluster forms", |cluster| cluster.is_settled())?;
+        // A manual failover needs the replica in sync with its primary.
+        cluster.wait_until("every replica is in sync", |cluster| {
+            cluster.nodes.iter().all(|node| {
+                replication_info(node).is_ok_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                })
+            })
+        })?;
         Ok(cluster)
     }
 
@@ -162,26 +172,28 @@ impl RedisCluster {
         self.index_of_port(port)
     }
 
-    /// The indexes of the replicas of primary `primary`, as that primary sees them.
+    /// The indexes of the running replicas of primary `primary`, by their own `INFO
+    /// replication` (`master_port`).
     ///
     /// # Errors
     ///
-    /// When the primary does not answer.
+    /// When a running node does not answer.
     pub fn replicas_of(&self, primary: usize) -> io::Result<Vec<usize>> {
-        let id = self.id_of(primary)?;
-        let mut con = self.nodes[primary].connection()?;
-        let lines: Vec<String> = redis::cmd("CLUSTER")
-            .arg("REPLICAS")
-            .arg(&id)
-            .query(&mut con)
-            .map_err(redis_error)?;
-        lines
-            .iter()
-            .filter_map(|line| line.split_whitespace().nth(1))
-            .filter_map(|addr| addr.split(['@', ':']).nth(1))
-            .filter_map(|port| port.parse().ok())
-            .map(|port| self.index_of_port(port))
-            .collect()
+        let port = self.nodes[primary].port().to_string();
+        let mut replicas = Vec::new();
+        for (index, node) in self.nodes.iter().enumerate() {
+            if node.pid().is_none() || index == primary {
+                continue;
+            }
+            let info = replication_info(node)?;
+            if info
+                .lines()
+                .any(|line| line.strip_prefix("master_port:") == Some(port.as_str()))
+            {
+                replicas.push(index);
+            }
+        }
+        Ok(replicas)
     }
 
     /// The cluster node id of node `index` (`CLUSTER MYID`).
@@ -401,6 +413,14 @@ fn covers_all(slots: &[SlotRange]) -> bool {
         .map(|(first, last, _)| u32::from(*last) - u32::from(*first) + 1)
         .sum();
     covered == 16384
+}
+
+fn replication_info(node: &RedisServer) -> io::Result<String> {
+    let mut con = node.connection()?;
+    redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut con)
+        .map_err(redis_error)
 }
 
 fn redis_error(err: redis::RedisError) -> io::Error {

@@ -48,8 +48,11 @@ impl RedisSentinels {
     ///
     /// When a process does not start or the set-up does not settle within 30 s.
     pub fn start() -> io::Result<Self> {
-        let primary = RedisServer::start()?;
+        // Replicas sync at once instead of after the default 5 s delay.
+        let no_delay = ["--repl-diskless-sync-delay", "0"];
+        let primary = RedisServer::builder().args(no_delay).start()?;
         let replica = RedisServer::builder()
+            .args(no_delay)
             .args(["--replicaof", "127.0.0.1", &primary.port().to_string()])
             .start()?;
         let mut this = Self {
