@@ -323,6 +323,48 @@ mod tests {
         }
     }
 
+    #[test]
+    fn topology_urls_keep_the_nodes_and_hide_the_password() {
+        let target = Target::new(&RedisConfig::new(
+            "redis+cluster://app:pw1@127.0.0.1:7000,127.0.0.1:7001",
+        ))
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "127.0.0.1:7000,127.0.0.1:7001");
+        assert_eq!(target.password(), Some("pw1"));
+        assert!(!format!("{target:?}").contains("pw1"));
+        let node = target
+            .data_node("10.0.0.9:7005")
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(node.addr, "10.0.0.9:7005");
+        let target = Target::new(&RedisConfig::new("redis+sentinel://:pw2@s1,s2:5000/shop"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "s1:26379,s2:5000");
+        assert_eq!(target.password(), Some("pw2"), "the data nodes' password");
+        for url in [
+            "redis+cluster://u:topsecret@h1:99999",
+            "redis+sentinel://u:topsecret@s1",
+        ] {
+            let err = error_of(RedisConfig::new(url));
+            assert!(
+                matches!(err, RedisBackplaneError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(!format!("{err} {err:?}").contains("topsecret"), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_topologies_without_the_feature_name_the_feature() {
+        for url in ["rediss+cluster://h1,h2", "rediss+sentinel://s1/name"] {
+            let err = error_of(RedisConfig::new(url));
+            assert!(
+                matches!(err, RedisBackplaneError::TlsNotEnabled { .. }),
+                "{url}: {err:?}"
+            );
+        }
+    }
+
     #[cfg(not(feature = "tls"))]
     #[test]
     fn tls_without_the_feature_names_the_feature() {
