@@ -17,6 +17,8 @@ use crate::RedisServer;
 
 /// How long the cluster may take to form, or to agree on a change.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one `CLUSTER FAILOVER` is given before it is asked again.
+const MANUAL_FAILOVER_PATIENCE: Duration = Duration::from_secs(6);
 /// Pause between two polls of the cluster's state.
 const POLL_PAUSE: Duration = Duration::from_millis(20);
 /// `cluster-node-timeout`, in milliseconds: how long a node may be silent before it is
@@ -241,19 +243,44 @@ impl RedisCluster {
         self.wait_for_owner(slot, to)
     }
 
-    /// A manual failover: `CLUSTER FAILOVER` on replica `replica`, then waits until every
-    /// running node names it as the owner of its former primary's slots (checked on `slot`).
+    /// A manual failover: `CLUSTER FAILOVER` on replica `replica` (again if it was
+    /// abandoned), then waits until every running node names it as the owner of its former
+    /// primary's slots (checked on `slot`).
     ///
     /// # Errors
     ///
     /// When the replica refuses, or the cluster does not agree within 20 s.
     pub fn failover(&self, replica: usize, slot: u16) -> io::Result<()> {
-        let mut con = self.nodes[replica].connection()?;
-        redis::cmd("CLUSTER")
-            .arg("FAILOVER")
-            .query::<()>(&mut con)
-            .map_err(redis_error)?;
-        self.wait_for_owner(slot, replica)
+        let port = self.nodes[replica].port();
+        let deadline = Instant::now() + SETTLE_TIMEOUT;
+        // A manual failover the primary does not complete within its own timeout (5 s) is
+        // abandoned without a word; ask again until it happens or the deadline passes.
+        loop {
+            let mut con = self.nodes[replica].connection()?;
+            redis::cmd("CLUSTER")
+                .arg("FAILOVER")
+                .query::<()>(&mut con)
+                .map_err(redis_error)?;
+            let attempt_ends = (Instant::now() + MANUAL_FAILOVER_PATIENCE).min(deadline);
+            while Instant::now() < attempt_ends {
+                if self.is_primary(replica)?
+                    && self
+                        .ask_any(slots_of)
+                        .is_ok_and(|slots| owner_port(&slots, slot) == Some(port))
+                {
+                    return self.wait_for_owner(slot, replica);
+                }
+                std::thread::sleep(POLL_PAUSE);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "node {replica} did not take over slot {slot} within {SETTLE_TIMEOUT:?}"
+                    ),
+                ));
+            }
+        }
     }
 
     /// Waits until every running node names node `owner` as the primary serving `slot` and
