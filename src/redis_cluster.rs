@@ -94,16 +94,29 @@ impl RedisCluster {
                 String::from_utf8_lossy(&output.stderr)
             )));
         }
-        cluster.wait_until("the cluster forms", |cluster| cluster.is_settled())?;
-        // A manual failover needs the replica in sync with its primary.
-        cluster.wait_until("every replica is in sync", |cluster| {
+        cluster.wait_settled()?;
+        Ok(cluster)
+    }
+
+    /// Waits until every node runs, reports `cluster_state:ok`, agrees with the others on
+    /// the slot map, and every replica is in sync with its primary (a manual failover needs
+    /// that) — after [`start`](Self::start), or after a killed node was restarted and
+    /// rejoined as a replica.
+    ///
+    /// # Errors
+    ///
+    /// When that does not happen within 20 s.
+    pub fn wait_settled(&self) -> io::Result<()> {
+        self.wait_until("the cluster is whole and agrees", |cluster| {
+            cluster.is_settled()
+        })?;
+        self.wait_until("every replica is in sync", |cluster| {
             cluster.nodes.iter().all(|node| {
                 replication_info(node).is_ok_and(|info| {
                     info.contains("role:master") || info.contains("master_link_status:up")
                 })
             })
-        })?;
-        Ok(cluster)
+        })
     }
 
     /// `redis+cluster://127.0.0.1:p0,127.0.0.1:p1,…` with every node as a seed.
@@ -345,6 +358,9 @@ impl RedisCluster {
 
     /// Whether every node is up, `cluster_state:ok`, and all agree on the slot map.
     fn is_settled(&self) -> bool {
+        if self.nodes.iter().any(|node| node.pid().is_none()) {
+            return false;
+        }
         self.running_views().is_some_and(|views| {
             views.iter().all(|(_, ok)| *ok)
                 && views.windows(2).all(|pair| pair[0].0 == pair[1].0)

@@ -178,6 +178,30 @@ impl RedisSentinels {
         new.ok_or_else(|| io::Error::other("no new primary"))
     }
 
+    /// Waits until the data node that is not the primary replicates from it in sync and
+    /// every Sentinel lists it as a healthy replica — after [`start`](Self::start), or after
+    /// a killed primary was restarted (Sentinel turns it into a replica of the new one). A
+    /// [`failover`](Self::failover) needs that.
+    ///
+    /// # Errors
+    ///
+    /// When that does not happen within 30 s.
+    pub fn wait_healthy(&self) -> io::Result<()> {
+        let primary = self.primary()?;
+        let replica = 1 - primary;
+        let port = self.data[replica].port().to_string();
+        self.wait_until("the replica is in sync and known", |this| {
+            let in_sync = info_field(&this.data[replica], "replication", "master_link_status")
+                .as_deref()
+                == Some("up");
+            in_sync
+                && this
+                    .sentinels
+                    .iter()
+                    .all(|sentinel| replica_flags(sentinel, &port).as_deref() == Some("slave"))
+        })
+    }
+
     fn wait_until(&self, what: &str, mut done: impl FnMut(&Self) -> bool) -> io::Result<()> {
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         while !done(self) {
@@ -206,6 +230,24 @@ fn master_fields(sentinel: &RedisServer) -> Option<Vec<(String, String)>> {
             .map(|pair| (pair[0].clone(), pair[1].clone()))
             .collect(),
     )
+}
+
+/// The flags Sentinel shows for the replica on `port` (`slave` when healthy).
+fn replica_flags(sentinel: &RedisServer, port: &str) -> Option<String> {
+    let mut con = sentinel.connection().ok()?;
+    let replicas: Vec<Vec<String>> = redis::cmd("SENTINEL")
+        .arg("REPLICAS")
+        .arg(MASTER_NAME)
+        .query(&mut con)
+        .ok()?;
+    replicas.into_iter().find_map(|flat| {
+        let fields: Vec<(String, String)> = flat
+            .chunks_exact(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect();
+        (field(&fields, "port") == Some(port))
+            .then(|| field(&fields, "flags").map(str::to_owned))?
+    })
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
