@@ -125,12 +125,14 @@ impl Publisher {
         cmd.arg(self.command).arg(&self.channel[..]).arg(payload);
         // A clone is a reference count; the connection itself is shared.
         let (generation, con) = self.con.read().clone();
+        // Connecting (when needed) and the command share one `publish_timeout`.
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let outcome = match con {
-            Conn::Manager(mut con) => self.send(&cmd, &mut con).await,
-            Conn::Direct(Some(mut con)) => self.send(&cmd, &mut con).await,
+            Conn::Manager(mut con) => self.send(&cmd, &mut con, deadline).await,
+            Conn::Direct(Some(mut con)) => self.send(&cmd, &mut con, deadline).await,
             Conn::Direct(None) => {
-                match tokio::time::timeout(self.timeout, self.connect_direct(generation)).await {
-                    Ok(Ok(mut con)) => self.send(&cmd, &mut con).await,
+                match tokio::time::timeout_at(deadline, self.connect_direct(generation)).await {
+                    Ok(Ok(mut con)) => self.send(&cmd, &mut con, deadline).await,
                     Ok(Err(reason)) => Err(Failed::Other(reason)),
                     Err(_) => Err(Failed::Timeout),
                 }
@@ -160,9 +162,14 @@ impl Publisher {
         }
     }
 
-    /// One command, bounded by `publish_timeout`.
-    async fn send(&self, cmd: &Cmd, con: &mut impl ConnectionLike) -> Result<(), Failed> {
-        match tokio::time::timeout(self.timeout, cmd.query_async::<()>(con)).await {
+    /// One command, bounded by `deadline`.
+    async fn send(
+        &self,
+        cmd: &Cmd,
+        con: &mut impl ConnectionLike,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Failed> {
+        match tokio::time::timeout_at(deadline, cmd.query_async::<()>(con)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(self.target.describe(&err))),
             Ok(Err(_)) | Err(_) => Err(Failed::Timeout),

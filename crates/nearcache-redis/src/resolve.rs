@@ -9,6 +9,7 @@
 //! `PUBLISH` as a replica and forward it nowhere.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
@@ -92,7 +93,7 @@ impl Target {
     async fn slot_owner(&self, seeds: &[String], slot: u16) -> Result<Node, ResolveError> {
         let mut tried = Vec::new();
         let mut answered = Vec::new();
-        for seed in seeds {
+        for seed in self.in_turn(seeds) {
             let answer = async {
                 let node = self.data_node(seed)?;
                 let mut con = self.open(&node).await?;
@@ -105,6 +106,7 @@ impl Target {
             match answer.await {
                 Ok(slots) => match owner_of(&slots, slot) {
                     Some(owner) => {
+                        self.answered(seeds, seed);
                         let owner = match owner.host.as_str() {
                             // An empty or `?` host means "the address you reached me at".
                             "" | "?" => host_of(seed).map_or_else(
@@ -136,7 +138,7 @@ impl Target {
         let mut tried = Vec::new();
         let mut unknown = Vec::new();
         let mut not_primary = None;
-        for sentinel in sentinels {
+        for sentinel in self.in_turn(sentinels) {
             let answer = async {
                 let node = self.sentinel_node(sentinel)?;
                 let mut con = self.open(&node).await?;
@@ -148,7 +150,10 @@ impl Target {
                     .map_err(|err| self.describe(&err))
             };
             let (host, port) = match answer.await {
-                Ok(Some(addr)) => addr,
+                Ok(Some(addr)) => {
+                    self.answered(sentinels, sentinel);
+                    addr
+                }
                 Ok(None) => {
                     unknown.push(sentinel.clone());
                     continue;
@@ -190,6 +195,27 @@ impl Target {
                 master: master.to_owned(),
                 asked: unknown.join(","),
             })
+        }
+    }
+
+    /// `hosts` in the order to ask them: from the one that answered last, so a seed or
+    /// Sentinel that hangs (a black-holed address, whose connection takes all of
+    /// `connect_timeout`) does not stand first in every attempt — before each host is asked,
+    /// the next attempt is set to start after it, and an answer moves the start back to it.
+    fn in_turn<'a>(&self, hosts: &'a [String]) -> impl Iterator<Item = &'a String> {
+        let start = self.first_to_ask.load(Ordering::Relaxed);
+        (0..hosts.len()).map(move |i| {
+            let at = (start + i) % hosts.len();
+            self.first_to_ask
+                .store((at + 1) % hosts.len(), Ordering::Relaxed);
+            &hosts[at]
+        })
+    }
+
+    /// `host` answered: ask it first next time.
+    fn answered(&self, hosts: &[String], host: &str) {
+        if let Some(at) = hosts.iter().position(|h| h == host) {
+            self.first_to_ask.store(at, Ordering::Relaxed);
         }
     }
 
@@ -324,6 +350,22 @@ mod tests {
         let partial = Value::Array(vec![range(0, 100, "h", 1)]);
         assert!(owner_of(&partial, 101).is_none());
         assert!(owner_of(&Value::Nil, 0).is_none());
+    }
+
+    #[test]
+    fn a_host_that_hangs_is_not_asked_first_again() {
+        let target = Target::new(&crate::RedisConfig::new("redis+cluster://a:1,b:2,c:3"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        let hosts: Vec<String> = ["a:1", "b:2", "c:3"].map(str::to_owned).to_vec();
+        let order = |target: &Target| target.in_turn(&hosts).cloned().collect::<Vec<_>>();
+        assert_eq!(order(&target), ["a:1", "b:2", "c:3"]);
+        // An attempt cut short while asking its first host (the caller's timeout).
+        let mut attempt = target.in_turn(&hosts);
+        assert_eq!(attempt.next().map(String::as_str), Some("a:1"));
+        drop(attempt);
+        assert_eq!(order(&target), ["b:2", "c:3", "a:1"]);
+        target.answered(&hosts, "c:3");
+        assert_eq!(order(&target), ["c:3", "a:1", "b:2"]);
     }
 
     #[test]

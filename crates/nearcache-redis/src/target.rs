@@ -7,6 +7,7 @@
 //! disconnect push instead of from the next failing publish. RESP3 needs Redis 6.0 or newer.
 
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion};
@@ -32,6 +33,8 @@ pub(crate) struct Target {
     tls_ca_pem: Option<Vec<u8>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
+    /// Which seed or Sentinel to ask first (see `Target::resolve`).
+    pub(crate) first_to_ask: AtomicUsize,
 }
 
 impl fmt::Debug for Target {
@@ -109,6 +112,7 @@ impl Target {
             tls_ca_pem: config.tls_ca_pem.clone(),
             connect_timeout: config.connect_timeout,
             command_timeout: config.publish_timeout,
+            first_to_ask: AtomicUsize::new(0),
         })
     }
 
