@@ -163,6 +163,73 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_autom
     invalidation_flows(&b, &a, &mut ea, &db, 1).await;
 }
 
+/// The ACL line of docs/operations.md, set on every node (ACLs are per node), is all an
+/// instance needs: finding the owner, publishing, subscribing, and again after the slot moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_its_channel_and_cluster_slots_is_enough() {
+    let cluster = blocking(RedisCluster::start).unwrap();
+    let channel = channel("acl");
+    let rules = format!("on >pw-acl resetchannels &{channel} -@all +spublish +ssubscribe +ping");
+    for index in 0..6 {
+        let node = cluster.node(index);
+        blocking(|| {
+            let mut con = node.connection().unwrap();
+            for (user, extra) in [("catalog-cache", "+cluster|slots"), ("no-slots", "")] {
+                redis::cmd("ACL")
+                    .arg("SETUSER")
+                    .arg(user)
+                    .arg(rules.split_whitespace().collect::<Vec<_>>())
+                    .arg(extra.split_whitespace().collect::<Vec<_>>())
+                    .query::<()>(&mut con)
+                    .unwrap();
+            }
+        });
+    }
+    // Without CLUSTER SLOTS the owner cannot be found: the error says credentials/ACL.
+    let no_slots = cluster
+        .url()
+        .replace("redis+cluster://", "redis+cluster://no-slots:pw-acl@");
+    let err = RedisBackplane::connect_with(redis_config(no_slots, "acl"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RedisBackplaneError::Auth { .. }), "{err:?}");
+    assert!(err.to_string().contains("CLUSTER|SLOTS"), "{err}");
+    assert!(!err.to_string().contains("pw-acl"), "{err}");
+    let owner = blocking(|| cluster.owner_of_channel(&channel)).unwrap();
+    let slot = blocking(|| cluster.slot_of(&channel)).unwrap();
+    let target = blocking(|| other_primary(&cluster, owner));
+    let url = |seed: usize| {
+        cluster
+            .url_of(&[seed])
+            .replace("redis+cluster://", "redis+cluster://catalog-cache:pw-acl@")
+    };
+    let mut seeds = (0..6).filter(|&i| i != owner);
+    let a = instance(url(seeds.next().unwrap()), "acl").await;
+    let b = instance(url(seeds.next().unwrap()), "acl").await;
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    blocking(|| cluster.begin_slot_migration(slot, owner, target)).unwrap();
+    blocking(|| cluster.finish_slot_migration(slot, target)).unwrap();
+    for events in [&mut ea, &mut eb] {
+        events.reconnected_and_cleared().await;
+    }
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    // The user may do nothing else.
+    let denied = blocking(|| {
+        let client = redis::Client::open(
+            cluster
+                .node(target)
+                .url()
+                .replace("redis://", "redis://catalog-cache:pw-acl@"),
+        )
+        .unwrap();
+        let mut con = client.get_connection().unwrap();
+        redis::cmd("SET").arg("k").arg("v").query::<()>(&mut con)
+    });
+    assert!(denied.is_err(), "{denied:?}");
+}
+
 fn nearcache_key(id: u32) -> nearcache::Key {
     topology_support::product(id)
 }

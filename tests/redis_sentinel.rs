@@ -87,6 +87,46 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_senti
     invalidation_flows(&b, &a, &mut ea, &db, 1).await;
 }
 
+/// The ACL line of docs/operations.md, set on both data nodes (ACLs are not replicated), is
+/// all an instance needs, also to follow a failover (`ROLE` on the node Sentinel names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_its_channel_and_role_is_enough() {
+    let sentinels = blocking(RedisSentinels::start).unwrap();
+    let channel = "nearcache:sentinel-acl:invalidations";
+    for index in 0..2 {
+        let node = sentinels.node(index);
+        blocking(|| {
+            let mut con = node.connection().unwrap();
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("catalog-cache")
+                .arg(
+                    format!(
+                        "on >pw-acl resetchannels &{channel} -@all +publish +subscribe +ping +role"
+                    )
+                    .split_whitespace()
+                    .collect::<Vec<_>>(),
+                )
+                .query::<()>(&mut con)
+                .unwrap();
+        });
+    }
+    let url = sentinels.url().replace(
+        "redis+sentinel://",
+        "redis+sentinel://catalog-cache:pw-acl@",
+    );
+    let a = instance(url.clone(), "sentinel-acl").await;
+    let b = instance(url, "sentinel-acl").await;
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    blocking(|| sentinels.failover()).unwrap();
+    for events in [&mut ea, &mut eb] {
+        events.reconnected_and_cleared().await;
+    }
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_primary_name_and_unreachable_sentinels_are_typed_errors() {
     let sentinels = blocking(RedisSentinels::start).unwrap();

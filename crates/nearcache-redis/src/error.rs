@@ -74,7 +74,8 @@ pub enum RedisBackplaneError {
     /// required, or an ACL user without the permissions the backplane needs.
     #[error(
         "Redis at {addr} refused the credentials: {reason}; check the user and password in the URL \
-         (redis://user:password@host) and that the ACL user may PING, PUBLISH and SUBSCRIBE"
+         (redis://user:password@host) and that the ACL user may PING, PUBLISH and SUBSCRIBE \
+         (SPUBLISH, SSUBSCRIBE and CLUSTER|SLOTS on a cluster; also ROLE behind Sentinel)"
     )]
     Auth {
         /// The address, `host:port`.

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
-use crate::error::RedisBackplaneError;
+use crate::error::{ErrorClass, RedisBackplaneError, classify};
 use crate::target::{Node, Target};
 use crate::topology::Topology;
 
@@ -93,15 +93,16 @@ impl Target {
     async fn slot_owner(&self, seeds: &[String], slot: u16) -> Result<Node, ResolveError> {
         let mut tried = Vec::new();
         let mut answered = Vec::new();
+        let mut refused_credentials = None;
         for seed in self.in_turn(seeds) {
             let answer = async {
-                let node = self.data_node(seed)?;
+                let node = self.data_node(seed).map_err(Refusal::other)?;
                 let mut con = self.open(&node).await?;
                 redis::cmd("CLUSTER")
                     .arg("SLOTS")
                     .query_async::<Value>(&mut con)
                     .await
-                    .map_err(|err| self.describe(&err))
+                    .map_err(|err| self.refusal(&err))
             };
             match answer.await {
                 Ok(slots) => match owner_of(&slots, slot) {
@@ -121,10 +122,21 @@ impl Target {
                     }
                     None => answered.push(seed.clone()),
                 },
-                Err(reason) => tried.push((seed.clone(), reason)),
+                Err(refusal) => {
+                    if refusal.auth && refused_credentials.is_none() {
+                        refused_credentials = Some(RedisBackplaneError::Auth {
+                            addr: seed.clone(),
+                            reason: refusal.reason.clone(),
+                        });
+                    }
+                    tried.push((seed.clone(), refusal.reason));
+                }
             }
         }
-        if answered.is_empty() {
+        if let (true, Some(err)) = (answered.is_empty(), refused_credentials) {
+            // A node that answers but refuses is no reachability problem: say what to fix.
+            Err(ResolveError::Node(err))
+        } else if answered.is_empty() {
             Err(ResolveError::NoneReachable(tried))
         } else {
             Err(ResolveError::SlotNotServed {
@@ -141,7 +153,7 @@ impl Target {
         for sentinel in self.in_turn(sentinels) {
             let answer = async {
                 let node = self.sentinel_node(sentinel)?;
-                let mut con = self.open(&node).await?;
+                let mut con = self.open(&node).await.map_err(|refusal| refusal.reason)?;
                 redis::cmd("SENTINEL")
                     .arg("GET-MASTER-ADDR-BY-NAME")
                     .arg(master)
@@ -246,8 +258,15 @@ impl Target {
         }
     }
 
+    fn refusal(&self, err: &RedisError) -> Refusal {
+        Refusal {
+            reason: self.describe(err),
+            auth: classify(err) == ErrorClass::Auth,
+        }
+    }
+
     /// A short-lived connection to a seed or a Sentinel, bounded in time.
-    async fn open(&self, node: &Node) -> Result<MultiplexedConnection, String> {
+    async fn open(&self, node: &Node) -> Result<MultiplexedConnection, Refusal> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
@@ -259,11 +278,27 @@ impl Target {
         .await
         {
             Ok(Ok(con)) => Ok(con),
-            Ok(Err(err)) => Err(self.describe(&err)),
-            Err(_) => Err(format!(
+            Ok(Err(err)) => Err(self.refusal(&err)),
+            Err(_) => Err(Refusal::other(format!(
                 "no connection within connect_timeout ({:?})",
                 self.connect_timeout
-            )),
+            ))),
+        }
+    }
+}
+
+/// Why a seed or Sentinel gave no answer, password scrubbed.
+struct Refusal {
+    reason: String,
+    /// It refused the credentials or the ACL user's permissions.
+    auth: bool,
+}
+
+impl Refusal {
+    fn other(reason: String) -> Self {
+        Self {
+            reason,
+            auth: false,
         }
     }
 }
