@@ -15,11 +15,13 @@
 //!
 //! With a plain RESP3 connection the task owns the whole life cycle:
 //!
-//! 1. connect (bounded by `connect_timeout`), send `SUBSCRIBE` or `SSUBSCRIBE` and await the
-//!    server's confirmation: the subscription is confirmed, not assumed;
+//! 1. connect (bounded by `connect_timeout`) to the node [`Target::resolve`] names now, send
+//!    `SUBSCRIBE` or `SSUBSCRIBE` and await the server's confirmation: the subscription is
+//!    confirmed, not assumed;
 //! 2. watch: the connection's driver pushes `Disconnection` when the socket closes (server
-//!    killed, `CLIENT KILL`), and a `PING` every `ping_interval` (bounded by
-//!    `publish_timeout`) catches a connection that died silently;
+//!    killed, `CLIENT KILL`), the server's unsolicited `(s)unsubscribe` of our channel says
+//!    it ended the subscription (a cluster slot moved or failed over), and a `PING` every
+//!    `ping_interval` (bounded by `publish_timeout`) catches a connection that died silently;
 //! 3. on loss: retire the gate (the old connection can no longer deliver anything), send
 //!    [`BackplaneEvent::Disconnected`] once, log one warning, then retry with exponential
 //!    backoff and jitter (a debug line per failed attempt);
