@@ -55,9 +55,41 @@ pub struct RedisServerBuilder {
     auth: Auth,
     args: Vec<String>,
     tls: bool,
+    mode: Mode,
+}
+
+/// What kind of server a [`RedisServerBuilder`] starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    /// `--cluster-enabled yes` with its bus on a second free port.
+    ClusterNode,
+    /// `redis-server <dir>/sentinel.conf --sentinel` with these configuration lines.
+    Sentinel(Vec<String>),
 }
 
 impl RedisServerBuilder {
+    /// Starts a Redis Cluster node (`--cluster-enabled yes`, its own `nodes.conf` in its
+    /// directory, the cluster bus on a second free loopback port). Extra cluster settings
+    /// (node timeout, ...) go through [`args`](Self::args). Used by
+    /// [`RedisCluster`](crate::RedisCluster).
+    pub fn cluster_node(mut self) -> Self {
+        self.mode = Mode::ClusterNode;
+        self
+    }
+
+    /// Starts a Sentinel (`redis-server sentinel.conf --sentinel`) whose configuration file
+    /// holds `lines` (e.g. `sentinel monitor ...`); Sentinel rewrites that file as it learns.
+    /// Used by [`RedisSentinels`](crate::RedisSentinels).
+    pub fn sentinel<I, S>(mut self, lines: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.mode = Mode::Sentinel(lines.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// Requires `password` from every client (`requirepass`); [`RedisServer::url`] then
     /// carries it (`redis://:password@…`).
     pub fn password(mut self, password: impl Into<String>) -> Self {
@@ -114,6 +146,8 @@ impl RedisServerBuilder {
             child: None,
             port: 0,
             tls_port: None,
+            bus_port: None,
+            mode: self.mode,
             certs,
             auth: self.auth,
             args: self.args,
@@ -121,9 +155,10 @@ impl RedisServerBuilder {
         };
         let mut last_error = None;
         for _ in 0..PORT_ATTEMPTS {
-            let [port, tls_port] = free_ports()?;
+            let [port, tls_port, bus_port] = free_ports()?;
             server.port = port;
             server.tls_port = server.certs.is_some().then_some(tls_port);
+            server.bus_port = (server.mode == Mode::ClusterNode).then_some(bus_port);
             match server.spawn_and_wait() {
                 Ok(()) => return Ok(server),
                 Err(Startup::PortBusy(err)) => last_error = Some(err),
@@ -150,6 +185,9 @@ pub struct RedisServer {
     /// The plain port; the harness's own connections always use it.
     port: u16,
     tls_port: Option<u16>,
+    /// The cluster bus port of a cluster node.
+    bus_port: Option<u16>,
+    mode: Mode,
     certs: Option<certs::Certs>,
     auth: Auth,
     args: Vec<String>,
@@ -178,6 +216,7 @@ impl RedisServer {
             auth: Auth::None,
             args: Vec::new(),
             tls: false,
+            mode: Mode::Plain,
         }
     }
 
@@ -241,6 +280,12 @@ impl RedisServer {
     /// The server's directory (its log is `redis.log` there).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The process id of the running server, `None` after [`kill`](Self::kill) (a server
+    /// that crashed on its own still shows its id; see [`is_running`](Self::is_running)).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is running (it may still be starting).
@@ -378,6 +423,12 @@ impl RedisServer {
         let dir = self.dir.path();
         let stderr = File::create(dir.join("stderr.log"))?;
         let mut command = Command::new("redis-server");
+        if let Mode::Sentinel(lines) = &self.mode {
+            // Sentinel insists on a writable configuration file, given first.
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(&conf, lines.join("\n") + "\n")?;
+            command.arg(&conf).arg("--sentinel");
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -391,6 +442,13 @@ impl RedisServer {
             .arg("--logfile")
             .arg(dir.join("redis.log"))
             .args(["--loglevel", "notice"]);
+        if let Some(bus_port) = self.bus_port {
+            command
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .arg("--cluster-port")
+                .arg(bus_port.to_string());
+        }
         if let (Some(tls_port), Some(certs)) = (self.tls_port, &self.certs) {
             command
                 .arg("--tls-port")
@@ -506,6 +564,7 @@ impl fmt::Debug for RedisServer {
         f.debug_struct("RedisServer")
             .field("port", &self.port)
             .field("tls_port", &self.tls_port)
+            .field("bus_port", &self.bus_port)
             .field("pid", &self.child.as_ref().map(Child::id))
             .field("auth", &self.auth)
             .field("dir", &self.dir.path())
@@ -519,6 +578,7 @@ impl fmt::Debug for RedisServerBuilder {
             .field("auth", &self.auth)
             .field("args", &self.args)
             .field("tls", &self.tls)
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -544,10 +604,15 @@ fn explain_spawn_error(err: io::Error) -> io::Error {
 
 /// Two distinct ports of 127.0.0.1 that were free a moment ago (the OS picks them; `start`
 /// retries when another process takes one before redis-server binds it).
-fn free_ports() -> io::Result<[u16; 2]> {
+fn free_ports() -> io::Result<[u16; 3]> {
     let first = TcpListener::bind(("127.0.0.1", 0))?;
     let second = TcpListener::bind(("127.0.0.1", 0))?;
-    Ok([first.local_addr()?.port(), second.local_addr()?.port()])
+    let third = TcpListener::bind(("127.0.0.1", 0))?;
+    Ok([
+        first.local_addr()?.port(),
+        second.local_addr()?.port(),
+        third.local_addr()?.port(),
+    ])
 }
 
 fn connect(url: &str) -> io::Result<redis::Connection> {

@@ -1,22 +1,27 @@
-//! The fault injector: at random intervals it kills Redis (SIGKILL) and restarts it after a
-//! random outage, or `CLIENT KILL`s every subscriber, then waits until every instance is
-//! connected again, with its outbox empty and a publish through since the fault, and notes
-//! how long that took. Reads count as
-//! "during a fault" from the fault until then.
+//! The fault injector: at random intervals it makes the deployment suffer one of its faults
+//! (see [`crate::deployment`]: a killed and restarted Redis, `CLIENT KILL`ed subscribers, a
+//! failover, a slot migration), then waits until every instance is connected again, with its
+//! outbox empty and a publish through since the fault, and notes how long that took. Reads
+//! count as "during a fault" from the fault until then.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nearcache::Cache;
-use nearcache_suite::RedisServer;
 use rand::Rng;
+
+use crate::deployment::Deployment;
 
 /// What the injector did.
 #[derive(Default)]
 pub(crate) struct FaultCounts {
     pub(crate) redis_kills: AtomicU64,
     pub(crate) subscriber_kills: AtomicU64,
+    /// Manual failovers (`CLUSTER FAILOVER`, `SENTINEL FAILOVER`).
+    pub(crate) failovers: AtomicU64,
+    /// Migrations of the channel's cluster slot.
+    pub(crate) migrations: AtomicU64,
     /// Longest time from the end of a fault until every instance was connected, in ms.
     pub(crate) max_recovery_ms: AtomicU64,
     /// Faults after which the instances did not reconnect within the patience.
@@ -61,7 +66,7 @@ fn recovered(caches: &[Cache], sent_at_heal: &[u64]) -> bool {
 
 /// Runs until `stop`: one fault every 2–6 s after a quiet `warm_up`.
 pub(crate) fn inject(
-    server: &Mutex<RedisServer>,
+    deployment: &Mutex<Deployment>,
     caches: &[Cache],
     counts: &FaultCounts,
     faulting: &AtomicBool,
@@ -74,28 +79,13 @@ pub(crate) fn inject(
     }
     while pause(stop, Duration::from_millis(rng.random_range(2_000..6_000))) {
         faulting.store(true, Ordering::Relaxed);
-        let mut server = server
+        let mut deployment = deployment
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if rng.random_bool(0.5) {
-            counts.redis_kills.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = server.kill() {
-                tracing::error!(%error, "could not kill redis-server");
-            }
-            let outage = Duration::from_millis(rng.random_range(300..2_500));
-            tracing::info!(?outage, "redis-server killed");
-            std::thread::sleep(outage);
-            if let Err(error) = server.restart() {
-                tracing::error!(%error, "could not restart redis-server");
-            }
-        } else {
-            counts.subscriber_kills.fetch_add(1, Ordering::Relaxed);
-            match server.client_kill_pubsub() {
-                Ok(killed) => tracing::info!(killed, "CLIENT KILL TYPE pubsub"),
-                Err(error) => tracing::error!(%error, "CLIENT KILL failed"),
-            }
+        if let Err(error) = deployment.fault(&mut rng, counts) {
+            tracing::error!(%error, "the fault could not be injected or healed");
         }
-        drop(server);
+        drop(deployment);
         let healed = Instant::now();
         let sent_at_heal = sent(caches);
         let patience = Duration::from_secs(20);

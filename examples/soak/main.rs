@@ -1,9 +1,13 @@
 //! The soak: three caches through a real `redis-server` under steady read/write load while
-//! Redis is killed and restarted and its subscribers are `CLIENT KILL`ed at random.
+//! Redis is killed and restarted and its subscribers are `CLIENT KILL`ed at random — or, with
+//! `--topology cluster|sentinel`, through a Redis Cluster or behind Sentinels whose primaries
+//! fail over and are killed (and, on a cluster, whose channel slot migrates); see
+//! [`deployment`].
 //!
 //! ```text
 //! cargo xtask soak --minutes 1                       # what CI runs
 //! cargo run --example soak -- --minutes 30 --bound 5s
+//! cargo xtask soak --minutes 1 --topology cluster
 //! ```
 //!
 //! Every read is checked against the "database" ([`db`]): a read that returns a version
@@ -17,11 +21,12 @@
 //! plus 4 s), any stale entry left at the end, any panic, or an instance that did not
 //! reconnect (and on memory growth with `--strict-rss`).
 //!
-//! Loopback only: the server is a private `redis-server` on a free 127.0.0.1 port. Every
+//! Loopback only: every server is a private `redis-server` on a free 127.0.0.1 port. Every
 //! loop is bounded by the deadline and by a cap on operations.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a report on the terminal is its job
 
 mod db;
+mod deployment;
 mod faults;
 mod rss;
 
@@ -31,10 +36,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nearcache::{Cache, CacheEvent, CacheOptions, Entry, Key, region};
-use nearcache_suite::RedisServer;
 use rand::Rng;
 
 use db::{Db, Staleness};
+use deployment::{Deployment, Topology};
 use faults::FaultCounts;
 
 region!(Shard = "shard");
@@ -60,7 +65,7 @@ struct Versioned {
     about = "Three caches through a real redis-server under read/write load while Redis is \
              killed and restarted and its subscribers are CLIENT KILLed; exits 1 on any stale \
              read past the bound, stale entry left, panic or instance that did not reconnect.",
-    override_usage = "cargo run --example soak -- [--minutes N | --seconds N] [--bound D] [--strict-rss]",
+    override_usage = "cargo run --example soak -- [--minutes N | --seconds N] [--bound D] [--strict-rss] [--topology single|cluster|sentinel]",
     after_help = "Durations: 500ms, 5s, 1m 30s."
 )]
 struct Cli {
@@ -76,12 +81,16 @@ struct Cli {
     /// Exit 1 on resident-memory growth too.
     #[arg(long)]
     strict_rss: bool,
+    /// Which Redis deployment to run against.
+    #[arg(long, value_enum, default_value = "single")]
+    topology: Topology,
 }
 
 struct Args {
     duration: Duration,
     bound: Duration,
     strict_rss: bool,
+    topology: Topology,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -96,6 +105,7 @@ fn parse_args() -> Result<Args, String> {
         duration,
         bound: cli.bound.unwrap_or(MAX_STALENESS + Duration::from_secs(4)),
         strict_rss: cli.strict_rss,
+        topology: cli.topology,
     })
 }
 
@@ -159,11 +169,14 @@ struct Shared {
 }
 
 async fn soak(args: &Args) -> Result<bool, String> {
-    let server = RedisServer::start().map_err(|e| format!("redis-server: {e}"))?;
+    let channel = "nearcache:soak:invalidations";
+    let deployment = Deployment::start(args.topology, channel)
+        .map_err(|e| format!("redis ({:?}): {e}", args.topology))?;
     let mut options = CacheOptions::default();
     let backplane = &mut options.backplane;
-    backplane.redis_url = Some(server.url());
-    backplane.channel = Some("nearcache:soak:invalidations".into());
+    let redis_url_shown = deployment.url();
+    backplane.redis_url = Some(redis_url_shown.clone());
+    backplane.channel = Some(channel.into());
     backplane.heartbeat_interval = Duration::from_secs(1);
     backplane.publish_timeout = Duration::from_millis(200);
     // Small, so a long outage overflows it (the lost-backlog path).
@@ -194,11 +207,9 @@ async fn soak(args: &Args) -> Result<bool, String> {
         writes: AtomicU64::new(0),
     });
     println!(
-        "soak: {INSTANCES} instances × {WORKERS_PER_INSTANCE} workers, {KEYS} keys, redis on \
-         127.0.0.1:{}, {:?}, staleness bound {:?}",
-        server.port(),
-        args.duration,
-        args.bound
+        "soak: {INSTANCES} instances × {WORKERS_PER_INSTANCE} workers, {KEYS} keys, redis {:?} \
+         at {}, {:?}, staleness bound {:?}",
+        args.topology, redis_url_shown, args.duration, args.bound
     );
 
     let started = Instant::now();
@@ -208,18 +219,18 @@ async fn soak(args: &Args) -> Result<bool, String> {
             workers.push(tokio::spawn(work(Arc::clone(&shared), at, worker == 0)));
         }
     }
-    let server = Arc::new(Mutex::new(server));
+    let deployment = Arc::new(Mutex::new(deployment));
     let counts = Arc::new(FaultCounts::default());
     let warm_up = (args.duration / 10).min(Duration::from_secs(10));
     let injector = {
-        let (server, counts, shared) = (
-            Arc::clone(&server),
+        let (deployment, counts, shared) = (
+            Arc::clone(&deployment),
             Arc::clone(&counts),
             Arc::clone(&shared),
         );
         std::thread::spawn(move || {
             faults::inject(
-                &server,
+                &deployment,
                 &shared.caches,
                 &counts,
                 &shared.faulting,
@@ -244,7 +255,9 @@ async fn soak(args: &Args) -> Result<bool, String> {
                 shared.reads.load(Ordering::Relaxed),
                 shared.writes.load(Ordering::Relaxed),
                 counts.redis_kills.load(Ordering::Relaxed)
-                    + counts.subscriber_kills.load(Ordering::Relaxed),
+                    + counts.subscriber_kills.load(Ordering::Relaxed)
+                    + counts.failovers.load(Ordering::Relaxed)
+                    + counts.migrations.load(Ordering::Relaxed),
                 shared.staleness.stale_reads.load(Ordering::Relaxed),
                 rss_samples.last().map_or(0, |(_, kib)| kib / 1024),
             );
@@ -478,9 +491,11 @@ fn report(
     );
     println!(
         "  faults          redis killed+restarted {}  subscribers CLIENT KILLed {}  \
-         slowest recovery {} ms  not recovered {}",
+         failovers {}  slot migrations {}  slowest recovery {} ms  not recovered {}",
         counts.redis_kills.load(Ordering::Relaxed),
         counts.subscriber_kills.load(Ordering::Relaxed),
+        counts.failovers.load(Ordering::Relaxed),
+        counts.migrations.load(Ordering::Relaxed),
         counts.max_recovery_ms.load(Ordering::Relaxed),
         unrecovered
     );

@@ -1,5 +1,6 @@
-//! Making sure `redis-server` exists, because tests that need Redis start their own and
-//! never skip silently.
+//! Making sure `redis-server` and `redis-cli` exist, because tests that need Redis start their
+//! own (a single node, a Redis Cluster joined with `redis-cli --cluster create`, Sentinels run
+//! as `redis-server --sentinel`) and never skip silently.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -7,15 +8,26 @@ use std::process::Command;
 use crate::cmd;
 
 const INSTALL_HINT: &str = "install it with: sudo apt-get update && sudo apt-get install -y redis-server \
-(or put a redis-server binary on PATH)";
+redis-tools (or put redis-server and redis-cli binaries on PATH)";
 
-/// The path of `redis-server`, installing it with apt-get first when it is missing and this
-/// process may (root, or password-less sudo).
+/// The programs the Redis tests run.
+const PROGRAMS: [&str; 2] = ["redis-server", "redis-cli"];
+
+/// The path of `redis-server`, installing it (and `redis-cli`, which Debian packages in
+/// `redis-tools`) with apt-get first when one is missing and this process may (root, or
+/// password-less sudo). Sentinel needs no package of its own: it is `redis-server --sentinel`.
 pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
-    if let Some(path) = find_on_path("redis-server") {
+    let missing: Vec<&str> = PROGRAMS
+        .into_iter()
+        .filter(|program| find_on_path(program).is_none())
+        .collect();
+    if let (true, Some(path)) = (missing.is_empty(), find_on_path("redis-server")) {
         return Ok(path);
     }
-    eprintln!("xtask: redis-server is not on PATH; the Redis tests need it");
+    eprintln!(
+        "xtask: {} not on PATH; the Redis tests need it",
+        missing.join(" and ")
+    );
     if find_on_path("apt-get").is_none() {
         return Err(format!(
             "redis-server not found and apt-get is unavailable; {INSTALL_HINT}"
@@ -36,7 +48,14 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
     };
     for args in [
         &["apt-get", "update", "-qq"][..],
-        &["apt-get", "install", "-y", "-qq", "redis-server"],
+        &[
+            "apt-get",
+            "install",
+            "-y",
+            "-qq",
+            "redis-server",
+            "redis-tools",
+        ],
     ] {
         let mut full: Vec<&str> = sudo.to_vec();
         full.extend_from_slice(args);
@@ -48,6 +67,11 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
     }
     // The Debian package starts a system server on 6379; tests never use it (each starts
     // its own on a free port), so leave it be rather than guess at the init system.
+    if let Some(program) = PROGRAMS.into_iter().find(|p| find_on_path(p).is_none()) {
+        return Err(format!(
+            "{program} still not on PATH after installing; {INSTALL_HINT}"
+        ));
+    }
     find_on_path("redis-server")
         .ok_or_else(|| format!("redis-server still not on PATH after installing; {INSTALL_HINT}"))
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask soak --minutes N [--release] [ARGS...]`: the soak with Redis faults
 //! (`examples/soak/`), three instances through a private redis-server that is killed,
 //! restarted and has its subscribers `CLIENT KILL`ed at random. Other arguments (`--bound
-//! 5s`, `--strict-rss`) go to the soak.
+//! 5s`, `--strict-rss`, `--topology cluster|sentinel` for a Redis Cluster or Sentinel set-up
+//! that fails over) go to the soak.
 
 use crate::{cmd, redis};
 

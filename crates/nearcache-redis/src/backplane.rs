@@ -15,6 +15,7 @@ use crate::publisher::Publisher;
 use crate::status::{ConnectionStatus, StatusCell};
 use crate::subscriber::Subscriber;
 use crate::target::Target;
+use crate::topology::Topology;
 
 /// A [`Backplane`] over Redis pub/sub: one publishing connection, and one dedicated
 /// subscribing connection per [`subscribe`](Backplane::subscribe) that reconnects on its own.
@@ -106,15 +107,24 @@ impl RedisBackplane {
     /// * [`RedisBackplaneError::Tls`] when the TLS handshake fails (untrusted certificate);
     /// * [`RedisBackplaneError::Auth`] for a wrong or missing password or user;
     /// * [`RedisBackplaneError::Timeout`] when connecting takes longer than `connect_timeout`;
-    /// * [`RedisBackplaneError::Server`] when the server cannot serve (e.g. no RESP3).
+    /// * [`RedisBackplaneError::Server`] when the server cannot serve (e.g. no RESP3);
+    /// * for `redis+cluster://` and `redis+sentinel://` URLs,
+    ///   [`RedisBackplaneError::NoNodeReachable`] when no seed or Sentinel answers,
+    ///   [`RedisBackplaneError::SlotNotServed`] when no cluster node serves the channel's slot,
+    ///   [`RedisBackplaneError::UnknownMaster`] when the Sentinels know no primary by the URL's
+    ///   name.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future closes whatever connection it had opened.
-    pub async fn connect_with(config: RedisConfig) -> Result<Self, RedisBackplaneError> {
+    pub async fn connect_with(mut config: RedisConfig) -> Result<Self, RedisBackplaneError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| RedisBackplaneError::NoRuntime)?;
         let target = Arc::new(Target::new(&config)?);
+        if matches!(target.parsed.topology, Topology::Cluster { .. }) {
+            // On a cluster the channel lives on the shard owning its slot.
+            config.sharded = true;
+        }
         let status = Arc::new(StatusCell::new());
         let publisher = Publisher::connect(target.clone(), &config, status.clone()).await?;
         tracing::debug!(url = %target.url, channel = %config.channel, "redis backplane connected");

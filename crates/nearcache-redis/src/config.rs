@@ -47,9 +47,29 @@ pub fn channel_for_app(app: &str) -> String {
 /// ```
 #[derive(Clone, PartialEq)]
 pub struct RedisConfig {
-    /// Where Redis is: `redis://[user][:password@]host[:port][/db]`, or `rediss://…` for TLS
-    /// (needs the crate's `tls` feature). The user and password are sent with `AUTH` (ACL user
-    /// when a user is given). Default: `redis://127.0.0.1:6379`.
+    /// Where Redis is. One of:
+    ///
+    /// * `redis://[user][:password@]host[:port][/db]`, or `rediss://…` for TLS: one node;
+    /// * `redis+cluster://[user][:password@]host1[:port],host2[:port],…` (`rediss+cluster://`
+    ///   for TLS): a Redis Cluster, given by any of its nodes (port 6379 by default). The
+    ///   backplane publishes with `SPUBLISH` and subscribes with `SSUBSCRIBE` on the primary
+    ///   that owns the channel's hash slot, and follows the slot when it moves or fails over
+    ///   ([`sharded`](Self::sharded) is implied);
+    /// * `redis+sentinel://[user][:password@]host1[:port],…/master-name`
+    ///   (`rediss+sentinel://`): the primary that the Sentinels (port 26379 by default) name
+    ///   `master-name`, followed through failovers. The credentials are the data nodes'; the
+    ///   Sentinels are asked without.
+    ///
+    /// The user and password are sent with `AUTH` (ACL user when a user is given). TLS needs
+    /// the crate's `tls` feature. Default: `redis://127.0.0.1:6379`.
+    ///
+    /// ```
+    /// let config = nearcache_redis::RedisConfig {
+    ///     url: "redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7000".to_owned(),
+    ///     ..nearcache_redis::RedisConfig::for_app("shop")
+    /// };
+    /// assert!(!format!("{config:?}").contains("s3cret"));
+    /// ```
     pub url: String,
     /// The pub/sub channel. Default: [`channel_for_app`]`("default")`, that is
     /// `nearcache:default:invalidations`; use [`RedisConfig::for_app`] to name yours.
@@ -72,10 +92,10 @@ pub struct RedisConfig {
     /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7.0) instead of `PUBLISH`/`SUBSCRIBE`.
     ///
     /// On a Redis Cluster, sharded pub/sub routes the channel to the one shard that owns its
-    /// hash slot instead of broadcasting every message across the whole cluster bus. This
-    /// backplane talks to one node and does not follow `MOVED` redirections, so point it at
-    /// the node that owns the channel's slot. On a single node it behaves exactly like
-    /// classic pub/sub. Publishers and subscribers of one channel must agree on this switch:
+    /// hash slot instead of broadcasting every message across the whole cluster bus. With a
+    /// `redis+cluster://` [`url`](Self::url) it is always on, and the backplane finds and
+    /// follows the shard; with a one-node URL it talks to that node only (no `MOVED`
+    /// following). On a single node it behaves exactly like classic pub/sub. Publishers and subscribers of one channel must agree on this switch:
     /// sharded and classic pub/sub do not see each other's messages. Default: `false`.
     pub sharded: bool,
     /// How many events the [`Subscription`](nearcache_backplane::Subscription) buffers before

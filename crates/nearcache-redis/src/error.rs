@@ -74,7 +74,8 @@ pub enum RedisBackplaneError {
     /// required, or an ACL user without the permissions the backplane needs.
     #[error(
         "Redis at {addr} refused the credentials: {reason}; check the user and password in the URL \
-         (redis://user:password@host) and that the ACL user may PING, PUBLISH and SUBSCRIBE"
+         (redis://user:password@host) and that the ACL user may PING, PUBLISH and SUBSCRIBE \
+         (SPUBLISH, SSUBSCRIBE and CLUSTER|SLOTS on a cluster; also ROLE behind Sentinel)"
     )]
     Auth {
         /// The address, `host:port`.
@@ -91,6 +92,43 @@ pub enum RedisBackplaneError {
         addr: String,
         /// The timeout that passed.
         after: Duration,
+    },
+    /// None of the seed nodes of a `redis+cluster://` URL, or none of the Sentinels of a
+    /// `redis+sentinel://` URL, answered.
+    #[error(
+        "none of the Redis nodes {nodes} is reachable ({reasons}); check that they run and that \
+         the addresses in the URL are right (any one reachable node is enough)"
+    )]
+    NoNodeReachable {
+        /// The nodes given, `host:port,…`.
+        nodes: String,
+        /// What each one said, without the password.
+        reasons: String,
+    },
+    /// The Redis Cluster answered, but no node serves the channel's hash slot.
+    #[error(
+        "no Redis Cluster node serves hash slot {slot} of channel {channel} (asked {asked}); \
+         the cluster is missing primaries or is being resharded: check `redis-cli --cluster \
+         check` and CLUSTER INFO"
+    )]
+    SlotNotServed {
+        /// The channel's hash slot.
+        slot: u16,
+        /// The channel.
+        channel: String,
+        /// The nodes that answered.
+        asked: String,
+    },
+    /// The Sentinels answered, but none knows a primary by the name at the end of the URL.
+    #[error(
+        "the Sentinels at {asked} know no primary named {master:?}; check the name at the end of \
+         the URL (redis+sentinel://host:26379/<name>) against SENTINEL MASTERS"
+    )]
+    UnknownMaster {
+        /// The name in the URL.
+        master: String,
+        /// The Sentinels that answered.
+        asked: String,
     },
     /// Redis answered, but not as the backplane needs (for example a server older than 6.0
     /// without RESP3).

@@ -20,19 +20,50 @@ use std::time::Duration;
 use bytes::Bytes;
 use nearcache_backplane::BackplaneError;
 use parking_lot::RwLock;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::{AsyncConnectionConfig, Cmd};
 use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
 use crate::error::RedisBackplaneError;
 use crate::status::StatusCell;
 use crate::target::Target;
+use crate::topology::Topology;
+
+/// The publishing connection.
+#[derive(Clone)]
+enum Conn {
+    /// One node: a manager that reconnects to it.
+    Manager(ConnectionManager),
+    /// The resolved node of a cluster or Sentinel URL; `None` until the next publish resolves
+    /// and connects.
+    Direct(Option<MultiplexedConnection>),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Manager(_) => f.write_str("Manager"),
+            Self::Direct(con) => write!(f, "Direct(connected: {})", con.is_some()),
+        }
+    }
+}
+
+/// Why a publish failed.
+enum Failed {
+    Timeout,
+    Other(String),
+}
 
 #[derive(Debug)]
 pub(crate) struct Publisher {
     /// The current connection and its generation. Read-locked only to clone it, never across
     /// an await.
-    con: RwLock<(u64, ConnectionManager)>,
+    con: RwLock<(u64, Conn)>,
+    /// Serialises connecting a [`Conn::Direct`], so concurrent publishes resolve once.
+    connecting: tokio::sync::Mutex<()>,
     manager_config: ConnectionManagerConfig,
     command: &'static str,
     channel: Bytes,
@@ -56,27 +87,17 @@ impl Publisher {
             // the connection; the manager's own would surface as an ordinary error.
             .set_response_timeout(None)
             .set_number_of_retries(0);
-        let client = target.client.clone();
-        let config_for_open = manager_config.clone();
-        let open = async move {
-            let mut con = client
-                .get_connection_manager_with_config(config_for_open)
-                .await?;
-            redis::cmd("PING").query_async::<()>(&mut con).await?;
-            Ok::<_, redis::RedisError>(con)
-        };
-        let con = match tokio::time::timeout(config.connect_timeout, open).await {
-            Ok(Ok(con)) => con,
-            Ok(Err(err)) => return Err(target.connect_error(&err, config.connect_timeout)),
-            Err(_) => {
-                return Err(RedisBackplaneError::Timeout {
-                    addr: target.addr.clone(),
-                    after: config.connect_timeout,
-                });
+        let con = match target.parsed.topology {
+            Topology::Single => {
+                Conn::Manager(open_manager(&target, config, &manager_config).await?)
+            }
+            Topology::Cluster { .. } | Topology::Sentinel { .. } => {
+                Conn::Direct(Some(open_direct(&target, config).await?))
             }
         };
         Ok(Self {
             con: RwLock::new((0, con)),
+            connecting: tokio::sync::Mutex::new(()),
             manager_config,
             command: if config.sharded {
                 "SPUBLISH"
@@ -103,9 +124,22 @@ impl Publisher {
             redis::Cmd::with_capacity(3, self.command.len() + self.channel.len() + payload.len());
         cmd.arg(self.command).arg(&self.channel[..]).arg(payload);
         // A clone is a reference count; the connection itself is shared.
-        let (generation, mut con) = self.con.read().clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<()>(&mut con)).await {
-            Ok(Ok(())) => {
+        let (generation, con) = self.con.read().clone();
+        // Connecting (when needed) and the command share one `publish_timeout`.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let outcome = match con {
+            Conn::Manager(mut con) => self.send(&cmd, &mut con, deadline).await,
+            Conn::Direct(Some(mut con)) => self.send(&cmd, &mut con, deadline).await,
+            Conn::Direct(None) => {
+                match tokio::time::timeout_at(deadline, self.connect_direct(generation)).await {
+                    Ok(Ok(mut con)) => self.send(&cmd, &mut con, deadline).await,
+                    Ok(Err(reason)) => Err(Failed::Other(reason)),
+                    Err(_) => Err(Failed::Timeout),
+                }
+            }
+        };
+        match outcome {
+            Ok(()) => {
                 if let Some(outage) = self.status.publisher_succeeded() {
                     info!(
                         addr = %self.target.addr,
@@ -115,16 +149,63 @@ impl Publisher {
                 }
                 Ok(())
             }
-            Ok(Err(err)) if !err.is_timeout() => {
-                let reason = self.target.describe(&err);
+            Err(Failed::Other(reason)) => {
                 self.failed(&reason);
+                self.drop_direct(generation);
                 Err(BackplaneError::Unavailable { reason })
             }
-            Ok(Err(_)) | Err(_) => {
+            Err(Failed::Timeout) => {
                 self.failed("no acknowledgement within publish_timeout");
                 self.replace(generation);
                 Err(BackplaneError::Timeout(self.timeout))
             }
+        }
+    }
+
+    /// One command, bounded by `deadline`.
+    async fn send(
+        &self,
+        cmd: &Cmd,
+        con: &mut impl ConnectionLike,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Failed> {
+        match tokio::time::timeout_at(deadline, cmd.query_async::<()>(con)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(self.target.describe(&err))),
+            Ok(Err(_)) | Err(_) => Err(Failed::Timeout),
+        }
+    }
+
+    /// Resolves the node and connects to it, unless another publish did so since
+    /// `generation`.
+    async fn connect_direct(&self, generation: u64) -> Result<MultiplexedConnection, String> {
+        let _connecting = self.connecting.lock().await;
+        if let (current, Conn::Direct(Some(con))) = &*self.con.read()
+            && *current != generation
+        {
+            return Ok(con.clone());
+        }
+        let node = self.target.resolve().await.map_err(|err| err.to_string())?;
+        let con = node
+            .client
+            .get_multiplexed_async_connection_with_config(&direct_config(
+                self.target.connect_timeout,
+            ))
+            .await
+            .map_err(|err| format!("{}: {}", node.addr, self.target.describe(&err)))?;
+        debug!(addr = %node.addr, "redis publisher connected to the resolved node");
+        let mut current = self.con.write();
+        current.0 = current.0.wrapping_add(1);
+        current.1 = Conn::Direct(Some(con.clone()));
+        Ok(con)
+    }
+
+    /// Forgets direct connection `generation` (if it is still the current one): the next
+    /// publish resolves and connects anew.
+    fn drop_direct(&self, generation: u64) {
+        let mut current = self.con.write();
+        if current.0 == generation && matches!(current.1, Conn::Direct(Some(_))) {
+            *current = (generation.wrapping_add(1), Conn::Direct(None));
         }
     }
 
@@ -135,12 +216,16 @@ impl Publisher {
         if current.0 != generation {
             return; // another timed-out publish replaced it already
         }
+        if let Conn::Direct(_) = current.1 {
+            *current = (generation.wrapping_add(1), Conn::Direct(None));
+            return;
+        }
         match ConnectionManager::new_lazy_with_config(
             self.target.client.clone(),
             self.manager_config.clone(),
         ) {
             Ok(fresh) => {
-                *current = (generation.wrapping_add(1), fresh);
+                *current = (generation.wrapping_add(1), Conn::Manager(fresh));
                 debug!(addr = %self.target.addr, "redis publisher connection replaced after a timeout");
             }
             // Only a configuration error, which the first connection would have met already;
@@ -163,4 +248,67 @@ impl Publisher {
             debug!(addr = %self.target.addr, reason, "redis publish failed");
         }
     }
+}
+
+/// Opens the manager of a one-node URL and checks it with a `PING`.
+async fn open_manager(
+    target: &Target,
+    config: &RedisConfig,
+    manager_config: &ConnectionManagerConfig,
+) -> Result<ConnectionManager, RedisBackplaneError> {
+    let client = target.client.clone();
+    let config_for_open = manager_config.clone();
+    let open = async move {
+        let mut con = client
+            .get_connection_manager_with_config(config_for_open)
+            .await?;
+        redis::cmd("PING").query_async::<()>(&mut con).await?;
+        Ok::<_, redis::RedisError>(con)
+    };
+    match tokio::time::timeout(config.connect_timeout, open).await {
+        Ok(Ok(con)) => Ok(con),
+        Ok(Err(err)) => Err(target.connect_error(&err, config.connect_timeout)),
+        Err(_) => Err(RedisBackplaneError::Timeout {
+            addr: target.addr.clone(),
+            after: config.connect_timeout,
+        }),
+    }
+}
+
+/// Resolves the node of a cluster or Sentinel URL, connects and checks it with a `PING`.
+async fn open_direct(
+    target: &Target,
+    config: &RedisConfig,
+) -> Result<MultiplexedConnection, RedisBackplaneError> {
+    let timed_out = || RedisBackplaneError::Timeout {
+        addr: target.addr.clone(),
+        after: config.connect_timeout,
+    };
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let node = match tokio::time::timeout_at(deadline, target.resolve()).await {
+        Ok(Ok(node)) => node,
+        Ok(Err(err)) => return Err(err.into_connect_error(target, &config.channel)),
+        Err(_) => return Err(timed_out()),
+    };
+    let open = async {
+        let mut con = node
+            .client
+            .get_multiplexed_async_connection_with_config(&direct_config(config.connect_timeout))
+            .await?;
+        redis::cmd("PING").query_async::<()>(&mut con).await?;
+        Ok::<_, redis::RedisError>(con)
+    };
+    match tokio::time::timeout_at(deadline, open).await {
+        Ok(Ok(con)) => Ok(con),
+        Ok(Err(err)) => Err(target.node_error(&node, &err, config.connect_timeout)),
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// A direct connection: bounded connecting; the publish timeout is ours (see
+/// [`Publisher::send`]).
+fn direct_config(connect_timeout: Duration) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(None)
 }

@@ -15,11 +15,13 @@
 //!
 //! With a plain RESP3 connection the task owns the whole life cycle:
 //!
-//! 1. connect (bounded by `connect_timeout`), send `SUBSCRIBE` or `SSUBSCRIBE` and await the
-//!    server's confirmation: the subscription is confirmed, not assumed;
+//! 1. connect (bounded by `connect_timeout`) to the node [`Target::resolve`] names now, send
+//!    `SUBSCRIBE` or `SSUBSCRIBE` and await the server's confirmation: the subscription is
+//!    confirmed, not assumed;
 //! 2. watch: the connection's driver pushes `Disconnection` when the socket closes (server
-//!    killed, `CLIENT KILL`), and a `PING` every `ping_interval` (bounded by
-//!    `publish_timeout`) catches a connection that died silently;
+//!    killed, `CLIENT KILL`), the server's unsolicited `(s)unsubscribe` of our channel says
+//!    it ended the subscription (a cluster slot moved or failed over), and a `PING` every
+//!    `ping_interval` (bounded by `publish_timeout`) catches a connection that died silently;
 //! 3. on loss: retire the gate (the old connection can no longer deliver anything), send
 //!    [`BackplaneEvent::Disconnected`] once, log one warning, then retry with exponential
 //!    backoff and jitter (a debug line per failed attempt);
@@ -60,6 +62,8 @@ struct Gate {
     /// Wakes the task: the connection dropped, or the subscription was dropped.
     lost: Notify,
     channel: Bytes,
+    /// The server ended our subscription (an unsolicited unsubscribe).
+    ended_by_server: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -80,6 +84,7 @@ impl Gate {
             }),
             lost: Notify::new(),
             channel,
+            ended_by_server: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -110,10 +115,7 @@ impl Gate {
                 }
             },
             PushKind::Subscribe | PushKind::SSubscribe => {
-                let ours = matches!(
-                    info.data.first(),
-                    Some(Value::BulkString(name)) if name[..] == self.channel[..]
-                );
+                let ours = self.is_ours(&info.data);
                 if ours && *announce_reconnect {
                     *announce_reconnect = false;
                     events.send(BackplaneEvent::Reconnected)
@@ -126,6 +128,18 @@ impl Gate {
                 self.lost.notify_one();
                 return;
             }
+            // We never unsubscribe (a subscription ends by closing its connection), so this
+            // is the server ending it: a Redis Cluster moving the channel's slot away or
+            // failing over its shard. The connection stays up and answers PING while nothing
+            // arrives any more, so it is a loss of the link like a closed socket.
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.is_ours(&info.data) => {
+                *slot = None;
+                self.ended_by_server
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(guard);
+                self.lost.notify_one();
+                return;
+            }
             _ => true,
         };
         if !delivered {
@@ -133,6 +147,25 @@ impl Gate {
             *slot = None;
             drop(guard);
             self.lost.notify_one();
+        }
+    }
+}
+
+impl Gate {
+    /// Whether a (un)subscribe push names our channel.
+    fn is_ours(&self, data: &[Value]) -> bool {
+        matches!(data.first(), Some(Value::BulkString(name)) if name[..] == self.channel[..])
+    }
+
+    /// Why the link was lost, once `lost` fired.
+    fn loss_reason(&self) -> &'static str {
+        if self
+            .ended_by_server
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "the server ended the subscription (the channel's slot moved, or its shard failed over)"
+        } else {
+            "connection closed"
         }
     }
 }
@@ -230,27 +263,33 @@ impl Subscriber {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout))
             .set_push_sender(PushGate(gate.clone()));
-        let client = &self.target.client;
+        let target = &self.target;
         let channel = &self.channel[..];
         let sharded = self.sharded;
         let subscribe = async move {
-            let mut con = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            if sharded {
-                // One channel, so exactly one confirmation answers it.
-                redis::cmd("SSUBSCRIBE")
-                    .arg(channel)
-                    .exec_async(&mut con)
+            // The URL's node, or the cluster's slot owner / Sentinel's primary of right now.
+            let node = target.resolve().await.map_err(|err| err.to_string())?;
+            let subscribe = async {
+                let mut con = node
+                    .client
+                    .get_multiplexed_async_connection_with_config(&config)
                     .await?;
-            } else {
-                con.subscribe(channel).await?;
-            }
-            Ok::<_, redis::RedisError>(con)
+                if sharded {
+                    // One channel, so exactly one confirmation answers it.
+                    redis::cmd("SSUBSCRIBE")
+                        .arg(channel)
+                        .exec_async(&mut con)
+                        .await?;
+                } else {
+                    con.subscribe(channel).await?;
+                }
+                Ok::<_, redis::RedisError>(con)
+            };
+            subscribe.await.map_err(|err| target.describe(&err))
         };
         let reason = match tokio::time::timeout(self.connect_timeout, subscribe).await {
             Ok(Ok(con)) => return Ok(Link { con, gate }),
-            Ok(Err(err)) => self.target.describe(&err),
+            Ok(Err(reason)) => reason,
             Err(_) => format!(
                 "no subscription within connect_timeout ({:?})",
                 self.connect_timeout
@@ -333,7 +372,7 @@ impl Subscriber {
                     return if self.events.is_closed() {
                         Loss::SubscriptionDropped
                     } else {
-                        Loss::Connection("connection closed".to_owned())
+                        Loss::Connection(link.gate.loss_reason().to_owned())
                     };
                 }
                 _ = ping.tick() => {
@@ -417,6 +456,29 @@ mod tests {
             Some(BackplaneEvent::Message(Bytes::from_static(b"before")))
         );
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn an_unsolicited_unsubscribe_of_our_channel_loses_the_link() {
+        for kind in [PushKind::SUnsubscribe, PushKind::Unsubscribe] {
+            let (events, mut sub) = Subscription::channel(16);
+            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+            gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
+            gate.on_push(message(b"still ours"));
+            assert_eq!(gate.loss_reason(), "connection closed", "{kind:?}");
+            gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));
+            gate.on_push(message(b"after"));
+            // The task is woken, and nothing more is forwarded from this connection.
+            tokio::time::timeout(std::time::Duration::from_secs(5), gate.lost.notified())
+                .await
+                .unwrap_or_else(|_| panic!("{kind:?}: the task is not woken"));
+            assert!(gate.loss_reason().contains("ended the subscription"));
+            assert_eq!(
+                sub.recv().await,
+                Some(BackplaneEvent::Message(Bytes::from_static(b"still ours")))
+            );
+            assert!(sub.try_recv().is_none(), "{kind:?}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! disconnect push instead of from the next failing publish. RESP3 needs Redis 6.0 or newer.
 
 use std::fmt;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion};
@@ -14,16 +15,26 @@ use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion};
 use crate::config::RedisConfig;
 use crate::error::RedisBackplaneError;
 use crate::redact::RedactedUrl;
+use crate::topology::{self, Parsed, Topology};
 
 /// Where and how to connect, checked once at `connect`.
 pub(crate) struct Target {
+    /// The client of the node given by the URL; for a cluster or Sentinel URL, of the first
+    /// seed or Sentinel (used only to check the URL: connections go where
+    /// [`resolve`](Self::resolve) says).
     pub(crate) client: redis::Client,
-    /// `host:port`, for errors and logs.
+    /// `host:port` (the list of seeds or Sentinels for those URLs), for errors and logs.
     pub(crate) addr: String,
     pub(crate) url: RedactedUrl,
+    pub(crate) parsed: Parsed,
     is_tls: bool,
     /// Kept only to scrub it from error texts.
     password: Option<String>,
+    tls_ca_pem: Option<Vec<u8>>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    /// Which seed or Sentinel to ask first (see `Target::resolve`).
+    pub(crate) first_to_ask: AtomicUsize,
 }
 
 impl fmt::Debug for Target {
@@ -35,47 +46,109 @@ impl fmt::Debug for Target {
     }
 }
 
+/// A client for one node, and what errors may show of it.
+pub(crate) struct Node {
+    pub(crate) client: redis::Client,
+    /// `host:port`.
+    pub(crate) addr: String,
+    is_tls: bool,
+    password: Option<String>,
+}
+
 impl Target {
     /// Validates `config` and builds the client. Does not connect.
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, RedisBackplaneError> {
         let url = config.redacted_url();
         check_settings(config)?;
-        let wants_tls = has_tls_scheme(&config.url);
+        let parsed = topology::parse(&config.url, &config.channel).map_err(|reason| {
+            RedisBackplaneError::InvalidUrl {
+                url: url.clone(),
+                reason,
+            }
+        })?;
+        let wants_tls = parsed.is_tls() || has_tls_scheme(&config.url);
         if wants_tls && !cfg!(feature = "tls") {
             return Err(RedisBackplaneError::TlsNotEnabled { url });
         }
-        let info = config.url.as_str().into_connection_info().map_err(|err| {
-            RedisBackplaneError::InvalidUrl {
-                url: url.clone(),
-                reason: err.to_string(),
-            }
-        })?;
-        let redis = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let password = redis.password().map(str::to_owned);
-        let info = info.set_redis_settings(redis);
-        let addr = info.addr().to_string();
-        let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
-        if config.tls_ca_pem.is_some() && !is_tls {
+        if config.tls_ca_pem.is_some() && !wants_tls {
             return Err(RedisBackplaneError::InvalidConfig {
                 reason: format!("tls_ca_pem is set but {url} is not a rediss:// URL"),
             });
         }
-        let client = build_client(info, is_tls, config.tls_ca_pem.clone()).map_err(|err| {
-            RedisBackplaneError::InvalidUrl {
-                url: url.clone(),
-                reason: crate::error::describe(&err, password.as_deref()),
+        let invalid = |reason: String| RedisBackplaneError::InvalidUrl {
+            url: url.clone(),
+            reason,
+        };
+        let (first, addr, password) = match &parsed.topology {
+            Topology::Single => {
+                let node =
+                    open_node(&parsed.first, config.tls_ca_pem.clone(), true).map_err(invalid)?;
+                let (addr, password) = (node.addr.clone(), node.password.clone());
+                (node, addr, password)
             }
-        })?;
+            Topology::Cluster { seeds: hosts, .. }
+            | Topology::Sentinel {
+                sentinels: hosts, ..
+            } => {
+                // Parse one data node's URL for the credentials, and the first host's.
+                let sample = open_node(&parsed.node_url(&hosts[0]), None, true).map_err(invalid)?;
+                let first = match &parsed.topology {
+                    Topology::Sentinel { .. } => {
+                        open_node(&parsed.first, config.tls_ca_pem.clone(), false)
+                    }
+                    _ => open_node(&parsed.first, config.tls_ca_pem.clone(), true),
+                }
+                .map_err(invalid)?;
+                (first, hosts.join(","), sample.password)
+            }
+        };
         Ok(Self {
-            client,
+            client: first.client,
             addr,
             url,
-            is_tls,
+            parsed,
+            is_tls: first.is_tls,
             password,
+            tls_ca_pem: config.tls_ca_pem.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.publish_timeout,
+            first_to_ask: AtomicUsize::new(0),
         })
+    }
+
+    /// The node of a one-node URL.
+    pub(crate) fn single_node(&self) -> Node {
+        Node {
+            client: self.client.clone(),
+            addr: self.addr.clone(),
+            is_tls: self.is_tls,
+            password: self.password.clone(),
+        }
+    }
+
+    /// A client for data node `host:port`, with the URL's credentials and RESP3.
+    pub(crate) fn data_node(&self, host_port: &str) -> Result<Node, String> {
+        open_node(
+            &self.parsed.node_url(host_port),
+            self.tls_ca_pem.clone(),
+            true,
+        )
+        .map_err(|reason| self.scrub(reason))
+    }
+
+    /// A client for Sentinel `host:port` (no credentials, RESP2).
+    pub(crate) fn sentinel_node(&self, host_port: &str) -> Result<Node, String> {
+        open_node(
+            &self.parsed.sentinel_url(host_port),
+            self.tls_ca_pem.clone(),
+            false,
+        )
+        .map_err(|reason| self.scrub(reason))
+    }
+
+    /// `text` without the password.
+    pub(crate) fn scrub(&self, text: String) -> String {
+        crate::error::scrub(text, self.password())
     }
 
     pub(crate) fn password(&self) -> Option<&str> {
@@ -99,6 +172,24 @@ impl Target {
         }
     }
 
+    /// The typed connect error for `err` met at data node `node`.
+    pub(crate) fn node_error(
+        &self,
+        node: &Node,
+        err: &redis::RedisError,
+        timeout: Duration,
+    ) -> RedisBackplaneError {
+        match RedisBackplaneError::from_redis(err, &node.addr, &self.url, self.password(), timeout)
+        {
+            RedisBackplaneError::Unreachable { addr, reason }
+                if node.is_tls && looks_like_tls(&reason) =>
+            {
+                RedisBackplaneError::Tls { addr, reason }
+            }
+            other => other,
+        }
+    }
+
     /// A one-line description of `err` for logs and [`BackplaneError`]s, password scrubbed.
     ///
     /// [`BackplaneError`]: nearcache_backplane::BackplaneError
@@ -114,6 +205,29 @@ fn looks_like_tls(reason: &str) -> bool {
     ["certificate", "handshake", "tls", "alert"]
         .iter()
         .any(|word| reason.contains(word))
+}
+
+/// Parses one node's URL and builds its client (RESP3 when `resp3`). `Err` is the reason,
+/// password scrubbed.
+fn open_node(url: &str, ca_pem: Option<Vec<u8>>, resp3: bool) -> Result<Node, String> {
+    let info = url.into_connection_info().map_err(|err| err.to_string())?;
+    let mut redis = info.redis_settings().clone();
+    if resp3 {
+        redis = redis.set_protocol(ProtocolVersion::RESP3);
+    }
+    let password = redis.password().map(str::to_owned);
+    let info = info.set_redis_settings(redis);
+    let addr = info.addr().to_string();
+    let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+    let ca_pem = if is_tls { ca_pem } else { None };
+    let client = build_client(info, is_tls, ca_pem)
+        .map_err(|err| crate::error::describe(&err, password.as_deref()))?;
+    Ok(Node {
+        client,
+        addr,
+        is_tls,
+        password,
+    })
 }
 
 fn has_tls_scheme(url: &str) -> bool {
@@ -210,6 +324,48 @@ mod tests {
             );
             assert!(!err.to_string().contains("topsecret"), "{err}");
             assert!(!format!("{err:?}").contains("topsecret"), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn topology_urls_keep_the_nodes_and_hide_the_password() {
+        let target = Target::new(&RedisConfig::new(
+            "redis+cluster://app:pw1@127.0.0.1:7000,127.0.0.1:7001",
+        ))
+        .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "127.0.0.1:7000,127.0.0.1:7001");
+        assert_eq!(target.password(), Some("pw1"));
+        assert!(!format!("{target:?}").contains("pw1"));
+        let node = target
+            .data_node("10.0.0.9:7005")
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(node.addr, "10.0.0.9:7005");
+        let target = Target::new(&RedisConfig::new("redis+sentinel://:pw2@s1,s2:5000/shop"))
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(target.addr, "s1:26379,s2:5000");
+        assert_eq!(target.password(), Some("pw2"), "the data nodes' password");
+        for url in [
+            "redis+cluster://u:topsecret@h1:99999",
+            "redis+sentinel://u:topsecret@s1",
+        ] {
+            let err = error_of(RedisConfig::new(url));
+            assert!(
+                matches!(err, RedisBackplaneError::InvalidUrl { .. }),
+                "{url}: {err:?}"
+            );
+            assert!(!format!("{err} {err:?}").contains("topsecret"), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_topologies_without_the_feature_name_the_feature() {
+        for url in ["rediss+cluster://h1,h2", "rediss+sentinel://s1/name"] {
+            let err = error_of(RedisConfig::new(url));
+            assert!(
+                matches!(err, RedisBackplaneError::TlsNotEnabled { .. }),
+                "{url}: {err:?}"
+            );
         }
     }
 

@@ -1,0 +1,160 @@
+//! The Redis backplane behind real Sentinels (a primary, a replica and three Sentinels on
+//! loopback ports, one set per test): instances find the primary through the Sentinels and
+//! invalidate each other; a manual failover (`SENTINEL FAILOVER`) and a hard kill of the
+//! primary each end the instances' connections, which they notice (a loss: they clear
+//! themselves, counted), follow to the new primary, and invalidate each other again with
+//! nothing stale. A wrong primary name and unreachable Sentinels are typed errors.
+//!
+//! Nothing sleeps to let something happen: every step awaits the event that says it
+//! happened, or polls the Sentinels' own view, with a deadline.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod topology_support;
+
+use nearcache::{RedisBackplane, RedisBackplaneError};
+use nearcache_suite::RedisSentinels;
+use nearcache_suite::redis_sentinel::MASTER_NAME;
+use topology_support::{
+    Db, Events, assert_nothing_stale, blocking, instance, invalidation_flows, load, product,
+    redis_config, stats,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_is_a_counted_loss_then_the_new_primary_is_followed() {
+    let sentinels = blocking(RedisSentinels::start).unwrap();
+    let a = instance(sentinels.url(), "sentinel-failover").await;
+    let b = instance(sentinels.url(), "sentinel-failover").await;
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    assert!(
+        blocking(|| sentinels.node(0).connected_clients()).unwrap() >= 4,
+        "both instances publish and subscribe on the primary"
+    );
+    for cache in [&a, &b] {
+        load(cache, &db, 1).await;
+    }
+
+    let new_primary = blocking(|| sentinels.failover()).unwrap();
+    assert_eq!(new_primary, 1);
+    for events in [&mut ea, &mut eb] {
+        events.reconnected_and_cleared().await;
+    }
+    for (name, cache) in [("a", &a), ("b", &b)] {
+        assert!(stats(cache).loss_clears.reconnect >= 1, "{name}");
+        assert_nothing_stale(name, cache, &db, 2);
+    }
+    invalidation_flows(&a, &b, &mut eb, &db, 1).await;
+    invalidation_flows(&b, &a, &mut ea, &db, 0).await;
+    let subscribers: u64 = blocking(|| {
+        let mut con = sentinels.node(new_primary).connection().unwrap();
+        redis::cmd("PUBLISH")
+            .arg("nearcache:sentinel-failover:invalidations")
+            .arg("not nearcache")
+            .query(&mut con)
+            .unwrap()
+    });
+    assert_eq!(subscribers, 2, "both subscriptions are on the new primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_sentinel_failover() {
+    let mut sentinels = blocking(RedisSentinels::start).unwrap();
+    let a = instance(sentinels.url(), "sentinel-kill").await;
+    let b = instance(sentinels.url(), "sentinel-kill").await;
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    for cache in [&a, &b] {
+        load(cache, &db, 1).await;
+    }
+
+    blocking(|| sentinels.node_mut(0).kill()).unwrap();
+    // A write while there is no primary: the publish fails and waits in A's outbox.
+    db.bump(1);
+    let _ = a.remove(product(1)).await;
+    let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
+    assert_eq!(new_primary, 1);
+    for events in [&mut ea, &mut eb] {
+        events.reconnected_and_cleared().await;
+    }
+    for (name, cache) in [("a", &a), ("b", &b)] {
+        assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
+        assert_nothing_stale(name, cache, &db, 2);
+    }
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+}
+
+/// The ACL line of docs/operations.md, set on both data nodes (ACLs are not replicated), is
+/// all an instance needs, also to follow a failover (`ROLE` on the node Sentinel names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_limited_to_its_channel_and_role_is_enough() {
+    let sentinels = blocking(RedisSentinels::start).unwrap();
+    let channel = "nearcache:sentinel-acl:invalidations";
+    for index in 0..2 {
+        let node = sentinels.node(index);
+        blocking(|| {
+            let mut con = node.connection().unwrap();
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("catalog-cache")
+                .arg(
+                    format!(
+                        "on >pw-acl resetchannels &{channel} -@all +publish +subscribe +ping +role"
+                    )
+                    .split_whitespace()
+                    .collect::<Vec<_>>(),
+                )
+                .query::<()>(&mut con)
+                .unwrap();
+        });
+    }
+    let url = sentinels.url().replace(
+        "redis+sentinel://",
+        "redis+sentinel://catalog-cache:pw-acl@",
+    );
+    let a = instance(url.clone(), "sentinel-acl").await;
+    let b = instance(url, "sentinel-acl").await;
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    blocking(|| sentinels.failover()).unwrap();
+    for events in [&mut ea, &mut eb] {
+        events.reconnected_and_cleared().await;
+    }
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_primary_name_and_unreachable_sentinels_are_typed_errors() {
+    let sentinels = blocking(RedisSentinels::start).unwrap();
+    let url = sentinels
+        .url()
+        .replace("redis+sentinel://", "redis+sentinel://app:hunter2@")
+        .replace(MASTER_NAME, "no-such-primary");
+    let err = RedisBackplane::connect_with(redis_config(url, "names"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RedisBackplaneError::UnknownMaster { master, .. } if master == "no-such-primary"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("SENTINEL MASTERS"), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let url = format!("redis+sentinel://:hunter2@127.0.0.1:{dead_port}/{MASTER_NAME}");
+    let err = RedisBackplane::connect_with(redis_config(url, "names"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RedisBackplaneError::NoNodeReachable { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&dead_port.to_string()), "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"));
+}

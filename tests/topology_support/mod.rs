@@ -1,0 +1,225 @@
+//! What the Redis Cluster and Sentinel tests share: caches on a topology URL with short
+//! timeouts, a "database" of versioned products, and waiting for a cache's events with a
+//! deadline (nothing sleeps to let something happen).
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nearcache::{
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, InstanceId, Key,
+    PropagationStats, ReconnectBackoff, RedisBackplane, RedisConfig, cache_key,
+};
+use tokio::sync::broadcast;
+
+/// Upper bound for one expected event. A hard-killed primary is replaced after the cluster's
+/// node timeout (1 s) plus an election, or Sentinel's `down-after-milliseconds` (1 s) plus an
+/// election; generous for a loaded 2-core CI machine.
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+/// The publish timeout of every instance: short, so an outage costs little test time.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
+
+struct Product;
+
+pub(crate) fn product(id: u32) -> Key {
+    cache_key!(Product, "get", &id)
+}
+
+pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
+    RedisConfig {
+        url,
+        connect_timeout: Duration::from_secs(2),
+        publish_timeout: PUBLISH_TIMEOUT,
+        ping_interval: Duration::from_millis(100),
+        reconnect: ReconnectBackoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(200),
+            jitter: 0.5,
+        },
+        ..RedisConfig::for_app(app)
+    }
+}
+
+fn options(app: &str) -> CacheOptions {
+    CacheOptions {
+        backplane: BackplaneOptions {
+            app: app.to_owned(),
+            heartbeat_interval: Duration::from_millis(500),
+            publish_timeout: PUBLISH_TIMEOUT,
+            reconnect_initial_delay: Duration::from_millis(10),
+            reconnect_max_delay: Duration::from_millis(200),
+            connect_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_millis(100),
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    }
+}
+
+/// A cache of application `app` on `url` (a `redis+cluster://` or `redis+sentinel://` one),
+/// subscribed.
+pub(crate) async fn instance(url: String, app: &str) -> Cache {
+    let options = options(app);
+    let backplane = RedisBackplane::connect_with(RedisConfig {
+        channel: options.backplane.channel_name(),
+        ..redis_config(url, app)
+    })
+    .await
+    .expect("connect to redis");
+    let cache = Cache::builder()
+        .options(options)
+        .backplane(backplane)
+        .build()
+        .unwrap();
+    tokio::time::timeout(WAIT, cache.ready())
+        .await
+        .expect("the cache subscribes within the deadline");
+    cache
+}
+
+pub(crate) fn stats(cache: &Cache) -> PropagationStats {
+    cache.stats().propagation.expect("a cache with a backplane")
+}
+
+/// Runs a blocking harness call without stalling the runtime's other tasks.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// One cache's events, with "wait for this one" helpers that fail after [`WAIT`].
+pub(crate) struct Events {
+    name: &'static str,
+    rx: broadcast::Receiver<CacheEvent>,
+}
+
+impl Events {
+    pub(crate) fn of(name: &'static str, cache: &Cache) -> Self {
+        Self {
+            name,
+            rx: cache.events(),
+        }
+    }
+
+    /// Skips events until `pick` returns `Some`.
+    pub(crate) async fn until<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&CacheEvent) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Err(_) => panic!("{}: no {what} within {WAIT:?}", self.name),
+                Ok(Err(err)) => panic!(
+                    "{}: events ended or lagged ({err}) before {what}",
+                    self.name
+                ),
+                Ok(Ok(event)) => {
+                    if let Some(found) = pick(&event) {
+                        return found;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message from `origin` applied here; how many invalidations it carried.
+    pub(crate) async fn applied_from(&mut self, origin: InstanceId) -> u64 {
+        self.until("Applied", |event| match event {
+            CacheEvent::Applied {
+                origin: from,
+                invalidations,
+                ..
+            } if *from == origin => Some(*invalidations),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The cache cleared itself because its subscription was re-made, and is connected again.
+    pub(crate) async fn reconnected_and_cleared(&mut self) {
+        self.until("LossCleared(Reconnect)", |event| match event {
+            CacheEvent::LossCleared {
+                cause: ClearCause::Reconnect,
+                cleared,
+            } => {
+                assert!(cleared, "the default loss policy clears");
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+        self.until("Connected", |event| {
+            (*event == CacheEvent::Connected).then_some(())
+        })
+        .await;
+    }
+}
+
+/// The "database" behind the caches: product `i` has version `versions[i]`.
+pub(crate) struct Db {
+    versions: Vec<AtomicU32>,
+}
+
+impl Db {
+    pub(crate) fn new(products: usize) -> Arc<Self> {
+        Arc::new(Self {
+            versions: (0..products).map(|_| AtomicU32::new(1)).collect(),
+        })
+    }
+
+    pub(crate) fn get(&self, id: u32) -> u32 {
+        self.versions[id as usize].load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn bump(&self, id: u32) -> u32 {
+        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// Cache-aside read of product `id` from `db`.
+pub(crate) async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
+    *cache
+        .get_or_create(product(id), async |_| Ok::<_, Infallible>(db.get(id)))
+        .await
+        .unwrap()
+}
+
+pub(crate) fn cached(cache: &Cache, id: u32) -> Option<u32> {
+    cache.get::<u32>(product(id)).unwrap().as_deref().copied()
+}
+
+/// Every entry `cache` holds for products `0..n` is the database's current version.
+pub(crate) fn assert_nothing_stale(name: &str, cache: &Cache, db: &Db, n: u32) {
+    for id in 0..n {
+        if let Some(version) = cached(cache, id) {
+            assert_eq!(version, db.get(id), "{name} serves a stale product {id}");
+        }
+    }
+}
+
+/// A writer's round trip: `writer` bumps product `id` in the database and removes it; once
+/// `reader` applied that message it must not hold the old version. Retries the removal
+/// while the writer's publisher finds the new node (a publish during a failover fails and
+/// is kept in the writer's outbox, which flushes it).
+pub(crate) async fn invalidation_flows(
+    writer: &Cache,
+    reader: &Cache,
+    events: &mut Events,
+    db: &Db,
+    id: u32,
+) {
+    load(reader, db, id).await;
+    load(writer, db, id).await;
+    db.bump(id);
+    let _ = writer.remove(product(id)).await;
+    let origin = writer.instance_id().expect("a cache with a backplane");
+    // Earlier messages of the writer may still be queued among the events: wait for the
+    // one that evicts the product.
+    while cached(reader, id).is_some() {
+        events.applied_from(origin).await;
+    }
+    assert_eq!(load(reader, db, id).await, db.get(id));
+}
