@@ -80,4 +80,4 @@ pub mod wire;
 
 pub use backplane::{Backplane, BackplaneError, BackplaneEvent};
 pub use memory::{InMemoryBackplane, PublishGate};
-pub use subscription::{EventSender, Subscription};
+pub use subscription::{EventSender, LinkHealth, Subscription};

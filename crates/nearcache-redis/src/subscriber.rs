@@ -375,6 +375,8 @@ mod tests {
     #[tokio::test]
     async fn reconnected_precedes_the_messages_of_a_new_connection() {
         let (events, mut sub) = Subscription::channel(16);
+        events.link_lost(); // the task reports the loss before it reconnects
+        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
         let gate = Gate::new(events, true, Bytes::from_static(b"ch"));
         gate.on_push(push(PushKind::Subscribe, vec![bulk(b"ch"), Value::Int(1)]));
         gate.on_push(message(b"m1"));
@@ -412,11 +414,13 @@ mod tests {
         assert!(gate.retire(), "a first connection counts as announced");
         gate.on_push(message(b"after"));
         events.send(BackplaneEvent::Disconnected);
+        // Health is state and is reported first; the payload queued before it follows.
+        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
         assert_eq!(
             sub.recv().await,
             Some(BackplaneEvent::Message(Bytes::from_static(b"before")))
         );
-        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
+        assert_eq!(sub.try_recv(), None, "nothing after the retirement");
     }
 
     #[test]
