@@ -15,6 +15,12 @@ pub enum ClearCause {
     PeerGap,
     /// This instance's own outbox overflowed while the backplane was unreachable.
     OutboxOverflow,
+    /// The backplane ended the subscription; a new one was made (messages sent in between
+    /// were missed).
+    SubscriptionEnded,
+    /// This instance's own publishes stopped coming back through the channel (the
+    /// subscription was dead though the connection looked alive); a new one was made.
+    EchoLost,
 }
 
 /// Something the propagation layer did. Receive them with

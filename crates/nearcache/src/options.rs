@@ -119,6 +119,12 @@ pub struct BackplaneOptions {
     /// Also bounds how long the async invalidation methods wait. Not zero; default 1 s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// How many heartbeat intervals this instance waits to hear its own publishes (messages
+    /// or heartbeats) come back through the channel before it treats the subscription as
+    /// lost: a live connection is no proof of a live subscription (a server-side
+    /// unsubscribe, an ACL change, a proxy). When it is lost the instance subscribes again
+    /// and clears itself (cause `echo_lost`). 0 turns the check off. Default 3.
+    pub heartbeat_echo_intervals: u32,
     /// Most invalidations (keys, region expiries) waiting to be published. Past it the
     /// backlog is dropped: this instance clears itself, and its peers, seeing a gap in its
     /// sequence numbers once the backplane is back, clear themselves.
@@ -229,6 +235,7 @@ impl Default for BackplaneOptions {
             app: "default".to_owned(),
             heartbeat_interval: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(1),
+            heartbeat_echo_intervals: 3,
             outbox_capacity: 100_000,
             max_batch: 4096,
             max_staleness: None,
@@ -251,6 +258,7 @@ impl fmt::Debug for BackplaneOptions {
             .field("channel", &self.channel_name())
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("publish_timeout", &self.publish_timeout)
+            .field("heartbeat_echo_intervals", &self.heartbeat_echo_intervals)
             .field("outbox_capacity", &self.outbox_capacity)
             .field("max_batch", &self.max_batch)
             .field("max_staleness", &self.max_staleness)

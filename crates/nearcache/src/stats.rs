@@ -75,11 +75,21 @@ pub struct LossClears {
     pub peer_gap: u64,
     /// Our own outbox overflowed.
     pub outbox_overflow: u64,
+    /// The backplane ended the subscription and it was made again.
+    pub subscription_ended: u64,
+    /// Our own publishes stopped coming back (a dead subscription on a live connection) and
+    /// the subscription was made again.
+    pub echo_lost: u64,
 }
 
 impl LossClears {
     /// All causes together.
     pub fn total(&self) -> u64 {
-        self.reconnect + self.lagged + self.peer_gap + self.outbox_overflow
+        self.reconnect
+            + self.lagged
+            + self.peer_gap
+            + self.outbox_overflow
+            + self.subscription_ended
+            + self.echo_lost
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
+pub(crate) mod echo;
 pub(crate) mod lag;
 pub(crate) mod outbox;
 pub(crate) mod peers;
@@ -44,6 +45,8 @@ pub(crate) struct Propagation {
     pub(crate) outbox: Outbox,
     pub(crate) counters: Counters,
     pub(crate) lag: LagHistogram,
+    /// Our own publishes not yet heard back through the channel.
+    pub(crate) echo: echo::Echo,
     pub(crate) events: broadcast::Sender<CacheEvent>,
     /// The subscription is live (false before the first subscribe and while disconnected).
     pub(crate) connected: AtomicBool,
@@ -90,6 +93,8 @@ pub(crate) struct Counters {
     pub(crate) clears_lagged: AtomicU64,
     pub(crate) clears_peer_gap: AtomicU64,
     pub(crate) clears_outbox_overflow: AtomicU64,
+    pub(crate) clears_subscription_ended: AtomicU64,
+    pub(crate) clears_echo_lost: AtomicU64,
     /// A gauge, not a counter: peers heard from and not forgotten.
     pub(crate) peers: AtomicU64,
 }
@@ -132,6 +137,7 @@ impl Propagation {
             options,
             counters: Counters::default(),
             lag: LagHistogram::new(),
+            echo: echo::Echo::default(),
             events,
             connected: AtomicBool::new(false),
             bypassing: AtomicBool::new(false),
@@ -195,6 +201,8 @@ impl Propagation {
             ClearCause::Lagged => &self.counters.clears_lagged,
             ClearCause::PeerGap => &self.counters.clears_peer_gap,
             ClearCause::OutboxOverflow => &self.counters.clears_outbox_overflow,
+            ClearCause::SubscriptionEnded => &self.counters.clears_subscription_ended,
+            ClearCause::EchoLost => &self.counters.clears_echo_lost,
         };
         bump(counter, 1);
         if self.options.on_loss == LossPolicy::Clear {
@@ -261,6 +269,8 @@ impl Propagation {
                 lagged: read(&c.clears_lagged),
                 peer_gap: read(&c.clears_peer_gap),
                 outbox_overflow: read(&c.clears_outbox_overflow),
+                subscription_ended: read(&c.clears_subscription_ended),
+                echo_lost: read(&c.clears_echo_lost),
             },
             propagation_lag: self.lag.summary(),
         }

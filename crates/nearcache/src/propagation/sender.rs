@@ -80,7 +80,10 @@ async fn send_batch(
             && let Some(payload) = heartbeat(p, *seq)
         {
             match publish_until_sent(p, backplane, payload).await {
-                Publish::Sent => bump(&p.counters.heartbeats_sent, 1),
+                Publish::Sent { started } => {
+                    p.echo.published(*seq, started);
+                    bump(&p.counters.heartbeats_sent, 1);
+                }
                 Publish::TooLarge { .. } => {}
                 Publish::ShutDown => return false,
             }
@@ -112,7 +115,8 @@ async fn send_batch(
             };
         }
         match outcome {
-            Publish::Sent => {
+            Publish::Sent { started } => {
+                p.echo.published(outgoing.message.seq, started);
                 bump(&p.counters.messages_sent, 1);
                 bump(
                     &p.counters.invalidations_sent,
@@ -142,9 +146,11 @@ fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
 
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
     if let Some(payload) = heartbeat(p, seq) {
+        let started = tokio::time::Instant::now();
         let sent =
             tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
         if matches!(sent, Ok(Ok(()))) {
+            p.echo.published(seq, started);
             bump(&p.counters.heartbeats_sent, 1);
         }
     }
@@ -246,12 +252,10 @@ fn clear_message(p: &Propagation, seq: u64) -> Message {
 /// How [`publish_until_sent`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Publish {
-    Sent,
+    /// Accepted by the backplane; the successful attempt started at `started`.
+    Sent { started: tokio::time::Instant },
     /// The backplane will never accept a payload this large; nothing was sent.
-    TooLarge {
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { size: usize, limit: usize },
     /// The cache is shutting down and the backplane still refuses it.
     ShutDown,
 }
@@ -265,6 +269,7 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
     let mut failing_since: Option<Instant> = None;
     let mut shutdown = p.shutdown.subscribe();
     loop {
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(
             p.options.publish_timeout,
             backplane.publish(payload.clone()),
@@ -275,7 +280,7 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
                 if let Some(since) = failing_since {
                     tracing::info!(outage = ?since.elapsed(), "publishing invalidations again");
                 }
-                return Publish::Sent;
+                return Publish::Sent { started };
             }
             Ok(Err(BackplaneError::TooLarge { size, limit })) => {
                 return Publish::TooLarge { size, limit };
