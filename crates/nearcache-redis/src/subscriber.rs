@@ -18,8 +18,11 @@
 //! 1. connect (bounded by `connect_timeout`), send `SUBSCRIBE` or `SSUBSCRIBE` and await the
 //!    server's confirmation: the subscription is confirmed, not assumed;
 //! 2. watch: the connection's driver pushes `Disconnection` when the socket closes (server
-//!    killed, `CLIENT KILL`), and a `PING` every `ping_interval` (bounded by
-//!    `publish_timeout`) catches a connection that died silently;
+//!    killed, `CLIENT KILL`), a `PING` every `ping_interval` (bounded by
+//!    `publish_timeout`) catches a connection that died silently, and an `unsubscribe` or
+//!    `sunsubscribe` of our channel that we never asked for (we never unsubscribe: we drop
+//!    the connection) is a lost link too — Redis Cluster sends one when the channel's slot
+//!    moves, and the `PING`s would go on succeeding on a connection that receives nothing;
 //! 3. on loss: retire the gate (the old connection can no longer deliver anything), send
 //!    [`BackplaneEvent::Disconnected`] once, log one warning, then retry with exponential
 //!    backoff and jitter (a debug line per failed attempt);
@@ -57,7 +60,8 @@ use crate::target::Target;
 #[derive(Debug)]
 struct Gate {
     state: Mutex<GateState>,
-    /// Wakes the task: the connection dropped, or the subscription was dropped.
+    /// Wakes the task: the connection dropped, the server unsubscribed us, or the
+    /// subscription was dropped.
     lost: Notify,
     channel: Bytes,
 }
@@ -69,6 +73,8 @@ struct GateState {
     /// Send `Reconnected` when the server confirms the subscription (every connection but the
     /// first).
     announce_reconnect: bool,
+    /// The server unsubscribed this connection from our channel without being asked.
+    unsubscribed: bool,
 }
 
 impl Gate {
@@ -77,6 +83,7 @@ impl Gate {
             state: Mutex::new(GateState {
                 events: Some(events),
                 announce_reconnect,
+                unsubscribed: false,
             }),
             lost: Notify::new(),
             channel,
@@ -97,6 +104,7 @@ impl Gate {
         let GateState {
             events: slot,
             announce_reconnect,
+            unsubscribed,
         } = &mut *guard;
         let Some(events) = slot.as_ref() else {
             return;
@@ -109,17 +117,19 @@ impl Gate {
                     true
                 }
             },
-            PushKind::Subscribe | PushKind::SSubscribe => {
-                let ours = matches!(
-                    info.data.first(),
-                    Some(Value::BulkString(name)) if name[..] == self.channel[..]
-                );
-                if ours && *announce_reconnect {
-                    *announce_reconnect = false;
-                    events.send(BackplaneEvent::Reconnected)
-                } else {
-                    true
-                }
+            PushKind::Subscribe | PushKind::SSubscribe
+                if self.is_ours(&info.data) && *announce_reconnect =>
+            {
+                *announce_reconnect = false;
+                events.send(BackplaneEvent::Reconnected)
+            }
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.is_ours(&info.data) => {
+                // Nothing more will arrive on this connection: stop forwarding and let the
+                // task report the loss and subscribe again.
+                *unsubscribed = true;
+                drop(guard);
+                self.lost.notify_one();
+                return;
             }
             PushKind::Disconnection => {
                 drop(guard);
@@ -134,6 +144,18 @@ impl Gate {
             drop(guard);
             self.lost.notify_one();
         }
+    }
+}
+
+impl Gate {
+    /// Whether a (un)subscribe push, `[channel, count]`, is about our channel.
+    fn is_ours(&self, data: &[Value]) -> bool {
+        matches!(data.first(), Some(Value::BulkString(name)) if name[..] == self.channel[..])
+    }
+
+    /// Whether the server unsubscribed this connection from our channel.
+    fn unsubscribed(&self) -> bool {
+        self.state.lock().unsubscribed
     }
 }
 
@@ -332,6 +354,12 @@ impl Subscriber {
                 () = link.gate.lost.notified() => {
                     return if self.events.is_closed() {
                         Loss::SubscriptionDropped
+                    } else if link.gate.unsubscribed() {
+                        Loss::Connection(
+                            "the server unsubscribed this connection from the channel \
+                             (a cluster slot migration, or an administrator)"
+                                .to_owned(),
+                        )
                     } else {
                         Loss::Connection("connection closed".to_owned())
                     };
@@ -356,6 +384,7 @@ impl Subscriber {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use nearcache_backplane::Subscription;
@@ -445,6 +474,22 @@ mod tests {
         gate.on_push(message(b"x"));
         gate.lost.notified().await;
         assert!(gate.state.lock().events.is_none(), "stopped forwarding");
+    }
+
+    #[tokio::test]
+    async fn an_unsolicited_unsubscribe_of_our_channel_is_a_lost_link() {
+        for kind in [PushKind::Unsubscribe, PushKind::SUnsubscribe] {
+            let (events, _sub) = Subscription::channel(16);
+            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+            gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
+            assert!(!gate.unsubscribed(), "another channel is not ours");
+            gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));
+            assert!(gate.unsubscribed(), "{kind:?}");
+            // A stored permit: the task finds it even though it was not waiting yet.
+            tokio::time::timeout(Duration::from_secs(5), gate.lost.notified())
+                .await
+                .expect("the task is woken");
+        }
     }
 
     #[test]
