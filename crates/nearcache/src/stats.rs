@@ -31,6 +31,10 @@ pub struct PropagationStats {
     /// Peers heard from now: other instances on the channel whose messages or heartbeats
     /// arrived and which have not fallen silent for long enough to be forgotten.
     pub peers: usize,
+    /// Peers evicted from the peer table to keep it under its cap (10,000): non-zero means
+    /// more origins spoke than any real fleet has — someone is inventing them. An evicted
+    /// peer's next message reads as a gap (a clear), never as a hidden loss.
+    pub peers_evicted: u64,
     /// Messages published (not counting heartbeats).
     pub messages_sent: u64,
     /// Invalidations published (each key, region expiry or clear counts one).

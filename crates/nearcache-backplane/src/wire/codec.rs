@@ -38,13 +38,17 @@
 //! *borrowed* strings: a length prefix that points past the end of the input fails before
 //! anything is allocated for it, and bincode's decode limit (`with_limit`) refuses any
 //! prefix larger than a fixed budget before even that. Sequences preallocate at most a small
-//! constant, so memory grows only with bytes actually present. Counts and lengths are
-//! checked against [`WireLimits`] before any key is copied into an owned `String`.
+//! constant, and the op and key counts are checked against [`WireLimits`] *while* decoding:
+//! a count prefix above the limit is refused before anything is read for it, and the running
+//! totals stop the decode at the first op or key past the limit, so a hostile payload costs
+//! at most the limits' worth of work and memory, never its own size's. Lengths are checked
+//! against [`WireLimits`] before any key is copied into an owned `String`.
 //!
 //! [RUSTSEC-2025-0141]: https://rustsec.org/advisories/RUSTSEC-2025-0141
 //! [wincode]: https://crates.io/crates/wincode
 //! [postcard]: https://crates.io/crates/postcard
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -150,14 +154,14 @@ struct WireMessage<'a> {
     seq: u64,
     sent_at_unix_micros: u64,
     origin_started_unix_ms: u64,
-    #[serde(borrow, deserialize_with = "bounded_seq")]
+    #[serde(borrow, deserialize_with = "bounded_ops")]
     ops: Vec<WireOp<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum WireOp<'a> {
     Remove {
-        #[serde(borrow, deserialize_with = "bounded_seq")]
+        #[serde(borrow, deserialize_with = "bounded_keys")]
         keys: Vec<&'a str>,
     },
     ExpireRegion {
@@ -250,31 +254,124 @@ impl<'a> WireMessage<'a> {
     }
 }
 
-/// Deserializes a sequence without trusting its length prefix for the allocation.
-fn bounded_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+/// What one decode on this thread may still hold: ops and keys left under the limits, and
+/// the limit that stopped it, if one did. Set by [`decode_with`] for the duration of one
+/// decode (serde gives a field deserializer no other way to see the limits).
+#[derive(Clone, Copy)]
+struct Budget {
+    ops_left: usize,
+    keys_left: usize,
+    limits: (usize, usize),
+    exceeded: Option<LimitExceeded>,
+}
+
+thread_local! {
+    static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
+}
+
+/// Which count a sequence draws on.
+#[derive(Clone, Copy)]
+enum Counted {
+    Ops,
+    Keys,
+}
+
+impl Counted {
+    /// Whether `n` more would fit the budget (nothing taken; the limit recorded if not).
+    fn fits(self, n: usize) -> bool {
+        BUDGET.with(|cell| {
+            let Some(budget) = cell.get() else {
+                return true;
+            };
+            let left = match self {
+                Counted::Ops => budget.ops_left,
+                Counted::Keys => budget.keys_left,
+            };
+            n <= left
+        }) || {
+            let _ = self.take(n); // records the limit, takes nothing
+            false
+        }
+    }
+
+    /// Takes `n` from the budget; `false` (and the limit recorded) if it does not cover them.
+    fn take(self, n: usize) -> bool {
+        BUDGET.with(|cell| {
+            let Some(mut budget) = cell.get() else {
+                return true; // not inside decode_with: nothing to enforce
+            };
+            let (max_ops, max_keys) = budget.limits;
+            let left = match self {
+                Counted::Ops => &mut budget.ops_left,
+                Counted::Keys => &mut budget.keys_left,
+            };
+            let ok = n <= *left;
+            if ok {
+                *left -= n;
+            } else {
+                budget.exceeded = Some(match self {
+                    Counted::Ops => LimitExceeded::Ops {
+                        count: max_ops - *left + n,
+                        max: max_ops,
+                    },
+                    Counted::Keys => LimitExceeded::Keys {
+                        count: max_keys - *left + n,
+                        max: max_keys,
+                    },
+                });
+            }
+            cell.set(Some(budget));
+            ok
+        })
+    }
+}
+
+fn bounded_ops<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct Bounded<T>(PhantomData<T>);
+    deserializer.deserialize_seq(Bounded(Counted::Ops, PhantomData))
+}
 
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
-        type Value = Vec<T>;
+fn bounded_keys<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    deserializer.deserialize_seq(Bounded(Counted::Keys, PhantomData))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence")
-        }
+/// Deserializes a sequence without trusting its length prefix: neither for the allocation
+/// nor for the count, which is checked against the budget before the first element and
+/// again with every element.
+struct Bounded<T>(Counted, PhantomData<T>);
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_MAX));
-            while let Some(item) = seq.next_element()? {
-                out.push(item);
-            }
-            Ok(out)
-        }
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
     }
 
-    deserializer.deserialize_seq(Bounded(PhantomData))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        use serde::de::Error;
+        let refused = || A::Error::custom("a count exceeds the wire limits");
+        let claimed = seq.size_hint().unwrap_or(0);
+        // The prefix alone: refused before anything is read for it. (Checked without
+        // taking: the running count below takes each element as it arrives.)
+        if !self.0.fits(claimed) {
+            return Err(refused());
+        }
+        let mut out = Vec::with_capacity(claimed.min(PREALLOC_MAX));
+        while let Some(item) = seq.next_element()? {
+            if !self.0.take(1) {
+                return Err(refused());
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
 }
 
 /// Encodes `message` under the default [`WireLimits`].
@@ -354,9 +451,9 @@ pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeE
     if *version != VERSION {
         return Err(DecodeError::UnsupportedVersion(*version));
     }
-    let (wire, read) =
+    let (wire, read) = with_budget(limits, || {
         bincode::serde::borrow_decode_from_slice::<WireMessage<'_>, _>(body, config())
-            .map_err(body_error)?;
+    })?;
     if read != body.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -365,6 +462,29 @@ pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeE
     }
     wire.validate(limits)?;
     Ok(wire.to_message())
+}
+
+/// Runs one body decode with the op and key budget of `limits` in place; a decode stopped by
+/// the budget is [`DecodeError::LimitExceeded`].
+fn with_budget<T>(
+    limits: &WireLimits,
+    decode: impl FnOnce() -> Result<T, bincode::error::DecodeError>,
+) -> Result<T, DecodeError> {
+    let budget = Budget {
+        ops_left: limits.max_ops(),
+        keys_left: limits.max_keys(),
+        limits: (limits.max_ops(), limits.max_keys()),
+        exceeded: None,
+    };
+    let outer = BUDGET.with(|cell| cell.replace(Some(budget)));
+    let result = decode();
+    let exceeded = BUDGET
+        .with(|cell| cell.replace(outer))
+        .and_then(|b| b.exceeded);
+    match (result, exceeded) {
+        (_, Some(exceeded)) => Err(DecodeError::LimitExceeded(exceeded)),
+        (result, None) => result.map_err(body_error),
+    }
 }
 
 fn body_error(err: bincode::error::DecodeError) -> DecodeError {
@@ -581,6 +701,51 @@ mod tests {
         short_key.extend_from_slice(&[1, 0, 1, 252, 0, 0, 0, 1]); // key of 16 MiB
         short_key.extend_from_slice(b"abc");
         assert_eq!(decode(&short_key), Err(DecodeError::Truncated));
+    }
+
+    /// A count past the limits is refused on its prefix, or at the first element past the
+    /// running total, before the rest of the payload is even read: the truncated tails
+    /// below would otherwise read as `Truncated` (the decoder went on building).
+    #[test]
+    fn counts_are_refused_on_the_prefix_and_the_running_total() {
+        let mut head = vec![b'N', b'C', b'B', 1];
+        head.extend_from_slice(&[0; 16]); // origin
+        head.extend_from_slice(&[1, 1, 1]); // seq, sent_at, started
+
+        let mut ops = head.clone();
+        ops.extend_from_slice(&[252, 0x01, 0x00, 0x01, 0x00]); // 65,537 ops, none present
+        assert_eq!(
+            decode(&ops),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Ops {
+                count: 65_537,
+                max: 65_536
+            }))
+        );
+
+        // A full-size payload of one-byte ops (Clear): refused on the count, not after
+        // building a million-element vector.
+        let mut clears = head.clone();
+        let n = WireLimits::DEFAULT.max_payload_bytes() - head.len() - 5;
+        clears.push(252);
+        clears.extend_from_slice(&u32::try_from(n).unwrap().to_le_bytes());
+        clears.resize(clears.len() + n, 3);
+        assert!(matches!(
+            decode(&clears),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Ops { .. }))
+        ));
+
+        // Keys add up across ops: the second Remove's prefix takes the total past 3.
+        let limits = WireLimits::default().with_max_keys(3);
+        let mut keys = head;
+        keys.extend_from_slice(&[2, 0, 2, 1, b'a', 1, b'b']); // 2 ops; Remove ["a", "b"]
+        keys.extend_from_slice(&[0, 2, 1, b'c']); // Remove of 2 keys, cut short
+        assert_eq!(
+            decode_with(&keys, &limits),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Keys {
+                count: 4,
+                max: 3
+            }))
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub(crate) struct Counters {
     pub(crate) clears_echo_lost: AtomicU64,
     /// A gauge, not a counter: peers heard from and not forgotten.
     pub(crate) peers: AtomicU64,
+    /// Peers evicted from the capped peer table (mirrors the receiver's own count).
+    pub(crate) peers_evicted: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -252,6 +254,7 @@ impl Propagation {
             bypassing_reads: self.bypassing.load(Ordering::Relaxed),
             outbox_len: self.outbox.pending(),
             peers: usize::try_from(read(&c.peers)).unwrap_or(usize::MAX),
+            peers_evicted: read(&c.peers_evicted),
             messages_sent: read(&c.messages_sent),
             invalidations_sent: read(&c.invalidations_sent),
             heartbeats_sent: read(&c.heartbeats_sent),

@@ -24,6 +24,19 @@
 //! - After the window every live peer has spoken (an idle one through a heartbeat), so a
 //!   first contact from an older origin that is ahead of its start means we missed what it
 //!   said: a loss. This also catches a peer that comes back after being forgotten.
+//!
+//! Anyone who can publish on the channel can also send one message with a real peer's
+//! origin and a huge sequence number. Taken as the new baseline, it would make every real
+//! message from that peer look like a duplicate: silenced for good. So a jump is a loss
+//! (clear) but never the last word: the peer remembers where it stood before the jump, and
+//! a later number between the two is the real sequence resuming — judged against the old
+//! baseline, applied, never dropped. One message can cost clears; it cannot hide messages.
+//!
+//! The table is capped ([`MAX_PEERS`]): anyone who can publish on the channel can invent
+//! origins, and each would otherwise stay for `forget_after`. Past the cap the peer heard
+//! from least recently is evicted. That is safe: an evicted peer's next contact is a first
+//! contact after the introduction window, which reads as a gap (a clear), never as a
+//! baseline that hides a loss.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -43,6 +56,10 @@ pub(crate) enum Seen {
 struct Peer {
     last_seq: u64,
     last_heard: Instant,
+    /// Where the sequence stood before its last unexplained jump (a gap, or a first contact
+    /// past the start). A later number between it and `last_seq` is not a duplicate: it
+    /// means the jump was not the origin's own, and the sequence resumes from there.
+    rewind_floor: Option<u64>,
 }
 
 /// When a subscription began: wall clock (compared with peers' start times) and monotonic
@@ -62,6 +79,9 @@ impl Subscribed {
     }
 }
 
+/// Most peers remembered at once.
+pub(crate) const MAX_PEERS: usize = 10_000;
+
 /// The sequence state of every origin heard from.
 #[derive(Debug)]
 pub(crate) struct Peers {
@@ -71,6 +91,10 @@ pub(crate) struct Peers {
     introduction: Duration,
     /// Peers silent for longer than this are forgotten.
     forget_after: Duration,
+    /// Most peers remembered; past it the least recently heard is evicted.
+    max_peers: usize,
+    /// Peers evicted to stay under `max_peers`, ever.
+    evicted: u64,
 }
 
 impl Peers {
@@ -84,7 +108,44 @@ impl Peers {
             subscribed,
             introduction,
             forget_after,
+            max_peers: MAX_PEERS,
+            evicted: 0,
         }
+    }
+
+    /// The same with a different cap (at least 1).
+    #[cfg(test)]
+    pub(crate) fn with_max_peers(mut self, max_peers: usize) -> Self {
+        self.max_peers = max_peers.max(1);
+        self
+    }
+
+    /// Peers evicted to stay under the cap, ever.
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Makes room for one more peer: when full, evicts the eighth of the table heard from
+    /// least recently (at least one), so a flood of new origins costs amortised constant
+    /// work per origin instead of a scan each.
+    fn make_room(&mut self) {
+        if self.peers.len() < self.max_peers {
+            return;
+        }
+        let mut by_age: Vec<(Instant, u128)> = self
+            .peers
+            .iter()
+            .map(|(origin, peer)| (peer.last_heard, *origin))
+            .collect();
+        let evict = (self.max_peers / 8).max(1) + (self.peers.len() - self.max_peers);
+        let evict = evict.min(by_age.len());
+        if evict < by_age.len() {
+            by_age.select_nth_unstable(evict);
+        }
+        for (_, origin) in &by_age[..evict] {
+            self.peers.remove(origin);
+        }
+        self.evicted += evict as u64;
     }
 
     /// Records a message (`heartbeat == false`) or heartbeat numbered `seq` from `origin`,
@@ -97,48 +158,70 @@ impl Peers {
         heartbeat: bool,
         now: Instant,
     ) -> Seen {
-        match self.peers.get_mut(&origin) {
-            None => {
-                self.peers.insert(
-                    origin,
-                    Peer {
-                        last_seq: seq,
-                        last_heard: now,
-                    },
-                );
-                let expected_first = if heartbeat { 0 } else { 1 };
-                let younger = origin_started_unix_ms >= self.subscribed.unix_ms;
-                let introduced =
-                    now.saturating_duration_since(self.subscribed.at) >= self.introduction;
-                if (younger || introduced) && seq > expected_first {
-                    Seen::Gap {
-                        missed: seq - expected_first,
-                    }
-                } else {
-                    Seen::InOrder
+        let expected_first = if heartbeat { 0 } else { 1 };
+        if !self.peers.contains_key(&origin) {
+            self.make_room();
+            let younger = origin_started_unix_ms >= self.subscribed.unix_ms;
+            let introduced = now.saturating_duration_since(self.subscribed.at) >= self.introduction;
+            self.peers.insert(
+                origin,
+                Peer {
+                    last_seq: seq,
+                    last_heard: now,
+                    // A first number past the start is taken on trust (or as a loss); a
+                    // later, lower one must still be heard, not dropped as a duplicate.
+                    rewind_floor: (seq > expected_first).then_some(0),
+                },
+            );
+            return if (younger || introduced) && seq > expected_first {
+                Seen::Gap {
+                    missed: seq - expected_first,
                 }
+            } else {
+                Seen::InOrder
+            };
+        }
+        let Some(peer) = self.peers.get_mut(&origin) else {
+            return Seen::InOrder; // inserted above when missing
+        };
+        peer.last_heard = now;
+        if let Some(floor) = peer.rewind_floor
+            && seq > floor
+            && seq < peer.last_seq
+        {
+            // A number below the one we jumped to: the jump was not this origin's (a forged
+            // or corrupt message borrowed its name) or the transport reordered. Either way
+            // the origin's real sequence resumes here; judge it against where we were
+            // before the jump, so nothing it sends is mistaken for a duplicate.
+            peer.rewind_floor = None;
+            peer.last_seq = seq;
+            let missed = seq - floor - u64::from(!heartbeat);
+            return if missed == 0 {
+                Seen::InOrder
+            } else {
+                Seen::Gap { missed }
+            };
+        }
+        if heartbeat {
+            if seq > peer.last_seq {
+                let missed = seq - peer.last_seq;
+                peer.rewind_floor.get_or_insert(peer.last_seq);
+                peer.last_seq = seq;
+                Seen::Gap { missed }
+            } else {
+                Seen::InOrder
             }
-            Some(peer) => {
-                peer.last_heard = now;
-                if heartbeat {
-                    if seq > peer.last_seq {
-                        let missed = seq - peer.last_seq;
-                        peer.last_seq = seq;
-                        Seen::Gap { missed }
-                    } else {
-                        Seen::InOrder
-                    }
-                } else if seq <= peer.last_seq {
-                    Seen::Duplicate
-                } else {
-                    let missed = seq - peer.last_seq - 1;
-                    peer.last_seq = seq;
-                    if missed == 0 {
-                        Seen::InOrder
-                    } else {
-                        Seen::Gap { missed }
-                    }
-                }
+        } else if seq <= peer.last_seq {
+            Seen::Duplicate
+        } else {
+            let missed = seq - peer.last_seq - 1;
+            if missed == 0 {
+                peer.last_seq = seq;
+                Seen::InOrder
+            } else {
+                peer.rewind_floor.get_or_insert(peer.last_seq);
+                peer.last_seq = seq;
+                Seen::Gap { missed }
             }
         }
     }
@@ -238,6 +321,89 @@ mod tests {
             Seen::Gap { missed: 2 }
         );
         assert_eq!(p.observe(0xD, 2_000, 1, true, now), Seen::Gap { missed: 1 });
+    }
+
+    #[test]
+    fn a_forged_jump_does_not_silence_the_real_sequence() {
+        let now = Instant::now();
+        let mut p = peers_at(now);
+        assert_eq!(p.observe(A, 0, 1, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 0, 2, false, now), Seen::InOrder);
+        // Someone else, under A's name.
+        assert_eq!(
+            p.observe(A, 0, u64::MAX, false, now),
+            Seen::Gap {
+                missed: u64::MAX - 3
+            }
+        );
+        // A's real next message is heard, in order against where A really was.
+        assert_eq!(p.observe(A, 0, 3, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 0, 4, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 0, 4, false, now), Seen::Duplicate);
+        // And its real losses still show.
+        assert_eq!(p.observe(A, 0, 6, false, now), Seen::Gap { missed: 1 });
+        assert_eq!(p.observe(A, 0, 7, false, now), Seen::InOrder);
+    }
+
+    #[test]
+    fn a_forged_heartbeat_or_first_contact_does_not_silence_either() {
+        let now = Instant::now();
+        let mut p = peers_at(now);
+        p.observe(A, 0, 1, false, now);
+        assert!(matches!(
+            p.observe(A, 0, u64::MAX, true, now),
+            Seen::Gap { .. }
+        ));
+        assert_eq!(
+            p.observe(A, 0, 1, true, now),
+            Seen::InOrder,
+            "its real heartbeat"
+        );
+        assert_eq!(p.observe(A, 0, 2, false, now), Seen::InOrder);
+        // A forged first contact for an origin we never heard, then the real one's first
+        // message.
+        assert_eq!(
+            p.observe(0xB, 2_000, u64::MAX, false, now),
+            Seen::Gap {
+                missed: u64::MAX - 1
+            }
+        );
+        assert_eq!(p.observe(0xB, 2_000, 1, false, now), Seen::InOrder);
+        assert_eq!(p.observe(0xB, 2_000, 2, false, now), Seen::InOrder);
+    }
+
+    #[test]
+    fn two_forged_messages_do_not_silence_either() {
+        let now = Instant::now();
+        let mut p = peers_at(now);
+        p.observe(A, 0, 1, false, now);
+        assert!(matches!(
+            p.observe(A, 0, 1_000, false, now),
+            Seen::Gap { .. }
+        ));
+        assert_eq!(p.observe(A, 0, 1_001, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 0, 2, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 0, 3, false, now), Seen::InOrder);
+    }
+
+    #[test]
+    fn the_table_is_capped_and_an_evicted_peer_reads_as_a_gap() {
+        let start = Instant::now();
+        let mut p = peers_at(start).with_max_peers(3);
+        let later = start + WINDOW;
+        p.observe(A, 500, 1, false, later);
+        for (i, origin) in (0xB0..0xB0 + 20u128).enumerate() {
+            let at = later + Duration::from_millis(1 + i as u64);
+            assert_eq!(p.observe(origin, 500, 0, true, at), Seen::InOrder);
+            assert!(p.len() <= 3);
+        }
+        assert_eq!(p.evicted(), 21 - p.len() as u64);
+        // A was heard from least recently: evicted. Its next message is a first contact
+        // after the window, so what it sent meanwhile counts as missed.
+        assert_eq!(
+            p.observe(A, 500, 2, false, later + Duration::from_secs(1)),
+            Seen::Gap { missed: 1 }
+        );
     }
 
     #[test]

@@ -333,6 +333,9 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     p.counters
         .peers
         .store(peers.len() as u64, Ordering::Relaxed);
+    p.counters
+        .peers_evicted
+        .store(peers.evicted(), Ordering::Relaxed);
     if seen == Seen::Duplicate {
         bump(&p.counters.duplicates_ignored, 1);
         return;
