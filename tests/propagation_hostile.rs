@@ -60,3 +60,88 @@ async fn invented_origins_cannot_grow_the_peer_table_without_bound() {
         "heartbeats of nothing are no loss"
     );
 }
+
+fn signed(key: &str, previous: Option<&str>) -> nearcache::CacheOptions {
+    let mut options = quiet();
+    options.backplane.signing_key = Some(key.to_owned());
+    options.backplane.previous_signing_key = previous.map(str::to_owned);
+    options
+}
+
+const KEY: &str = "a shared secret of the fleet";
+const NEW_KEY: &str = "the fleet's next shared secret";
+
+/// With a signing key, a publisher without it cannot even cost a clear: its messages, forged
+/// origin and all, are refused and counted, and real messages go on being applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
+    let bus = InMemoryBackplane::new();
+    let a = Instance::start(&bus, signed(KEY, None)).await;
+    let mut b = Instance::start(&bus, signed(KEY, None)).await;
+    let (k, kept) = (key("k"), key("kept"));
+    b.load(&kept, 1).await;
+
+    bus.inject(encoded(a.id(), u64::MAX, vec![remove_op(&[&kept])]));
+    b.rejected().await;
+    let forged =
+        nearcache_backplane::wire::SigningKeys::new(b"not the fleet's key".to_vec(), None).unwrap();
+    let message = nearcache_backplane::wire::Message {
+        origin: a.id(),
+        seq: u64::MAX,
+        sent_at_unix_micros: 0,
+        origin_started_unix_ms: 0,
+        ops: vec![remove_op(&[&kept])],
+    };
+    bus.inject(
+        nearcache_backplane::wire::encode_signed(
+            &message,
+            &nearcache_backplane::wire::WireLimits::DEFAULT,
+            &forged,
+        )
+        .unwrap(),
+    );
+    b.rejected().await;
+    assert_eq!(b.get(&kept), Some(1), "nothing was evicted or cleared");
+    let s = b.stats();
+    assert_eq!(s.messages_unauthenticated, 2);
+    assert_eq!(s.loss_clears.total(), 0);
+
+    b.load(&k, 1).await;
+    a.cache.remove(&k).await;
+    assert_eq!(b.applied().await, (a.id(), 1, 1));
+    assert_eq!(b.get(&k), None, "signed messages are applied");
+    assert_eq!(b.stats().messages_unauthenticated, 2);
+}
+
+/// Rotation: each instance accepts both keys while they sign with either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_rotation_both_keys_are_accepted() {
+    let bus = InMemoryBackplane::new();
+    let mut old = Instance::start(&bus, signed(KEY, Some(NEW_KEY))).await;
+    let mut new = Instance::start(&bus, signed(NEW_KEY, Some(KEY))).await;
+    let mut unrotated = Instance::start(&bus, signed(KEY, None)).await;
+    let k = key("k");
+    new.cache.remove(&k).await;
+    assert_eq!(old.applied().await, (new.id(), 1, 1));
+    old.cache.remove(&k).await;
+    assert_eq!(new.applied().await, (old.id(), 1, 1));
+    assert_eq!(unrotated.applied().await, (old.id(), 1, 1));
+    assert_eq!(
+        unrotated.stats().messages_unauthenticated,
+        1,
+        "the new key's message, to an instance that only knows the old one"
+    );
+    assert_eq!(old.stats().messages_unauthenticated, 0);
+    assert_eq!(new.stats().messages_unauthenticated, 0);
+}
+
+#[tokio::test]
+async fn a_short_signing_key_is_refused_at_build() {
+    let bus = InMemoryBackplane::new();
+    let error = nearcache::Cache::builder()
+        .options(signed("short", None))
+        .backplane(bus)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("signing_key"), "{error}");
+}

@@ -59,6 +59,10 @@ pub struct PropagationStats {
     pub duplicates_ignored: u64,
     /// Messages that did not decode (garbage, foreign or unsupported), dropped.
     pub messages_rejected: u64,
+    /// Messages refused because a signing key is configured and they were unsigned or their
+    /// signature did not verify (not counted in `messages_rejected`): a publisher on the
+    /// channel without the key, or an instance with a different one.
+    pub messages_unauthenticated: u64,
     /// Times the outbox overflowed and its backlog was dropped (peers learn of it as a gap
     /// in this instance's sequence numbers).
     pub outbox_overflows: u64,

@@ -144,6 +144,12 @@ pub enum DecodeError {
     /// The message decoded but a count or length is outside [`WireLimits`].
     #[error("message refused: {0}; every instance on a channel must use the same WireLimits")]
     LimitExceeded(#[from] LimitExceeded),
+    /// Signing keys are configured and the message is unsigned, or its signature verifies
+    /// under none of them.
+    #[error(
+        "message refused: unsigned or badly signed; every instance on the channel needs the same signing key (or a publisher without it is not one of ours)"
+    )]
+    Unauthenticated,
 }
 
 /// The body as bincode sees it. Strings borrow from the payload so a decode allocates only
@@ -428,16 +434,37 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 ///
 /// As [`decode`].
 pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeError> {
+    match check_header(bytes, limits, super::auth::SIGNATURE_LEN)? {
+        VERSION => decode_body(&bytes[HEADER_LEN..], limits),
+        // Signed: read without checking (see `auth`); `decode_authenticated` checks.
+        _ => super::auth::decode_authenticated(bytes, limits, None),
+    }
+}
+
+/// Checks size, magic and version; returns the version (1, or 2 for a signed message, which
+/// may be `extra` bytes larger than the limit).
+pub(crate) fn check_header(
+    bytes: &[u8],
+    limits: &WireLimits,
+    extra: usize,
+) -> Result<u8, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    if bytes.len() > limits.max_payload_bytes() {
+    let signed = bytes.get(..HEADER_LEN)
+        == Some(&[MAGIC[0], MAGIC[1], MAGIC[2], super::auth::SIGNED_VERSION][..]);
+    let allowed = if signed {
+        limits.max_payload_bytes().saturating_add(extra)
+    } else {
+        limits.max_payload_bytes()
+    };
+    if bytes.len() > allowed {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
             limit: limits.max_payload_bytes(),
         });
     }
-    let Some(([m0, m1, m2, version], body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+    let Some(([m0, m1, m2, version], _)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         // Shorter than a header: ours only if what is there is a prefix of the magic.
         return Err(if MAGIC.starts_with(bytes) {
             DecodeError::Truncated
@@ -448,9 +475,15 @@ pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeE
     if [*m0, *m1, *m2] != MAGIC {
         return Err(DecodeError::Foreign);
     }
-    if *version != VERSION {
-        return Err(DecodeError::UnsupportedVersion(*version));
+    match *version {
+        VERSION => Ok(VERSION),
+        super::auth::SIGNED_VERSION => Ok(super::auth::SIGNED_VERSION),
+        other => Err(DecodeError::UnsupportedVersion(other)),
     }
+}
+
+/// Decodes the body that follows the header (and, when signed, the signature).
+pub(crate) fn decode_body(body: &[u8], limits: &WireLimits) -> Result<Message, DecodeError> {
     let (wire, read) = with_budget(limits, || {
         bincode::serde::borrow_decode_from_slice::<WireMessage<'_>, _>(body, config())
     })?;
@@ -633,9 +666,9 @@ mod tests {
     #[test]
     fn unknown_version_is_named() {
         let mut bytes = encode(&sample()).unwrap().to_vec();
-        bytes[3] = 2;
+        bytes[3] = 3; // 2 is the signed format (`auth`)
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert_eq!(err, DecodeError::UnsupportedVersion(3));
         assert!(err.to_string().contains("upgrade"), "{err}");
         bytes[3] = 0;
         assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(0)));

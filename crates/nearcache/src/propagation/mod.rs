@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nearcache_backplane::Backplane;
-use nearcache_backplane::wire::InstanceId;
+use nearcache_backplane::wire::{self, InstanceId, SigningKeys, WireLimits};
 use nearcache_store::Store;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
@@ -42,6 +42,10 @@ pub(crate) struct Propagation {
     pub(crate) instance: InstanceId,
     pub(crate) started_unix_ms: u64,
     pub(crate) options: BackplaneOptions,
+    /// Signs what we send and checks what we receive, when configured.
+    pub(crate) keys: Option<SigningKeys>,
+    /// What one message may hold, leaving room for a signature when signing.
+    pub(crate) limits: WireLimits,
     pub(crate) outbox: Outbox,
     pub(crate) counters: Counters,
     pub(crate) lag: LagHistogram,
@@ -88,6 +92,7 @@ pub(crate) struct Counters {
     pub(crate) own_messages_ignored: AtomicU64,
     pub(crate) duplicates_ignored: AtomicU64,
     pub(crate) messages_rejected: AtomicU64,
+    pub(crate) messages_unauthenticated: AtomicU64,
     pub(crate) outbox_overflows: AtomicU64,
     pub(crate) clears_reconnect: AtomicU64,
     pub(crate) clears_lagged: AtomicU64,
@@ -131,11 +136,21 @@ impl Propagation {
         options: BackplaneOptions,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Propagation> {
+        // Checked by the builder (`BackplaneOptions::check`).
+        let keys = options.signing_keys().ok().flatten();
+        let limits = match keys {
+            Some(_) => WireLimits::DEFAULT.with_max_payload_bytes(
+                WireLimits::DEFAULT.max_payload_bytes() - wire::auth::SIGNATURE_LEN,
+            ),
+            None => WireLimits::DEFAULT,
+        };
         let (events, _) = broadcast::channel(1024);
         let propagation = Arc::new(Propagation {
             instance: InstanceId::random(),
             started_unix_ms: unix_ms(),
             outbox: Outbox::new(options.outbox_capacity),
+            keys,
+            limits,
             options,
             counters: Counters::default(),
             lag: LagHistogram::new(),
@@ -266,6 +281,7 @@ impl Propagation {
             own_messages_ignored: read(&c.own_messages_ignored),
             duplicates_ignored: read(&c.duplicates_ignored),
             messages_rejected: read(&c.messages_rejected),
+            messages_unauthenticated: read(&c.messages_unauthenticated),
             outbox_overflows: read(&c.outbox_overflows),
             loss_clears: LossClears {
                 reconnect: read(&c.clears_reconnect),

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nearcache_backplane::wire::{self, Op};
+use nearcache_backplane::wire::{self, Op, WireLimits};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_keys::Key;
 use nearcache_store::Store;
@@ -308,8 +308,17 @@ fn not_applied(p: &Propagation, store: &Store, error: &dyn std::fmt::Display) {
 }
 
 fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
-    let message = match wire::decode(payload) {
+    let message = match wire::decode_authenticated(payload, &WireLimits::DEFAULT, p.keys.as_ref()) {
         Ok(message) => message,
+        Err(wire::DecodeError::Unauthenticated) => {
+            bump(&p.counters.messages_unauthenticated, 1);
+            tracing::debug!(
+                len = payload.len(),
+                "dropped a backplane message that is unsigned or badly signed"
+            );
+            let _ = p.events.send(CacheEvent::Rejected);
+            return;
+        }
         Err(error) => {
             bump(&p.counters.messages_rejected, 1);
             tracing::debug!(%error, len = payload.len(), "dropped a backplane message that is not a valid invalidation");

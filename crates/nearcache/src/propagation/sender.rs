@@ -92,7 +92,7 @@ async fn send_batch(
     }
     for outgoing in into_messages(p, *seq, ops) {
         *seq = outgoing.message.seq;
-        let Some(payload) = encode(&outgoing.message) else {
+        let Some(payload) = encode(p, &outgoing.message) else {
             // Its number is used up, so peers see a gap and clear: safe, if costly.
             p.outbox.sent(outgoing.pending);
             continue;
@@ -109,7 +109,7 @@ async fn send_batch(
                      payload below the wire format's 1 MiB?); peers are sent a clear instead"
                 );
             }
-            outcome = match encode(&clear_message(p, outgoing.message.seq)) {
+            outcome = match encode(p, &clear_message(p, outgoing.message.seq)) {
                 Some(clear) => publish_until_sent(p, backplane, clear).await,
                 None => Publish::TooLarge { size, limit },
             };
@@ -136,12 +136,10 @@ async fn send_batch(
 
 /// A heartbeat carrying `seq`, encoded.
 fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
-    encode(&Message::heartbeat(
-        p.instance,
-        seq,
-        unix_micros(),
-        p.started_unix_ms,
-    ))
+    encode(
+        p,
+        &Message::heartbeat(p.instance, seq, unix_micros(), p.started_unix_ms),
+    )
 }
 
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
@@ -175,12 +173,12 @@ struct Outgoing {
 /// Splits a batch into messages that each fit the wire limits, numbering them from `seq + 1`.
 fn into_messages(p: &Propagation, mut seq: u64, ops: Vec<Pending>) -> Vec<Outgoing> {
     let mut messages = Vec::new();
-    let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
+    let mut builder = MessageBuilder::new(p.limits);
     let mut in_builder = 0;
     let mut seal =
         |builder: &mut MessageBuilder, in_builder: &mut usize, out: &mut Vec<Outgoing>| {
             seq += 1;
-            let full = std::mem::replace(builder, MessageBuilder::new(WireLimits::DEFAULT));
+            let full = std::mem::replace(builder, MessageBuilder::new(p.limits));
             out.push(Outgoing {
                 message: full.build(p.instance, seq, unix_micros(), p.started_unix_ms),
                 pending: std::mem::take(in_builder),
@@ -232,8 +230,13 @@ fn push(builder: &mut MessageBuilder, pending: Pending) -> Result<(), PushError<
     result.map_err(|e| e.map_value(|()| pending))
 }
 
-fn encode(message: &Message) -> Option<Bytes> {
-    match wire::encode(message) {
+/// Encodes under our limits, signed when a key is configured.
+fn encode(p: &Propagation, message: &Message) -> Option<Bytes> {
+    let encoded = match &p.keys {
+        Some(keys) => wire::encode_signed(message, &p.limits, keys),
+        None => wire::encode_with(message, &p.limits),
+    };
+    match encoded {
         Ok(payload) => Some(payload),
         Err(error) => {
             tracing::error!(%error, "could not encode an invalidation message; dropped");
