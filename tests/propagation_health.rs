@@ -115,3 +115,47 @@ async fn with_the_echo_check_off_a_deaf_subscription_goes_unnoticed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_says_goodbye_and_peers_forget_it_without_a_clear() {
+    let bus = InMemoryBackplane::new();
+    let a = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start(&bus, quiet()).await;
+    let (k, kept) = (key("k"), key("kept"));
+    b.load(&kept, 1).await;
+    a.cache.remove(&k).await;
+    assert_eq!(b.applied().await, (a.id(), 1, 1));
+    assert_eq!(b.stats().peers, 1);
+
+    let a_id = a.id();
+    assert_eq!(a.cache.shutdown().await, 0, "nothing left unsent");
+    b.event(CacheEvent::PeerLeft { origin: a_id }).await;
+    let s = b.stats();
+    assert_eq!(s.peers, 0, "forgotten at once");
+    assert_eq!(s.loss_clears.total(), 0);
+    assert_eq!(b.get(&kept), Some(1));
+}
+
+/// A goodbye carries the last number: one ahead of what arrived means the last message was
+/// lost, and the peer is still forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goodbye_ahead_of_what_arrived_is_a_gap() {
+    use nearcache::InstanceId;
+    use nearcache_backplane::wire::{self, Message};
+    let bus = InMemoryBackplane::new();
+    let mut b = Instance::start(&bus, quiet()).await;
+    let peer = InstanceId::from_u128(0xB1E);
+    let k = key("k");
+    bus.inject(propagation_support::encoded(
+        peer,
+        1,
+        vec![propagation_support::remove_op(&[&k])],
+    ));
+    assert_eq!(b.applied().await, (peer, 1, 1));
+    b.load(&k, 1).await;
+    bus.inject(wire::encode(&Message::goodbye(peer, 2, 0, 0)).unwrap());
+    assert!(b.loss_cleared(ClearCause::PeerGap).await);
+    b.event(CacheEvent::PeerLeft { origin: peer }).await;
+    assert_eq!(b.get(&k), None);
+    assert_eq!(b.stats().peers, 0);
+}

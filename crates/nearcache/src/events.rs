@@ -46,6 +46,12 @@ pub enum CacheEvent {
     },
     /// A message on the channel was not a valid invalidation and was dropped.
     Rejected,
+    /// A peer shut down cleanly (it said goodbye, and everything it sent had arrived) and
+    /// was forgotten.
+    PeerLeft {
+        /// The peer that left.
+        origin: InstanceId,
+    },
     /// The subscription is live: the first time, or after a reconnect — then it comes after
     /// the reconnect's `LossCleared`, once reads are served from the store again.
     Connected,

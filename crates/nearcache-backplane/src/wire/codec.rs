@@ -27,7 +27,8 @@
 //! | … | each op | varint tag, then its fields |
 //!
 //! Op tags: `0` Remove (varint key count, then each key), `1` ExpireRegion (region),
-//! `2` ExpireRegionKey (region, key), `3` Clear. A string is a varint byte length then UTF-8.
+//! `2` ExpireRegionKey (region, key), `3` Clear, `4` Goodbye (no fields; a receiver of an
+//! older build refuses the message as malformed, which costs it nothing). A string is a varint byte length then UTF-8.
 //! A varint is one byte for 0–250, else a marker byte (251: u16, 252: u32, 253: u64)
 //! followed by the value little-endian. Tags are append-only; removing or reordering one
 //! is a new format version.
@@ -178,6 +179,7 @@ enum WireOp<'a> {
         key: &'a str,
     },
     Clear,
+    Goodbye,
 }
 
 impl<'a> WireMessage<'a> {
@@ -192,6 +194,7 @@ impl<'a> WireMessage<'a> {
                 Op::ExpireRegion { region } => WireOp::ExpireRegion { region },
                 Op::ExpireRegionKey { region, key } => WireOp::ExpireRegionKey { region, key },
                 Op::Clear => WireOp::Clear,
+                Op::Goodbye => WireOp::Goodbye,
             })
             .collect();
         Self {
@@ -219,6 +222,7 @@ impl<'a> WireMessage<'a> {
                     key: (*key).to_owned(),
                 },
                 WireOp::Clear => Op::Clear,
+                WireOp::Goodbye => Op::Goodbye,
             })
             .collect();
         Message {
@@ -237,7 +241,7 @@ impl<'a> WireMessage<'a> {
             .map(|op| match op {
                 WireOp::Remove { keys } => keys.len(),
                 WireOp::ExpireRegionKey { .. } => 1,
-                WireOp::ExpireRegion { .. } | WireOp::Clear => 0,
+                WireOp::ExpireRegion { .. } | WireOp::Clear | WireOp::Goodbye => 0,
             })
             .sum();
         limits.check_counts(self.ops.len(), keys)?;
@@ -253,7 +257,7 @@ impl<'a> WireMessage<'a> {
                     limits.check_region(region)?;
                     limits.check_key(key)?;
                 }
-                WireOp::Clear => {}
+                WireOp::Clear | WireOp::Goodbye => {}
             }
         }
         Ok(())
@@ -571,7 +575,7 @@ pub(crate) fn op_len(op: &Op) -> usize {
             }
             Op::ExpireRegion { region } => str_len(region),
             Op::ExpireRegionKey { region, key } => str_len(region) + str_len(key),
-            Op::Clear => 0,
+            Op::Clear | Op::Goodbye => 0,
         }
 }
 
@@ -788,7 +792,7 @@ mod tests {
             ..sample()
         };
         let mut bytes = encode(&message).unwrap().to_vec();
-        *bytes.last_mut().unwrap() = 4;
+        *bytes.last_mut().unwrap() = 5;
         let err = decode(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("variant index"), "{err}");
@@ -916,6 +920,7 @@ mod tests {
             region().prop_map(|region| Op::ExpireRegion { region }),
             (region(), key()).prop_map(|(region, key)| Op::ExpireRegionKey { region, key }),
             Just(Op::Clear),
+            Just(Op::Goodbye),
         ]
     }
 

@@ -121,6 +121,10 @@ pub enum Op {
     },
     /// Expire the global region: every entry.
     Clear,
+    /// Not an invalidation: the origin is shutting down cleanly and will send nothing more.
+    /// The message's `seq` is its last sequence number, so a receiver can check that it
+    /// heard everything, then forget the origin without counting it as lost.
+    Goodbye,
 }
 
 impl Op {
@@ -130,8 +134,15 @@ impl Op {
         match self {
             Op::Remove { keys } => keys.len(),
             Op::ExpireRegionKey { .. } => 1,
-            Op::ExpireRegion { .. } | Op::Clear => 0,
+            Op::ExpireRegion { .. } | Op::Clear | Op::Goodbye => 0,
         }
+    }
+
+    /// Whether this op says something about its origin rather than invalidating anything
+    /// ([`Goodbye`](Self::Goodbye)).
+    #[must_use]
+    pub fn is_control(&self) -> bool {
+        matches!(self, Op::Goodbye)
     }
 }
 
@@ -201,10 +212,45 @@ impl Message {
         }
     }
 
-    /// Whether this is a heartbeat (a message with no ops).
+    /// A goodbye: the origin shuts down cleanly; `last_seq` is the last sequence number it
+    /// used (like a heartbeat, it takes no new one).
+    ///
+    /// ```
+    /// use nearcache_backplane::wire::{InstanceId, Message};
+    ///
+    /// let bye = Message::goodbye(InstanceId::random(), 7, 0, 0);
+    /// assert!(bye.is_heartbeat() && bye.is_goodbye());
+    /// ```
+    #[must_use]
+    pub fn goodbye(
+        origin: InstanceId,
+        last_seq: u64,
+        sent_at_unix_micros: u64,
+        origin_started_unix_ms: u64,
+    ) -> Self {
+        Self {
+            ops: vec![Op::Goodbye],
+            ..Self::heartbeat(
+                origin,
+                last_seq,
+                sent_at_unix_micros,
+                origin_started_unix_ms,
+            )
+        }
+    }
+
+    /// Whether this message invalidates nothing (no ops, or only
+    /// [control](Op::is_control) ops): it carries the origin's last sequence number without
+    /// taking a new one.
     #[must_use]
     pub fn is_heartbeat(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.iter().all(Op::is_control)
+    }
+
+    /// Whether this is a [goodbye](Self::goodbye).
+    #[must_use]
+    pub fn is_goodbye(&self) -> bool {
+        self.ops.contains(&Op::Goodbye)
     }
 
     /// How many key strings the message carries, over all ops (see [`Op::key_count`]).

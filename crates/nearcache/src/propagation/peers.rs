@@ -226,7 +226,15 @@ impl Peers {
         }
     }
 
-    /// Forgets peers not heard from for a long time (they stopped); returns how many.
+    /// Forgets `origin`, which said goodbye: it sends nothing more, and its leaving is no
+    /// loss. Returns whether it was known.
+    pub(crate) fn farewell(&mut self, origin: u128) -> bool {
+        self.peers.remove(&origin).is_some()
+    }
+
+    /// Forgets peers not heard from for a long time; returns how many. None of them said
+    /// goodbye (that forgets a peer at once), so each may have died with invalidations it
+    /// never sent: the caller treats a non-zero count as a possible loss.
     pub(crate) fn forget_silent(&mut self, now: Instant) -> usize {
         let before = self.peers.len();
         let forget_after = self.forget_after;
@@ -384,6 +392,22 @@ mod tests {
         assert_eq!(p.observe(A, 0, 1_001, false, now), Seen::InOrder);
         assert_eq!(p.observe(A, 0, 2, false, now), Seen::InOrder);
         assert_eq!(p.observe(A, 0, 3, false, now), Seen::InOrder);
+    }
+
+    #[test]
+    fn a_peer_that_said_goodbye_is_not_counted_as_vanished() {
+        let start = Instant::now();
+        let mut p = peers_at(start);
+        p.observe(A, 0, 1, false, start);
+        p.observe(0xB, 0, 1, false, start);
+        assert!(p.farewell(A));
+        assert!(!p.farewell(A), "already gone");
+        assert_eq!(
+            p.forget_silent(start + Duration::from_secs(70)),
+            1,
+            "only B, which never said goodbye"
+        );
+        assert_eq!(p.len(), 0);
     }
 
     #[test]

@@ -145,8 +145,17 @@ pub(crate) async fn run(
                 }
             }
             _ = housekeeping.tick() => {
-                peers.forget_silent(Instant::now());
+                let vanished = peers.forget_silent(Instant::now());
                 p.counters.peers.store(peers.len() as u64, Ordering::Relaxed);
+                if vanished > 0 {
+                    tracing::warn!(
+                        vanished,
+                        ?forget_after,
+                        "peers went silent without a goodbye: they may have died with \
+                         invalidations they never sent"
+                    );
+                    p.loss_clear(&store, ClearCause::PeerGap);
+                }
             }
         }
         if resubscribe_now {
@@ -364,6 +373,15 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         Seen::InOrder => {}
     }
     if heartbeat {
+        if message.is_goodbye() {
+            peers.farewell(message.origin.as_u128());
+            p.counters
+                .peers
+                .store(peers.len() as u64, Ordering::Relaxed);
+            let _ = p.events.send(CacheEvent::PeerLeft {
+                origin: message.origin,
+            });
+        }
         return;
     }
     let mut applied = 0u64;

@@ -47,7 +47,14 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
                 }
                 heartbeat.reset();
             }
-            Taken::Closed => return,
+            Taken::Closed => {
+                // Everything queued went out: tell the peers we are leaving, with our last
+                // number, so they forget us without counting it as a loss. (A shutdown that
+                // could not publish its backlog returns above without it: peers then treat
+                // our silence as a possible loss.)
+                send_goodbye(p, &*backplane, seq).await;
+                return;
+            }
             Taken::Empty => {
                 tokio::select! {
                     () = p.outbox.wait_for_work() => {}
@@ -142,6 +149,19 @@ fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
     )
 }
 
+async fn send_goodbye(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
+    let message = Message::goodbye(p.instance, seq, unix_micros(), p.started_unix_ms);
+    if let Some(payload) = encode(p, &message) {
+        let sent =
+            tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(
+                "could not publish a goodbye; peers will forget this instance when it has been silent long enough"
+            );
+        }
+    }
+}
+
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
     if let Some(payload) = heartbeat(p, seq) {
         let started = tokio::time::Instant::now();
@@ -160,6 +180,7 @@ pub(crate) fn invalidations(message: &Message) -> u64 {
     message
         .ops
         .iter()
+        .filter(|op| !op.is_control())
         .map(|op| op.key_count().max(1) as u64)
         .sum()
 }
