@@ -113,6 +113,53 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
     assert_eq!(b.stats().messages_unauthenticated, 2);
 }
 
+/// Unsigned, a forged message can take a real peer's *next* number exactly (no jump to
+/// notice). The real message then looks like a duplicate; it is applied all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_copy_of_the_next_number_does_not_hide_the_real_message() {
+    let bus = InMemoryBackplane::new();
+    let a = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start(&bus, quiet()).await;
+    let (k1, k2, decoy) = (key("k1"), key("k2"), key("decoy"));
+    a.cache.remove(&k1).await;
+    assert_eq!(b.applied().await, (a.id(), 1, 1));
+    bus.inject(encoded(a.id(), 2, vec![remove_op(&[&decoy])]));
+    assert_eq!(b.applied().await, (a.id(), 2, 1));
+    b.load(&k2, 1).await;
+    a.cache.remove(&k2).await; // A's real seq 2
+    assert_eq!(b.applied().await, (a.id(), 2, 1));
+    assert_eq!(b.get(&k2), None, "the real invalidation was applied");
+    assert_eq!(b.stats().duplicates_ignored, 1);
+}
+
+/// Signed, a duplicate can only be a retry or a replay of a real message: dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_a_duplicate_is_dropped() {
+    use nearcache_backplane::wire::{Message, SigningKeys, WireLimits, encode_signed};
+    let bus = InMemoryBackplane::new();
+    let mut b = Instance::start(&bus, signed(KEY, None)).await;
+    let peer = InstanceId::from_u128(0xD0B);
+    let k = key("k");
+    let message = Message {
+        origin: peer,
+        seq: 1,
+        sent_at_unix_micros: 0,
+        origin_started_unix_ms: 0,
+        ops: vec![remove_op(&[&k])],
+    };
+    let keys = SigningKeys::new(KEY.as_bytes().to_vec(), None).unwrap();
+    let bytes = encode_signed(&message, &WireLimits::DEFAULT, &keys).unwrap();
+    bus.inject(bytes.clone());
+    assert_eq!(b.applied().await, (peer, 1, 1));
+    b.load(&k, 2).await;
+    bus.inject(bytes);
+    bus.inject(fence());
+    b.rejected().await;
+    assert_eq!(b.get(&k), Some(2), "the replay evicted nothing");
+    let s = b.stats();
+    assert_eq!((s.duplicates_ignored, s.invalidations_applied), (1, 1));
+}
+
 /// Rotation: each instance accepts both keys while they sign with either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_rotation_both_keys_are_accepted() {

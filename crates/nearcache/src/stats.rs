@@ -55,7 +55,10 @@ pub struct PropagationStats {
     pub heartbeats_received: u64,
     /// Our own payloads (messages and heartbeats) echoed back by the channel, ignored.
     pub own_messages_ignored: u64,
-    /// Messages whose sequence number was already seen (a retried publish), ignored.
+    /// Messages whose sequence number was already seen (a retried publish that had gone
+    /// through), not counted as received. With a `signing_key` they are dropped; without one
+    /// they are applied again (evicting twice is harmless, while a forged message that took
+    /// the real one's number must not hide it).
     pub duplicates_ignored: u64,
     /// Messages that did not decode (garbage, foreign or unsupported), dropped.
     pub messages_rejected: u64,

@@ -354,18 +354,24 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     p.counters
         .peers_evicted
         .store(peers.evicted(), Ordering::Relaxed);
-    if seen == Seen::Duplicate {
+    let duplicate = seen == Seen::Duplicate;
+    if duplicate {
         bump(&p.counters.duplicates_ignored, 1);
-        return;
-    }
-    if heartbeat {
+        // A retried publish that had gone through. Signed, that is all a duplicate can be,
+        // so it is dropped. Unsigned, it may instead be the real message that someone else
+        // sent its number ahead of: applying it again costs an eviction, dropping it could
+        // leave an entry stale.
+        if p.keys.is_some() {
+            return;
+        }
+    } else if heartbeat {
         bump(&p.counters.heartbeats_received, 1);
     } else {
         bump(&p.counters.messages_received, 1);
         bump(&p.counters.invalidations_received, invalidations(&message));
     }
     match seen {
-        Seen::Duplicate => return,
+        Seen::Duplicate => {}
         Seen::Gap { missed } => {
             tracing::warn!(origin = %message.origin, missed, "messages from a peer were lost");
             p.loss_clear(store, ClearCause::PeerGap);
@@ -416,8 +422,10 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         }
     }
     bump(&p.counters.invalidations_applied, applied);
-    let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
-    p.lag.record(lag);
+    if !duplicate {
+        let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
+        p.lag.record(lag);
+    }
     let _ = p.events.send(CacheEvent::Applied {
         origin: message.origin,
         seq: message.seq,
