@@ -27,8 +27,9 @@
 //! | … | each op | varint tag, then its fields |
 //!
 //! Op tags: `0` Remove (varint key count, then each key), `1` ExpireRegion (region),
-//! `2` ExpireRegionKey (region, key), `3` Clear, `4` Goodbye (no fields; a receiver of an
-//! older build refuses the message as malformed, which costs it nothing). A string is a varint byte length then UTF-8.
+//! `2` ExpireRegionKey (region, key), `3` Clear, `4` Goodbye, `5` Hello (the last two have no
+//! fields and invalidate nothing; a receiver of an older build refuses them as malformed,
+//! which costs it nothing). A string is a varint byte length then UTF-8.
 //! A varint is one byte for 0–250, else a marker byte (251: u16, 252: u32, 253: u64)
 //! followed by the value little-endian. Tags are append-only; removing or reordering one
 //! is a new format version.
@@ -180,6 +181,7 @@ enum WireOp<'a> {
     },
     Clear,
     Goodbye,
+    Hello,
 }
 
 impl<'a> WireMessage<'a> {
@@ -195,6 +197,7 @@ impl<'a> WireMessage<'a> {
                 Op::ExpireRegionKey { region, key } => WireOp::ExpireRegionKey { region, key },
                 Op::Clear => WireOp::Clear,
                 Op::Goodbye => WireOp::Goodbye,
+                Op::Hello => WireOp::Hello,
             })
             .collect();
         Self {
@@ -223,6 +226,7 @@ impl<'a> WireMessage<'a> {
                 },
                 WireOp::Clear => Op::Clear,
                 WireOp::Goodbye => Op::Goodbye,
+                WireOp::Hello => Op::Hello,
             })
             .collect();
         Message {
@@ -241,7 +245,7 @@ impl<'a> WireMessage<'a> {
             .map(|op| match op {
                 WireOp::Remove { keys } => keys.len(),
                 WireOp::ExpireRegionKey { .. } => 1,
-                WireOp::ExpireRegion { .. } | WireOp::Clear | WireOp::Goodbye => 0,
+                WireOp::ExpireRegion { .. } | WireOp::Clear | WireOp::Goodbye | WireOp::Hello => 0,
             })
             .sum();
         limits.check_counts(self.ops.len(), keys)?;
@@ -257,7 +261,7 @@ impl<'a> WireMessage<'a> {
                     limits.check_region(region)?;
                     limits.check_key(key)?;
                 }
-                WireOp::Clear | WireOp::Goodbye => {}
+                WireOp::Clear | WireOp::Goodbye | WireOp::Hello => {}
             }
         }
         Ok(())
@@ -575,7 +579,7 @@ pub(crate) fn op_len(op: &Op) -> usize {
             }
             Op::ExpireRegion { region } => str_len(region),
             Op::ExpireRegionKey { region, key } => str_len(region) + str_len(key),
-            Op::Clear | Op::Goodbye => 0,
+            Op::Clear | Op::Goodbye | Op::Hello => 0,
         }
 }
 
@@ -792,7 +796,7 @@ mod tests {
             ..sample()
         };
         let mut bytes = encode(&message).unwrap().to_vec();
-        *bytes.last_mut().unwrap() = 5;
+        *bytes.last_mut().unwrap() = 6;
         let err = decode(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("variant index"), "{err}");
@@ -921,6 +925,7 @@ mod tests {
             (region(), key()).prop_map(|(region, key)| Op::ExpireRegionKey { region, key }),
             Just(Op::Clear),
             Just(Op::Goodbye),
+            Just(Op::Hello),
         ]
     }
 

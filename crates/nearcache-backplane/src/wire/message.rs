@@ -125,6 +125,10 @@ pub enum Op {
     /// The message's `seq` is its last sequence number, so a receiver can check that it
     /// heard everything, then forget the origin without counting it as lost.
     Goodbye,
+    /// Not an invalidation: the origin has just subscribed, and this comes before anything
+    /// it invalidates from then on; `seq` is its last number (0 if it has sent nothing). A
+    /// receiver that hears it knows the origin from its start without comparing clocks.
+    Hello,
 }
 
 impl Op {
@@ -134,15 +138,15 @@ impl Op {
         match self {
             Op::Remove { keys } => keys.len(),
             Op::ExpireRegionKey { .. } => 1,
-            Op::ExpireRegion { .. } | Op::Clear | Op::Goodbye => 0,
+            Op::ExpireRegion { .. } | Op::Clear | Op::Goodbye | Op::Hello => 0,
         }
     }
 
     /// Whether this op says something about its origin rather than invalidating anything
-    /// ([`Goodbye`](Self::Goodbye)).
+    /// ([`Goodbye`](Self::Goodbye), [`Hello`](Self::Hello)).
     #[must_use]
     pub fn is_control(&self) -> bool {
-        matches!(self, Op::Goodbye)
+        matches!(self, Op::Goodbye | Op::Hello)
     }
 }
 
@@ -251,6 +255,38 @@ impl Message {
     #[must_use]
     pub fn is_goodbye(&self) -> bool {
         self.ops.contains(&Op::Goodbye)
+    }
+
+    /// A hello: the origin has just subscribed; `last_seq` is its last sequence number.
+    ///
+    /// ```
+    /// use nearcache_backplane::wire::{InstanceId, Message};
+    ///
+    /// let hello = Message::hello(InstanceId::random(), 0, 0, 0);
+    /// assert!(hello.is_heartbeat() && hello.is_hello());
+    /// ```
+    #[must_use]
+    pub fn hello(
+        origin: InstanceId,
+        last_seq: u64,
+        sent_at_unix_micros: u64,
+        origin_started_unix_ms: u64,
+    ) -> Self {
+        Self {
+            ops: vec![Op::Hello],
+            ..Self::heartbeat(
+                origin,
+                last_seq,
+                sent_at_unix_micros,
+                origin_started_unix_ms,
+            )
+        }
+    }
+
+    /// Whether this is a [hello](Self::hello).
+    #[must_use]
+    pub fn is_hello(&self) -> bool {
+        self.ops.contains(&Op::Hello)
     }
 
     /// How many key strings the message carries, over all ops (see [`Op::key_count`]).

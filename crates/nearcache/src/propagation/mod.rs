@@ -58,6 +58,10 @@ pub(crate) struct Propagation {
     pub(crate) bypassing: AtomicBool,
     /// Wakes a sender that is backing off after a failed publish (the backplane is back).
     pub(crate) retry_now: Notify,
+    /// Our first subscription is live: the sender publishes a hello before anything else.
+    pub(crate) hello_pending: AtomicBool,
+    /// Wakes an idle sender for the hello.
+    pub(crate) hello_now: Notify,
     /// Becomes true once when the first subscription is made.
     pub(crate) ready: watch::Sender<bool>,
     /// Becomes true when the cache is shut down or dropped; tasks exit on it.
@@ -159,6 +163,8 @@ impl Propagation {
             connected: AtomicBool::new(false),
             bypassing: AtomicBool::new(false),
             retry_now: Notify::new(),
+            hello_pending: AtomicBool::new(false),
+            hello_now: Notify::new(),
             ready: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
             running: watch::Sender::new(2),

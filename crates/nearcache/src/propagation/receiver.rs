@@ -51,6 +51,9 @@ pub(crate) async fn run(
     store.clear();
     store.set_read_bypass(false);
     p.echo.listening(made.started);
+    // Before `ready`: whatever the application invalidates from now on goes out after it.
+    p.hello_pending.store(true, Ordering::Release);
+    p.hello_now.notify_one();
     p.connected.store(true, Ordering::Relaxed);
     p.ready.send_replace(true);
     let _ = p.events.send(CacheEvent::Connected);
@@ -343,7 +346,6 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     let heartbeat = message.is_heartbeat();
     let seen = peers.observe(
         message.origin.as_u128(),
-        message.origin_started_unix_ms,
         message.seq,
         heartbeat,
         Instant::now(),

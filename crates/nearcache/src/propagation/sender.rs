@@ -11,6 +11,7 @@
 //! message.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
     loop {
         match p.outbox.take(p.options.max_batch) {
             Taken::Batch(batch) => {
+                // A hello requested before this batch was queued goes out first.
+                send_hello(p, &*backplane, seq).await;
                 if !send_batch(p, &*backplane, &mut seq, batch, &mut reported_too_large).await {
                     tracing::warn!(
                         unsent = p.outbox.pending(),
@@ -58,6 +61,7 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
             Taken::Empty => {
                 tokio::select! {
                     () = p.outbox.wait_for_work() => {}
+                    () = p.hello_now.notified() => send_hello(p, &*backplane, seq).await,
                     _ = heartbeat.tick() => send_heartbeat(p, &*backplane, seq).await,
                 }
             }
@@ -147,6 +151,28 @@ fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
         p,
         &Message::heartbeat(p.instance, seq, unix_micros(), p.started_unix_ms),
     )
+}
+
+/// Publishes the hello our first subscription asked for, if it has not gone out yet (one
+/// attempt, bounded by `publish_timeout`: without it peers read our first message by the
+/// introduction-window rule, as before hellos existed).
+async fn send_hello(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
+    if !p.hello_pending.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let hello = Message::hello(p.instance, seq, unix_micros(), p.started_unix_ms);
+    if let Some(payload) = encode(p, &hello) {
+        let started = tokio::time::Instant::now();
+        let sent =
+            tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+        if matches!(sent, Ok(Ok(()))) {
+            p.echo.published(seq, started);
+        } else {
+            tracing::debug!(
+                "could not publish a hello; peers judge our first message by their introduction window"
+            );
+        }
+    }
 }
 
 async fn send_goodbye(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
