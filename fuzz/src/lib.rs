@@ -401,6 +401,7 @@ pub fn seed_messages() -> Vec<(&'static str, Bytes)> {
                 "goodbye",
                 Message::goodbye(origin, 9, 1_700_000_000_000_000, 1),
             ),
+            ("hello", Message::hello(origin, 0, 1_700_000_000_000_000, 1)),
             // The witness's name at the end of the number space.
             (
                 "forged_max_seq",

@@ -182,10 +182,12 @@ pub struct Message {
     /// When the origin sent it, in microseconds since the Unix epoch (for the propagation
     /// lag histogram; clocks of different hosts may disagree).
     pub sent_at_unix_micros: u64,
-    /// When the origin's cache started, in milliseconds since the Unix epoch: tells a fresh
-    /// incarnation apart in logs and lets receivers forget peers that went away.
+    /// When the origin's cache started, in milliseconds since the Unix epoch, by its own
+    /// clock: for logs and tools. Receivers do not judge sequence numbers by it (hosts'
+    /// clocks disagree); a newcomer's hello tells them instead.
     pub origin_started_unix_ms: u64,
-    /// The invalidations, applied in order. Empty for a heartbeat.
+    /// The invalidations, applied in order. Empty for a heartbeat; only control ops
+    /// ([`Op::is_control`]) for a hello or a goodbye.
     pub ops: Vec<Op>,
 }
 
