@@ -23,13 +23,14 @@
 //!    `sunsubscribe` of our channel that we never asked for (we never unsubscribe: we drop
 //!    the connection) is a lost link too — Redis Cluster sends one when the channel's slot
 //!    moves, and the `PING`s would go on succeeding on a connection that receives nothing;
-//! 3. on loss: retire the gate (the old connection can no longer deliver anything), send
-//!    [`BackplaneEvent::Disconnected`] once, log one warning, then retry with exponential
-//!    backoff and jitter (a debug line per failed attempt);
-//! 4. on success: the gate sends [`BackplaneEvent::Reconnected`] from inside the connection
-//!    driver at the moment the server's subscribe confirmation is read, so it is ordered
-//!    before every message of the new subscription (none can slip in ahead of it and then be
-//!    wiped by the facade's clear); one info line with the outage's length.
+//! 3. on loss: retire the gate (the old connection can no longer deliver anything), mark the
+//!    link lost ([`BackplaneEvent::Disconnected`]: health is state in the subscription, not
+//!    an event in its queue), log one warning, then retry with exponential backoff and
+//!    jitter (a debug line per failed attempt);
+//! 4. on success: the gate marks the link restored ([`BackplaneEvent::Reconnected`], a new
+//!    generation) from inside the connection driver at the moment the server's subscribe
+//!    confirmation is read — not before the server confirmed it; one info line with the
+//!    outage's length.
 //!
 //! Messages go from the connection driver straight into the bounded [`EventSender`] (no
 //! intermediate queue, no copy: the payload's `Vec` becomes the `Bytes`). The task ends as
