@@ -645,3 +645,73 @@ async fn an_outage_is_logged_once_not_per_attempt() {
         "{everything:?}"
     );
 }
+
+/// Runs a command on a plain connection to `server` and returns its reply.
+fn command<T: redis::FromRedisValue>(server: &RedisServer, args: &[&str]) -> T {
+    let mut con = server.connection().unwrap();
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut con).unwrap()
+}
+
+/// Polls `CLUSTER INFO` until the single node reports `cluster_state:ok`.
+fn wait_for_cluster_ok(server: &RedisServer) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let info: String = command(server, &["CLUSTER", "INFO"]);
+        if info.contains("cluster_state:ok") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never served its slots: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The server unsubscribes us from our channel without being asked: on one node in cluster
+/// mode, `CLUSTER DELSLOTS` of the channel's slot sends an unsolicited `sunsubscribe` (what a
+/// slot migration sends), while the connection and its `PING`s stay fine. The subscriber
+/// must read it as a lost link and subscribe again once the slot is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_sunsubscribe_is_a_lost_link() {
+    let server = RedisServer::builder()
+        .args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+        ])
+        .start()
+        .unwrap();
+    blocking(|| {
+        let _: () = command(&server, &["CLUSTER", "ADDSLOTSRANGE", "0", "16383"]);
+        wait_for_cluster_ok(&server);
+    });
+    let config = RedisConfig {
+        sharded: true,
+        ..config(server.url(), "unsubscribed")
+    };
+    let slot: i64 = blocking(|| command(&server, &["CLUSTER", "KEYSLOT", &config.channel]));
+    let slot = slot.to_string();
+    let backplane = RedisBackplane::connect_with(config).await.unwrap();
+    let mut sub = backplane.subscribe().await.unwrap();
+    publish_until_ok(&backplane, b"before").await;
+    assert_eq!(&next_message(&mut sub).await[..], b"before");
+
+    blocking(|| {
+        let _: () = command(&server, &["CLUSTER", "DELSLOTS", &slot]);
+    });
+    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);
+
+    blocking(|| {
+        let _: () = command(&server, &["CLUSTER", "ADDSLOTS", &slot]);
+        wait_for_cluster_ok(&server);
+    });
+    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
+    publish_until_ok(&backplane, b"after").await;
+    assert_eq!(&next_message(&mut sub).await[..], b"after");
+}

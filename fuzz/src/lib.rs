@@ -6,23 +6,34 @@
 //! regression test that runs on the stable toolchain in `cargo test`.
 //!
 //! - [`check_wire_decode`]: the decoder never panics, and what it accepts is within the
-//!   limits, re-encodes, and decodes back to the same message.
+//!   limits, re-encodes, and decodes back to the same message; under a signing key it
+//!   accepts only what that key signed (no forgery gets through).
 //! - [`ApplyHarness`]: arbitrary bytes delivered as a backplane message to a running
 //!   [`Cache`]: it never panics or hangs, a payload that does not decode is counted as
-//!   rejected, each payload is accounted for exactly once (message, heartbeat or duplicate), nothing received is published again, and no message ever adds an entry
-//!   to the cache (messages carry invalidations, never values).
+//!   rejected, each payload is accounted for exactly once (message, heartbeat or duplicate),
+//!   nothing received is published again, no message ever adds an entry to the cache
+//!   (messages carry invalidations, never values), and no payload can make a real peer's
+//!   next message invisible: a *witness* peer, whose origin the seed corpus uses (so the
+//!   fuzzer forges its name, sequence numbers, heartbeats and goodbyes), sends its next
+//!   message after every payload, and that message must be applied.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use nearcache::{Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, region};
-use nearcache_backplane::wire::{self, InstanceId, Message, Op, WireLimits};
+use nearcache_backplane::wire::{self, InstanceId, Message, Op, SigningKeys, WireLimits};
 use tokio::sync::broadcast;
 
 region!(FuzzRegion = "fuzz");
 
 /// How long one payload may take to be processed before it counts as a hang.
 const PROCESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The origin of the seed messages, and of the harness's witness peer.
+const WITNESS: InstanceId = InstanceId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+
+/// The key the signed-decode check holds (the fuzzer does not know it).
+const FUZZ_KEY: &[u8] = b"the fuzz harness's signing key";
 
 /// Decodes `data` and checks what the decoder promises.
 ///
@@ -56,6 +67,27 @@ pub fn check_wire_decode(data: &[u8]) {
             }
         }
     }
+    check_signed_decode(data);
+}
+
+/// Under a signing key, the decoder accepts only what that key signed: an accepted payload
+/// is exactly the signed encoding of what it decoded to.
+fn check_signed_decode(data: &[u8]) {
+    let keys = match SigningKeys::new(FUZZ_KEY.to_vec(), None) {
+        Ok(keys) => keys,
+        Err(error) => panic!("the fuzz key is long enough: {error}"),
+    };
+    let limits = WireLimits::DEFAULT;
+    if let Ok(message) = wire::decode_authenticated(data, &limits, Some(&keys)) {
+        match wire::encode_signed(&message, &limits, &keys) {
+            Ok(signed) => assert_eq!(
+                &signed[..],
+                data,
+                "an accepted payload is our own signature of its message"
+            ),
+            Err(error) => panic!("an accepted message must sign: {error}"),
+        }
+    }
 }
 
 /// A cache on an in-process bus, to which payloads are delivered as if a peer sent them.
@@ -65,6 +97,8 @@ pub struct ApplyHarness {
     bus: InMemoryBackplane,
     cache: Cache,
     events: broadcast::Receiver<CacheEvent>,
+    /// The witness peer's last sequence number.
+    witness_seq: u64,
 }
 
 /// The accounting counters of one cache, read before and after a payload.
@@ -116,6 +150,7 @@ impl ApplyHarness {
             bus,
             cache,
             events,
+            witness_seq: 0,
         }
     }
 
@@ -191,16 +226,39 @@ impl ApplyHarness {
             Ok(bytes) => bytes,
             Err(error) => panic!("the sentinel encodes: {error}"),
         };
+        // The witness's real next message, after whatever the payload claimed in its name.
+        self.witness_seq += 1;
+        let witness_seq = self.witness_seq;
+        let witness = Message {
+            origin: WITNESS,
+            seq: witness_seq,
+            sent_at_unix_micros: 0,
+            origin_started_unix_ms: 0,
+            ops: vec![Op::Remove {
+                keys: vec!["Fuzz:witness".to_owned()],
+            }],
+        };
+        let witness = match wire::encode(&witness) {
+            Ok(bytes) => bytes,
+            Err(error) => panic!("the witness encodes: {error}"),
+        };
         self.bus.inject(Bytes::copy_from_slice(data));
+        self.bus.inject(witness);
         self.bus.inject(marker);
         let events = &mut self.events;
-        let saw_rejected = self.runtime.block_on(async {
+        let (saw_rejected, witness_applied) = self.runtime.block_on(async {
             let wait = async {
-                let mut saw_rejected = false;
+                let (mut saw_rejected, mut witness_applied) = (false, false);
                 loop {
                     match events.recv().await {
                         Ok(CacheEvent::Applied { origin, .. }) if origin == sentinel => {
-                            return saw_rejected;
+                            return (saw_rejected, witness_applied);
+                        }
+                        // Applied after the payload: the payload's own event comes first.
+                        Ok(CacheEvent::Applied { origin, seq, .. })
+                            if origin == WITNESS && seq == witness_seq =>
+                        {
+                            witness_applied = true;
                         }
                         Ok(CacheEvent::Rejected) => saw_rejected = true,
                         Ok(_) => {}
@@ -209,14 +267,20 @@ impl ApplyHarness {
                 }
             };
             match tokio::time::timeout(PROCESS_TIMEOUT, wait).await {
-                Ok(saw_rejected) => saw_rejected,
+                Ok(outcome) => outcome,
                 Err(_) => panic!("the payload was not processed within {PROCESS_TIMEOUT:?}"),
             }
         });
+        assert!(
+            witness_applied,
+            "the witness's next message (seq {witness_seq}) was not applied after {:?}",
+            decoded
+        );
 
         let after = self.counts();
+        // After a payload that does not decode, the witness and the sentinel are received.
         let sentinel_counts = Counts {
-            received: before.received + 1,
+            received: before.received + 2,
             ..before
         };
         match &decoded {
@@ -233,14 +297,15 @@ impl ApplyHarness {
                 );
             }
             Some(message) => {
+                // Payload, witness and sentinel: three, each counted once.
                 let moved = [
-                    after.received - sentinel_counts.received,
+                    after.received - before.received,
                     after.heartbeats - before.heartbeats,
                     after.duplicates - before.duplicates,
                 ];
                 assert_eq!(
                     moved.iter().sum::<u64>(),
-                    1,
+                    3,
                     "a decodable payload is counted once: {moved:?} for {message:?}"
                 );
             }
@@ -329,8 +394,33 @@ pub fn seed_messages() -> Vec<(&'static str, Bytes)> {
             ),
         ),
     ];
-    seeds
+    let mut seeds: Vec<(&'static str, Bytes)> = seeds
         .into_iter()
+        .chain([
+            (
+                "goodbye",
+                Message::goodbye(origin, 9, 1_700_000_000_000_000, 1),
+            ),
+            ("hello", Message::hello(origin, 0, 1_700_000_000_000_000, 1)),
+            // The witness's name at the end of the number space.
+            (
+                "forged_max_seq",
+                message(
+                    u64::MAX,
+                    vec![Op::Remove {
+                        keys: vec!["Fuzz:plain".into()],
+                    }],
+                ),
+            ),
+        ])
         .filter_map(|(name, message)| wire::encode(&message).ok().map(|bytes| (name, bytes)))
-        .collect()
+        .collect();
+    // Format version 2: signed (with a key the harness's checks do not hold).
+    if let Ok(keys) = SigningKeys::new(b"a key the fuzzer does not hold".to_vec(), None)
+        && let Ok(bytes) =
+            wire::encode_signed(&message(5, vec![Op::Clear]), &WireLimits::DEFAULT, &keys)
+    {
+        seeds.push(("signed", bytes));
+    }
+    seeds
 }

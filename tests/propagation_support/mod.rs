@@ -63,10 +63,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Builds a cache on a new connection to `bus` and waits until it listens.
+    /// Builds a cache on a new connection to `bus`, waits until it listens and until its
+    /// hello (the first thing a cache publishes once subscribed) has come back to it, so
+    /// counts of publishes and echoes are settled when a test starts.
     pub async fn start(bus: &InMemoryBackplane, options: CacheOptions) -> Instance {
         let instance = Instance::build(bus, options);
         within("the cache's subscription", instance.cache.ready()).await;
+        poll_until("the cache's hello to come back", || {
+            instance.stats().own_messages_ignored >= 1
+        })
+        .await;
         instance
     }
 
@@ -175,6 +181,9 @@ impl Instance {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
     }
 }
+
+/// What each cache publishes once, on subscribing: its hello.
+pub const HELLO: u64 = 1;
 
 /// Three instances (A, B, C) on one bus, each on its own connection.
 pub async fn trio(bus: &InMemoryBackplane, options: CacheOptions) -> [Instance; 3] {

@@ -29,9 +29,14 @@ use crate::subscription::Subscription;
 ///
 /// Like Redis pub/sub, a payload may be lost (a dropped connection, a slow subscriber) and
 /// is never redelivered. What a backplane must not do is lose payloads *silently where it
-/// can know*: when its subscription breaks it yields [`BackplaneEvent::Disconnected`], when
-/// it is back [`BackplaneEvent::Reconnected`], and when its own queue overflowed
-/// [`BackplaneEvent::Lagged`] (the [`Subscription`] queue does this for you). Losses it
+/// can know*: when its subscription breaks it says so ([`EventSender::link_lost`](crate::EventSender::link_lost)),
+/// when it is back it says that ([`EventSender::link_restored`](crate::EventSender::link_restored)),
+/// and when its own queue overflows the [`Subscription`] reports
+/// [`BackplaneEvent::Lagged`] for you. Connection health is *state* with a generation, not
+/// events in the payload queue: the subscription reports it as
+/// [`BackplaneEvent::Disconnected`] / [`BackplaneEvent::Reconnected`], always ending in
+/// agreement with the link, however full the queue. A subscription whose link is up but
+/// which no longer receives (the server unsubscribed it) must be reported lost too. Losses it
 /// cannot know of (the server dropped a message for a slow client) are caught above it by
 /// sequence gaps and heartbeats. A backplane should not duplicate payloads; receivers drop
 /// duplicates by sequence number anyway.

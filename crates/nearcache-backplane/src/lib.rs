@@ -32,16 +32,18 @@
 //! | field | size | meaning |
 //! |---|---|---|
 //! | magic | 3 bytes, `b"NCB"` | ours; anything else is [`Foreign`](wire::DecodeError::Foreign) |
-//! | version | 1 byte, `1` | the format; others are [`UnsupportedVersion`](wire::DecodeError::UnsupportedVersion) |
+//! | version | 1 byte, `1` (`2`: signed) | the format; others are [`UnsupportedVersion`](wire::DecodeError::UnsupportedVersion) |
 //! | `origin` | 16 bytes | the sender's random [`InstanceId`](wire::InstanceId) |
 //! | `seq` | varint | the sender's message number, 1, 2, 3, … (a heartbeat repeats the last) |
 //! | `sent_at_unix_micros` | varint | send time, for the propagation-lag histogram |
 //! | `origin_started_unix_ms` | varint | the sender's start time (its incarnation) |
-//! | `ops` | varint count, then each op | `Remove { keys }`, `ExpireRegion { region }`, `ExpireRegionKey { region, key }`, `Clear`; none for a heartbeat |
+//! | `ops` | varint count, then each op | `Remove { keys }`, `ExpireRegion { region }`, `ExpireRegionKey { region, key }`, `Clear`; none for a heartbeat; `Hello` / `Goodbye` alone when the origin starts listening / shuts down |
 //!
 //! The body after the 4-byte header is bincode 2 (`config::standard()`); the byte-level
 //! layout, the size limits ([`wire::WireLimits`], 1 MiB by default) and why the codec can be
 //! swapped are in [`wire::codec`]. [`wire::MessageBuilder`] fills messages up to the limits.
+//! A signed message (version 2, [`wire::auth`]) carries a 32-byte HMAC-SHA256 tag between
+//! the header and the body.
 //!
 //! # Example: the in-process bus
 //!
@@ -80,4 +82,4 @@ pub mod wire;
 
 pub use backplane::{Backplane, BackplaneError, BackplaneEvent};
 pub use memory::{InMemoryBackplane, PublishGate};
-pub use subscription::{EventSender, Subscription};
+pub use subscription::{EventSender, LinkHealth, Subscription};

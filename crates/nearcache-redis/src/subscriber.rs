@@ -19,16 +19,19 @@
 //!    `SUBSCRIBE` or `SSUBSCRIBE` and await the server's confirmation: the subscription is
 //!    confirmed, not assumed;
 //! 2. watch: the connection's driver pushes `Disconnection` when the socket closes (server
-//!    killed, `CLIENT KILL`), the server's unsolicited `(s)unsubscribe` of our channel says
-//!    it ended the subscription (a cluster slot moved or failed over), and a `PING` every
-//!    `ping_interval` (bounded by `publish_timeout`) catches a connection that died silently;
-//! 3. on loss: retire the gate (the old connection can no longer deliver anything), send
-//!    [`BackplaneEvent::Disconnected`] once, log one warning, then retry with exponential
-//!    backoff and jitter (a debug line per failed attempt);
-//! 4. on success: the gate sends [`BackplaneEvent::Reconnected`] from inside the connection
-//!    driver at the moment the server's subscribe confirmation is read, so it is ordered
-//!    before every message of the new subscription (none can slip in ahead of it and then be
-//!    wiped by the facade's clear); one info line with the outage's length.
+//!    killed, `CLIENT KILL`), a `PING` every `ping_interval` (bounded by
+//!    `publish_timeout`) catches a connection that died silently, and an `unsubscribe` or
+//!    `sunsubscribe` of our channel that we never asked for (we never unsubscribe: we drop
+//!    the connection) is a lost link too — Redis Cluster sends one when the channel's slot
+//!    moves, and the `PING`s would go on succeeding on a connection that receives nothing;
+//! 3. on loss: retire the gate (the old connection can no longer deliver anything), mark the
+//!    link lost ([`BackplaneEvent::Disconnected`]: health is state in the subscription, not
+//!    an event in its queue), log one warning, then retry with exponential backoff and
+//!    jitter (a debug line per failed attempt);
+//! 4. on success: the gate marks the link restored ([`BackplaneEvent::Reconnected`], a new
+//!    generation) from inside the connection driver at the moment the server's subscribe
+//!    confirmation is read — not before the server confirmed it; one info line with the
+//!    outage's length.
 //!
 //! Messages go from the connection driver straight into the bounded [`EventSender`] (no
 //! intermediate queue, no copy: the payload's `Vec` becomes the `Bytes`). The task ends as
@@ -59,11 +62,10 @@ use crate::target::Target;
 #[derive(Debug)]
 struct Gate {
     state: Mutex<GateState>,
-    /// Wakes the task: the connection dropped, or the subscription was dropped.
+    /// Wakes the task: the connection dropped, the server unsubscribed us, or the
+    /// subscription was dropped.
     lost: Notify,
     channel: Bytes,
-    /// The server ended our subscription (an unsolicited unsubscribe).
-    ended_by_server: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -73,6 +75,8 @@ struct GateState {
     /// Send `Reconnected` when the server confirms the subscription (every connection but the
     /// first).
     announce_reconnect: bool,
+    /// The server unsubscribed this connection from our channel without being asked.
+    unsubscribed: bool,
 }
 
 impl Gate {
@@ -81,10 +85,10 @@ impl Gate {
             state: Mutex::new(GateState {
                 events: Some(events),
                 announce_reconnect,
+                unsubscribed: false,
             }),
             lost: Notify::new(),
             channel,
-            ended_by_server: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -102,6 +106,7 @@ impl Gate {
         let GateState {
             events: slot,
             announce_reconnect,
+            unsubscribed,
         } = &mut *guard;
         let Some(events) = slot.as_ref() else {
             return;
@@ -114,28 +119,21 @@ impl Gate {
                     true
                 }
             },
-            PushKind::Subscribe | PushKind::SSubscribe => {
-                let ours = self.is_ours(&info.data);
-                if ours && *announce_reconnect {
-                    *announce_reconnect = false;
-                    events.send(BackplaneEvent::Reconnected)
-                } else {
-                    true
-                }
+            PushKind::Subscribe | PushKind::SSubscribe
+                if self.is_ours(&info.data) && *announce_reconnect =>
+            {
+                *announce_reconnect = false;
+                events.send(BackplaneEvent::Reconnected)
             }
-            PushKind::Disconnection => {
+            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.is_ours(&info.data) => {
+                // Nothing more will arrive on this connection: stop forwarding and let the
+                // task report the loss and subscribe again.
+                *unsubscribed = true;
                 drop(guard);
                 self.lost.notify_one();
                 return;
             }
-            // We never unsubscribe (a subscription ends by closing its connection), so this
-            // is the server ending it: a Redis Cluster moving the channel's slot away or
-            // failing over its shard. The connection stays up and answers PING while nothing
-            // arrives any more, so it is a loss of the link like a closed socket.
-            PushKind::Unsubscribe | PushKind::SUnsubscribe if self.is_ours(&info.data) => {
-                *slot = None;
-                self.ended_by_server
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            PushKind::Disconnection => {
                 drop(guard);
                 self.lost.notify_one();
                 return;
@@ -152,21 +150,14 @@ impl Gate {
 }
 
 impl Gate {
-    /// Whether a (un)subscribe push names our channel.
+    /// Whether a (un)subscribe push, `[channel, count]`, is about our channel.
     fn is_ours(&self, data: &[Value]) -> bool {
         matches!(data.first(), Some(Value::BulkString(name)) if name[..] == self.channel[..])
     }
 
-    /// Why the link was lost, once `lost` fired.
-    fn loss_reason(&self) -> &'static str {
-        if self
-            .ended_by_server
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            "the server ended the subscription (the channel's slot moved, or its shard failed over)"
-        } else {
-            "connection closed"
-        }
+    /// Whether the server unsubscribed this connection from our channel.
+    fn unsubscribed(&self) -> bool {
+        self.state.lock().unsubscribed
     }
 }
 
@@ -371,8 +362,14 @@ impl Subscriber {
                 () = link.gate.lost.notified() => {
                     return if self.events.is_closed() {
                         Loss::SubscriptionDropped
+                    } else if link.gate.unsubscribed() {
+                        Loss::Connection(
+                            "the server unsubscribed this connection from the channel \
+                             (a cluster slot migration, or an administrator)"
+                                .to_owned(),
+                        )
                     } else {
-                        Loss::Connection(link.gate.loss_reason().to_owned())
+                        Loss::Connection("connection closed".to_owned())
                     };
                 }
                 _ = ping.tick() => {
@@ -395,6 +392,7 @@ impl Subscriber {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used)]
 mod tests {
     use super::*;
     use nearcache_backplane::Subscription;
@@ -414,6 +412,8 @@ mod tests {
     #[tokio::test]
     async fn reconnected_precedes_the_messages_of_a_new_connection() {
         let (events, mut sub) = Subscription::channel(16);
+        events.link_lost(); // the task reports the loss before it reconnects
+        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
         let gate = Gate::new(events, true, Bytes::from_static(b"ch"));
         gate.on_push(push(PushKind::Subscribe, vec![bulk(b"ch"), Value::Int(1)]));
         gate.on_push(message(b"m1"));
@@ -451,34 +451,13 @@ mod tests {
         assert!(gate.retire(), "a first connection counts as announced");
         gate.on_push(message(b"after"));
         events.send(BackplaneEvent::Disconnected);
+        // Health is state and is reported first; the payload queued before it follows.
+        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
         assert_eq!(
             sub.recv().await,
             Some(BackplaneEvent::Message(Bytes::from_static(b"before")))
         );
-        assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
-    }
-
-    #[tokio::test]
-    async fn an_unsolicited_unsubscribe_of_our_channel_loses_the_link() {
-        for kind in [PushKind::SUnsubscribe, PushKind::Unsubscribe] {
-            let (events, mut sub) = Subscription::channel(16);
-            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
-            gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
-            gate.on_push(message(b"still ours"));
-            assert_eq!(gate.loss_reason(), "connection closed", "{kind:?}");
-            gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));
-            gate.on_push(message(b"after"));
-            // The task is woken, and nothing more is forwarded from this connection.
-            tokio::time::timeout(std::time::Duration::from_secs(5), gate.lost.notified())
-                .await
-                .unwrap_or_else(|_| panic!("{kind:?}: the task is not woken"));
-            assert!(gate.loss_reason().contains("ended the subscription"));
-            assert_eq!(
-                sub.recv().await,
-                Some(BackplaneEvent::Message(Bytes::from_static(b"still ours")))
-            );
-            assert!(sub.try_recv().is_none(), "{kind:?}");
-        }
+        assert_eq!(sub.try_recv(), None, "nothing after the retirement");
     }
 
     #[test]
@@ -503,6 +482,22 @@ mod tests {
         gate.on_push(message(b"x"));
         gate.lost.notified().await;
         assert!(gate.state.lock().events.is_none(), "stopped forwarding");
+    }
+
+    #[tokio::test]
+    async fn an_unsolicited_unsubscribe_of_our_channel_is_a_lost_link() {
+        for kind in [PushKind::Unsubscribe, PushKind::SUnsubscribe] {
+            let (events, _sub) = Subscription::channel(16);
+            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+            gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
+            assert!(!gate.unsubscribed(), "another channel is not ours");
+            gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));
+            assert!(gate.unsubscribed(), "{kind:?}");
+            // A stored permit: the task finds it even though it was not waiting yet.
+            tokio::time::timeout(Duration::from_secs(5), gate.lost.notified())
+                .await
+                .expect("the task is woken");
+        }
     }
 
     #[test]

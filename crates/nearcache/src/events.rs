@@ -15,6 +15,12 @@ pub enum ClearCause {
     PeerGap,
     /// This instance's own outbox overflowed while the backplane was unreachable.
     OutboxOverflow,
+    /// The backplane ended the subscription; a new one was made (messages sent in between
+    /// were missed).
+    SubscriptionEnded,
+    /// This instance's own publishes stopped coming back through the channel (the
+    /// subscription was dead though the connection looked alive); a new one was made.
+    EchoLost,
 }
 
 /// Something the propagation layer did. Receive them with
@@ -40,6 +46,12 @@ pub enum CacheEvent {
     },
     /// A message on the channel was not a valid invalidation and was dropped.
     Rejected,
+    /// A peer shut down cleanly (it said goodbye, and everything it sent had arrived) and
+    /// was forgotten.
+    PeerLeft {
+        /// The peer that left.
+        origin: InstanceId,
+    },
     /// The subscription is live: the first time, or after a reconnect — then it comes after
     /// the reconnect's `LossCleared`, once reads are served from the store again.
     Connected,

@@ -88,9 +88,11 @@
 //! # When messages are lost
 //!
 //! Redis pub/sub delivers at most once. An instance that may have missed an invalidation —
-//! its subscription reconnected, a peer's sequence numbers (or heartbeat) jumped, its own
-//! outbox overflowed while Redis was down — clears its own cache (never the peers') and
-//! counts it ([`LossClears`], [`CacheEvent::LossCleared`]). With
+//! its subscription reconnected, ended or went deaf (its own heartbeats stopped coming
+//! back), a peer's sequence numbers (or heartbeat, or goodbye) jumped, a peer vanished
+//! without a goodbye, its own outbox overflowed while Redis was down — clears its own cache
+//! (never the peers') and counts it ([`LossClears`], [`CacheEvent::LossCleared`]). With a
+//! [`BackplaneOptions::signing_key`], messages are authenticated and others refused. With
 //! [`BackplaneOptions::max_staleness`] set, reads bypass the cache while the backplane has
 //! been down that long. [`Cache::stats`] has the counters and the propagation-lag histogram
 //! (publish on the origin → applied here), so the staleness window is a measured number.

@@ -10,7 +10,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use nearcache_backplane::wire::SigningKeys;
+
 use crate::error::BuildError;
+
+/// Which signing key is unusable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SigningKeyError {
+    Current,
+    Previous,
+}
 
 /// Options of one [`Cache`](crate::Cache).
 ///
@@ -119,6 +128,23 @@ pub struct BackplaneOptions {
     /// Also bounds how long the async invalidation methods wait. Not zero; default 1 s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// How many heartbeat intervals this instance waits to hear its own publishes (messages
+    /// or heartbeats) come back through the channel before it treats the subscription as
+    /// lost: a live connection is no proof of a live subscription (a server-side
+    /// unsubscribe, an ACL change, a proxy). When it is lost the instance subscribes again
+    /// and clears itself (cause `echo_lost`). 0 turns the check off. Default 3.
+    pub heartbeat_echo_intervals: u32,
+    /// A shared secret that signs every message this instance sends (HMAC-SHA256) and that
+    /// every message it receives must be signed with: unsigned or badly signed messages are
+    /// refused and counted (`messages_unauthenticated`). At least 16 bytes; give every
+    /// instance on the channel the same key. When unset, the environment variable
+    /// `NEARCACHE_SIGNING_KEY` is used if present. Never printed. Default: none (messages
+    /// are unsigned and anyone who can publish on the channel can make caches evict).
+    pub signing_key: Option<String>,
+    /// During a key rotation, the old key: messages signed with it are still accepted, none
+    /// are signed with it. When unset, `NEARCACHE_PREVIOUS_SIGNING_KEY` is used if present.
+    /// Default: none.
+    pub previous_signing_key: Option<String>,
     /// Most invalidations (keys, region expiries) waiting to be published. Past it the
     /// backlog is dropped: this instance clears itself, and its peers, seeing a gap in its
     /// sequence numbers once the backplane is back, clear themselves.
@@ -209,7 +235,42 @@ impl BackplaneOptions {
                 "is shorter than reconnect_initial_delay; make it at least as long",
             );
         }
+        if let Err(error) = self.signing_keys() {
+            return invalid(
+                match error {
+                    SigningKeyError::Current => "signing_key",
+                    SigningKeyError::Previous => "previous_signing_key",
+                },
+                "is shorter than 16 bytes; use a long random secret (e.g. `openssl rand -base64 32`)",
+            );
+        }
         Ok(())
+    }
+
+    /// The signing keys in force: the options, else the environment variables
+    /// `NEARCACHE_SIGNING_KEY` and `NEARCACHE_PREVIOUS_SIGNING_KEY`; `None` when no key is
+    /// set (a previous key alone is ignored: it only verifies, and nothing would sign).
+    pub(crate) fn signing_keys(&self) -> Result<Option<SigningKeys>, SigningKeyError> {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let Some(current) = self
+            .signing_key
+            .clone()
+            .or_else(|| from_env("NEARCACHE_SIGNING_KEY"))
+        else {
+            return Ok(None);
+        };
+        let previous = self
+            .previous_signing_key
+            .clone()
+            .or_else(|| from_env("NEARCACHE_PREVIOUS_SIGNING_KEY"));
+        if let Some(previous) = &previous
+            && previous.len() < nearcache_backplane::wire::auth::MIN_KEY_LEN
+        {
+            return Err(SigningKeyError::Previous);
+        }
+        SigningKeys::new(current, previous.map(String::into_bytes))
+            .map(Some)
+            .map_err(|_| SigningKeyError::Current)
     }
 
     /// The channel in use: `channel`, or `nearcache:{app}:invalidations`.
@@ -229,6 +290,9 @@ impl Default for BackplaneOptions {
             app: "default".to_owned(),
             heartbeat_interval: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(1),
+            heartbeat_echo_intervals: 3,
+            signing_key: None,
+            previous_signing_key: None,
             outbox_capacity: 100_000,
             max_batch: 4096,
             max_staleness: None,
@@ -251,6 +315,12 @@ impl fmt::Debug for BackplaneOptions {
             .field("channel", &self.channel_name())
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("publish_timeout", &self.publish_timeout)
+            .field("heartbeat_echo_intervals", &self.heartbeat_echo_intervals)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "***"))
+            .field(
+                "previous_signing_key",
+                &self.previous_signing_key.as_ref().map(|_| "***"),
+            )
             .field("outbox_capacity", &self.outbox_capacity)
             .field("max_batch", &self.max_batch)
             .field("max_staleness", &self.max_staleness)

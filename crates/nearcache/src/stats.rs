@@ -31,6 +31,10 @@ pub struct PropagationStats {
     /// Peers heard from now: other instances on the channel whose messages or heartbeats
     /// arrived and which have not fallen silent for long enough to be forgotten.
     pub peers: usize,
+    /// Peers evicted from the peer table to keep it under its cap (10,000): non-zero means
+    /// more origins spoke than any real fleet has — someone is inventing them. An evicted
+    /// peer's next message reads as a gap (a clear), never as a hidden loss.
+    pub peers_evicted: u64,
     /// Messages published (not counting heartbeats).
     pub messages_sent: u64,
     /// Invalidations published (each key, region expiry or clear counts one).
@@ -51,10 +55,17 @@ pub struct PropagationStats {
     pub heartbeats_received: u64,
     /// Our own payloads (messages and heartbeats) echoed back by the channel, ignored.
     pub own_messages_ignored: u64,
-    /// Messages whose sequence number was already seen (a retried publish), ignored.
+    /// Messages whose sequence number was already seen (a retried publish that had gone
+    /// through), not counted as received. With a `signing_key` they are dropped; without one
+    /// they are applied again (evicting twice is harmless, while a forged message that took
+    /// the real one's number must not hide it).
     pub duplicates_ignored: u64,
     /// Messages that did not decode (garbage, foreign or unsupported), dropped.
     pub messages_rejected: u64,
+    /// Messages refused because a signing key is configured and they were unsigned or their
+    /// signature did not verify (not counted in `messages_rejected`): a publisher on the
+    /// channel without the key, or an instance with a different one.
+    pub messages_unauthenticated: u64,
     /// Times the outbox overflowed and its backlog was dropped (peers learn of it as a gap
     /// in this instance's sequence numbers).
     pub outbox_overflows: u64,
@@ -75,11 +86,21 @@ pub struct LossClears {
     pub peer_gap: u64,
     /// Our own outbox overflowed.
     pub outbox_overflow: u64,
+    /// The backplane ended the subscription and it was made again.
+    pub subscription_ended: u64,
+    /// Our own publishes stopped coming back (a dead subscription on a live connection) and
+    /// the subscription was made again.
+    pub echo_lost: u64,
 }
 
 impl LossClears {
     /// All causes together.
     pub fn total(&self) -> u64 {
-        self.reconnect + self.lagged + self.peer_gap + self.outbox_overflow
+        self.reconnect
+            + self.lagged
+            + self.peer_gap
+            + self.outbox_overflow
+            + self.subscription_ended
+            + self.echo_lost
     }
 }

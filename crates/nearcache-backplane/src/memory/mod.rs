@@ -46,7 +46,8 @@ pub use gate::PublishGate;
 /// b.disconnect(); // b's subscriptions see Disconnected; a is unaffected
 /// a.publish(Bytes::from_static(b"missed")).await.unwrap();
 /// b.reconnect();
-/// assert_eq!(on_b.recv().await, Some(BackplaneEvent::Disconnected));
+/// // Connection health is state: b was down and is up again, so its subscription reads
+/// // one `Reconnected` (it may have missed something).
 /// assert_eq!(on_b.recv().await, Some(BackplaneEvent::Reconnected));
 /// assert_eq!(bus.dropped(), 1);
 /// # });
@@ -69,6 +70,8 @@ pub use gate::PublishGate;
 /// | [`drop_incoming(n)`](Self::drop_incoming) | the next `n` payloads reaching *this connection's* subscriptions are lost |
 /// | [`disconnect`](Self::disconnect) | this connection's subscriptions get [`Disconnected`](BackplaneEvent::Disconnected) and miss everything; its `publish` and `subscribe` fail with [`Unavailable`](BackplaneError::Unavailable) |
 /// | [`reconnect`](Self::reconnect) | undoes it; its subscriptions get [`Reconnected`](BackplaneEvent::Reconnected) |
+/// | [`end_subscriptions`](Self::end_subscriptions) | this connection's subscriptions end (their `recv` returns `None`); the connection stays usable and can subscribe again |
+/// | [`unsubscribe_silently`](Self::unsubscribe_silently) | this connection's subscriptions stop receiving anything, with no event, while the link reads as up (a server-side unsubscribe nobody reported); new subscriptions are unaffected |
 /// | [`inject(bytes)`](Self::inject) | delivers raw bytes (garbage, a foreign or future message) to every subscription, as if another publisher sent them |
 /// | [`hold_publishes`](Self::hold_publishes) | publishes wait "in flight" until the returned [`PublishGate`] lets them go |
 /// | [`set_publish_latency`](Self::set_publish_latency) | every publish waits this long before delivering |
@@ -96,6 +99,9 @@ struct Bus {
 
 struct BusState {
     subscribers: Vec<Subscriber>,
+    /// Subscriptions the bus stopped feeding without telling them
+    /// ([`InMemoryBackplane::unsubscribe_silently`]): kept so their stream does not end.
+    deaf: Vec<Subscriber>,
     drop_next: u64,
     closed: bool,
 }
@@ -130,6 +136,7 @@ impl InMemoryBackplane {
         let bus = Arc::new(Bus {
             state: Mutex::new(BusState {
                 subscribers: Vec::new(),
+                deaf: Vec::new(),
                 drop_next: 0,
                 closed: false,
             }),
@@ -228,6 +235,42 @@ impl InMemoryBackplane {
             .retain(|sub| !Arc::ptr_eq(&sub.conn, conn) || sub.sender.send(event.clone()));
     }
 
+    /// Ends this connection's subscriptions: their `recv` returns `None` once drained, as
+    /// when a backplane gives up on a subscription. The connection stays up and can
+    /// subscribe again.
+    pub fn end_subscriptions(&self) {
+        let mut state = self.bus.lock();
+        let conn = &self.conn;
+        state
+            .subscribers
+            .retain(|sub| !Arc::ptr_eq(&sub.conn, conn));
+        state.deaf.retain(|sub| !Arc::ptr_eq(&sub.conn, conn));
+        tracing::debug!(
+            connection = conn.id,
+            "in-memory backplane: subscriptions ended"
+        );
+    }
+
+    /// Stops feeding this connection's current subscriptions without telling them: no
+    /// payload reaches them any more, no event says so, and their link reads as up — what a
+    /// server-side unsubscribe, an ACL change or a proxy that lost the subscription looks
+    /// like to a client. Only hearing nothing (not even its own heartbeats) can reveal it.
+    /// Subscriptions made afterwards receive normally.
+    pub fn unsubscribe_silently(&self) {
+        let mut state = self.bus.lock();
+        let conn = self.conn.clone();
+        let (deaf, live): (Vec<_>, Vec<_>) = std::mem::take(&mut state.subscribers)
+            .into_iter()
+            .partition(|sub| Arc::ptr_eq(&sub.conn, &conn));
+        state.subscribers = live;
+        state.deaf.retain(|sub| !sub.sender.is_closed());
+        state.deaf.extend(deaf);
+        tracing::debug!(
+            connection = conn.id,
+            "in-memory backplane: subscriptions silently unsubscribed"
+        );
+    }
+
     /// Delivers `payload` verbatim to every subscription on the bus as a
     /// [`BackplaneEvent::Message`], as if some other publisher had sent it: garbage, a
     /// foreign message, one from a future format version. Not counted as published.
@@ -256,6 +299,7 @@ impl InMemoryBackplane {
         let mut state = self.bus.lock();
         state.closed = true;
         state.subscribers.clear();
+        state.deaf.clear();
     }
 
     /// Publishes accepted on the bus (returned `Ok`), including those lost to
@@ -595,11 +639,12 @@ mod tests {
         assert_eq!(on_b.try_recv(), None);
     }
 
-    /// Flapping one connection while others publish from many threads: its subscription
-    /// sees Disconnected and Reconnected strictly alternating, no payload in between, and
-    /// every payload is either delivered to it or counted as dropped.
+    /// Flapping one connection while others publish from many threads and a reader drains
+    /// its subscription at the same time: every payload is either delivered or counted as
+    /// dropped, `Disconnected` is reported only to a reader that believed the link up, and
+    /// the reader ends believing what is true (up, and re-established at least once).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn connection_events_and_payloads_stay_ordered_under_concurrency() {
+    async fn connection_health_and_payloads_stay_consistent_under_concurrency() {
         const PUBLISHERS: u64 = 4;
         const EACH: u64 = 500;
         for _round in 0..5 {
@@ -633,33 +678,72 @@ mod tests {
                     }
                 }
             }));
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let reader = tokio::spawn(async move {
+                let (mut up, mut messages, mut reconnects) = (true, 0u64, 0u64);
+                let mut on_event = |event| match event {
+                    BackplaneEvent::Disconnected => {
+                        assert!(up, "Disconnected reported twice");
+                        up = false;
+                    }
+                    BackplaneEvent::Reconnected => {
+                        up = true;
+                        reconnects += 1;
+                    }
+                    BackplaneEvent::Message(_) => messages += 1,
+                    other => panic!("unexpected {other:?}"),
+                };
+                loop {
+                    tokio::select! {
+                        event = sub.recv() => on_event(event.unwrap()),
+                        _ = &mut stopped => break,
+                    }
+                }
+                while let Some(event) = sub.try_recv() {
+                    on_event(event);
+                }
+                (up, messages, reconnects)
+            });
             for task in tasks {
                 task.await.unwrap();
             }
-
-            let (mut up, mut messages, mut flaps) = (true, 0, 0);
-            while let Some(event) = sub.try_recv() {
-                match event {
-                    BackplaneEvent::Disconnected => {
-                        assert!(up, "Disconnected twice");
-                        up = false;
-                        flaps += 1;
-                    }
-                    BackplaneEvent::Reconnected => {
-                        assert!(!up, "Reconnected while up");
-                        up = true;
-                    }
-                    BackplaneEvent::Message(_) => {
-                        assert!(up, "a payload between Disconnected and Reconnected");
-                        messages += 1;
-                    }
-                    other => panic!("unexpected {other:?}"),
-                }
-            }
-            assert!(up);
-            assert_eq!(flaps, 50);
+            stop.send(()).unwrap();
+            let (up, messages, reconnects) = reader.await.unwrap();
+            assert!(up, "the link is up at the end");
+            assert!(reconnects >= 1, "the reader learnt that the link was lost");
             assert_eq!(messages + bus.dropped(), PUBLISHERS * EACH);
         }
+    }
+
+    #[tokio::test]
+    async fn ended_subscriptions_end_and_the_connection_subscribes_again() {
+        let bus = InMemoryBackplane::new();
+        let (a, b) = (bus.connection(), bus.connection());
+        let mut on_a = a.subscribe().await.unwrap();
+        let mut on_b = b.subscribe().await.unwrap();
+        b.end_subscriptions();
+        assert_eq!(on_b.recv().await, None);
+        let mut again = b.subscribe().await.unwrap();
+        a.publish(payload(1)).await.unwrap();
+        assert_eq!(next(&mut again).await, msg(1));
+        assert_eq!(next(&mut on_a).await, msg(1));
+    }
+
+    #[tokio::test]
+    async fn a_silently_unsubscribed_subscription_hears_nothing_and_is_told_nothing() {
+        let bus = InMemoryBackplane::new();
+        let (a, b) = (bus.connection(), bus.connection());
+        let mut deaf = b.subscribe().await.unwrap();
+        b.unsubscribe_silently();
+        let mut fresh = b.subscribe().await.unwrap();
+        a.publish(payload(1)).await.unwrap();
+        b.publish(payload(2)).await.unwrap();
+        assert_eq!(next(&mut fresh).await, msg(1));
+        assert_eq!(next(&mut fresh).await, msg(2));
+        assert_eq!(deaf.try_recv(), None, "no payload and no event");
+        assert!(deaf.link().connected);
+        let waiting = tokio::time::timeout(Duration::from_millis(20), deaf.recv()).await;
+        assert!(waiting.is_err(), "the stream has not ended either");
     }
 
     #[tokio::test]

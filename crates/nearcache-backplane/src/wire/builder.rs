@@ -244,7 +244,7 @@ impl MessageBuilder {
                 self.limits.check_region(region)?;
                 self.limits.check_key(key)
             }
-            Op::Clear => Ok(()),
+            Op::Clear | Op::Goodbye | Op::Hello => Ok(()),
         }
     }
 

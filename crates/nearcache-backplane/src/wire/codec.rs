@@ -27,7 +27,9 @@
 //! | … | each op | varint tag, then its fields |
 //!
 //! Op tags: `0` Remove (varint key count, then each key), `1` ExpireRegion (region),
-//! `2` ExpireRegionKey (region, key), `3` Clear. A string is a varint byte length then UTF-8.
+//! `2` ExpireRegionKey (region, key), `3` Clear, `4` Goodbye, `5` Hello (the last two have no
+//! fields and invalidate nothing; a receiver of an older build refuses them as malformed,
+//! which costs it nothing). A string is a varint byte length then UTF-8.
 //! A varint is one byte for 0–250, else a marker byte (251: u16, 252: u32, 253: u64)
 //! followed by the value little-endian. Tags are append-only; removing or reordering one
 //! is a new format version.
@@ -38,13 +40,17 @@
 //! *borrowed* strings: a length prefix that points past the end of the input fails before
 //! anything is allocated for it, and bincode's decode limit (`with_limit`) refuses any
 //! prefix larger than a fixed budget before even that. Sequences preallocate at most a small
-//! constant, so memory grows only with bytes actually present. Counts and lengths are
-//! checked against [`WireLimits`] before any key is copied into an owned `String`.
+//! constant, and the op and key counts are checked against [`WireLimits`] *while* decoding:
+//! a count prefix above the limit is refused before anything is read for it, and the running
+//! totals stop the decode at the first op or key past the limit, so a hostile payload costs
+//! at most the limits' worth of work and memory, never its own size's. Lengths are checked
+//! against [`WireLimits`] before any key is copied into an owned `String`.
 //!
 //! [RUSTSEC-2025-0141]: https://rustsec.org/advisories/RUSTSEC-2025-0141
 //! [wincode]: https://crates.io/crates/wincode
 //! [postcard]: https://crates.io/crates/postcard
 
+use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -140,6 +146,12 @@ pub enum DecodeError {
     /// The message decoded but a count or length is outside [`WireLimits`].
     #[error("message refused: {0}; every instance on a channel must use the same WireLimits")]
     LimitExceeded(#[from] LimitExceeded),
+    /// Signing keys are configured and the message is unsigned, or its signature verifies
+    /// under none of them.
+    #[error(
+        "message refused: unsigned or badly signed; every instance on the channel needs the same signing key (or a publisher without it is not one of ours)"
+    )]
+    Unauthenticated,
 }
 
 /// The body as bincode sees it. Strings borrow from the payload so a decode allocates only
@@ -150,14 +162,14 @@ struct WireMessage<'a> {
     seq: u64,
     sent_at_unix_micros: u64,
     origin_started_unix_ms: u64,
-    #[serde(borrow, deserialize_with = "bounded_seq")]
+    #[serde(borrow, deserialize_with = "bounded_ops")]
     ops: Vec<WireOp<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum WireOp<'a> {
     Remove {
-        #[serde(borrow, deserialize_with = "bounded_seq")]
+        #[serde(borrow, deserialize_with = "bounded_keys")]
         keys: Vec<&'a str>,
     },
     ExpireRegion {
@@ -168,6 +180,8 @@ enum WireOp<'a> {
         key: &'a str,
     },
     Clear,
+    Goodbye,
+    Hello,
 }
 
 impl<'a> WireMessage<'a> {
@@ -182,6 +196,8 @@ impl<'a> WireMessage<'a> {
                 Op::ExpireRegion { region } => WireOp::ExpireRegion { region },
                 Op::ExpireRegionKey { region, key } => WireOp::ExpireRegionKey { region, key },
                 Op::Clear => WireOp::Clear,
+                Op::Goodbye => WireOp::Goodbye,
+                Op::Hello => WireOp::Hello,
             })
             .collect();
         Self {
@@ -209,6 +225,8 @@ impl<'a> WireMessage<'a> {
                     key: (*key).to_owned(),
                 },
                 WireOp::Clear => Op::Clear,
+                WireOp::Goodbye => Op::Goodbye,
+                WireOp::Hello => Op::Hello,
             })
             .collect();
         Message {
@@ -227,7 +245,7 @@ impl<'a> WireMessage<'a> {
             .map(|op| match op {
                 WireOp::Remove { keys } => keys.len(),
                 WireOp::ExpireRegionKey { .. } => 1,
-                WireOp::ExpireRegion { .. } | WireOp::Clear => 0,
+                WireOp::ExpireRegion { .. } | WireOp::Clear | WireOp::Goodbye | WireOp::Hello => 0,
             })
             .sum();
         limits.check_counts(self.ops.len(), keys)?;
@@ -243,38 +261,131 @@ impl<'a> WireMessage<'a> {
                     limits.check_region(region)?;
                     limits.check_key(key)?;
                 }
-                WireOp::Clear => {}
+                WireOp::Clear | WireOp::Goodbye | WireOp::Hello => {}
             }
         }
         Ok(())
     }
 }
 
-/// Deserializes a sequence without trusting its length prefix for the allocation.
-fn bounded_seq<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+/// What one decode on this thread may still hold: ops and keys left under the limits, and
+/// the limit that stopped it, if one did. Set by [`decode_with`] for the duration of one
+/// decode (serde gives a field deserializer no other way to see the limits).
+#[derive(Clone, Copy)]
+struct Budget {
+    ops_left: usize,
+    keys_left: usize,
+    limits: (usize, usize),
+    exceeded: Option<LimitExceeded>,
+}
+
+thread_local! {
+    static BUDGET: Cell<Option<Budget>> = const { Cell::new(None) };
+}
+
+/// Which count a sequence draws on.
+#[derive(Clone, Copy)]
+enum Counted {
+    Ops,
+    Keys,
+}
+
+impl Counted {
+    /// Whether `n` more would fit the budget (nothing taken; the limit recorded if not).
+    fn fits(self, n: usize) -> bool {
+        BUDGET.with(|cell| {
+            let Some(budget) = cell.get() else {
+                return true;
+            };
+            let left = match self {
+                Counted::Ops => budget.ops_left,
+                Counted::Keys => budget.keys_left,
+            };
+            n <= left
+        }) || {
+            let _ = self.take(n); // records the limit, takes nothing
+            false
+        }
+    }
+
+    /// Takes `n` from the budget; `false` (and the limit recorded) if it does not cover them.
+    fn take(self, n: usize) -> bool {
+        BUDGET.with(|cell| {
+            let Some(mut budget) = cell.get() else {
+                return true; // not inside decode_with: nothing to enforce
+            };
+            let (max_ops, max_keys) = budget.limits;
+            let left = match self {
+                Counted::Ops => &mut budget.ops_left,
+                Counted::Keys => &mut budget.keys_left,
+            };
+            let ok = n <= *left;
+            if ok {
+                *left -= n;
+            } else {
+                budget.exceeded = Some(match self {
+                    Counted::Ops => LimitExceeded::Ops {
+                        count: max_ops - *left + n,
+                        max: max_ops,
+                    },
+                    Counted::Keys => LimitExceeded::Keys {
+                        count: max_keys - *left + n,
+                        max: max_keys,
+                    },
+                });
+            }
+            cell.set(Some(budget));
+            ok
+        })
+    }
+}
+
+fn bounded_ops<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
 {
-    struct Bounded<T>(PhantomData<T>);
+    deserializer.deserialize_seq(Bounded(Counted::Ops, PhantomData))
+}
 
-    impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
-        type Value = Vec<T>;
+fn bounded_keys<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    deserializer.deserialize_seq(Bounded(Counted::Keys, PhantomData))
+}
 
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a sequence")
-        }
+/// Deserializes a sequence without trusting its length prefix: neither for the allocation
+/// nor for the count, which is checked against the budget before the first element and
+/// again with every element.
+struct Bounded<T>(Counted, PhantomData<T>);
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
-            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(PREALLOC_MAX));
-            while let Some(item) = seq.next_element()? {
-                out.push(item);
-            }
-            Ok(out)
-        }
+impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
     }
 
-    deserializer.deserialize_seq(Bounded(PhantomData))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        use serde::de::Error;
+        let refused = || A::Error::custom("a count exceeds the wire limits");
+        let claimed = seq.size_hint().unwrap_or(0);
+        // The prefix alone: refused before anything is read for it. (Checked without
+        // taking: the running count below takes each element as it arrives.)
+        if !self.0.fits(claimed) {
+            return Err(refused());
+        }
+        let mut out = Vec::with_capacity(claimed.min(PREALLOC_MAX));
+        while let Some(item) = seq.next_element()? {
+            if !self.0.take(1) {
+                return Err(refused());
+            }
+            out.push(item);
+        }
+        Ok(out)
+    }
 }
 
 /// Encodes `message` under the default [`WireLimits`].
@@ -331,16 +442,37 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
 ///
 /// As [`decode`].
 pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeError> {
+    match check_header(bytes, limits, super::auth::SIGNATURE_LEN)? {
+        VERSION => decode_body(&bytes[HEADER_LEN..], limits),
+        // Signed: read without checking (see `auth`); `decode_authenticated` checks.
+        _ => super::auth::decode_authenticated(bytes, limits, None),
+    }
+}
+
+/// Checks size, magic and version; returns the version (1, or 2 for a signed message, which
+/// may be `extra` bytes larger than the limit).
+pub(crate) fn check_header(
+    bytes: &[u8],
+    limits: &WireLimits,
+    extra: usize,
+) -> Result<u8, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
-    if bytes.len() > limits.max_payload_bytes() {
+    let signed = bytes.get(..HEADER_LEN)
+        == Some(&[MAGIC[0], MAGIC[1], MAGIC[2], super::auth::SIGNED_VERSION][..]);
+    let allowed = if signed {
+        limits.max_payload_bytes().saturating_add(extra)
+    } else {
+        limits.max_payload_bytes()
+    };
+    if bytes.len() > allowed {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
             limit: limits.max_payload_bytes(),
         });
     }
-    let Some(([m0, m1, m2, version], body)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+    let Some(([m0, m1, m2, version], _)) = bytes.split_first_chunk::<HEADER_LEN>() else {
         // Shorter than a header: ours only if what is there is a prefix of the magic.
         return Err(if MAGIC.starts_with(bytes) {
             DecodeError::Truncated
@@ -351,12 +483,18 @@ pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeE
     if [*m0, *m1, *m2] != MAGIC {
         return Err(DecodeError::Foreign);
     }
-    if *version != VERSION {
-        return Err(DecodeError::UnsupportedVersion(*version));
+    match *version {
+        VERSION => Ok(VERSION),
+        super::auth::SIGNED_VERSION => Ok(super::auth::SIGNED_VERSION),
+        other => Err(DecodeError::UnsupportedVersion(other)),
     }
-    let (wire, read) =
+}
+
+/// Decodes the body that follows the header (and, when signed, the signature).
+pub(crate) fn decode_body(body: &[u8], limits: &WireLimits) -> Result<Message, DecodeError> {
+    let (wire, read) = with_budget(limits, || {
         bincode::serde::borrow_decode_from_slice::<WireMessage<'_>, _>(body, config())
-            .map_err(body_error)?;
+    })?;
     if read != body.len() {
         return Err(DecodeError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -365,6 +503,29 @@ pub fn decode_with(bytes: &[u8], limits: &WireLimits) -> Result<Message, DecodeE
     }
     wire.validate(limits)?;
     Ok(wire.to_message())
+}
+
+/// Runs one body decode with the op and key budget of `limits` in place; a decode stopped by
+/// the budget is [`DecodeError::LimitExceeded`].
+fn with_budget<T>(
+    limits: &WireLimits,
+    decode: impl FnOnce() -> Result<T, bincode::error::DecodeError>,
+) -> Result<T, DecodeError> {
+    let budget = Budget {
+        ops_left: limits.max_ops(),
+        keys_left: limits.max_keys(),
+        limits: (limits.max_ops(), limits.max_keys()),
+        exceeded: None,
+    };
+    let outer = BUDGET.with(|cell| cell.replace(Some(budget)));
+    let result = decode();
+    let exceeded = BUDGET
+        .with(|cell| cell.replace(outer))
+        .and_then(|b| b.exceeded);
+    match (result, exceeded) {
+        (_, Some(exceeded)) => Err(DecodeError::LimitExceeded(exceeded)),
+        (result, None) => result.map_err(body_error),
+    }
 }
 
 fn body_error(err: bincode::error::DecodeError) -> DecodeError {
@@ -418,7 +579,7 @@ pub(crate) fn op_len(op: &Op) -> usize {
             }
             Op::ExpireRegion { region } => str_len(region),
             Op::ExpireRegionKey { region, key } => str_len(region) + str_len(key),
-            Op::Clear => 0,
+            Op::Clear | Op::Goodbye | Op::Hello => 0,
         }
 }
 
@@ -513,9 +674,9 @@ mod tests {
     #[test]
     fn unknown_version_is_named() {
         let mut bytes = encode(&sample()).unwrap().to_vec();
-        bytes[3] = 2;
+        bytes[3] = 3; // 2 is the signed format (`auth`)
         let err = decode(&bytes).unwrap_err();
-        assert_eq!(err, DecodeError::UnsupportedVersion(2));
+        assert_eq!(err, DecodeError::UnsupportedVersion(3));
         assert!(err.to_string().contains("upgrade"), "{err}");
         bytes[3] = 0;
         assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(0)));
@@ -583,6 +744,51 @@ mod tests {
         assert_eq!(decode(&short_key), Err(DecodeError::Truncated));
     }
 
+    /// A count past the limits is refused on its prefix, or at the first element past the
+    /// running total, before the rest of the payload is even read: the truncated tails
+    /// below would otherwise read as `Truncated` (the decoder went on building).
+    #[test]
+    fn counts_are_refused_on_the_prefix_and_the_running_total() {
+        let mut head = vec![b'N', b'C', b'B', 1];
+        head.extend_from_slice(&[0; 16]); // origin
+        head.extend_from_slice(&[1, 1, 1]); // seq, sent_at, started
+
+        let mut ops = head.clone();
+        ops.extend_from_slice(&[252, 0x01, 0x00, 0x01, 0x00]); // 65,537 ops, none present
+        assert_eq!(
+            decode(&ops),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Ops {
+                count: 65_537,
+                max: 65_536
+            }))
+        );
+
+        // A full-size payload of one-byte ops (Clear): refused on the count, not after
+        // building a million-element vector.
+        let mut clears = head.clone();
+        let n = WireLimits::DEFAULT.max_payload_bytes() - head.len() - 5;
+        clears.push(252);
+        clears.extend_from_slice(&u32::try_from(n).unwrap().to_le_bytes());
+        clears.resize(clears.len() + n, 3);
+        assert!(matches!(
+            decode(&clears),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Ops { .. }))
+        ));
+
+        // Keys add up across ops: the second Remove's prefix takes the total past 3.
+        let limits = WireLimits::default().with_max_keys(3);
+        let mut keys = head;
+        keys.extend_from_slice(&[2, 0, 2, 1, b'a', 1, b'b']); // 2 ops; Remove ["a", "b"]
+        keys.extend_from_slice(&[0, 2, 1, b'c']); // Remove of 2 keys, cut short
+        assert_eq!(
+            decode_with(&keys, &limits),
+            Err(DecodeError::LimitExceeded(LimitExceeded::Keys {
+                count: 4,
+                max: 3
+            }))
+        );
+    }
+
     #[test]
     fn unknown_op_tag_is_malformed() {
         let message = Message {
@@ -590,7 +796,7 @@ mod tests {
             ..sample()
         };
         let mut bytes = encode(&message).unwrap().to_vec();
-        *bytes.last_mut().unwrap() = 4;
+        *bytes.last_mut().unwrap() = 6;
         let err = decode(&bytes).unwrap_err();
         assert!(matches!(err, DecodeError::Malformed(_)), "{err}");
         assert!(err.to_string().contains("variant index"), "{err}");
@@ -718,6 +924,8 @@ mod tests {
             region().prop_map(|region| Op::ExpireRegion { region }),
             (region(), key()).prop_map(|(region, key)| Op::ExpireRegionKey { region, key }),
             Just(Op::Clear),
+            Just(Op::Goodbye),
+            Just(Op::Hello),
         ]
     }
 

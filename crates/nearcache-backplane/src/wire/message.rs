@@ -121,6 +121,14 @@ pub enum Op {
     },
     /// Expire the global region: every entry.
     Clear,
+    /// Not an invalidation: the origin is shutting down cleanly and will send nothing more.
+    /// The message's `seq` is its last sequence number, so a receiver can check that it
+    /// heard everything, then forget the origin without counting it as lost.
+    Goodbye,
+    /// Not an invalidation: the origin has just subscribed, and this comes before anything
+    /// it invalidates from then on; `seq` is its last number (0 if it has sent nothing). A
+    /// receiver that hears it knows the origin from its start without comparing clocks.
+    Hello,
 }
 
 impl Op {
@@ -130,8 +138,15 @@ impl Op {
         match self {
             Op::Remove { keys } => keys.len(),
             Op::ExpireRegionKey { .. } => 1,
-            Op::ExpireRegion { .. } | Op::Clear => 0,
+            Op::ExpireRegion { .. } | Op::Clear | Op::Goodbye | Op::Hello => 0,
         }
+    }
+
+    /// Whether this op says something about its origin rather than invalidating anything
+    /// ([`Goodbye`](Self::Goodbye), [`Hello`](Self::Hello)).
+    #[must_use]
+    pub fn is_control(&self) -> bool {
+        matches!(self, Op::Goodbye | Op::Hello)
     }
 }
 
@@ -167,10 +182,12 @@ pub struct Message {
     /// When the origin sent it, in microseconds since the Unix epoch (for the propagation
     /// lag histogram; clocks of different hosts may disagree).
     pub sent_at_unix_micros: u64,
-    /// When the origin's cache started, in milliseconds since the Unix epoch: tells a fresh
-    /// incarnation apart in logs and lets receivers forget peers that went away.
+    /// When the origin's cache started, in milliseconds since the Unix epoch, by its own
+    /// clock: for logs and tools. Receivers do not judge sequence numbers by it (hosts'
+    /// clocks disagree); a newcomer's hello tells them instead.
     pub origin_started_unix_ms: u64,
-    /// The invalidations, applied in order. Empty for a heartbeat.
+    /// The invalidations, applied in order. Empty for a heartbeat; only control ops
+    /// ([`Op::is_control`]) for a hello or a goodbye.
     pub ops: Vec<Op>,
 }
 
@@ -201,10 +218,77 @@ impl Message {
         }
     }
 
-    /// Whether this is a heartbeat (a message with no ops).
+    /// A goodbye: the origin shuts down cleanly; `last_seq` is the last sequence number it
+    /// used (like a heartbeat, it takes no new one).
+    ///
+    /// ```
+    /// use nearcache_backplane::wire::{InstanceId, Message};
+    ///
+    /// let bye = Message::goodbye(InstanceId::random(), 7, 0, 0);
+    /// assert!(bye.is_heartbeat() && bye.is_goodbye());
+    /// ```
+    #[must_use]
+    pub fn goodbye(
+        origin: InstanceId,
+        last_seq: u64,
+        sent_at_unix_micros: u64,
+        origin_started_unix_ms: u64,
+    ) -> Self {
+        Self {
+            ops: vec![Op::Goodbye],
+            ..Self::heartbeat(
+                origin,
+                last_seq,
+                sent_at_unix_micros,
+                origin_started_unix_ms,
+            )
+        }
+    }
+
+    /// Whether this message invalidates nothing (no ops, or only
+    /// [control](Op::is_control) ops): it carries the origin's last sequence number without
+    /// taking a new one.
     #[must_use]
     pub fn is_heartbeat(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.iter().all(Op::is_control)
+    }
+
+    /// Whether this is a [goodbye](Self::goodbye).
+    #[must_use]
+    pub fn is_goodbye(&self) -> bool {
+        self.ops.contains(&Op::Goodbye)
+    }
+
+    /// A hello: the origin has just subscribed; `last_seq` is its last sequence number.
+    ///
+    /// ```
+    /// use nearcache_backplane::wire::{InstanceId, Message};
+    ///
+    /// let hello = Message::hello(InstanceId::random(), 0, 0, 0);
+    /// assert!(hello.is_heartbeat() && hello.is_hello());
+    /// ```
+    #[must_use]
+    pub fn hello(
+        origin: InstanceId,
+        last_seq: u64,
+        sent_at_unix_micros: u64,
+        origin_started_unix_ms: u64,
+    ) -> Self {
+        Self {
+            ops: vec![Op::Hello],
+            ..Self::heartbeat(
+                origin,
+                last_seq,
+                sent_at_unix_micros,
+                origin_started_unix_ms,
+            )
+        }
+    }
+
+    /// Whether this is a [hello](Self::hello).
+    #[must_use]
+    pub fn is_hello(&self) -> bool {
+        self.ops.contains(&Op::Hello)
     }
 
     /// How many key strings the message carries, over all ops (see [`Op::key_count`]).

@@ -4,14 +4,16 @@
 //! per-origin sequence so receivers notice gaps. [`encode`] and [`decode`] turn it into bytes
 //! and back behind a versioned header; [`WireLimits`] bounds what either side accepts, and
 //! [`MessageBuilder`] fills a message up to those bounds. The byte layout is documented in
-//! [`codec`].
+//! [`codec`]; [`auth`] adds an optional HMAC signature (format version 2).
 
+pub mod auth;
 pub mod codec;
 
 mod builder;
 mod limits;
 mod message;
 
+pub use auth::{KeyError, SigningKeys, decode_authenticated, encode_signed};
 pub use builder::{MessageBuilder, PushError};
 pub use codec::{DecodeError, EncodeError, decode, decode_with, encode, encode_with};
 pub use limits::{LimitExceeded, WireLimits};

@@ -11,6 +11,7 @@
 //!
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
+pub(crate) mod echo;
 pub(crate) mod lag;
 pub(crate) mod outbox;
 pub(crate) mod peers;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nearcache_backplane::Backplane;
-use nearcache_backplane::wire::InstanceId;
+use nearcache_backplane::wire::{self, InstanceId, SigningKeys, WireLimits};
 use nearcache_store::Store;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
@@ -41,9 +42,15 @@ pub(crate) struct Propagation {
     pub(crate) instance: InstanceId,
     pub(crate) started_unix_ms: u64,
     pub(crate) options: BackplaneOptions,
+    /// Signs what we send and checks what we receive, when configured.
+    pub(crate) keys: Option<SigningKeys>,
+    /// What one message may hold, leaving room for a signature when signing.
+    pub(crate) limits: WireLimits,
     pub(crate) outbox: Outbox,
     pub(crate) counters: Counters,
     pub(crate) lag: LagHistogram,
+    /// Our own publishes not yet heard back through the channel.
+    pub(crate) echo: echo::Echo,
     pub(crate) events: broadcast::Sender<CacheEvent>,
     /// The subscription is live (false before the first subscribe and while disconnected).
     pub(crate) connected: AtomicBool,
@@ -51,6 +58,10 @@ pub(crate) struct Propagation {
     pub(crate) bypassing: AtomicBool,
     /// Wakes a sender that is backing off after a failed publish (the backplane is back).
     pub(crate) retry_now: Notify,
+    /// Our first subscription is live: the sender publishes a hello before anything else.
+    pub(crate) hello_pending: AtomicBool,
+    /// Wakes an idle sender for the hello.
+    pub(crate) hello_now: Notify,
     /// Becomes true once when the first subscription is made.
     pub(crate) ready: watch::Sender<bool>,
     /// Becomes true when the cache is shut down or dropped; tasks exit on it.
@@ -85,13 +96,18 @@ pub(crate) struct Counters {
     pub(crate) own_messages_ignored: AtomicU64,
     pub(crate) duplicates_ignored: AtomicU64,
     pub(crate) messages_rejected: AtomicU64,
+    pub(crate) messages_unauthenticated: AtomicU64,
     pub(crate) outbox_overflows: AtomicU64,
     pub(crate) clears_reconnect: AtomicU64,
     pub(crate) clears_lagged: AtomicU64,
     pub(crate) clears_peer_gap: AtomicU64,
     pub(crate) clears_outbox_overflow: AtomicU64,
+    pub(crate) clears_subscription_ended: AtomicU64,
+    pub(crate) clears_echo_lost: AtomicU64,
     /// A gauge, not a counter: peers heard from and not forgotten.
     pub(crate) peers: AtomicU64,
+    /// Peers evicted from the capped peer table (mirrors the receiver's own count).
+    pub(crate) peers_evicted: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -124,18 +140,31 @@ impl Propagation {
         options: BackplaneOptions,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Propagation> {
+        // Checked by the builder (`BackplaneOptions::check`).
+        let keys = options.signing_keys().ok().flatten();
+        let limits = match keys {
+            Some(_) => WireLimits::DEFAULT.with_max_payload_bytes(
+                WireLimits::DEFAULT.max_payload_bytes() - wire::auth::SIGNATURE_LEN,
+            ),
+            None => WireLimits::DEFAULT,
+        };
         let (events, _) = broadcast::channel(1024);
         let propagation = Arc::new(Propagation {
             instance: InstanceId::random(),
             started_unix_ms: unix_ms(),
             outbox: Outbox::new(options.outbox_capacity),
+            keys,
+            limits,
             options,
             counters: Counters::default(),
             lag: LagHistogram::new(),
+            echo: echo::Echo::default(),
             events,
             connected: AtomicBool::new(false),
             bypassing: AtomicBool::new(false),
             retry_now: Notify::new(),
+            hello_pending: AtomicBool::new(false),
+            hello_now: Notify::new(),
             ready: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
             running: watch::Sender::new(2),
@@ -195,6 +224,8 @@ impl Propagation {
             ClearCause::Lagged => &self.counters.clears_lagged,
             ClearCause::PeerGap => &self.counters.clears_peer_gap,
             ClearCause::OutboxOverflow => &self.counters.clears_outbox_overflow,
+            ClearCause::SubscriptionEnded => &self.counters.clears_subscription_ended,
+            ClearCause::EchoLost => &self.counters.clears_echo_lost,
         };
         bump(counter, 1);
         if self.options.on_loss == LossPolicy::Clear {
@@ -244,6 +275,7 @@ impl Propagation {
             bypassing_reads: self.bypassing.load(Ordering::Relaxed),
             outbox_len: self.outbox.pending(),
             peers: usize::try_from(read(&c.peers)).unwrap_or(usize::MAX),
+            peers_evicted: read(&c.peers_evicted),
             messages_sent: read(&c.messages_sent),
             invalidations_sent: read(&c.invalidations_sent),
             heartbeats_sent: read(&c.heartbeats_sent),
@@ -255,12 +287,15 @@ impl Propagation {
             own_messages_ignored: read(&c.own_messages_ignored),
             duplicates_ignored: read(&c.duplicates_ignored),
             messages_rejected: read(&c.messages_rejected),
+            messages_unauthenticated: read(&c.messages_unauthenticated),
             outbox_overflows: read(&c.outbox_overflows),
             loss_clears: LossClears {
                 reconnect: read(&c.clears_reconnect),
                 lagged: read(&c.clears_lagged),
                 peer_gap: read(&c.clears_peer_gap),
                 outbox_overflow: read(&c.clears_outbox_overflow),
+                subscription_ended: read(&c.clears_subscription_ended),
+                echo_lost: read(&c.clears_echo_lost),
             },
             propagation_lag: self.lag.summary(),
         }

@@ -7,13 +7,19 @@
 //! the loss policy) instead of serving what may be stale. While the backplane has been down
 //! longer than `max_staleness`, reads bypass the store until it is back; once the receiver
 //! has ended (shutdown, drop, its runtime gone) they bypass it for good.
+//!
+//! A subscription is never trusted to last: one that the backplane ends (its stream returns
+//! `None`) is made again with backoff, and one that stops delivering while its connection
+//! looks alive is caught by our own publishes not coming back ([`echo`](super::echo)) and
+//! made again too. Both count as down meanwhile (for `max_staleness`) and end in a clear
+//! with their own cause.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nearcache_backplane::wire::{self, Op};
+use nearcache_backplane::wire::{self, Op, WireLimits};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_keys::Key;
 use nearcache_regions::SubKeyText;
@@ -24,6 +30,11 @@ use super::sender::invalidations;
 use super::{Propagation, bump, unix_micros};
 use crate::events::{CacheEvent, ClearCause};
 
+/// The shortest wait for our own publishes to come back, whatever the heartbeat interval: a
+/// loaded machine can delay an echo by far more than a very short interval, and a false
+/// alarm costs a resubscription and a clear.
+const MIN_ECHO_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) async fn run(
     propagation: Arc<Propagation>,
     store: Store,
@@ -33,13 +44,17 @@ pub(crate) async fn run(
     let _running = p.task_running();
     let _exit = OnExit { p, store: &store };
     let mut shutdown = p.shutdown.subscribe();
-    let Some((mut subscription, since)) = subscribe(p, &*backplane, &mut shutdown).await else {
+    let Some(made) = subscribe(p, &*backplane, &mut shutdown).await else {
         return;
     };
     // Until now reads bypassed the store and loads were not stored, but `set` stores: a
     // peer's invalidation of such a key may have gone by unheard, so start from nothing.
     store.clear();
     store.set_read_bypass(false);
+    p.echo.listening(made.started);
+    // Before `ready`: whatever the application invalidates from now on goes out after it.
+    p.hello_pending.store(true, Ordering::Release);
+    p.hello_now.notify_one();
     p.connected.store(true, Ordering::Relaxed);
     p.ready.send_replace(true);
     let _ = p.events.send(CacheEvent::Connected);
@@ -49,18 +64,34 @@ pub(crate) async fn run(
         .heartbeat_interval
         .saturating_mul(20)
         .max(Duration::from_secs(300));
-    let mut peers = Peers::new(since, p.options.heartbeat_interval, forget_after);
-    let mut down_since: Option<tokio::time::Instant> = None;
-    let mut subscription_open = true;
+    let mut peers = Peers::new(made.since, p.options.heartbeat_interval, forget_after);
+    let mut link = Link {
+        subscription: Some(made.subscription),
+        down_since: None,
+        resubscribe: None,
+    };
     let mut housekeeping = tokio::time::interval(forget_after);
+    let echo_timeout = match p.options.heartbeat_echo_intervals {
+        0 => None,
+        n => Some(
+            p.options
+                .heartbeat_interval
+                .saturating_mul(n)
+                .max(MIN_ECHO_TIMEOUT),
+        ),
+    };
+    let mut echo_check = tokio::time::interval(p.options.heartbeat_interval);
+    echo_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let staleness_deadline = match (down_since, p.options.max_staleness) {
+        let staleness_deadline = match (link.down_since, p.options.max_staleness) {
             // No deadline if it is too far to represent: effectively never.
             (Some(since), Some(max)) if !p.bypassing.load(Ordering::Relaxed) => {
                 since.checked_add(max)
             }
             _ => None,
         };
+        let resubscribe_at = link.resubscribe.as_ref().map(|r| r.at);
+        let mut resubscribe_now = false;
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|closed| *closed) => return,
@@ -73,27 +104,20 @@ pub(crate) async fn run(
                 );
                 let _ = p.events.send(CacheEvent::BypassStarted);
             }
-            event = subscription.recv(), if subscription_open => match event {
+            event = next_event(link.subscription.as_mut()) => match event {
                 Some(BackplaneEvent::Message(payload)) => apply(p, &store, &mut peers, &payload),
                 Some(BackplaneEvent::Disconnected) => {
-                    if down_since.is_none() {
-                        down_since = Some(tokio::time::Instant::now());
-                    }
+                    link.down_since.get_or_insert_with(tokio::time::Instant::now);
+                    p.echo.deaf();
                     p.connected.store(false, Ordering::Relaxed);
                     let _ = p.events.send(CacheEvent::Disconnected);
                 }
                 Some(BackplaneEvent::Reconnected) => {
-                    p.loss_clear(&store, ClearCause::Reconnect);
                     // Peers' sequence numbers are kept: a message lost after the resubscription
                     // must still show as a gap. What a peer sent during the outage shows as one
                     // too (a second, redundant clear): the two cannot be told apart.
-                    down_since = None;
-                    if p.bypassing.swap(false, Ordering::Relaxed) {
-                        store.set_read_bypass(false);
-                    }
-                    p.connected.store(true, Ordering::Relaxed);
-                    p.retry_now.notify_one();
-                    let _ = p.events.send(CacheEvent::Connected);
+                    p.echo.listening(tokio::time::Instant::now());
+                    link.back(p, &store, ClearCause::Reconnect);
                 }
                 Some(BackplaneEvent::Lagged { missed }) => {
                     tracing::warn!(missed, "the backplane dropped messages before this instance read them");
@@ -101,18 +125,125 @@ pub(crate) async fn run(
                 }
                 Some(_) => {}
                 None => {
-                    tracing::error!("the backplane subscription ended: peers' invalidations no longer arrive");
-                    subscription_open = false;
-                    down_since.get_or_insert_with(tokio::time::Instant::now);
-                    p.connected.store(false, Ordering::Relaxed);
-                    let _ = p.events.send(CacheEvent::Disconnected);
+                    tracing::error!(
+                        "the backplane subscription ended: peers' invalidations no longer arrive; \
+                         subscribing again (the cache clears itself once it is back)"
+                    );
+                    link.lost(p, ClearCause::SubscriptionEnded, tokio::time::Instant::now());
                 }
             },
+            // Made below, outside the `select!`, which holds no borrow across that await.
+            () = sleep_until(resubscribe_at) => resubscribe_now = true,
+            _ = echo_check.tick(), if echo_timeout.is_some() => {
+                if let (Some(timeout), Some(unheard)) = (echo_timeout, p.echo.unheard_since())
+                    && link.subscription.is_some()
+                    && unheard.elapsed() >= timeout
+                {
+                    tracing::warn!(
+                        ?timeout,
+                        "this instance's own publishes stopped coming back through the channel: \
+                         the subscription is dead though the connection looks alive; \
+                         subscribing again (the cache clears itself once it is back)"
+                    );
+                    link.lost(p, ClearCause::EchoLost, unheard);
+                }
+            }
             _ = housekeeping.tick() => {
-                peers.forget_silent(Instant::now());
+                let vanished = peers.forget_silent(Instant::now());
                 p.counters.peers.store(peers.len() as u64, Ordering::Relaxed);
+                if vanished > 0 {
+                    tracing::warn!(
+                        vanished,
+                        ?forget_after,
+                        "peers went silent without a goodbye: they may have died with \
+                         invalidations they never sent"
+                    );
+                    p.loss_clear(&store, ClearCause::PeerGap);
+                }
             }
         }
+        if resubscribe_now {
+            let started = tokio::time::Instant::now();
+            // Bounded by the backplane (for Redis: `connect_timeout`); shutdown still wins.
+            let made = tokio::select! {
+                made = backplane.subscribe() => made,
+                _ = shutdown.wait_for(|closed| *closed) => return,
+            };
+            match made {
+                Ok(subscription) => {
+                    p.echo.listening(started);
+                    link.subscription = Some(subscription);
+                    if let Some(resubscribe) = link.resubscribe.take() {
+                        link.back(p, &store, resubscribe.cause);
+                    }
+                }
+                Err(error) => link.retry_later(p, &error),
+            }
+        }
+    }
+}
+
+/// The receiver's view of its subscription.
+struct Link {
+    /// `None` while it is being made again.
+    subscription: Option<Subscription>,
+    /// Since when messages may have been missed (for `max_staleness`); `None` while up.
+    down_since: Option<tokio::time::Instant>,
+    /// Set while the subscription is being made again.
+    resubscribe: Option<Resubscribe>,
+}
+
+/// A subscription to be made again, and why it was lost.
+struct Resubscribe {
+    at: tokio::time::Instant,
+    delay: Duration,
+    cause: ClearCause,
+}
+
+impl Link {
+    /// The subscription is gone (ended, or found deaf): drop it, read as down since
+    /// `since`, and subscribe again at once (then with backoff).
+    fn lost(&mut self, p: &Propagation, cause: ClearCause, since: tokio::time::Instant) {
+        self.subscription = None;
+        let down_since = self.down_since.get_or_insert(since);
+        *down_since = (*down_since).min(since);
+        p.echo.deaf();
+        p.connected.store(false, Ordering::Relaxed);
+        let _ = p.events.send(CacheEvent::Disconnected);
+        let max_delay = p.options.reconnect_max_delay;
+        self.resubscribe = Some(Resubscribe {
+            at: tokio::time::Instant::now(),
+            delay: p.options.reconnect_initial_delay.min(max_delay),
+            cause,
+        });
+    }
+
+    fn retry_later(&mut self, p: &Propagation, error: &nearcache_backplane::BackplaneError) {
+        if let Some(r) = self.resubscribe.as_mut() {
+            tracing::debug!(%error, delay = ?r.delay, "could not subscribe to the backplane again; retrying");
+            r.at = tokio::time::Instant::now() + r.delay;
+            r.delay = r.delay.saturating_mul(2).min(p.options.reconnect_max_delay);
+        }
+    }
+
+    /// The subscription is live again after a loss: clear what may be stale, serve again.
+    fn back(&mut self, p: &Propagation, store: &Store, cause: ClearCause) {
+        p.loss_clear(store, cause);
+        self.down_since = None;
+        if p.bypassing.swap(false, Ordering::Relaxed) {
+            store.set_read_bypass(false);
+        }
+        p.connected.store(true, Ordering::Relaxed);
+        p.retry_now.notify_one();
+        let _ = p.events.send(CacheEvent::Connected);
+    }
+}
+
+/// The subscription's next event; never resolves while there is none.
+async fn next_event(subscription: Option<&mut Subscription>) -> Option<BackplaneEvent> {
+    match subscription {
+        Some(subscription) => subscription.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -138,20 +269,34 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// Subscribes, retrying with backoff; `None` if the cache shut down first. Also returns
-/// when the successful attempt began: everything published after it reaches us.
+/// A subscription, and when the attempt that made it began: everything published after
+/// that reaches us.
+struct Made {
+    subscription: Subscription,
+    since: Subscribed,
+    started: tokio::time::Instant,
+}
+
+/// Subscribes, retrying with backoff; `None` if the cache shut down first.
 async fn subscribe(
     p: &Propagation,
     backplane: &dyn Backplane,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) -> Option<(Subscription, Subscribed)> {
+) -> Option<Made> {
     let max_delay = p.options.reconnect_max_delay;
     let mut delay = p.options.reconnect_initial_delay.min(max_delay);
     let mut warned = false;
     loop {
-        let attempt = Subscribed::now();
+        let since = Subscribed::now();
+        let started = tokio::time::Instant::now();
         match backplane.subscribe().await {
-            Ok(subscription) => return Some((subscription, attempt)),
+            Ok(subscription) => {
+                return Some(Made {
+                    subscription,
+                    since,
+                    started,
+                });
+            }
             Err(error) => {
                 if !warned {
                     warned = true;
@@ -176,8 +321,17 @@ fn not_applied(p: &Propagation, store: &Store, error: &dyn std::fmt::Display) {
 }
 
 fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
-    let message = match wire::decode(payload) {
+    let message = match wire::decode_authenticated(payload, &WireLimits::DEFAULT, p.keys.as_ref()) {
         Ok(message) => message,
+        Err(wire::DecodeError::Unauthenticated) => {
+            bump(&p.counters.messages_unauthenticated, 1);
+            tracing::debug!(
+                len = payload.len(),
+                "dropped a backplane message that is unsigned or badly signed"
+            );
+            let _ = p.events.send(CacheEvent::Rejected);
+            return;
+        }
         Err(error) => {
             bump(&p.counters.messages_rejected, 1);
             tracing::debug!(%error, len = payload.len(), "dropped a backplane message that is not a valid invalidation");
@@ -186,13 +340,13 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         }
     };
     if message.origin == p.instance {
+        p.echo.heard(message.seq);
         bump(&p.counters.own_messages_ignored, 1);
         return;
     }
     let heartbeat = message.is_heartbeat();
     let seen = peers.observe(
         message.origin.as_u128(),
-        message.origin_started_unix_ms,
         message.seq,
         heartbeat,
         Instant::now(),
@@ -200,18 +354,27 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     p.counters
         .peers
         .store(peers.len() as u64, Ordering::Relaxed);
-    if seen == Seen::Duplicate {
+    p.counters
+        .peers_evicted
+        .store(peers.evicted(), Ordering::Relaxed);
+    let duplicate = seen == Seen::Duplicate;
+    if duplicate {
         bump(&p.counters.duplicates_ignored, 1);
-        return;
-    }
-    if heartbeat {
+        // A retried publish that had gone through. Signed, that is all a duplicate can be,
+        // so it is dropped. Unsigned, it may instead be the real message that someone else
+        // sent its number ahead of: applying it again costs an eviction, dropping it could
+        // leave an entry stale.
+        if p.keys.is_some() {
+            return;
+        }
+    } else if heartbeat {
         bump(&p.counters.heartbeats_received, 1);
     } else {
         bump(&p.counters.messages_received, 1);
         bump(&p.counters.invalidations_received, invalidations(&message));
     }
     match seen {
-        Seen::Duplicate => return,
+        Seen::Duplicate => {}
         Seen::Gap { missed } => {
             tracing::warn!(origin = %message.origin, missed, "messages from a peer were lost");
             p.loss_clear(store, ClearCause::PeerGap);
@@ -219,6 +382,15 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         Seen::InOrder => {}
     }
     if heartbeat {
+        if message.is_goodbye() {
+            peers.farewell(message.origin.as_u128());
+            p.counters
+                .peers
+                .store(peers.len() as u64, Ordering::Relaxed);
+            let _ = p.events.send(CacheEvent::PeerLeft {
+                origin: message.origin,
+            });
+        }
         return;
     }
     let mut applied = 0u64;
@@ -253,8 +425,10 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         }
     }
     bump(&p.counters.invalidations_applied, applied);
-    let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
-    p.lag.record(lag);
+    if !duplicate {
+        let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
+        p.lag.record(lag);
+    }
     let _ = p.events.send(CacheEvent::Applied {
         origin: message.origin,
         seq: message.seq,

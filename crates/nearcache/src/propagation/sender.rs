@@ -11,6 +11,7 @@
 //! message.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,6 +37,8 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
     loop {
         match p.outbox.take(p.options.max_batch) {
             Taken::Batch(batch) => {
+                // A hello requested before this batch was queued goes out first.
+                send_hello(p, &*backplane, seq).await;
                 if !send_batch(p, &*backplane, &mut seq, batch, &mut reported_too_large).await {
                     tracing::warn!(
                         unsent = p.outbox.pending(),
@@ -47,10 +50,18 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
                 }
                 heartbeat.reset();
             }
-            Taken::Closed => return,
+            Taken::Closed => {
+                // Everything queued went out: tell the peers we are leaving, with our last
+                // number, so they forget us without counting it as a loss. (A shutdown that
+                // could not publish its backlog returns above without it: peers then treat
+                // our silence as a possible loss.)
+                send_goodbye(p, &*backplane, seq).await;
+                return;
+            }
             Taken::Empty => {
                 tokio::select! {
                     () = p.outbox.wait_for_work() => {}
+                    () = p.hello_now.notified() => send_hello(p, &*backplane, seq).await,
                     _ = heartbeat.tick() => send_heartbeat(p, &*backplane, seq).await,
                 }
             }
@@ -80,7 +91,10 @@ async fn send_batch(
             && let Some(payload) = heartbeat(p, *seq)
         {
             match publish_until_sent(p, backplane, payload).await {
-                Publish::Sent => bump(&p.counters.heartbeats_sent, 1),
+                Publish::Sent { started } => {
+                    p.echo.published(*seq, started);
+                    bump(&p.counters.heartbeats_sent, 1);
+                }
                 Publish::TooLarge { .. } => {}
                 Publish::ShutDown => return false,
             }
@@ -89,7 +103,7 @@ async fn send_batch(
     }
     for outgoing in into_messages(p, *seq, ops) {
         *seq = outgoing.message.seq;
-        let Some(payload) = encode(&outgoing.message) else {
+        let Some(payload) = encode(p, &outgoing.message) else {
             // Its number is used up, so peers see a gap and clear: safe, if costly.
             p.outbox.sent(outgoing.pending);
             continue;
@@ -106,13 +120,14 @@ async fn send_batch(
                      payload below the wire format's 1 MiB?); peers are sent a clear instead"
                 );
             }
-            outcome = match encode(&clear_message(p, outgoing.message.seq)) {
+            outcome = match encode(p, &clear_message(p, outgoing.message.seq)) {
                 Some(clear) => publish_until_sent(p, backplane, clear).await,
                 None => Publish::TooLarge { size, limit },
             };
         }
         match outcome {
-            Publish::Sent => {
+            Publish::Sent { started } => {
+                p.echo.published(outgoing.message.seq, started);
                 bump(&p.counters.messages_sent, 1);
                 bump(
                     &p.counters.invalidations_sent,
@@ -132,19 +147,54 @@ async fn send_batch(
 
 /// A heartbeat carrying `seq`, encoded.
 fn heartbeat(p: &Propagation, seq: u64) -> Option<Bytes> {
-    encode(&Message::heartbeat(
-        p.instance,
-        seq,
-        unix_micros(),
-        p.started_unix_ms,
-    ))
+    encode(
+        p,
+        &Message::heartbeat(p.instance, seq, unix_micros(), p.started_unix_ms),
+    )
+}
+
+/// Publishes the hello our first subscription asked for, if it has not gone out yet (one
+/// attempt, bounded by `publish_timeout`: without it peers read our first message by the
+/// introduction-window rule, as before hellos existed).
+async fn send_hello(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
+    if !p.hello_pending.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let hello = Message::hello(p.instance, seq, unix_micros(), p.started_unix_ms);
+    if let Some(payload) = encode(p, &hello) {
+        let started = tokio::time::Instant::now();
+        let sent =
+            tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+        if matches!(sent, Ok(Ok(()))) {
+            p.echo.published(seq, started);
+        } else {
+            tracing::debug!(
+                "could not publish a hello; peers judge our first message by their introduction window"
+            );
+        }
+    }
+}
+
+async fn send_goodbye(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
+    let message = Message::goodbye(p.instance, seq, unix_micros(), p.started_unix_ms);
+    if let Some(payload) = encode(p, &message) {
+        let sent =
+            tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!(
+                "could not publish a goodbye; peers will forget this instance when it has been silent long enough"
+            );
+        }
+    }
 }
 
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
     if let Some(payload) = heartbeat(p, seq) {
+        let started = tokio::time::Instant::now();
         let sent =
             tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
         if matches!(sent, Ok(Ok(()))) {
+            p.echo.published(seq, started);
             bump(&p.counters.heartbeats_sent, 1);
         }
     }
@@ -156,6 +206,7 @@ pub(crate) fn invalidations(message: &Message) -> u64 {
     message
         .ops
         .iter()
+        .filter(|op| !op.is_control())
         .map(|op| op.key_count().max(1) as u64)
         .sum()
 }
@@ -169,12 +220,12 @@ struct Outgoing {
 /// Splits a batch into messages that each fit the wire limits, numbering them from `seq + 1`.
 fn into_messages(p: &Propagation, mut seq: u64, ops: Vec<Pending>) -> Vec<Outgoing> {
     let mut messages = Vec::new();
-    let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
+    let mut builder = MessageBuilder::new(p.limits);
     let mut in_builder = 0;
     let mut seal =
         |builder: &mut MessageBuilder, in_builder: &mut usize, out: &mut Vec<Outgoing>| {
             seq += 1;
-            let full = std::mem::replace(builder, MessageBuilder::new(WireLimits::DEFAULT));
+            let full = std::mem::replace(builder, MessageBuilder::new(p.limits));
             out.push(Outgoing {
                 message: full.build(p.instance, seq, unix_micros(), p.started_unix_ms),
                 pending: std::mem::take(in_builder),
@@ -226,8 +277,13 @@ fn push(builder: &mut MessageBuilder, pending: Pending) -> Result<(), PushError<
     result.map_err(|e| e.map_value(|()| pending))
 }
 
-fn encode(message: &Message) -> Option<Bytes> {
-    match wire::encode(message) {
+/// Encodes under our limits, signed when a key is configured.
+fn encode(p: &Propagation, message: &Message) -> Option<Bytes> {
+    let encoded = match &p.keys {
+        Some(keys) => wire::encode_signed(message, &p.limits, keys),
+        None => wire::encode_with(message, &p.limits),
+    };
+    match encoded {
         Ok(payload) => Some(payload),
         Err(error) => {
             tracing::error!(%error, "could not encode an invalidation message; dropped");
@@ -246,12 +302,10 @@ fn clear_message(p: &Propagation, seq: u64) -> Message {
 /// How [`publish_until_sent`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Publish {
-    Sent,
+    /// Accepted by the backplane; the successful attempt started at `started`.
+    Sent { started: tokio::time::Instant },
     /// The backplane will never accept a payload this large; nothing was sent.
-    TooLarge {
-        size: usize,
-        limit: usize,
-    },
+    TooLarge { size: usize, limit: usize },
     /// The cache is shutting down and the backplane still refuses it.
     ShutDown,
 }
@@ -265,6 +319,7 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
     let mut failing_since: Option<Instant> = None;
     let mut shutdown = p.shutdown.subscribe();
     loop {
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(
             p.options.publish_timeout,
             backplane.publish(payload.clone()),
@@ -275,7 +330,7 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
                 if let Some(since) = failing_since {
                     tracing::info!(outage = ?since.elapsed(), "publishing invalidations again");
                 }
-                return Publish::Sent;
+                return Publish::Sent { started };
             }
             Ok(Err(BackplaneError::TooLarge { size, limit })) => {
                 return Publish::TooLarge { size, limit };
