@@ -1,5 +1,5 @@
 //! The Redis backplane against a real `redis-server` (one per test, on a free loopback port):
-//! delivery, loss and recovery (DESIGN.md guarantees 6–9 at the transport level), credentials,
+//! delivery, loss and recovery (guarantees 6–9 of docs/guarantees.md at the transport level), credentials,
 //! and clean shutdown. Cache-level tests through Redis live in their own files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

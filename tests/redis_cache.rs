@@ -1,5 +1,5 @@
 //! Whole caches through a real `redis-server` (one per test, on a free loopback port): what
-//! issue 6 and DESIGN.md guarantees 6–9 promise at the level users see.
+//! guarantees 6–9 (docs/guarantees.md) promise at the level users see.
 //!
 //! * every kind of invalidation reaches every peer, on the configured channel only;
 //! * a Redis outage: instances keep serving and invalidating without blocking past

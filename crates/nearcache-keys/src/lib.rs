@@ -25,7 +25,7 @@
 //! assert_eq!(Key::of(&("Prop1Value", "Prop2Value")).as_str(), "Prop1Value-Prop2Value");
 //! assert_eq!("c1".key_text(), "c1");
 //!
-//! // The collision the original design had is gone, and case is kept:
+//! // Keys are injective (separators in parts are escaped) and case-sensitive:
 //! assert_ne!(Key::of(&("a-b", "c")), Key::of(&("a", "b-c")));
 //! assert_ne!(Key::of("Abc"), Key::of("abc"));
 //! ```

@@ -4,7 +4,7 @@
 /// arguments (anything implementing [`CacheKey`](crate::CacheKey), by reference or by value;
 /// arguments are only borrowed).
 ///
-/// The readable form of the original `CacheKey.With(GetType(), nameof(Method), args)`:
+/// A key named by a type, a method and the method's arguments, in that order:
 ///
 /// ```
 /// use nearcache_keys::cache_key;
