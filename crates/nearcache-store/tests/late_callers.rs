@@ -327,6 +327,33 @@ fn callers_that_overlap_the_invalidation_share_the_old_load() {
     );
 }
 
+/// An async load of `k` on the current runtime, held at a gate once its factory runs; it
+/// returns 7 when the gate opens.
+async fn held_async_leader(
+    store: &Store,
+    k: &Key,
+) -> (
+    tokio::task::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>,
+    common::Opener,
+) {
+    let (gate, release) = Gate::closed();
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let leader = tokio::spawn({
+        let (store, k) = (store.clone(), k.clone());
+        async move {
+            store
+                .get_or_create(&k, async |_| {
+                    started_tx.send(()).unwrap();
+                    gate.pass().await;
+                    Ok::<_, Infallible>(7_u32)
+                })
+                .await
+        }
+    });
+    started.await.unwrap();
+    (leader, release)
+}
+
 /// A blocking caller on a current-thread runtime that would wait for an async load led on
 /// its own thread gets a typed error instead of hanging; from a thread of its own it waits.
 #[test]
@@ -338,21 +365,7 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
     let store = store();
     let k = key("k");
     runtime.block_on(async {
-        let (gate, release) = Gate::closed();
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let leader = tokio::spawn({
-            let (store, k) = (store.clone(), k.clone());
-            async move {
-                store
-                    .get_or_create(&k, async |_| {
-                        started_tx.send(()).unwrap();
-                        gate.pass().await;
-                        Ok::<_, Infallible>(7_u32)
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let (leader, release) = held_async_leader(&store, &k).await;
         let refused = store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32));
         match refused {
             Err(LoadError::WouldDeadlock(error)) => {
@@ -390,21 +403,7 @@ fn a_blocking_wait_on_a_multi_thread_worker_hands_the_worker_off() {
     let store = store();
     let k = key("k");
     runtime.block_on(async {
-        let (gate, release) = Gate::closed();
-        let (started_tx, started) = tokio::sync::oneshot::channel();
-        let leader = tokio::spawn({
-            let (store, k) = (store.clone(), k.clone());
-            async move {
-                store
-                    .get_or_create(&k, async |_| {
-                        started_tx.send(()).unwrap();
-                        gate.pass().await;
-                        Ok::<_, Infallible>(7_u32)
-                    })
-                    .await
-            }
-        });
-        started.await.unwrap();
+        let (leader, release) = held_async_leader(&store, &k).await;
         let blocking = tokio::spawn({
             let (store, k) = (store.clone(), k.clone());
             async move { store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32)) }
