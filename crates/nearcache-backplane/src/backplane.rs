@@ -187,8 +187,9 @@ pub enum BackplaneEvent {
     /// most its `max_staleness`, then bypasses it until the backplane is back.
     Disconnected,
     /// The subscription is back after a loss. Payloads published in between were missed, so
-    /// the receiver must assume its cache is stale: it clears itself (loss means clear) and
-    /// forgets the peers' sequence numbers.
+    /// the receiver must assume its cache is stale: it clears itself (loss means clear). It
+    /// keeps the peers' sequence numbers, so a message lost after the resubscription still
+    /// shows as a gap.
     Reconnected,
     /// The subscriber fell behind and `missed` payloads were dropped before it read them.
     /// The receiver clears itself, as for [`Reconnected`](Self::Reconnected).
