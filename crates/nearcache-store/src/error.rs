@@ -201,7 +201,7 @@ pub enum OptionsError {
     Cache(String),
     /// The background purger thread could not be started (the process is out of threads
     /// or memory).
-    #[error("could not start the purger thread: {0}")]
+    #[error("could not start the purger thread; the process may be out of threads or memory")]
     PurgerThread(#[source] std::io::Error),
 }
 

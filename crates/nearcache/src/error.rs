@@ -6,9 +6,9 @@ pub use nearcache_store::{LoadError, OptionsError, TypeMismatch};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// An option is out of range.
-    #[error("invalid cache options: {0}")]
-    InvalidOptions(#[source] OptionsError),
+    /// An option is out of range. Displays as the option's own error, which names it.
+    #[error(transparent)]
+    InvalidOptions(OptionsError),
     /// A backplane option is out of range.
     #[error("invalid option backplane.{option}: {problem}")]
     InvalidBackplaneOption {
@@ -32,7 +32,7 @@ pub enum BuildError {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[error(
-        "cannot read backplane.tls_ca_file {}: {source}; it must name a readable PEM file \
+        "cannot read backplane.tls_ca_file {}; it must name a readable PEM file \
          with the CA certificate of the Redis server",
         path.display()
     )]
