@@ -4,10 +4,16 @@
 //! 6. Propagation latency: instance A removes a key that B holds; the clock stops when B's
 //!    `CacheEvent::Applied` for it arrives (B's entry is then checked to be gone). Baseline:
 //!    a raw redis-rs `PUBLISH` of the same bytes → a RESP3 subscriber's push, on the same
-//!    server and runtime.
+//!    server and runtime. The same again through a private Redis Cluster (3 primaries, 3
+//!    replicas; A and B given every node as seeds, so each finds the channel's shard itself):
+//!    baseline a raw redis-rs `SPUBLISH` → `SSUBSCRIBE` subscriber on the same channel, both
+//!    connected to the primary that serves its slot (what a slot-aware client does).
 //! 7. Invalidation throughput: A calls `remove_sync` for N keys that B holds; the clock
 //!    stops when B's `Applied` events add up to N. The outbox batches by group commit.
 //!    Baselines: raw redis-rs, one awaited `PUBLISH` per key; and raw 256-key payloads.
+//!
+//! `cargo bench -p nearcache-suite --bench redis -- cluster` runs only the cluster's row 6
+//! (words: `latency` for row 6 on one server, `cluster`, `throughput` for row 7; none: all).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -25,7 +31,7 @@ use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use hdrhistogram::Histogram;
 use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, Entry, InstanceId, Key};
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
-use nearcache_suite::RedisServer;
+use nearcache_suite::{RedisCluster, RedisServer};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{broadcast, mpsc};
@@ -36,11 +42,30 @@ const RAW_CHANNEL: &str = "nearcache-bench:raw";
 /// Keys per payload of the batched raw baseline.
 const RAW_BATCH: usize = 256;
 
+/// The parts of this bench, as named on its command line.
+const PARTS: [&str; 3] = ["latency", "cluster", "throughput"];
+
 fn main() {
-    let server = RedisServer::start().expect(
-        "start redis-server (install it with `cargo xtask redis` or apt-get install redis-server)",
-    );
-    let url = server.url();
+    // `cargo bench` passes `--bench` (and any flag of its own); words are the parts to run.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    if let Some(unknown) = words.iter().find(|w| !PARTS.contains(&w.as_str())) {
+        panic!("unknown part `{unknown}`: the parts are {PARTS:?}");
+    }
+    let wanted = |part: &str| words.is_empty() || words.iter().any(|w| w == part);
+    let server = (wanted("latency") || wanted("throughput")).then(|| {
+        RedisServer::start().expect(
+            "start redis-server (install it with `cargo xtask redis` or apt-get install redis-server)",
+        )
+    });
+    let cluster = wanted("cluster").then(|| {
+        RedisCluster::start().expect(
+            "start a Redis Cluster (redis-server and redis-cli: `cargo xtask redis` or apt-get \
+             install redis-server redis-tools)",
+        )
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -48,10 +73,23 @@ fn main() {
         .expect("tokio runtime");
     let mut report = Report::new("redis");
     runtime.block_on(async {
-        latency(&url, &mut report).await;
-        throughput(&url, &mut report).await;
+        if let Some(server) = &server {
+            let url = server.url();
+            if wanted("latency") {
+                latency(&url, &mut report).await;
+            }
+            if let Some(cluster) = &cluster {
+                cluster_latency(cluster, &mut report).await;
+            }
+            if wanted("throughput") {
+                throughput(&url, &mut report).await;
+            }
+        } else if let Some(cluster) = &cluster {
+            cluster_latency(cluster, &mut report).await;
+        }
     });
     drop(runtime);
+    drop(cluster);
     drop(server);
 }
 
@@ -157,14 +195,14 @@ async fn publish(publisher: &mut MultiplexedConnection, payload: &[u8]) {
         .expect("PUBLISH");
 }
 
-/// The next message's payload.
+/// The next message (classic or sharded).
 async fn next_message(rx: &mut mpsc::UnboundedReceiver<PushInfo>) -> PushInfo {
     loop {
         let push = tokio::time::timeout(EVENT_TIMEOUT, rx.recv())
             .await
             .expect("a message within the timeout")
             .expect("the subscriber is open");
-        if push.kind == PushKind::Message {
+        if matches!(push.kind, PushKind::Message | PushKind::SMessage) {
             return push;
         }
     }
@@ -206,7 +244,12 @@ async fn latency(url: &str, report: &mut Report) {
 }
 
 async fn nearcache_latency(url: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
-    let (a, b) = pair(url, "bench-latency", 2 * keys.len(), 100_000).await;
+    nearcache_latency_on(url, "bench-latency", keys, warmup).await
+}
+
+/// Row 6's measure on the channel of `app`.
+async fn nearcache_latency_on(url: &str, app: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
+    let (a, b) = pair(url, app, 2 * keys.len(), 100_000).await;
     let origin = a.instance_id().expect("A has a backplane");
     let mut events = b.events();
     let mut histogram = common::histogram();
@@ -244,6 +287,108 @@ async fn raw_latency(url: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
             (Instant::now(), push)
         });
         let (at, _push) = received;
+        if n >= warmup {
+            common::record(&mut histogram, at - start);
+        }
+    }
+    histogram
+}
+
+// ---- row 6 on a Redis Cluster ----------------------------------------------------------
+
+async fn cluster_latency(cluster: &RedisCluster, report: &mut Report) {
+    let samples = pick(5_000, 500);
+    let warmup = samples / 10;
+    let keys = common::keys(warmup + samples);
+    let url = cluster.url();
+    let app = "bench-latency-cluster";
+    let channel = options(&url, app, 1, 1).backplane.channel_name();
+    let owner = cluster
+        .owner_of_channel(&channel)
+        .expect("the cluster names the channel's primary");
+    let owner_url = cluster.node(owner).url();
+
+    let ours = nearcache_latency_on(&url, app, &keys, warmup).await;
+    let theirs = raw_sharded_latency(&owner_url, &channel, &keys, warmup).await;
+    for (q, name, goal) in [
+        (0.50, "p50", Goal::RatioAtMost(1.3)),
+        (0.99, "p99", Goal::Info),
+    ] {
+        report.push(Row::vs(
+            "6",
+            format!(
+                "propagation through a Redis Cluster (3 primaries), A remove → B Applied, \
+                 {name} ({samples} samples)"
+            ),
+            Unit::Nanos,
+            ours.value_at_quantile(q) as f64,
+            "raw redis-rs SPUBLISH → SSUBSCRIBE subscriber, on the slot's primary",
+            theirs.value_at_quantile(q) as f64,
+            goal,
+        ));
+    }
+}
+
+/// A publishing connection and a sharded subscriber of `channel`, both on the node at `url`
+/// (the primary serving the channel's slot); the subscriber's messages arrive on the
+/// receiver.
+async fn raw_sharded_pair(
+    url: &str,
+    channel: &str,
+) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
+    let client = raw_client(url);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let config = AsyncConnectionConfig::new().set_push_sender(tx);
+    let mut subscriber = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("subscriber connection");
+    redis::cmd("SSUBSCRIBE")
+        .arg(channel)
+        .exec_async(&mut subscriber)
+        .await
+        .expect("SSUBSCRIBE");
+    loop {
+        let push = rx.recv().await.expect("subscription confirmed");
+        if push.kind == PushKind::SSubscribe {
+            break;
+        }
+    }
+    tokio::spawn(async move {
+        let _subscriber = subscriber;
+        std::future::pending::<()>().await;
+    });
+    let publisher = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("publisher connection");
+    (publisher, rx)
+}
+
+async fn raw_sharded_latency(
+    url: &str,
+    channel: &str,
+    keys: &[Key],
+    warmup: usize,
+) -> Histogram<u64> {
+    let (mut publisher, mut rx) = raw_sharded_pair(url, channel).await;
+    let mut histogram = common::histogram();
+    for (n, key) in keys.iter().enumerate() {
+        let payload = remove_message(key);
+        let start = Instant::now();
+        let spublish = async {
+            let reached: u64 = redis::cmd("SPUBLISH")
+                .arg(channel)
+                .arg(&payload[..])
+                .query_async(&mut publisher)
+                .await
+                .expect("SPUBLISH on the slot's primary");
+            assert_eq!(reached, 1, "the one sharded subscriber got it");
+        };
+        let ((), at) = tokio::join!(spublish, async {
+            next_message(&mut rx).await;
+            Instant::now()
+        });
         if n >= warmup {
             common::record(&mut histogram, at - start);
         }

@@ -20,7 +20,8 @@ Durations: 250us, 2ms, 1s, 1s 500ms, 1m, or a number of seconds (20, 1.5). RUST_
 Examples:
   cargo run --release --example scale_out                                  # in-process backplane
   cargo run --release --example scale_out -- --redis auto --processes      # one process each
-  cargo run --release --example scale_out -- --redis auto --processes --faults --duration 20s";
+  cargo run --release --example scale_out -- --redis auto --processes --faults --duration 20s
+  cargo run --release --example scale_out -- --redis auto-cluster --processes --faults --duration 20s";
 
 /// Where Redis is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,29 @@ pub(crate) enum RedisTarget {
     Url(String),
     /// A private `redis-server` the demo starts (and stops) itself.
     Auto,
+    /// A private Redis Cluster (3 primaries, 3 replicas) the demo starts (and stops) itself.
+    AutoCluster,
+}
+
+impl RedisTarget {
+    /// Whether the demo starts this Redis itself (and may therefore break it).
+    pub(crate) fn is_own(&self) -> bool {
+        matches!(self, RedisTarget::Auto | RedisTarget::AutoCluster)
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        match self {
+            RedisTarget::AutoCluster => true,
+            RedisTarget::Auto => false,
+            RedisTarget::Url(url) => scheme_of(url).ends_with("+cluster"),
+        }
+    }
+
+    /// Whether this is a primary behind Sentinels.
+    pub(crate) fn is_sentinel(&self) -> bool {
+        matches!(self, RedisTarget::Url(url) if scheme_of(url).ends_with("+sentinel"))
+    }
 }
 
 /// The hidden arguments of an instance process in a `--processes` run.
@@ -82,8 +106,10 @@ pub(crate) struct Config {
     /// than this before the read started.
     #[arg(long, value_name = "D", default_value = "1s", value_parser = duration)]
     pub(crate) bound: Duration,
-    /// Use Redis as the backplane (auto: start a private redis-server from PATH).
-    #[arg(long, value_name = "URL|auto", value_parser = redis_target)]
+    /// Use Redis as the backplane: a redis://, rediss://, redis+cluster:// or
+    /// redis+sentinel:// URL; auto: start a private redis-server from PATH; auto-cluster:
+    /// start a private Redis Cluster (3 primaries, 3 replicas; needs redis-cli).
+    #[arg(long, value_name = "URL|auto|auto-cluster", value_parser = redis_target)]
     pub(crate) redis: Option<RedisTarget>,
     /// Run each instance as its own OS process (needs --redis); each opens the run's SQLite
     /// file.
@@ -93,8 +119,9 @@ pub(crate) struct Config {
     /// when the run is longer than the bound).
     #[arg(long)]
     pub(crate) no_backplane: bool,
-    /// With --redis auto: kill the subscribers' connections and restart Redis during the run,
-    /// and show what each fault cost.
+    /// With --redis auto: kill the subscribers' connections and restart Redis during the run;
+    /// with --redis auto-cluster: fail the channel's primary over to its replica, and kill the
+    /// new primary in a run of 10 s or more. Shows what each fault cost.
     #[arg(long)]
     pub(crate) faults: bool,
     /// Where to write the run's plot (SVG); by default under the target directory.
@@ -215,9 +242,11 @@ impl Config {
         if self.no_backplane && (self.redis.is_some() || self.processes) {
             return Err("--no-backplane cannot be combined with --redis or --processes".into());
         }
-        if self.faults && self.redis != Some(RedisTarget::Auto) {
+        if self.faults && !self.redis.as_ref().is_some_and(RedisTarget::is_own) {
             return Err(
-                "--faults needs --redis auto: the demo restarts only a redis-server it owns".into(),
+                "--faults needs --redis auto or --redis auto-cluster: the demo breaks only a \
+                 Redis it started itself"
+                    .into(),
             );
         }
         if let Some(index) = self.instance
@@ -265,15 +294,31 @@ fn duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `auto`, or a Redis URL.
+/// The URL schemes the Redis backplane reads (one node, a cluster, Sentinels; with TLS).
+const SCHEMES: [&str; 6] = [
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+];
+
+/// The scheme of `url`, lower case (empty without `://`).
+fn scheme_of(url: &str) -> String {
+    url.split_once("://")
+        .map_or_else(String::new, |(scheme, _)| scheme.to_ascii_lowercase())
+}
+
+/// `auto`, `auto-cluster`, or a Redis URL.
 fn redis_target(text: &str) -> Result<RedisTarget, String> {
     match text {
         "auto" => Ok(RedisTarget::Auto),
-        url if url.starts_with("redis://") || url.starts_with("rediss://") => {
-            Ok(RedisTarget::Url(url.to_owned()))
-        }
+        "auto-cluster" => Ok(RedisTarget::AutoCluster),
+        url if SCHEMES.contains(&scheme_of(url).as_str()) => Ok(RedisTarget::Url(url.to_owned())),
         other => Err(format!(
-            "`{other}` is neither `auto` nor a redis:// or rediss:// URL"
+            "`{other}` is neither `auto`, `auto-cluster` nor a redis://, rediss://, \
+             redis+cluster:// or redis+sentinel:// URL"
         )),
     }
 }
@@ -319,7 +364,8 @@ mod tests {
             "[default: 10s]",
             "--db-latency <D>",
             "--bound <D>",
-            "--redis <URL|auto>",
+            "--redis <URL|auto|auto-cluster>",
+            "redis+cluster://",
             "--processes",
             "--no-backplane",
             "--faults",
@@ -365,6 +411,9 @@ mod tests {
         let faults = config(&["--redis", "auto", "--faults"]);
         assert_eq!(faults.redis, Some(RedisTarget::Auto));
         assert!(faults.faults);
+        let cluster = config(&["--redis", "auto-cluster", "--processes", "--faults"]);
+        assert_eq!(cluster.redis, Some(RedisTarget::AutoCluster));
+        assert!(cluster.faults && cluster.processes);
         assert_eq!(
             config(&["--duration", "1m"]).duration,
             Duration::from_secs(60)
@@ -392,13 +441,18 @@ mod tests {
             (&["--duration=-3"], "--duration"),
             (&["--duration", "0s"], "--duration"),
             (&["--write-rate"], "--write-rate"),
-            (&["--redis", "localhost"], "neither `auto` nor"),
+            (&["--redis", "localhost"], "neither `auto`"),
             (&["--processes"], "needs --redis"),
             (&["--no-backplane", "--redis", "auto"], "cannot be combined"),
+            (&["--redis", "cluster://127.0.0.1:1"], "neither `auto`"),
             (&["--faults"], "needs --redis auto"),
             (
                 &["--faults", "--redis", "redis://127.0.0.1:1"],
                 "needs --redis auto",
+            ),
+            (
+                &["--faults", "--redis", "redis+cluster://127.0.0.1:1"],
+                "needs --redis auto or --redis auto-cluster",
             ),
             (&["--catalogs", "2000"], "--catalogs"),
             (&["--frobnicate"], "--frobnicate"),
@@ -446,5 +500,40 @@ mod tests {
             },
             parent
         );
+    }
+
+    #[test]
+    fn the_redis_flag_names_the_topology() {
+        for (arg, cluster, sentinel, own) in [
+            ("auto", false, false, true),
+            ("auto-cluster", true, false, true),
+            ("redis://127.0.0.1:6379", false, false, false),
+            ("rediss://127.0.0.1:6379", false, false, false),
+            (
+                "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+                true,
+                false,
+                false,
+            ),
+            ("REDISS+CLUSTER://127.0.0.1:7000", true, false, false),
+            (
+                "redis+sentinel://127.0.0.1:26379/mymaster",
+                false,
+                true,
+                false,
+            ),
+        ] {
+            let target = config(&["--redis", arg]).redis.unwrap();
+            assert_eq!(target.is_cluster(), cluster, "{arg}");
+            assert_eq!(target.is_sentinel(), sentinel, "{arg}");
+            assert_eq!(target.is_own(), own, "{arg}");
+        }
+        // An instance process of an auto-cluster run gets the cluster's URL.
+        let parent = config(&["--redis=auto-cluster", "--processes"]);
+        let url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001";
+        let args = parent.child_args(1, "run-1", url, Path::new("/tmp/p.sqlite3"));
+        let child = config(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(child.redis, Some(RedisTarget::Url(url.into())));
+        assert_eq!(child.child().map(|c| c.index), Some(1));
     }
 }

@@ -1,19 +1,25 @@
 //! `--faults`: the demo breaks its own Redis during the run, on a schedule, and then says
 //! what each fault cost.
 //!
-//! The schedule ([`schedule`]) kills the subscribers' connections (`CLIENT KILL TYPE pubsub`)
-//! at 30 % of the run, stops Redis at 50 % and starts it again (empty) up to 2 s later, and
-//! kills the subscribers once more at 80 %. Each fault is printed when it happens. Its cost
+//! On one redis-server (`--redis auto`) the schedule ([`schedule`]) kills the subscribers'
+//! connections (`CLIENT KILL TYPE pubsub`) at 30 % of the run, stops Redis at 50 % and starts
+//! it again (empty) up to 2 s later, and kills the subscribers once more at 80 %. On a cluster
+//! (`--redis auto-cluster`, [`cluster_schedule`]) it fails the channel's primary over to its
+//! replica (`CLUSTER FAILOVER`) at 30 %, and, in a run of [`KILL_FITS_FROM`] or more, kills
+//! the new primary (SIGKILL) at 60 %: the cluster promotes its replica after a few node
+//! timeouts, and the killed node stays down. Each fault is printed when it happens. Its cost
 //! ([`costs`]) is read off the run's [`Timeline`] between it and the next fault: how long each
 //! instance was disconnected and bypassed its cache, the loss clears, and the database
 //! queries above the rate of the calm period before the first fault.
 
 use std::fmt::Write as _;
+use std::io;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use nearcache_suite::RedisServer;
+use nearcache_suite::{RedisCluster, RedisServer};
 
+use crate::own_redis::OwnRedis;
 use crate::report::{count, human_duration, lag};
 use crate::timeline::{Tally, Timeline};
 
@@ -27,6 +33,11 @@ pub(crate) enum FaultKind {
         /// How long Redis stays down.
         down: Duration,
     },
+    /// `CLUSTER FAILOVER` on the replica of the channel's primary: the replica takes over
+    /// the channel's slot, the old primary becomes its replica.
+    ClusterFailover,
+    /// The channel's primary is killed (SIGKILL); the cluster promotes its replica.
+    KillPrimary,
 }
 
 /// A fault and when, after the run's start, it happens.
@@ -57,6 +68,8 @@ impl FaultRecord {
             FaultKind::RestartRedis { down } => {
                 format!("Redis down {}", human_duration(down))
             }
+            FaultKind::ClusterFailover => "CLUSTER FAILOVER".to_owned(),
+            FaultKind::KillPrimary => "primary killed (SIGKILL)".to_owned(),
         }
     }
 }
@@ -80,43 +93,80 @@ pub(crate) fn schedule(duration: Duration) -> Vec<Fault> {
     ]
 }
 
-/// The demo's own redis-server and the faults to inflict on it.
+/// How long a cluster run must be for its schedule to kill the channel's primary too: the
+/// automatic failover takes a few node timeouts (1 s each), then the instances resubscribe on
+/// the new primary, and the run should go on calmly for a while after that.
+pub(crate) const KILL_FITS_FROM: Duration = Duration::from_secs(10);
+
+/// The faults of a run of `duration` on a cluster.
+pub(crate) fn cluster_schedule(duration: Duration) -> Vec<Fault> {
+    let mut faults = vec![Fault {
+        at: duration.mul_f64(0.3),
+        kind: FaultKind::ClusterFailover,
+    }];
+    if duration >= KILL_FITS_FROM {
+        faults.push(Fault {
+            at: duration.mul_f64(0.6),
+            kind: FaultKind::KillPrimary,
+        });
+    }
+    faults
+}
+
+/// The demo's own Redis and the faults to inflict on it.
 #[derive(Debug)]
 pub(crate) struct Injector {
-    server: RedisServer,
+    redis: OwnRedis,
     faults: Vec<Fault>,
 }
 
 impl Injector {
-    /// Faults for `server` on the schedule of a run of `duration`.
-    pub(crate) fn new(server: RedisServer, duration: Duration) -> Injector {
-        Injector {
-            server,
-            faults: schedule(duration),
-        }
+    /// Faults for `redis` on the schedule of a run of `duration` ([`schedule`] for one
+    /// server, [`cluster_schedule`] for a cluster).
+    pub(crate) fn new(redis: OwnRedis, duration: Duration) -> Injector {
+        let faults = match &redis {
+            OwnRedis::Server(_) => schedule(duration),
+            OwnRedis::Cluster(_) => cluster_schedule(duration),
+        };
+        Injector { redis, faults }
     }
 
-    /// Runs the schedule from `started` on a blocking thread (the server's controls block).
-    /// The handle gives back the server (to keep it running until the instances are done)
-    /// and what happened.
+    /// Runs the schedule from `started` on a blocking thread (Redis's controls block);
+    /// `channel` is the run's channel, whose primary a cluster's faults aim at. The handle
+    /// gives back the Redis (to keep it running until the instances are done) and what
+    /// happened.
     pub(crate) fn spawn(
         self,
         started: Instant,
-    ) -> tokio::task::JoinHandle<(RedisServer, Vec<FaultRecord>)> {
-        tokio::task::spawn_blocking(move || self.run(started))
+        channel: String,
+    ) -> tokio::task::JoinHandle<(OwnRedis, Vec<FaultRecord>)> {
+        tokio::task::spawn_blocking(move || self.run(started, &channel))
     }
 
-    fn run(mut self, started: Instant) -> (RedisServer, Vec<FaultRecord>) {
+    fn run(mut self, started: Instant, channel: &str) -> (OwnRedis, Vec<FaultRecord>) {
         let mut records = Vec::with_capacity(self.faults.len());
         for fault in std::mem::take(&mut self.faults) {
             std::thread::sleep((started + fault.at).saturating_duration_since(Instant::now()));
             let at = started.elapsed().as_secs_f64();
-            let outcome = match fault.kind {
-                FaultKind::KillSubscribers => match self.server.client_kill_pubsub() {
-                    Ok(killed) => format!("{killed} subscriber connections killed"),
-                    Err(error) => format!("CLIENT KILL failed: {error}"),
-                },
-                FaultKind::RestartRedis { down } => self.restart(started, down),
+            let outcome = match (&mut self.redis, fault.kind) {
+                (OwnRedis::Server(server), FaultKind::KillSubscribers) => {
+                    match server.client_kill_pubsub() {
+                        Ok(killed) => format!("{killed} subscriber connections killed"),
+                        Err(error) => format!("CLIENT KILL failed: {error}"),
+                    }
+                }
+                (OwnRedis::Server(server), FaultKind::RestartRedis { down }) => {
+                    restart(server, started, down)
+                }
+                (OwnRedis::Cluster(cluster), FaultKind::ClusterFailover) => {
+                    cluster_failover(cluster, channel, started)
+                        .unwrap_or_else(|error| format!("CLUSTER FAILOVER failed: {error}"))
+                }
+                (OwnRedis::Cluster(cluster), FaultKind::KillPrimary) => {
+                    kill_primary(cluster, channel, started)
+                        .unwrap_or_else(|error| format!("killing the primary failed: {error}"))
+                }
+                (_, kind) => format!("{kind:?} does not apply to this Redis"),
             };
             let record = FaultRecord {
                 at,
@@ -130,26 +180,65 @@ impl Injector {
             ));
             records.push(record);
         }
-        (self.server, records)
+        (self.redis, records)
     }
+}
 
-    fn restart(&mut self, started: Instant, down: Duration) -> String {
-        if let Err(error) = self.server.kill() {
-            return format!("could not stop Redis: {error}");
-        }
-        say(&format!(
-            "[{:>5.1}s] fault: Redis stopped (SIGKILL)",
-            started.elapsed().as_secs_f64()
-        ));
-        std::thread::sleep(down);
-        match self.server.restart() {
-            Ok(()) => format!(
-                "stopped, started again (empty) at {:.1}s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(error) => format!("stopped, could not start it again: {error}"),
-        }
+fn restart(server: &mut RedisServer, started: Instant, down: Duration) -> String {
+    if let Err(error) = server.kill() {
+        return format!("could not stop Redis: {error}");
     }
+    say(&format!(
+        "[{:>5.1}s] fault: Redis stopped (SIGKILL)",
+        started.elapsed().as_secs_f64()
+    ));
+    std::thread::sleep(down);
+    match server.restart() {
+        Ok(()) => format!(
+            "stopped, started again (empty) at {:.1}s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(error) => format!("stopped, could not start it again: {error}"),
+    }
+}
+
+/// The channel's slot, the node serving it, and that node's replica.
+fn shard_of(cluster: &RedisCluster, channel: &str) -> io::Result<(u16, usize, usize)> {
+    let slot = cluster.slot_of(channel)?;
+    let owner = cluster.owner_of_slot(slot)?;
+    let replica = cluster
+        .replicas_of(owner)?
+        .first()
+        .copied()
+        .ok_or_else(|| io::Error::other(format!("node {owner} has no replica")))?;
+    Ok((slot, owner, replica))
+}
+
+/// `CLUSTER FAILOVER` on the replica of `channel`'s primary; returns once every node agrees
+/// that the replica serves the slot.
+fn cluster_failover(cluster: &RedisCluster, channel: &str, started: Instant) -> io::Result<String> {
+    let (slot, owner, replica) = shard_of(cluster, channel)?;
+    cluster.failover(replica, slot)?;
+    Ok(format!(
+        "node {replica} took over slot {slot} from node {owner} at {:.1}s",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Kills `channel`'s primary; returns once every running node agrees that its replica
+/// serves the slot. The killed node stays down.
+fn kill_primary(cluster: &mut RedisCluster, channel: &str, started: Instant) -> io::Result<String> {
+    let (slot, owner, replica) = shard_of(cluster, channel)?;
+    cluster.node_mut(owner).kill()?;
+    say(&format!(
+        "[{:>5.1}s] fault: node {owner}, the primary of slot {slot}, killed (SIGKILL)",
+        started.elapsed().as_secs_f64()
+    ));
+    cluster.wait_for_owner(slot, replica)?;
+    Ok(format!(
+        "node {owner} killed, node {replica} promoted and serving slot {slot} at {:.1}s",
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 fn say(line: &str) {
@@ -290,6 +379,32 @@ mod tests {
             FaultKind::RestartRedis {
                 down: Duration::from_millis(400)
             }
+        );
+    }
+
+    #[test]
+    fn a_cluster_fails_over_and_loses_its_primary_when_the_run_is_long_enough() {
+        assert_eq!(
+            cluster_schedule(Duration::from_secs(20)),
+            [
+                Fault {
+                    at: Duration::from_secs(6),
+                    kind: FaultKind::ClusterFailover
+                },
+                Fault {
+                    at: Duration::from_secs(12),
+                    kind: FaultKind::KillPrimary
+                },
+            ]
+        );
+        assert_eq!(cluster_schedule(KILL_FITS_FROM).len(), 2);
+        // A short run only fails over: the automatic failover after a kill would not fit.
+        assert_eq!(
+            cluster_schedule(Duration::from_secs(4)),
+            [Fault {
+                at: Duration::from_millis(1_200),
+                kind: FaultKind::ClusterFailover
+            }]
         );
     }
 

@@ -87,7 +87,10 @@ pub(crate) async fn run(
         let instance = instance.clone();
         tasks.spawn(async move { (instance.index, instance.run(deadline).await) });
     }
-    let injector = faults.map(|faults| faults.spawn(started.into_std()));
+    let channel = cache_options(config, &run_id, None)
+        .backplane
+        .channel_name();
+    let injector = faults.map(|faults| faults.spawn(started.into_std(), channel));
     let mut progress = show_progress.then(|| Progress::start(config.duration));
     let mut ticks = tokio::time::interval(TERMINAL_REFRESH);
     let mut samples = tokio::time::interval(SAMPLE_EVERY);
@@ -193,6 +196,7 @@ fn micros(duration: Duration) -> Micros {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::own_redis::OwnRedis;
 
     fn short(config: Config) -> Config {
         Config {
@@ -276,7 +280,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let url = server.url();
-        let injector = Injector::new(server, config.duration);
+        let injector = Injector::new(OwnRedis::Server(Box::new(server)), config.duration);
         let dir = tempfile::tempdir().unwrap();
         let path = crate::create_database(&dir, &config).unwrap();
         let summary = run(&config, &path, Some(&url), Some(injector), false)
@@ -305,5 +309,65 @@ mod tests {
         }
         let text = summary.render();
         assert!(text.contains("Faults (--faults)"), "{text}");
+    }
+
+    /// `--redis auto-cluster --faults` in one process, short: the channel's primary fails
+    /// over to its replica mid-run; every instance notices (its sharded subscription moves to
+    /// the new primary, and the gap is a loss it clears), invalidations reach every peer
+    /// again afterwards, and no read is stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_failover_is_ridden_through_and_costed() {
+        let config = Config {
+            duration: Duration::from_secs(6),
+            db_latency: Duration::from_micros(200),
+            write_rate: 100.0,
+            readers: 2,
+            products: 50,
+            catalogs: 5,
+            redis: Some(crate::cli::RedisTarget::AutoCluster),
+            faults: true,
+            ..Config::default()
+        };
+        let cluster = tokio::task::spawn_blocking(nearcache_suite::RedisCluster::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let redis = OwnRedis::Cluster(cluster);
+        let url = redis.url();
+        assert!(url.starts_with("redis+cluster://"), "{url}");
+        let injector = Injector::new(redis, config.duration);
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, &config).unwrap();
+        let summary = run(&config, &path, Some(&url), Some(injector), false)
+            .await
+            .unwrap();
+        assert!(summary.passed(), "{}", summary.render());
+        assert_eq!(summary.faults.len(), 1, "{:?}", summary.faults);
+        assert_eq!(
+            summary.faults[0].kind,
+            crate::faults::FaultKind::ClusterFailover
+        );
+        assert!(
+            summary.faults[0].outcome.contains("took over slot"),
+            "{:?}",
+            summary.faults
+        );
+        for instance in &summary.instances {
+            assert!(instance.loss_clears >= 1, "{instance:?}");
+        }
+        // Invalidations flow again: every peer received some in the run's last 1.5 s, well
+        // after the failover (at 1.8 s) was over.
+        let end = summary.timeline.end().unwrap();
+        let late = summary
+            .timeline
+            .deltas_between(end - 1.5, end, |t| t.invalidations_received);
+        assert!(
+            late[1..].iter().all(|&n| n > 0),
+            "{late:?}\n{}",
+            summary.render()
+        );
+        let text = summary.render();
+        assert!(text.contains("CLUSTER FAILOVER"), "{text}");
+        assert!(text.contains("Redis Cluster backplane"), "{text}");
     }
 }

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example scale_out                              # in-process backplane
 //! cargo run --release --example scale_out -- --redis auto --processes  # real processes, Redis
+//! cargo run --release --example scale_out -- --redis auto-cluster --processes --faults
 //! cargo run --release --example scale_out -- --help
 //! ```
 //!
@@ -24,6 +25,7 @@
 //! * [`local`]: every instance in this process (in-process bus, Redis, or no backplane).
 //! * [`processes`]: one OS process per instance, conducted over their standard streams.
 //! * [`timeline`]: every instance's running totals over time.
+//! * [`own_redis`]: the Redis (one server or a cluster) the demo starts for itself.
 //! * [`faults`]: `--faults`: the demo breaks its own Redis on a schedule, and what it cost.
 //! * [`report`], [`progress`], [`plot`]: the summary table, the live progress line, and the
 //!   SVG plot of the run.
@@ -34,6 +36,7 @@ mod db;
 mod faults;
 mod instance;
 mod local;
+mod own_redis;
 mod plot;
 mod processes;
 mod progress;
@@ -70,8 +73,8 @@ pub(crate) enum DemoError {
     /// The demo database's directory could not be created.
     #[error("could not create a directory for the demo database: {0}")]
     DbDir(std::io::Error),
-    /// `--redis auto` could not start a private redis-server.
-    #[error("could not start a private redis-server: {0}")]
+    /// `--redis auto` or `--redis auto-cluster` could not start a private Redis.
+    #[error("could not start a private Redis: {0}")]
     RedisServer(std::io::Error),
     /// An instance process could not be started or waited for.
     #[error("could not run an instance process: {0}")]
@@ -153,13 +156,9 @@ fn main() -> ExitCode {
 ///
 /// [`DemoError`] when the run could not complete.
 pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError> {
-    // `--redis auto`: a private server for this run, stopped when it ends.
-    let server = match &config.redis {
-        Some(RedisTarget::Auto) => {
-            Some(nearcache_suite::RedisServer::start().map_err(DemoError::RedisServer)?)
-        }
-        _ => None,
-    };
+    // `--redis auto` or `auto-cluster`: a private Redis for this run, stopped when it ends.
+    let server =
+        own_redis::OwnRedis::start(config.redis.as_ref()).map_err(DemoError::RedisServer)?;
     let redis_url = match (&config.redis, &server) {
         (_, Some(server)) => Some(server.url()),
         (Some(RedisTarget::Url(url)), None) => Some(url.clone()),
@@ -220,11 +219,16 @@ fn create_database(dir: &tempfile::TempDir, config: &Config) -> Result<PathBuf, 
 
 /// The first line of the summary: what ran.
 fn title(config: &Config, elapsed: Duration) -> String {
+    let redis = match &config.redis {
+        Some(target) if target.is_cluster() => "Redis Cluster backplane",
+        Some(target) if target.is_sentinel() => "Redis (Sentinel) backplane",
+        _ => "Redis backplane",
+    };
     let mode = match (&config.redis, config.processes, config.no_backplane) {
-        (_, _, true) => "NO backplane (caches that do not tell each other)",
-        (None, _, false) => "in-process backplane, one process",
-        (Some(_), false, false) => "Redis backplane, one process",
-        (Some(_), true, false) => "Redis backplane, one OS process per instance",
+        (_, _, true) => "NO backplane (caches that do not tell each other)".to_owned(),
+        (None, _, false) => "in-process backplane, one process".to_owned(),
+        (Some(_), false, false) => format!("{redis}, one process"),
+        (Some(_), true, false) => format!("{redis}, one OS process per instance"),
     };
     format!(
         "nearcache scale-out demo: {} instances ({mode}), {} readers each, {} run\n\

@@ -189,7 +189,10 @@ pub(crate) async fn run_parent(
 
     tell(&mut stdins, "go").await?;
     let started = Instant::now();
-    let injector = faults.map(|faults| faults.spawn(started.into_std()));
+    let channel = cache_options(config, &run_id, None)
+        .backplane
+        .channel_name();
+    let injector = faults.map(|faults| faults.spawn(started.into_std(), channel));
     let mut elapsed = config.duration;
     let mut tallies = vec![Tally::default(); n];
     let mut timeline = Timeline::default();

@@ -3,7 +3,8 @@
 //! Each bench binary (see `benches/`) writes its rows to `target/nearcache-bench/<bench>.tsv`
 //! — preformatted fields, tab-separated, so this crate needs no JSON parser — and a `.json`
 //! with the raw numbers. This task clears old rows, runs the benches (the Redis one starts
-//! its own `redis-server`), and prints the rows as one table, also written as Markdown to
+//! its own `redis-server`, and a Redis Cluster for row 6's cluster variant, which is why
+//! `redis-cli` must be installed too), and prints the rows as one table, also written as Markdown to
 //! `target/nearcache-bench/summary.md` for `docs/benchmarks.md`.
 
 use std::fmt::Write as _;

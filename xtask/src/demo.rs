@@ -21,8 +21,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 /// The demo as CI runs it: 2 s with every instance in one process on the in-process bus,
 /// then 4 s with one OS process per instance through a private redis-server (`--redis
 /// auto`, started from PATH, which `cargo xtask test` made sure of) that the demo breaks on
-/// its schedule (`--faults`: subscribers killed twice, Redis restarted once). Any non-zero
-/// exit fails CI: 1 for a stale read, 2 for a run that could not complete.
+/// its schedule (`--faults`: subscribers killed twice, Redis restarted once), then 6 s the
+/// same way through a private Redis Cluster (`--redis auto-cluster`, joined with
+/// `redis-cli`) whose channel's primary fails over to its replica (about 8 s in all, the
+/// cluster's start included). Any non-zero exit fails CI: 1 for a stale read, 2 for a run
+/// that could not complete.
 ///
 /// The example is a debug build with the features of `cargo test --workspace
 /// --all-features`, which CI ran just before: it is already built, where a release build
@@ -41,13 +44,21 @@ pub(crate) fn smoke() -> Result<(), String> {
         .join("debug")
         .join("examples")
         .join("scale_out");
-    let runs: [&[&str]; 2] = [
+    let runs: [&[&str]; 3] = [
         &["--duration", "2s"],
         &[
             "--duration",
             "4s",
             "--redis",
             "auto",
+            "--processes",
+            "--faults",
+        ],
+        &[
+            "--duration",
+            "6s",
+            "--redis",
+            "auto-cluster",
             "--processes",
             "--faults",
         ],

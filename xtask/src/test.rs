@@ -4,6 +4,14 @@ use crate::{cmd, demo, fuzz, redis, soak};
 
 /// Seconds each fuzz target runs in CI.
 const FUZZ_SMOKE_SECONDS: u64 = 30;
+/// Minutes of the soak on one redis-server in CI.
+const SOAK_MINUTES: &str = "1";
+/// Minutes of the soak on each other topology in CI: long enough for a few failovers, kills
+/// and a slot migration (one every 2–6 s after a short warm-up), short enough to keep the
+/// whole run well under 30 minutes.
+const TOPOLOGY_SOAK_MINUTES: &str = "0.5";
+/// The other topologies the CI soak runs on (`--topology`).
+const SOAK_TOPOLOGIES: [&str; 2] = ["cluster", "sentinel"];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if let Some(arg) = args.first() {
@@ -59,10 +67,18 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     demo::smoke()?;
 
-    // Hardening: a fuzz smoke on nightly from the committed corpus, and one minute
-    // of the soak with Redis faults.
+    // Hardening: a fuzz smoke on nightly from the committed corpus, one minute of the soak
+    // with Redis faults on one server, and half a minute each on a Redis Cluster and behind
+    // Sentinels (failovers, killed primaries, a migrating slot).
     fuzz::fuzz(&fuzz::TARGETS, FUZZ_SMOKE_SECONDS)?;
-    soak::soak("1", false, &[])?;
+    soak::soak(SOAK_MINUTES, false, &[])?;
+    for topology in SOAK_TOPOLOGIES {
+        soak::soak(
+            TOPOLOGY_SOAK_MINUTES,
+            false,
+            &["--topology".to_owned(), topology.to_owned()],
+        )?;
+    }
     eprintln!("xtask: all checks passed");
     Ok(())
 }

@@ -109,10 +109,19 @@ pub enum LossPolicy {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackplaneOptions {
-    /// Redis URL (`redis://` or `rediss://`, credentials allowed), used by
-    /// `CacheBuilder::connect` with the `redis` feature. It is
-    /// never printed: `Debug` shows it redacted. Default: none (no backplane unless one is
-    /// given to the builder).
+    /// Redis URL, credentials allowed, used by `CacheBuilder::connect` with the `redis`
+    /// feature. It is never printed: `Debug` shows it redacted. Default: none (no backplane
+    /// unless one is given to the builder).
+    ///
+    /// * `redis://host:port` (`rediss://` for TLS): one node.
+    /// * `redis+cluster://host1:port,host2:port,…` (`rediss+cluster://`): a Redis Cluster,
+    ///   given by any of its nodes; the backplane uses sharded pub/sub on the primary that
+    ///   serves the channel's slot and follows resharding and failovers.
+    /// * `redis+sentinel://host1:port,host2:port,…/master-name` (`rediss+sentinel://`): the
+    ///   primary the Sentinels name, followed through failovers.
+    ///
+    /// URLs, ACLs and what a failover costs: docs/operations.md (sections "Redis Cluster" and
+    /// "Redis Sentinel").
     pub redis_url: Option<String>,
     /// Pub/sub channel. Every instance that shares data must use the same one. Default:
     /// `nearcache:{app}:invalidations` with `app` below.
