@@ -12,13 +12,19 @@ const INSTALL_HINT: &str = "install it with: sudo apt-get update && sudo apt-get
 /// The path of `redis-server`, installing it with apt-get first when it is missing and this
 /// process may (root, or password-less sudo).
 pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
-    if let Some(path) = find_on_path("redis-server") {
+    ensure_program("redis-server", "redis-server", INSTALL_HINT)
+}
+
+/// The path of `program`, installing Debian package `package` with apt-get first when it is
+/// missing and this process may (root, or password-less sudo); `hint` says how otherwise.
+pub(crate) fn ensure_program(program: &str, package: &str, hint: &str) -> Result<PathBuf, String> {
+    if let Some(path) = find_on_path(program) {
         return Ok(path);
     }
-    eprintln!("xtask: redis-server is not on PATH; the Redis tests need it");
+    eprintln!("xtask: {program} is not on PATH; installing {package}");
     if find_on_path("apt-get").is_none() {
         return Err(format!(
-            "redis-server not found and apt-get is unavailable; {INSTALL_HINT}"
+            "{program} not found and apt-get is unavailable; {hint}"
         ));
     }
     let sudo: &[&str] = if is_root() {
@@ -31,12 +37,12 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
         &["sudo", "-n"]
     } else {
         return Err(format!(
-            "redis-server not found and no rights to install it; {INSTALL_HINT}"
+            "{program} not found and no rights to install it; {hint}"
         ));
     };
     for args in [
         &["apt-get", "update", "-qq"][..],
-        &["apt-get", "install", "-y", "-qq", "redis-server"],
+        &["apt-get", "install", "-y", "-qq", package],
     ] {
         let mut full: Vec<&str> = sudo.to_vec();
         full.extend_from_slice(args);
@@ -44,12 +50,12 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
         command
             .args(&full[1..])
             .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd::run(command).map_err(|e| format!("{e}; {INSTALL_HINT}"))?;
+        cmd::run(command).map_err(|e| format!("{e}; {hint}"))?;
     }
     // The Debian package starts a system server on 6379; tests never use it (each starts
     // its own on a free port), so leave it be rather than guess at the init system.
-    find_on_path("redis-server")
-        .ok_or_else(|| format!("redis-server still not on PATH after installing; {INSTALL_HINT}"))
+    find_on_path(program)
+        .ok_or_else(|| format!("{program} still not on PATH after installing; {hint}"))
 }
 
 fn is_root() -> bool {

@@ -118,7 +118,7 @@ impl Backend {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn shard(&self, key: &Key) -> &RwLock<Shard> {
         // The middle bits of the hash, as quick_cache does: hashbrown inside the shard uses
         // the low bits and the top seven.
@@ -130,7 +130,7 @@ impl Backend {
 
     /// Calls `f` with the entry under `key`, in place, under the shard's read lock (marking
     /// it recently used). `f` must be quick: writers to this shard wait for it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&StoredEntry) -> R) -> Option<R> {
         self.shard(key).read().get(key).map(f)
     }

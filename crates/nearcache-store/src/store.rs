@@ -17,7 +17,7 @@ use crate::flight::FlightTable;
 use crate::options::StoreOptions;
 use crate::purge::{self, PurgeProgress, PurgeSignal};
 use crate::stats::{Counter, Stats, StoreStats};
-use crate::value::Payload;
+use crate::value::{Payload, Typed};
 
 /// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
 /// loads shared by async and blocking callers.
@@ -64,6 +64,26 @@ impl StoreInner {
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
         self.bypass.load(Ordering::Relaxed)
+    }
+
+    /// The read of `get` and `get_optional`: the entry under `key` as a `T`, counted as a
+    /// hit (whatever its type) or a miss.
+    #[inline(always)]
+    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Typed<T>> {
+        if !self.enabled || self.read_bypass() {
+            self.stats.incr(Counter::Misses);
+            return None;
+        }
+        match self.lookup_with(key, Payload::read::<T>) {
+            Some(read) => {
+                self.stats.incr(Counter::Hits);
+                Some(read)
+            }
+            None => {
+                self.stats.incr(Counter::Misses);
+                None
+            }
+        }
     }
 
     /// One purge pass: removes dead entries, then unused region tokens.
@@ -162,7 +182,11 @@ impl Store {
     /// [`TypeMismatch`] when `key` holds a value of another type.
     #[inline]
     pub fn get<T: Send + Sync + 'static>(&self, key: &Key) -> Result<Option<Arc<T>>, TypeMismatch> {
-        Ok(self.get_optional(key)?.flatten())
+        match self.inner.read::<T>(key) {
+            Some(Typed::Value(value)) => Ok(Some(value)),
+            Some(Typed::Nothing) | None => Ok(None),
+            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+        }
     }
 
     /// The entry under `key`: `None` on a miss, `Some(None)` for a cached `None` (stored by
@@ -176,20 +200,11 @@ impl Store {
         &self,
         key: &Key,
     ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
-        let inner = &*self.inner;
-        if !inner.enabled || inner.read_bypass() {
-            inner.stats.incr(Counter::Misses);
-            return Ok(None);
-        }
-        match inner.lookup(key) {
-            Some(payload) => {
-                inner.stats.incr(Counter::Hits);
-                payload.downcast::<T>(key).map(Some)
-            }
-            None => {
-                inner.stats.incr(Counter::Misses);
-                Ok(None)
-            }
+        match self.inner.read::<T>(key) {
+            Some(Typed::Value(value)) => Ok(Some(Some(value))),
+            Some(Typed::Nothing) => Ok(Some(None)),
+            None => Ok(None),
+            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
         }
     }
 
