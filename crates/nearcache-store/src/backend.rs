@@ -28,6 +28,14 @@ use crate::stats::{Counter, Stats};
 /// applies.
 const HOT_ALLOCATION: f64 = 0.97;
 
+/// How many dead entries a sweep removes per hold of a shard's write lock (a few
+/// microseconds: the longest a reader of that shard waits for the purger).
+const SWEEP_BATCH: usize = 64;
+
+/// How many candidates one read-locked scan of a shard collects at most (bounds the memory
+/// of a sweep after a `clear`, when every entry is dead).
+const SWEEP_SCAN: usize = 4_096;
+
 /// Each shard should hold at least this many entries (quick_cache's own rule): fewer shards
 /// for small stores.
 const MIN_SHARD_ENTRIES: u64 = 32;
@@ -158,11 +166,51 @@ impl Backend {
         self.shard(key).write().remove_if(key, f)
     }
 
-    /// Keeps only the entries `f` accepts, one shard at a time.
+    /// Keeps only the entries `f` accepts, one shard at a time, each under its write lock
+    /// for the whole shard (tests only: the purger uses [`sweep`](Self::sweep)).
+    #[cfg(test)]
     pub(crate) fn retain(&self, f: impl Fn(&Key, &StoredEntry) -> bool) {
         for shard in &self.shards {
             shard.write().retain(&f);
         }
+    }
+
+    /// Removes the entries `dead` accepts; returns how many. Readers never wait for more
+    /// than one batch: each shard is scanned under its *read* lock (readers share it), which
+    /// collects at most [`SWEEP_SCAN`] candidates, and they are removed [`SWEEP_BATCH`] at a
+    /// time under the write lock, each re-checked there (a live entry stored meanwhile
+    /// stays). Removed entries are dropped after the lock is released. A shard is scanned
+    /// again while its last scan filled up; entries that move during a scan may be missed
+    /// until the next sweep (they are never returned: reads check liveness themselves).
+    pub(crate) fn sweep(&self, dead: impl Fn(&StoredEntry) -> bool) -> usize {
+        let mut removed = 0;
+        let mut candidates: Vec<Key> = Vec::new();
+        for shard in &self.shards {
+            loop {
+                candidates.clear();
+                candidates.extend(
+                    shard
+                        .read()
+                        .iter()
+                        .filter(|(_, entry)| dead(entry))
+                        .take(SWEEP_SCAN)
+                        .map(|(key, _)| key.clone()),
+                );
+                for batch in candidates.chunks(SWEEP_BATCH) {
+                    let mut dropped = Vec::with_capacity(batch.len());
+                    {
+                        let mut guard = shard.write();
+                        dropped.extend(batch.iter().filter_map(|key| guard.remove_if(key, &dead)));
+                    }
+                    removed += dropped.len();
+                    drop(dropped);
+                }
+                if candidates.len() < SWEEP_SCAN {
+                    break;
+                }
+            }
+        }
+        removed
     }
 
     /// Entries held (each shard counted at a slightly different moment).
@@ -258,5 +306,25 @@ mod tests {
         assert!(stats.snapshot().evictions >= 1_000 - 64);
         backend.retain(|_, _| false);
         assert_eq!((backend.len(), backend.weight()), (0, 0));
+    }
+
+    #[test]
+    fn a_sweep_removes_only_what_it_judges_dead_in_many_batches() {
+        let stats = Arc::new(Stats::new());
+        let n = 3 * SWEEP_SCAN + 17;
+        let backend = Backend::build(sizing(2 * n as u64), Some(2), Arc::clone(&stats)).unwrap();
+        let regions = Arc::new(Regions::new());
+        let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
+        for key in &keys {
+            backend.insert(key.clone(), entry(&regions, key));
+        }
+        let removed = backend.sweep(|_| true);
+        assert_eq!(removed, n, "past several full scans per shard");
+        assert!(backend.is_empty());
+        for key in &keys[..100] {
+            backend.insert(key.clone(), entry(&regions, key));
+        }
+        assert_eq!(backend.sweep(|_| false), 0);
+        assert_eq!(backend.len(), 100);
     }
 }

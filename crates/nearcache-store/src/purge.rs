@@ -2,13 +2,21 @@
 //! touching their keys.
 //!
 //! Expiring a region only flips a token, so its entries stay in the cache until something
-//! removes them. Each store runs one purger thread that sweeps the cache (`retain(live)`)
-//! and then drops unused region tokens. It wakes when a token is expired (region expiry,
-//! clear) and every `purge_interval` for entries that expired by time. It holds only a
-//! `Weak` reference to the store, so dropping the store stops it.
+//! removes them. Each store runs one purger thread that sweeps the cache and then drops
+//! unused region tokens. It wakes when a token is expired (region expiry, clear) and every
+//! `purge_interval` for entries that expired by time. It holds only a `Weak` reference to the
+//! store, so dropping the store stops it.
 //!
-//! Cost: one pass over the cache per wake-up, shard by shard (each shard's write lock is held
-//! for its part of the pass). Bursts of expiries coalesce into one pass.
+//! It never competes with the threads it serves:
+//! - **Deferred.** Woken by a request, it first sleeps [`MIN_DEFER`] (or four times its last
+//!   pass, if longer) before it starts. The caller that woke it, even on the same and only
+//!   CPU, gets that CPU back at once, and a burst of expiries coalesces into one pass.
+//! - **Rate-bounded.** That sleep keeps the purger's share of a core at about a fifth while
+//!   expiries keep coming, however long a pass over a big cache takes.
+//! - **Skipped when pointless.** A requested pass whose expiries killed no entry (the tokens
+//!   had no holders: see `Regions::held_expiries`) only collects unused tokens.
+//! - **Incremental.** A sweep holds a shard's write lock for one small batch of removals at a
+//!   time (see `Backend::sweep`).
 
 use std::io;
 use std::sync::{Arc, Weak};
@@ -47,10 +55,19 @@ pub(crate) struct PurgeSignal {
     done: Condvar,
 }
 
-enum Wake {
-    Work,
+/// Why the purger woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A request (a token expiry): a sweep is needed only if the expiry killed entries.
+    Requested,
+    /// The interval passed: entries may have expired by time, so sweep.
+    Interval,
+    /// The store is gone.
     Shutdown,
 }
+
+/// The shortest deferral of a requested pass.
+pub(crate) const MIN_DEFER: Duration = Duration::from_millis(1);
 
 impl PurgeSignal {
     /// Asks for a pass soon.
@@ -121,7 +138,7 @@ impl PurgeSignal {
                 return Wake::Shutdown;
             }
             if state.progress.requested > state.progress.served {
-                return Wake::Work;
+                return Wake::Requested;
             }
             match deadline {
                 Some(deadline) => {
@@ -129,7 +146,7 @@ impl PurgeSignal {
                         return if state.shutdown {
                             Wake::Shutdown
                         } else {
-                            Wake::Work
+                            Wake::Interval
                         };
                     }
                 }
@@ -137,28 +154,52 @@ impl PurgeSignal {
             }
         }
     }
+
+    /// Sleeps `pause` unless shutdown comes first; returns whether it did not.
+    fn pause(&self, pause: Duration) -> bool {
+        let Some(deadline) = Instant::now().checked_add(pause) else {
+            return true;
+        };
+        let mut state = self.state.lock();
+        while !state.shutdown {
+            if self.wake.wait_until(&mut state, deadline).timed_out() {
+                return !state.shutdown;
+            }
+        }
+        false
+    }
 }
 
-/// Starts the purger thread of `target`: it runs `purge` on each wake-up while `target` lives.
-/// The handle may be dropped (the thread then runs detached).
+/// Starts the purger thread of `target`: it runs `purge` on each wake-up while `target` lives,
+/// telling it why it woke. A requested pass is deferred (module docs). The handle may be
+/// dropped (the thread then runs detached).
 pub(crate) fn spawn<T: Send + Sync + 'static>(
     target: Weak<T>,
     signal: Arc<PurgeSignal>,
     interval: Duration,
-    purge: fn(&T),
+    purge: fn(&T, Wake),
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(String::from("nearcache-purge"))
         .spawn(move || {
+            let mut last_pass = Duration::ZERO;
             loop {
-                if let Wake::Shutdown = signal.wait_for_work(interval) {
+                let wake = signal.wait_for_work(interval);
+                if wake == Wake::Shutdown {
+                    break;
+                }
+                if wake == Wake::Requested
+                    && !signal.pause(MIN_DEFER.max(last_pass.saturating_mul(4)).min(interval))
+                {
                     break;
                 }
                 // Strong only for the pass, so the store can be dropped while we sleep.
                 let Some(target) = target.upgrade() else {
                     break;
                 };
-                purge(&target);
+                let started = Instant::now();
+                purge(&target, wake);
+                last_pass = started.elapsed();
             }
             tracing::trace!("nearcache purger stopped");
         })
@@ -175,7 +216,7 @@ mod tests {
         signal: Arc<PurgeSignal>,
     }
 
-    fn pass(target: &Target) {
+    fn pass(target: &Target, _: Wake) {
         let served = target.signal.begin_pass();
         target.passes.fetch_add(1, Ordering::SeqCst);
         target.signal.end_pass(served);
@@ -212,6 +253,33 @@ mod tests {
         assert!(target.passes.load(Ordering::SeqCst) >= 3);
         signal.shutdown();
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_requested_pass_waits_its_deferral_and_coalesces_a_burst() {
+        let (target, signal, handle) = start(Duration::from_secs(3600));
+        let asked = Instant::now();
+        for _ in 0..100 {
+            signal.request();
+        }
+        assert!(signal.wait_until(|p| p.served >= 100, Duration::from_secs(10)));
+        assert!(
+            asked.elapsed() >= MIN_DEFER,
+            "the pass started no sooner than its deferral"
+        );
+        assert!(
+            target.passes.load(Ordering::SeqCst) < 100,
+            "a burst of requests made during the deferral shares passes"
+        );
+        signal.shutdown();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_interrupts_a_deferral() {
+        let signal = PurgeSignal::default();
+        signal.shutdown();
+        assert!(!signal.pause(Duration::from_secs(3600)), "returns at once");
     }
 
     #[test]
