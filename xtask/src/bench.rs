@@ -14,7 +14,14 @@ use std::path::PathBuf;
 use crate::{cmd, redis};
 
 /// The bench binaries, in the order of the table's rows.
-const BENCHES: [&str; 5] = ["local", "stampede", "region_expiry", "redis", "memory"];
+const BENCHES: [&str; 6] = [
+    "local",
+    "stampede",
+    "region_expiry",
+    "expiry_churn",
+    "redis",
+    "memory",
+];
 
 /// The bench binary of `--instructions`.
 const INSTRUCTIONS: [&str; 1] = ["instructions"];

@@ -8,11 +8,16 @@
 //! store, so dropping the store stops it.
 //!
 //! It never competes with the threads it serves:
-//! - **Deferred.** Woken by a request, it first sleeps [`MIN_DEFER`] (or four times its last
-//!   pass, if longer) before it starts. The caller that woke it, even on the same and only
-//!   CPU, gets that CPU back at once, and a burst of expiries coalesces into one pass.
-//! - **Rate-bounded.** That sleep keeps the purger's share of a core at about a fifth while
-//!   expiries keep coming, however long a pass over a big cache takes.
+//! - **Never woken by a caller.** A request (a token expiry) only bumps a counter; the purger
+//!   notices it at its next tick, at most [`POLL`] later. Waking a sleeping thread would let
+//!   the scheduler hand it the caller's CPU at once (a freshly woken thread is favoured): on
+//!   a machine with one free CPU or none, the caller of `expire_region` then waited for the
+//!   whole pass, or for another process's time slice. A burst of expiries coalesces into one
+//!   pass.
+//! - **Rate-bounded.** After a pass that took `d`, the next one waits at least `9 × d`:
+//!   the purger uses at most a tenth of a core while expiries keep coming, however long a
+//!   pass over a big cache takes (dead entries then linger a little longer; reads never
+//!   return them).
 //! - **Skipped when pointless.** A requested pass whose expiries killed no entry (the tokens
 //!   had no holders: see `Regions::held_expiries`) only collects unused tokens.
 //! - **Incremental.** A sweep holds a shard's write lock for one small batch of removals at a
@@ -62,18 +67,19 @@ pub(crate) enum Wake {
     Requested,
     /// The interval passed: entries may have expired by time, so sweep.
     Interval,
-    /// The store is gone.
-    Shutdown,
 }
 
-/// The shortest deferral of a requested pass.
-pub(crate) const MIN_DEFER: Duration = Duration::from_millis(1);
+/// How often an idle purger looks for requests (its longest delay before a requested pass).
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+
+/// A pass that took `d` is followed by at least `PAUSE_FACTOR × d` of sleep.
+const PAUSE_FACTOR: u32 = 9;
 
 impl PurgeSignal {
-    /// Asks for a pass soon.
+    /// Asks for a pass soon (within [`POLL`], or the rate bound). Does not wake the purger:
+    /// see the module docs.
     pub(crate) fn request(&self) {
         self.state.lock().progress.requested += 1;
-        self.wake.notify_one();
     }
 
     /// Tells the purger to exit.
@@ -129,30 +135,10 @@ impl PurgeSignal {
         }
     }
 
-    /// The purger's sleep: until a request is pending, `interval` passes, or shutdown.
-    fn wait_for_work(&self, interval: Duration) -> Wake {
-        let deadline = Instant::now().checked_add(interval);
-        let mut state = self.state.lock();
-        loop {
-            if state.shutdown {
-                return Wake::Shutdown;
-            }
-            if state.progress.requested > state.progress.served {
-                return Wake::Requested;
-            }
-            match deadline {
-                Some(deadline) => {
-                    if self.wake.wait_until(&mut state, deadline).timed_out() {
-                        return if state.shutdown {
-                            Wake::Shutdown
-                        } else {
-                            Wake::Interval
-                        };
-                    }
-                }
-                None => self.wake.wait(&mut state),
-            }
-        }
+    /// Whether a request is waiting for a pass.
+    fn pending(&self) -> bool {
+        let state = self.state.lock();
+        state.progress.requested > state.progress.served
     }
 
     /// Sleeps `pause` unless shutdown comes first; returns whether it did not.
@@ -170,9 +156,10 @@ impl PurgeSignal {
     }
 }
 
-/// Starts the purger thread of `target`: it runs `purge` on each wake-up while `target` lives,
-/// telling it why it woke. A requested pass is deferred (module docs). The handle may be
-/// dropped (the thread then runs detached).
+/// Starts the purger thread of `target`: every [`POLL`] (or `interval`, if shorter) it runs
+/// `purge` if a request is pending or `interval` has passed since the last timed pass,
+/// telling it why; never sooner than the rate bound allows. The handle may be dropped (the
+/// thread then runs detached).
 pub(crate) fn spawn<T: Send + Sync + 'static>(
     target: Weak<T>,
     signal: Arc<PurgeSignal>,
@@ -182,24 +169,31 @@ pub(crate) fn spawn<T: Send + Sync + 'static>(
     std::thread::Builder::new()
         .name(String::from("nearcache-purge"))
         .spawn(move || {
-            let mut last_pass = Duration::ZERO;
+            let tick = POLL.min(interval);
+            let mut pause = tick;
+            let mut last_timed = Instant::now();
             loop {
-                let wake = signal.wait_for_work(interval);
-                if wake == Wake::Shutdown {
+                if !signal.pause(pause) {
                     break;
                 }
-                if wake == Wake::Requested
-                    && !signal.pause(MIN_DEFER.max(last_pass.saturating_mul(4)).min(interval))
-                {
-                    break;
-                }
+                let wake = if last_timed.elapsed() >= interval {
+                    Wake::Interval
+                } else if signal.pending() {
+                    Wake::Requested
+                } else {
+                    pause = tick;
+                    continue;
+                };
                 // Strong only for the pass, so the store can be dropped while we sleep.
                 let Some(target) = target.upgrade() else {
                     break;
                 };
                 let started = Instant::now();
+                if wake == Wake::Interval {
+                    last_timed = started;
+                }
                 purge(&target, wake);
-                last_pass = started.elapsed();
+                pause = tick.max(started.elapsed().saturating_mul(PAUSE_FACTOR));
             }
             tracing::trace!("nearcache purger stopped");
         })
@@ -256,20 +250,15 @@ mod tests {
     }
 
     #[test]
-    fn a_requested_pass_waits_its_deferral_and_coalesces_a_burst() {
+    fn a_burst_of_requests_shares_passes() {
         let (target, signal, handle) = start(Duration::from_secs(3600));
-        let asked = Instant::now();
         for _ in 0..100 {
             signal.request();
         }
         assert!(signal.wait_until(|p| p.served >= 100, Duration::from_secs(10)));
         assert!(
-            asked.elapsed() >= MIN_DEFER,
-            "the pass started no sooner than its deferral"
-        );
-        assert!(
             target.passes.load(Ordering::SeqCst) < 100,
-            "a burst of requests made during the deferral shares passes"
+            "requests made between two ticks share a pass"
         );
         signal.shutdown();
         handle.join().unwrap();
