@@ -292,7 +292,7 @@ impl TokenSet {
 ///
 /// The value, deadline, weight and the epoch of the global token the entry was loaded under
 /// are inline; region and user tokens and a sliding window's state are boxed, and only for
-/// entries that have any, so a plain entry is 64 bytes in its shard's slot and nothing else.
+/// entries that have any, so a plain entry is 48 bytes in its shard's slot and nothing else.
 pub(crate) struct StoredEntry {
     payload: Payload,
     /// Absolute deadline on the store clock, [`NEVER`] for none.
@@ -606,7 +606,7 @@ mod tests {
     fn a_stored_entry_is_small() {
         // Documented in the crate docs: keep them in sync.
         let inline = std::mem::size_of::<StoredEntry>();
-        assert!(inline <= 64, "{inline}");
+        assert!(inline <= 48, "{inline}");
         let shared = std::mem::size_of::<Shared>();
         assert!(shared <= 56, "{shared}");
     }

@@ -10,16 +10,15 @@ use crate::error::TypeMismatch;
 
 /// What an entry or a flight holds: a value, or a cached "nothing" (negative entry).
 ///
-/// 24 bytes (one `Arc` of an erased value and a flag): it is inline in every stored entry,
-/// so its size is paid per entry. A negative entry of `T` holds a [`Nothing`] marker, so a
-/// read of `T` tells both kinds apart with the `TypeId` comparison its downcast makes anyway. The type's
-/// name, for error messages only, comes from the erased value's vtable, not from a field.
+/// 16 bytes (one `Arc` of an erased value, nothing else): it is inline in every stored
+/// entry, so its size is paid per entry. A negative entry holds a [`Nothing`] marker, a type
+/// no caller can name, so a read of `T` tells a value from a negative entry with the
+/// `TypeId` comparison its downcast makes anyway. The type's name, for error messages only,
+/// comes from the erased value's vtable (or the marker), not from a field.
 #[derive(Clone)]
 pub(crate) struct Payload {
-    /// An `Arc<T>` (or an `Arc<Nothing>`), erased.
+    /// An `Arc<T>` (or an `Arc<Nothing>`: a factory's `Ok(None)`), erased.
     value: Arc<dyn Erased>,
-    /// A factory's `Ok(None)`.
-    nothing: bool,
 }
 
 /// An erased value: [`Any`] for the downcast, and its type's name for error messages (read
@@ -56,10 +55,7 @@ pub(crate) enum Typed<T> {
 
 impl Payload {
     pub(crate) fn value<T: Send + Sync + 'static>(value: Arc<T>) -> Self {
-        Payload {
-            value,
-            nothing: false,
-        }
+        Payload { value }
     }
 
     pub(crate) fn nothing<T: 'static>() -> Self {
@@ -68,12 +64,17 @@ impl Payload {
                 of: TypeId::of::<T>(),
                 name: type_name::<T>(),
             }),
-            nothing: true,
         }
     }
 
+    /// Whether this is a negative entry (one virtual call: off the hit path).
     pub(crate) fn is_nothing(&self) -> bool {
-        self.nothing
+        self.marker().is_some()
+    }
+
+    fn marker(&self) -> Option<&Nothing> {
+        let any: &dyn Any = &*self.value;
+        any.downcast_ref::<Nothing>()
     }
 
     /// The payload as a `T`, read in place: the hit path. A value costs one `TypeId`
@@ -91,20 +92,18 @@ impl Payload {
     #[cold]
     #[inline(never)]
     fn read_other<T: 'static>(&self) -> Typed<T> {
-        let any: &dyn Any = &*self.value;
-        match any.downcast_ref::<Nothing>() {
-            Some(nothing) if self.nothing && nothing.of == TypeId::of::<T>() => Typed::Nothing,
-            Some(_) if self.nothing => Typed::NothingElse,
-            _ => Typed::Other,
+        match self.marker() {
+            Some(nothing) if nothing.of == TypeId::of::<T>() => Typed::Nothing,
+            Some(_) => Typed::NothingElse,
+            None => Typed::Other,
         }
     }
 
     /// The name of the type this holds (of a negative entry: the type it is a `None` of).
     pub(crate) fn type_name(&self) -> &'static str {
-        let any: &dyn Any = &*self.value;
-        match any.downcast_ref::<Nothing>() {
-            Some(nothing) if self.nothing => nothing.name,
-            _ => Erased::type_name(&*self.value),
+        match self.marker() {
+            Some(nothing) => nothing.name,
+            None => Erased::type_name(&*self.value),
         }
     }
 
@@ -252,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_payload_is_small() {
-        assert!(std::mem::size_of::<Payload>() <= 24);
+        assert_eq!(std::mem::size_of::<Payload>(), 16);
     }
 
     #[test]
