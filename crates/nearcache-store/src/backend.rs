@@ -11,7 +11,7 @@
 //! Shards are picked from the key's precomputed hash as quick_cache picks them.
 
 use nearcache_keys::Key;
-use parking_lot::RwLock;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use quick_cache::unsync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use std::hash::BuildHasher;
@@ -140,7 +140,15 @@ impl Backend {
     /// it recently used). `f` must be quick: writers to this shard wait for it.
     #[inline(always)]
     pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&StoredEntry) -> R) -> Option<R> {
-        self.shard(key).read().get(key).map(f)
+        self.read_guard(key).map(|entry| f(&entry))
+    }
+
+    /// The entry under `key`, in place, behind the shard's read lock (marking it recently
+    /// used): the hit path reads through it without a closure frame. Hold it briefly:
+    /// writers to this shard wait for it.
+    #[inline(always)]
+    pub(crate) fn read_guard(&self, key: &Key) -> Option<MappedRwLockReadGuard<'_, StoredEntry>> {
+        RwLockReadGuard::try_map(self.shard(key).read(), |shard| shard.get(key)).ok()
     }
 
     /// Stores `entry` under `key`, replacing what was there; may evict others.

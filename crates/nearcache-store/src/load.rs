@@ -60,15 +60,13 @@ impl StoreInner {
     #[inline(always)] // the hit path: one frame from the caller's loop to quick_cache's lookup
     pub(crate) fn lookup_with<R>(&self, key: &Key, read: impl FnOnce(&Payload) -> R) -> Option<R> {
         let global_epoch = self.regions.global_epoch();
-        let found = self.cache.read(key, |entry| {
-            entry
-                .is_live(&self.clock, global_epoch)
-                .then(|| read(entry.payload()))
-        })?;
-        if found.is_none() {
-            self.remove_dead(key);
+        let entry = self.cache.read_guard(key)?;
+        if entry.is_live(&self.clock, global_epoch) {
+            return Some(read(entry.payload()));
         }
-        found
+        drop(entry);
+        self.remove_dead(key);
+        None
     }
 
     /// Removes `key`'s entry if it is (still) dead: a live one stored meanwhile stays. Kept
@@ -133,7 +131,7 @@ impl StoreInner {
         if !self.enabled || self.read_bypass() {
             return None;
         }
-        let typed = self.lookup_with(key, Payload::read::<S::Value>)?;
+        let typed = self.lookup_with(key, |payload| payload.read::<S::Value>())?;
         let hit = S::from_typed(typed)?;
         self.stats.incr(Counter::Hits);
         Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))

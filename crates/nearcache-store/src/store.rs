@@ -76,7 +76,7 @@ impl StoreInner {
             self.stats.incr(Counter::Misses);
             return None;
         }
-        match self.lookup_with(key, Payload::read::<T>) {
+        match self.lookup_with(key, |payload| payload.read::<T>()) {
             Some(read) => {
                 self.stats.incr(Counter::Hits);
                 Some(read)
