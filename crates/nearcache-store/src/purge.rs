@@ -3,9 +3,10 @@
 //!
 //! Expiring a region only flips a token, so its entries stay in the cache until something
 //! removes them. Each store runs one purger thread that sweeps the cache and then drops
-//! unused region tokens. It wakes when a token is expired (region expiry, clear) and every
-//! `purge_interval` for entries that expired by time. It holds only a `Weak` reference to the
-//! store, so dropping the store stops it.
+//! unused region tokens. It looks for requests (a token expiry: region expiry, clear) every
+//! [`POLL`], and sweeps every `purge_interval` for entries that expired by time; idle, it costs
+//! 20 wake-ups a second. It holds only a `Weak` reference to the store, so dropping the store
+//! stops it.
 //!
 //! It never competes with the threads it serves:
 //! - **Never woken by a caller.** A request (a token expiry) only bumps a counter; the purger
