@@ -317,22 +317,37 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_removes_only_what_it_judges_dead_in_many_batches() {
+    fn a_sweep_removes_exactly_the_dead_entries_over_several_scans() {
         let stats = Arc::new(Stats::new());
-        let n = 3 * SWEEP_SCAN + 17;
+        // More dead entries per shard than one scan collects: the sweep must rescan.
+        let n = 6 * SWEEP_SCAN + 17;
         let backend = Backend::build(sizing(2 * n as u64), Some(2), Arc::clone(&stats)).unwrap();
         let regions = Arc::new(Regions::new());
+        let defaults = EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: false,
+        };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
-        for key in &keys {
-            backend.insert(key.clone(), entry(&regions, key));
+        for (i, key) in keys.iter().enumerate() {
+            let mut tied = Entry::new(key.clone(), Arc::clone(&regions));
+            if i % 3 != 0 {
+                tied.region_by_name("doomed").unwrap();
+            }
+            let stored = tied
+                .into_stored(Payload::value(Arc::new(i)), 0, 0, &defaults)
+                .unwrap();
+            backend.insert(key.clone(), stored);
         }
-        let removed = backend.sweep(|_| true);
-        assert_eq!(removed, n, "past several full scans per shard");
-        assert!(backend.is_empty());
-        for key in &keys[..100] {
-            backend.insert(key.clone(), entry(&regions, key));
+        regions.expire_region("doomed").unwrap();
+        let epoch = regions.global_epoch();
+        let removed = backend.sweep(|entry| !entry.is_live_at(0, epoch));
+        let survivors = n.div_ceil(3);
+        assert_eq!(removed, n - survivors);
+        assert_eq!(backend.len(), survivors);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(backend.read(key, |_| ()).is_some(), i % 3 == 0, "key {i}");
         }
-        assert_eq!(backend.sweep(|_| false), 0);
-        assert_eq!(backend.len(), 100);
+        assert_eq!(backend.sweep(|entry| !entry.is_live_at(0, epoch)), 0);
     }
 }

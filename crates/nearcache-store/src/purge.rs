@@ -266,7 +266,7 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_interrupts_a_deferral() {
+    fn shutdown_interrupts_the_purgers_sleep() {
         let signal = PurgeSignal::default();
         signal.shutdown();
         assert!(!signal.pause(Duration::from_secs(3600)), "returns at once");
