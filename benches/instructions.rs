@@ -7,8 +7,9 @@
 //! `valgrind --tool=callgrind` once per operation and iteration count: the same set-up (10,000
 //! cached keys, the uniform order of row 1) with `SHORT` and with `LONG` operations. The
 //! difference of the two totals divided by `LONG - SHORT` is the cost of one operation,
-//! set-up and process start-up cancelled out. Each run's callgrind profile is kept in
-//! `<out>/callgrind/<operation>.<iterations>.out` for `callgrind_annotate`.
+//! set-up and process start-up cancelled out; the median of `REPEATS` such pairs is reported.
+//! Each run's callgrind profile is kept in `<out>/callgrind/<operation>.<iterations>.<run>.out`
+//! for `callgrind_annotate`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -35,6 +36,10 @@ const KEYS: usize = 10_000;
 /// Operations of the short and the long run.
 const SHORT: u64 = 200_000;
 const LONG: u64 = 1_200_000;
+/// Pairs of runs per operation; the median is reported. Keys hash with a per-process random
+/// seed (as in production), so each process lays its tables out differently and a count
+/// varies by a few instructions per operation from one process to the next.
+const REPEATS: usize = 3;
 
 /// Set when this binary runs one measured loop under callgrind: `<operation> <iterations>`.
 const CHILD_ENV: &str = "NEARCACHE_INSTRUCTIONS_CHILD";
@@ -67,22 +72,23 @@ fn parent() {
     let mut report = Report::new("instructions");
     let mut per_op = Vec::new();
     for operation in OPERATIONS {
-        let short = callgrind_total(&profiles, operation, SHORT);
-        let long = callgrind_total(&profiles, operation, LONG);
-        let each = long.saturating_sub(short) as f64 / (LONG - SHORT) as f64;
-        eprintln!("{operation}: {each:.1} instructions per operation");
+        let mut runs: Vec<f64> = (0..REPEATS)
+            .map(|run| {
+                let short = callgrind_total(&profiles, operation, SHORT, run);
+                let long = callgrind_total(&profiles, operation, LONG, run);
+                long.saturating_sub(short) as f64 / (LONG - SHORT) as f64
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        let each = runs[runs.len() / 2];
+        eprintln!("{operation}: {each:.1} instructions per operation (runs: {runs:.1?})");
         per_op.push((operation, each));
     }
     let baseline = per_op[0].1;
-    let rows: [(&str, &str, Goal); 5] = [
+    let rows: [(&str, &str, Goal); 4] = [
         (
             "nearcache_get",
             "instructions per hit, get (no expiry)",
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get_typed",
-            "instructions per hit, TypedCache::get (no expiry)",
             Goal::RatioAtMost(1.25),
         ),
         (
@@ -103,6 +109,7 @@ fn parent() {
     ];
     for (operation, what, goal) in rows {
         let Some(&(_, ours)) = per_op.iter().find(|(op, _)| **op == operation) else {
+            eprintln!("{operation} was not measured: no row");
             continue;
         };
         report.push(Row::vs(
@@ -118,8 +125,8 @@ fn parent() {
 }
 
 /// Runs `operation` `iterations` times under callgrind; returns the instructions it counted.
-fn callgrind_total(profiles: &Path, operation: &str, iterations: u64) -> u64 {
-    let profile = profiles.join(format!("{operation}.{iterations}.out"));
+fn callgrind_total(profiles: &Path, operation: &str, iterations: u64, run: usize) -> u64 {
+    let profile = profiles.join(format!("{operation}.{iterations}.{run}.out"));
     let exe = std::env::current_exe().expect("this binary's path");
     let status = Command::new("valgrind")
         .arg("--tool=callgrind")
