@@ -51,11 +51,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     }
     let benches: &[&str] = if instructions {
-        let valgrind = redis::ensure_program(
-            "valgrind",
-            "valgrind",
-            "install it with: sudo apt-get install -y valgrind",
-        )?;
+        let valgrind = ensure_valgrind()?;
         eprintln!("xtask: counting instructions with {}", valgrind.display());
         &INSTRUCTIONS
     } else {
@@ -106,6 +102,51 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         eprintln!("xtask: {missed} row(s) miss their target (✗)");
     }
     Ok(())
+}
+
+const VALGRIND_HINT: &str = "install it with: sudo apt-get update && sudo apt-get install -y \
+valgrind (or put a valgrind binary on PATH)";
+
+/// The path of `valgrind`, installing it with apt-get first when it is missing and this
+/// process may (root, or password-less sudo), as `redis::ensure_installed` does for
+/// redis-server.
+fn ensure_valgrind() -> Result<PathBuf, String> {
+    if let Some(path) = redis::find_on_path("valgrind") {
+        return Ok(path);
+    }
+    eprintln!("xtask: valgrind is not on PATH; --instructions needs it");
+    if redis::find_on_path("apt-get").is_none() {
+        return Err(format!(
+            "valgrind not found and apt-get is unavailable; {VALGRIND_HINT}"
+        ));
+    }
+    let sudo: &[&str] = if redis::is_root() {
+        &[]
+    } else if std::process::Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        &["sudo", "-n"]
+    } else {
+        return Err(format!(
+            "valgrind not found and no rights to install it; {VALGRIND_HINT}"
+        ));
+    };
+    for args in [
+        &["apt-get", "update", "-qq"][..],
+        &["apt-get", "install", "-y", "-qq", "valgrind"],
+    ] {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(args);
+        let mut command = std::process::Command::new(full[0]);
+        command
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd::run(command).map_err(|e| format!("{e}; {VALGRIND_HINT}"))?;
+    }
+    redis::find_on_path("valgrind")
+        .ok_or_else(|| format!("valgrind still not on PATH after installing; {VALGRIND_HINT}"))
 }
 
 /// Where the benches write: `$CARGO_TARGET_DIR/nearcache-bench` or `target/nearcache-bench`.

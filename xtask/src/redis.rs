@@ -12,19 +12,13 @@ const INSTALL_HINT: &str = "install it with: sudo apt-get update && sudo apt-get
 /// The path of `redis-server`, installing it with apt-get first when it is missing and this
 /// process may (root, or password-less sudo).
 pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
-    ensure_program("redis-server", "redis-server", INSTALL_HINT)
-}
-
-/// The path of `program`, installing Debian package `package` with apt-get first when it is
-/// missing and this process may (root, or password-less sudo); `hint` says how otherwise.
-pub(crate) fn ensure_program(program: &str, package: &str, hint: &str) -> Result<PathBuf, String> {
-    if let Some(path) = find_on_path(program) {
+    if let Some(path) = find_on_path("redis-server") {
         return Ok(path);
     }
-    eprintln!("xtask: {program} is not on PATH; installing {package}");
+    eprintln!("xtask: redis-server is not on PATH; the Redis tests need it");
     if find_on_path("apt-get").is_none() {
         return Err(format!(
-            "{program} not found and apt-get is unavailable; {hint}"
+            "redis-server not found and apt-get is unavailable; {INSTALL_HINT}"
         ));
     }
     let sudo: &[&str] = if is_root() {
@@ -37,12 +31,12 @@ pub(crate) fn ensure_program(program: &str, package: &str, hint: &str) -> Result
         &["sudo", "-n"]
     } else {
         return Err(format!(
-            "{program} not found and no rights to install it; {hint}"
+            "redis-server not found and no rights to install it; {INSTALL_HINT}"
         ));
     };
     for args in [
         &["apt-get", "update", "-qq"][..],
-        &["apt-get", "install", "-y", "-qq", package],
+        &["apt-get", "install", "-y", "-qq", "redis-server"],
     ] {
         let mut full: Vec<&str> = sudo.to_vec();
         full.extend_from_slice(args);
@@ -50,22 +44,22 @@ pub(crate) fn ensure_program(program: &str, package: &str, hint: &str) -> Result
         command
             .args(&full[1..])
             .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd::run(command).map_err(|e| format!("{e}; {hint}"))?;
+        cmd::run(command).map_err(|e| format!("{e}; {INSTALL_HINT}"))?;
     }
     // The Debian package starts a system server on 6379; tests never use it (each starts
     // its own on a free port), so leave it be rather than guess at the init system.
-    find_on_path(program)
-        .ok_or_else(|| format!("{program} still not on PATH after installing; {hint}"))
+    find_on_path("redis-server")
+        .ok_or_else(|| format!("redis-server still not on PATH after installing; {INSTALL_HINT}"))
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
