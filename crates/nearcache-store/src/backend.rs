@@ -183,13 +183,17 @@ impl Backend {
         }
     }
 
-    /// Removes the entries `dead` accepts; returns how many. Readers never wait for more
-    /// than one batch: each shard is scanned under its *read* lock (readers share it), which
-    /// collects at most [`SWEEP_SCAN`] candidates, and they are removed [`SWEEP_BATCH`] at a
-    /// time under the write lock, each re-checked there (a live entry stored meanwhile
+    /// Removes the entries `dead` accepts; returns how many. The write lock is held for
+    /// [`SWEEP_BATCH`] removals at a time: each shard is scanned under its *read* lock (readers
+    /// share it), which collects at most [`SWEEP_SCAN`] candidates, and they are removed in
+    /// batches under the write lock, each re-checked there (a live entry stored meanwhile
     /// stays). Removed entries are dropped after the lock is released. A shard is scanned
     /// again while its last scan filled up; entries that move during a scan may be missed
     /// until the next sweep (they are never returned: reads check liveness themselves).
+    ///
+    /// Limit: a writer to a shard (an insert, a `remove`) waits for a scan of that shard in
+    /// progress, up to a whole shard's entries, and with `parking_lot`'s fair lock readers
+    /// arriving after that writer wait behind it. Readers alone never wait for a scan.
     pub(crate) fn sweep(&self, dead: impl Fn(&StoredEntry) -> bool) -> usize {
         let mut removed = 0;
         let mut candidates: Vec<Key> = Vec::new();
