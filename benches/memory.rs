@@ -81,7 +81,7 @@ fn main() {
             ours,
             "quick_cache (Key)",
             theirs,
-            Goal::Info,
+            Goal::RatioAtMost(1.25),
         ));
     }
 }

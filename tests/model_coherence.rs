@@ -6,7 +6,11 @@
 //! overlap a write (some start before it, some after it returned or was applied there, and
 //! the later ones find the earlier ones' loads still in flight), lost publishes
 //! (`drop_next`), lost deliveries to one instance (`drop_incoming`), disconnects and
-//! reconnects. The model checks:
+//! reconnects, connection flapping behind a full subscription queue (down, up, down — the
+//! health the instance ends with must be the link's), subscriptions the backplane ends, and
+//! forged messages under a real peer's name with an implausible sequence number (no signing
+//! key: they may cost a clear, but must never make that peer's real messages invisible).
+//! The model checks:
 //!
 //! - **no read goes back past a finished invalidation, for every caller:** once an
 //!   invalidation has been applied on an instance — its own call returned, or the model saw
@@ -87,6 +91,23 @@ enum Step {
     DropNext {
         n: u64,
     },
+    /// Garbage fills every subscription queue, then `at`'s link goes down, up and down (and
+    /// up again when `end_up`), faster than its receiver reads.
+    Flap {
+        at: usize,
+        end_up: bool,
+    },
+    /// The backplane ends `at`'s subscription; it must subscribe again by itself.
+    EndSubscription {
+        at: usize,
+    },
+    /// A message under `origin`'s name, removing `key`, with a sequence number far ahead of
+    /// its real ones (`u64::MAX`, or 1,000 ahead).
+    Forge {
+        origin: usize,
+        key: usize,
+        at_the_end: bool,
+    },
     DropIncoming {
         at: usize,
         n: u64,
@@ -123,6 +144,10 @@ fn step() -> impl Strategy<Value = Step> {
             Step::ConcurrentReads { at, writer, key, how }
         }),
         2 => (1..3_u64).prop_map(|n| Step::DropNext { n }),
+        1 => (at.clone(), any::<bool>()).prop_map(|(at, end_up)| Step::Flap { at, end_up }),
+        1 => at.clone().prop_map(|at| Step::EndSubscription { at }),
+        1 => (at.clone(), 0..KEYS, any::<bool>())
+            .prop_map(|(origin, key, at_the_end)| Step::Forge { origin, key, at_the_end }),
         2 => (at.clone(), 1..3_u64).prop_map(|(at, n)| Step::DropIncoming { at, n }),
         2 => at.clone().prop_map(|at| Step::Disconnect { at }),
         2 => at.prop_map(|at| Step::Reconnect { at }),
@@ -174,7 +199,15 @@ struct World {
     tap: Subscription,
     /// Per origin: the highest sequence number the tap has seen.
     tapped: HashMap<u128, u64>,
+    /// Forged messages injected (origin, seq): not what the origin sent, so neither the tap
+    /// nor the floors count them.
+    forged: std::collections::HashSet<(u128, u64)>,
+    /// While `Flap` floods the bus with garbage (the tap's queue overflows too).
+    flapped: bool,
 }
+
+/// Each subscription's queue on the model's bus (the in-memory default), which `Flap` fills.
+const QUEUE: usize = InMemoryBackplane::DEFAULT_QUEUE_CAPACITY;
 
 /// A write whose message reached every subscription.
 struct Delivered {
@@ -248,6 +281,8 @@ impl World {
             delivered: Vec::new(),
             tap,
             tapped: HashMap::new(),
+            forged: std::collections::HashSet::new(),
+            flapped: false,
         };
         world.introduce().await;
         world
@@ -286,7 +321,9 @@ impl World {
     }
 
     fn record(&mut self, j: usize, event: CacheEvent) {
-        if let CacheEvent::Applied { origin, seq, .. } = event {
+        if let CacheEvent::Applied { origin, seq, .. } = event
+            && !self.forged.contains(&(origin.as_u128(), seq))
+        {
             let last = self.applied[j].entry(origin.as_u128()).or_default();
             *last = (*last).max(seq);
         }
@@ -316,10 +353,17 @@ impl World {
         while let Some(event) = self.tap.try_recv() {
             match event {
                 BackplaneEvent::Message(payload) => {
-                    let message = wire::decode(&payload).unwrap();
-                    let seen = self.tapped.entry(message.origin.as_u128()).or_default();
-                    *seen = (*seen).max(message.seq);
+                    let Ok(message) = wire::decode(&payload) else {
+                        continue; // the garbage `Flap` injects
+                    };
+                    let origin = message.origin.as_u128();
+                    if !self.forged.contains(&(origin, message.seq)) {
+                        let seen = self.tapped.entry(origin).or_default();
+                        *seen = (*seen).max(message.seq);
+                    }
                 }
+                // `Flap` fills the queues on purpose; the tap's own gaps do not matter then.
+                BackplaneEvent::Lagged { .. } if self.flapped => {}
                 BackplaneEvent::Lagged { .. } => panic!("the tap lagged: the model cannot follow"),
                 _ => {}
             }
@@ -581,6 +625,48 @@ impl World {
             Step::Disconnect { at } => self.conns[at].disconnect(),
             Step::Reconnect { at } => self.conns[at].reconnect(),
             Step::Quiesce => self.quiesce().await,
+            Step::Flap { at, end_up } => {
+                self.drain_tap();
+                self.flapped = true;
+                for _ in 0..QUEUE + 2 {
+                    self.bus.inject(bytes::Bytes::from_static(b"not an invalidation"));
+                }
+                self.drain_tap();
+                self.flapped = false;
+                let conn = &self.conns[at];
+                conn.disconnect();
+                conn.reconnect();
+                conn.disconnect();
+                if end_up {
+                    conn.reconnect();
+                }
+            }
+            Step::EndSubscription { at } => self.conns[at].end_subscriptions(),
+            Step::Forge {
+                origin,
+                key: k,
+                at_the_end,
+            } => {
+                let id = self.caches[origin].instance_id().unwrap();
+                let seq = if at_the_end {
+                    u64::MAX
+                } else {
+                    messages_sent(&self.caches[origin]) + 1_000
+                };
+                self.forged.insert((id.as_u128(), seq));
+                self.bus.inject(
+                    wire::encode(&wire::Message {
+                        origin: id,
+                        seq,
+                        sent_at_unix_micros: 0,
+                        origin_started_unix_ms: 0,
+                        ops: vec![wire::Op::Remove {
+                            keys: vec![key(k).as_str().to_owned()],
+                        }],
+                    })
+                    .unwrap(),
+                );
+            }
         }
     }
 

@@ -148,6 +148,10 @@ impl Unit {
 pub(crate) enum Goal {
     /// nearcache / baseline at most this (for lower-is-better units).
     RatioAtMost(f64),
+    /// nearcache / baseline at least this (for higher-is-better units).
+    RatioAtLeast(f64),
+    /// nearcache's figure at most this.
+    AtMost(f64),
     /// Better than the baseline: a lower time, a higher throughput.
     Better,
     /// nearcache's figure at least this.
@@ -224,6 +228,8 @@ impl Row {
     pub(crate) fn met(&self) -> Option<bool> {
         match self.goal {
             Goal::RatioAtMost(limit) => self.ratio().map(|r| r <= limit),
+            Goal::RatioAtLeast(floor) => self.ratio().map(|r| r >= floor),
+            Goal::AtMost(ceiling) => Some(self.ours <= ceiling),
             Goal::Better => self.ratio().map(|r| {
                 if self.unit.higher_is_better() {
                     r > 1.0
@@ -240,6 +246,8 @@ impl Row {
     fn target_text(&self) -> String {
         match self.goal {
             Goal::RatioAtMost(limit) => format!("≤ {limit}×"),
+            Goal::RatioAtLeast(floor) => format!("≥ {floor}×"),
+            Goal::AtMost(ceiling) => format!("≤ {}", self.unit.show(ceiling)),
             Goal::Better if self.unit.higher_is_better() => "> 1× (more)".to_owned(),
             Goal::Better => "< 1× (faster)".to_owned(),
             Goal::AtLeast(floor) => format!("≥ {}", self.unit.show(floor)),

@@ -1,4 +1,6 @@
-//! `cargo xtask bench [--quick]`: every benchmark of the suite, then one table of ratios.
+//! `cargo xtask bench [--quick | --instructions]`: every benchmark of the suite, then one
+//! table of ratios. `--instructions` runs only row 1 counted in instructions under callgrind
+//! (installing valgrind when missing), which does not drift with the machine's load.
 //!
 //! Each bench binary (see `benches/`) writes its rows to `target/nearcache-bench/<bench>.tsv`
 //! — preformatted fields, tab-separated, so this crate needs no JSON parser — and a `.json`
@@ -13,7 +15,17 @@ use std::path::PathBuf;
 use crate::{cmd, redis};
 
 /// The bench binaries, in the order of the table's rows.
-const BENCHES: [&str; 5] = ["local", "stampede", "region_expiry", "redis", "memory"];
+const BENCHES: [&str; 6] = [
+    "local",
+    "stampede",
+    "region_expiry",
+    "expiry_churn",
+    "redis",
+    "memory",
+];
+
+/// The bench binary of `--instructions`.
+const INSTRUCTIONS: [&str; 1] = ["instructions"];
 
 const HEADER: [&str; 7] = [
     "#",
@@ -27,21 +39,30 @@ const HEADER: [&str; 7] = [
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;
+    let mut instructions = false;
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--instructions" => instructions = true,
             other => {
                 return Err(format!(
-                    "`cargo xtask bench` takes only `--quick` (got `{other}`)"
+                    "`cargo xtask bench` takes only `--quick` or `--instructions` (got `{other}`)"
                 ));
             }
         }
     }
-    let redis_server = redis::ensure_installed()?;
-    eprintln!("xtask: the Redis benches use {}", redis_server.display());
+    let benches: &[&str] = if instructions {
+        let valgrind = ensure_valgrind()?;
+        eprintln!("xtask: counting instructions with {}", valgrind.display());
+        &INSTRUCTIONS
+    } else {
+        let redis_server = redis::ensure_installed()?;
+        eprintln!("xtask: the Redis benches use {}", redis_server.display());
+        &BENCHES
+    };
 
     let out = out_dir();
-    for bench in BENCHES {
+    for bench in benches {
         for ext in ["tsv", "json"] {
             let _ = std::fs::remove_file(out.join(format!("{bench}.{ext}")));
         }
@@ -49,7 +70,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     let mut command = cmd::cargo();
     command.args(["bench", "--package", "nearcache-suite"]);
-    for bench in BENCHES {
+    for bench in benches {
         command.args(["--bench", bench]);
     }
     command.env("NEARCACHE_BENCH_OUT", &out);
@@ -59,8 +80,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let ran = cmd::run(command);
 
     // Print what was measured even when a bench failed part-way.
-    let (rows, missing) = read_rows(&out);
-    let table = render(&rows, quick);
+    let (rows, missing) = read_rows(&out, benches);
+    let mode = match (instructions, quick) {
+        (true, _) => "instructions under callgrind (--instructions)",
+        (false, true) => "quick run (--quick)",
+        (false, false) => "full run",
+    };
+    let table = render(&rows, mode);
     println!("\n{}", table.text);
     let summary = out.join("summary.md");
     if let Err(error) = std::fs::write(&summary, &table.markdown) {
@@ -79,6 +105,51 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+const VALGRIND_HINT: &str = "install it with: sudo apt-get update && sudo apt-get install -y \
+valgrind (or put a valgrind binary on PATH)";
+
+/// The path of `valgrind`, installing it with apt-get first when it is missing and this
+/// process may (root, or password-less sudo), as `redis::ensure_installed` does for
+/// redis-server.
+fn ensure_valgrind() -> Result<PathBuf, String> {
+    if let Some(path) = redis::find_on_path("valgrind") {
+        return Ok(path);
+    }
+    eprintln!("xtask: valgrind is not on PATH; --instructions needs it");
+    if redis::find_on_path("apt-get").is_none() {
+        return Err(format!(
+            "valgrind not found and apt-get is unavailable; {VALGRIND_HINT}"
+        ));
+    }
+    let sudo: &[&str] = if redis::is_root() {
+        &[]
+    } else if std::process::Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        &["sudo", "-n"]
+    } else {
+        return Err(format!(
+            "valgrind not found and no rights to install it; {VALGRIND_HINT}"
+        ));
+    };
+    for args in [
+        &["apt-get", "update", "-qq"][..],
+        &["apt-get", "install", "-y", "-qq", "valgrind"],
+    ] {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(args);
+        let mut command = std::process::Command::new(full[0]);
+        command
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd::run(command).map_err(|e| format!("{e}; {VALGRIND_HINT}"))?;
+    }
+    redis::find_on_path("valgrind")
+        .ok_or_else(|| format!("valgrind still not on PATH after installing; {VALGRIND_HINT}"))
+}
+
 /// Where the benches write: `$CARGO_TARGET_DIR/nearcache-bench` or `target/nearcache-bench`.
 fn out_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -88,10 +159,13 @@ fn out_dir() -> PathBuf {
 }
 
 /// Every bench's rows in order, and the benches that wrote none.
-fn read_rows(out: &std::path::Path) -> (Vec<[String; 7]>, Vec<&'static str>) {
+fn read_rows(
+    out: &std::path::Path,
+    benches: &[&'static str],
+) -> (Vec<[String; 7]>, Vec<&'static str>) {
     let mut rows = Vec::new();
     let mut missing = Vec::new();
-    for bench in BENCHES {
+    for &bench in benches {
         let Ok(text) = std::fs::read_to_string(out.join(format!("{bench}.tsv"))) else {
             missing.push(bench);
             continue;
@@ -111,7 +185,7 @@ struct Table {
     markdown: String,
 }
 
-fn render(rows: &[[String; 7]], quick: bool) -> Table {
+fn render(rows: &[[String; 7]], mode: &str) -> Table {
     let width = |i: usize| {
         rows.iter()
             .map(|row| row[i].chars().count())
@@ -129,7 +203,7 @@ fn render(rows: &[[String; 7]], quick: bool) -> Table {
         text.trim_end().to_owned()
     };
 
-    let conditions = conditions(quick);
+    let conditions = conditions(mode);
     let mut text = format!("nearcache benchmarks — {conditions}\n");
     text.push_str(&line(&HEADER));
     text.push('\n');
@@ -157,7 +231,7 @@ fn render(rows: &[[String; 7]], quick: bool) -> Table {
 }
 
 /// Date, cores, CPU model, load: the conditions a table was measured in.
-fn conditions(quick: bool) -> String {
+fn conditions(mode: &str) -> String {
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -179,10 +253,5 @@ fn conditions(quick: bool) -> String {
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown".to_owned());
-    let mode = if quick {
-        "quick run (--quick)"
-    } else {
-        "full run"
-    };
     format!("{date}, {cores} cores, {cpu}, load average {load} at the end, {mode}")
 }

@@ -23,7 +23,8 @@ tasks:
            (what CI runs; installs redis-server first if it can)
   bench    every benchmark (Redis ones on their own redis-server), then one table of
            ratios against quick_cache, moka and raw redis-rs; --quick: the same table in
-           under two minutes (short measurements)
+           under two minutes (short measurements); --instructions: row 1 counted in
+           instructions under callgrind (installs valgrind first if it can)
   demo     the scale-out demo (same as cargo run --release --example scale_out); extra
            arguments are passed on
   redis    make sure redis-server is installed (installs it with apt-get when possible)

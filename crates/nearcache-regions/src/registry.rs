@@ -17,6 +17,9 @@ use parking_lot::RwLock;
 use crate::region::{CheckedName, Region, RegionNameError, SubKey, validate_region_name};
 use crate::token::ChangeToken;
 
+/// How many unused tokens [`Regions::collect_garbage`] drops per write-lock hold.
+const GC_BATCH: usize = 256;
+
 /// The per-cache registry of region tokens (never a process global: two caches in one
 /// process each own one and do not affect each other).
 ///
@@ -47,6 +50,8 @@ use crate::token::ChangeToken;
 /// ```
 pub struct Regions {
     epoch: AtomicU64,
+    /// Expiries that flipped a token something still held (and every global expiry).
+    held_expiries: AtomicU64,
     global: RwLock<ChangeToken>,
     /// The current global token's epoch, readable without the lock.
     global_epoch: AtomicU64,
@@ -96,6 +101,7 @@ impl Regions {
     pub fn new() -> Self {
         Regions {
             epoch: AtomicU64::new(0),
+            held_expiries: AtomicU64::new(0),
             global: RwLock::new(ChangeToken::with_epoch(0)),
             global_epoch: AtomicU64::new(0),
             regions: RwLock::new(RegionMap::default()),
@@ -208,6 +214,8 @@ impl Regions {
             (old, epoch)
         };
         old.expire();
+        // Entries record the global epoch, not the token: a clear always kills entries.
+        self.held_expiries.fetch_add(1, Ordering::Release);
         epoch
     }
 
@@ -255,30 +263,58 @@ impl Regions {
     /// older than any dropped one (a load that spans both an expiry and a collection is
     /// refused, never wrongly stored).
     ///
-    /// Cost: one pass over the maps under their write lock.
+    /// Cost: one pass over the maps under their *read* lock, which only finds candidates;
+    /// they are then dropped in batches of 256 under the write lock, each re-checked
+    /// there (a lookup may have handed the token out meanwhile). Lookups and expiries wait
+    /// for one batch at most, never for the whole pass.
     pub fn collect_garbage(&self) -> usize {
-        let mut map = self.regions.write();
-        let RegionMap { slots, watermark } = &mut *map;
-        let mut dropped = 0;
-        slots.retain(|_, slot| {
-            let before = slot.sub_keys.len();
-            let mut sub_watermark = slot.sub_watermark;
-            slot.sub_keys.retain(|_, token| {
-                let held = token.handle_count() > 1;
-                if !held {
-                    sub_watermark = sub_watermark.max(token.epoch());
+        let candidates: Vec<(Box<str>, Option<Box<str>>)> = {
+            let map = self.regions.read();
+            let mut found = Vec::new();
+            for (name, slot) in &map.slots {
+                found.extend(
+                    slot.sub_keys
+                        .iter()
+                        .filter(|(_, token)| token.handle_count() == 1)
+                        .map(|(sub, _)| (name.clone(), Some(sub.clone()))),
+                );
+                if slot.token.handle_count() == 1 {
+                    // Dropped only once its sub-keys are gone (checked under the write lock).
+                    found.push((name.clone(), None));
                 }
-                held
-            });
-            slot.sub_watermark = sub_watermark;
-            dropped += before - slot.sub_keys.len();
-            let keep = !slot.sub_keys.is_empty() || slot.token.handle_count() > 1;
-            if !keep {
-                *watermark = (*watermark).max(slot.max_epoch());
-                dropped += 1;
             }
-            keep
-        });
+            found
+        };
+        let mut dropped = 0;
+        for batch in candidates.chunks(GC_BATCH) {
+            let mut map = self.regions.write();
+            let RegionMap { slots, watermark } = &mut *map;
+            for (name, sub) in batch {
+                let Some(slot) = slots.get_mut(name) else {
+                    continue;
+                };
+                match sub {
+                    Some(sub) => {
+                        // Under the write lock nobody can take a handle from the map, and a
+                        // token with one handle has no other holder to clone it from.
+                        if let Some(token) = slot.sub_keys.get(sub)
+                            && token.handle_count() == 1
+                        {
+                            slot.sub_watermark = slot.sub_watermark.max(token.epoch());
+                            slot.sub_keys.remove(sub);
+                            dropped += 1;
+                        }
+                    }
+                    None => {
+                        if slot.sub_keys.is_empty() && slot.token.handle_count() == 1 {
+                            *watermark = (*watermark).max(slot.max_epoch());
+                            slots.remove(name);
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+        }
         dropped
     }
 
@@ -355,7 +391,7 @@ impl Regions {
                 epoch,
             )
         };
-        old.expire();
+        self.expire_replaced(&old);
         epoch
     }
 
@@ -370,9 +406,32 @@ impl Regions {
             (old, epoch)
         };
         if let Some(old) = old {
-            old.expire();
+            self.expire_replaced(&old);
         }
         epoch
+    }
+
+    /// Expires `old`, just replaced in the map, and counts the expiry if anything else holds
+    /// the token. Checked after the flip: a holder can only come from another holder (the
+    /// map no longer hands `old` out), so "no other handle" means no entry, stored or being
+    /// stored, is tied to it, and no purge pass is needed for it.
+    fn expire_replaced(&self, old: &ChangeToken) {
+        old.expire();
+        if old.handle_count() > 1 {
+            // Release: a purger that reads the new count (acquire) also sees the flip.
+            self.held_expiries.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// How many expiries so far flipped a token that some entry (or a load in progress)
+    /// still held, plus every global expiry: the expiries that left dead entries behind.
+    ///
+    /// A purger remembers the count its last sweep started at; while it has not moved, no
+    /// entry has died by a token since, and a requested sweep can be skipped. Expiring a
+    /// sub-key or region nothing is tied to (the common case for fine-grained sub-keys)
+    /// leaves it unchanged.
+    pub fn held_expiries(&self) -> u64 {
+        self.held_expiries.load(Ordering::Acquire)
     }
 }
 
@@ -545,6 +604,73 @@ mod tests {
             &regions.key_token_of::<Catalog>("c9"),
             later
         ));
+    }
+
+    #[test]
+    fn only_expiries_of_held_tokens_count_as_leaving_dead_entries() {
+        let regions = Regions::new();
+        assert_eq!(regions.held_expiries(), 0);
+        regions.expire_region_key_of::<Catalog>("never-used");
+        let unheld = regions.key_token_of::<Catalog>("looked-up-then-dropped");
+        drop(unheld);
+        regions.expire_region_key_of::<Catalog>("looked-up-then-dropped");
+        regions.expire_region_of::<Pricing>();
+        assert_eq!(regions.held_expiries(), 0, "nothing held those tokens");
+
+        let held = regions.key_token_of::<Catalog>("held");
+        regions.expire_region_key_of::<Catalog>("held");
+        assert!(held.is_expired());
+        assert_eq!(regions.held_expiries(), 1);
+        let region = regions.token_of::<Catalog>();
+        regions.expire_region_of::<Catalog>();
+        assert!(region.is_expired());
+        assert_eq!(regions.held_expiries(), 2);
+        regions.expire_global();
+        assert_eq!(regions.held_expiries(), 3, "a clear always counts");
+    }
+
+    #[test]
+    fn garbage_collection_in_batches_keeps_tokens_taken_meanwhile() {
+        // More candidates than one batch, while other threads keep taking and dropping
+        // tokens of the same sub-keys: every token still held afterwards is the registry's
+        // current one (never dropped from under its holder).
+        let regions = Regions::new();
+        for i in 0..2_000 {
+            drop(regions.key_token_of::<Catalog>(&format!("c{i}")));
+        }
+        let barrier = std::sync::Barrier::new(3);
+        let kept: Vec<Vec<ChangeToken>> = std::thread::scope(|s| {
+            let takers: Vec<_> = (0..2)
+                .map(|t| {
+                    let (regions, barrier) = (&regions, &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        (0..2_000)
+                            .filter(|i| i % 2 == t)
+                            .map(|i| regions.key_token_of::<Catalog>(&format!("c{i}")))
+                            .collect()
+                    })
+                })
+                .collect();
+            barrier.wait();
+            regions.collect_garbage();
+            takers.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut still_current = 0;
+        for (t, tokens) in kept.iter().enumerate() {
+            for (n, token) in tokens.iter().enumerate() {
+                let i = 2 * n + t;
+                assert!(
+                    token.same_as(&regions.key_token_of::<Catalog>(&format!("c{i}"))),
+                    "sub-key c{i} was dropped while held"
+                );
+                still_current += 1;
+            }
+        }
+        assert_eq!(still_current, 2_000);
+        drop(kept);
+        regions.collect_garbage();
+        assert_eq!(regions.sub_key_count(), 0);
     }
 
     #[test]

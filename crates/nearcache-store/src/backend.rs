@@ -11,7 +11,7 @@
 //! Shards are picked from the key's precomputed hash as quick_cache picks them.
 
 use nearcache_keys::Key;
-use parking_lot::RwLock;
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use quick_cache::unsync::Cache;
 use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 use std::hash::BuildHasher;
@@ -27,6 +27,14 @@ use crate::stats::{Counter, Stats};
 /// Set explicitly so that [`Backend::max_entry_weight`] computes the same limit quick_cache
 /// applies.
 const HOT_ALLOCATION: f64 = 0.97;
+
+/// How many dead entries a sweep removes per hold of a shard's write lock (a few
+/// microseconds: the longest a reader of that shard waits for the purger).
+const SWEEP_BATCH: usize = 64;
+
+/// How many candidates one read-locked scan of a shard collects at most (bounds the memory
+/// of a sweep after a `clear`, when every entry is dead).
+const SWEEP_SCAN: usize = 4_096;
 
 /// Each shard should hold at least this many entries (quick_cache's own rule): fewer shards
 /// for small stores.
@@ -118,7 +126,7 @@ impl Backend {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     fn shard(&self, key: &Key) -> &RwLock<Shard> {
         // The middle bits of the hash, as quick_cache does: hashbrown inside the shard uses
         // the low bits and the top seven.
@@ -130,9 +138,17 @@ impl Backend {
 
     /// Calls `f` with the entry under `key`, in place, under the shard's read lock (marking
     /// it recently used). `f` must be quick: writers to this shard wait for it.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read<R>(&self, key: &Key, f: impl FnOnce(&StoredEntry) -> R) -> Option<R> {
-        self.shard(key).read().get(key).map(f)
+        self.read_guard(key).map(|entry| f(&entry))
+    }
+
+    /// The entry under `key`, in place, behind the shard's read lock (marking it recently
+    /// used): the hit path reads through it without a closure frame. Hold it briefly:
+    /// writers to this shard wait for it.
+    #[inline(always)]
+    pub(crate) fn read_guard(&self, key: &Key) -> Option<MappedRwLockReadGuard<'_, StoredEntry>> {
+        RwLockReadGuard::try_map(self.shard(key).read(), |shard| shard.get(key)).ok()
     }
 
     /// Stores `entry` under `key`, replacing what was there; may evict others.
@@ -158,11 +174,55 @@ impl Backend {
         self.shard(key).write().remove_if(key, f)
     }
 
-    /// Keeps only the entries `f` accepts, one shard at a time.
+    /// Keeps only the entries `f` accepts, one shard at a time, each under its write lock
+    /// for the whole shard (tests only: the purger uses [`sweep`](Self::sweep)).
+    #[cfg(test)]
     pub(crate) fn retain(&self, f: impl Fn(&Key, &StoredEntry) -> bool) {
         for shard in &self.shards {
             shard.write().retain(&f);
         }
+    }
+
+    /// Removes the entries `dead` accepts; returns how many. The write lock is held for
+    /// [`SWEEP_BATCH`] removals at a time: each shard is scanned under its *read* lock (readers
+    /// share it), which collects at most [`SWEEP_SCAN`] candidates, and they are removed in
+    /// batches under the write lock, each re-checked there (a live entry stored meanwhile
+    /// stays). Removed entries are dropped after the lock is released. A shard is scanned
+    /// again while its last scan filled up; entries that move during a scan may be missed
+    /// until the next sweep (they are never returned: reads check liveness themselves).
+    ///
+    /// Limit: a writer to a shard (an insert, a `remove`) waits for a scan of that shard in
+    /// progress, up to a whole shard's entries, and with `parking_lot`'s fair lock readers
+    /// arriving after that writer wait behind it. Readers alone never wait for a scan.
+    pub(crate) fn sweep(&self, dead: impl Fn(&StoredEntry) -> bool) -> usize {
+        let mut removed = 0;
+        let mut candidates: Vec<Key> = Vec::new();
+        for shard in &self.shards {
+            loop {
+                candidates.clear();
+                candidates.extend(
+                    shard
+                        .read()
+                        .iter()
+                        .filter(|(_, entry)| dead(entry))
+                        .take(SWEEP_SCAN)
+                        .map(|(key, _)| key.clone()),
+                );
+                for batch in candidates.chunks(SWEEP_BATCH) {
+                    let mut dropped = Vec::with_capacity(batch.len());
+                    {
+                        let mut guard = shard.write();
+                        dropped.extend(batch.iter().filter_map(|key| guard.remove_if(key, &dead)));
+                    }
+                    removed += dropped.len();
+                    drop(dropped);
+                }
+                if candidates.len() < SWEEP_SCAN {
+                    break;
+                }
+            }
+        }
+        removed
     }
 
     /// Entries held (each shard counted at a slightly different moment).
@@ -258,5 +318,40 @@ mod tests {
         assert!(stats.snapshot().evictions >= 1_000 - 64);
         backend.retain(|_, _| false);
         assert_eq!((backend.len(), backend.weight()), (0, 0));
+    }
+
+    #[test]
+    fn a_sweep_removes_exactly_the_dead_entries_over_several_scans() {
+        let stats = Arc::new(Stats::new());
+        // More dead entries per shard than one scan collects: the sweep must rescan.
+        let n = 6 * SWEEP_SCAN + 17;
+        let backend = Backend::build(sizing(2 * n as u64), Some(2), Arc::clone(&stats)).unwrap();
+        let regions = Arc::new(Regions::new());
+        let defaults = EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: false,
+        };
+        let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
+        for (i, key) in keys.iter().enumerate() {
+            let mut tied = Entry::new(key.clone(), Arc::clone(&regions));
+            if i % 3 != 0 {
+                tied.region_by_name("doomed").unwrap();
+            }
+            let stored = tied
+                .into_stored(Payload::value(Arc::new(i)), 0, 0, &defaults)
+                .unwrap();
+            backend.insert(key.clone(), stored);
+        }
+        regions.expire_region("doomed").unwrap();
+        let epoch = regions.global_epoch();
+        let removed = backend.sweep(|entry| !entry.is_live_at(0, epoch));
+        let survivors = n.div_ceil(3);
+        assert_eq!(removed, n - survivors);
+        assert_eq!(backend.len(), survivors);
+        for (i, key) in keys.iter().enumerate() {
+            assert_eq!(backend.read(key, |_| ()).is_some(), i % 3 == 0, "key {i}");
+        }
+        assert_eq!(backend.sweep(|entry| !entry.is_live_at(0, epoch)), 0);
     }
 }

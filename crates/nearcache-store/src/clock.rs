@@ -13,19 +13,21 @@ pub(crate) const NEVER: u64 = u64::MAX;
 #[derive(Debug, Clone)]
 pub(crate) struct StoreClock {
     clock: quanta::Clock,
-    origin: quanta::Instant,
+    /// The clock's raw reading at the origin.
+    origin: u64,
 }
 
 impl StoreClock {
     pub(crate) fn new(clock: quanta::Clock) -> Self {
-        let origin = clock.now();
+        let origin = clock.raw();
         StoreClock { clock, origin }
     }
 
-    /// Now, in nanoseconds since the store's origin.
+    /// Now, in nanoseconds since the store's origin: one raw read scaled once (no `Duration`
+    /// round trip, which cost a sliding hit about 25 instructions).
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        nanos(self.clock.now().saturating_duration_since(self.origin))
+        self.clock.delta_as_nanos(self.origin, self.clock.raw())
     }
 }
 

@@ -22,12 +22,12 @@
 //!
 //! - A hit: one shard read lock, under which the entry is checked in place and only its
 //!   value's `Arc` is cloned (the one the caller gets), one atomic load of the global epoch,
-//!   one relaxed add to a per-thread counter stripe. No allocation. Entries tied to regions
+//!   one add (no `lock` prefix) to the calling thread's own counter stripe. No allocation. Entries tied to regions
 //!   or tokens load one atomic per token; entries that expire by time also read the clock
 //!   (`quanta`, the CPU counter where available: no system call); sliding entries write their
 //!   last access at most once per millisecond.
-//! - An entry: 64 bytes inline in quick_cache's slot (value pointer and type, deadline,
-//!   global epoch, weight), plus the key text. Entries with tokens or a sliding window add
+//! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
+//!   deadline, global epoch, weight), plus the key text. Entries with tokens or a sliding window add
 //!   one boxed record (two inline tokens and the sliding state); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
 //!   behind read-write locks (see `backend`), so a hit never clones the entry.

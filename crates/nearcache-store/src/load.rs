@@ -24,7 +24,7 @@ use crate::error::{LoadError, TypeMismatch};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::stats::Counter;
 use crate::store::StoreInner;
-use crate::value::{Payload, Shape};
+use crate::value::{Payload, Shape, mismatch};
 
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
 enum Acquired<'a, S> {
@@ -44,20 +44,29 @@ struct Leader<'a> {
 }
 
 impl StoreInner {
-    /// The value of the live entry under `key`, if any: the entry is checked in place and
-    /// only its value is cloned. A dead one found on the way is removed.
-    #[inline]
-    pub(crate) fn lookup(&self, key: &Key) -> Option<Payload> {
+    /// `read` of the live entry under `key`, if any: the entry is checked and read in place
+    /// under its shard's read lock (a read clones at most the value's `Arc`). A dead one
+    /// found on the way is removed.
+    ///
+    /// Memory ordering: the global epoch is loaded (acquire) before the shard's read lock is
+    /// taken, so a `clear` whose epoch store this load missed is ordered after this read
+    /// began, as if the read had happened just before the `clear` (linearisable at the
+    /// load). Entries are published by the shard's write lock and read under its read lock
+    /// (the lock's acquire/release orders the entry's fields). Region tokens are loaded with
+    /// acquire: a read that sees a token expired returns nothing, and one that does not is
+    /// ordered before the expiry. The sliding window's last access is a relaxed hint: it is
+    /// only ever raised (`fetch_max`), so a stale read can only make an entry look older
+    /// than it is, by at most the concurrent touch it missed.
+    #[inline(always)] // the hit path: one frame from the caller's loop to quick_cache's lookup
+    pub(crate) fn lookup_with<R>(&self, key: &Key, read: impl FnOnce(&Payload) -> R) -> Option<R> {
         let global_epoch = self.regions.global_epoch();
-        let read = self.cache.read(key, |entry| {
-            entry
-                .is_live(&self.clock, global_epoch)
-                .then(|| entry.payload().clone())
-        })?;
-        if read.is_none() {
-            self.remove_dead(key);
+        let entry = self.cache.read_guard(key)?;
+        if entry.is_live(&self.clock, global_epoch) {
+            return Some(read(entry.payload()));
         }
-        read
+        drop(entry);
+        self.remove_dead(key);
+        None
     }
 
     /// Removes `key`'s entry if it is (still) dead: a live one stored meanwhile stays. Kept
@@ -105,8 +114,9 @@ impl StoreInner {
         }
     }
 
+    #[inline]
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        S::from_payload(self.lookup(key)?, key)
+        self.lookup_with(key, |payload| S::from_stored(payload, key))?
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
@@ -121,9 +131,23 @@ impl StoreInner {
         if !self.enabled || self.read_bypass() {
             return None;
         }
-        let hit = self.usable::<S>(key)?;
+        let typed = self.lookup_with(key, |payload| payload.read::<S::Value>())?;
+        let hit = S::from_typed(typed)?;
         self.stats.incr(Counter::Hits);
-        Some(hit)
+        Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))
+    }
+
+    /// The error of a read of `T` under `key` that found another type. Cold: the entry is
+    /// read again for the name of the type it holds (if it is gone meanwhile, the error
+    /// says so).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn mismatch<T: ?Sized>(&self, key: &Key) -> TypeMismatch {
+        let found = self
+            .cache
+            .read(key, |entry| entry.payload().type_name())
+            .unwrap_or("an entry removed since");
+        mismatch::<T>(key, found)
     }
 
     fn acquire<S: Shape>(&self, key: &Key, bypass: bool, kind: LeaderKind) -> Acquired<'_, S> {

@@ -2,13 +2,27 @@
 //! touching their keys.
 //!
 //! Expiring a region only flips a token, so its entries stay in the cache until something
-//! removes them. Each store runs one purger thread that sweeps the cache (`retain(live)`)
-//! and then drops unused region tokens. It wakes when a token is expired (region expiry,
-//! clear) and every `purge_interval` for entries that expired by time. It holds only a
-//! `Weak` reference to the store, so dropping the store stops it.
+//! removes them. Each store runs one purger thread that sweeps the cache and then drops
+//! unused region tokens. It looks for requests (a token expiry: region expiry, clear) every
+//! [`POLL`], and sweeps every `purge_interval` for entries that expired by time; idle, it costs
+//! 20 wake-ups a second. It holds only a `Weak` reference to the store, so dropping the store
+//! stops it.
 //!
-//! Cost: one pass over the cache per wake-up, shard by shard (each shard's write lock is held
-//! for its part of the pass). Bursts of expiries coalesce into one pass.
+//! It never competes with the threads it serves:
+//! - **Never woken by a caller.** A request (a token expiry) only bumps a counter; the purger
+//!   notices it at its next tick, at most [`POLL`] later. Waking a sleeping thread would let
+//!   the scheduler hand it the caller's CPU at once (a freshly woken thread is favoured): on
+//!   a machine with one free CPU or none, the caller of `expire_region` then waited for the
+//!   whole pass, or for another process's time slice. A burst of expiries coalesces into one
+//!   pass.
+//! - **Rate-bounded.** After a pass that took `d`, the next one waits at least `9 × d`:
+//!   the purger uses at most a tenth of a core while expiries keep coming, however long a
+//!   pass over a big cache takes (dead entries then linger a little longer; reads never
+//!   return them).
+//! - **Skipped when pointless.** A requested pass whose expiries killed no entry (the tokens
+//!   had no holders: see `Regions::held_expiries`) only collects unused tokens.
+//! - **Incremental.** A sweep holds a shard's write lock for one small batch of removals at a
+//!   time (see `Backend::sweep`).
 
 use std::io;
 use std::sync::{Arc, Weak};
@@ -47,16 +61,26 @@ pub(crate) struct PurgeSignal {
     done: Condvar,
 }
 
-enum Wake {
-    Work,
-    Shutdown,
+/// Why the purger woke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A request (a token expiry): a sweep is needed only if the expiry killed entries.
+    Requested,
+    /// The interval passed: entries may have expired by time, so sweep.
+    Interval,
 }
 
+/// How often an idle purger looks for requests (its longest delay before a requested pass).
+pub(crate) const POLL: Duration = Duration::from_millis(50);
+
+/// A pass that took `d` is followed by at least `PAUSE_FACTOR × d` of sleep.
+const PAUSE_FACTOR: u32 = 9;
+
 impl PurgeSignal {
-    /// Asks for a pass soon.
+    /// Asks for a pass soon (within [`POLL`], or the rate bound). Does not wake the purger:
+    /// see the module docs.
     pub(crate) fn request(&self) {
         self.state.lock().progress.requested += 1;
-        self.wake.notify_one();
     }
 
     /// Tells the purger to exit.
@@ -112,53 +136,65 @@ impl PurgeSignal {
         }
     }
 
-    /// The purger's sleep: until a request is pending, `interval` passes, or shutdown.
-    fn wait_for_work(&self, interval: Duration) -> Wake {
-        let deadline = Instant::now().checked_add(interval);
+    /// Whether a request is waiting for a pass.
+    fn pending(&self) -> bool {
+        let state = self.state.lock();
+        state.progress.requested > state.progress.served
+    }
+
+    /// Sleeps `pause` unless shutdown comes first; returns whether it did not.
+    fn pause(&self, pause: Duration) -> bool {
+        let Some(deadline) = Instant::now().checked_add(pause) else {
+            return true;
+        };
         let mut state = self.state.lock();
-        loop {
-            if state.shutdown {
-                return Wake::Shutdown;
-            }
-            if state.progress.requested > state.progress.served {
-                return Wake::Work;
-            }
-            match deadline {
-                Some(deadline) => {
-                    if self.wake.wait_until(&mut state, deadline).timed_out() {
-                        return if state.shutdown {
-                            Wake::Shutdown
-                        } else {
-                            Wake::Work
-                        };
-                    }
-                }
-                None => self.wake.wait(&mut state),
+        while !state.shutdown {
+            if self.wake.wait_until(&mut state, deadline).timed_out() {
+                return !state.shutdown;
             }
         }
+        false
     }
 }
 
-/// Starts the purger thread of `target`: it runs `purge` on each wake-up while `target` lives.
-/// The handle may be dropped (the thread then runs detached).
+/// Starts the purger thread of `target`: every [`POLL`] (or `interval`, if shorter) it runs
+/// `purge` if a request is pending or `interval` has passed since the last timed pass,
+/// telling it why; never sooner than the rate bound allows. The handle may be dropped (the
+/// thread then runs detached).
 pub(crate) fn spawn<T: Send + Sync + 'static>(
     target: Weak<T>,
     signal: Arc<PurgeSignal>,
     interval: Duration,
-    purge: fn(&T),
+    purge: fn(&T, Wake),
 ) -> io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(String::from("nearcache-purge"))
         .spawn(move || {
+            let tick = POLL.min(interval);
+            let mut pause = tick;
+            let mut last_timed = Instant::now();
             loop {
-                if let Wake::Shutdown = signal.wait_for_work(interval) {
+                if !signal.pause(pause) {
                     break;
                 }
+                let wake = if last_timed.elapsed() >= interval {
+                    Wake::Interval
+                } else if signal.pending() {
+                    Wake::Requested
+                } else {
+                    pause = tick;
+                    continue;
+                };
                 // Strong only for the pass, so the store can be dropped while we sleep.
                 let Some(target) = target.upgrade() else {
                     break;
                 };
-                purge(&target);
+                let started = Instant::now();
+                if wake == Wake::Interval {
+                    last_timed = started;
+                }
+                purge(&target, wake);
+                pause = tick.max(started.elapsed().saturating_mul(PAUSE_FACTOR));
             }
             tracing::trace!("nearcache purger stopped");
         })
@@ -175,7 +211,7 @@ mod tests {
         signal: Arc<PurgeSignal>,
     }
 
-    fn pass(target: &Target) {
+    fn pass(target: &Target, _: Wake) {
         let served = target.signal.begin_pass();
         target.passes.fetch_add(1, Ordering::SeqCst);
         target.signal.end_pass(served);
@@ -212,6 +248,28 @@ mod tests {
         assert!(target.passes.load(Ordering::SeqCst) >= 3);
         signal.shutdown();
         handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_burst_of_requests_shares_passes() {
+        let (target, signal, handle) = start(Duration::from_secs(3600));
+        for _ in 0..100 {
+            signal.request();
+        }
+        assert!(signal.wait_until(|p| p.served >= 100, Duration::from_secs(10)));
+        assert!(
+            target.passes.load(Ordering::SeqCst) < 100,
+            "requests made between two ticks share a pass"
+        );
+        signal.shutdown();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_interrupts_the_purgers_sleep() {
+        let signal = PurgeSignal::default();
+        signal.shutdown();
+        assert!(!signal.pause(Duration::from_secs(3600)), "returns at once");
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! [`Store`]: the public face of the local cache.
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nearcache_keys::Key;
@@ -15,9 +14,9 @@ use crate::entry::{Entry, EntryDefaults};
 use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
 use crate::options::StoreOptions;
-use crate::purge::{self, PurgeProgress, PurgeSignal};
+use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::stats::{Counter, Stats, StoreStats};
-use crate::value::Payload;
+use crate::value::{Payload, Typed};
 
 /// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
 /// loads shared by async and blocking callers.
@@ -58,6 +57,9 @@ pub(crate) struct StoreInner {
     pub(crate) max_entry_weight: u64,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
+    /// [`Regions::held_expiries`] as the last sweep started (only the purger and
+    /// `purge_now` write it; a stale read costs at most one extra sweep).
+    swept_held: AtomicU64,
 }
 
 impl StoreInner {
@@ -72,20 +74,44 @@ impl StoreInner {
         self.bypass.load(Ordering::Acquire)
     }
 
-    /// One purge pass: removes dead entries, then unused region tokens.
-    fn purge(&self) -> usize {
-        let served = self.purge.begin_pass();
-        let now = self.clock.now();
-        let global_epoch = self.regions.global_epoch();
-        let removed = Cell::new(0_usize);
-        self.cache.retain(|_, entry| {
-            let live = entry.is_live_at(now, global_epoch);
-            if !live {
-                removed.set(removed.get() + 1);
+    /// The read of `get` and `get_optional`: the entry under `key` as a `T`, counted as a
+    /// hit (whatever its type) or a miss.
+    #[inline(always)]
+    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Typed<T>> {
+        if !self.enabled || self.read_bypass() {
+            self.stats.incr(Counter::Misses);
+            return None;
+        }
+        match self.lookup_with(key, |payload| payload.read::<T>()) {
+            Some(read) => {
+                self.stats.incr(Counter::Hits);
+                Some(read)
             }
-            live
-        });
-        let removed = removed.get();
+            None => {
+                self.stats.incr(Counter::Misses);
+                None
+            }
+        }
+    }
+
+    /// One purge pass: removes dead entries, then unused region tokens. A pass woken only by
+    /// requests skips the sweep while no expiry since the last sweep killed an entry
+    /// ([`Regions::held_expiries`] has not moved); time-expired entries are swept by the
+    /// interval's passes and by [`Store::purge_now`].
+    fn purge(&self, wake: Wake) -> usize {
+        let served = self.purge.begin_pass();
+        // Read before the sweep starts: an expiry counted after this is swept next time.
+        let held = self.regions.held_expiries();
+        let removed = if wake == Wake::Requested && held == self.swept_held.load(Ordering::Relaxed)
+        {
+            0
+        } else {
+            self.swept_held.store(held, Ordering::Relaxed);
+            let now = self.clock.now();
+            let global_epoch = self.regions.global_epoch();
+            self.cache
+                .sweep(|entry| !entry.is_live_at(now, global_epoch))
+        };
         self.stats.add(Counter::Expirations, removed as u64);
         let tokens = self.regions.collect_garbage();
         self.purge.end_pass(served);
@@ -142,14 +168,15 @@ impl Store {
             cache_none: options.cache_none,
             bypass: AtomicBool::new(false),
             purge: Arc::clone(&purge),
+            swept_held: AtomicU64::new(0),
         });
         if options.enabled {
             purge::spawn(
                 Arc::downgrade(&inner),
                 purge,
                 options.purge_interval,
-                |inner: &StoreInner| {
-                    inner.purge();
+                |inner: &StoreInner, wake| {
+                    inner.purge(wake);
                 },
             )
             .map_err(OptionsError::PurgerThread)?;
@@ -168,7 +195,11 @@ impl Store {
     /// [`TypeMismatch`] when `key` holds a value of another type.
     #[inline]
     pub fn get<T: Send + Sync + 'static>(&self, key: &Key) -> Result<Option<Arc<T>>, TypeMismatch> {
-        Ok(self.get_optional(key)?.flatten())
+        match self.inner.read::<T>(key) {
+            Some(Typed::Value(value)) => Ok(Some(value)),
+            Some(Typed::Nothing) | None => Ok(None),
+            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+        }
     }
 
     /// The entry under `key`: `None` on a miss, `Some(None)` for a cached `None` (stored by
@@ -182,20 +213,11 @@ impl Store {
         &self,
         key: &Key,
     ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
-        let inner = &*self.inner;
-        if !inner.enabled || inner.read_bypass() {
-            inner.stats.incr(Counter::Misses);
-            return Ok(None);
-        }
-        match inner.lookup(key) {
-            Some(payload) => {
-                inner.stats.incr(Counter::Hits);
-                payload.downcast::<T>(key).map(Some)
-            }
-            None => {
-                inner.stats.incr(Counter::Misses);
-                Ok(None)
-            }
+        match self.inner.read::<T>(key) {
+            Some(Typed::Value(value)) => Ok(Some(Some(value))),
+            Some(Typed::Nothing) => Ok(Some(None)),
+            None => Ok(None),
+            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
         }
     }
 
@@ -481,7 +503,7 @@ impl Store {
     /// Runs a purge pass on this thread: removes dead entries, then drops unused region
     /// tokens. Returns how many entries it removed.
     pub fn purge_now(&self) -> usize {
-        self.inner.purge()
+        self.inner.purge(Wake::Interval)
     }
 
     /// Where the background purger is.

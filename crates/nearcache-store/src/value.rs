@@ -1,8 +1,7 @@
 //! Type-erased values: how a store holds values of any type, and how a caller gets its own
 //! type back (or a [`TypeMismatch`], never a panic or a silent miss).
 
-use std::any::{Any, type_name};
-use std::marker::PhantomData;
+use std::any::{Any, TypeId, type_name};
 use std::sync::Arc;
 
 use nearcache_keys::Key;
@@ -11,67 +10,127 @@ use crate::error::TypeMismatch;
 
 /// What an entry or a flight holds: a value, or a cached "nothing" (negative entry).
 ///
-/// 32 bytes, cloned with one reference count and no branch: it is part of every stored
-/// entry, which quick_cache clones on each read. A negative entry of `T` holds a
-/// [`Nothing<T>`] marker, so both kinds are checked by the same `TypeId` comparison.
+/// 16 bytes (one `Arc` of an erased value, nothing else): it is inline in every stored
+/// entry, so its size is paid per entry. A negative entry holds a [`Nothing`] marker, a type
+/// no caller can name, so a read of `T` tells a value from a negative entry with the
+/// `TypeId` comparison its downcast makes anyway. The type's name, for error messages only,
+/// comes from the erased value's vtable (or the marker), not from a field.
 #[derive(Clone)]
 pub(crate) struct Payload {
-    /// An `Arc<T>` (or `Arc<Nothing<T>>`), erased.
-    value: Arc<dyn Any + Send + Sync>,
-    /// `T`'s name, for error messages only (a function pointer: 8 bytes, not 16).
-    type_name: fn() -> &'static str,
-    /// A factory's `Ok(None)`.
-    nothing: bool,
+    /// An `Arc<T>` (or an `Arc<Nothing>`: a factory's `Ok(None)`), erased.
+    value: Arc<dyn Erased>,
 }
 
-/// The marker a negative entry of `T` holds.
-struct Nothing<T>(PhantomData<fn() -> T>);
+/// An erased value: [`Any`] for the downcast, and its type's name for error messages (read
+/// through the vtable, so that no entry stores it).
+trait Erased: Any + Send + Sync {
+    fn type_name(&self) -> &'static str;
+}
+
+impl<T: Any + Send + Sync> Erased for T {
+    fn type_name(&self) -> &'static str {
+        type_name::<T>()
+    }
+}
+
+/// The marker a negative entry holds: which `T` it is a `None` of (negative entries are rare,
+/// so their type lives in their own allocation, not in every entry).
+struct Nothing {
+    of: TypeId,
+    name: &'static str,
+}
+
+/// What a stored payload is to a reader of `T`. Two words at most (returned in registers
+/// on the hit path): the names of other types, for errors, are read again on the cold path.
+pub(crate) enum Typed<T> {
+    /// A `T`: the caller's own `Arc` (one reference count).
+    Value(Arc<T>),
+    /// A cached `None` of `T`.
+    Nothing,
+    /// A cached `None` of another type.
+    NothingElse,
+    /// A value of another type.
+    Other,
+}
 
 impl Payload {
     pub(crate) fn value<T: Send + Sync + 'static>(value: Arc<T>) -> Self {
-        Payload {
-            value,
-            type_name: type_name::<T>,
-            nothing: false,
-        }
+        Payload { value }
     }
 
     pub(crate) fn nothing<T: 'static>() -> Self {
         Payload {
-            value: Arc::new(Nothing::<T>(PhantomData)),
-            type_name: type_name::<T>,
-            nothing: true,
+            value: Arc::new(Nothing {
+                of: TypeId::of::<T>(),
+                name: type_name::<T>(),
+            }),
         }
     }
 
+    /// Whether this is a negative entry (one virtual call: off the hit path).
     pub(crate) fn is_nothing(&self) -> bool {
-        self.nothing
+        self.marker().is_some()
+    }
+
+    fn marker(&self) -> Option<&Nothing> {
+        let any: &dyn Any = &*self.value;
+        any.downcast_ref::<Nothing>()
+    }
+
+    /// The payload as a `T`, read in place: the hit path. A value costs one `TypeId`
+    /// comparison (one virtual call) and one reference count; anything else is sorted out
+    /// on a cold path.
+    #[inline(always)]
+    pub(crate) fn read<T: Send + Sync + 'static>(&self) -> Typed<T> {
+        let any: Arc<dyn Any + Send + Sync> = self.value.clone();
+        match any.downcast::<T>() {
+            Ok(value) => Typed::Value(value),
+            Err(_) => self.read_other::<T>(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn read_other<T: 'static>(&self) -> Typed<T> {
+        match self.marker() {
+            Some(nothing) if nothing.of == TypeId::of::<T>() => Typed::Nothing,
+            Some(_) => Typed::NothingElse,
+            None => Typed::Other,
+        }
+    }
+
+    /// The name of the type this holds (of a negative entry: the type it is a `None` of).
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self.marker() {
+            Some(nothing) => nothing.name,
+            None => Erased::type_name(&*self.value),
+        }
     }
 
     /// The payload as a `T`: `Ok(Some)` for a value, `Ok(None)` for a negative entry of `T`.
-    /// Takes the payload by value, so a value is moved out, not reference-counted again.
     ///
     /// # Errors
     ///
     /// [`TypeMismatch`] when it holds another type.
     #[inline]
     pub(crate) fn downcast<T: Send + Sync + 'static>(
-        self,
+        &self,
         key: &Key,
     ) -> Result<Option<Arc<T>>, TypeMismatch> {
-        let found = self.type_name;
-        if self.nothing {
-            return if self.value.is::<Nothing<T>>() {
-                Ok(None)
-            } else {
-                Err(TypeMismatch::new::<T>(key, found()))
-            };
-        }
-        match self.value.downcast::<T>() {
-            Ok(value) => Ok(Some(value)),
-            Err(_) => Err(TypeMismatch::new::<T>(key, found())),
+        match self.read::<T>() {
+            Typed::Value(value) => Ok(Some(value)),
+            Typed::Nothing => Ok(None),
+            Typed::NothingElse | Typed::Other => Err(mismatch::<T>(key, self.type_name())),
         }
     }
+}
+
+/// The error of a read of `T` that found `found`: out of line, so that the hit path that
+/// returns it stays small.
+#[cold]
+#[inline(never)]
+pub(crate) fn mismatch<T: ?Sized>(key: &Key, found: &'static str) -> TypeMismatch {
+    TypeMismatch::new::<T>(key, found)
 }
 
 /// The two shapes a get-or-create caller asks for: `Arc<T>` (plain loaders) and
@@ -80,17 +139,42 @@ pub(crate) trait Shape: Sized {
     /// What the factory returns on success.
     type Loaded;
 
+    /// The type of the values stored (`T` for both shapes).
+    type Value: Send + Sync + 'static;
+
+    /// What a hit's [`Typed`] read means to this shape: `None` when this shape cannot use it
+    /// (the caller loads as on a miss), `Some(Err(()))` for a type mismatch.
+    fn from_typed(typed: Typed<Self::Value>) -> Option<Result<Self, ()>>;
+
     /// Wraps a factory's value: what the leader returns, and what the flight shares.
     fn from_loaded(loaded: Self::Loaded) -> (Self, Payload);
 
-    /// Reads a stored or shared payload (moved in: a hit's clone, or a flight's shared
-    /// payload cloned for this caller). `None`: this shape cannot use it (a plain caller
-    /// meeting a negative entry), so the caller loads as on a miss.
-    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>>;
+    /// Reads a stored or shared payload in place (cloning only the value's `Arc`). `None`:
+    /// this shape cannot use it (a plain caller meeting a negative entry), so the caller
+    /// loads as on a miss.
+    fn from_stored(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>>;
+
+    /// [`from_stored`](Self::from_stored) of a payload the caller owns (a flight's shared
+    /// payload cloned for this caller).
+    #[inline]
+    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
+        Self::from_stored(&payload, key)
+    }
 }
 
 impl<T: Send + Sync + 'static> Shape for Arc<T> {
     type Loaded = T;
+    type Value = T;
+
+    #[inline(always)]
+    fn from_typed(typed: Typed<T>) -> Option<Result<Self, ()>> {
+        match typed {
+            Typed::Value(value) => Some(Ok(value)),
+            // A plain caller cannot use a cached `None`, whatever its type: it loads.
+            Typed::Nothing | Typed::NothingElse => None,
+            Typed::Other => Some(Err(())),
+        }
+    }
 
     fn from_loaded(loaded: T) -> (Self, Payload) {
         let value = Arc::new(loaded);
@@ -99,20 +183,26 @@ impl<T: Send + Sync + 'static> Shape for Arc<T> {
     }
 
     #[inline]
-    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
-        if payload.is_nothing() {
-            return None;
-        }
+    fn from_stored(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
         Some(
-            payload
-                .downcast::<T>(key)
-                .and_then(|value| value.ok_or_else(|| TypeMismatch::new::<T>(key, "nothing"))),
+            Self::from_typed(payload.read::<T>())?
+                .map_err(|()| mismatch::<T>(key, payload.type_name())),
         )
     }
 }
 
 impl<T: Send + Sync + 'static> Shape for Option<Arc<T>> {
     type Loaded = Option<T>;
+    type Value = T;
+
+    #[inline(always)]
+    fn from_typed(typed: Typed<T>) -> Option<Result<Self, ()>> {
+        match typed {
+            Typed::Value(value) => Some(Ok(Some(value))),
+            Typed::Nothing => Some(Ok(None)),
+            Typed::NothingElse | Typed::Other => Some(Err(())),
+        }
+    }
 
     fn from_loaded(loaded: Option<T>) -> (Self, Payload) {
         match loaded {
@@ -125,7 +215,7 @@ impl<T: Send + Sync + 'static> Shape for Option<Arc<T>> {
     }
 
     #[inline]
-    fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
+    fn from_stored(payload: &Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
         Some(payload.downcast::<T>(key))
     }
 }
@@ -139,7 +229,7 @@ mod tests {
     fn values_come_back_as_the_same_arc() {
         let key = Key::from_text("k");
         let (value, payload) = <Arc<String> as Shape>::from_loaded(String::from("v"));
-        let read = <Arc<String> as Shape>::from_payload(payload.clone(), &key)
+        let read = <Arc<String> as Shape>::from_stored(&payload, &key)
             .unwrap()
             .unwrap();
         assert!(Arc::ptr_eq(&value, &read));
@@ -149,19 +239,19 @@ mod tests {
     fn another_type_is_a_mismatch_naming_both() {
         let key = Key::from_text("k");
         let payload = Payload::value(Arc::new(5_u32));
-        let mismatch = payload.clone().downcast::<String>(&key).unwrap_err();
+        let mismatch = payload.downcast::<String>(&key).unwrap_err();
         assert_eq!(mismatch.found, "u32");
         assert_eq!(mismatch.expected, "alloc::string::String");
         let nothing = Payload::nothing::<u32>();
-        assert!(nothing.clone().downcast::<String>(&key).is_err());
-        assert!(nothing.clone().downcast::<u32>(&key).unwrap().is_none());
+        assert!(nothing.downcast::<String>(&key).is_err());
+        assert!(nothing.downcast::<u32>(&key).unwrap().is_none());
         let mismatch = nothing.downcast::<String>(&key).unwrap_err();
         assert_eq!(mismatch.found, "u32", "a negative entry names its type too");
     }
 
     #[test]
     fn a_payload_is_small() {
-        assert!(std::mem::size_of::<Payload>() <= 32);
+        assert_eq!(std::mem::size_of::<Payload>(), 16);
     }
 
     #[test]
@@ -169,8 +259,12 @@ mod tests {
         let key = Key::from_text("k");
         let (value, nothing) = <Option<Arc<u8>> as Shape>::from_loaded(None);
         assert!(value.is_none() && nothing.is_nothing());
-        assert!(<Arc<u8> as Shape>::from_payload(nothing.clone(), &key).is_none());
-        let read = <Option<Arc<u8>> as Shape>::from_payload(nothing.clone(), &key);
+        assert!(<Arc<u8> as Shape>::from_stored(&nothing, &key).is_none());
+        assert!(
+            <Arc<String> as Shape>::from_stored(&nothing, &key).is_none(),
+            "whatever type it is a None of"
+        );
+        let read = <Option<Arc<u8>> as Shape>::from_stored(&nothing, &key);
         assert!(matches!(read, Some(Ok(None))));
     }
 }

@@ -180,6 +180,45 @@ fn a_region_of_100k_entries_is_purged_in_the_background() {
     assert!(store.stats().expirations >= FILL as u64);
 }
 
+/// Expiring sub-keys that no entry is tied to wakes the purger but costs no sweep: an entry
+/// that died by time stays until a sweep that has a reason to run (the interval's, a held
+/// expiry's, or `purge_now`). The old purger swept the whole cache on every expiry.
+#[test]
+fn expiries_that_kill_nothing_skip_the_sweep_and_held_ones_do_not() {
+    let (store, mock) = common::mock_store(StoreOptions {
+        purge_interval: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    });
+    put(&store, &key("timed"), |e| {
+        e.absolute_expiration(Duration::from_secs(1));
+    });
+    put(&store, &key("tied"), |e| {
+        e.region_key::<Catalog>("used");
+    });
+    mock.increment(Duration::from_secs(2));
+    for i in 0..20 {
+        store.expire_region_key::<Catalog>(&format!("unused-{i}"));
+    }
+    let requested = store.purge_progress().requested;
+    assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)));
+    assert_eq!(
+        store.len(),
+        2,
+        "no sweep ran: the dead timed entry is still held"
+    );
+    assert_eq!(store.stats().expirations, 0);
+
+    store.expire_region_key::<Catalog>("used");
+    let requested = store.purge_progress().requested;
+    assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)));
+    assert_eq!(
+        store.len(),
+        0,
+        "a held expiry sweeps (the timed entry goes with it)"
+    );
+    assert_eq!(store.stats().expirations, 2);
+}
+
 #[test]
 fn a_region_of_100k_entries_is_purged_on_demand() {
     let store = filled_store();

@@ -26,7 +26,12 @@ fn reading_a_key_as_another_type_is_a_typed_error() {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok::<_, Infallible>(5_u64)
     });
-    assert!(matches!(loaded, Err(LoadError::TypeMismatch(_))));
+    match loaded {
+        Err(LoadError::TypeMismatch(m)) => {
+            assert_eq!((m.expected, m.found), ("u64", "alloc::string::String"));
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
     assert_eq!(
         calls.load(Ordering::SeqCst),
         0,
@@ -40,6 +45,25 @@ fn reading_a_key_as_another_type_is_a_typed_error() {
         "text",
         "untouched"
     );
+}
+
+#[test]
+fn a_cached_none_read_as_another_type_names_the_type_it_is_a_none_of() {
+    let store = store();
+    let k = key("k");
+    let none = store.get_or_create_optional_sync(&k, |_| Ok::<Option<u32>, Infallible>(None));
+    assert!(none.unwrap().is_none());
+    assert_eq!(store.get_optional::<u32>(&k).unwrap(), Some(None));
+    let mismatch = store.get_optional::<String>(&k).unwrap_err();
+    assert_eq!(
+        (mismatch.expected, mismatch.found),
+        ("alloc::string::String", "u32")
+    );
+    let optional = store.get_or_create_optional_sync(&k, |_| Ok::<_, Infallible>(Some(1_u8)));
+    match optional {
+        Err(LoadError::TypeMismatch(m)) => assert_eq!(m.found, "u32"),
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
 }
 
 #[test]

@@ -111,6 +111,7 @@ impl Cache {
     /// # Errors
     ///
     /// [`TypeMismatch`] when `key` holds a value of another type.
+    #[inline]
     pub fn get<T: Send + Sync + 'static>(
         &self,
         key: impl Borrow<Key>,
