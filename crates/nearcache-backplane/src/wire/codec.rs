@@ -323,13 +323,14 @@ impl Counted {
             if ok {
                 *left -= n;
             } else {
+                // `n` is a length prefix from the wire: any value, so saturate.
                 budget.exceeded = Some(match self {
                     Counted::Ops => LimitExceeded::Ops {
-                        count: max_ops - *left + n,
+                        count: (max_ops - *left).saturating_add(n),
                         max: max_ops,
                     },
                     Counted::Keys => LimitExceeded::Keys {
-                        count: max_keys - *left + n,
+                        count: (max_keys - *left).saturating_add(n),
                         max: max_keys,
                     },
                 });
