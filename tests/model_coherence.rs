@@ -204,6 +204,9 @@ struct World {
     forged: std::collections::HashSet<(u128, u64)>,
     /// While `Flap` floods the bus with garbage (the tap's queue overflows too).
     flapped: bool,
+    /// Instances whose subscription was ended while their link was down: they subscribe
+    /// again once it is back.
+    ended_while_down: [bool; INSTANCES],
 }
 
 /// Each subscription's queue on the model's bus (the in-memory default), which `Flap` fills.
@@ -283,6 +286,7 @@ impl World {
             tapped: HashMap::new(),
             forged: std::collections::HashSet::new(),
             flapped: false,
+            ended_while_down: [false; INSTANCES],
         };
         world.introduce().await;
         world
@@ -486,6 +490,29 @@ impl World {
         })
     }
 
+    /// Brings `at`'s link back; if its subscription was ended while it was down, waits until
+    /// it has made a new one, so that a connected instance is always a subscribed one.
+    async fn reconnect(&mut self, at: usize) {
+        let before = self.bus.subscribers();
+        self.conns[at].reconnect();
+        if std::mem::take(&mut self.ended_while_down[at]) {
+            let bus = &self.bus;
+            wait_until("the ended subscription is made again", || {
+                bus.subscribers() > before
+            })
+            .await;
+        }
+    }
+
+    /// Waits until every instance has a live subscription (plus the tap's).
+    async fn wait_all_subscribed(&self) {
+        let bus = &self.bus;
+        wait_until("every instance is subscribed", || {
+            bus.subscribers() == INSTANCES + 1
+        })
+        .await;
+    }
+
     /// Lets spawned tasks run up to where they wait (a current-thread runtime).
     async fn let_tasks_run() {
         for _ in 0..8 {
@@ -542,8 +569,10 @@ impl World {
         within("the racing load", load).await.unwrap().unwrap();
         // The load read the database before the write; once the write was applied at the
         // reader, storing that value would be a stale insert.
+        // (A reader whose link is down hears nothing, delivered or not.)
+        let heard = reader == writer || (delivered && self.conns[reader].is_connected());
         if loading
-            && (delivered || reader == writer)
+            && heard
             && let Some(cached) = self.caches[reader].get::<u64>(key(k)).unwrap()
         {
             assert_eq!(
@@ -561,6 +590,8 @@ impl World {
         for conn in &self.conns {
             conn.reconnect();
         }
+        self.wait_all_subscribed().await;
+        self.ended_while_down = [false; INSTANCES];
         let caches = &self.caches;
         wait_until("every instance is connected with an empty outbox", || {
             caches.iter().all(|c| {
@@ -623,13 +654,14 @@ impl World {
             Step::DropNext { n } => self.bus.drop_next(n),
             Step::DropIncoming { at, n } => self.conns[at].drop_incoming(n),
             Step::Disconnect { at } => self.conns[at].disconnect(),
-            Step::Reconnect { at } => self.conns[at].reconnect(),
+            Step::Reconnect { at } => self.reconnect(at).await,
             Step::Quiesce => self.quiesce().await,
             Step::Flap { at, end_up } => {
                 self.drain_tap();
                 self.flapped = true;
                 for _ in 0..QUEUE + 2 {
-                    self.bus.inject(bytes::Bytes::from_static(b"not an invalidation"));
+                    self.bus
+                        .inject(bytes::Bytes::from_static(b"not an invalidation"));
                 }
                 self.drain_tap();
                 self.flapped = false;
@@ -638,10 +670,24 @@ impl World {
                 conn.reconnect();
                 conn.disconnect();
                 if end_up {
-                    conn.reconnect();
+                    self.reconnect(at).await;
                 }
             }
-            Step::EndSubscription { at } => self.conns[at].end_subscriptions(),
+            Step::EndSubscription { at } => {
+                let before = self.bus.subscribers();
+                self.conns[at].end_subscriptions();
+                // It must subscribe again by itself; a connection that is down gets there
+                // once it is back (at the latest at the next quiescent point).
+                if self.conns[at].is_connected() {
+                    let bus = &self.bus;
+                    wait_until("the ended subscription is made again", || {
+                        bus.subscribers() >= before
+                    })
+                    .await;
+                } else {
+                    self.ended_while_down[at] = true;
+                }
+            }
             Step::Forge {
                 origin,
                 key: k,
