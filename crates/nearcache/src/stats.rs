@@ -37,6 +37,11 @@ pub struct PropagationStats {
     pub peers_evicted: u64,
     /// Messages published (not counting heartbeats).
     pub messages_sent: u64,
+    /// Bytes of messages and heartbeats published (payloads as sent, signature included).
+    pub bytes_sent: u64,
+    /// Bytes of payloads received from the channel (everything, our own echoes and
+    /// rejected ones included).
+    pub bytes_received: u64,
     /// Invalidations published (each key, region expiry or clear counts one).
     pub invalidations_sent: u64,
     /// Heartbeats published.

@@ -30,7 +30,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use tracing::Instrument;
+
 use crate::events::{CacheEvent, ClearCause};
+use crate::health::HealthBoard;
+use crate::identity::Identity;
 use crate::options::{BackplaneOptions, LossPolicy};
 use crate::stats::{LossClears, PropagationStats};
 use lag::LagHistogram;
@@ -40,6 +44,10 @@ use outbox::{Outbox, Pending, Ticket};
 #[derive(Debug)]
 pub(crate) struct Propagation {
     pub(crate) instance: InstanceId,
+    /// The cache's name and instance, for spans and metrics.
+    pub(crate) identity: Identity,
+    /// Per-peer last words and the health watch.
+    pub(crate) health: HealthBoard,
     pub(crate) started_unix_ms: u64,
     pub(crate) options: BackplaneOptions,
     /// Signs what we send and checks what we receive, when configured.
@@ -86,6 +94,8 @@ impl Drop for TaskRunning<'_> {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) heartbeats_sent: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
@@ -138,6 +148,7 @@ impl Propagation {
         store: Store,
         backplane: Arc<dyn Backplane>,
         options: BackplaneOptions,
+        identity: Identity,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Propagation> {
         // Checked by the builder (`BackplaneOptions::check`).
@@ -150,14 +161,16 @@ impl Propagation {
         };
         let (events, _) = broadcast::channel(1024);
         let propagation = Arc::new(Propagation {
-            instance: InstanceId::random(),
+            instance: identity.instance,
+            health: HealthBoard::new(),
+            lag: LagHistogram::new(crate::metrics::propagation_lag(&identity)),
+            identity,
             started_unix_ms: unix_ms(),
             outbox: Outbox::new(options.outbox_capacity),
             keys,
             limits,
             options,
             counters: Counters::default(),
-            lag: LagHistogram::new(),
             echo: echo::Echo::default(),
             events,
             connected: AtomicBool::new(false),
@@ -170,8 +183,18 @@ impl Propagation {
             running: watch::Sender::new(2),
             tasks: Mutex::new(Vec::new()),
         });
-        let sender = runtime.spawn(sender::run(propagation.clone(), backplane.clone()));
-        let receiver = runtime.spawn(receiver::run(propagation.clone(), store, backplane));
+        let id = &propagation.identity;
+        let health_events = propagation.events.subscribe();
+        runtime.spawn(
+            crate::health::run(propagation.clone(), store.clone(), health_events)
+                .instrument(id.span("health")),
+        );
+        let sender = runtime.spawn(
+            sender::run(propagation.clone(), backplane.clone()).instrument(id.span("sender")),
+        );
+        let receiver = runtime.spawn(
+            receiver::run(propagation.clone(), store, backplane).instrument(id.span("receiver")),
+        );
         propagation.tasks.lock().extend([sender, receiver]);
         propagation
     }
@@ -277,6 +300,8 @@ impl Propagation {
             peers: usize::try_from(read(&c.peers)).unwrap_or(usize::MAX),
             peers_evicted: read(&c.peers_evicted),
             messages_sent: read(&c.messages_sent),
+            bytes_sent: read(&c.bytes_sent),
+            bytes_received: read(&c.bytes_received),
             invalidations_sent: read(&c.invalidations_sent),
             heartbeats_sent: read(&c.heartbeats_sent),
             publish_failures: read(&c.publish_failures),
