@@ -480,7 +480,7 @@ impl Cache {
     }
 
     /// A watch of [`health`](Self::health) that changes when the state or the staleness
-    /// bound does (checked on every propagation event and every heartbeat interval). Its
+    /// bound does (checked on every propagation event and at least every second). Its
     /// per-peer figures are as of the last change: call [`health`](Self::health) for
     /// current ones. A cache without a backplane stays coherent.
     pub fn watch_health(&self) -> watch::Receiver<Health> {

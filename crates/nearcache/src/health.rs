@@ -5,8 +5,8 @@
 //! answer: a [`Coherence`] state, the staleness bound it allows, and what each peer last
 //! said. [`Cache::health`](crate::Cache::health) computes it on demand;
 //! [`Cache::watch_health`](crate::Cache::watch_health) yields when the state or the bound
-//! changes (a small task follows the propagation events and re-checks every heartbeat
-//! interval, so a stalled echo or a stuck outbox shows as `Suspect` without any event).
+//! changes (a small task follows the propagation events and re-checks every second, so a
+//! stalled echo or a stuck outbox shows as `Suspect`, and its end, without any event).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -201,15 +201,19 @@ pub(crate) fn compute(p: &Propagation, store: &Store) -> Health {
     }
 }
 
-/// Keeps the watch current: on every propagation event and every heartbeat interval,
-/// until shutdown. Sends only when the state or the bound changed.
+/// Longest between two checks of the watch's state: a recovery (an echo back, a stuck
+/// publish through) comes with no event.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Keeps the watch current: on every propagation event, and every second (or heartbeat
+/// interval, if shorter), until shutdown. Sends only when the state or the bound changed.
 pub(crate) async fn run(
     p: Arc<Propagation>,
     store: Store,
     mut events: broadcast::Receiver<CacheEvent>,
 ) {
     let mut shutdown = p.shutdown.subscribe();
-    let mut tick = tokio::time::interval(p.options.heartbeat_interval);
+    let mut tick = tokio::time::interval(RECHECK.min(p.options.heartbeat_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let closed = tokio::select! {
