@@ -63,7 +63,7 @@ async fn health_follows_the_link_from_start_to_shutdown() {
     b.ready().await;
     until_state(&mut watch, |s| *s == Coherence::Coherent).await;
     let mut events = b.events();
-    a.remove(&Key::from_text("k")).await;
+    a.remove(Key::from_text("k")).await;
     tokio::time::timeout(WAIT, async {
         while !matches!(events.recv().await.unwrap(), CacheEvent::Applied { .. }) {}
     })
@@ -121,7 +121,7 @@ async fn an_invalidation_stuck_in_the_outbox_makes_the_instance_suspect() {
     let mut watch = a.watch_health();
     until_state(&mut watch, |s| *s == Coherence::Coherent).await;
     let gate = conn.hold_publishes();
-    a.remove_sync(&Key::from_text("k"));
+    a.remove_sync(Key::from_text("k"));
     let suspect = until_state(&mut watch, |s| matches!(s, Coherence::Suspect { .. })).await;
     assert!(suspect.is_ready(), "still serving: suspect is a warning");
     assert!(suspect.oldest_unpublished >= Some(Duration::from_millis(50)));
