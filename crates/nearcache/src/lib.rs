@@ -117,7 +117,7 @@
 //! - `redis`: `RedisBackplane`, `RedisConfig` and `CacheBuilder::connect`.
 //! - `tls`: `rediss://` for the Redis backplane (implies `redis`).
 //! - `metrics`: `nearcache_*` series through the `metrics` facade, labelled `cache` and
-//!   `instance` ([`Cache::export_metrics`]; names and alerts in docs/operations.md).
+//!   `instance` (`Cache::export_metrics`; names and alerts in docs/operations.md).
 //!
 //! The repository's README runs a scale-out demo
 //! (`cargo run --release --example scale_out`) that measures all of this and checks that no
@@ -169,7 +169,9 @@ pub use error::{BuildError, LoadError, OptionsError, TypeMismatch};
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
-pub use stats::{CacheStats, LagSummary, LossClears, PropagationStats, StoreStats};
+pub use stats::{
+    CacheStats, InvalidationKinds, LagSummary, LossClears, PropagationStats, StoreStats,
+};
 
 // ---- Keys: nearcache-keys and nearcache-derive --------------------------------------------
 // The trait and the derive macro share the name `CacheKey` (type and macro namespaces), as

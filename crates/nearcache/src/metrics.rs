@@ -92,6 +92,7 @@ mod handles {
     use crate::identity::Identity;
     use crate::stats::CacheStats;
 
+    const KINDS: [&str; 4] = ["key", "region", "region_key", "clear"];
     const STATES: [&str; 4] = ["coherent", "suspect", "lost", "bypassing"];
     const CAUSES: [&str; 6] = [
         "reconnect",
@@ -114,12 +115,12 @@ mod handles {
         expirations: Counter,
         messages_published: Counter,
         bytes_published: Counter,
-        invalidations_sent: Counter,
+        invalidations_sent: [Counter; 4],
         heartbeats_sent: Counter,
         publish_failures: Counter,
         messages_received: Counter,
         bytes_received: Counter,
-        invalidations_received: Counter,
+        invalidations_received: [Counter; 4],
         invalidations_applied: Counter,
         duplicates: Counter,
         rejected_invalid: Counter,
@@ -155,12 +156,19 @@ mod handles {
                 expirations: counter!("nearcache_expirations_total", &l),
                 messages_published: counter!("nearcache_messages_published_total", &l),
                 bytes_published: counter!("nearcache_published_bytes_total", &l),
-                invalidations_sent: counter!("nearcache_invalidations_sent_total", &l),
+                invalidations_sent: KINDS.map(|kind| {
+                    counter!("nearcache_invalidations_sent_total", &with("kind", kind))
+                }),
                 heartbeats_sent: counter!("nearcache_heartbeats_sent_total", &l),
                 publish_failures: counter!("nearcache_publish_failures_total", &l),
                 messages_received: counter!("nearcache_messages_received_total", &l),
                 bytes_received: counter!("nearcache_received_bytes_total", &l),
-                invalidations_received: counter!("nearcache_invalidations_received_total", &l),
+                invalidations_received: KINDS.map(|kind| {
+                    counter!(
+                        "nearcache_invalidations_received_total",
+                        &with("kind", kind)
+                    )
+                }),
                 invalidations_applied: counter!("nearcache_invalidations_applied_total", &l),
                 duplicates: counter!("nearcache_duplicates_total", &l),
                 rejected_invalid: counter!(
@@ -223,13 +231,27 @@ mod handles {
             };
             self.messages_published.absolute(p.messages_sent);
             self.bytes_published.absolute(p.bytes_sent);
-            self.invalidations_sent.absolute(p.invalidations_sent);
+            let by_kind = |k: &crate::stats::InvalidationKinds| {
+                [k.keys, k.region_expiries, k.region_key_expiries, k.clears]
+            };
+            for (counter, n) in self
+                .invalidations_sent
+                .iter()
+                .zip(by_kind(&p.invalidations_sent_by_kind))
+            {
+                counter.absolute(n);
+            }
             self.heartbeats_sent.absolute(p.heartbeats_sent);
             self.publish_failures.absolute(p.publish_failures);
             self.messages_received.absolute(p.messages_received);
             self.bytes_received.absolute(p.bytes_received);
-            self.invalidations_received
-                .absolute(p.invalidations_received);
+            for (counter, n) in self
+                .invalidations_received
+                .iter()
+                .zip(by_kind(&p.invalidations_received_by_kind))
+            {
+                counter.absolute(n);
+            }
             self.invalidations_applied.absolute(p.invalidations_applied);
             self.duplicates.absolute(p.duplicates_ignored);
             self.rejected_invalid.absolute(p.messages_rejected);

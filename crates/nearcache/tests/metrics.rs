@@ -163,7 +163,24 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     a.cache.remove(&key).await;
     b.until(|e| matches!(e, CacheEvent::Applied { .. })).await;
     let s = &snapshot(&snapshotter, &[&a, &b]);
-    assert_eq!(counter(s, "nearcache_invalidations_sent_total", &a, &[]), 1);
+    let key_kind = [("kind", "key")];
+    assert_eq!(
+        counter(s, "nearcache_invalidations_sent_total", &a, &key_kind),
+        1
+    );
+    assert_eq!(
+        counter(s, "nearcache_invalidations_received_total", &b, &key_kind),
+        1
+    );
+    assert_eq!(
+        counter(
+            s,
+            "nearcache_invalidations_received_total",
+            &b,
+            &[("kind", "clear")]
+        ),
+        0
+    );
     assert!(counter(s, "nearcache_published_bytes_total", &a, &[]) > 0);
     assert_eq!(
         counter(s, "nearcache_invalidations_applied_total", &b, &[]),

@@ -12,6 +12,7 @@
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
 pub(crate) mod echo;
+pub(crate) mod kinds;
 pub(crate) mod lag;
 pub(crate) mod outbox;
 pub(crate) mod peers;
@@ -96,6 +97,8 @@ pub(crate) struct Counters {
     pub(crate) messages_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
+    pub(crate) sent_by_kind: kinds::KindCounters,
+    pub(crate) received_by_kind: kinds::KindCounters,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) heartbeats_sent: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
@@ -303,6 +306,8 @@ impl Propagation {
             bytes_sent: read(&c.bytes_sent),
             bytes_received: read(&c.bytes_received),
             invalidations_sent: read(&c.invalidations_sent),
+            invalidations_sent_by_kind: c.sent_by_kind.snapshot(),
+            invalidations_received_by_kind: c.received_by_kind.snapshot(),
             heartbeats_sent: read(&c.heartbeats_sent),
             publish_failures: read(&c.publish_failures),
             messages_received: read(&c.messages_received),

@@ -383,6 +383,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     } else {
         bump(&p.counters.messages_received, 1);
         bump(&p.counters.invalidations_received, invalidations(&message));
+        p.counters.received_by_kind.count(&message);
     }
     match seen {
         Seen::Duplicate => {}

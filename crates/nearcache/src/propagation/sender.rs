@@ -146,6 +146,7 @@ async fn send_batch(
                     &p.counters.invalidations_sent,
                     invalidations(&outgoing.message),
                 );
+                p.counters.sent_by_kind.count(&outgoing.message);
             }
             Publish::TooLarge { .. } => {
                 tracing::error!("the backplane refuses even a clear; invalidations are lost");
