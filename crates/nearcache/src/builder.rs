@@ -183,6 +183,7 @@ fn store_options(options: &CacheOptions) -> StoreOptions {
         max_weight: options.max_weight,
         cache_none: options.cache_none,
         purge_interval: options.purge_interval,
+        log_keys: options.log_keys,
         ..StoreOptions::default()
     }
 }

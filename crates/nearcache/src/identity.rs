@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use nearcache_backplane::wire::InstanceId;
+use nearcache_store::stable_key_hash;
 
 /// The name, instance id and key policy of one cache.
 #[derive(Clone)]
@@ -35,12 +36,12 @@ impl Identity {
     }
 
     /// What logs and spans show for `key`: the key itself when `log_keys` is on, else
-    /// `#` and 16 hex digits of its hash.
+    /// `#` and 16 hex digits of its hash (the store's log events show the same).
     pub(crate) fn key(&self, key: &str) -> String {
         if self.log_keys {
             key.to_owned()
         } else {
-            format!("#{:016x}", stable_hash(key))
+            format!("#{:016x}", stable_key_hash(key))
         }
     }
 
@@ -66,16 +67,6 @@ impl fmt::Debug for Identity {
     }
 }
 
-/// FNV-1a, 64 bits: stable across builds, platforms and runs (std's hashers are not).
-pub(crate) fn stable_hash(text: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,8 +83,7 @@ mod tests {
         assert_eq!(hash.len(), 17);
         assert_eq!(hash, hidden.key(key), "stable");
         assert_ne!(hash, hidden.key("User:get-bob@example.com"));
-        // Fixed for every build and run: peers' logs can be matched.
-        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        // The store's log events show the same hash for the same key.
+        assert_eq!(hash, format!("#{:016x}", stable_key_hash(key)));
     }
 }

@@ -30,6 +30,8 @@ struct Captured {
 struct Store {
     spans: Vec<Captured>,
     live: HashMap<u64, usize>,
+    /// Events' fields (`message` included).
+    events: Vec<HashMap<String, String>>,
 }
 
 /// A layer that keeps every span it sees.
@@ -85,12 +87,30 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         }
     }
 
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = HashMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0.lock().unwrap().events.push(fields);
+    }
+
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
         self.0.lock().unwrap().live.remove(&id.into_u64());
     }
 }
 
 impl Capture {
+    /// The `key` field of every event whose message contains `message`.
+    fn event_keys(&self, message: &str) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.get("message").is_some_and(|m| m.contains(message)))
+            .filter_map(|e| e.get("key").cloned())
+            .collect()
+    }
+
     fn find(&self, name: &str, fields: &[(&str, &str)]) -> Vec<Captured> {
         self.0
             .lock()
@@ -199,4 +219,28 @@ async fn a_load_span_shows_the_key_only_when_allowed() {
     let shown = capture.find("load", &[("cache", "shown")]);
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert_eq!(shown[0].fields["key"], secret.as_str());
+}
+
+#[test]
+fn the_stores_log_events_show_the_key_only_when_allowed() {
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let secret = Key::from_text("User:get-alice@example.com");
+    for log_keys in [false, true] {
+        let cache = Cache::new(named("panics", log_keys)).unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.get_or_create_sync(&secret, |_| -> Result<u8, Infallible> {
+                panic!("the factory fails")
+            })
+        }));
+        assert!(panicked.is_err());
+    }
+    let keys = capture.event_keys("the factory panicked");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys[0].starts_with('#') && !keys[0].contains("alice"),
+        "{keys:?}"
+    );
+    assert_eq!(keys[1], secret.as_str());
 }
