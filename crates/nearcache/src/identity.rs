@@ -46,9 +46,10 @@ impl Identity {
     }
 
     /// The span every background task of this cache runs in, so each of its events carries
-    /// the cache's name and instance.
+    /// the cache's name and instance. At error level so that no filter that lets an event
+    /// through drops its context (a `warn` filter would disable an info span).
     pub(crate) fn span(&self, task: &'static str) -> tracing::Span {
-        tracing::info_span!(
+        tracing::error_span!(
             "nearcache",
             cache = %self.name,
             instance = %self.instance_text,

@@ -13,6 +13,7 @@ use nearcache::{Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key};
 use tracing::Subscriber;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -87,10 +88,22 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
         }
     }
 
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let mut fields = HashMap::new();
         event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().events.push(fields);
+        let mut store = self.0.lock().unwrap();
+        // What the spans it happened in say about the cache (innermost first).
+        for span in ctx.event_scope(event).into_iter().flatten() {
+            let Some(&i) = store.live.get(&span.id().into_u64()) else {
+                continue;
+            };
+            for name in ["cache", "instance"] {
+                if let Some(value) = store.spans[i].fields.get(name).cloned() {
+                    fields.entry(format!("span.{name}")).or_insert(value);
+                }
+            }
+        }
+        store.events.push(fields);
     }
 
     fn on_close(&self, id: Id, _ctx: Context<'_, S>) {
@@ -99,6 +112,18 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
 }
 
 impl Capture {
+    /// Every event whose message contains `message`.
+    fn events(&self, message: &str) -> Vec<HashMap<String, String>> {
+        self.0
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.get("message").is_some_and(|m| m.contains(message)))
+            .cloned()
+            .collect()
+    }
+
     /// The `key` field of every event whose message contains `message`.
     fn event_keys(&self, message: &str) -> Vec<String> {
         self.0
@@ -243,4 +268,45 @@ fn the_stores_log_events_show_the_key_only_when_allowed() {
         "{keys:?}"
     );
     assert_eq!(keys[1], secret.as_str());
+}
+
+/// Under a `warn` filter (which disables info spans), a warning of a background task still
+/// says which cache and instance it comes from.
+#[tokio::test(flavor = "current_thread")]
+async fn a_tasks_warning_carries_the_cache_and_instance_under_a_warn_filter() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(capture.clone().with_filter(LevelFilter::WARN)),
+    );
+    let bus = InMemoryBackplane::new();
+    let a = Cache::builder()
+        .options(named("orders", false))
+        .backplane(bus.connection())
+        .build()
+        .unwrap();
+    let b_conn = bus.connection();
+    let b = Cache::builder()
+        .options(named("orders", false))
+        .backplane(b_conn.clone())
+        .build()
+        .unwrap();
+    a.ready().await;
+    b.ready().await;
+    let mut events = b.events();
+    // B misses A's first message: the second shows a gap, and B warns.
+    b_conn.drop_incoming(1);
+    a.remove(Key::from_text("k1")).await;
+    a.remove(Key::from_text("k2")).await;
+    tokio::time::timeout(WAIT, async {
+        while !matches!(events.recv().await.unwrap(), CacheEvent::LossCleared { .. }) {}
+    })
+    .await
+    .unwrap();
+    let warned = capture.events("messages from a peer were lost");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["span.cache"], "orders");
+    assert_eq!(
+        warned[0]["span.instance"],
+        b.instance_id().unwrap().to_string()
+    );
 }

@@ -224,6 +224,8 @@ impl Propagation {
         if pushed.overflowed {
             bump(&self.counters.outbox_overflows, 1);
             tracing::warn!(
+                cache = %self.identity.name,
+                instance = %self.instance,
                 capacity = self.options.outbox_capacity,
                 "invalidation outbox overflowed while the backplane is unreachable: \
                  its backlog is dropped; this instance clears itself now, and peers will \
