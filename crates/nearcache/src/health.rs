@@ -206,14 +206,18 @@ pub(crate) fn compute(p: &Propagation, store: &Store) -> Health {
 const RECHECK: Duration = Duration::from_secs(1);
 
 /// Keeps the watch current: on every propagation event, and every second (or heartbeat
-/// interval, if shorter), until shutdown. Sends only when the state or the bound changed.
+/// interval, if shorter, but not more often than every 100 ms), until shutdown. Sends only when the state or the bound changed.
 pub(crate) async fn run(
     p: Arc<Propagation>,
     store: Store,
     mut events: broadcast::Receiver<CacheEvent>,
 ) {
     let mut shutdown = p.shutdown.subscribe();
-    let mut tick = tokio::time::interval(RECHECK.min(p.options.heartbeat_interval));
+    let every = p
+        .options
+        .heartbeat_interval
+        .clamp(Duration::from_millis(100), RECHECK);
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let closed = tokio::select! {
