@@ -139,12 +139,13 @@ mod tests {
             "nearcache_loss_clears_total{cache=\"products\"",
         ];
         let body = runtime.block_on(async {
+            // Scraped while the demo runs (its endpoint ends with it).
             let client = reqwest::Client::new();
             let url = format!("http://{addr}/metrics");
             // The caches export every second and the lag histogram needs a first
             // invalidation: scrape until everything is there, as Prometheus would.
             let mut body = String::new();
-            for _ in 0..50 {
+            while !demo.is_finished() {
                 body = client.get(&url).send().await.unwrap().text().await.unwrap();
                 let hits = body
                     .lines()
