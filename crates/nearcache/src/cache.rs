@@ -631,6 +631,7 @@ impl Cache {
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
+            .field("name", &self.name())
             .field("len", &self.inner.store.len())
             .field("instance", &self.instance_id())
             .finish_non_exhaustive()

@@ -51,6 +51,7 @@ pub enum Coherence {
 
 /// What one peer last said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerHealth {
     /// The peer.
     pub instance: InstanceId,
