@@ -124,6 +124,11 @@ pub(crate) struct Config {
     /// new primary in a run of 10 s or more. Shows what each fault cost.
     #[arg(long)]
     pub(crate) faults: bool,
+    /// Serve the caches' metrics as Prometheus text on http://ADDR/metrics (port 0: any
+    /// free port; printed at start). With --processes each instance process serves its own:
+    /// port P + i for instance i, or its own free port when P is 0.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Where to write the run's plot (SVG); by default under the target directory.
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,
@@ -155,6 +160,7 @@ impl Default for Config {
             processes: false,
             no_backplane: false,
             faults: false,
+            metrics: None,
             plot: None,
             instance: None,
             run_id: None,
@@ -282,6 +288,16 @@ impl Config {
             format!("--run-id={run_id}"),
             format!("--db={}", db.display()),
         ]
+        .into_iter()
+        .chain(self.metrics.map(|addr| {
+            let mut addr = addr;
+            if addr.port() != 0 {
+                let port = u16::try_from(usize::from(addr.port()) + index).unwrap_or(u16::MAX);
+                addr.set_port(port);
+            }
+            format!("--metrics={addr}")
+        }))
+        .collect()
     }
 }
 

@@ -36,6 +36,8 @@ mod db;
 mod faults;
 mod instance;
 mod local;
+#[cfg(feature = "metrics")]
+mod metrics_endpoint;
 mod own_redis;
 mod plot;
 mod processes;
@@ -176,6 +178,12 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
         .map_err(DemoError::Spawn)?;
     let child = config.child();
     let show_progress = child.is_none();
+    // The instances serve their metrics: in a `--processes` run, each instance process.
+    if let Some(addr) = config.metrics
+        && !(config.processes && child.is_none())
+    {
+        serve_metrics(&runtime, addr, child.as_ref().map(|c| c.index))?;
+    }
     if let Some(child) = &child {
         return runtime
             .block_on(processes::run_instance(config, child))
@@ -204,6 +212,35 @@ pub(crate) fn run(config: &Config) -> Result<Option<report::Summary>, DemoError>
     });
     drop(server);
     summary.map(Some)
+}
+
+/// Starts the `--metrics` endpoint on `runtime` (before any cache is built).
+///
+/// # Errors
+///
+/// [`DemoError::Usage`] when it cannot start, or the demo was built without the `metrics`
+/// feature.
+fn serve_metrics(
+    runtime: &tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    instance: Option<usize>,
+) -> Result<(), DemoError> {
+    #[cfg(feature = "metrics")]
+    {
+        let who = match instance {
+            Some(i) => format!("instance {i}"),
+            None => "scale_out".to_owned(),
+        };
+        runtime.block_on(metrics_endpoint::serve(addr, &who))?;
+        Ok(())
+    }
+    #[cfg(not(feature = "metrics"))]
+    {
+        let _ = (runtime, addr, instance);
+        Err(DemoError::Usage(
+            "--metrics needs the demo built with `--features metrics`".into(),
+        ))
+    }
 }
 
 /// Creates the run's database in `dir`: every product at its first version.

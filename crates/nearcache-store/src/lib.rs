@@ -75,6 +75,7 @@ mod load;
 mod options;
 mod purge;
 mod shim;
+mod shown;
 #[cfg(all(test, feature = "shuttle"))]
 mod shuttle_tests;
 mod stats;
@@ -85,6 +86,7 @@ pub use entry::Entry;
 pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
+pub use shown::stable_key_hash;
 pub use stats::StoreStats;
 pub use store::Store;
 

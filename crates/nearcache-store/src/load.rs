@@ -22,6 +22,7 @@ use crate::entry::{Entry, StoredEntry};
 use crate::error::WouldDeadlock;
 use crate::error::{LoadError, TypeMismatch};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
+use crate::shown::Shown;
 use crate::stats::Counter;
 use crate::store::StoreInner;
 use crate::value::{Payload, Shape, mismatch};
@@ -97,7 +98,7 @@ impl StoreInner {
             Some(entry) if u64::from(entry.weight()) > self.max_entry_weight => {
                 self.stats.incr(Counter::InsertsRejectedTooHeavy);
                 tracing::warn!(
-                    key = %key,
+                    key = %self.shown(key),
                     weight = entry.weight(),
                     max_entry_weight = self.max_entry_weight,
                     "entry is heavier than one shard's share of the weight budget: \
@@ -215,7 +216,9 @@ impl StoreInner {
                     let Some(outcome) = outcome else {
                         return Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)));
                     };
-                    if let Some(result) = resolve::<S, E>(outcome, &flight, joined_at, key) {
+                    if let Some(result) =
+                        resolve::<S, E>(outcome, &flight, joined_at, key, self.log_keys)
+                    {
                         return result;
                     }
                 }
@@ -253,7 +256,7 @@ impl StoreInner {
                 Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
                     if let Some(result) =
-                        resolve::<S, E>(flight.wait().await, &flight, joined_at, key)
+                        resolve::<S, E>(flight.wait().await, &flight, joined_at, key, self.log_keys)
                     {
                         return result;
                     }
@@ -297,7 +300,7 @@ impl StoreInner {
             // Not to be stored, or bypass began during the load: store nothing until it ends.
         } else if !fresh {
             self.stats.incr(Counter::InsertsRejectedStale);
-            tracing::debug!(key = %leader.key, "invalidated while loading: returned, not stored");
+            tracing::debug!(key = %self.shown(&leader.key), "invalidated while loading: returned, not stored");
         } else {
             let stored = entry.into_stored(
                 payload.clone(),
@@ -369,9 +372,9 @@ impl Drop for Leader<'_> {
             .remove(&self.key, &self.flight);
         self.flight.finish(Outcome::Abandoned);
         if std::thread::panicking() {
-            tracing::warn!(key = %self.key, "the factory panicked; a waiter takes the load over");
+            tracing::warn!(key = %self.inner.shown(&self.key), "the factory panicked; a waiter takes the load over");
         } else {
-            tracing::debug!(key = %self.key, "the loading caller was dropped; a waiter takes the load over");
+            tracing::debug!(key = %self.inner.shown(&self.key), "the loading caller was dropped; a waiter takes the load over");
         }
     }
 }
@@ -385,11 +388,12 @@ fn resolve<S: Shape, E: Send + Sync + 'static>(
     flight: &Flight,
     joined_at: u64,
     key: &Key,
+    log_keys: bool,
 ) -> Option<Result<S, LoadError<E>>> {
     match outcome {
         Outcome::Value { payload, fresh } => {
             if !fresh && joined_at != flight.start_epoch() {
-                tracing::debug!(key = %key, "joined a load after an expiry that made it stale: loading again");
+                tracing::debug!(key = %Shown::new(key, log_keys), "joined a load after an expiry that made it stale: loading again");
                 return None;
             }
             S::from_payload(payload.clone(), key)

@@ -62,6 +62,10 @@ pub struct StoreOptions {
     /// Number of shards of the underlying cache, rounded up to a power of two; quick_cache
     /// may use fewer so each shard holds at least 32 entries. Default: none (4 × cores).
     pub shards: Option<usize>,
+    /// Whether the store's log events show keys as they are. Keys may hold personal data, so
+    /// by default they show as `#` and 16 hex digits of [`stable_key_hash`](crate::stable_key_hash).
+    /// Default `false`.
+    pub log_keys: bool,
 }
 
 impl Default for StoreOptions {
@@ -75,6 +79,7 @@ impl Default for StoreOptions {
             cache_none: true,
             purge_interval: Duration::from_secs(60),
             shards: None,
+            log_keys: false,
         }
     }
 }

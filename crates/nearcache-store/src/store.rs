@@ -15,6 +15,7 @@ use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
 use crate::options::StoreOptions;
 use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
+use crate::shown::Shown;
 use crate::stats::{Counter, Stats, StoreStats};
 use crate::value::{Payload, Typed};
 
@@ -55,6 +56,8 @@ pub(crate) struct StoreInner {
     pub(crate) enabled: bool,
     pub(crate) cache_none: bool,
     pub(crate) max_entry_weight: u64,
+    /// Whether log events show keys as they are (else their hash).
+    pub(crate) log_keys: bool,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
@@ -72,6 +75,11 @@ impl StoreInner {
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
         self.bypass.load(Ordering::Acquire)
+    }
+
+    /// `key` as log events show it.
+    pub(crate) fn shown<'a>(&self, key: &'a Key) -> Shown<'a> {
+        Shown::new(key, self.log_keys)
     }
 
     /// The read of `get` and `get_optional`: the entry under `key` as a `T`, counted as a
@@ -154,6 +162,7 @@ impl Store {
         let purge = Arc::new(PurgeSignal::default());
         let inner = Arc::new(StoreInner {
             max_entry_weight: cache.max_entry_weight(),
+            log_keys: options.log_keys,
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),

@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use nearcache_backplane::Backplane;
+use nearcache_backplane::wire::InstanceId;
 use nearcache_store::{Store, StoreOptions};
 
 use crate::cache::Cache;
 use crate::error::BuildError;
+use crate::identity::Identity;
 #[cfg(feature = "redis")]
 use crate::options::BackplaneOptions;
 use crate::options::CacheOptions;
@@ -93,6 +95,11 @@ impl CacheBuilder {
             None => Store::new(store_options),
         }
         .map_err(BuildError::InvalidOptions)?;
+        let identity = Identity::new(
+            self.options.cache_name(),
+            InstanceId::random(),
+            self.options.log_keys,
+        );
         let propagation = match self.backplane {
             None => None,
             Some(backplane) => {
@@ -105,11 +112,12 @@ impl CacheBuilder {
                     store.clone(),
                     backplane,
                     self.options.backplane.clone(),
+                    identity.clone(),
                     &runtime,
                 ))
             }
         };
-        Ok(Cache::from_parts(store, propagation))
+        Ok(Cache::from_parts(store, propagation, identity))
     }
 
     /// Connects to Redis at `options.backplane.redis_url`, then builds.
@@ -175,6 +183,7 @@ fn store_options(options: &CacheOptions) -> StoreOptions {
         max_weight: options.max_weight,
         cache_none: options.cache_none,
         purge_interval: options.purge_interval,
+        log_keys: options.log_keys,
         ..StoreOptions::default()
     }
 }

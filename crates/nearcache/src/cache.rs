@@ -9,11 +9,17 @@ use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::{CacheKey, Key};
 use nearcache_regions::{Region, SubKey};
 use nearcache_store::{Entry, LoadError, Store, TypeMismatch};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
+use tracing::Instrument;
 
 use crate::builder::CacheBuilder;
 use crate::error::BuildError;
 use crate::events::CacheEvent;
+use crate::health::{self, Health};
+use crate::identity::Identity;
+#[cfg(feature = "metrics")]
+use crate::metrics::Exported;
+use crate::metrics::Seconds;
 use crate::options::CacheOptions;
 use crate::propagation::Propagation;
 use crate::propagation::outbox::{Pending, Ticket};
@@ -54,6 +60,33 @@ struct Inner {
     propagation: Option<Arc<Propagation>>,
     /// Handed out by `events()` when there is no backplane: it never yields.
     idle_events: broadcast::Sender<CacheEvent>,
+    /// Handed out by `watch_health()` when there is no backplane: always coherent.
+    local_health: watch::Sender<Health>,
+    /// The name and instance in spans and metrics; whether keys may be shown.
+    identity: Identity,
+    /// Exported counters and gauges (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    exported: Exported,
+    /// `nearcache_load_duration_seconds` (feature `metrics`).
+    load_duration: Seconds,
+}
+
+impl Inner {
+    /// The span of one factory run: the key is recorded only when `log_keys` allows it
+    /// (else its hash), and only formatted when a subscriber wants the span.
+    fn load_span(&self, key: &Key) -> tracing::Span {
+        let id = &self.identity;
+        let span = tracing::info_span!(
+            "load",
+            cache = %id.name,
+            instance = %id.instance_text,
+            key = tracing::field::Empty
+        );
+        if !span.is_disabled() {
+            span.record("key", id.key(key.as_str()));
+        }
+        span
+    }
 }
 
 impl Drop for Inner {
@@ -95,15 +128,27 @@ impl Cache {
         Cache::builder().options(options).build()
     }
 
-    pub(crate) fn from_parts(store: Store, propagation: Option<Arc<Propagation>>) -> Cache {
+    pub(crate) fn from_parts(
+        store: Store,
+        propagation: Option<Arc<Propagation>>,
+        identity: Identity,
+    ) -> Cache {
         let (idle_events, _) = broadcast::channel(1);
-        Cache {
+        let cache = Cache {
             inner: Arc::new(Inner {
                 store,
                 propagation,
                 idle_events,
+                local_health: watch::Sender::new(Health::local()),
+                #[cfg(feature = "metrics")]
+                exported: Exported::new(&identity),
+                load_duration: crate::metrics::load_duration(&identity),
+                identity,
             }),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        cache.spawn_export();
+        cache
     }
 
     /// The value stored under `key`, if it is there, alive, and a `T`.
@@ -150,7 +195,15 @@ impl Cache {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut Entry) -> Result<T, E>,
     {
-        self.inner.store.get_or_create(key.borrow(), factory).await
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = async move |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = factory(entry).instrument(inner.load_span(key)).await;
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create(key, factory).await
     }
 
     /// The blocking twin of [`get_or_create`](Self::get_or_create); it shares flights with
@@ -177,7 +230,15 @@ impl Cache {
         E: Send + Sync + 'static,
         F: FnOnce(&mut Entry) -> Result<T, E>,
     {
-        self.inner.store.get_or_create_sync(key.borrow(), factory)
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = inner.load_span(key).in_scope(|| factory(entry));
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create_sync(key, factory)
     }
 
     /// Like [`get_or_create`](Self::get_or_create) for a factory that may find nothing:
@@ -201,10 +262,15 @@ impl Cache {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut Entry) -> Result<Option<T>, E>,
     {
-        self.inner
-            .store
-            .get_or_create_optional(key.borrow(), factory)
-            .await
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = async move |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = factory(entry).instrument(inner.load_span(key)).await;
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create_optional(key, factory).await
     }
 
     /// The blocking twin of [`get_or_create_optional`](Self::get_or_create_optional); on
@@ -223,9 +289,15 @@ impl Cache {
         E: Send + Sync + 'static,
         F: FnOnce(&mut Entry) -> Result<Option<T>, E>,
     {
-        self.inner
-            .store
-            .get_or_create_optional_sync(key.borrow(), factory)
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = inner.load_span(key).in_scope(|| factory(entry));
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create_optional_sync(key, factory)
     }
 
     /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
@@ -398,6 +470,71 @@ impl Cache {
         }
     }
 
+    /// This instance's coherence now: the state, the staleness bound it can promise, and
+    /// what each peer last said. A readiness probe should check
+    /// [`Health::is_ready`]; see docs/operations.md.
+    pub fn health(&self) -> Health {
+        match &self.inner.propagation {
+            Some(p) => health::compute(p, &self.inner.store),
+            None => Health::local(),
+        }
+    }
+
+    /// A watch of [`health`](Self::health) that changes when the state or the staleness
+    /// bound does (checked on every propagation event and at least every second). Its
+    /// per-peer figures are as of the last change: call [`health`](Self::health) for
+    /// current ones. A cache without a backplane stays coherent.
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        match &self.inner.propagation {
+            Some(p) => p.health.watch.subscribe(),
+            None => self.inner.local_health.subscribe(),
+        }
+    }
+
+    /// The cache's name in logs, spans and metrics (the `name` option, else the app's).
+    pub fn name(&self) -> &str {
+        &self.inner.identity.name
+    }
+
+    /// Sets every exported series from the current counters (feature `metrics`). A task
+    /// does it every second on the runtime the cache was built in (none is started outside
+    /// a runtime); call it before a scrape for up-to-the-moment values, or in tests.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn export_metrics(&self) {
+        let inner = &self.inner;
+        inner.exported.export(
+            &self.stats(),
+            &self.health(),
+            inner.store.len(),
+            inner.store.weight(),
+        );
+    }
+
+    /// Starts the export task; it ends when the last handle is dropped.
+    #[cfg(feature = "metrics")]
+    fn spawn_export(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let span = self.inner.identity.span("metrics");
+        runtime.spawn(
+            async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(inner) => Cache { inner }.export_metrics(),
+                        None => return,
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
     /// Events of the propagation layer (applied messages, loss clears, connection changes),
     /// from now on. A cache without a backplane yields none.
     pub fn events(&self) -> broadcast::Receiver<CacheEvent> {
@@ -495,6 +632,7 @@ impl Cache {
 impl fmt::Debug for Cache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
+            .field("name", &self.name())
             .field("len", &self.inner.store.len())
             .field("instance", &self.instance_id())
             .finish_non_exhaustive()

@@ -116,6 +116,8 @@
 //! - `derive` (default): `#[derive(CacheKey)]` for your own key types.
 //! - `redis`: `RedisBackplane`, `RedisConfig` and `CacheBuilder::connect`.
 //! - `tls`: `rediss://` for the Redis backplane (implies `redis`).
+//! - `metrics`: `nearcache_*` series through the `metrics` facade, labelled `cache` and
+//!   `instance` (`Cache::export_metrics`; names and alerts in docs/operations.md).
 //!
 //! The repository's README runs a scale-out demo
 //! (`cargo run --release --example scale_out`) that measures all of this and checks that no
@@ -154,6 +156,9 @@ mod builder;
 mod cache;
 mod error;
 mod events;
+mod health;
+mod identity;
+mod metrics;
 mod options;
 mod propagation;
 mod stats;
@@ -162,8 +167,11 @@ pub use builder::CacheBuilder;
 pub use cache::{Cache, Propagated};
 pub use error::{BuildError, LoadError, OptionsError, TypeMismatch};
 pub use events::{CacheEvent, ClearCause};
+pub use health::{Coherence, Health, PeerHealth};
 pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
-pub use stats::{CacheStats, LagSummary, LossClears, PropagationStats, StoreStats};
+pub use stats::{
+    CacheStats, InvalidationKinds, LagSummary, LossClears, PropagationStats, StoreStats,
+};
 
 // ---- Keys: nearcache-keys and nearcache-derive --------------------------------------------
 // The trait and the derive macro share the name `CacheKey` (type and macro namespaces), as

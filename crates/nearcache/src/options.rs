@@ -60,6 +60,14 @@ pub struct CacheOptions {
     /// How often expired entries are swept out of memory. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// The cache's name in logs, spans and metrics (the `cache` label), so two caches in one
+    /// process can be told apart. Default: none, which means the application's name (the
+    /// executable's file name, else `"nearcache"`).
+    pub name: Option<String>,
+    /// Whether keys appear as they are in logs and spans. Keys may hold personal data, so by
+    /// default they do not: a short stable hash of the key stands in for it (the same key
+    /// always gives the same hash, on every instance). Default `false`.
+    pub log_keys: bool,
     /// How instances tell each other about invalidations.
     pub backplane: BackplaneOptions,
 }
@@ -74,8 +82,25 @@ impl Default for CacheOptions {
             max_weight: None,
             cache_none: true,
             purge_interval: Duration::from_secs(60),
+            name: None,
+            log_keys: false,
             backplane: BackplaneOptions::default(),
         }
+    }
+}
+
+impl CacheOptions {
+    /// The name in force: `name`, else the executable's file name (without extension), else
+    /// `"nearcache"`.
+    pub fn cache_name(&self) -> String {
+        if let Some(name) = self.name.as_deref().filter(|n| !n.is_empty()) {
+            return name.to_owned();
+        }
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "nearcache".to_owned())
     }
 }
 
@@ -89,6 +114,8 @@ impl fmt::Debug for CacheOptions {
             .field("max_weight", &self.max_weight)
             .field("cache_none", &self.cache_none)
             .field("purge_interval", &self.purge_interval)
+            .field("name", &self.name)
+            .field("log_keys", &self.log_keys)
             .field("backplane", &self.backplane)
             .finish()
     }

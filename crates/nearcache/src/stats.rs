@@ -37,8 +37,15 @@ pub struct PropagationStats {
     pub peers_evicted: u64,
     /// Messages published (not counting heartbeats).
     pub messages_sent: u64,
+    /// Bytes of messages and heartbeats published (payloads as sent, signature included).
+    pub bytes_sent: u64,
+    /// Bytes of payloads received from the channel (everything, our own echoes and
+    /// rejected ones included).
+    pub bytes_received: u64,
     /// Invalidations published (each key, region expiry or clear counts one).
     pub invalidations_sent: u64,
+    /// `invalidations_sent` by kind.
+    pub invalidations_sent_by_kind: InvalidationKinds,
     /// Heartbeats published.
     pub heartbeats_sent: u64,
     /// Publish attempts of invalidation messages that failed or timed out (each is retried
@@ -49,6 +56,8 @@ pub struct PropagationStats {
     pub messages_received: u64,
     /// Invalidations carried by those messages (each key, region expiry or clear counts one).
     pub invalidations_received: u64,
+    /// `invalidations_received` by kind.
+    pub invalidations_received_by_kind: InvalidationKinds,
     /// Invalidations applied to the local store.
     pub invalidations_applied: u64,
     /// Heartbeats received from peers.
@@ -73,6 +82,26 @@ pub struct PropagationStats {
     pub loss_clears: LossClears,
     /// Publish on the origin → applied here.
     pub propagation_lag: LagSummary,
+}
+
+/// Invalidations by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InvalidationKinds {
+    /// Keys removed (by `remove` or `set`).
+    pub keys: u64,
+    /// Whole regions expired.
+    pub region_expiries: u64,
+    /// Regions' sub-keys expired.
+    pub region_key_expiries: u64,
+    /// Clears (and operations this version does not know, applied as clears).
+    pub clears: u64,
+}
+
+impl InvalidationKinds {
+    /// All kinds together.
+    pub fn total(&self) -> u64 {
+        self.keys + self.region_expiries + self.region_key_expiries + self.clears
+    }
 }
 
 /// Local clears by cause (never broadcast to peers).

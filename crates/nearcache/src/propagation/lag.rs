@@ -10,6 +10,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 
+use crate::metrics::Seconds;
+
 /// Summary of the propagation lag observed on this instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LagSummary {
@@ -28,17 +30,21 @@ pub struct LagSummary {
 #[derive(Debug)]
 pub(crate) struct LagHistogram {
     micros: Mutex<Option<Histogram<u64>>>,
+    /// The exported histogram (`nearcache_propagation_lag_seconds`).
+    exported: Seconds,
 }
 
 impl LagHistogram {
     /// Lags from 1 µs to 1 hour at 3 significant digits (about 30 KiB).
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(exported: Seconds) -> Self {
         LagHistogram {
             micros: Mutex::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).ok()),
+            exported,
         }
     }
 
     pub(crate) fn record(&self, lag: Duration) {
+        self.exported.record(lag);
         let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
         if let Some(histogram) = self.micros.lock().as_mut() {
             histogram.saturating_record(micros.max(1));
@@ -69,7 +75,7 @@ mod tests {
 
     #[test]
     fn percentiles_of_recorded_lags() {
-        let lag = LagHistogram::new();
+        let lag = LagHistogram::new(Seconds::default());
         assert_eq!(lag.summary(), LagSummary::default());
         for ms in 1..=100 {
             lag.record(Duration::from_millis(ms));
@@ -84,7 +90,7 @@ mod tests {
 
     #[test]
     fn absurd_lags_saturate_instead_of_failing() {
-        let lag = LagHistogram::new();
+        let lag = LagHistogram::new(Seconds::default());
         lag.record(Duration::MAX);
         lag.record(Duration::ZERO);
         assert_eq!(lag.summary().samples, 2);

@@ -12,6 +12,7 @@
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
 pub(crate) mod echo;
+pub(crate) mod kinds;
 pub(crate) mod lag;
 pub(crate) mod outbox;
 pub(crate) mod peers;
@@ -30,7 +31,11 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
+use tracing::Instrument;
+
 use crate::events::{CacheEvent, ClearCause};
+use crate::health::HealthBoard;
+use crate::identity::Identity;
 use crate::options::{BackplaneOptions, LossPolicy};
 use crate::stats::{LossClears, PropagationStats};
 use lag::LagHistogram;
@@ -40,6 +45,10 @@ use outbox::{Outbox, Pending, Ticket};
 #[derive(Debug)]
 pub(crate) struct Propagation {
     pub(crate) instance: InstanceId,
+    /// The cache's name and instance, for spans and metrics.
+    pub(crate) identity: Identity,
+    /// Per-peer last words and the health watch.
+    pub(crate) health: HealthBoard,
     pub(crate) started_unix_ms: u64,
     pub(crate) options: BackplaneOptions,
     /// Signs what we send and checks what we receive, when configured.
@@ -86,6 +95,10 @@ impl Drop for TaskRunning<'_> {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) messages_sent: AtomicU64,
+    pub(crate) bytes_sent: AtomicU64,
+    pub(crate) bytes_received: AtomicU64,
+    pub(crate) sent_by_kind: kinds::KindCounters,
+    pub(crate) received_by_kind: kinds::KindCounters,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) heartbeats_sent: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
@@ -138,6 +151,7 @@ impl Propagation {
         store: Store,
         backplane: Arc<dyn Backplane>,
         options: BackplaneOptions,
+        identity: Identity,
         runtime: &tokio::runtime::Handle,
     ) -> Arc<Propagation> {
         // Checked by the builder (`BackplaneOptions::check`).
@@ -150,14 +164,16 @@ impl Propagation {
         };
         let (events, _) = broadcast::channel(1024);
         let propagation = Arc::new(Propagation {
-            instance: InstanceId::random(),
+            instance: identity.instance,
+            health: HealthBoard::new(),
+            lag: LagHistogram::new(crate::metrics::propagation_lag(&identity)),
+            identity,
             started_unix_ms: unix_ms(),
             outbox: Outbox::new(options.outbox_capacity),
             keys,
             limits,
             options,
             counters: Counters::default(),
-            lag: LagHistogram::new(),
             echo: echo::Echo::default(),
             events,
             connected: AtomicBool::new(false),
@@ -170,8 +186,18 @@ impl Propagation {
             running: watch::Sender::new(2),
             tasks: Mutex::new(Vec::new()),
         });
-        let sender = runtime.spawn(sender::run(propagation.clone(), backplane.clone()));
-        let receiver = runtime.spawn(receiver::run(propagation.clone(), store, backplane));
+        let id = &propagation.identity;
+        let health_events = propagation.events.subscribe();
+        runtime.spawn(
+            crate::health::run(propagation.clone(), store.clone(), health_events)
+                .instrument(id.span("health")),
+        );
+        let sender = runtime.spawn(
+            sender::run(propagation.clone(), backplane.clone()).instrument(id.span("sender")),
+        );
+        let receiver = runtime.spawn(
+            receiver::run(propagation.clone(), store, backplane).instrument(id.span("receiver")),
+        );
         propagation.tasks.lock().extend([sender, receiver]);
         propagation
     }
@@ -198,6 +224,8 @@ impl Propagation {
         if pushed.overflowed {
             bump(&self.counters.outbox_overflows, 1);
             tracing::warn!(
+                cache = %self.identity.name,
+                instance = %self.instance,
                 capacity = self.options.outbox_capacity,
                 "invalidation outbox overflowed while the backplane is unreachable: \
                  its backlog is dropped; this instance clears itself now, and peers will \
@@ -277,7 +305,11 @@ impl Propagation {
             peers: usize::try_from(read(&c.peers)).unwrap_or(usize::MAX),
             peers_evicted: read(&c.peers_evicted),
             messages_sent: read(&c.messages_sent),
+            bytes_sent: read(&c.bytes_sent),
+            bytes_received: read(&c.bytes_received),
             invalidations_sent: read(&c.invalidations_sent),
+            invalidations_sent_by_kind: c.sent_by_kind.snapshot(),
+            invalidations_received_by_kind: c.received_by_kind.snapshot(),
             heartbeats_sent: read(&c.heartbeats_sent),
             publish_failures: read(&c.publish_failures),
             messages_received: read(&c.messages_received),

@@ -19,6 +19,7 @@
 //! up into overflows. What was queued before the close is still taken and sent.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use nearcache_keys::Key;
 use parking_lot::Mutex;
@@ -73,6 +74,11 @@ struct State {
     /// Operations the sender took and has not published yet (they count as waiting).
     in_flight: usize,
     closed: bool,
+    /// When the oldest operation still queued was pushed (when the queue last became
+    /// non-empty; after a partial take the remainder keeps it, an over-estimate).
+    queued_since: Option<Instant>,
+    /// When the oldest operation in flight was pushed.
+    in_flight_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -91,6 +97,8 @@ impl Outbox {
                 issued: 0,
                 in_flight: 0,
                 closed: false,
+                queued_since: None,
+                in_flight_since: None,
             }),
             capacity: capacity.max(1),
             wake_sender: Notify::new(),
@@ -107,6 +115,9 @@ impl Outbox {
         }
         state.issued += 1;
         let ticket = state.issued;
+        if state.queue.is_empty() {
+            state.queued_since = Some(Instant::now());
+        }
         let mut overflowed = false;
         let absorbing = state
             .queue
@@ -153,6 +164,10 @@ impl Outbox {
             covers = ticket;
         }
         state.in_flight += n;
+        state.in_flight_since = state.in_flight_since.or(state.queued_since);
+        if state.queue.is_empty() {
+            state.queued_since = None;
+        }
         Taken::Batch(Batch { ops, covers })
     }
 
@@ -161,6 +176,20 @@ impl Outbox {
     pub(crate) fn sent(&self, ops: usize) {
         let mut state = self.state.lock();
         state.in_flight = state.in_flight.saturating_sub(ops);
+        if state.in_flight == 0 {
+            state.in_flight_since = None;
+        }
+    }
+
+    /// How long the oldest invalidation not yet published has waited (queued or in
+    /// flight); `None` when nothing waits. Peers may serve its key stale meanwhile.
+    pub(crate) fn oldest_age(&self) -> Option<Duration> {
+        let state = self.state.lock();
+        let oldest = match (state.queued_since, state.in_flight_since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        oldest.map(|at| at.elapsed())
     }
 
     /// Records that everything up to `ticket` has been published.
@@ -219,6 +248,28 @@ mod tests {
 
     fn remove(k: &str) -> Pending {
         Pending::Remove(Key::from_text(k))
+    }
+
+    #[test]
+    fn the_oldest_wait_is_known_until_everything_is_published() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.oldest_age(), None);
+        outbox.push(remove("a"));
+        let queued = outbox.oldest_age();
+        assert!(queued.is_some());
+        let Taken::Batch(batch) = outbox.take(10) else {
+            panic!("a batch")
+        };
+        outbox.push(remove("b"));
+        // The first push is still in flight: its age, not the second's.
+        assert!(outbox.oldest_age() >= queued);
+        outbox.sent(batch.ops.len());
+        assert!(outbox.oldest_age().is_some(), "b still waits");
+        let Taken::Batch(batch) = outbox.take(10) else {
+            panic!("a batch")
+        };
+        outbox.sent(batch.ops.len());
+        assert_eq!(outbox.oldest_age(), None);
     }
 
     fn batch(outbox: &Outbox, max: usize) -> Batch {

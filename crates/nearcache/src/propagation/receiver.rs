@@ -150,6 +150,7 @@ pub(crate) async fn run(
             }
             _ = housekeeping.tick() => {
                 let vanished = peers.forget_silent(Instant::now());
+                p.health.forget_silent(forget_after);
                 p.counters.peers.store(peers.len() as u64, Ordering::Relaxed);
                 if vanished > 0 {
                     tracing::warn!(
@@ -321,6 +322,7 @@ fn not_applied(p: &Propagation, store: &Store, error: &dyn std::fmt::Display) {
 }
 
 fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
+    bump(&p.counters.bytes_received, payload.len() as u64);
     let message = match wire::decode_authenticated(payload, &WireLimits::DEFAULT, p.keys.as_ref()) {
         Ok(message) => message,
         Err(wire::DecodeError::Unauthenticated) => {
@@ -345,6 +347,15 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         return;
     }
     let heartbeat = message.is_heartbeat();
+    let span = tracing::info_span!(
+        "apply",
+        origin = %message.origin,
+        seq = message.seq,
+        heartbeat,
+        lag_us = tracing::field::Empty
+    );
+    let _entered = span.enter();
+    p.health.heard(message.origin, message.seq);
     let seen = peers.observe(
         message.origin.as_u128(),
         message.seq,
@@ -372,6 +383,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     } else {
         bump(&p.counters.messages_received, 1);
         bump(&p.counters.invalidations_received, invalidations(&message));
+        p.counters.received_by_kind.count(&message);
     }
     match seen {
         Seen::Duplicate => {}
@@ -384,6 +396,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     if heartbeat {
         if message.is_goodbye() {
             peers.farewell(message.origin.as_u128());
+            p.health.forget(message.origin);
             p.counters
                 .peers
                 .store(peers.len() as u64, Ordering::Relaxed);
@@ -428,6 +441,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
     if !duplicate {
         let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
         p.lag.record(lag);
+        span.record("lag_us", u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
     }
     let _ = p.events.send(CacheEvent::Applied {
         origin: message.origin,

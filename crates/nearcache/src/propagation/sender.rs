@@ -18,6 +18,7 @@ use bytes::Bytes;
 use nearcache_backplane::wire::{self, Message, MessageBuilder, Op, PushError, WireLimits};
 use nearcache_backplane::{Backplane, BackplaneError};
 use tokio::time::MissedTickBehavior;
+use tracing::Instrument;
 
 use super::outbox::{Batch, Pending, Taken};
 use super::{Propagation, bump, unix_micros};
@@ -108,7 +109,15 @@ async fn send_batch(
             p.outbox.sent(outgoing.pending);
             continue;
         };
-        let mut outcome = publish_until_sent(p, backplane, payload).await;
+        let span = tracing::info_span!(
+            "publish",
+            seq = outgoing.message.seq,
+            ops = invalidations(&outgoing.message),
+            bytes = payload.len()
+        );
+        let mut outcome = publish_until_sent(p, backplane, payload)
+            .instrument(span.clone())
+            .await;
         if let Publish::TooLarge { size, limit } = outcome {
             // Retrying cannot help. Peers cannot be told which entries changed, so they are
             // told to drop everything (same number: this one never left).
@@ -121,7 +130,11 @@ async fn send_batch(
                 );
             }
             outcome = match encode(p, &clear_message(p, outgoing.message.seq)) {
-                Some(clear) => publish_until_sent(p, backplane, clear).await,
+                Some(clear) => {
+                    publish_until_sent(p, backplane, clear)
+                        .instrument(span)
+                        .await
+                }
                 None => Publish::TooLarge { size, limit },
             };
         }
@@ -133,6 +146,7 @@ async fn send_batch(
                     &p.counters.invalidations_sent,
                     invalidations(&outgoing.message),
                 );
+                p.counters.sent_by_kind.count(&outgoing.message);
             }
             Publish::TooLarge { .. } => {
                 tracing::error!("the backplane refuses even a clear; invalidations are lost");
@@ -191,9 +205,11 @@ async fn send_goodbye(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
 async fn send_heartbeat(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
     if let Some(payload) = heartbeat(p, seq) {
         let started = tokio::time::Instant::now();
+        let bytes = payload.len() as u64;
         let sent =
             tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
         if matches!(sent, Ok(Ok(()))) {
+            bump(&p.counters.bytes_sent, bytes);
             p.echo.published(seq, started);
             bump(&p.counters.heartbeats_sent, 1);
         }
@@ -327,6 +343,7 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
         .await
         {
             Ok(Ok(())) => {
+                bump(&p.counters.bytes_sent, payload.len() as u64);
                 if let Some(since) = failing_since {
                     tracing::info!(outage = ?since.elapsed(), "publishing invalidations again");
                 }
