@@ -140,9 +140,10 @@ impl Replay {
         let bypassed = store.is_read_bypassed();
         store.set_read_bypass(true);
         let read = tokio::time::timeout(p.options.replay_timeout, log.read_after(&after)).await;
+        let mut repaired = None;
         let given_up = match read {
             Ok(Ok(LogRead::Covered(entries))) => {
-                self.replay(p, store, peers, cause, entries);
+                repaired = Some(self.replay(p, store, peers, cause, entries));
                 None
             }
             Ok(Ok(LogRead::Uncovered(why))) => {
@@ -180,9 +181,17 @@ impl Replay {
         if !bypassed {
             store.set_read_bypass(false);
         }
+        // Once reads are served again, so whoever awaits it can read at once.
+        if let Some((messages, keys)) = repaired {
+            let _ = p.events.send(CacheEvent::LossRepaired {
+                cause,
+                messages,
+                keys,
+            });
+        }
     }
 
-    /// Applies what the log returned, in order, and counts the repair.
+    /// Applies what the log returned, in order, and counts the repair: (messages, keys).
     fn replay(
         &mut self,
         p: &Propagation,
@@ -190,7 +199,7 @@ impl Replay {
         peers: &mut Peers,
         cause: ClearCause,
         entries: Vec<nearcache_backplane::LogEntry>,
-    ) {
+    ) -> (u64, u64) {
         let (mut messages, mut keys) = (0u64, 0u64);
         for entry in entries {
             if let Some(applied) = apply(p, store, peers, &entry.payload, Source::Replayed) {
@@ -208,10 +217,6 @@ impl Replay {
             keys,
             "repaired a loss from the replay log: applied exactly what was missed"
         );
-        let _ = p.events.send(CacheEvent::LossRepaired {
-            cause,
-            messages,
-            keys,
-        });
+        (messages, keys)
     }
 }
