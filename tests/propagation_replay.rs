@@ -153,16 +153,37 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     assert_eq!(b.stats().loss_clears.total(), 1);
 }
 
+/// A read that fails (the connection that reads the log died with the subscription) is
+/// retried: the repair still happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_log_read_clears() {
+async fn a_failed_log_read_is_retried() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (k1, kept) = (key("k1"), key("kept"));
+    load_all(&b, &[&k1, &kept]).await;
+    b.conn.disconnect();
+    b.event(CacheEvent::Disconnected).await;
+    a.cache.remove(&k1).await;
+    bus.fail_log_reads(2);
+    b.conn.reconnect();
+    assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
+    assert_eq!((b.get(&k1), b.get(&kept)), (None, Some(1)));
+    assert_eq!(b.stats().loss_repairs.read_failed, 0);
+}
+
+/// A log that cannot be read within `replay_timeout` clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_cannot_be_read_clears() {
+    let bus = logged_bus();
+    let mut options = quiet();
+    options.backplane.replay_timeout = Duration::from_millis(100);
+    let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     load_all(&b, &[&kept]).await;
     b.conn.disconnect();
     b.event(CacheEvent::Disconnected).await;
     a.cache.remove(&k1).await;
-    bus.fail_log_reads(1);
+    bus.fail_log_reads(u64::MAX);
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
     assert_eq!(b.get(&kept), None);

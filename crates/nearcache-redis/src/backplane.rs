@@ -250,7 +250,9 @@ impl ReplayLog for RedisBackplane {
             return Err(no_log());
         };
         crate::replay::read_all(after, |from| async move {
-            self.publisher.run::<redis::Value>(&log.read_cmd(&from)).await
+            self.publisher
+                .run::<redis::Value>(&log.read_cmd(&from))
+                .await
         })
         .await
     }

@@ -236,7 +236,10 @@ pub(crate) fn parse_page(reply: &Value, after: &LogPosition) -> Result<Page, Bac
 
 /// Reads every entry after `after` page by page with `read`, checking each page joins the
 /// previous one.
-pub(crate) async fn read_all<F, Fut>(after: &LogPosition, mut read: F) -> Result<LogRead, BackplaneError>
+pub(crate) async fn read_all<F, Fut>(
+    after: &LogPosition,
+    mut read: F,
+) -> Result<LogRead, BackplaneError>
 where
     F: FnMut(LogPosition) -> Fut,
     Fut: std::future::Future<Output = Result<Value, BackplaneError>>,
@@ -284,7 +287,10 @@ mod tests {
                 .stream(),
             "{nearcache:default:invalidations}:log"
         );
-        assert!(LogKeys::for_channel("x", 0).is_none(), "length 0 turns it off");
+        assert!(
+            LogKeys::for_channel("x", 0).is_none(),
+            "length 0 turns it off"
+        );
     }
 
     fn entry(epoch: u64, index: u64) -> Value {
@@ -313,13 +319,19 @@ mod tests {
         else {
             panic!("covered");
         };
-        assert_eq!((entries.len(), n, entries[1].payload.as_ref()), (2, 4, &[4u8][..]));
+        assert_eq!(
+            (entries.len(), n, entries[1].payload.as_ref()),
+            (2, 4, &[4u8][..])
+        );
         assert!(matches!(
             parse_page(&reply("7", 2, vec![]), &after).unwrap(),
             Page::Entries(e, 2) if e.is_empty()
         ));
         for (reply, why) in [
-            (reply("7", 5, vec![entry(7, 4), entry(7, 5)]), Uncovered::Trimmed),
+            (
+                reply("7", 5, vec![entry(7, 4), entry(7, 5)]),
+                Uncovered::Trimmed,
+            ),
             (reply("7", 5, vec![]), Uncovered::Trimmed),
             (reply("8", 9, vec![]), Uncovered::Recreated),
             (reply("", 0, vec![]), Uncovered::Recreated),

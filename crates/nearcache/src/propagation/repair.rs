@@ -31,6 +31,27 @@ use super::receiver::{Source, apply};
 use super::{Propagation, bump};
 use crate::events::{CacheEvent, ClearCause};
 
+/// Reads the log after `after`, retrying a failed read with backoff (the connection that
+/// reads it may have died with the subscription and be coming back); the caller bounds the
+/// whole by `replay_timeout`.
+async fn read_retrying(
+    p: &Propagation,
+    log: &dyn ReplayLog,
+    after: &LogPosition,
+) -> Result<LogRead, nearcache_backplane::BackplaneError> {
+    let mut delay = p.options.reconnect_initial_delay;
+    loop {
+        match log.read_after(after).await {
+            Err(nearcache_backplane::BackplaneError::Unavailable { reason }) => {
+                tracing::debug!(reason, ?delay, "reading the replay log failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2).min(p.options.reconnect_max_delay);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The receiver's place in the replay log.
 #[derive(Debug)]
 pub(crate) struct Replay {
@@ -139,7 +160,8 @@ impl Replay {
         };
         let bypassed = store.is_read_bypassed();
         store.set_read_bypass(true);
-        let read = tokio::time::timeout(p.options.replay_timeout, log.read_after(&after)).await;
+        let read =
+            tokio::time::timeout(p.options.replay_timeout, read_retrying(p, log, &after)).await;
         let mut repaired = None;
         let given_up = match read {
             Ok(Ok(LogRead::Covered(entries))) => {
