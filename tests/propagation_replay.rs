@@ -8,7 +8,6 @@
 
 mod propagation_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use nearcache::{Backplane, CacheEvent, ClearCause, InMemoryBackplane, InstanceId, Key};

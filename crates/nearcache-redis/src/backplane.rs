@@ -144,13 +144,13 @@ impl RedisBackplane {
         &self.config
     }
 
-    /// The pub/sub channel.
     /// The key of the replay log's Redis Stream (`{channel}:log`), or `None` when
     /// [`RedisConfig::replay_log_len`] is 0. `XLEN` and `MEMORY USAGE` on it show its size.
     pub fn replay_log_key(&self) -> Option<&str> {
         self.publisher.log().map(crate::replay::LogKeys::stream)
     }
 
+    /// The pub/sub channel.
     pub fn channel(&self) -> &str {
         &self.config.channel
     }

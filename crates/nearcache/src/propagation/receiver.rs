@@ -111,11 +111,13 @@ pub(crate) async fn run(
                 let _ = p.events.send(CacheEvent::BypassStarted);
             }
             event = next_event(link.subscription.as_mut()) => match event {
-                Some(BackplaneEvent::Message(payload)) => match replay.live(p, &payload) {
+                Some(BackplaneEvent::Message(payload)) => match replay.live(&payload) {
                     Live::Apply(message) => {
                         apply(p, &store, &mut peers, &message, Source::Live);
                     }
-                    Live::Skip => {}
+                    Live::Behind(message) => {
+                        apply(p, &store, &mut peers, &message, Source::LiveBehind);
+                    }
                     Live::RepairFirst(message, position) => {
                         tracing::warn!(%position, "the replay log's positions skipped: messages were lost on the channel");
                         loss = Some(Loss { cause: ClearCause::PeerGap, then: Then::Apply(message, position) });
@@ -184,9 +186,8 @@ pub(crate) async fn run(
             match loss.then {
                 Then::Back => link.back(p, &store),
                 Then::Apply(message, position) => {
-                    if replay.still_new(p, position) {
-                        apply(p, &store, &mut peers, &message, Source::Live);
-                    }
+                    let source = replay.source_after_repair(position);
+                    apply(p, &store, &mut peers, &message, source);
                 }
                 Then::Nothing => {}
             }
@@ -368,9 +369,12 @@ fn not_applied(p: &Propagation, store: &Store, error: &dyn std::fmt::Display) {
 
 /// Where a payload came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Source {
+pub(crate) enum Source {
     /// The subscription.
     Live,
+    /// The subscription, at or behind the last log position applied: a duplicate by
+    /// sequence number is one a repair applied, dropped even unsigned.
+    LiveBehind,
     /// The replay log, during a repair.
     Replayed,
 }
@@ -405,7 +409,7 @@ pub(super) fn apply(
     if message.origin == p.instance {
         // Our own invalidations were applied here when they were made; only a live echo
         // says anything (that the subscription hears us).
-        if source == Source::Live {
+        if source != Source::Replayed {
             p.echo.heard(message.seq);
             bump(&p.counters.own_messages_ignored, 1);
         }
@@ -425,6 +429,10 @@ pub(super) fn apply(
         .peers_evicted
         .store(peers.evicted(), Ordering::Relaxed);
     let duplicate = seen == Seen::Duplicate;
+    if duplicate && source == Source::LiveBehind {
+        bump(&p.counters.replay_duplicates, 1);
+        return None;
+    }
     if duplicate {
         bump(&p.counters.duplicates_ignored, 1);
         // A retried publish that had gone through. Signed, that is all a duplicate can be,
@@ -492,7 +500,7 @@ pub(super) fn apply(
         }
     }
     bump(&p.counters.invalidations_applied, applied);
-    if !duplicate && source == Source::Live {
+    if !duplicate && source != Source::Replayed {
         let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
         p.lag.record(lag);
     }

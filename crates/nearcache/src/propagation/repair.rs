@@ -15,11 +15,12 @@
 //! by `replay_timeout`; past it the repair gives up and clears, before reads are served again.
 //!
 //! **Applied once, noticed twice.** A message can reach the receiver twice: from the log,
-//! then live (it was queued behind the loss signal). Live deliveries at or before the last
-//! position applied are dropped and counted (`replay_duplicates`); a replayed message also
-//! goes through the peers' sequence numbers like any other, so nothing is applied twice
-//! unnoticed. Only positions read *from the log* move the last position past a gap: a forged
-//! frame on the channel can cost a read (and a clear), never make a real message look old.
+//! then live (it was queued behind the loss signal). A live delivery at or before the last
+//! position applied is dropped and counted (`replay_duplicates`) when its origin's sequence
+//! number was already seen; the position alone never drops a message (a failover with
+//! asynchronous replication can lose log entries and hand their positions out again). Only
+//! positions read *from the log* move the last position past a gap: a forged frame on the
+//! channel can cost a read (and a clear), never make a real message look old.
 
 use bytes::Bytes;
 use nearcache_backplane::wire::logged;
@@ -67,8 +68,11 @@ pub(crate) struct Replay {
 pub(crate) enum Live {
     /// Apply it (its frame, if any, removed).
     Apply(Bytes),
-    /// A repair already applied it from the log: dropped (counted).
-    Skip,
+    /// At or behind the last position applied: most likely a repair already applied it
+    /// from the log. It still goes through the peers' sequence numbers, which drop it
+    /// (counted) only if its origin's number was seen — a log that lost entries in a
+    /// failover can hand a position out twice.
+    Behind(Bytes),
     /// Its position skips: something before it was lost. Repair, then offer it again.
     RepairFirst(Bytes, LogPosition),
 }
@@ -104,7 +108,7 @@ impl Replay {
     }
 
     /// Sorts a live delivery (see [`Live`]).
-    pub(crate) fn live(&mut self, p: &Propagation, delivered: &Bytes) -> Live {
+    pub(crate) fn live(&mut self, delivered: &Bytes) -> Live {
         let (position, payload) = logged::unframe(delivered);
         let Some(position) = position.filter(|_| self.on) else {
             return Live::Apply(payload);
@@ -119,21 +123,19 @@ impl Replay {
                 Live::Apply(payload)
             }
             Some(last) if position.epoch() == last.epoch() && position <= last => {
-                bump(&p.counters.replay_duplicates, 1);
-                Live::Skip
+                Live::Behind(payload)
             }
             Some(_) => Live::RepairFirst(payload, position),
         }
     }
 
-    /// After a repair for a skipped delivery at `position`: whether it still needs applying.
-    pub(crate) fn still_new(&self, p: &Propagation, position: LogPosition) -> bool {
+    /// After a repair for a skipped delivery at `position`: how it is to be applied.
+    pub(crate) fn source_after_repair(&self, position: LogPosition) -> Source {
         match self.last {
             Some(last) if position.epoch() == last.epoch() && position <= last => {
-                bump(&p.counters.replay_duplicates, 1);
-                false
+                Source::LiveBehind
             }
-            _ => true,
+            _ => Source::Live,
         }
     }
 
