@@ -238,3 +238,83 @@ async fn redis_restarted_empty_clears() {
     assert!(s.loss_repairs.uncovered_recreated >= 1, "{s:?}");
     assert_eq!(s.loss_repairs.repairs, 0);
 }
+
+/// The least-privilege ACL lines of docs/operations.md for the replay log (classic and
+/// sharded) are enough: invalidations are published through the script and a reconnect is
+/// repaired from the log (read through the script), with no clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
+    let lines: Vec<&str> = include_str!("../docs/operations.md")
+        .lines()
+        .filter(|line| line.starts_with("ACL SETUSER catalog-replay "))
+        .collect();
+    assert_eq!(lines.len(), 2, "a classic and a sharded line: {lines:?}");
+    for line in lines {
+        let server = RedisServer::start().unwrap();
+        let mut setuser = redis::cmd("ACL");
+        for word in line.split_whitespace().skip(1) {
+            setuser.arg(word);
+        }
+        tokio::task::block_in_place(|| {
+            setuser
+                .query::<()>(&mut server.connection().unwrap())
+                .unwrap();
+        });
+        let url = format!(
+            "redis://catalog-replay:long-random-password@127.0.0.1:{}",
+            server.port()
+        );
+        let sharded = line.contains("+ssubscribe");
+        let configured = |url: String| {
+            let mut o = options(url);
+            o.backplane.app = "catalog-api".to_owned();
+            o.backplane.sharded = sharded;
+            o
+        };
+        let connect_as = async |url: String| {
+            let cache = Cache::builder()
+                .options(configured(url))
+                .connect()
+                .await
+                .expect("connect as the ACL user");
+            tokio::time::timeout(WAIT, cache.ready())
+                .await
+                .expect("subscribed");
+            cache
+        };
+        let a = connect_as(url.clone()).await;
+        let b = connect_as(url).await;
+        let mut events_b = b.events();
+        load(&b, 1).await;
+        load(&b, 2).await;
+        a.remove(&product(1)).await;
+        until(&mut events_b, "Applied", |e| {
+            matches!(e, CacheEvent::Applied { .. }).then_some(())
+        })
+        .await;
+        assert!(!cached(&b, 1), "{line}: published through the script");
+        tokio::task::block_in_place(|| {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query::<u64>(&mut server.connection().unwrap())
+                .unwrap();
+        });
+        until(&mut events_b, "LossRepaired", |e| {
+            matches!(
+                e,
+                CacheEvent::LossRepaired {
+                    cause: ClearCause::Reconnect,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
+        assert!(cached(&b, 2), "{line}: repaired, not cleared");
+        let s = stats(&b);
+        assert_eq!(s.loss_clears.total(), 0, "{line}: {s:?}");
+        assert_eq!(s.loss_repairs.read_failed, 0, "{line}: {s:?}");
+    }
+}
