@@ -16,8 +16,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use nearcache::{
-    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats,
-    cache_key,
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats, cache_key,
 };
 use nearcache_suite::RedisServer;
 use tokio::sync::broadcast;
@@ -103,7 +102,10 @@ fn acl(server: &RedisServer, args: &[&str]) {
 /// A server with a user `b` (all permissions) besides the default user.
 fn server_with_user_b() -> (RedisServer, String) {
     let server = RedisServer::start().unwrap();
-    acl(&server, &["SETUSER", "b", "on", ">b-secret", "~*", "&*", "+@all"]);
+    acl(
+        &server,
+        &["SETUSER", "b", "on", ">b-secret", "~*", "&*", "+@all"],
+    );
     let url_b = format!("redis://b:b-secret@127.0.0.1:{}", server.port());
     (server, url_b)
 }
