@@ -97,6 +97,10 @@ pub(crate) struct Config {
     /// and show what each fault cost.
     #[arg(long)]
     pub(crate) faults: bool,
+    /// Answer every loss with a clear, ignoring the replay log (the comparison for what
+    /// repairing from the log saves).
+    #[arg(long)]
+    pub(crate) no_replay: bool,
     /// Where to write the run's plot (SVG); by default under the target directory.
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,
@@ -128,6 +132,7 @@ impl Default for Config {
             processes: false,
             no_backplane: false,
             faults: false,
+            no_replay: false,
             plot: None,
             instance: None,
             run_id: None,
@@ -236,7 +241,7 @@ impl Config {
         redis_url: &str,
         db: &Path,
     ) -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--instances={}", self.instances),
             format!("--duration={}us", self.duration.as_micros()),
             format!("--db-latency={}us", self.db_latency.as_micros()),
@@ -252,7 +257,11 @@ impl Config {
             format!("--instance={index}"),
             format!("--run-id={run_id}"),
             format!("--db={}", db.display()),
-        ]
+        ];
+        if self.no_replay {
+            args.push("--no-replay".to_owned());
+        }
+        args
     }
 }
 
@@ -323,6 +332,7 @@ mod tests {
             "--processes",
             "--no-backplane",
             "--faults",
+            "--no-replay",
             "--plot <FILE.svg>",
             "Durations: 250us",
         ] {
@@ -420,6 +430,7 @@ mod tests {
             "--duration=1s 500ms",
             "--redis=auto",
             "--processes",
+            "--no-replay",
         ]);
         let db = Path::new("/tmp/x/products.sqlite3");
         let args = parent.child_args(2, "run-1", "redis://127.0.0.1:7000", db);

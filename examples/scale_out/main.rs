@@ -226,6 +226,11 @@ fn title(config: &Config, elapsed: Duration) -> String {
         (Some(_), false, false) => "Redis backplane, one process",
         (Some(_), true, false) => "Redis backplane, one OS process per instance",
     };
+    let mode = if config.no_replay {
+        format!("{mode}, replay off: every loss clears")
+    } else {
+        mode.to_owned()
+    };
     format!(
         "nearcache scale-out demo: {} instances ({mode}), {} readers each, {} run\n\
          {} products (Zipf {}) in {} catalogs in SQLite, query latency {} on top, {} writes/s by instance 0",
