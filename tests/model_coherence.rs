@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use nearcache::{
     Backplane, BackplaneEvent, Cache, CacheEvent, CacheOptions, Entry, InMemoryBackplane, Key,
-    Propagated, region,
+    Propagated, PropagationStats, region,
 };
 use nearcache_backplane::Subscription;
 use nearcache_backplane::wire;
@@ -255,8 +255,13 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 impl World {
-    async fn new() -> World {
-        let bus = InMemoryBackplane::new();
+    /// Three caches on a bus; with `log`, the bus keeps a replay log (large enough for any
+    /// sequence) and losses are repaired from it instead of clearing.
+    async fn new(log: Log) -> World {
+        let bus = match log {
+            Log::Off => InMemoryBackplane::new(),
+            Log::On => InMemoryBackplane::new().with_replay_log(4096),
+        };
         let conns: Vec<_> = (0..INSTANCES).map(|_| bus.connection()).collect();
         let mut caches = Vec::new();
         let mut events = Vec::new();
@@ -356,7 +361,8 @@ impl World {
     fn drain_tap(&mut self) {
         while let Some(event) = self.tap.try_recv() {
             match event {
-                BackplaneEvent::Message(payload) => {
+                BackplaneEvent::Message(delivered) => {
+                    let (_, payload) = wire::logged::unframe(&delivered);
                     let Ok(message) = wire::decode(&payload) else {
                         continue; // the garbage `Flap` injects
                     };
@@ -727,20 +733,40 @@ fn messages_sent(cache: &Cache) -> u64 {
     cache.stats().propagation.unwrap().messages_sent
 }
 
-/// Runs `steps`, then a final quiescent point.
+/// Whether the bus keeps a replay log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Log {
+    /// No log: every loss clears.
+    Off,
+    /// A replay log: losses are repaired from it.
+    On,
+}
+
+/// Runs `steps`, then a final quiescent point, on a bus without a replay log.
 fn check(steps: &[Step]) {
+    check_with(Log::Off, steps);
+}
+
+/// Runs `steps`, then a final quiescent point; returns each instance's propagation stats.
+fn check_with(log: Log, steps: &[Step]) -> Vec<PropagationStats> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut world = World::new().await;
+        let mut world = World::new(log).await;
         for step in steps {
             world.run(step).await;
         }
         world.quiesce().await;
+        let stats = world
+            .caches
+            .iter()
+            .map(|c| c.stats().propagation.unwrap())
+            .collect();
         world.shutdown().await;
-    });
+        stats
+    })
 }
 
 proptest! {
@@ -756,6 +782,62 @@ proptest! {
     ) {
         check(&steps);
     }
+
+    /// The same model with the bus keeping a replay log: losses are repaired from it (or,
+    /// when it cannot tell, cleared), and the same three properties hold.
+    #[test]
+    fn every_instance_agrees_with_the_database_at_quiescent_points_with_replay(
+        steps in prop::collection::vec(step(), 1..40)
+    ) {
+        check_with(Log::On, &steps);
+    }
+}
+
+/// With a replay log, a lost publish is repaired at the next message from the same origin:
+/// the peer evicts the key it missed and does not clear.
+#[test]
+fn with_replay_a_lost_remove_is_repaired_without_a_clear() {
+    let stats = check_with(
+        Log::On,
+        &[
+            Step::Read { at: 1, key: 0 },
+            Step::DropNext { n: 1 },
+            Step::Write {
+                at: 0,
+                key: 0,
+                how: How::Remove,
+            },
+            Step::Quiesce,
+        ],
+    );
+    for (j, s) in stats.iter().enumerate().skip(1) {
+        assert_eq!(s.loss_clears.total(), 0, "instance {j} cleared: {s:?}");
+        assert!(s.loss_repairs.repairs >= 1, "instance {j} repaired: {s:?}");
+    }
+}
+
+/// With a replay log, a reconnect after missed messages is repaired, not cleared.
+#[test]
+fn with_replay_a_disconnected_reader_is_repaired_without_a_clear() {
+    let stats = check_with(
+        Log::On,
+        &[
+            Step::Read { at: 1, key: 0 },
+            Step::Read { at: 1, key: 1 },
+            Step::Disconnect { at: 1 },
+            Step::Write {
+                at: 0,
+                key: 0,
+                how: How::Remove,
+            },
+            Step::Reconnect { at: 1 },
+            Step::Quiesce,
+        ],
+    );
+    let s = &stats[1];
+    assert_eq!(s.loss_clears.total(), 0, "{s:?}");
+    assert!(s.loss_repairs.repairs >= 1, "{s:?}");
+    assert!(s.loss_repairs.keys_replayed >= 1, "{s:?}");
 }
 
 #[test]

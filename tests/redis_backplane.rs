@@ -27,6 +27,8 @@ fn config(url: String, app: &str) -> RedisConfig {
             jitter: 0.5,
         },
         subscriber_queue: 4096,
+        // Payloads arrive as published, unframed; the replay log has its own tests.
+        replay_log_len: 0,
         ..RedisConfig::for_app(app)
     }
 }

@@ -63,6 +63,9 @@ fn redis_config(url: String, app: &str) -> RedisConfig {
             max: Duration::from_millis(100),
             jitter: 0.5,
         },
+        // These tests pin the log-less path (every loss clears); tests/redis_replay.rs
+        // covers the replay log.
+        replay_log_len: 0,
         ..RedisConfig::for_app(app)
     }
 }
@@ -76,6 +79,7 @@ fn backplane_options(app: &str) -> BackplaneOptions {
         reconnect_max_delay: Duration::from_millis(100),
         connect_timeout: Duration::from_secs(2),
         ping_interval: Duration::from_millis(100),
+        replay_log_len: 0,
         ..BackplaneOptions::default()
     }
 }
@@ -1215,6 +1219,7 @@ fn configuration_doc_matches_the_defaults() {
         subscriber_queue,
         max_payload,
         tls_ca_pem,
+        replay_log_len,
     } = RedisConfig::default();
     let duration = |name: &str| backplane_value("publish_timeout", redis[name]).publish_timeout;
     let string = |name: &str| redis[name].trim_matches('"').to_owned();
@@ -1236,5 +1241,9 @@ fn configuration_doc_matches_the_defaults() {
     );
     assert_eq!(redis["max_payload"].parse::<usize>().unwrap(), max_payload);
     assert_eq!((redis["tls_ca_pem"], tls_ca_pem), ("none", None));
-    assert_eq!(redis.len(), 12, "one row per field: {redis:?}");
+    assert_eq!(
+        redis["replay_log_len"].parse::<usize>().unwrap(),
+        replay_log_len
+    );
+    assert_eq!(redis.len(), 13, "one row per field: {redis:?}");
 }

@@ -129,6 +129,10 @@ pub(crate) struct Config {
     /// port P + i for instance i, or its own free port when P is 0.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Answer every loss with a clear, ignoring the replay log (the comparison for what
+    /// repairing from the log saves).
+    #[arg(long)]
+    pub(crate) no_replay: bool,
     /// Where to write the run's plot (SVG); by default under the target directory.
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,
@@ -161,6 +165,7 @@ impl Default for Config {
             no_backplane: false,
             faults: false,
             metrics: None,
+            no_replay: false,
             plot: None,
             instance: None,
             run_id: None,
@@ -271,7 +276,7 @@ impl Config {
         redis_url: &str,
         db: &Path,
     ) -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--instances={}", self.instances),
             format!("--duration={}us", self.duration.as_micros()),
             format!("--db-latency={}us", self.db_latency.as_micros()),
@@ -287,17 +292,18 @@ impl Config {
             format!("--instance={index}"),
             format!("--run-id={run_id}"),
             format!("--db={}", db.display()),
-        ]
-        .into_iter()
-        .chain(self.metrics.map(|addr| {
-            let mut addr = addr;
+        ];
+        if self.no_replay {
+            args.push("--no-replay".to_owned());
+        }
+        if let Some(mut addr) = self.metrics {
             if addr.port() != 0 {
                 let port = u16::try_from(usize::from(addr.port()) + index).unwrap_or(u16::MAX);
                 addr.set_port(port);
             }
-            format!("--metrics={addr}")
-        }))
-        .collect()
+            args.push(format!("--metrics={addr}"));
+        }
+        args
     }
 }
 
@@ -385,6 +391,7 @@ mod tests {
             "--processes",
             "--no-backplane",
             "--faults",
+            "--no-replay",
             "--plot <FILE.svg>",
             "Durations: 250us",
         ] {
@@ -490,6 +497,7 @@ mod tests {
             "--duration=1s 500ms",
             "--redis=auto",
             "--processes",
+            "--no-replay",
         ]);
         let db = Path::new("/tmp/x/products.sqlite3");
         let args = parent.child_args(2, "run-1", "redis://127.0.0.1:7000", db);

@@ -258,6 +258,10 @@ pub(crate) struct FaultCost {
     pub(crate) bypassing: Vec<u64>,
     /// Loss clears, all instances.
     pub(crate) loss_clears: u64,
+    /// Losses repaired from the replay log, all instances.
+    pub(crate) loss_repairs: u64,
+    /// Invalidations those repairs applied, all instances.
+    pub(crate) keys_replayed: u64,
     /// Publish attempts that failed or timed out, all instances.
     pub(crate) publish_failures: u64,
     /// Database queries in the window, all instances.
@@ -296,6 +300,8 @@ pub(crate) fn costs(timeline: &Timeline, faults: &[FaultRecord]) -> Vec<FaultCos
                 disconnected: delta(|t| t.disconnected_us),
                 bypassing: delta(|t| t.bypass_us),
                 loss_clears: timeline.total_between(from, to, |t| t.loss_clears),
+                loss_repairs: timeline.total_between(from, to, |t| t.loss_repairs),
+                keys_replayed: timeline.total_between(from, to, |t| t.keys_replayed),
                 publish_failures: timeline.total_between(from, to, |t| t.publish_failures),
                 db_queries,
                 extra_queries: (db_queries as f64 - expected).round() as i64,
@@ -331,13 +337,15 @@ pub(crate) fn render(costs: &[FaultCost]) -> String {
         let _ = writeln!(
             out,
             "  [{:>5.1}s] {}: {}\n           disconnected: {}\n           bypassing the cache: {}\n           \
-             loss clears {}, failed publishes {}, database queries {} ({extra} over the calm rate, in {:.1}s)",
+             loss clears {}, loss repairs {} ({} keys replayed), failed publishes {}, database queries {} ({extra} over the calm rate, in {:.1}s)",
             cost.fault.at,
             cost.fault.label(),
             cost.fault.outcome,
             per_instance(&cost.disconnected),
             per_instance(&cost.bypassing),
             count(cost.loss_clears),
+            count(cost.loss_repairs),
+            count(cost.keys_replayed),
             count(cost.publish_failures),
             count(cost.db_queries),
             cost.window,
@@ -414,6 +422,8 @@ mod tests {
             db_queries: (t * 100.0) as u64 + if t >= 5.0 { 500 } else { 0 },
             disconnected_us,
             loss_clears: u64::from(t >= 5.0),
+            loss_repairs: u64::from(t >= 4.5),
+            keys_replayed: if t >= 4.5 { 3 } else { 0 },
             ..Tally::default()
         }
     }
@@ -446,6 +456,7 @@ mod tests {
         assert!((first.window - 2.0).abs() < 1e-9);
         assert_eq!(first.disconnected, [300_000, 100_000]);
         assert_eq!(first.loss_clears, 2);
+        assert_eq!((first.loss_repairs, first.keys_replayed), (2, 6));
         // 2 s at 100/s on two instances is 400 calm queries; 2 × 500 more.
         assert_eq!(first.db_queries, 1_400);
         assert_eq!(first.extra_queries, 1_000);
@@ -457,7 +468,7 @@ mod tests {
         for expected in [
             "[  4.0s] CLIENT KILL TYPE pubsub: 2 subscriber connections killed",
             "disconnected: #0 300.00 ms, #1 100.00 ms",
-            "loss clears 2",
+            "loss clears 2, loss repairs 2 (6 keys replayed)",
             "+1,000 over the calm rate",
             "Redis down 1s",
         ] {

@@ -140,6 +140,7 @@ pub(crate) fn cache_options(
             heartbeat_interval: (bound / 4)
                 .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             max_staleness: Some(bound / 2),
+            replay: !config.no_replay,
             reconnect_initial_delay: (bound / 16)
                 .clamp(Duration::from_millis(10), Duration::from_millis(100)),
             reconnect_max_delay: (bound / 4)

@@ -267,6 +267,11 @@ fn title(config: &Config, elapsed: Duration) -> String {
         (Some(_), false, false) => format!("{redis}, one process"),
         (Some(_), true, false) => format!("{redis}, one OS process per instance"),
     };
+    let mode = if config.no_replay {
+        format!("{mode}, replay off: every loss clears")
+    } else {
+        mode.to_owned()
+    };
     format!(
         "nearcache scale-out demo: {} instances ({mode}), {} readers each, {} run\n\
          {} products (Zipf {}) in {} catalogs in SQLite, query latency {} on top, {} writes/s by instance 0",

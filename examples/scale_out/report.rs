@@ -50,6 +50,10 @@ pub(crate) struct InstanceReport {
     pub(crate) lag_max: Micros,
     /// Times it cleared itself because it may have missed an invalidation.
     pub(crate) loss_clears: u64,
+    /// Times it repaired a loss from the replay log instead of clearing.
+    pub(crate) loss_repairs: u64,
+    /// Invalidations those repairs read back from the log and applied.
+    pub(crate) keys_replayed: u64,
     /// Stale reads it saw.
     pub(crate) stale_reads: u64,
     /// The longest a stale read came after the write it missed, µs.
@@ -109,6 +113,8 @@ impl InstanceReport {
             report.lag_p99 = micros(lag.p99);
             report.lag_max = micros(lag.max);
             report.loss_clears = propagation.loss_clears.total();
+            report.loss_repairs = propagation.loss_repairs.repairs;
+            report.keys_replayed = propagation.loss_repairs.keys_replayed;
             report.publish_failures = propagation.publish_failures;
             report.outbox_overflows = propagation.outbox_overflows;
         }
@@ -257,6 +263,18 @@ impl Summary {
             self,
             |i| count(i.loss_clears),
             count(self.total(|i| i.loss_clears)),
+        );
+        table.row(
+            "loss repairs (from the replay log)",
+            self,
+            |i| count(i.loss_repairs),
+            count(self.total(|i| i.loss_repairs)),
+        );
+        table.row(
+            "keys replayed by repairs",
+            self,
+            |i| count(i.keys_replayed),
+            count(self.total(|i| i.keys_replayed)),
         );
         table.row(
             "time disconnected from Redis",
@@ -528,6 +546,8 @@ mod tests {
             "122 µs",
             "1.50 ms",
             "loss clears",
+            "loss repairs (from the replay log)",
+            "keys replayed by repairs",
             "database errors (tried again)",
             "stale reads",
             "#0 (writer)",

@@ -28,6 +28,10 @@ pub(crate) struct Tally {
     pub(crate) invalidations_received: u64,
     /// Loss clears (all causes).
     pub(crate) loss_clears: u64,
+    /// Losses repaired from the replay log.
+    pub(crate) loss_repairs: u64,
+    /// Invalidations read back from the replay log by repairs.
+    pub(crate) keys_replayed: u64,
     /// Publish attempts that failed or timed out.
     pub(crate) publish_failures: u64,
     /// Database calls that failed and were tried again.
@@ -49,6 +53,8 @@ impl Tally {
             stale_reads: counters.stale_reads.load(Ordering::Relaxed),
             invalidations_received: propagation.map_or(0, |p| p.invalidations_received),
             loss_clears: propagation.map_or(0, |p| p.loss_clears.total()),
+            loss_repairs: propagation.map_or(0, |p| p.loss_repairs.repairs),
+            keys_replayed: propagation.map_or(0, |p| p.loss_repairs.keys_replayed),
             publish_failures: propagation.map_or(0, |p| p.publish_failures),
             db_errors: counters.db_errors.load(Ordering::Relaxed),
             disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
@@ -65,6 +71,8 @@ impl Tally {
             stale_reads: a.stale_reads + b.stale_reads,
             invalidations_received: a.invalidations_received + b.invalidations_received,
             loss_clears: a.loss_clears + b.loss_clears,
+            loss_repairs: a.loss_repairs + b.loss_repairs,
+            keys_replayed: a.keys_replayed + b.keys_replayed,
             publish_failures: a.publish_failures + b.publish_failures,
             db_errors: a.db_errors + b.db_errors,
             disconnected_us: a.disconnected_us + b.disconnected_us,

@@ -38,6 +38,10 @@ pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
             max: Duration::from_millis(200),
             jitter: 0.5,
         },
+        // These tests pin the log-less path (a failover or migration is a counted clear,
+        // payloads arrive unframed, the ACL lines need no keys); tests/redis_replay.rs
+        // covers the replay log.
+        replay_log_len: 0,
         ..RedisConfig::for_app(app)
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::replay::ReplayLog;
 use crate::subscription::Subscription;
 
 /// A channel that carries encoded invalidation messages between cache instances.
@@ -62,6 +63,13 @@ use crate::subscription::Subscription;
 /// never waiting (a full queue becomes `Lagged`, not back-pressure on the transport), and
 /// keeps the subscription alive across reconnects. Dropping every `EventSender` ends the
 /// subscription: that means the backplane is shut down for good.
+///
+/// # Replay (optional)
+///
+/// A backplane that keeps a bounded log of what it published returns it from
+/// [`replay_log`](Backplane::replay_log); the receiver then repairs a loss by reading what it
+/// missed, and falls back to a clear only when the log cannot cover the gap. The contract is
+/// in [`replay`](crate::replay).
 ///
 /// # Cancel safety
 ///
@@ -172,6 +180,15 @@ pub trait Backplane: Send + Sync + fmt::Debug + 'static {
     ///
     /// Implementations must be cancel safe: a dropped future leaves no subscription behind.
     async fn subscribe(&self) -> Result<Subscription, BackplaneError>;
+
+    /// The backplane's replay log, if it keeps one: every payload it publishes is also
+    /// appended to a bounded log in the same atomic step, and delivered framed with its
+    /// position ([`wire::logged`](crate::wire::logged)). With one, a receiver that lost
+    /// messages reads exactly those again; without one (the default) every loss clears the
+    /// receiver's cache. The full contract is in [`replay`](crate::replay).
+    fn replay_log(&self) -> Option<&dyn ReplayLog> {
+        None
+    }
 }
 
 /// What a [`Subscription`] yields, and what the receiver must do about it.

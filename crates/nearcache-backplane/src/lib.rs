@@ -15,7 +15,9 @@
 //! - Per-publisher order; delivery at most once; losses it can know of are reported as
 //!   [`Disconnected`](BackplaneEvent::Disconnected) /
 //!   [`Reconnected`](BackplaneEvent::Reconnected) / [`Lagged`](BackplaneEvent::Lagged), and the
-//!   receiving cache clears itself (loss means clear).
+//!   receiving cache clears itself (loss means clear) — unless the backplane keeps a
+//!   [`ReplayLog`] ([`Backplane::replay_log`]): then it reads exactly what it missed, and
+//!   clears only when the log cannot tell.
 //! - A failed publish may or may not have gone out; the facade's outbox retries and
 //!   receivers drop duplicates by sequence number. Publishes are bounded in time and cancel
 //!   safe.
@@ -77,9 +79,11 @@
 
 mod backplane;
 mod memory;
+pub mod replay;
 mod subscription;
 pub mod wire;
 
 pub use backplane::{Backplane, BackplaneError, BackplaneEvent};
 pub use memory::{InMemoryBackplane, PublishGate};
+pub use replay::{LogEntry, LogPosition, LogRead, ReplayLog, Uncovered};
 pub use subscription::{EventSender, LinkHealth, Subscription};

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use nearcache_backplane::{Backplane, BackplaneError, Subscription};
+use nearcache_backplane::{
+    Backplane, BackplaneError, LogPosition, LogRead, ReplayLog, Subscription,
+};
 use tokio::sync::watch;
 
 use crate::config::RedisConfig;
@@ -142,6 +144,12 @@ impl RedisBackplane {
         &self.config
     }
 
+    /// The key of the replay log's Redis Stream (`{channel}:log`), or `None` when
+    /// [`RedisConfig::replay_log_len`] is 0. `XLEN` and `MEMORY USAGE` on it show its size.
+    pub fn replay_log_key(&self) -> Option<&str> {
+        self.publisher.log().map(crate::replay::LogKeys::stream)
+    }
+
     /// The pub/sub channel.
     pub fn channel(&self) -> &str {
         &self.config.channel
@@ -213,6 +221,46 @@ impl Backplane for RedisBackplane {
             })?;
         self.runtime.spawn(task);
         Ok(subscription)
+    }
+
+    /// The Redis Stream log, unless [`RedisConfig::replay_log_len`] is 0.
+    fn replay_log(&self) -> Option<&dyn ReplayLog> {
+        if self.publisher.log().is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+/// The Redis Stream next to the channel (see [`RedisConfig::replay_log_len`]); read on the
+/// publishing connection, each round trip bounded by `publish_timeout`.
+#[async_trait]
+impl ReplayLog for RedisBackplane {
+    async fn head(&self) -> Result<LogPosition, BackplaneError> {
+        let Some(log) = self.publisher.log() else {
+            return Err(no_log());
+        };
+        let reply = self.publisher.run::<redis::Value>(&log.head_cmd()).await?;
+        crate::replay::parse_head(&reply)
+    }
+
+    async fn read_after(&self, after: &LogPosition) -> Result<LogRead, BackplaneError> {
+        let Some(log) = self.publisher.log() else {
+            return Err(no_log());
+        };
+        crate::replay::read_all(after, |from| async move {
+            self.publisher
+                .run::<redis::Value>(&log.read_cmd(&from))
+                .await
+        })
+        .await
+    }
+}
+
+fn no_log() -> BackplaneError {
+    BackplaneError::Unavailable {
+        reason: "this redis backplane keeps no replay log (replay_log_len is 0)".to_owned(),
     }
 }
 

@@ -114,6 +114,13 @@ pub struct RedisConfig {
     /// for `rediss://` servers with a private CA. `None` trusts the Mozilla root
     /// certificates (webpki-roots). Needs the `tls` feature. Default: `None`.
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// How many payloads the replay log keeps, approximately (`XADD … MAXLEN ~ n`): a Redis
+    /// Stream `{channel}:log` (plus a small hash `{channel}:log:head`) on the channel's hash
+    /// slot, appended by the same script that publishes. With it, an instance that lost
+    /// messages reads exactly those back instead of clearing its cache; 0 turns it off
+    /// (plain `PUBLISH`, every loss clears). Each entry costs about its payload plus ~100
+    /// bytes of Redis memory. Default: 100,000.
+    pub replay_log_len: usize,
 }
 
 impl RedisConfig {
@@ -153,6 +160,7 @@ impl Default for RedisConfig {
             subscriber_queue: 1024,
             max_payload: 1024 * 1024,
             tls_ca_pem: None,
+            replay_log_len: 100_000,
         }
     }
 }
@@ -170,6 +178,7 @@ impl fmt::Debug for RedisConfig {
             .field("subscriber_queue", &self.subscriber_queue)
             .field("max_payload", &self.max_payload)
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .field("replay_log_len", &self.replay_log_len)
             .finish()
     }
 }

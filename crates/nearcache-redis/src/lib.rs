@@ -75,6 +75,7 @@ mod config;
 mod error;
 mod publisher;
 mod redact;
+mod replay;
 mod resolve;
 mod slot;
 mod status;

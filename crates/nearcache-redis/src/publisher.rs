@@ -23,11 +23,12 @@ use parking_lot::RwLock;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
-use redis::{AsyncConnectionConfig, Cmd};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue};
 use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
 use crate::error::RedisBackplaneError;
+use crate::replay::LogKeys;
 use crate::status::StatusCell;
 use crate::target::Target;
 use crate::topology::Topology;
@@ -69,6 +70,8 @@ pub(crate) struct Publisher {
     channel: Bytes,
     timeout: Duration,
     max_payload: usize,
+    /// The replay log: when set, each payload is appended to it and published by one script.
+    log: Option<LogKeys>,
     target: Arc<Target>,
     status: Arc<StatusCell>,
 }
@@ -107,12 +110,19 @@ impl Publisher {
             channel: Bytes::copy_from_slice(config.channel.as_bytes()),
             timeout: config.publish_timeout,
             max_payload: config.max_payload,
+            log: LogKeys::for_channel(&config.channel, config.replay_log_len),
             target,
             status,
         })
     }
 
-    /// Sends `payload`; `Ok` once Redis acknowledged it.
+    /// The replay log's keys, when it keeps one.
+    pub(crate) fn log(&self) -> Option<&LogKeys> {
+        self.log.as_ref()
+    }
+
+    /// Sends `payload` (with a log: appends it and publishes it, in one script); `Ok` once
+    /// Redis acknowledged it.
     pub(crate) async fn publish(&self, payload: &[u8]) -> Result<(), BackplaneError> {
         if payload.len() > self.max_payload {
             return Err(BackplaneError::TooLarge {
@@ -120,26 +130,40 @@ impl Publisher {
                 limit: self.max_payload,
             });
         }
-        let mut cmd =
-            redis::Cmd::with_capacity(3, self.command.len() + self.channel.len() + payload.len());
-        cmd.arg(self.command).arg(&self.channel[..]).arg(payload);
+        let cmd = match &self.log {
+            Some(log) => log.publish_cmd(self.command, &self.channel, payload),
+            None => {
+                let mut cmd = redis::Cmd::with_capacity(
+                    3,
+                    self.command.len() + self.channel.len() + payload.len(),
+                );
+                cmd.arg(self.command).arg(&self.channel[..]).arg(payload);
+                cmd
+            }
+        };
+        self.run::<()>(&cmd).await
+    }
+
+    /// Runs one command on the publishing connection, bounded by `publish_timeout`, with the
+    /// publisher's connection handling (a timeout replaces the connection).
+    pub(crate) async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackplaneError> {
         // A clone is a reference count; the connection itself is shared.
         let (generation, con) = self.con.read().clone();
         // Connecting (when needed) and the command share one `publish_timeout`.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let outcome = match con {
-            Conn::Manager(mut con) => self.send(&cmd, &mut con, deadline).await,
-            Conn::Direct(Some(mut con)) => self.send(&cmd, &mut con, deadline).await,
+            Conn::Manager(mut con) => self.send(cmd, &mut con, deadline).await,
+            Conn::Direct(Some(mut con)) => self.send(cmd, &mut con, deadline).await,
             Conn::Direct(None) => {
                 match tokio::time::timeout_at(deadline, self.connect_direct(generation)).await {
-                    Ok(Ok(mut con)) => self.send(&cmd, &mut con, deadline).await,
+                    Ok(Ok(mut con)) => self.send(cmd, &mut con, deadline).await,
                     Ok(Err(reason)) => Err(Failed::Other(reason)),
                     Err(_) => Err(Failed::Timeout),
                 }
             }
         };
         match outcome {
-            Ok(()) => {
+            Ok(value) => {
                 if let Some(outage) = self.status.publisher_succeeded() {
                     info!(
                         addr = %self.target.addr,
@@ -147,7 +171,7 @@ impl Publisher {
                         "redis publisher is back; publishes succeed again"
                     );
                 }
-                Ok(())
+                Ok(value)
             }
             Err(Failed::Other(reason)) => {
                 self.failed(&reason);
@@ -163,14 +187,14 @@ impl Publisher {
     }
 
     /// One command, bounded by `deadline`.
-    async fn send(
+    async fn send<T: FromRedisValue>(
         &self,
         cmd: &Cmd,
         con: &mut impl ConnectionLike,
         deadline: tokio::time::Instant,
-    ) -> Result<(), Failed> {
-        match tokio::time::timeout_at(deadline, cmd.query_async::<()>(con)).await {
-            Ok(Ok(())) => Ok(()),
+    ) -> Result<T, Failed> {
+        match tokio::time::timeout_at(deadline, cmd.query_async::<T>(con)).await {
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(self.target.describe(&err))),
             Ok(Err(_)) | Err(_) => Err(Failed::Timeout),
         }

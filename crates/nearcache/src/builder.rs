@@ -170,6 +170,7 @@ fn redis_config(options: &BackplaneOptions) -> Result<nearcache_redis::RedisConf
         sharded: options.sharded,
         subscriber_queue: options.subscriber_queue,
         tls_ca_pem,
+        replay_log_len: options.replay_log_len,
         ..nearcache_redis::RedisConfig::default()
     })
 }
@@ -236,6 +237,7 @@ mod tests {
             sharded: true,
             subscriber_queue: 99,
             tls_ca_file: Some(ca.clone()),
+            replay_log_len: 7,
             ..BackplaneOptions::default()
         };
         let config = redis_config(&options).unwrap();
@@ -256,6 +258,7 @@ mod tests {
                 sharded: true,
                 subscriber_queue: 99,
                 tls_ca_pem: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
+                replay_log_len: 7,
                 ..RedisConfig::default()
             }
         );

@@ -3,7 +3,7 @@
 
 use nearcache_backplane::wire::InstanceId;
 
-/// Why this instance cleared its own cache.
+/// Why this instance cleared its own cache (or, with a replay log, repaired it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ClearCause {
@@ -43,6 +43,16 @@ pub enum CacheEvent {
         cause: ClearCause,
         /// `false` when the loss policy is `none` (only counted).
         cleared: bool,
+    },
+    /// This instance may have missed invalidations and repaired itself from the backplane's
+    /// replay log instead of clearing: it applied every message it had missed.
+    LossRepaired {
+        /// What revealed the loss.
+        cause: ClearCause,
+        /// Messages read back from the log and applied (peers' only; our own are skipped).
+        messages: u64,
+        /// Invalidations they carried (keys, region expiries, clears), all applied.
+        keys: u64,
     },
     /// A message on the channel was not a valid invalidation and was dropped.
     Rejected,

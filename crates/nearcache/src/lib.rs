@@ -91,7 +91,12 @@
 //! its subscription reconnected, ended or went deaf (its own heartbeats stopped coming
 //! back), a peer's sequence numbers (or heartbeat, or goodbye) jumped, a peer vanished
 //! without a goodbye, its own outbox overflowed while Redis was down — clears its own cache
-//! (never the peers') and counts it ([`LossClears`], [`CacheEvent::LossCleared`]). With a
+//! (never the peers') and counts it ([`LossClears`], [`CacheEvent::LossCleared`]) — unless
+//! the backplane keeps a replay log (Redis does by default): then, for the losses the log
+//! can see (a reconnect, a lagged queue, a dead subscription, a skipped log position), it
+//! reads exactly the messages it missed, evicts those keys and keeps everything else
+//! ([`LossRepairs`], [`CacheEvent::LossRepaired`]); it clears only when the log cannot cover
+//! the gap. With a
 //! [`BackplaneOptions::signing_key`], messages are authenticated and others refused. With
 //! [`BackplaneOptions::max_staleness`] set, reads bypass the cache while the backplane has
 //! been down that long. [`Cache::stats`] has the counters and the propagation-lag histogram
@@ -170,7 +175,8 @@ pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
 pub use stats::{
-    CacheStats, InvalidationKinds, LagSummary, LossClears, PropagationStats, StoreStats,
+    CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,
+    StoreStats,
 };
 
 // ---- Keys: nearcache-keys and nearcache-derive --------------------------------------------

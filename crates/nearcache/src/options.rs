@@ -195,6 +195,22 @@ pub struct BackplaneOptions {
     pub max_staleness: Option<Duration>,
     /// What to do when this instance may have missed an invalidation. Default `clear`.
     pub on_loss: LossPolicy,
+    /// Repair losses from the backplane's replay log when it keeps one (Redis does unless
+    /// `replay_log_len` is 0; the in-memory bus when built `with_replay_log`): after a
+    /// reconnect, a lagged queue, a dead subscription or a skipped log position, read what
+    /// was missed and evict exactly those keys, and clear (per `on_loss`) only when the log
+    /// cannot cover the gap. `false` ignores any log: every loss clears. Default `true`.
+    pub replay: bool,
+    /// Longest a repair may take (reading the log and applying it). Reads bypass the local
+    /// cache while it runs; past this it gives up and clears instead. Not zero; default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub replay_timeout: Duration,
+    /// Redis only: how many payloads the replay log (a Redis Stream next to the channel)
+    /// keeps, approximately (`XADD … MAXLEN ~ n`). 0 turns the log off (and with it replay:
+    /// every loss clears). Size it to cover the longest outage to be repaired: messages
+    /// published per second by the whole fleet (invalidation batches and heartbeats) times
+    /// the outage in seconds. Default 100,000.
+    pub replay_log_len: usize,
     /// First delay before retrying a failed publish or subscribe (and reconnecting to
     /// Redis); doubles up to `reconnect_max_delay`. Not zero; default 100 ms.
     #[serde(with = "humantime_serde")]
@@ -258,6 +274,12 @@ impl BackplaneOptions {
         }
         if self.max_batch == 0 {
             return invalid("max_batch", "is 0; use at least 1 (the default is 4096)");
+        }
+        if self.replay_timeout.is_zero() {
+            return invalid(
+                "replay_timeout",
+                "is 0, so every repair would give up and clear; use at least 1 ms (the default is 5 s)",
+            );
         }
         if self.reconnect_initial_delay.is_zero() {
             return invalid(
@@ -333,6 +355,9 @@ impl Default for BackplaneOptions {
             max_batch: 4096,
             max_staleness: None,
             on_loss: LossPolicy::Clear,
+            replay: true,
+            replay_timeout: Duration::from_secs(5),
+            replay_log_len: 100_000,
             reconnect_initial_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -361,6 +386,9 @@ impl fmt::Debug for BackplaneOptions {
             .field("max_batch", &self.max_batch)
             .field("max_staleness", &self.max_staleness)
             .field("on_loss", &self.on_loss)
+            .field("replay", &self.replay)
+            .field("replay_timeout", &self.replay_timeout)
+            .field("replay_log_len", &self.replay_log_len)
             .field("reconnect_initial_delay", &self.reconnect_initial_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("connect_timeout", &self.connect_timeout)

@@ -80,6 +80,9 @@ pub struct PropagationStats {
     pub outbox_overflows: u64,
     /// Times this instance cleared itself because it may have missed invalidations.
     pub loss_clears: LossClears,
+    /// Losses repaired from the backplane's replay log instead of clearing, and the repairs
+    /// that could not be made (each of those is also a loss clear).
+    pub loss_repairs: LossRepairs,
     /// Publish on the origin → applied here.
     pub propagation_lag: LagSummary,
 }
@@ -131,5 +134,33 @@ impl LossClears {
             + self.outbox_overflow
             + self.subscription_ended
             + self.echo_lost
+    }
+}
+
+/// Repairs from the backplane's replay log: a loss (reconnect, lagged queue, dead
+/// subscription, a skipped log position) answered by reading exactly what was missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct LossRepairs {
+    /// Losses repaired without a clear.
+    pub repairs: u64,
+    /// Peers' messages read back from the log and applied by those repairs.
+    pub messages_replayed: u64,
+    /// Invalidations (keys, region expiries, clears) those messages carried, all applied.
+    pub keys_replayed: u64,
+    /// Live messages dropped because a repair had already applied them from the log.
+    pub replay_duplicates: u64,
+    /// Repairs given up because the log was trimmed past the gap (size `replay_log_len` up).
+    pub uncovered_trimmed: u64,
+    /// Repairs given up because the log was recreated (a restart without persistence).
+    pub uncovered_recreated: u64,
+    /// Repairs given up because reading the log failed or took longer than `replay_timeout`.
+    pub read_failed: u64,
+}
+
+impl LossRepairs {
+    /// Repairs given up (each ended in a loss clear).
+    pub fn given_up(&self) -> u64 {
+        self.uncovered_trimmed + self.uncovered_recreated + self.read_failed
     }
 }

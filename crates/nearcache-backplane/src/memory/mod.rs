@@ -6,6 +6,7 @@
 //! sleeps. Cost: one lock and one queue push per subscriber per publish.
 
 mod gate;
+mod ring;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,10 +17,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::backplane::{Backplane, BackplaneError, BackplaneEvent};
+use crate::replay::{LogPosition, LogRead, ReplayLog};
 use crate::subscription::{EventSender, Subscription};
+use crate::wire::logged;
 
 use gate::Gate;
 pub use gate::PublishGate;
+use ring::Ring;
 
 /// An in-process [`Backplane`]: every publish reaches every live subscription on the same
 /// bus, the publisher's own included.
@@ -76,6 +80,19 @@ pub use gate::PublishGate;
 /// | [`hold_publishes`](Self::hold_publishes) | publishes wait "in flight" until the returned [`PublishGate`] lets them go |
 /// | [`set_publish_latency`](Self::set_publish_latency) | every publish waits this long before delivering |
 /// | [`close`](Self::close) | ends every subscription; publishes fail with [`Closed`](BackplaneError::Closed) |
+/// | [`trim_log(keep)`](Self::trim_log) | the replay log forgets all but its newest `keep` entries |
+/// | [`recreate_log`](Self::recreate_log) | the replay log starts over, empty, in a new epoch (a restart without persistence) |
+/// | [`fail_log_reads(n)`](Self::fail_log_reads) | the next `n` reads of the replay log fail with [`Unavailable`](BackplaneError::Unavailable) |
+/// | [`hold_log_reads`](Self::hold_log_reads) | reads of the replay log wait until the returned [`PublishGate`] lets them go |
+///
+/// # Replay log
+///
+/// [`with_replay_log`](Self::with_replay_log) gives the bus a bounded ring buffer of every
+/// payload published on it ([`ReplayLog`]): appended under the same lock as the delivery
+/// (so a payload lost to [`drop_next`](Self::drop_next) is still in the log, as a message
+/// Redis logged and then failed to deliver), and delivered framed with its position
+/// ([`wire::logged`](crate::wire::logged)). Without it the bus has no log and
+/// [`Backplane::replay_log`] is `None`.
 ///
 /// Receiving-side faults (a disconnected connection, `drop_incoming`) apply to injected
 /// payloads too; publishing-side ones (`drop_next`, the gate, latency) do not.
@@ -89,6 +106,8 @@ pub struct InMemoryBackplane {
 struct Bus {
     state: Mutex<BusState>,
     gate: Arc<Gate>,
+    /// Holds reads of the replay log ([`InMemoryBackplane::hold_log_reads`]).
+    log_gate: Arc<Gate>,
     queue_capacity: usize,
     latency_nanos: AtomicU64,
     next_connection: AtomicU64,
@@ -104,6 +123,10 @@ struct BusState {
     deaf: Vec<Subscriber>,
     drop_next: u64,
     closed: bool,
+    /// The replay log, when the bus keeps one.
+    log: Option<Ring>,
+    /// Reads of the replay log still to fail.
+    fail_log_reads: u64,
 }
 
 struct Subscriber {
@@ -139,8 +162,11 @@ impl InMemoryBackplane {
                 deaf: Vec::new(),
                 drop_next: 0,
                 closed: false,
+                log: None,
+                fail_log_reads: 0,
             }),
             gate: Arc::new(Gate::new()),
+            log_gate: Arc::new(Gate::new()),
             queue_capacity: capacity.max(1),
             latency_nanos: AtomicU64::new(0),
             next_connection: AtomicU64::new(0),
@@ -149,6 +175,50 @@ impl InMemoryBackplane {
             dropped: AtomicU64::new(0),
         });
         Self::connect(bus)
+    }
+
+    /// The same bus, now keeping a replay log of its newest `capacity` payloads (at least 1);
+    /// see [Replay log](Self#replay-log). Call it on a new bus, before publishing.
+    #[must_use]
+    pub fn with_replay_log(self, capacity: usize) -> Self {
+        self.bus.lock().log = Some(Ring::new(capacity.max(1)));
+        self
+    }
+
+    /// Makes the replay log forget all but its newest `keep` entries, as a bounded log does
+    /// under load. No effect without a log.
+    pub fn trim_log(&self, keep: usize) {
+        if let Some(log) = self.bus.lock().log.as_mut() {
+            log.trim(keep);
+        }
+    }
+
+    /// Starts the replay log over, empty, in a new epoch: what a Redis restart without
+    /// persistence does to its stream. No effect without a log.
+    pub fn recreate_log(&self) {
+        if let Some(log) = self.bus.lock().log.as_mut() {
+            log.recreate();
+        }
+    }
+
+    /// Makes the next `n` reads of the replay log ([`ReplayLog::head`] and
+    /// [`ReplayLog::read_after`], from any connection) fail with
+    /// [`BackplaneError::Unavailable`]. Adds to any count pending.
+    pub fn fail_log_reads(&self, n: u64) {
+        let mut state = self.bus.lock();
+        state.fail_log_reads = state.fail_log_reads.saturating_add(n);
+    }
+
+    /// Holds every read of the replay log on the bus until the returned gate lets it go
+    /// (the gate counts held reads instead of publishes).
+    pub fn hold_log_reads(&self) -> PublishGate {
+        self.bus.log_gate.hold()
+    }
+
+    /// Payloads in the replay log now (0 without one).
+    #[must_use]
+    pub fn log_len(&self) -> usize {
+        self.bus.lock().log.as_ref().map_or(0, Ring::len)
     }
 
     /// Another connection to the same bus, with its own fault state (connected, fresh).
@@ -419,6 +489,11 @@ impl Backplane for InMemoryBackplane {
             return Err(Self::unavailable());
         }
         self.bus.published.fetch_add(1, Ordering::Relaxed);
+        // Logged in the same step as it is handed out: in both or in neither.
+        let payload = match state.log.as_mut() {
+            Some(log) => logged::frame(log.append(payload.clone()), &payload),
+            None => payload,
+        };
         if state.drop_next > 0 {
             state.drop_next -= 1;
             state.subscribers.retain(|sub| !sub.sender.is_closed());
@@ -456,6 +531,63 @@ impl Backplane for InMemoryBackplane {
             sender,
         });
         Ok(subscription)
+    }
+
+    /// The bus's ring buffer, when it keeps one ([`with_replay_log`](Self::with_replay_log)).
+    fn replay_log(&self) -> Option<&dyn ReplayLog> {
+        if self.bus.lock().log.is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+impl InMemoryBackplane {
+    /// What every read of the replay log goes through: the gate, then the faults.
+    async fn log_read<T>(&self, read: impl FnOnce(&Ring) -> T) -> Result<T, BackplaneError> {
+        self.bus.log_gate.pass().await;
+        let mut state = self.bus.lock();
+        if state.closed {
+            return Err(BackplaneError::Closed);
+        }
+        if !self.is_connected() {
+            return Err(Self::unavailable());
+        }
+        if state.fail_log_reads > 0 {
+            state.fail_log_reads -= 1;
+            return Err(BackplaneError::Unavailable {
+                reason: "in-memory backplane: injected replay log read failure \
+                         (InMemoryBackplane::fail_log_reads)"
+                    .to_owned(),
+            });
+        }
+        match state.log.as_ref() {
+            Some(log) => Ok(read(log)),
+            None => Err(BackplaneError::Unavailable {
+                reason:
+                    "in-memory backplane has no replay log (InMemoryBackplane::with_replay_log)"
+                        .to_owned(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl ReplayLog for InMemoryBackplane {
+    /// # Errors
+    ///
+    /// [`BackplaneError::Unavailable`] while this connection is disconnected or a read
+    /// failure is injected, [`BackplaneError::Closed`] once the bus is closed.
+    async fn head(&self) -> Result<LogPosition, BackplaneError> {
+        self.log_read(Ring::head).await
+    }
+
+    /// # Errors
+    ///
+    /// As [`head`](Self::head).
+    async fn read_after(&self, after: &LogPosition) -> Result<LogRead, BackplaneError> {
+        self.log_read(|log| log.read_after(after)).await
     }
 }
 
@@ -863,6 +995,80 @@ mod tests {
             other.subscribe().await,
             Err(BackplaneError::Closed)
         ));
+    }
+
+    /// The log and the channel agree: each delivery is framed with the position under which
+    /// the same payload sits in the log, a payload lost on the channel is still in the log,
+    /// and reading after any delivered position returns exactly what followed it.
+    #[tokio::test]
+    async fn the_replay_log_holds_every_publish_and_frames_deliveries_with_its_position() {
+        let bus = InMemoryBackplane::new().with_replay_log(16);
+        let log = bus.replay_log().expect("a bus with a log offers it");
+        assert_eq!(log.head().await.unwrap(), LogPosition::new(1, 0));
+        let mut sub = bus.connection().subscribe().await.unwrap();
+        bus.publish(payload(1)).await.unwrap();
+        bus.drop_next(1);
+        bus.publish(payload(2)).await.unwrap();
+        bus.publish(payload(3)).await.unwrap();
+        let mut delivered = Vec::new();
+        for _ in 0..2 {
+            let BackplaneEvent::Message(framed) = next(&mut sub).await else {
+                panic!("not a message");
+            };
+            delivered.push(logged::unframe(&framed));
+        }
+        assert_eq!(
+            delivered,
+            [
+                (Some(LogPosition::new(1, 1)), payload(1)),
+                (Some(LogPosition::new(1, 3)), payload(3)),
+            ]
+        );
+        let LogRead::Covered(missed) = log.read_after(&LogPosition::new(1, 1)).await.unwrap()
+        else {
+            panic!("uncovered");
+        };
+        let missed: Vec<_> = missed
+            .into_iter()
+            .map(|e| (e.position, e.payload))
+            .collect();
+        assert_eq!(
+            missed,
+            [
+                (LogPosition::new(1, 2), payload(2)),
+                (LogPosition::new(1, 3), payload(3)),
+            ]
+        );
+        assert_eq!(bus.log_len(), 3);
+        assert!(InMemoryBackplane::new().replay_log().is_none());
+    }
+
+    #[tokio::test]
+    async fn log_faults_trim_recreate_and_fail_reads() {
+        let bus = InMemoryBackplane::new().with_replay_log(16);
+        let log = bus.replay_log().unwrap();
+        for i in 0..4 {
+            bus.publish(payload(i)).await.unwrap();
+        }
+        bus.trim_log(1);
+        assert_eq!(
+            log.read_after(&LogPosition::new(1, 2)).await.unwrap(),
+            LogRead::Uncovered(crate::Uncovered::Trimmed)
+        );
+        bus.fail_log_reads(1);
+        assert!(unavailable(log.read_after(&LogPosition::new(1, 3)).await));
+        assert!(matches!(
+            log.read_after(&LogPosition::new(1, 3)).await,
+            Ok(LogRead::Covered(entries)) if entries.len() == 1
+        ));
+        bus.recreate_log();
+        assert_eq!(log.head().await.unwrap(), LogPosition::new(2, 0));
+        assert_eq!(
+            log.read_after(&LogPosition::new(1, 4)).await.unwrap(),
+            LogRead::Uncovered(crate::Uncovered::Recreated)
+        );
+        bus.disconnect();
+        assert!(unavailable(log.head().await));
     }
 
     #[tokio::test]

@@ -4,10 +4,12 @@
 //! per-origin sequence so receivers notice gaps. [`encode`] and [`decode`] turn it into bytes
 //! and back behind a versioned header; [`WireLimits`] bounds what either side accepts, and
 //! [`MessageBuilder`] fills a message up to those bounds. The byte layout is documented in
-//! [`codec`]; [`auth`] adds an optional HMAC signature (format version 2).
+//! [`codec`]; [`auth`] adds an optional HMAC signature (format version 2); [`logged`] frames a
+//! payload with its position in a backplane's replay log.
 
 pub mod auth;
 pub mod codec;
+pub mod logged;
 
 mod builder;
 mod limits;

@@ -7,7 +7,8 @@
 //! - the **receiver** ([`receiver`]) reads the subscription, drops our own echoes and
 //!   anything that does not decode, applies peers' invalidations to the local store (never
 //!   re-publishing them), and clears the local store whenever a message may have been
-//!   missed ([`peers`] notices gaps).
+//!   missed ([`peers`] notices gaps) — or, when the backplane keeps a replay log, repairs
+//!   itself by reading exactly what it missed ([`repair`]).
 //!
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
@@ -17,6 +18,7 @@ pub(crate) mod lag;
 pub(crate) mod outbox;
 pub(crate) mod peers;
 pub(crate) mod receiver;
+pub(crate) mod repair;
 pub(crate) mod sender;
 
 use std::future::Future;
@@ -37,7 +39,7 @@ use crate::events::{CacheEvent, ClearCause};
 use crate::health::HealthBoard;
 use crate::identity::Identity;
 use crate::options::{BackplaneOptions, LossPolicy};
-use crate::stats::{LossClears, PropagationStats};
+use crate::stats::{LossClears, LossRepairs, PropagationStats};
 use lag::LagHistogram;
 use outbox::{Outbox, Pending, Ticket};
 
@@ -117,6 +119,13 @@ pub(crate) struct Counters {
     pub(crate) clears_outbox_overflow: AtomicU64,
     pub(crate) clears_subscription_ended: AtomicU64,
     pub(crate) clears_echo_lost: AtomicU64,
+    pub(crate) repairs: AtomicU64,
+    pub(crate) messages_replayed: AtomicU64,
+    pub(crate) keys_replayed: AtomicU64,
+    pub(crate) replay_duplicates: AtomicU64,
+    pub(crate) repairs_trimmed: AtomicU64,
+    pub(crate) repairs_recreated: AtomicU64,
+    pub(crate) repairs_read_failed: AtomicU64,
     /// A gauge, not a counter: peers heard from and not forgotten.
     pub(crate) peers: AtomicU64,
     /// Peers evicted from the capped peer table (mirrors the receiver's own count).
@@ -328,6 +337,15 @@ impl Propagation {
                 outbox_overflow: read(&c.clears_outbox_overflow),
                 subscription_ended: read(&c.clears_subscription_ended),
                 echo_lost: read(&c.clears_echo_lost),
+            },
+            loss_repairs: LossRepairs {
+                repairs: read(&c.repairs),
+                messages_replayed: read(&c.messages_replayed),
+                keys_replayed: read(&c.keys_replayed),
+                replay_duplicates: read(&c.replay_duplicates),
+                uncovered_trimmed: read(&c.repairs_trimmed),
+                uncovered_recreated: read(&c.repairs_recreated),
+                read_failed: read(&c.repairs_read_failed),
             },
             propagation_lag: self.lag.summary(),
         }

@@ -26,6 +26,7 @@ use nearcache_regions::SubKeyText;
 use nearcache_store::Store;
 
 use super::peers::{Peers, Seen, Subscribed};
+use super::repair::{Live, Replay};
 use super::sender::invalidations;
 use super::{Propagation, bump, unix_micros};
 use crate::events::{CacheEvent, ClearCause};
@@ -55,6 +56,8 @@ pub(crate) async fn run(
     // Before `ready`: whatever the application invalidates from now on goes out after it.
     p.hello_pending.store(true, Ordering::Release);
     p.hello_now.notify_one();
+    let mut replay = Replay::new(p, &*backplane);
+    replay.start(p, &*backplane).await;
     p.connected.store(true, Ordering::Relaxed);
     p.ready.send_replace(true);
     let _ = p.events.send(CacheEvent::Connected);
@@ -92,6 +95,9 @@ pub(crate) async fn run(
         };
         let resubscribe_at = link.resubscribe.as_ref().map(|r| r.at);
         let mut resubscribe_now = false;
+        // A loss to repair (or clear) and what to do after it; handled below, outside the
+        // `select!`, like the resubscription.
+        let mut loss: Option<Loss> = None;
         tokio::select! {
             biased;
             _ = shutdown.wait_for(|closed| *closed) => return,
@@ -105,7 +111,18 @@ pub(crate) async fn run(
                 let _ = p.events.send(CacheEvent::BypassStarted);
             }
             event = next_event(link.subscription.as_mut()) => match event {
-                Some(BackplaneEvent::Message(payload)) => apply(p, &store, &mut peers, &payload),
+                Some(BackplaneEvent::Message(payload)) => match replay.live(&payload) {
+                    Live::Apply(message) => {
+                        apply(p, &store, &mut peers, &message, Source::Live);
+                    }
+                    Live::Behind(message) => {
+                        apply(p, &store, &mut peers, &message, Source::LiveBehind);
+                    }
+                    Live::RepairFirst(message, position) => {
+                        tracing::warn!(%position, "the replay log's positions skipped: messages were lost on the channel");
+                        loss = Some(Loss { cause: ClearCause::PeerGap, then: Then::Apply(message, position) });
+                    }
+                },
                 Some(BackplaneEvent::Disconnected) => {
                     link.down_since.get_or_insert_with(tokio::time::Instant::now);
                     p.echo.deaf();
@@ -117,11 +134,11 @@ pub(crate) async fn run(
                     // must still show as a gap. What a peer sent during the outage shows as one
                     // too (a second, redundant clear): the two cannot be told apart.
                     p.echo.listening(tokio::time::Instant::now());
-                    link.back(p, &store, ClearCause::Reconnect);
+                    loss = Some(Loss { cause: ClearCause::Reconnect, then: Then::Back });
                 }
                 Some(BackplaneEvent::Lagged { missed }) => {
                     tracing::warn!(missed, "the backplane dropped messages before this instance read them");
-                    p.loss_clear(&store, ClearCause::Lagged);
+                    loss = Some(Loss { cause: ClearCause::Lagged, then: Then::Nothing });
                 }
                 Some(_) => {}
                 None => {
@@ -163,6 +180,19 @@ pub(crate) async fn run(
                 }
             }
         }
+        if let Some(loss) = loss {
+            replay
+                .recover(p, &store, &mut peers, &*backplane, loss.cause)
+                .await;
+            match loss.then {
+                Then::Back => link.back(p, &store),
+                Then::Apply(message, position) => {
+                    let source = replay.source_after_repair(position);
+                    apply(p, &store, &mut peers, &message, source);
+                }
+                Then::Nothing => {}
+            }
+        }
         if resubscribe_now {
             let started = tokio::time::Instant::now();
             // Bounded by the backplane (for Redis: `connect_timeout`); shutdown still wins.
@@ -175,13 +205,31 @@ pub(crate) async fn run(
                     p.echo.listening(started);
                     link.subscription = Some(subscription);
                     if let Some(resubscribe) = link.resubscribe.take() {
-                        link.back(p, &store, resubscribe.cause);
+                        replay
+                            .recover(p, &store, &mut peers, &*backplane, resubscribe.cause)
+                            .await;
+                        link.back(p, &store);
                     }
                 }
                 Err(error) => link.retry_later(p, &error),
             }
         }
     }
+}
+
+/// A loss noticed in the `select!`, handled after it.
+struct Loss {
+    cause: ClearCause,
+    then: Then,
+}
+
+/// What follows the repair (or clear) of a [`Loss`].
+enum Then {
+    /// The subscription is back: serve again.
+    Back,
+    /// Apply the delivery that revealed the loss, unless the repair already did.
+    Apply(Bytes, nearcache_backplane::LogPosition),
+    Nothing,
 }
 
 /// The receiver's view of its subscription.
@@ -227,9 +275,8 @@ impl Link {
         }
     }
 
-    /// The subscription is live again after a loss: clear what may be stale, serve again.
-    fn back(&mut self, p: &Propagation, store: &Store, cause: ClearCause) {
-        p.loss_clear(store, cause);
+    /// The subscription is live again after a loss, repaired or cleared: serve again.
+    fn back(&mut self, p: &Propagation, store: &Store) {
         self.down_since = None;
         if p.bypassing.swap(false, Ordering::Relaxed) {
             store.set_read_bypass(false);
@@ -321,8 +368,30 @@ fn not_applied(p: &Propagation, store: &Store, error: &dyn std::fmt::Display) {
     store.clear();
 }
 
-fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
-    bump(&p.counters.bytes_received, payload.len() as u64);
+/// Where a payload came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The subscription.
+    Live,
+    /// The subscription, at or behind the last log position applied: a duplicate by
+    /// sequence number is one a repair applied, dropped even unsigned.
+    LiveBehind,
+    /// The replay log, during a repair.
+    Replayed,
+}
+
+/// Applies one payload; returns how many invalidations it applied when it was a peer's
+/// invalidation message (not a heartbeat, not ours, not refused).
+pub(super) fn apply(
+    p: &Propagation,
+    store: &Store,
+    peers: &mut Peers,
+    payload: &Bytes,
+    source: Source,
+) -> Option<u64> {
+    if source != Source::Replayed {
+        bump(&p.counters.bytes_received, payload.len() as u64);
+    }
     let message = match wire::decode_authenticated(payload, &WireLimits::DEFAULT, p.keys.as_ref()) {
         Ok(message) => message,
         Err(wire::DecodeError::Unauthenticated) => {
@@ -332,19 +401,23 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
                 "dropped a backplane message that is unsigned or badly signed"
             );
             let _ = p.events.send(CacheEvent::Rejected);
-            return;
+            return None;
         }
         Err(error) => {
             bump(&p.counters.messages_rejected, 1);
             tracing::debug!(%error, len = payload.len(), "dropped a backplane message that is not a valid invalidation");
             let _ = p.events.send(CacheEvent::Rejected);
-            return;
+            return None;
         }
     };
     if message.origin == p.instance {
-        p.echo.heard(message.seq);
-        bump(&p.counters.own_messages_ignored, 1);
-        return;
+        // Our own invalidations were applied here when they were made; only a live echo
+        // says anything (that the subscription hears us).
+        if source != Source::Replayed {
+            p.echo.heard(message.seq);
+            bump(&p.counters.own_messages_ignored, 1);
+        }
+        return None;
     }
     let heartbeat = message.is_heartbeat();
     let span = tracing::info_span!(
@@ -369,6 +442,10 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         .peers_evicted
         .store(peers.evicted(), Ordering::Relaxed);
     let duplicate = seen == Seen::Duplicate;
+    if duplicate && source == Source::LiveBehind {
+        bump(&p.counters.replay_duplicates, 1);
+        return None;
+    }
     if duplicate {
         bump(&p.counters.duplicates_ignored, 1);
         // A retried publish that had gone through. Signed, that is all a duplicate can be,
@@ -376,7 +453,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         // sent its number ahead of: applying it again costs an eviction, dropping it could
         // leave an entry stale.
         if p.keys.is_some() {
-            return;
+            return None;
         }
     } else if heartbeat {
         bump(&p.counters.heartbeats_received, 1);
@@ -404,7 +481,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
                 origin: message.origin,
             });
         }
-        return;
+        return None;
     }
     let mut applied = 0u64;
     for op in &message.ops {
@@ -438,7 +515,7 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         }
     }
     bump(&p.counters.invalidations_applied, applied);
-    if !duplicate {
+    if !duplicate && source != Source::Replayed {
         let lag = Duration::from_micros(unix_micros().saturating_sub(message.sent_at_unix_micros));
         p.lag.record(lag);
         span.record("lag_us", u64::try_from(lag.as_micros()).unwrap_or(u64::MAX));
@@ -448,4 +525,5 @@ fn apply(p: &Propagation, store: &Store, peers: &mut Peers, payload: &Bytes) {
         seq: message.seq,
         invalidations: applied,
     });
+    Some(applied)
 }

@@ -1,0 +1,322 @@
+//! Guarantee 7 through a real `redis-server` with the replay log (a Redis Stream beside the
+//! channel, appended and published by one script):
+//!
+//! * a subscriber connection killed while a peer writes: the instance reads back exactly what
+//!   it missed — the evicted keys are the missed ones, everything else stays cached, no clear;
+//! * the log trimmed past the gap: it clears, and says why;
+//! * Redis restarted empty (the log recreated): it clears, and says why.
+//!
+//! To make "B misses these messages" certain rather than likely, B connects as an ACL user
+//! that the test disables before killing B's subscriber connection: B cannot subscribe again
+//! until the test enables it, while its already authenticated publishing connection (which
+//! also reads the log) stays up. Every step awaits the event that says it happened.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use nearcache::{
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats, cache_key,
+};
+use nearcache_suite::RedisServer;
+use tokio::sync::broadcast;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Product;
+
+fn product(id: u32) -> Key {
+    cache_key!(Product, "get", &id)
+}
+
+fn options(url: String) -> CacheOptions {
+    CacheOptions {
+        backplane: BackplaneOptions {
+            redis_url: Some(url),
+            app: "replay".to_owned(),
+            heartbeat_interval: Duration::from_millis(500),
+            publish_timeout: Duration::from_millis(500),
+            reconnect_initial_delay: Duration::from_millis(10),
+            reconnect_max_delay: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_millis(100),
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    }
+}
+
+async fn connect(url: String) -> Cache {
+    let cache = Cache::builder()
+        .options(options(url))
+        .connect()
+        .await
+        .expect("connect to redis");
+    tokio::time::timeout(WAIT, cache.ready())
+        .await
+        .expect("subscribed");
+    cache
+}
+
+fn stats(cache: &Cache) -> PropagationStats {
+    cache.stats().propagation.unwrap()
+}
+
+async fn load(cache: &Cache, id: u32) {
+    cache
+        .get_or_create(&product(id), async |_| Ok::<_, Infallible>(id))
+        .await
+        .unwrap();
+}
+
+fn cached(cache: &Cache, id: u32) -> bool {
+    cache.get::<u32>(&product(id)).unwrap().is_some()
+}
+
+/// The next event `pick` accepts, within [`WAIT`].
+async fn until<T>(
+    events: &mut broadcast::Receiver<CacheEvent>,
+    what: &str,
+    mut pick: impl FnMut(&CacheEvent) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(found) = pick(&events.recv().await.unwrap()) {
+                return found;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {what} within {WAIT:?}"))
+}
+
+fn acl(server: &RedisServer, args: &[&str]) {
+    let mut con = server.connection().unwrap();
+    let mut cmd = redis::cmd("ACL");
+    for arg in args {
+        cmd.arg(*arg);
+    }
+    cmd.query::<()>(&mut con).unwrap();
+}
+
+/// A server with a user `b` (all permissions) besides the default user.
+fn server_with_user_b() -> (RedisServer, String) {
+    let server = RedisServer::start().unwrap();
+    acl(
+        &server,
+        &["SETUSER", "b", "on", ">b-secret", "~*", "&*", "+@all"],
+    );
+    let url_b = format!("redis://b:b-secret@127.0.0.1:{}", server.port());
+    (server, url_b)
+}
+
+/// Cuts B's subscription and keeps it cut: B's user is disabled, then its subscribed
+/// connection killed. Returns once B knows.
+async fn cut_b(server: &RedisServer, events_b: &mut broadcast::Receiver<CacheEvent>) {
+    tokio::task::block_in_place(|| {
+        acl(server, &["SETUSER", "b", "off"]);
+        let mut con = server.connection().unwrap();
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .arg("USER")
+            .arg("b")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(killed, 1, "B's one subscriber connection");
+    });
+    until(events_b, "Disconnected", |e| {
+        (*e == CacheEvent::Disconnected).then_some(())
+    })
+    .await;
+}
+
+fn restore_b(server: &RedisServer) {
+    tokio::task::block_in_place(|| acl(server, &["SETUSER", "b", "on"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscriber_is_repaired_by_replay_evicting_exactly_the_missed_keys() {
+    let (server, url_b) = server_with_user_b();
+    let a = connect(server.url()).await;
+    let b = connect(url_b).await;
+    let mut events_b = b.events();
+    for id in 0..20 {
+        load(&b, id).await;
+    }
+
+    cut_b(&server, &mut events_b).await;
+    for id in [3, 7, 11] {
+        a.remove(&product(id)).await; // acknowledged by Redis: in the log, missed by B
+    }
+    restore_b(&server);
+    let (messages, keys) = until(&mut events_b, "LossRepaired", |e| match e {
+        CacheEvent::LossRepaired {
+            cause: ClearCause::Reconnect,
+            messages,
+            keys,
+        } => Some((*messages, *keys)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((messages, keys), (3, 3));
+    for id in 0..20 {
+        assert_eq!(
+            cached(&b, id),
+            ![3, 7, 11].contains(&id),
+            "product {id}: evicted exactly when missed"
+        );
+    }
+    let s = stats(&b);
+    assert_eq!(s.loss_clears.total(), 0, "no clear: {s:?}");
+    assert_eq!(s.loss_repairs.repairs, 1);
+    assert_eq!(s.loss_repairs.keys_replayed, 3);
+
+    // B hears A live again.
+    a.remove(&product(0)).await;
+    until(&mut events_b, "Applied", |e| {
+        matches!(e, CacheEvent::Applied { .. }).then_some(())
+    })
+    .await;
+    assert!(!cached(&b, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_trimmed_past_the_gap_clears() {
+    let (server, url_b) = server_with_user_b();
+    let a = connect(server.url()).await;
+    let b = connect(url_b).await;
+    let mut events_b = b.events();
+    load(&b, 1).await;
+
+    cut_b(&server, &mut events_b).await;
+    a.remove(&product(2)).await;
+    tokio::task::block_in_place(|| {
+        let mut con = server.connection().unwrap();
+        redis::cmd("XTRIM")
+            .arg("{nearcache:replay:invalidations}:log")
+            .arg("MAXLEN")
+            .arg(0)
+            .query::<u64>(&mut con)
+            .unwrap();
+    });
+    restore_b(&server);
+    until(&mut events_b, "LossCleared", |e| match e {
+        CacheEvent::LossCleared {
+            cause: ClearCause::Reconnect,
+            cleared: true,
+        } => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(!cached(&b, 1), "cleared");
+    let s = stats(&b);
+    assert_eq!(s.loss_repairs.uncovered_trimmed, 1);
+    assert_eq!(s.loss_repairs.repairs, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_clears() {
+    let mut server = RedisServer::start().unwrap();
+    let a = connect(server.url()).await;
+    let b = connect(server.url()).await;
+    let mut events_b = b.events();
+    a.remove(&product(9)).await; // the log exists, B knows its position
+    until(&mut events_b, "Applied", |e| {
+        matches!(e, CacheEvent::Applied { .. }).then_some(())
+    })
+    .await;
+    load(&b, 1).await;
+
+    tokio::task::block_in_place(|| server.restart().unwrap());
+    a.remove(&product(2)).await; // may be queued until A's publisher is back: a new log
+    until(&mut events_b, "LossCleared", |e| {
+        matches!(e, CacheEvent::LossCleared { cleared: true, .. }).then_some(())
+    })
+    .await;
+    assert!(!cached(&b, 1), "cleared");
+    let s = stats(&b);
+    assert!(s.loss_repairs.uncovered_recreated >= 1, "{s:?}");
+    assert_eq!(s.loss_repairs.repairs, 0);
+}
+
+/// The least-privilege ACL lines of docs/operations.md for the replay log (classic and
+/// sharded) are enough: invalidations are published through the script and a reconnect is
+/// repaired from the log (read through the script), with no clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
+    let lines: Vec<&str> = include_str!("../docs/operations.md")
+        .lines()
+        .filter(|line| line.starts_with("ACL SETUSER catalog-replay "))
+        .collect();
+    assert_eq!(lines.len(), 2, "a classic and a sharded line: {lines:?}");
+    for line in lines {
+        let server = RedisServer::start().unwrap();
+        let mut setuser = redis::cmd("ACL");
+        for word in line.split_whitespace().skip(1) {
+            setuser.arg(word);
+        }
+        tokio::task::block_in_place(|| {
+            setuser
+                .query::<()>(&mut server.connection().unwrap())
+                .unwrap();
+        });
+        let url = format!(
+            "redis://catalog-replay:long-random-password@127.0.0.1:{}",
+            server.port()
+        );
+        let sharded = line.contains("+ssubscribe");
+        let configured = |url: String| {
+            let mut o = options(url);
+            o.backplane.app = "catalog-api".to_owned();
+            o.backplane.sharded = sharded;
+            o
+        };
+        let connect_as = async |url: String| {
+            let cache = Cache::builder()
+                .options(configured(url))
+                .connect()
+                .await
+                .expect("connect as the ACL user");
+            tokio::time::timeout(WAIT, cache.ready())
+                .await
+                .expect("subscribed");
+            cache
+        };
+        let a = connect_as(url.clone()).await;
+        let b = connect_as(url).await;
+        let mut events_b = b.events();
+        load(&b, 1).await;
+        load(&b, 2).await;
+        a.remove(&product(1)).await;
+        until(&mut events_b, "Applied", |e| {
+            matches!(e, CacheEvent::Applied { .. }).then_some(())
+        })
+        .await;
+        assert!(!cached(&b, 1), "{line}: published through the script");
+        tokio::task::block_in_place(|| {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("pubsub")
+                .query::<u64>(&mut server.connection().unwrap())
+                .unwrap();
+        });
+        until(&mut events_b, "LossRepaired", |e| {
+            matches!(
+                e,
+                CacheEvent::LossRepaired {
+                    cause: ClearCause::Reconnect,
+                    ..
+                }
+            )
+            .then_some(())
+        })
+        .await;
+        assert!(cached(&b, 2), "{line}: repaired, not cleared");
+        let s = stats(&b);
+        assert_eq!(s.loss_clears.total(), 0, "{line}: {s:?}");
+        assert_eq!(s.loss_repairs.read_failed, 0, "{line}: {s:?}");
+    }
+}
