@@ -430,103 +430,106 @@ fn a_blocking_wait_on_a_multi_thread_worker_hands_the_worker_off() {
 /// a load in progress. Repeated with sync and async readers.
 #[test]
 fn stress_no_read_goes_back_past_a_finished_invalidation() {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
 
     const KEYS: usize = 3;
     const WRITES: usize = 10_000;
     const READERS: usize = 6;
 
-    struct Db {
+    /// The "database", the keys, and what the readers count.
+    struct World {
+        store: Store,
+        keys: Vec<Key>,
         versions: [AtomicU64; KEYS],
+        /// Per key: the newest version whose invalidation has returned.
         finished: [AtomicU64; KEYS],
+        writing: AtomicBool,
+        stale: AtomicUsize,
+        reads: AtomicUsize,
+    }
+
+    impl World {
+        /// The next key a reader picks (a cheap scramble of its counter), and the floor
+        /// its read must reach.
+        fn next(&self, n: &mut usize) -> (usize, u64) {
+            *n = n.wrapping_mul(31).wrapping_add(7);
+            let i = *n % KEYS;
+            (i, self.finished[i].load(Ordering::SeqCst))
+        }
+
+        /// The factory: ties the entry to the key's sub-key, reads the version, and yields
+        /// so that invalidations land while loads are in flight.
+        fn load(&self, i: usize, entry: &mut Entry) -> u64 {
+            entry.region_key::<Catalog>(&format!("c-{i}"));
+            let version = self.versions[i].load(Ordering::SeqCst);
+            std::thread::yield_now();
+            version
+        }
+
+        fn record(&self, got: u64, floor: u64) {
+            if got < floor {
+                self.stale.fetch_add(1, Ordering::SeqCst);
+            }
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     let runtime = runtime();
-    let store = store();
-    let db = Arc::new(Db {
+    let world = Arc::new(World {
+        store: store(),
+        keys: (0..KEYS).map(|i| key(&format!("k{i}"))).collect(),
         versions: std::array::from_fn(|_| AtomicU64::new(0)),
         finished: std::array::from_fn(|_| AtomicU64::new(0)),
+        writing: AtomicBool::new(true),
+        stale: AtomicUsize::new(0),
+        reads: AtomicUsize::new(0),
     });
-    let keys: Arc<Vec<Key>> = Arc::new((0..KEYS).map(|i| key(&format!("k{i}"))).collect());
-    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let stale = Arc::new(AtomicUsize::new(0));
-    let reads = Arc::new(AtomicUsize::new(0));
-
-    // The factory: ties the entry to the key's sub-key and the region, reads the version,
-    // and yields so that invalidations land while loads are in flight.
-    fn load(db: &Db, i: usize, entry: &mut Entry) -> u64 {
-        entry.region_key::<Catalog>(&format!("c-{i}"));
-        let version = db.versions[i].load(Ordering::SeqCst);
-        std::thread::yield_now();
-        version
-    }
 
     let sync_readers: Vec<_> = (0..READERS / 2)
         .map(|r| {
-            let (store, db, keys, writing, stale, reads) = (
-                store.clone(),
-                Arc::clone(&db),
-                Arc::clone(&keys),
-                Arc::clone(&writing),
-                Arc::clone(&stale),
-                Arc::clone(&reads),
-            );
+            let w = Arc::clone(&world);
             std::thread::spawn(move || {
                 let mut n = r;
-                while writing.load(Ordering::SeqCst) {
-                    n = n.wrapping_mul(31).wrapping_add(7);
-                    let i = n % KEYS;
-                    let floor = db.finished[i].load(Ordering::SeqCst);
-                    let got = store
-                        .get_or_create_sync(&keys[i], |entry| {
-                            Ok::<_, Infallible>(load(&db, i, entry))
+                while w.writing.load(Ordering::SeqCst) {
+                    let (i, floor) = w.next(&mut n);
+                    let got = w
+                        .store
+                        .get_or_create_sync(&w.keys[i], |entry| {
+                            Ok::<_, Infallible>(w.load(i, entry))
                         })
                         .unwrap();
-                    if *got < floor {
-                        stale.fetch_add(1, Ordering::SeqCst);
-                    }
-                    reads.fetch_add(1, Ordering::Relaxed);
+                    w.record(*got, floor);
                 }
             })
         })
         .collect();
     let async_readers: Vec<_> = (0..READERS / 2)
         .map(|r| {
-            let (store, db, keys, writing, stale, reads) = (
-                store.clone(),
-                Arc::clone(&db),
-                Arc::clone(&keys),
-                Arc::clone(&writing),
-                Arc::clone(&stale),
-                Arc::clone(&reads),
-            );
+            let w = Arc::clone(&world);
             runtime.spawn(async move {
                 let mut n = r + 100;
-                while writing.load(Ordering::SeqCst) {
-                    n = n.wrapping_mul(31).wrapping_add(7);
-                    let i = n % KEYS;
-                    let floor = db.finished[i].load(Ordering::SeqCst);
-                    let got = store
-                        .get_or_create(&keys[i], async |entry| {
-                            let version = load(&db, i, entry);
+                while w.writing.load(Ordering::SeqCst) {
+                    let (i, floor) = w.next(&mut n);
+                    let got = w
+                        .store
+                        .get_or_create(&w.keys[i], async |entry| {
+                            let version = w.load(i, entry);
                             tokio::task::yield_now().await;
                             Ok::<_, Infallible>(version)
                         })
                         .await
                         .unwrap();
-                    if *got < floor {
-                        stale.fetch_add(1, Ordering::SeqCst);
-                    }
-                    reads.fetch_add(1, Ordering::Relaxed);
+                    w.record(*got, floor);
                     tokio::task::yield_now().await;
                 }
             })
         })
         .collect();
 
+    let (store, keys) = (&world.store, &world.keys);
     for w in 0..WRITES {
         let i = w % KEYS;
-        let version = db.versions[i].fetch_add(1, Ordering::SeqCst) + 1;
+        let version = world.versions[i].fetch_add(1, Ordering::SeqCst) + 1;
         match (w / KEYS) % 5 {
             0 => {
                 store.remove(&keys[i]);
@@ -540,23 +543,23 @@ fn stress_no_read_goes_back_past_a_finished_invalidation() {
                 store.set(keys[i].clone(), version);
             }
         }
-        db.finished[i].store(version, Ordering::SeqCst);
+        world.finished[i].store(version, Ordering::SeqCst);
         if w % 64 == 0 {
             std::thread::yield_now();
         }
     }
-    writing.store(false, Ordering::SeqCst);
+    world.writing.store(false, Ordering::SeqCst);
     for reader in sync_readers {
         reader.join().unwrap();
     }
     for reader in async_readers {
         runtime.block_on(reader).unwrap();
     }
-    assert!(reads.load(Ordering::Relaxed) > 0);
+    let reads = world.reads.load(Ordering::Relaxed);
+    assert!(reads > 0);
     assert_eq!(
-        stale.load(Ordering::SeqCst),
+        world.stale.load(Ordering::SeqCst),
         0,
-        "reads that returned a version older than one whose invalidation had finished before they started (of {} reads)",
-        reads.load(Ordering::Relaxed)
+        "reads that returned a version older than one whose invalidation had finished before they started (of {reads} reads)"
     );
 }
