@@ -31,7 +31,7 @@ use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use hdrhistogram::Histogram;
 use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, Entry, InstanceId, Key};
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
-use nearcache_suite::{RedisCluster, RedisServer};
+use nearcache_testkit::{RedisCluster, RedisServer};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{broadcast, mpsc};

@@ -17,7 +17,7 @@ use std::io;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use nearcache_suite::{RedisCluster, RedisServer};
+use nearcache_testkit::{RedisCluster, RedisServer};
 
 use crate::own_redis::OwnRedis;
 use crate::report::{count, human_duration, lag};

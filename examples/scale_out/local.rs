@@ -275,7 +275,7 @@ mod tests {
             faults: true,
             ..Config::default()
         };
-        let server = tokio::task::spawn_blocking(nearcache_suite::RedisServer::start)
+        let server = tokio::task::spawn_blocking(nearcache_testkit::RedisServer::start)
             .await
             .unwrap()
             .unwrap();
@@ -328,7 +328,7 @@ mod tests {
             faults: true,
             ..Config::default()
         };
-        let cluster = tokio::task::spawn_blocking(nearcache_suite::RedisCluster::start)
+        let cluster = tokio::task::spawn_blocking(nearcache_testkit::RedisCluster::start)
             .await
             .unwrap()
             .unwrap();

@@ -3,7 +3,7 @@
 
 use std::io;
 
-use nearcache_suite::{RedisCluster, RedisServer};
+use nearcache_testkit::{RedisCluster, RedisServer};
 
 use crate::cli::RedisTarget;
 

@@ -16,7 +16,7 @@
 use std::io;
 use std::time::Duration;
 
-use nearcache_suite::{RedisCluster, RedisSentinels, RedisServer};
+use nearcache_testkit::{RedisCluster, RedisSentinels, RedisServer};
 use rand::Rng;
 use rand::rngs::ThreadRng;
 

@@ -136,7 +136,7 @@ mod tests {
     use std::time::Duration;
 
     use nearcache::{BackplaneOptions, CacheEvent, CacheOptions};
-    use nearcache_suite::RedisServer;
+    use nearcache_testkit::RedisServer;
 
     use super::*;
 

@@ -1,7 +1,7 @@
 //! What the fuzz targets check, shared with the normal test suite.
 //!
-//! The fuzz targets (`fuzz_targets/`) call these checks with libFuzzer's inputs; the root
-//! package's `tests/fuzz_corpus.rs` includes this same file and runs every input of the
+//! The fuzz targets (`fuzz_targets/`) call these checks with libFuzzer's inputs; the test
+//! `crates/nearcache/tests/fuzz_corpus.rs` includes this same file and runs every input of the
 //! committed corpus, and every crash ever found, through them, so a crash becomes a
 //! regression test that runs on the stable toolchain in `cargo test`.
 //!
@@ -331,8 +331,8 @@ impl Default for ApplyHarness {
 }
 
 /// Seed inputs for the corpus: valid messages of every kind, so the fuzzer starts past the
-/// header. They are committed in `fuzz/corpus/<target>/seed-<name>`; the root package's
-/// `tests/fuzz_corpus.rs` checks that the files match (and rewrites them with
+/// header. They are committed in `fuzz/corpus/<target>/seed-<name>`; the facade's test
+/// `crates/nearcache/tests/fuzz_corpus.rs` checks that the files match (and rewrites them with
 /// `NEARCACHE_WRITE_SEEDS=1`).
 pub fn seed_messages() -> Vec<(&'static str, Bytes)> {
     let origin = InstanceId::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);

@@ -99,7 +99,7 @@ pub(crate) fn fuzz(targets: &[&str], seconds: u64) -> Result<(), String> {
                 "fuzz target {target} failed ({status}) after {:.0} s:\n{tail}\n\
                  The crashing input is in fuzz/artifacts/{target}/. Reproduce it with \
                  `cargo +nightly fuzz run {target} <file>`, then keep it as a regression: copy \
-                 it to fuzz/regressions/{target}/ (tests/fuzz_corpus.rs replays that folder) \
+                 it to fuzz/regressions/{target}/ (crates/nearcache/tests/fuzz_corpus.rs replays that folder) \
                  and fix the bug.",
                 started.elapsed().as_secs_f64()
             ));

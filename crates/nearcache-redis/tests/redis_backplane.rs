@@ -10,7 +10,7 @@ use nearcache_backplane::{Backplane, BackplaneError, BackplaneEvent, Subscriptio
 use nearcache_redis::{
     LinkState, ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig,
 };
-use nearcache_suite::{RedisServer, TcpProxy};
+use nearcache_testkit::{RedisServer, TcpProxy};
 
 /// Upper bound for any single expected event; generous for a loaded CI machine.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -32,7 +32,7 @@ const NODE_TIMEOUT_MS: &str = "1000";
 /// [`replicas_of`](Self::replicas_of).
 ///
 /// ```no_run
-/// use nearcache_suite::RedisCluster;
+/// use nearcache_testkit::RedisCluster;
 ///
 /// let cluster = RedisCluster::start()?;
 /// let url = cluster.url(); // redis+cluster://127.0.0.1:p0,127.0.0.1:p1,...

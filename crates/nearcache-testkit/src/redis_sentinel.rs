@@ -27,7 +27,7 @@ const POLL_PAUSE: Duration = Duration::from_millis(20);
 /// [`primary`](Self::primary) says which one the Sentinels name now.
 ///
 /// ```no_run
-/// use nearcache_suite::RedisSentinels;
+/// use nearcache_testkit::RedisSentinels;
 ///
 /// let sentinels = RedisSentinels::start()?;
 /// let url = sentinels.url(); // redis+sentinel://127.0.0.1:s0,…/nearcache-primary

@@ -172,7 +172,7 @@ impl RedisServerBuilder {
 /// A `redis-server` process owned by the caller; killed when dropped.
 ///
 /// ```no_run
-/// use nearcache_suite::RedisServer;
+/// use nearcache_testkit::RedisServer;
 ///
 /// let mut server = RedisServer::builder().password("s3cret").start()?;
 /// let url = server.url(); // redis://:s3cret@127.0.0.1:<port>

@@ -201,3 +201,8 @@ pub use nearcache_backplane::{Backplane, BackplaneError, BackplaneEvent, InMemor
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use nearcache_redis::{ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig};
+
+/// The repository's README, whose usage example `cargo test` compiles and runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 
 #[allow(unreachable_pub, dead_code)]
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../../fuzz/src/lib.rs"]
 mod fuzz_checks;
 
 use fuzz_checks::{ApplyHarness, check_wire_decode, seed_messages};
@@ -15,7 +15,7 @@ use fuzz_checks::{ApplyHarness, check_wire_decode, seed_messages};
 const TARGETS: [&str; 2] = ["wire_decode", "apply_message"];
 
 fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
 /// The committed corpus and regressions of `target`, sorted by path.

@@ -31,7 +31,7 @@ use nearcache::{
     RedisConfig, cache_key, region,
 };
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
-use nearcache_suite::{RedisServer, TcpProxy};
+use nearcache_testkit::{RedisServer, TcpProxy};
 use tokio::sync::broadcast;
 
 /// Upper bound for any one expected event; generous for a loaded 2-core CI machine.
@@ -934,7 +934,7 @@ async fn a_wrong_password_is_a_typed_error_at_connect_that_never_shows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_limited_to_its_channel_is_enough() {
     const CHANNEL: &str = "nearcache:catalog-api:invalidations";
-    let lines: Vec<&str> = include_str!("../docs/operations.md")
+    let lines: Vec<&str> = include_str!("../../../docs/operations.md")
         .lines()
         .filter(|line| line.starts_with("ACL SETUSER catalog-cache "))
         .collect();
@@ -1142,7 +1142,7 @@ fn backplane_value(field: &str, cell: &str) -> BackplaneOptions {
 
 #[test]
 fn configuration_doc_matches_the_defaults() {
-    let doc = include_str!("../docs/configuration.md");
+    let doc = include_str!("../../../docs/configuration.md");
     let rows = table_rows(doc);
 
     // CacheOptions and BackplaneOptions: the two tables, read as one TOML document, are the

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
-use nearcache_suite::RedisCluster;
+use nearcache_testkit::RedisCluster;
 use topology_support::{
     Db, Events, WAIT, assert_nothing_stale, blocking, instance, invalidation_flows, load,
     redis_config, stats,

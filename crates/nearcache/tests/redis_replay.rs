@@ -18,7 +18,7 @@ use std::time::Duration;
 use nearcache::{
     BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats, cache_key,
 };
-use nearcache_suite::RedisServer;
+use nearcache_testkit::RedisServer;
 use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -246,7 +246,7 @@ async fn redis_restarted_empty_clears() {
 /// repaired from the log (read through the script), with no clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
-    let lines: Vec<&str> = include_str!("../docs/operations.md")
+    let lines: Vec<&str> = include_str!("../../../docs/operations.md")
         .lines()
         .filter(|line| line.starts_with("ACL SETUSER catalog-replay "))
         .collect();

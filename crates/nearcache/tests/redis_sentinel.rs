@@ -12,8 +12,8 @@
 mod topology_support;
 
 use nearcache::{RedisBackplane, RedisBackplaneError};
-use nearcache_suite::RedisSentinels;
-use nearcache_suite::redis_sentinel::MASTER_NAME;
+use nearcache_testkit::RedisSentinels;
+use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
     Db, Events, assert_nothing_stale, blocking, instance, invalidation_flows, load, product,
     redis_config, stats,
