@@ -84,6 +84,8 @@ mod subscription;
 pub mod wire;
 
 pub use backplane::{Backplane, BackplaneError, BackplaneEvent};
-pub use memory::{InMemoryBackplane, PublishGate};
+pub use memory::InMemoryBackplane;
+#[cfg(feature = "test-util")]
+pub use memory::PublishGate;
 pub use replay::{LogEntry, LogPosition, LogRead, ReplayLog, Uncovered};
 pub use subscription::{EventSender, LinkHealth, Subscription};

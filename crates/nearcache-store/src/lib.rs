@@ -90,5 +90,8 @@ pub use shown::stable_key_hash;
 pub use stats::StoreStats;
 pub use store::Store;
 
-/// The clock type [`Store::with_clock`] takes (`Clock::mock()` in tests).
+/// The clock type [`Store::with_clock`] takes (`Clock::mock()` in tests). A test hook (feature
+/// `test-util`), not part of the semver-stable API.
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub use quanta::{Clock, Mock};

@@ -146,16 +146,24 @@ impl Store {
     /// [`OptionsError`] when an option cannot make a working store (zero capacity, zero
     /// purge interval, …) or the purger thread cannot be started.
     pub fn new(options: StoreOptions) -> Result<Store, OptionsError> {
-        Store::with_clock(options, quanta::Clock::new())
+        Store::on_clock(options, quanta::Clock::new())
     }
 
-    /// A store whose expiry runs on `clock`: pass `quanta::Clock::mock()`'s clock in tests
-    /// and move time with its `Mock`.
+    /// A store whose expiry runs on `clock`: pass [`Clock::mock`](crate::Clock::mock)'s
+    /// clock in tests and move time with its [`Mock`](crate::Mock).
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
     ///
     /// # Errors
     ///
     /// As [`new`](Self::new).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
+        Store::on_clock(options, clock)
+    }
+
+    fn on_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
         let sizing = options.sizing()?;
         let stats = Arc::new(Stats::new());
         let cache = Backend::build(sizing, options.shards, Arc::clone(&stats))?;
@@ -542,8 +550,11 @@ impl Store {
 
     /// How many callers have joined `key`'s flight in progress (waiters that were dropped
     /// since included), or `None` when no flight is in progress. For tests that need every
-    /// caller parked before the factory finishes; not a stable API.
-    #[doc(hidden)]
+    /// caller parked before the factory finishes.
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn flight_waiters(&self, key: &Key) -> Option<usize> {
         self.inner.flights.lock(key).get(key).map(|f| f.waiters())
     }

@@ -35,6 +35,7 @@ use crate::propagation::Propagation;
 pub struct CacheBuilder {
     options: CacheOptions,
     backplane: Option<Arc<dyn Backplane>>,
+    #[cfg(feature = "test-util")]
     clock: Option<quanta::Clock>,
 }
 
@@ -43,6 +44,7 @@ impl CacheBuilder {
         CacheBuilder {
             options: CacheOptions::default(),
             backplane: None,
+            #[cfg(feature = "test-util")]
             clock: None,
         }
     }
@@ -67,7 +69,10 @@ impl CacheBuilder {
     }
 
     /// Uses `clock` for expiry instead of the real one (tests: `quanta::Clock::mock()`).
-    #[doc(hidden)]
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn clock(mut self, clock: quanta::Clock) -> Self {
         self.clock = Some(clock);
         self
@@ -90,11 +95,14 @@ impl CacheBuilder {
     pub fn build(self) -> Result<Cache, BuildError> {
         self.options.backplane.check()?;
         let store_options = store_options(&self.options);
+        #[cfg(feature = "test-util")]
         let store = match self.clock {
             Some(clock) => Store::with_clock(store_options, clock),
             None => Store::new(store_options),
-        }
-        .map_err(BuildError::InvalidOptions)?;
+        };
+        #[cfg(not(feature = "test-util"))]
+        let store = Store::new(store_options);
+        let store = store.map_err(BuildError::InvalidOptions)?;
         let identity = Identity::new(
             self.options.cache_name(),
             InstanceId::random(),

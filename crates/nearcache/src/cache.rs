@@ -2,7 +2,6 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
 use nearcache_backplane::wire::InstanceId;
@@ -609,16 +608,22 @@ impl Cache {
     }
 
     /// How many callers have joined `key`'s load in progress, or `None` when none is in
-    /// progress. For tests that need every caller parked on a flight; not a stable API.
-    #[doc(hidden)]
+    /// progress. For tests that need every caller parked on a flight.
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn flight_waiters(&self, key: impl Borrow<Key>) -> Option<usize> {
         self.inner.store.flight_waiters(key.borrow())
     }
 
     /// Resolves once this cache's background tasks have ended: after
     /// [`shutdown`](Self::shutdown), or once every handle is dropped (the future does not
-    /// keep the cache alive). At once without a backplane. For tests; not a stable API.
-    #[doc(hidden)]
+    /// keep the cache alive). At once without a backplane.
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
         let stopped = self.inner.propagation.as_ref().map(|p| p.stopped());
         async move {

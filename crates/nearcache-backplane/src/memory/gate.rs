@@ -2,6 +2,7 @@
 //! flight until a test lets them go, so "what happens while a send is in flight" can be
 //! tested deterministically instead of with sleeps.
 
+#[cfg(feature = "test-util")]
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -67,6 +68,7 @@ impl Gate {
         }
     }
 
+    #[cfg(feature = "test-util")]
     pub(crate) fn hold(self: &Arc<Self>) -> PublishGate {
         self.state.send_modify(|s| s.holders += 1);
         PublishGate { gate: self.clone() }
@@ -95,6 +97,8 @@ impl Drop for Waiting<'_> {
 /// gate opens when the last is gone. Made by
 /// [`InMemoryBackplane::hold_publishes`](super::InMemoryBackplane::hold_publishes).
 ///
+/// A test hook (feature `test-util`), not part of the semver-stable API.
+///
 /// ```
 /// use bytes::Bytes;
 /// use nearcache_backplane::{Backplane, BackplaneEvent, InMemoryBackplane};
@@ -117,12 +121,15 @@ impl Drop for Waiting<'_> {
 /// );
 /// # });
 /// ```
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 #[derive(Debug)]
 #[must_use = "publishes are held only while the gate lives"]
 pub struct PublishGate {
     gate: Arc<Gate>,
 }
 
+#[cfg(feature = "test-util")]
 impl PublishGate {
     /// Publishes parked at the gate right now.
     #[must_use]
@@ -151,6 +158,7 @@ impl PublishGate {
     pub fn release(self) {}
 }
 
+#[cfg(feature = "test-util")]
 impl Drop for PublishGate {
     fn drop(&mut self) {
         self.gate.state.send_modify(|s| {

@@ -22,6 +22,7 @@ use crate::subscription::{EventSender, Subscription};
 use crate::wire::logged;
 
 use gate::Gate;
+#[cfg(feature = "test-util")]
 pub use gate::PublishGate;
 use ring::Ring;
 
@@ -46,14 +47,7 @@ use ring::Ring;
 /// let mut on_b = b.subscribe().await.unwrap();
 /// a.publish(Bytes::from_static(b"hello")).await.unwrap();
 /// assert_eq!(on_b.recv().await, Some(BackplaneEvent::Message(Bytes::from_static(b"hello"))));
-///
-/// b.disconnect(); // b's subscriptions see Disconnected; a is unaffected
-/// a.publish(Bytes::from_static(b"missed")).await.unwrap();
-/// b.reconnect();
-/// // Connection health is state: b was down and is up again, so its subscription reads
-/// // one `Reconnected` (it may have missed something).
-/// assert_eq!(on_b.recv().await, Some(BackplaneEvent::Reconnected));
-/// assert_eq!(bus.dropped(), 1);
+/// assert_eq!(bus.delivered(), 1);
 /// # });
 /// ```
 ///
@@ -66,36 +60,60 @@ use ring::Ring;
 /// a subscriber that falls behind loses payloads and sees [`BackplaneEvent::Lagged`].
 /// Dropped subscriptions are forgotten on the next publish.
 ///
-/// # Faults
-///
-/// | call | effect |
-/// |---|---|
-/// | [`drop_next(n)`](Self::drop_next) | the next `n` publishes on the bus are lost for everyone; `publish` still returns `Ok` |
-/// | [`drop_incoming(n)`](Self::drop_incoming) | the next `n` payloads reaching *this connection's* subscriptions are lost |
-/// | [`disconnect`](Self::disconnect) | this connection's subscriptions get [`Disconnected`](BackplaneEvent::Disconnected) and miss everything; its `publish` and `subscribe` fail with [`Unavailable`](BackplaneError::Unavailable) |
-/// | [`reconnect`](Self::reconnect) | undoes it; its subscriptions get [`Reconnected`](BackplaneEvent::Reconnected) |
-/// | [`end_subscriptions`](Self::end_subscriptions) | this connection's subscriptions end (their `recv` returns `None`); the connection stays usable and can subscribe again |
-/// | [`unsubscribe_silently`](Self::unsubscribe_silently) | this connection's subscriptions stop receiving anything, with no event, while the link reads as up (a server-side unsubscribe nobody reported); new subscriptions are unaffected |
-/// | [`inject(bytes)`](Self::inject) | delivers raw bytes (garbage, a foreign or future message) to every subscription, as if another publisher sent them |
-/// | [`hold_publishes`](Self::hold_publishes) | publishes wait "in flight" until the returned [`PublishGate`] lets them go |
-/// | [`set_publish_latency`](Self::set_publish_latency) | every publish waits this long before delivering |
-/// | [`close`](Self::close) | ends every subscription; publishes fail with [`Closed`](BackplaneError::Closed) |
-/// | [`trim_log(keep)`](Self::trim_log) | the replay log forgets all but its newest `keep` entries |
-/// | [`recreate_log`](Self::recreate_log) | the replay log starts over, empty, in a new epoch (a restart without persistence) |
-/// | [`fail_log_reads(n)`](Self::fail_log_reads) | the next `n` reads of the replay log fail with [`Unavailable`](BackplaneError::Unavailable) |
-/// | [`hold_log_reads`](Self::hold_log_reads) | reads of the replay log wait until the returned [`PublishGate`] lets them go |
-///
 /// # Replay log
 ///
 /// [`with_replay_log`](Self::with_replay_log) gives the bus a bounded ring buffer of every
 /// payload published on it ([`ReplayLog`]): appended under the same lock as the delivery
-/// (so a payload lost to [`drop_next`](Self::drop_next) is still in the log, as a message
+/// (so a payload lost to an injected fault is still in the log, as a message
 /// Redis logged and then failed to deliver), and delivered framed with its position
 /// ([`wire::logged`](crate::wire::logged)). Without it the bus has no log and
 /// [`Backplane::replay_log`] is `None`.
-///
-/// Receiving-side faults (a disconnected connection, `drop_incoming`) apply to injected
-/// payloads too; publishing-side ones (`drop_next`, the gate, latency) do not.
+#[cfg_attr(
+    feature = "test-util",
+    doc = r#"
+# Faults (feature `test-util`)
+
+Test hooks, not part of the semver-stable API.
+
+```
+use bytes::Bytes;
+use nearcache_backplane::{Backplane, BackplaneEvent, InMemoryBackplane};
+
+# tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+let bus = InMemoryBackplane::new();
+let (a, b) = (bus.connection(), bus.connection());
+let mut on_b = b.subscribe().await.unwrap();
+b.disconnect(); // b's subscriptions see Disconnected; a is unaffected
+a.publish(Bytes::from_static(b"missed")).await.unwrap();
+b.reconnect();
+// Connection health is state: b was down and is up again, so its subscription reads
+// one `Reconnected` (it may have missed something).
+assert_eq!(on_b.recv().await, Some(BackplaneEvent::Reconnected));
+assert_eq!(bus.dropped(), 1);
+# });
+```
+
+| call | effect |
+|---|---|
+| [`drop_next(n)`](Self::drop_next) | the next `n` publishes on the bus are lost for everyone; `publish` still returns `Ok` |
+| [`drop_incoming(n)`](Self::drop_incoming) | the next `n` payloads reaching *this connection's* subscriptions are lost |
+| [`disconnect`](Self::disconnect) | this connection's subscriptions get [`Disconnected`](BackplaneEvent::Disconnected) and miss everything; its `publish` and `subscribe` fail with [`Unavailable`](BackplaneError::Unavailable) |
+| [`reconnect`](Self::reconnect) | undoes it; its subscriptions get [`Reconnected`](BackplaneEvent::Reconnected) |
+| [`end_subscriptions`](Self::end_subscriptions) | this connection's subscriptions end (their `recv` returns `None`); the connection stays usable and can subscribe again |
+| [`unsubscribe_silently`](Self::unsubscribe_silently) | this connection's subscriptions stop receiving anything, with no event, while the link reads as up (a server-side unsubscribe nobody reported); new subscriptions are unaffected |
+| [`inject(bytes)`](Self::inject) | delivers raw bytes (garbage, a foreign or future message) to every subscription, as if another publisher sent them |
+| [`hold_publishes`](Self::hold_publishes) | publishes wait "in flight" until the returned [`PublishGate`] lets them go |
+| [`set_publish_latency`](Self::set_publish_latency) | every publish waits this long before delivering |
+| [`close`](Self::close) | ends every subscription; publishes fail with [`Closed`](BackplaneError::Closed) |
+| [`trim_log(keep)`](Self::trim_log) | the replay log forgets all but its newest `keep` entries |
+| [`recreate_log`](Self::recreate_log) | the replay log starts over, empty, in a new epoch (a restart without persistence) |
+| [`fail_log_reads(n)`](Self::fail_log_reads) | the next `n` reads of the replay log fail with [`Unavailable`](BackplaneError::Unavailable) |
+| [`hold_log_reads`](Self::hold_log_reads) | reads of the replay log wait until the returned [`PublishGate`] lets them go |
+
+Receiving-side faults (a disconnected connection, `drop_incoming`) apply to injected
+payloads too; publishing-side ones (`drop_next`, the gate, latency) do not.
+"#
+)]
 #[derive(Clone)]
 pub struct InMemoryBackplane {
     bus: Arc<Bus>,
@@ -187,6 +205,8 @@ impl InMemoryBackplane {
 
     /// Makes the replay log forget all but its newest `keep` entries, as a bounded log does
     /// under load. No effect without a log.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn trim_log(&self, keep: usize) {
         if let Some(log) = self.bus.lock().log.as_mut() {
             log.trim(keep);
@@ -195,6 +215,8 @@ impl InMemoryBackplane {
 
     /// Starts the replay log over, empty, in a new epoch: what a Redis restart without
     /// persistence does to its stream. No effect without a log.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn recreate_log(&self) {
         if let Some(log) = self.bus.lock().log.as_mut() {
             log.recreate();
@@ -204,6 +226,8 @@ impl InMemoryBackplane {
     /// Makes the next `n` reads of the replay log ([`ReplayLog::head`] and
     /// [`ReplayLog::read_after`], from any connection) fail with
     /// [`BackplaneError::Unavailable`]. Adds to any count pending.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn fail_log_reads(&self, n: u64) {
         let mut state = self.bus.lock();
         state.fail_log_reads = state.fail_log_reads.saturating_add(n);
@@ -211,6 +235,8 @@ impl InMemoryBackplane {
 
     /// Holds every read of the replay log on the bus until the returned gate lets it go
     /// (the gate counts held reads instead of publishes).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn hold_log_reads(&self) -> PublishGate {
         self.bus.log_gate.hold()
     }
@@ -246,7 +272,8 @@ impl InMemoryBackplane {
         self.conn.id
     }
 
-    /// Whether this connection is up (not [`disconnect`](Self::disconnect)ed).
+    /// Whether this connection is up: always, unless a test took it down (`disconnect`,
+    /// feature `test-util`).
     #[must_use]
     pub fn is_connected(&self) -> bool {
         self.conn.connected.load(Ordering::Relaxed)
@@ -255,6 +282,8 @@ impl InMemoryBackplane {
     /// Loses the next `n` publishes on the bus, from any connection, for every subscriber,
     /// silently: `publish` returns `Ok` and nobody is told, as with Redis pub/sub. Adds to any
     /// count already pending.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn drop_next(&self, n: u64) {
         let mut state = self.bus.lock();
         state.drop_next = state.drop_next.saturating_add(n);
@@ -263,6 +292,8 @@ impl InMemoryBackplane {
 
     /// Loses the next `n` payloads that reach this connection's subscriptions (published or
     /// injected), silently. Other connections still get them. Adds to any count pending.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn drop_incoming(&self, n: u64) {
         let _state = self.bus.lock();
         let pending = self.conn.drop_incoming.load(Ordering::Relaxed);
@@ -279,16 +310,21 @@ impl InMemoryBackplane {
     /// Takes this connection down: its subscriptions get [`BackplaneEvent::Disconnected`]
     /// and miss every payload until [`reconnect`](Self::reconnect); its `publish` and
     /// `subscribe` fail with [`BackplaneError::Unavailable`]. No effect if already down.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn disconnect(&self) {
         self.set_connected(false, BackplaneEvent::Disconnected);
     }
 
     /// Brings this connection back: its subscriptions get [`BackplaneEvent::Reconnected`]
     /// (they missed whatever was published meanwhile). No effect if already up.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn reconnect(&self) {
         self.set_connected(true, BackplaneEvent::Reconnected);
     }
 
+    #[cfg(feature = "test-util")]
     fn set_connected(&self, up: bool, event: BackplaneEvent) {
         let mut state = self.bus.lock();
         if self.conn.connected.swap(up, Ordering::Relaxed) == up {
@@ -308,6 +344,8 @@ impl InMemoryBackplane {
     /// Ends this connection's subscriptions: their `recv` returns `None` once drained, as
     /// when a backplane gives up on a subscription. The connection stays up and can
     /// subscribe again.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn end_subscriptions(&self) {
         let mut state = self.bus.lock();
         let conn = &self.conn;
@@ -326,6 +364,8 @@ impl InMemoryBackplane {
     /// server-side unsubscribe, an ACL change or a proxy that lost the subscription looks
     /// like to a client. Only hearing nothing (not even its own heartbeats) can reveal it.
     /// Subscriptions made afterwards receive normally.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn unsubscribe_silently(&self) {
         let mut state = self.bus.lock();
         let conn = self.conn.clone();
@@ -344,6 +384,8 @@ impl InMemoryBackplane {
     /// Delivers `payload` verbatim to every subscription on the bus as a
     /// [`BackplaneEvent::Message`], as if some other publisher had sent it: garbage, a
     /// foreign message, one from a future format version. Not counted as published.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn inject(&self, payload: Bytes) {
         let mut state = self.bus.lock();
         self.bus.deliver(&mut state, &payload);
@@ -351,6 +393,8 @@ impl InMemoryBackplane {
 
     /// Holds every publish on the bus "in flight" — after it was called, before it delivers
     /// — until the returned gate lets it go. See [`PublishGate`].
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn hold_publishes(&self) -> PublishGate {
         self.bus.gate.hold()
     }
@@ -358,6 +402,8 @@ impl InMemoryBackplane {
     /// Makes every publish on the bus wait `latency` before delivering (zero, the default,
     /// waits not at all). A non-zero latency uses `tokio::time`, so publishing then needs a
     /// tokio runtime with time enabled (a paused clock works).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn set_publish_latency(&self, latency: Duration) {
         let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.bus.latency_nanos.store(nanos, Ordering::Relaxed);
@@ -372,8 +418,8 @@ impl InMemoryBackplane {
         state.deaf.clear();
     }
 
-    /// Publishes accepted on the bus (returned `Ok`), including those lost to
-    /// [`drop_next`](Self::drop_next).
+    /// Publishes accepted on the bus (returned `Ok`), including those lost to an injected
+    /// fault (`drop_next`, feature `test-util`).
     #[must_use]
     pub fn published(&self) -> u64 {
         self.bus.published.load(Ordering::Relaxed)
@@ -386,9 +432,8 @@ impl InMemoryBackplane {
         self.bus.delivered.load(Ordering::Relaxed)
     }
 
-    /// Payloads lost to injected faults, one per subscription that missed one
-    /// ([`drop_next`](Self::drop_next), [`drop_incoming`](Self::drop_incoming), a
-    /// disconnected connection).
+    /// Payloads lost to injected faults (feature `test-util`), one per subscription that
+    /// missed one (`drop_next`, `drop_incoming`, a disconnected connection); 0 without them.
     #[must_use]
     pub fn dropped(&self) -> u64 {
         self.bus.dropped.load(Ordering::Relaxed)

@@ -47,6 +47,7 @@ impl Ring {
     }
 
     /// Keeps only the newest `keep` entries.
+    #[cfg(feature = "test-util")]
     pub(super) fn trim(&mut self, keep: usize) {
         while self.entries.len() > keep {
             self.entries.pop_front();
@@ -54,6 +55,7 @@ impl Ring {
     }
 
     /// Empty, in the next epoch.
+    #[cfg(feature = "test-util")]
     pub(super) fn recreate(&mut self) {
         self.epoch += 1;
         self.last = 0;
