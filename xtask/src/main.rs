@@ -27,6 +27,8 @@ tasks:
            instructions under callgrind (installs valgrind first if it can)
   demo     the scale-out demo (same as cargo run --release --example scale_out); extra
            arguments are passed on
+  shuttle  model checking of the store's single flight (the step of `test`): its shuttle
+           tests built with --cfg shuttle in target/shuttle, 3000 schedules each
   redis    make sure redis-server is installed (installs it with apt-get when possible)
   soak     [--minutes N] [--release] [--bound 5s] [--strict-rss]: three instances through a
            real redis-server under load while it is killed/restarted and its subscribers
@@ -45,6 +47,12 @@ fn main() -> ExitCode {
         Some("demo") => demo::run(&rest),
         Some("fuzz") => fuzz::run(&rest),
         Some("soak") => soak::run(&rest),
+        Some("shuttle") => match rest.first() {
+            Some(arg) => Err(format!(
+                "`cargo xtask shuttle` takes no arguments (got `{arg}`)"
+            )),
+            None => test::shuttle(),
+        },
         Some("redis") => redis::ensure_installed().map(|path| {
             eprintln!("xtask: redis-server is {}", path.display());
         }),

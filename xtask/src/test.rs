@@ -47,13 +47,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     test.args(["test", "--workspace", "--all-features", "--no-fail-fast"]);
     cmd::run(test)?;
 
-    // Deeper model checking of single flight: the same build as the step above (the store's
-    // `shuttle` feature is on under --all-features), more schedules, only the shuttle tests.
-    let mut shuttle = cmd::cargo();
-    shuttle
-        .args(["test", "--workspace", "--all-features", "--lib", "shuttle_"])
-        .env("NEARCACHE_SHUTTLE_ITERATIONS", "3000");
-    cmd::run(shuttle)?;
+    shuttle()?;
 
     let mut doc = cmd::cargo();
     doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
@@ -81,4 +75,33 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// Model checking of the store's single flight: its unit tests built with `--cfg shuttle` (the
+/// flight table on shuttle's primitives), only the shuttle tests, with more schedules than
+/// their default. The flag changes every crate's build, so it gets a target directory of its
+/// own and leaves the main build cache alone; only nearcache-store and its dependencies are
+/// built there.
+pub(crate) fn shuttle() -> Result<(), String> {
+    let rustflags = match std::env::var("RUSTFLAGS") {
+        Ok(flags) if !flags.trim().is_empty() => format!("{flags} --cfg shuttle"),
+        _ => "--cfg shuttle".to_owned(),
+    };
+    let target_dir = cmd::project_root().join("target").join("shuttle");
+    let mut shuttle = cmd::cargo();
+    shuttle
+        .args([
+            "test",
+            "--package",
+            "nearcache-store",
+            "--lib",
+            "--profile",
+            "shuttle",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .arg("shuttle_")
+        .env("RUSTFLAGS", rustflags)
+        .env("NEARCACHE_SHUTTLE_ITERATIONS", "3000");
+    cmd::run(shuttle)
 }

@@ -176,7 +176,7 @@ impl Backend {
 
     /// Keeps only the entries `f` accepts, one shard at a time, each under its write lock
     /// for the whole shard (tests only: the purger uses [`sweep`](Self::sweep)).
-    #[cfg(test)]
+    #[cfg(all(test, not(shuttle)))]
     pub(crate) fn retain(&self, f: impl Fn(&Key, &StoredEntry) -> bool) {
         for shard in &self.shards {
             shard.write().retain(&f);
@@ -254,7 +254,7 @@ impl Backend {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

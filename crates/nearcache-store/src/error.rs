@@ -205,7 +205,7 @@ pub enum OptionsError {
     PurgerThread(#[source] std::io::Error),
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
 

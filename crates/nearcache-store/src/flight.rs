@@ -242,7 +242,7 @@ impl FlightTable {
         FlightShard(self.shards[index].0.lock())
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(shuttle)))]
     pub(crate) fn shard_count(&self) -> usize {
         self.shards.len()
     }
@@ -294,7 +294,7 @@ impl fmt::Debug for FlightTable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

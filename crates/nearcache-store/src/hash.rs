@@ -52,7 +52,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
     use nearcache_keys::Key;

@@ -76,7 +76,7 @@ mod options;
 mod purge;
 mod shim;
 mod shown;
-#[cfg(all(test, feature = "shuttle"))]
+#[cfg(all(test, shuttle))]
 mod shuttle_tests;
 mod stats;
 mod store;

@@ -407,7 +407,7 @@ fn resolve<S: Shape, E: Send + Sync + 'static>(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use std::convert::Infallible;

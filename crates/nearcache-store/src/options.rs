@@ -130,7 +130,7 @@ impl StoreOptions {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
 

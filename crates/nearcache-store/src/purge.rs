@@ -104,7 +104,7 @@ impl PurgeSignal {
         self.done.notify_all();
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(shuttle)))]
     pub(crate) fn is_shut_down(&self) -> bool {
         self.state.lock().shutdown
     }
@@ -200,7 +200,7 @@ pub(crate) fn spawn<T: Send + Sync + 'static>(
         })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

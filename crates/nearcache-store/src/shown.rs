@@ -44,7 +44,7 @@ pub fn stable_key_hash(text: &str) -> u64 {
     hash
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
 

@@ -4,9 +4,10 @@
 //! event) which thread or task goes next, and fails with a replayable schedule.
 //!
 //! ```text
-//! cargo test -p nearcache-store --features shuttle --profile shuttle shuttle
-//! NEARCACHE_SHUTTLE_ITERATIONS=20000 cargo test ...   # explore more schedules
-//! SEED=<printed schedule> cargo test ... -- <one test> # replay a failure
+//! RUSTFLAGS="--cfg shuttle" cargo test -p nearcache-store --lib --profile shuttle \
+//!     --target-dir target/shuttle shuttle_   # `cargo xtask shuttle`: this, 3000 schedules
+//! NEARCACHE_SHUTTLE_ITERATIONS=20000 RUSTFLAGS=... cargo test ...   # explore more schedules
+//! SEED=<printed schedule> RUSTFLAGS=... cargo test ... -- <one test> # replay a failure
 //! ```
 //!
 //! Scenarios: sync threads and async tasks sharing one flight (guarantee 1); a load racing

@@ -215,7 +215,7 @@ fn claim_slot() -> usize {
     slot
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 mod tests {
     use super::*;
 

@@ -578,7 +578,7 @@ const _: () = {
     assert_send_sync::<Store>();
 };
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

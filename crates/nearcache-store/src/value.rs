@@ -220,7 +220,7 @@ impl<T: Send + Sync + 'static> Shape for Option<Arc<T>> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(shuttle)))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

@@ -2,24 +2,23 @@
 //!
 //! Single flight is the subtle part of the store. Routing its primitives through this module
 //! (as quick_cache's `shim.rs` and tokio's `loom` module do) lets the `shuttle` model checker
-//! take them over in this crate's own tests (`--features shuttle`, see `shuttle_tests`),
-//! without touching the flight logic.
+//! take them over in a build with `--cfg shuttle` (see `shuttle_tests`), without touching the
+//! flight logic.
 //!
-//! Only the unit-test build changes: the library that other crates link is built from the
-//! real primitives whatever the features, so `cargo test --workspace --all-features` runs
-//! every other crate against the real store.
+//! Only that build changes, and only through `RUSTFLAGS`: no feature selects the modelled
+//! primitives, so no crate that depends on the store can turn them on.
 
-#[cfg(not(all(test, feature = "shuttle")))]
+#[cfg(not(shuttle))]
 pub(crate) use event_listener::{Event, Listener};
-#[cfg(not(all(test, feature = "shuttle")))]
+#[cfg(not(shuttle))]
 pub(crate) use parking_lot::{Mutex, MutexGuard};
-#[cfg(not(all(test, feature = "shuttle")))]
+#[cfg(not(shuttle))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-#[cfg(all(test, feature = "shuttle"))]
-mod dual;
-#[cfg(all(test, feature = "shuttle"))]
-pub(crate) use dual::{AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard};
+#[cfg(shuttle)]
+mod model;
+#[cfg(shuttle)]
+pub(crate) use model::{AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard};
 
 // Like quick_cache under shuttle, `OnceLock` stays std's: the flights only `set` and `get` it
 // and never block on it (they block on the `Event` next to it, which shuttle controls).
@@ -29,16 +28,16 @@ pub(crate) use std::sync::atomic::Ordering;
 /// Names the thread (or, under shuttle, the modelled thread or task) running now: a flight
 /// remembers its async leader's, so a blocking caller on that same thread can refuse to wait
 /// for a load only that thread could finish.
-#[cfg(not(all(test, feature = "shuttle")))]
+#[cfg(not(shuttle))]
 pub(crate) type ThreadToken = std::thread::ThreadId;
 
 /// The current [`ThreadToken`].
-#[cfg(not(all(test, feature = "shuttle")))]
+#[cfg(not(shuttle))]
 pub(crate) fn current_thread() -> ThreadToken {
     std::thread::current().id()
 }
 
-/// Under shuttle every modelled thread and task runs on one OS thread: inside an execution
-/// they are told apart by shuttle's own ids, outside it by the real thread's.
-#[cfg(all(test, feature = "shuttle"))]
-pub(crate) use dual::{ThreadToken, current_thread};
+/// Under shuttle every modelled thread and task runs on one OS thread: they are told apart by
+/// shuttle's own ids.
+#[cfg(shuttle)]
+pub(crate) use model::{ThreadToken, current_thread};
