@@ -123,6 +123,10 @@
 //! - `tls`: `rediss://` for the Redis backplane (implies `redis`).
 //! - `metrics`: `nearcache_*` series through the `metrics` facade, labelled `cache` and
 //!   `instance` (`Cache::export_metrics`; names and alerts in docs/operations.md).
+//! - `test-util`: test hooks, not part of the semver-stable API: a mock clock for expiry
+//!   (`CacheBuilder::clock`), `Cache::flight_waiters`, `Cache::stopped`, and the fault
+//!   injection of [`InMemoryBackplane`] (`drop_next`, `disconnect`, `inject`,
+//!   `hold_publishes`, ...). Turn it on in `[dev-dependencies]` only.
 //!
 //! The repository's README runs a scale-out demo
 //! (`cargo run --release --example scale_out`) that measures all of this and checks that no
