@@ -1,5 +1,5 @@
 //! Rows 6 and 7 of the benchmark table: invalidations between two instances through a real
-//! Redis on loopback (a private `redis-server` started by the suite's harness).
+//! Redis on loopback (a private `redis-server` started by nearcache-testkit).
 //!
 //! 6. Propagation latency: instance A removes a key that B holds; the clock stops when B's
 //!    `CacheEvent::Applied` for it arrives (B's entry is then checked to be gone). Baseline:

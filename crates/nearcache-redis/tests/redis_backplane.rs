@@ -518,7 +518,7 @@ async fn oversized_payloads_are_refused_unsent() {
 }
 
 /// `rediss://` end to end: a private CA, a password, a reconnection over TLS, and the typed
-/// error when the server's certificate is not trusted. Runs with the suite's `tls` feature
+/// error when the server's certificate is not trusted. Runs with this crate's `tls` feature
 /// (on in CI through `--all-features`).
 #[cfg(feature = "tls")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
