@@ -5,19 +5,20 @@
 //! take them over in a build with `--cfg shuttle` (see `shuttle_tests`), without touching the
 //! flight logic.
 //!
-//! Only that build changes, and only through `RUSTFLAGS`: no feature selects the modelled
-//! primitives, so no crate that depends on the store can turn them on.
+//! Only this crate's unit-test build changes, and only through `RUSTFLAGS`: no feature selects
+//! the modelled primitives, so no crate that depends on the store can turn them on, and the
+//! library other crates link is built from the real primitives even under `--cfg shuttle`.
 
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use event_listener::{Event, Listener};
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use parking_lot::{Mutex, MutexGuard};
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 mod model;
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) use model::{AtomicBool, AtomicUsize, Event, Listener, Mutex, MutexGuard};
 
 // Like quick_cache under shuttle, `OnceLock` stays std's: the flights only `set` and `get` it
@@ -28,16 +29,16 @@ pub(crate) use std::sync::atomic::Ordering;
 /// Names the thread (or, under shuttle, the modelled thread or task) running now: a flight
 /// remembers its async leader's, so a blocking caller on that same thread can refuse to wait
 /// for a load only that thread could finish.
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) type ThreadToken = std::thread::ThreadId;
 
 /// The current [`ThreadToken`].
-#[cfg(not(shuttle))]
+#[cfg(not(all(test, shuttle)))]
 pub(crate) fn current_thread() -> ThreadToken {
     std::thread::current().id()
 }
 
 /// Under shuttle every modelled thread and task runs on one OS thread: they are told apart by
 /// shuttle's own ids.
-#[cfg(shuttle)]
+#[cfg(all(test, shuttle))]
 pub(crate) use model::{ThreadToken, current_thread};

@@ -1,5 +1,5 @@
-//! The flight table's primitives in the `--cfg shuttle` build: shuttle's, so the model
-//! checker decides every interleaving of the flights (see `shuttle_tests`).
+//! The flight table's primitives in the unit-test build with `--cfg shuttle`: shuttle's, so
+//! the model checker decides every interleaving of the flights (see `shuttle_tests`).
 //!
 //! `event_listener` blocks the OS thread, which would stall shuttle (it runs every modelled
 //! thread on one OS thread), so the modelled [`Event`] is built from shuttle's `Mutex` and
