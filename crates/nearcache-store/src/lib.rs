@@ -65,6 +65,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod batch;
 mod blocking;
 mod clock;
 mod entry;
@@ -82,6 +83,7 @@ mod stats;
 mod store;
 mod value;
 
+pub use batch::BatchEntries;
 pub use entry::Entry;
 pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;

@@ -28,7 +28,7 @@ use crate::store::StoreInner;
 use crate::value::{Payload, Shape, mismatch};
 
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
-enum Acquired<'a, S> {
+pub(crate) enum Acquired<'a, S> {
     Hit(Result<S, TypeMismatch>),
     Wait { flight: Arc<Flight>, joined_at: u64 },
     Lead(Leader<'a>),
@@ -36,7 +36,7 @@ enum Acquired<'a, S> {
 
 /// The caller running a flight's factory. Dropping it unfinished (a panic in the factory,
 /// or an async caller dropped mid-load) abandons the flight so a waiter takes over.
-struct Leader<'a> {
+pub(crate) struct Leader<'a> {
     inner: &'a StoreInner,
     key: Key,
     flight: Arc<Flight>,
@@ -151,7 +151,12 @@ impl StoreInner {
         mismatch::<T>(key, found)
     }
 
-    fn acquire<S: Shape>(&self, key: &Key, bypass: bool, kind: LeaderKind) -> Acquired<'_, S> {
+    pub(crate) fn acquire<S: Shape>(
+        &self,
+        key: &Key,
+        bypass: bool,
+        kind: LeaderKind,
+    ) -> Acquired<'_, S> {
         if !bypass && let Some(hit) = self.usable::<S>(key) {
             return Acquired::Hit(hit);
         }
@@ -176,7 +181,7 @@ impl StoreInner {
         }
     }
 
-    fn count_first(&self, counted: &mut bool, counter: Counter) {
+    pub(crate) fn count_first(&self, counted: &mut bool, counter: Counter) {
         if !*counted {
             *counted = true;
             self.stats.incr(counter);
@@ -324,11 +329,11 @@ impl StoreInner {
 
 impl Leader<'_> {
     /// A fresh entry for this flight's factory (never shared with any other load).
-    fn entry(&self) -> Entry {
+    pub(crate) fn entry(&self) -> Entry {
         Entry::new(self.key.clone(), Arc::clone(&self.inner.regions))
     }
 
-    fn finish<S: Shape, E: Send + Sync + 'static>(
+    pub(crate) fn finish<S: Shape, E: Send + Sync + 'static>(
         mut self,
         entry: Entry,
         result: Result<S::Loaded, E>,
@@ -347,16 +352,26 @@ impl Leader<'_> {
             }
             Err(error) => {
                 inner.stats.incr(Counter::LoadErrors);
-                let error = Arc::new(error);
-                inner.complete_without_value(&self);
-                self.flight.finish(Outcome::Error {
-                    error: Arc::clone(&error) as _,
-                    type_name: type_name::<E>(),
-                });
-                self.finished = true;
-                Err(LoadError::Factory(error))
+                Err(self.fail(Arc::new(error)))
             }
         }
+    }
+
+    /// Ends the flight with `error` (counted by the caller: a batch's one error fails
+    /// several flights) and shares it with every waiter.
+    pub(crate) fn fail<E: Send + Sync + 'static>(mut self, error: Arc<E>) -> LoadError<E> {
+        self.inner.complete_without_value(&self);
+        self.flight.finish(Outcome::Error {
+            error: Arc::clone(&error) as _,
+            type_name: type_name::<E>(),
+        });
+        self.finished = true;
+        LoadError::Factory(error)
+    }
+
+    /// The key this flight loads.
+    pub(crate) fn key(&self) -> &Key {
+        &self.key
     }
 }
 
@@ -383,7 +398,7 @@ impl Drop for Leader<'_> {
 /// abandoned, a plain caller met a `None`, or the value predates an expiry that had finished
 /// before this caller joined (`joined_at` is past the flight's start and the leader found
 /// the value stale).
-fn resolve<S: Shape, E: Send + Sync + 'static>(
+pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
     outcome: &Outcome,
     flight: &Flight,
     joined_at: u64,

@@ -42,7 +42,7 @@ use crate::value::{Payload, Typed};
 /// ```
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<StoreInner>,
+    pub(crate) inner: Arc<StoreInner>,
 }
 
 /// Everything a store shares between its clones, its loads and its purger.

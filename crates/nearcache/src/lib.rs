@@ -157,6 +157,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod builder;
 mod cache;
 mod error;
@@ -193,7 +194,7 @@ pub use nearcache_derive::CacheKey;
 
 // ---- regions and entries ----
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
-pub use nearcache_store::Entry;
+pub use nearcache_store::{BatchEntries, Entry};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;
