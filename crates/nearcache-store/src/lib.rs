@@ -75,6 +75,7 @@ mod hash;
 mod load;
 mod options;
 mod purge;
+mod removal;
 mod shim;
 mod shown;
 #[cfg(all(test, feature = "shuttle"))]
@@ -88,6 +89,7 @@ pub use entry::Entry;
 pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
+pub use removal::RemovalCause;
 pub use shown::stable_key_hash;
 pub use stats::StoreStats;
 pub use store::Store;
