@@ -194,7 +194,7 @@ pub use nearcache_derive::CacheKey;
 
 // ---- regions and entries ----
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
-pub use nearcache_store::{BatchEntries, Entry};
+pub use nearcache_store::{BatchEntries, Entry, RemovalCause};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;
