@@ -355,6 +355,53 @@ mod tests {
         assert_eq!((backend.len(), backend.weight()), (0, 0));
     }
 
+    /// One heavy insert evicts many entries: every one is handed back (so each is dropped,
+    /// and reported, outside the lock), not only the first two; and the replaced entry only
+    /// when asked for.
+    #[test]
+    fn an_insert_hands_back_every_entry_it_evicted_and_the_one_it_replaced() {
+        let stats = Arc::new(Stats::new());
+        let sizing = Sizing {
+            weight_capacity: 64,
+            estimated_entries: 64,
+            weighted: true,
+        };
+        let backend = Backend::build(sizing, Some(1), Arc::clone(&stats)).unwrap();
+        let regions = Arc::new(Regions::new());
+        let defaults = EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: true,
+        };
+        let weighing = |key: &Key, weight: u32| {
+            let mut entry = Entry::new(key.clone(), Arc::clone(&regions));
+            entry.weight(weight);
+            entry
+                .into_stored(Payload::value(Arc::new(1_u8)), 0, 0, &defaults)
+                .unwrap()
+        };
+        for i in 0..60 {
+            let key = Key::from_text(format!("k{i}"));
+            assert!(
+                backend
+                    .insert(key.clone(), weighing(&key, 1), false)
+                    .evictions()
+                    .next()
+                    .is_none()
+            );
+        }
+        let heavy = Key::from_text("heavy");
+        let evicted: Vec<Key> = backend
+            .insert(heavy.clone(), weighing(&heavy, 60), false)
+            .evictions()
+            .map(|(key, _)| key)
+            .collect();
+        assert!(evicted.len() > 2, "{} evicted", evicted.len());
+        assert_eq!(evicted.len() as u64, stats.snapshot().evictions);
+        let again = backend.insert(heavy.clone(), weighing(&heavy, 60), true);
+        assert_eq!(again.replaced.map(|(key, _)| key), Some(heavy));
+    }
+
     #[test]
     fn a_sweep_removes_exactly_the_dead_entries_over_several_scans() {
         let stats = Arc::new(Stats::new());

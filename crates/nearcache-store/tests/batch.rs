@@ -535,3 +535,44 @@ fn a_disabled_store_passes_every_key_through() {
     assert_eq!(text(&found, &keys[1]).as_deref(), Some("v-b"));
     assert!(store.is_empty());
 }
+
+/// An async batch dropped while its factory runs (a `select!`, a timeout) abandons its
+/// flights: a single-key waiter takes its key over, and nothing of the dropped batch is
+/// stored.
+#[test]
+fn a_dropped_async_batch_hands_its_keys_to_their_waiters() {
+    let rt = runtime();
+    let store = store();
+    let [a, b] = [key("a"), key("b")];
+    let (release, _never_opened) = Gate::closed();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let dropped = {
+        let (store, keys) = (store.clone(), [a.clone(), b.clone()]);
+        rt.spawn(async move {
+            tokio::select! {
+                found = store.get_or_create_many(&keys, async move |batch| {
+                    release.pass().await;
+                    Ok::<_, Infallible>(rows(batch, "dropped"))
+                }) => Some(found),
+                _ = stop => None,
+            }
+        })
+    };
+    wait_for_flight(&store, &b);
+    let waiter = {
+        let (store, b) = (store.clone(), b.clone());
+        std::thread::spawn(move || {
+            store.get_or_create_sync(&b, |_| Ok::<_, Infallible>(String::from("taken-over")))
+        })
+    };
+    wait_for_waiters(&store, &b, 1);
+    stop_tx.send(()).unwrap();
+    assert!(
+        rt.block_on(dropped).unwrap().is_none(),
+        "the batch was dropped"
+    );
+    assert_eq!(*waiter.join().unwrap().unwrap(), "taken-over");
+    assert_eq!(cached(&store, &a), None);
+    assert_eq!(cached(&store, &b).as_deref(), Some("taken-over"));
+    assert_eq!(store.stats().load_abandons, 2);
+}
