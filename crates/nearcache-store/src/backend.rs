@@ -42,8 +42,32 @@ const MIN_SHARD_ENTRIES: u64 = 32;
 
 type Shard = Cache<Key, StoredEntry, EntryWeighter, KeyHashBuilder, EvictionCounter>;
 
-/// Evicted or replaced entries, dropped once the shard's lock is released.
-type Evicted = <EvictionCounter as Lifecycle<Key, StoredEntry>>::RequestState;
+/// The entries one insert took out — evicted for room, and (when asked for) the one it
+/// replaced — handed to the caller so that they are dropped, and reported to a removal
+/// listener, once the shard's lock is released.
+#[derive(Default)]
+pub(crate) struct Evicted {
+    /// The first two evictions, inline (an insert rarely evicts more).
+    first: [Option<(Key, StoredEntry)>; 2],
+    more: Vec<(Key, StoredEntry)>,
+    /// The entry the insert replaced (only collected when asked for).
+    pub(crate) replaced: Option<(Key, StoredEntry)>,
+}
+
+impl Evicted {
+    fn push(&mut self, evicted: (Key, StoredEntry)) {
+        match self.first.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => *slot = Some(evicted),
+            None => self.more.push(evicted),
+        }
+    }
+
+    /// The evicted entries (not the replaced one).
+    pub(crate) fn evictions(self) -> impl Iterator<Item = (Key, StoredEntry)> {
+        let [a, b] = self.first;
+        a.into_iter().chain(b).chain(self.more)
+    }
+}
 
 /// The sharded cache the store keeps its entries in.
 pub(crate) struct Backend {
@@ -65,20 +89,18 @@ impl Weighter<Key, StoredEntry> for EntryWeighter {
     }
 }
 
-/// Counts capacity evictions, and keeps evicted entries so that they are dropped after the
-/// shard lock is released (as quick_cache's default lifecycle does).
+/// Counts capacity evictions, and keeps evicted entries so that they are dropped (and
+/// reported) after the shard lock is released.
 #[derive(Clone)]
 pub(crate) struct EvictionCounter(Arc<Stats>);
 
 impl Lifecycle<Key, StoredEntry> for EvictionCounter {
-    type RequestState = [Option<(Key, StoredEntry)>; 2];
+    type RequestState = Evicted;
 
     #[inline]
     fn on_evict(&self, state: &mut Self::RequestState, key: Key, entry: StoredEntry) {
         self.0.incr(Counter::Evictions);
-        if let Some(slot) = state.iter_mut().find(|slot| slot.is_none()) {
-            *slot = Some((key, entry));
-        }
+        state.push((key, entry));
     }
 }
 
@@ -151,13 +173,18 @@ impl Backend {
         RwLockReadGuard::try_map(self.shard(key).read(), |shard| shard.get(key)).ok()
     }
 
-    /// Stores `entry` under `key`, replacing what was there; may evict others.
-    pub(crate) fn insert(&self, key: Key, entry: StoredEntry) {
+    /// Stores `entry` under `key`, replacing what was there; may evict others. Returns the
+    /// evicted entries, and with `take_replaced` the replaced one (one more lookup, paid only
+    /// when a removal listener wants it), for the caller to drop outside this lock.
+    pub(crate) fn insert(&self, key: Key, entry: StoredEntry, take_replaced: bool) -> Evicted {
         let mut evicted = Evicted::default();
-        self.shard(&key)
-            .write()
-            .insert_with_lifecycle(key, entry, &mut evicted);
-        drop(evicted);
+        let mut shard = self.shard(&key).write();
+        if take_replaced {
+            evicted.replaced = shard.remove(&key);
+        }
+        shard.insert_with_lifecycle(key, entry, &mut evicted);
+        drop(shard);
+        evicted
     }
 
     /// Removes `key`'s entry, returning it (dropped by the caller, outside the lock).
@@ -194,7 +221,13 @@ impl Backend {
     /// Limit: a writer to a shard (an insert, a `remove`) waits for a scan of that shard in
     /// progress, up to a whole shard's entries, and with `parking_lot`'s fair lock readers
     /// arriving after that writer wait behind it. Readers alone never wait for a scan.
-    pub(crate) fn sweep(&self, dead: impl Fn(&StoredEntry) -> bool) -> usize {
+    ///
+    /// `removed_entry` gets each removed entry, outside the lock.
+    pub(crate) fn sweep(
+        &self,
+        dead: impl Fn(&StoredEntry) -> bool,
+        mut removed_entry: impl FnMut(Key, StoredEntry),
+    ) -> usize {
         let mut removed = 0;
         let mut candidates: Vec<Key> = Vec::new();
         for shard in &self.shards {
@@ -215,7 +248,9 @@ impl Backend {
                         dropped.extend(batch.iter().filter_map(|key| guard.remove_if(key, &dead)));
                     }
                     removed += dropped.len();
-                    drop(dropped);
+                    for (key, entry) in dropped {
+                        removed_entry(key, entry);
+                    }
                 }
                 if candidates.len() < SWEEP_SCAN {
                     break;
@@ -304,7 +339,7 @@ mod tests {
         let backend = Backend::build(sizing(64), Some(1), Arc::clone(&stats)).unwrap();
         let regions = Arc::new(Regions::new());
         let key = Key::from_text("k");
-        backend.insert(key.clone(), entry(&regions, &key));
+        drop(backend.insert(key.clone(), entry(&regions, &key), false));
         assert_eq!(backend.read(&key, StoredEntry::weight), Some(1));
         assert_eq!(backend.len(), 1);
         assert!(backend.remove_if(&key, |_| false).is_none());
@@ -312,12 +347,59 @@ mod tests {
         assert!(backend.is_empty());
         for i in 0..1_000 {
             let key = Key::from_text(format!("k{i}"));
-            backend.insert(key.clone(), entry(&regions, &key));
+            drop(backend.insert(key.clone(), entry(&regions, &key), false));
         }
         assert!(backend.len() <= 64);
         assert!(stats.snapshot().evictions >= 1_000 - 64);
         backend.retain(|_, _| false);
         assert_eq!((backend.len(), backend.weight()), (0, 0));
+    }
+
+    /// One heavy insert evicts many entries: every one is handed back (so each is dropped,
+    /// and reported, outside the lock), not only the first two; and the replaced entry only
+    /// when asked for.
+    #[test]
+    fn an_insert_hands_back_every_entry_it_evicted_and_the_one_it_replaced() {
+        let stats = Arc::new(Stats::new());
+        let sizing = Sizing {
+            weight_capacity: 64,
+            estimated_entries: 64,
+            weighted: true,
+        };
+        let backend = Backend::build(sizing, Some(1), Arc::clone(&stats)).unwrap();
+        let regions = Arc::new(Regions::new());
+        let defaults = EntryDefaults {
+            absolute: None,
+            sliding: None,
+            weighted: true,
+        };
+        let weighing = |key: &Key, weight: u32| {
+            let mut entry = Entry::new(key.clone(), Arc::clone(&regions));
+            entry.weight(weight);
+            entry
+                .into_stored(Payload::value(Arc::new(1_u8)), 0, 0, &defaults)
+                .unwrap()
+        };
+        for i in 0..60 {
+            let key = Key::from_text(format!("k{i}"));
+            assert!(
+                backend
+                    .insert(key.clone(), weighing(&key, 1), false)
+                    .evictions()
+                    .next()
+                    .is_none()
+            );
+        }
+        let heavy = Key::from_text("heavy");
+        let evicted: Vec<Key> = backend
+            .insert(heavy.clone(), weighing(&heavy, 60), false)
+            .evictions()
+            .map(|(key, _)| key)
+            .collect();
+        assert!(evicted.len() > 2, "{} evicted", evicted.len());
+        assert_eq!(evicted.len() as u64, stats.snapshot().evictions);
+        let again = backend.insert(heavy.clone(), weighing(&heavy, 60), true);
+        assert_eq!(again.replaced.map(|(key, _)| key), Some(heavy));
     }
 
     #[test]
@@ -341,17 +423,20 @@ mod tests {
             let stored = tied
                 .into_stored(Payload::value(Arc::new(i)), 0, 0, &defaults)
                 .unwrap();
-            backend.insert(key.clone(), stored);
+            drop(backend.insert(key.clone(), stored, false));
         }
         regions.expire_region("doomed").unwrap();
         let epoch = regions.global_epoch();
-        let removed = backend.sweep(|entry| !entry.is_live_at(0, epoch));
+        let removed = backend.sweep(|entry| !entry.is_live_at(0, epoch), |_, _| {});
         let survivors = n.div_ceil(3);
         assert_eq!(removed, n - survivors);
         assert_eq!(backend.len(), survivors);
         for (i, key) in keys.iter().enumerate() {
             assert_eq!(backend.read(key, |_| ()).is_some(), i % 3 == 0, "key {i}");
         }
-        assert_eq!(backend.sweep(|entry| !entry.is_live_at(0, epoch)), 0);
+        assert_eq!(
+            backend.sweep(|entry| !entry.is_live_at(0, epoch), |_, _| {}),
+            0
+        );
     }
 }

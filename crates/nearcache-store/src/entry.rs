@@ -15,6 +15,7 @@ use nearcache_keys::Key;
 use nearcache_regions::{ChangeToken, Region, RegionNameError, Regions, SubKey};
 
 use crate::clock::{NEVER, StoreClock, deadline_after, nanos};
+use crate::removal::RemovalCause;
 use crate::value::Payload;
 
 /// A sliding entry's last-access time is only rewritten once it is this stale (1 ms), so
@@ -404,6 +405,29 @@ impl StoredEntry {
                                 .load(Ordering::Relaxed)
                                 .saturating_add(shared.sliding))
             })
+    }
+
+    /// Why this entry leaves if it is removed now: `alive` (the remover's reason) while it
+    /// is live; otherwise [`Invalidated`](RemovalCause::Invalidated) when a `clear` or an
+    /// expired token killed it, [`Expired`](RemovalCause::Expired) when its time did.
+    pub(crate) fn removal_cause(
+        &self,
+        now: u64,
+        global_epoch: u64,
+        alive: RemovalCause,
+    ) -> RemovalCause {
+        let invalidated = self.global_epoch != global_epoch
+            || self
+                .shared
+                .as_ref()
+                .is_some_and(|shared| shared.tokens.any_expired());
+        if invalidated {
+            RemovalCause::Invalidated
+        } else if self.is_live_at(now, global_epoch) {
+            alive
+        } else {
+            RemovalCause::Expired
+        }
     }
 
     /// The value (a hit clones it: one reference count).

@@ -65,6 +65,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod batch;
 mod blocking;
 mod clock;
 mod entry;
@@ -74,6 +75,7 @@ mod hash;
 mod load;
 mod options;
 mod purge;
+mod removal;
 mod shim;
 mod shown;
 #[cfg(all(test, shuttle))]
@@ -82,10 +84,12 @@ mod stats;
 mod store;
 mod value;
 
+pub use batch::BatchEntries;
 pub use entry::Entry;
 pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
+pub use removal::RemovalCause;
 pub use shown::stable_key_hash;
 pub use stats::StoreStats;
 pub use store::Store;

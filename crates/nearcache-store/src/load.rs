@@ -22,13 +22,14 @@ use crate::entry::{Entry, StoredEntry};
 use crate::error::WouldDeadlock;
 use crate::error::{LoadError, TypeMismatch};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
+use crate::removal::{RemovalCause, Removals};
 use crate::shown::Shown;
 use crate::stats::Counter;
 use crate::store::StoreInner;
 use crate::value::{Payload, Shape, mismatch};
 
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
-enum Acquired<'a, S> {
+pub(crate) enum Acquired<'a, S> {
     Hit(Result<S, TypeMismatch>),
     Wait { flight: Arc<Flight>, joined_at: u64 },
     Lead(Leader<'a>),
@@ -36,7 +37,7 @@ enum Acquired<'a, S> {
 
 /// The caller running a flight's factory. Dropping it unfinished (a panic in the factory,
 /// or an async caller dropped mid-load) abandons the flight so a waiter takes over.
-struct Leader<'a> {
+pub(crate) struct Leader<'a> {
     inner: &'a StoreInner,
     key: Key,
     flight: Arc<Flight>,
@@ -60,40 +61,72 @@ impl StoreInner {
     /// than it is, by at most the concurrent touch it missed.
     #[inline(always)] // the hit path: one frame from the caller's loop to quick_cache's lookup
     pub(crate) fn lookup_with<R>(&self, key: &Key, read: impl FnOnce(&Payload) -> R) -> Option<R> {
+        self.lookup::<true, R>(key, read)
+    }
+
+    /// [`lookup_with`](Self::lookup_with); with `REMOVE_DEAD` false a dead entry is left in
+    /// place (for callers that hold a flight-shard lock, where a removal listener must not
+    /// run: the insert that follows replaces it and reports it then).
+    #[inline(always)]
+    fn lookup<const REMOVE_DEAD: bool, R>(
+        &self,
+        key: &Key,
+        read: impl FnOnce(&Payload) -> R,
+    ) -> Option<R> {
         let global_epoch = self.regions.global_epoch();
         let entry = self.cache.read_guard(key)?;
         if entry.is_live(&self.clock, global_epoch) {
             return Some(read(entry.payload()));
         }
         drop(entry);
-        self.remove_dead(key);
+        if REMOVE_DEAD {
+            self.remove_dead(key);
+        }
         None
     }
 
     /// Removes `key`'s entry if it is (still) dead: a live one stored meanwhile stays. Kept
-    /// out of line: the hit path above stays small.
+    /// out of line: the hit path above stays small. Called with no lock held.
     #[cold]
     #[inline(never)]
     fn remove_dead(&self, key: &Key) {
         let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
-        if self
+        if let Some((key, entry)) = self
             .cache
             .remove_if(key, |held| !held.is_live_at(now, global_epoch))
-            .is_some()
         {
             self.stats.incr(Counter::Expirations);
+            if self.listener.is_some() {
+                let cause = entry.removal_cause(now, global_epoch, RemovalCause::Expired);
+                drop(entry);
+                self.report_one(key, cause);
+            }
         }
     }
 
+    /// What `entry`, taken out of the store now, is reported as; `alive`: why, if it is live.
+    fn removal(&self, key: Key, entry: &StoredEntry, alive: RemovalCause) -> Removals {
+        let mut removals = Removals::default();
+        if self.listener.is_some() {
+            let cause = entry.removal_cause(self.clock.now(), self.regions.global_epoch(), alive);
+            removals.push(key, cause);
+        }
+        removals
+    }
+
     /// Stores `entry` (`None`: it was dead on arrival) under `key`. The caller holds the
-    /// key's flight-shard lock. An entry that is not stored also removes the key's old one,
-    /// which is dead, negative or superseded. Returns whether it was stored.
-    pub(crate) fn insert_locked(&self, key: &Key, entry: Option<StoredEntry>) -> bool {
+    /// key's flight-shard lock, and reports the returned removals once it has let go of it.
+    /// An entry that is not stored also removes the key's old one, which is dead, negative
+    /// or superseded. Returns whether it was stored.
+    pub(crate) fn insert_locked(&self, key: &Key, entry: Option<StoredEntry>) -> (bool, Removals) {
+        let replaced = |old: Option<(Key, StoredEntry)>| match old {
+            Some((key, entry)) => self.removal(key, &entry, RemovalCause::Replaced),
+            None => Removals::default(),
+        };
         match entry {
             None => {
                 self.stats.incr(Counter::Expirations);
-                self.cache.remove(key);
-                false
+                (false, replaced(self.cache.remove(key)))
             }
             Some(entry) if u64::from(entry.weight()) > self.max_entry_weight => {
                 self.stats.incr(Counter::InsertsRejectedTooHeavy);
@@ -104,13 +137,19 @@ impl StoreInner {
                     "entry is heavier than one shard's share of the weight budget: \
                      returned but not cached (lower its weight, raise max_weight, or use fewer shards)"
                 );
-                self.cache.remove(key);
-                false
+                (false, replaced(self.cache.remove(key)))
             }
             Some(entry) => {
-                self.cache.insert(key.clone(), entry);
+                let listening = self.listener.is_some();
+                let mut evicted = self.cache.insert(key.clone(), entry, listening);
                 self.stats.incr(Counter::Inserts);
-                true
+                let mut removals = replaced(evicted.replaced.take());
+                if listening {
+                    for (key, entry) in evicted.evictions() {
+                        removals.append(self.removal(key, &entry, RemovalCause::Evicted));
+                    }
+                }
+                (true, removals)
             }
         }
     }
@@ -118,6 +157,12 @@ impl StoreInner {
     #[inline]
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
         self.lookup_with(key, |payload| S::from_stored(payload, key))?
+    }
+
+    /// [`usable`](Self::usable) for a caller holding the key's flight-shard lock.
+    #[inline]
+    fn usable_locked<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
+        self.lookup::<false, _>(key, |payload| S::from_stored(payload, key))?
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
@@ -151,13 +196,18 @@ impl StoreInner {
         mismatch::<T>(key, found)
     }
 
-    fn acquire<S: Shape>(&self, key: &Key, bypass: bool, kind: LeaderKind) -> Acquired<'_, S> {
+    pub(crate) fn acquire<S: Shape>(
+        &self,
+        key: &Key,
+        bypass: bool,
+        kind: LeaderKind,
+    ) -> Acquired<'_, S> {
         if !bypass && let Some(hit) = self.usable::<S>(key) {
             return Acquired::Hit(hit);
         }
         let mut shard = self.flights.lock(key);
         // A flight may have finished between the miss and the lock: its insert is visible now.
-        if !bypass && let Some(hit) = self.usable::<S>(key) {
+        if !bypass && let Some(hit) = self.usable_locked::<S>(key) {
             return Acquired::Hit(hit);
         }
         match shard.join_or_lead(key, &self.regions, kind) {
@@ -176,7 +226,7 @@ impl StoreInner {
         }
     }
 
-    fn count_first(&self, counted: &mut bool, counter: Counter) {
+    pub(crate) fn count_first(&self, counted: &mut bool, counter: Counter) {
         if !*counted {
             *counted = true;
             self.stats.incr(counter);
@@ -288,10 +338,19 @@ impl StoreInner {
     ///
     /// The freshness check must sit under the lock: a caller that joins after an expiry
     /// finished does so under this lock, so the check here sees that expiry.
-    fn complete(&self, leader: &Leader<'_>, payload: &Payload, entry: Entry, store: bool) -> bool {
+    ///
+    /// The removals it caused are reported by the caller once the flight has finished.
+    fn complete(
+        &self,
+        leader: &Leader<'_>,
+        payload: &Payload,
+        entry: Entry,
+        store: bool,
+    ) -> (bool, Removals) {
         let flight = &leader.flight;
         let (start_epoch, start_global) = (flight.start_epoch(), flight.start_global_epoch());
         let mut shard = self.flights.lock(&leader.key);
+        let mut removals = Removals::default();
         let fresh = !(entry.overlapped_expiry(start_epoch)
             || flight.is_invalidated()
             || start_global > start_epoch
@@ -308,10 +367,10 @@ impl StoreInner {
                 self.clock.now(),
                 &self.defaults,
             );
-            self.insert_locked(&leader.key, stored);
+            removals = self.insert_locked(&leader.key, stored).1;
         }
         shard.remove(&leader.key, flight);
-        fresh
+        (fresh, removals)
     }
 
     /// Ends a flight that produced no value: takes it out of the table.
@@ -324,11 +383,11 @@ impl StoreInner {
 
 impl Leader<'_> {
     /// A fresh entry for this flight's factory (never shared with any other load).
-    fn entry(&self) -> Entry {
+    pub(crate) fn entry(&self) -> Entry {
         Entry::new(self.key.clone(), Arc::clone(&self.inner.regions))
     }
 
-    fn finish<S: Shape, E: Send + Sync + 'static>(
+    pub(crate) fn finish<S: Shape, E: Send + Sync + 'static>(
         mut self,
         entry: Entry,
         result: Result<S::Loaded, E>,
@@ -340,23 +399,34 @@ impl Leader<'_> {
             Ok(loaded) => {
                 let (value, payload) = S::from_loaded(loaded);
                 let store = !self.bypass && (inner.cache_none || !payload.is_nothing());
-                let fresh = inner.complete(&self, &payload, entry, store);
+                let (fresh, removals) = inner.complete(&self, &payload, entry, store);
                 self.flight.finish(Outcome::Value { payload, fresh });
                 self.finished = true;
+                inner.report(removals);
                 Ok(value)
             }
             Err(error) => {
                 inner.stats.incr(Counter::LoadErrors);
-                let error = Arc::new(error);
-                inner.complete_without_value(&self);
-                self.flight.finish(Outcome::Error {
-                    error: Arc::clone(&error) as _,
-                    type_name: type_name::<E>(),
-                });
-                self.finished = true;
-                Err(LoadError::Factory(error))
+                Err(self.fail(Arc::new(error)))
             }
         }
+    }
+
+    /// Ends the flight with `error` (counted by the caller: a batch's one error fails
+    /// several flights) and shares it with every waiter.
+    pub(crate) fn fail<E: Send + Sync + 'static>(mut self, error: Arc<E>) -> LoadError<E> {
+        self.inner.complete_without_value(&self);
+        self.flight.finish(Outcome::Error {
+            error: Arc::clone(&error) as _,
+            type_name: type_name::<E>(),
+        });
+        self.finished = true;
+        LoadError::Factory(error)
+    }
+
+    /// The key this flight loads.
+    pub(crate) fn key(&self) -> &Key {
+        &self.key
     }
 }
 
@@ -383,7 +453,7 @@ impl Drop for Leader<'_> {
 /// abandoned, a plain caller met a `None`, or the value predates an expiry that had finished
 /// before this caller joined (`joined_at` is past the flight's start and the leader found
 /// the value stale).
-fn resolve<S: Shape, E: Send + Sync + 'static>(
+pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
     outcome: &Outcome,
     flight: &Flight,
     joined_at: u64,

@@ -52,6 +52,11 @@ pub struct StoreStats {
     pub expirations: u64,
     /// Live entries removed by `remove`.
     pub removals: u64,
+    /// Batch factory calls (`get_or_create_many`): one per call that had keys to load.
+    pub batch_loads: u64,
+    /// Keys handed to batch factories, summed (`batch_keys_loaded / batch_loads` is the
+    /// mean batch size). Each is also one of [`loads`](Self::loads).
+    pub batch_keys_loaded: u64,
 }
 
 /// The counters, by index into a stripe.
@@ -69,9 +74,11 @@ pub(crate) enum Counter {
     Evictions,
     Expirations,
     Removals,
+    BatchLoads,
+    BatchKeysLoaded,
 }
 
-const COUNTERS: usize = 11;
+const COUNTERS: usize = 13;
 
 /// Number of stripes (a power of two): one per owning thread, the last one shared.
 pub(crate) const STRIPES: usize = 32;
@@ -138,6 +145,8 @@ impl Stats {
             evictions: self.sum(Counter::Evictions),
             expirations: self.sum(Counter::Expirations),
             removals: self.sum(Counter::Removals),
+            batch_loads: self.sum(Counter::BatchLoads),
+            batch_keys_loaded: self.sum(Counter::BatchKeysLoaded),
         }
     }
 }
@@ -276,6 +285,8 @@ mod tests {
             Counter::Evictions,
             Counter::Expirations,
             Counter::Removals,
+            Counter::BatchLoads,
+            Counter::BatchKeysLoaded,
         ];
         assert_eq!(all.len(), COUNTERS);
         for (i, counter) in all.into_iter().enumerate() {
@@ -294,9 +305,11 @@ mod tests {
                 s.inserts_rejected_too_heavy,
                 s.evictions,
                 s.expirations,
-                s.removals
+                s.removals,
+                s.batch_loads,
+                s.batch_keys_loaded
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
     }
 

@@ -15,6 +15,7 @@ use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
 use crate::options::StoreOptions;
 use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
+use crate::removal::{Listener, RemovalCause, Removals};
 use crate::shown::Shown;
 use crate::stats::{Counter, Stats, StoreStats};
 use crate::value::{Payload, Typed};
@@ -42,7 +43,7 @@ use crate::value::{Payload, Typed};
 /// ```
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<StoreInner>,
+    pub(crate) inner: Arc<StoreInner>,
 }
 
 /// Everything a store shares between its clones, its loads and its purger.
@@ -58,6 +59,8 @@ pub(crate) struct StoreInner {
     pub(crate) max_entry_weight: u64,
     /// Whether log events show keys as they are (else their hash).
     pub(crate) log_keys: bool,
+    /// Told of each entry that leaves, outside every lock (see `removal`).
+    pub(crate) listener: Option<Listener>,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
@@ -75,6 +78,50 @@ impl StoreInner {
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
         self.bypass.load(Ordering::Acquire)
+    }
+
+    /// Reports `removals` to the listener, if any. The caller holds no store lock.
+    #[inline]
+    pub(crate) fn report(&self, removals: Removals) {
+        if let Some(listener) = &self.listener {
+            removals.report(listener);
+        }
+    }
+
+    /// Reports one removal. The caller holds no store lock.
+    pub(crate) fn report_one(&self, key: Key, cause: RemovalCause) {
+        if let Some(listener) = &self.listener {
+            let mut removals = Removals::default();
+            removals.push(key, cause);
+            removals.report(listener);
+        }
+    }
+
+    /// Removes `key` as `remove` does; a live entry is reported with `cause`.
+    fn remove_as(&self, key: &Key, cause: RemovalCause) -> bool {
+        let removed = {
+            let shard = self.flights.lock(key);
+            if let Some(flight) = shard.get(key) {
+                flight.invalidate();
+            }
+            self.cache.remove(key)
+        };
+        let Some((key, entry)) = removed else {
+            return false;
+        };
+        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let live = entry.is_live_at(now, global_epoch);
+        self.stats.incr(if live {
+            Counter::Removals
+        } else {
+            Counter::Expirations
+        });
+        if self.listener.is_some() {
+            let cause = entry.removal_cause(now, global_epoch, cause);
+            drop(entry);
+            self.report_one(key, cause);
+        }
+        live
     }
 
     /// `key` as log events show it.
@@ -117,8 +164,16 @@ impl StoreInner {
             self.swept_held.store(held, Ordering::Relaxed);
             let now = self.clock.now();
             let global_epoch = self.regions.global_epoch();
-            self.cache
-                .sweep(|entry| !entry.is_live_at(now, global_epoch))
+            self.cache.sweep(
+                |entry| !entry.is_live_at(now, global_epoch),
+                |key, entry| {
+                    if self.listener.is_some() {
+                        let cause = entry.removal_cause(now, global_epoch, RemovalCause::Expired);
+                        drop(entry);
+                        self.report_one(key, cause);
+                    }
+                },
+            )
         };
         self.stats.add(Counter::Expirations, removed as u64);
         let tokens = self.regions.collect_garbage();
@@ -146,7 +201,7 @@ impl Store {
     /// [`OptionsError`] when an option cannot make a working store (zero capacity, zero
     /// purge interval, …) or the purger thread cannot be started.
     pub fn new(options: StoreOptions) -> Result<Store, OptionsError> {
-        Store::on_clock(options, quanta::Clock::new())
+        Store::build(options, quanta::Clock::new(), None)
     }
 
     /// A store whose expiry runs on `clock`: pass [`Clock::mock`](crate::Clock::mock)'s
@@ -160,10 +215,84 @@ impl Store {
     #[cfg(feature = "test-util")]
     #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     pub fn with_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
-        Store::on_clock(options, clock)
+        Store::build(options, clock, None)
     }
 
-    fn on_clock(options: StoreOptions, clock: quanta::Clock) -> Result<Store, OptionsError> {
+    /// A store on the real clock that calls `listener`
+    /// with the key and the [`RemovalCause`] of each entry that leaves it: evicted, expired,
+    /// invalidated (`remove`, a region or sub-key expiry, `clear`), replaced, or removed for
+    /// a peer ([`remove_from_peer`](Self::remove_from_peer)). Each removal is reported once.
+    ///
+    /// **When it runs.** On the thread that removed the entry — a caller of `set`,
+    /// `remove` or a get-or-create whose insert evicted or replaced it, a read that found it
+    /// dead, or the purger thread (time expiries, and every entry of a region expiry or
+    /// `clear`, which are O(1) and leave their entries to the purger) — after every store
+    /// lock is released, and never on a hit. Entries tied to a region are reported when the
+    /// purger sweeps them out, shortly after the expiry (or by [`purge_now`](Self::purge_now)).
+    ///
+    /// **What it may do.** Anything that does not wait for a load: read (`get`), `set`,
+    /// `remove`, expire, `len`, `stats` — none of these can deadlock, since no store lock is
+    /// held. It must not call a get-or-create, which could wait for a load this very thread
+    /// is in the middle of leading. Keep it quick: the caller that removed the entry (its
+    /// waiters included, for a load's insert) waits for it. A listener that panics is
+    /// logged and the removal stands.
+    ///
+    /// Without a listener nothing of this costs anything.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use nearcache_keys::Key;
+    /// use nearcache_store::{RemovalCause, Store, StoreOptions};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let store = Store::with_removal_listener(StoreOptions::default(), move |key, cause| {
+    ///     log.lock().unwrap().push((key.to_string(), cause));
+    /// })?;
+    /// let key = Key::from_text("k");
+    /// store.set(key.clone(), 1_u8);
+    /// store.set(key.clone(), 2_u8);
+    /// store.remove(&key);
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     [(String::from("k"), RemovalCause::Replaced), (String::from("k"), RemovalCause::Invalidated)]
+    /// );
+    /// # Ok::<(), nearcache_store::OptionsError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    pub fn with_removal_listener(
+        options: StoreOptions,
+        listener: impl Fn(&Key, RemovalCause) + Send + Sync + 'static,
+    ) -> Result<Store, OptionsError> {
+        Store::build(options, quanta::Clock::new(), Some(Arc::new(listener)))
+    }
+
+    /// [`with_removal_listener`](Self::with_removal_listener) on `clock` (see
+    /// [`with_clock`](Self::with_clock)).
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn with_clock_and_removal_listener(
+        options: StoreOptions,
+        clock: quanta::Clock,
+        listener: impl Fn(&Key, RemovalCause) + Send + Sync + 'static,
+    ) -> Result<Store, OptionsError> {
+        Store::build(options, clock, Some(Arc::new(listener)))
+    }
+
+    fn build(
+        options: StoreOptions,
+        clock: quanta::Clock,
+        listener: Option<Listener>,
+    ) -> Result<Store, OptionsError> {
         let sizing = options.sizing()?;
         let stats = Arc::new(Stats::new());
         let cache = Backend::build(sizing, options.shards, Arc::clone(&stats))?;
@@ -171,6 +300,7 @@ impl Store {
         let inner = Arc::new(StoreInner {
             max_entry_weight: cache.max_entry_weight(),
             log_keys: options.log_keys,
+            listener,
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),
@@ -382,37 +512,28 @@ impl Store {
             inner.clock.now(),
             &inner.defaults,
         );
-        let shard = inner.flights.lock(&key);
-        if let Some(flight) = shard.get(&key) {
-            flight.invalidate();
-        }
-        inner.insert_locked(&key, stored)
+        let (stored, removals) = {
+            let shard = inner.flights.lock(&key);
+            if let Some(flight) = shard.get(&key) {
+                flight.invalidate();
+            }
+            inner.insert_locked(&key, stored)
+        };
+        inner.report(removals);
+        stored
     }
 
     /// Removes `key`. A load of `key` in progress is not stored (its callers still get their
     /// value). Returns whether a live entry was removed.
     pub fn remove(&self, key: &Key) -> bool {
-        let inner = &*self.inner;
-        let removed = {
-            let shard = inner.flights.lock(key);
-            if let Some(flight) = shard.get(key) {
-                flight.invalidate();
-            }
-            inner.cache.remove(key)
-        };
-        match removed {
-            Some((_, entry))
-                if entry.is_live_at(inner.clock.now(), inner.regions.global_epoch()) =>
-            {
-                inner.stats.incr(Counter::Removals);
-                true
-            }
-            Some(_) => {
-                inner.stats.incr(Counter::Expirations);
-                false
-            }
-            None => false,
-        }
+        self.inner.remove_as(key, RemovalCause::Invalidated)
+    }
+
+    /// [`remove`](Self::remove) on behalf of another instance that invalidated `key` (what
+    /// the facade does when it applies a peer's message): the removal listener is told
+    /// [`RemovalCause::PeerInvalidated`].
+    pub fn remove_from_peer(&self, key: &Key) -> bool {
+        self.inner.remove_as(key, RemovalCause::PeerInvalidated)
     }
 
     /// Expires every entry (the global region), including those tied to no region, and

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use nearcache_backplane::Backplane;
 use nearcache_backplane::wire::InstanceId;
-use nearcache_store::{Store, StoreOptions};
+use nearcache_keys::Key;
+use nearcache_store::{RemovalCause, Store, StoreOptions};
 
 use crate::cache::Cache;
 use crate::error::BuildError;
@@ -37,7 +38,11 @@ pub struct CacheBuilder {
     backplane: Option<Arc<dyn Backplane>>,
     #[cfg(feature = "test-util")]
     clock: Option<quanta::Clock>,
+    removal_listener: Option<RemovalListener>,
 }
+
+/// A removal listener as the builder keeps it.
+type RemovalListener = Box<dyn Fn(&Key, RemovalCause) + Send + Sync>;
 
 impl CacheBuilder {
     pub(crate) fn new() -> Self {
@@ -46,6 +51,7 @@ impl CacheBuilder {
             backplane: None,
             #[cfg(feature = "test-util")]
             clock: None,
+            removal_listener: None,
         }
     }
 
@@ -65,6 +71,52 @@ impl CacheBuilder {
     /// Like [`backplane`](Self::backplane), for a backplane already behind an `Arc`.
     pub fn shared_backplane(mut self, backplane: Arc<dyn Backplane>) -> Self {
         self.backplane = Some(backplane);
+        self
+    }
+
+    /// Calls `listener` with the key and the [`RemovalCause`] of each entry that leaves this
+    /// instance's store (moka's `eviction_listener`): `Evicted` (capacity), `Expired` (time),
+    /// `Invalidated` (this instance's `remove`, region or sub-key expiry, or `clear`, the
+    /// clears after a lost message included), `PeerInvalidated` (a peer invalidated the
+    /// key), `Replaced` (a `set` or a load stored over it). Each removal is reported once.
+    ///
+    /// It runs on the thread that removed the entry — the caller of `set`, `remove` or a
+    /// get-or-create, the task applying a peer's message, or the store's purger thread
+    /// (time expiries, and the entries of a region expiry or `clear`, which are swept out
+    /// shortly after the O(1) expiry) — after the store's locks are released, and never on
+    /// a hit. It may read, `set`, `remove` and expire (the `_sync` calls: it is not async);
+    /// it must not call a get-or-create, which could wait for a load its own thread leads.
+    /// Keep it quick: the caller that removed the entry waits for it. A peer's region
+    /// expiry or clear reports `Invalidated`, not `PeerInvalidated`: whose it was is no
+    /// longer known when those entries are swept. Without a listener nothing of this costs
+    /// anything.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use nearcache::{Cache, Key, RemovalCause};
+    ///
+    /// # fn main() -> Result<(), nearcache::BuildError> {
+    /// let evictions = Arc::new(AtomicU64::new(0));
+    /// let counted = Arc::clone(&evictions);
+    /// let cache = Cache::builder()
+    ///     .removal_listener(move |_key, cause| {
+    ///         if cause == RemovalCause::Evicted {
+    ///             counted.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .build()?;
+    /// cache.set_sync(Key::from_text("k"), 1_u8);
+    /// cache.remove_sync(Key::from_text("k"));
+    /// assert_eq!(evictions.load(Ordering::Relaxed), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn removal_listener(
+        mut self,
+        listener: impl Fn(&Key, RemovalCause) + Send + Sync + 'static,
+    ) -> Self {
+        self.removal_listener = Some(Box::new(listener));
         self
     }
 
@@ -96,12 +148,19 @@ impl CacheBuilder {
         self.options.backplane.check()?;
         let store_options = store_options(&self.options);
         #[cfg(feature = "test-util")]
-        let store = match self.clock {
-            Some(clock) => Store::with_clock(store_options, clock),
-            None => Store::new(store_options),
+        let store = match (self.clock, self.removal_listener) {
+            (Some(clock), None) => Store::with_clock(store_options, clock),
+            (None, None) => Store::new(store_options),
+            (Some(clock), Some(listener)) => {
+                Store::with_clock_and_removal_listener(store_options, clock, listener)
+            }
+            (None, Some(listener)) => Store::with_removal_listener(store_options, listener),
         };
         #[cfg(not(feature = "test-util"))]
-        let store = Store::new(store_options);
+        let store = match self.removal_listener {
+            None => Store::new(store_options),
+            Some(listener) => Store::with_removal_listener(store_options, listener),
+        };
         let store = store.map_err(BuildError::InvalidOptions)?;
         let identity = Identity::new(
             self.options.cache_name(),
@@ -202,6 +261,7 @@ impl fmt::Debug for CacheBuilder {
         f.debug_struct("CacheBuilder")
             .field("options", &self.options)
             .field("backplane", &self.backplane)
+            .field("removal_listener", &self.removal_listener.is_some())
             .finish_non_exhaustive()
     }
 }

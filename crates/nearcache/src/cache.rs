@@ -51,23 +51,23 @@ use crate::stats::{CacheStats, PropagationStats};
 /// ```
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Store,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
     propagation: Option<Arc<Propagation>>,
     /// Handed out by `events()` when there is no backplane: it never yields.
     idle_events: broadcast::Sender<CacheEvent>,
     /// Handed out by `watch_health()` when there is no backplane: always coherent.
     local_health: watch::Sender<Health>,
     /// The name and instance in spans and metrics; whether keys may be shown.
-    identity: Identity,
+    pub(crate) identity: Identity,
     /// Exported counters and gauges (feature `metrics`).
     #[cfg(feature = "metrics")]
     exported: Exported,
     /// `nearcache_load_duration_seconds` (feature `metrics`).
-    load_duration: Seconds,
+    pub(crate) load_duration: Seconds,
 }
 
 impl Inner {

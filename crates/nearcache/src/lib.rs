@@ -75,6 +75,14 @@
 //! old value after the write's invalidation. The `_optional` variants cache `Ok(None)` as a
 //! negative entry when [`CacheOptions::cache_none`] is on.
 //!
+//! [`Cache::get_or_create_many`] (and `_sync`) loads many keys with one factory call for
+//! those neither cached nor loading ([`BatchEntries`]); each key is still its own flight,
+//! shared with single-key callers and other batches and invalidated on its own. Its results
+//! are already `Option`s (a key the factory leaves out is `None`, cached as `_optional`
+//! loaders cache it), so it has no `_optional` twin. A
+//! [removal listener](CacheBuilder::removal_listener) hears of each entry that leaves the
+//! store, and why ([`RemovalCause`]).
+//!
 //! # Invalidating
 //!
 //! [`Cache::remove`], [`Cache::set`], [`Cache::expire_region`],
@@ -161,6 +169,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod builder;
 mod cache;
 mod error;
@@ -197,7 +206,7 @@ pub use nearcache_derive::CacheKey;
 
 // ---- regions and entries ----
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
-pub use nearcache_store::Entry;
+pub use nearcache_store::{BatchEntries, Entry, RemovalCause};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;

@@ -268,3 +268,36 @@ async fn two_caches_in_one_process_are_told_apart_by_name() {
     assert_eq!(counter(s, "nearcache_hits_total", &users, &[]), 1);
     assert_eq!(counter(s, "nearcache_hits_total", &orders, &[]), 0);
 }
+
+/// A batch of three keys, one of them cached: one batch load of two keys, and a load
+/// duration sample for the one factory call.
+#[tokio::test]
+async fn batch_loads_and_their_keys_are_exported() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let bus = InMemoryBackplane::new();
+    let a = instance(&bus, &recorder, "batches").await;
+    let keys = [
+        Key::from_text("a"),
+        Key::from_text("b"),
+        Key::from_text("c"),
+    ];
+    load(&a.cache, &keys[0]).await;
+    let _ = snapshot(&snapshotter, &[&a]);
+    a.cache
+        .get_or_create_many(&keys, async |batch| {
+            Ok::<_, Infallible>(
+                batch
+                    .keys()
+                    .map(|key| (key.clone(), 7_u32))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap();
+    let s = &snapshot(&snapshotter, &[&a]);
+    assert_eq!(counter(s, "nearcache_batch_loads_total", &a, &[]), 1);
+    assert_eq!(counter(s, "nearcache_batch_keys_loaded_total", &a, &[]), 2);
+    assert_eq!(counter(s, "nearcache_loads_total", &a, &[]), 3);
+    assert_eq!(samples(s, "nearcache_load_duration_seconds", &a), 1);
+}

@@ -488,7 +488,7 @@ pub(super) fn apply(
         match op {
             Op::Remove { keys } => {
                 for key in keys {
-                    store.remove(&Key::from_text(key.as_str()));
+                    store.remove_from_peer(&Key::from_text(key.as_str()));
                     applied += 1;
                 }
             }
