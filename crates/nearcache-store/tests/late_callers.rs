@@ -375,12 +375,14 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
             }
             other => panic!("expected WouldDeadlock, got {other:?}"),
         }
-        // A thread outside the runtime may wait: the leader runs on.
+        // A thread outside the runtime may wait: the leader runs on. The count is read
+        // before the thread starts, or a thread that joins at once would be counted in it
+        // and the wait below would never end.
+        let waiters = store.flight_waiters(&k);
         let elsewhere = tokio::task::spawn_blocking({
             let (store, k) = (store.clone(), k.clone());
             move || store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32))
         });
-        let waiters = store.flight_waiters(&k);
         while store.flight_waiters(&k) == waiters {
             tokio::task::yield_now().await;
         }
