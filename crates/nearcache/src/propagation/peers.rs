@@ -14,6 +14,9 @@
 //!   anything it invalidates from then on. So a peer that started after us is normally
 //!   known from its hello (its number then, 0 if it had sent nothing), and a gap after it
 //!   is a loss as usual, whatever the two hosts' clocks say.
+//! - Peers answer a hello at once with a heartbeat carrying their last number
+//!   ([`answer`](super::answer)), so a newcomer normally learns every live peer's position
+//!   from its answer, a round trip after subscribing, and judges what follows against it.
 //! - A first contact that is not a hello is taken at its word — its number becomes the
 //!   baseline — during an *introduction window* of one heartbeat interval after we
 //!   subscribed. For a heartbeat this is exact: an origin sends one only after a full

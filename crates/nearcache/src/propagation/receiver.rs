@@ -471,6 +471,11 @@ pub(super) fn apply(
         Seen::InOrder => {}
     }
     if heartbeat {
+        if message.is_hello() && source != Source::Replayed {
+            // A newcomer: tell it where we stand (the sender answers, rate-limited).
+            p.answer_pending.store(true, Ordering::Release);
+            p.answer_now.notify_one();
+        }
         if message.is_goodbye() {
             peers.farewell(message.origin.as_u128());
             p.health.forget(message.origin);
