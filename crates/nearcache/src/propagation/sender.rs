@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nearcache_backplane::wire::{self, Message, MessageBuilder, Op, PushError, WireLimits};
@@ -380,11 +380,25 @@ enum Publish {
     ShutDown,
 }
 
-/// Publishes `payload`, retrying with backoff until it is sent or the backplane says it is
-/// too large (retrying cannot help). Once the cache is closed a failed attempt is not
+/// The longest wait between two attempts at a publish that invalidations wait on: the
+/// `publish_timeout` (or `reconnect_initial_delay`, if longer), never more than
+/// `reconnect_max_delay`. Peers that are back before this instance's own subscription (its
+/// backoff has grown through the outage too) must not wait that backoff out for its
+/// invalidations: once the backplane is back they go out within about this long. During an
+/// outage it costs one attempt per period, only on instances that have something to send.
+pub(crate) fn publish_retry_cap(options: &crate::options::BackplaneOptions) -> Duration {
+    options
+        .publish_timeout
+        .max(options.reconnect_initial_delay)
+        .min(options.reconnect_max_delay)
+}
+
+/// Publishes `payload`, retrying with backoff (capped by [`publish_retry_cap`], and cut short
+/// when this instance's subscription comes back) until it is sent or the backplane says it
+/// is too large (retrying cannot help). Once the cache is closed a failed attempt is not
 /// retried ([`Publish::ShutDown`]), so a shutdown or drop never lingers on a dead backplane.
 async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload: Bytes) -> Publish {
-    let max_delay = p.options.reconnect_max_delay;
+    let max_delay = publish_retry_cap(&p.options);
     let mut delay = p.options.reconnect_initial_delay.min(max_delay);
     let mut failing_since: Option<Instant> = None;
     let mut shutdown = p.shutdown.subscribe();
