@@ -13,7 +13,7 @@ use propagation_support::{Instance, Tap, encoded, fence, key, poll_until, quiet,
 async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
     let (k1, k2, k3) = (key("k1"), key("k2"), key("k3"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));
@@ -78,7 +78,7 @@ const NEW_KEY: &str = "the fleet's next shared secret";
 async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, signed(KEY, None)).await;
-    let mut b = Instance::start(&bus, signed(KEY, None)).await;
+    let mut b = Instance::start_after(&bus, signed(KEY, None), &[&a]).await;
     let (k, kept) = (key("k"), key("kept"));
     b.load(&kept, 1).await;
 
@@ -120,7 +120,7 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
 async fn a_forged_copy_of_the_next_number_does_not_hide_the_real_message() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
     let (k1, k2, decoy) = (key("k1"), key("k2"), key("decoy"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));

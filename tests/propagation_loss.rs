@@ -384,7 +384,7 @@ async fn loss_policy_none_counts_the_loss_but_keeps_the_entries() {
     let mut lenient = quiet();
     lenient.backplane.on_loss = LossPolicy::None;
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, lenient).await;
+    let mut b = Instance::start_after(&bus, lenient, &[&a]).await;
     let kept = key("kept");
     a.cache.remove(key("k1")).await;
     b.applied().await;
@@ -407,7 +407,7 @@ async fn a_late_peer_whose_first_message_was_lost_is_caught() {
     let kept = key("kept");
     b.load(&kept, 1).await;
     // A peer that starts after B subscribed: B must see it from its seq 1.
-    let a = Instance::start(&bus, quiet()).await;
+    let a = Instance::start_after(&bus, quiet(), &[&b]).await;
     bus.drop_next(1);
     a.cache.remove(key("lost")).await;
     a.cache.remove(key("seen")).await;
