@@ -12,8 +12,15 @@
 //!    stops when B's `Applied` events add up to N. The outbox batches by group commit.
 //!    Baselines: raw redis-rs, one awaited `PUBLISH` per key; and raw 256-key payloads.
 //!
+//! 10. The cost of one lost link: B holds a working set; every subscriber connection is
+//!     killed (`CLIENT KILL TYPE pubsub`) while A invalidates a few of its keys; once B is
+//!     back, B reads the whole working set again and the data-source loads are counted —
+//!     with the replay log (B evicts what it missed) and with `replay_log_len = 0` (B
+//!     clears), side by side in one run.
+//!
 //! `cargo bench -p nearcache-suite --bench redis -- cluster` runs only the cluster's row 6
-//! (words: `latency` for row 6 on one server, `cluster`, `throughput` for row 7; none: all).
+//! (words: `latency` for row 6 on one server, `cluster`, `throughput` for row 7, `loss` for
+//! row 10; none: all).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -43,7 +50,7 @@ const RAW_CHANNEL: &str = "nearcache-bench:raw";
 const RAW_BATCH: usize = 256;
 
 /// The parts of this bench, as named on its command line.
-const PARTS: [&str; 3] = ["latency", "cluster", "throughput"];
+const PARTS: [&str; 4] = ["latency", "cluster", "throughput", "loss"];
 
 fn main() {
     // `cargo bench` passes `--bench` (and any flag of its own); words are the parts to run.
@@ -55,7 +62,7 @@ fn main() {
         panic!("unknown part `{unknown}`: the parts are {PARTS:?}");
     }
     let wanted = |part: &str| words.is_empty() || words.iter().any(|w| w == part);
-    let server = (wanted("latency") || wanted("throughput")).then(|| {
+    let server = (wanted("latency") || wanted("throughput") || wanted("loss")).then(|| {
         RedisServer::start().expect(
             "start redis-server (install it with `cargo xtask redis` or apt-get install redis-server)",
         )
@@ -83,6 +90,9 @@ fn main() {
             }
             if wanted("throughput") {
                 throughput(&url, &mut report).await;
+            }
+            if wanted("loss") {
+                loss(server, &mut report).await;
             }
         } else if let Some(cluster) = &cluster {
             cluster_latency(cluster, &mut report).await;
@@ -535,4 +545,126 @@ async fn raw_batched(url: &str, n: usize) -> f64 {
     }
     let done = counter.await.expect("counter");
     n as f64 / (done - start).as_secs_f64()
+}
+
+/// Row 10: data-source loads after one lost link, repaired from the log vs cleared.
+async fn loss(server: &RedisServer, report: &mut Report) {
+    let working_set = pick(10_000, 2_000);
+    let invalidated = pick(100, 20);
+    let repaired = loads_after_a_lost_link(server, true, working_set, invalidated).await;
+    let cleared = loads_after_a_lost_link(server, false, working_set, invalidated).await;
+    report.push(Row::vs(
+        "10",
+        format!(
+            "loads re-reading {working_set} keys after one subscriber kill, {invalidated} \
+             invalidated meanwhile (replay log on)"
+        ),
+        Unit::Count,
+        repaired,
+        "replay_log_len = 0 (a clear)",
+        cleared,
+        Goal::AtMost(1.1 * invalidated as f64),
+    ));
+}
+
+/// Loads B's working set, kills every subscriber connection while A invalidates
+/// `invalidated` of its keys, waits until B is back and has heard A since, then counts the
+/// loads of reading the working set again.
+async fn loads_after_a_lost_link(
+    server: &RedisServer,
+    replay: bool,
+    working_set: usize,
+    invalidated: usize,
+) -> f64 {
+    let app = if replay {
+        "bench-loss-replay"
+    } else {
+        "bench-loss-clear"
+    };
+    let connect = || async {
+        let mut options = options(&server.url(), app, 2 * working_set, 1024);
+        if !replay {
+            options.backplane.replay_log_len = 0;
+        }
+        let cache = Cache::builder()
+            .options(options)
+            .connect()
+            .await
+            .expect("connect a cache to the bench's redis-server");
+        cache.ready().await;
+        cache
+    };
+    let (a, b) = (connect().await, connect().await);
+    let origin = a.instance_id().expect("A has a backplane");
+    let keys = common::keys(working_set);
+    let loads = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let read_all = async |keys: &[Key]| {
+        for key in keys {
+            let loads = loads.clone();
+            b.get_or_create(key, async move |_| {
+                loads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok::<Payload, Infallible>(VALUE)
+            })
+            .await
+            .expect("loads");
+        }
+    };
+    read_all(&keys).await;
+    assert_eq!(b.len(), working_set, "B holds the working set");
+
+    let mut events = b.events();
+    tokio::task::block_in_place(|| server.client_kill_pubsub()).expect("CLIENT KILL");
+    for key in &keys[..invalidated] {
+        a.remove(key).await;
+    }
+    // B noticed the loss and recovered (repaired or cleared), then hears A again.
+    let mut recovered = false;
+    let marker = Key::from_text(format!("{app}:marker"));
+    a.remove(&marker).await;
+    let mut marker_seq = a
+        .stats()
+        .propagation
+        .expect("A has a backplane")
+        .messages_sent;
+    let mut marker_applied = false;
+    while !(recovered && marker_applied) {
+        let event = tokio::time::timeout(EVENT_TIMEOUT, events.recv())
+            .await
+            .expect("B recovers and hears A within the timeout");
+        match event {
+            Ok(CacheEvent::LossRepaired { .. } | CacheEvent::LossCleared { .. }) => {
+                // What B hears of A from now on was sent after everything before it.
+                recovered = true;
+                marker_applied = false;
+                a.remove(&marker).await;
+                marker_seq = a
+                    .stats()
+                    .propagation
+                    .expect("A has a backplane")
+                    .messages_sent;
+            }
+            Ok(CacheEvent::Applied {
+                origin: from, seq, ..
+            }) if from == origin => {
+                marker_applied = seq >= marker_seq;
+            }
+            Ok(_) => {}
+            Err(error) => panic!("B's events: {error}"),
+        }
+    }
+    let before = loads.load(std::sync::atomic::Ordering::Relaxed);
+    read_all(&keys).await;
+    let after = loads.load(std::sync::atomic::Ordering::Relaxed);
+    let s = b.stats().propagation.expect("B has a backplane");
+    println!(
+        "row 10 ({}): {} loads; B: {} repairs ({} keys replayed), {} loss clears",
+        if replay { "replay" } else { "clear" },
+        after - before,
+        s.loss_repairs.repairs,
+        s.loss_repairs.keys_replayed,
+        s.loss_clears.total()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    (after - before) as f64
 }

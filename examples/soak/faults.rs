@@ -36,14 +36,14 @@ pub(crate) fn all_connected(caches: &[Cache]) -> bool {
         .all(|c| c.stats().propagation.is_some_and(|p| p.connected))
 }
 
-/// Publishes (messages and heartbeats) each instance has made so far.
+/// Publishes (messages, heartbeats and answers to hellos) each instance has made so far.
 fn sent(caches: &[Cache]) -> Vec<u64> {
     caches
         .iter()
         .map(|c| {
             c.stats()
                 .propagation
-                .map_or(0, |p| p.messages_sent + p.heartbeats_sent)
+                .map_or(0, |p| p.messages_sent + p.heartbeats_sent + p.answers_sent)
         })
         .collect()
 }

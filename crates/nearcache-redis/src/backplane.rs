@@ -241,7 +241,10 @@ impl ReplayLog for RedisBackplane {
         let Some(log) = self.publisher.log() else {
             return Err(no_log());
         };
-        let reply = self.publisher.run::<redis::Value>(&log.head_cmd()).await?;
+        let reply = self
+            .publisher
+            .run_script::<redis::Value>(&log.head_cmd())
+            .await?;
         crate::replay::parse_head(&reply)
     }
 
@@ -251,7 +254,7 @@ impl ReplayLog for RedisBackplane {
         };
         crate::replay::read_all(after, |from| async move {
             self.publisher
-                .run::<redis::Value>(&log.read_cmd(&from))
+                .run_script::<redis::Value>(&log.read_cmd(&from))
                 .await
         })
         .await

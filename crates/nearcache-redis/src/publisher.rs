@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
 use crate::error::RedisBackplaneError;
-use crate::replay::LogKeys;
+use crate::replay::{LogKeys, ScriptCall};
 use crate::status::StatusCell;
 use crate::target::Target;
 use crate::topology::Topology;
@@ -130,33 +130,53 @@ impl Publisher {
                 limit: self.max_payload,
             });
         }
-        let cmd = match &self.log {
-            Some(log) => log.publish_cmd(self.command, &self.channel, payload),
+        match &self.log {
+            Some(log) => {
+                self.run_script::<()>(&log.publish_cmd(self.command, &self.channel, payload))
+                    .await
+            }
             None => {
                 let mut cmd = redis::Cmd::with_capacity(
                     3,
                     self.command.len() + self.channel.len() + payload.len(),
                 );
                 cmd.arg(self.command).arg(&self.channel[..]).arg(payload);
-                cmd
+                self.run::<()>(&cmd).await
             }
-        };
-        self.run::<()>(&cmd).await
+        }
     }
 
     /// Runs one command on the publishing connection, bounded by `publish_timeout`, with the
     /// publisher's connection handling (a timeout replaces the connection).
     pub(crate) async fn run<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BackplaneError> {
+        self.run_with(cmd, None).await
+    }
+
+    /// Runs a script by its SHA1, and in full when the server does not know it (`NOSCRIPT`:
+    /// the first call, or its script cache was emptied by a restart or `SCRIPT FLUSH`), both
+    /// within one `publish_timeout`.
+    pub(crate) async fn run_script<T: FromRedisValue>(
+        &self,
+        call: &ScriptCall,
+    ) -> Result<T, BackplaneError> {
+        self.run_with(&call.by_hash, Some(&call.in_full)).await
+    }
+
+    async fn run_with<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        unknown_script: Option<&Cmd>,
+    ) -> Result<T, BackplaneError> {
         // A clone is a reference count; the connection itself is shared.
         let (generation, con) = self.con.read().clone();
         // Connecting (when needed) and the command share one `publish_timeout`.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let outcome = match con {
-            Conn::Manager(mut con) => self.send(cmd, &mut con, deadline).await,
-            Conn::Direct(Some(mut con)) => self.send(cmd, &mut con, deadline).await,
+            Conn::Manager(mut con) => self.send(cmd, unknown_script, &mut con, deadline).await,
+            Conn::Direct(Some(mut con)) => self.send(cmd, unknown_script, &mut con, deadline).await,
             Conn::Direct(None) => {
                 match tokio::time::timeout_at(deadline, self.connect_direct(generation)).await {
-                    Ok(Ok(mut con)) => self.send(cmd, &mut con, deadline).await,
+                    Ok(Ok(mut con)) => self.send(cmd, unknown_script, &mut con, deadline).await,
                     Ok(Err(reason)) => Err(Failed::Other(reason)),
                     Err(_) => Err(Failed::Timeout),
                 }
@@ -186,14 +206,27 @@ impl Publisher {
         }
     }
 
-    /// One command, bounded by `deadline`.
+    /// One command, bounded by `deadline`; when it is a script the server does not know,
+    /// `unknown_script` (the same call in full) instead.
     async fn send<T: FromRedisValue>(
         &self,
         cmd: &Cmd,
+        unknown_script: Option<&Cmd>,
         con: &mut impl ConnectionLike,
         deadline: tokio::time::Instant,
     ) -> Result<T, Failed> {
-        match tokio::time::timeout_at(deadline, cmd.query_async::<T>(con)).await {
+        let mut outcome = tokio::time::timeout_at(deadline, cmd.query_async::<T>(con)).await;
+        if let (Ok(Err(err)), Some(in_full)) = (&outcome, unknown_script)
+            && err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+        {
+            debug!(
+                addr = %self.target.addr,
+                "redis does not know the replay log's script (first call, restart or SCRIPT \
+                 FLUSH): sending it in full once"
+            );
+            outcome = tokio::time::timeout_at(deadline, in_full.query_async::<T>(con)).await;
+        }
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(self.target.describe(&err))),
             Ok(Err(_)) | Err(_) => Err(Failed::Timeout),

@@ -14,9 +14,16 @@
 //! so a receiver sees a skip at once. A Redis restarted without persistence loses both keys:
 //! the next write starts a new epoch, and a reader holding a position of the old one is told
 //! [`Uncovered::Recreated`] even once the new log has grown past its index.
+//!
+//! Each script runs by its SHA1 (`EVALSHA`), so a publish sends the payload, not the
+//! script's text. A server that does not know the script — the first call, or after a restart
+//! or `SCRIPT FLUSH` emptied its script cache — answers `NOSCRIPT`, and the call is made once
+//! more in full (`EVAL`, which also caches it for the next ones): a [`ScriptCall`].
+
+use std::sync::LazyLock;
 
 use nearcache_backplane::{BackplaneError, LogEntry, LogPosition, LogRead, Uncovered};
-use redis::{Cmd, Value};
+use redis::{Cmd, Script, Value};
 
 use crate::slot::slot_of;
 
@@ -59,6 +66,40 @@ return {epoch, n, redis.call('XRANGE', KEYS[1], '(' .. epoch .. '-' .. ARGV[2], 
 
 /// Entries read per round trip.
 const PAGE: usize = 1000;
+
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH));
+static HEAD_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEAD));
+static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+
+/// One call of a script: by its SHA1, and in full for a server that answers `NOSCRIPT`.
+#[derive(Debug, Clone)]
+pub(crate) struct ScriptCall {
+    /// `EVALSHA sha1 numkeys keys… args…`.
+    pub(crate) by_hash: Cmd,
+    /// `EVAL script numkeys keys… args…`: runs it and caches it on the server.
+    pub(crate) in_full: Cmd,
+}
+
+impl ScriptCall {
+    /// A call of `script` (whose text is `code`) with `keys` and `args`.
+    fn new(script: &Script, code: &str, keys: &[&[u8]], args: &[&[u8]]) -> Self {
+        let build = |command: &str, first: &[u8]| {
+            let mut cmd = redis::cmd(command);
+            cmd.arg(first).arg(keys.len());
+            for key in keys {
+                cmd.arg(*key);
+            }
+            for arg in args {
+                cmd.arg(*arg);
+            }
+            cmd
+        };
+        ScriptCall {
+            by_hash: build("EVALSHA", script.get_hash().as_bytes()),
+            in_full: build("EVAL", code.as_bytes()),
+        }
+    }
+}
 
 /// The log's keys and length for one channel.
 #[derive(Debug, Clone)]
@@ -103,36 +144,36 @@ impl LogKeys {
         &self.stream
     }
 
-    /// `EVAL` of the publish script.
-    pub(crate) fn publish_cmd(&self, command: &str, channel: &[u8], payload: &[u8]) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH)
-            .arg(2)
-            .arg(&self.stream)
-            .arg(&self.head)
-            .arg(payload)
-            .arg(self.max_len)
-            .arg(channel)
-            .arg(command);
-        cmd
+    /// The publish script's call.
+    pub(crate) fn publish_cmd(&self, command: &str, channel: &[u8], payload: &[u8]) -> ScriptCall {
+        ScriptCall::new(
+            &PUBLISH_SCRIPT,
+            PUBLISH,
+            &[self.stream.as_bytes(), self.head.as_bytes()],
+            &[
+                payload,
+                self.max_len.to_string().as_bytes(),
+                channel,
+                command.as_bytes(),
+            ],
+        )
     }
 
-    pub(crate) fn head_cmd(&self) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(HEAD).arg(1).arg(&self.head);
-        cmd
+    pub(crate) fn head_cmd(&self) -> ScriptCall {
+        ScriptCall::new(&HEAD_SCRIPT, HEAD, &[self.head.as_bytes()], &[])
     }
 
-    pub(crate) fn read_cmd(&self, after: &LogPosition) -> Cmd {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(READ)
-            .arg(2)
-            .arg(&self.stream)
-            .arg(&self.head)
-            .arg(after.epoch().to_string())
-            .arg(after.index())
-            .arg(PAGE);
-        cmd
+    pub(crate) fn read_cmd(&self, after: &LogPosition) -> ScriptCall {
+        ScriptCall::new(
+            &READ_SCRIPT,
+            READ,
+            &[self.stream.as_bytes(), self.head.as_bytes()],
+            &[
+                after.epoch().to_string().as_bytes(),
+                after.index().to_string().as_bytes(),
+                PAGE.to_string().as_bytes(),
+            ],
+        )
     }
 }
 

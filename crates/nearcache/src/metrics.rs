@@ -102,6 +102,8 @@ mod handles {
         "subscription_ended",
         "echo_lost",
     ];
+    /// Why a repair could not cover a loss (and cleared instead).
+    const UNCOVERED: [&str; 3] = ["trimmed", "recreated", "read_failed"];
 
     /// Every counter and gauge, registered once.
     #[derive(Debug)]
@@ -129,6 +131,11 @@ mod handles {
         rejected_unauthenticated: Counter,
         outbox_overflows: Counter,
         loss_clears: [Counter; 6],
+        loss_repairs: Counter,
+        replayed_messages: Counter,
+        replayed_keys: Counter,
+        replay_duplicates: Counter,
+        replay_uncovered: [Counter; 3],
         entries: Gauge,
         weight: Gauge,
         outbox_depth: Gauge,
@@ -186,6 +193,13 @@ mod handles {
                 outbox_overflows: counter!("nearcache_outbox_overflows_total", &l),
                 loss_clears: CAUSES
                     .map(|cause| counter!("nearcache_loss_clears_total", &with("cause", cause))),
+                loss_repairs: counter!("nearcache_loss_repairs_total", &l),
+                replayed_messages: counter!("nearcache_replayed_messages_total", &l),
+                replayed_keys: counter!("nearcache_replayed_keys_total", &l),
+                replay_duplicates: counter!("nearcache_replay_duplicates_total", &l),
+                replay_uncovered: UNCOVERED.map(|reason| {
+                    counter!("nearcache_replay_uncovered_total", &with("reason", reason))
+                }),
                 entries: gauge!("nearcache_entries", &l),
                 weight: gauge!("nearcache_weight", &l),
                 outbox_depth: gauge!("nearcache_outbox_depth", &l),
@@ -274,6 +288,15 @@ mod handles {
                 c.echo_lost,
             ];
             for (counter, value) in self.loss_clears.iter().zip(clears) {
+                counter.absolute(value);
+            }
+            let r = &p.loss_repairs;
+            self.loss_repairs.absolute(r.repairs);
+            self.replayed_messages.absolute(r.messages_replayed);
+            self.replayed_keys.absolute(r.keys_replayed);
+            self.replay_duplicates.absolute(r.replay_duplicates);
+            let uncovered = [r.uncovered_trimmed, r.uncovered_recreated, r.read_failed];
+            for (counter, value) in self.replay_uncovered.iter().zip(uncovered) {
                 counter.absolute(value);
             }
             self.outbox_depth.set(p.outbox_len as f64);

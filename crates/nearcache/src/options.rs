@@ -215,7 +215,10 @@ pub struct BackplaneOptions {
     /// Redis); doubles up to `reconnect_max_delay`. Not zero; default 100 ms.
     #[serde(with = "humantime_serde")]
     pub reconnect_initial_delay: Duration,
-    /// Longest delay between retries; at least `reconnect_initial_delay`. Default 5 s.
+    /// Longest delay between retries; at least `reconnect_initial_delay`. Default 5 s. A
+    /// publish that invalidations wait on is retried at least every `publish_timeout` (or
+    /// `reconnect_initial_delay`, if longer), so they go out within about that long once the
+    /// backplane is back.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
     /// Redis only: how long connecting (TCP, TLS, `HELLO`/`AUTH`, a first `PING`) may take, at

@@ -46,8 +46,11 @@ pub struct PropagationStats {
     pub invalidations_sent: u64,
     /// `invalidations_sent` by kind.
     pub invalidations_sent_by_kind: InvalidationKinds,
-    /// Heartbeats published.
+    /// Heartbeats published (not counting answers).
     pub heartbeats_sent: u64,
+    /// Answers published: heartbeats sent at once because a newcomer said hello, so it
+    /// learns our position from them (rate-limited; one answers every hello before it).
+    pub answers_sent: u64,
     /// Publish attempts of invalidation messages that failed or timed out (each is retried
     /// until it goes out; heartbeats are not counted).
     pub publish_failures: u64,
@@ -60,7 +63,7 @@ pub struct PropagationStats {
     pub invalidations_received_by_kind: InvalidationKinds,
     /// Invalidations applied to the local store.
     pub invalidations_applied: u64,
-    /// Heartbeats received from peers.
+    /// Heartbeats received from peers (their answers to hellos included).
     pub heartbeats_received: u64,
     /// Our own payloads (messages and heartbeats) echoed back by the channel, ignored.
     pub own_messages_ignored: u64,

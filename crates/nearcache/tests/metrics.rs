@@ -254,6 +254,89 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     );
 }
 
+/// With a replay log, a reconnect is repaired: the repair, the messages and keys replayed
+/// are exported; a log trimmed past the gap is a clear, with the reason the log could not
+/// cover it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_move_for_loss_repairs_and_uncovered_losses() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let bus = InMemoryBackplane::new().with_replay_log(64);
+    let a = instance(&bus, &recorder, "repairs").await;
+    let mut b = instance(&bus, &recorder, "repairs").await;
+    let (k1, k2, k3) = (
+        Key::from_text("k1"),
+        Key::from_text("k2"),
+        Key::from_text("k3"),
+    );
+    // B learns where the log stands from a first message.
+    a.cache.remove(&k3).await;
+    b.until(|e| matches!(e, CacheEvent::Applied { .. })).await;
+
+    b.conn.disconnect();
+    b.until(|e| matches!(e, CacheEvent::Disconnected)).await;
+    a.cache.remove(&k1).await;
+    a.cache.remove(&k2).await;
+    b.conn.reconnect();
+    b.until(|e| matches!(e, CacheEvent::LossRepaired { .. }))
+        .await;
+    let s = &snapshot(&snapshotter, &[&a, &b]);
+    assert_eq!(counter(s, "nearcache_loss_repairs_total", &b, &[]), 1);
+    assert_eq!(counter(s, "nearcache_replayed_messages_total", &b, &[]), 2);
+    assert_eq!(counter(s, "nearcache_replayed_keys_total", &b, &[]), 2);
+    assert_eq!(counter(s, "nearcache_loss_repairs_total", &a, &[]), 0);
+    for reason in ["trimmed", "recreated", "read_failed"] {
+        assert_eq!(
+            counter(
+                s,
+                "nearcache_replay_uncovered_total",
+                &b,
+                &[("reason", reason)]
+            ),
+            0
+        );
+    }
+    assert_eq!(
+        counter(
+            s,
+            "nearcache_loss_clears_total",
+            &b,
+            &[("cause", "reconnect")]
+        ),
+        0
+    );
+
+    // Trimmed past the gap: the log cannot tell, so B clears, and says why.
+    b.conn.disconnect();
+    b.until(|e| matches!(e, CacheEvent::Disconnected)).await;
+    a.cache.remove(&k1).await;
+    a.cache.remove(&k2).await;
+    bus.trim_log(1);
+    b.conn.reconnect();
+    b.until(|e| matches!(e, CacheEvent::LossCleared { .. }))
+        .await;
+    let s = &snapshot(&snapshotter, &[&a, &b]);
+    assert_eq!(
+        counter(
+            s,
+            "nearcache_replay_uncovered_total",
+            &b,
+            &[("reason", "trimmed")]
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            s,
+            "nearcache_loss_clears_total",
+            &b,
+            &[("cause", "reconnect")]
+        ),
+        1
+    );
+    assert_eq!(counter(s, "nearcache_loss_repairs_total", &b, &[]), 1);
+}
+
 #[tokio::test]
 async fn two_caches_in_one_process_are_told_apart_by_name() {
     let recorder = DebuggingRecorder::new();

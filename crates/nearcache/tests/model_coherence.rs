@@ -9,7 +9,12 @@
 //! reconnects, connection flapping behind a full subscription queue (down, up, down — the
 //! health the instance ends with must be the link's), subscriptions the backplane ends, and
 //! forged messages under a real peer's name with an implausible sequence number (no signing
-//! key: they may cost a clear, but must never make that peer's real messages invisible).
+//! key: they may cost a clear, but must never make that peer's real messages invisible),
+//! writers that die with invalidations still in their outbox and no goodbye (replaced by a
+//! new instance; their peers must forget them and count it as a loss), and subscriptions the
+//! server drops without a word (only the instance's own heartbeats not coming back can tell).
+//! The last two need heartbeat intervals to pass: the model lets them pass on tokio's paused
+//! clock, one interval at a time, so live instances' heartbeats keep flowing.
 //! The model checks:
 //!
 //! - **no read goes back past a finished invalidation, for every caller:** once an
@@ -112,6 +117,20 @@ enum Step {
         at: usize,
         n: u64,
     },
+    /// `at`'s link goes down, it writes `writes` keys (they stay in its outbox) and it dies
+    /// without a goodbye; a new instance takes its place. Heartbeat intervals then pass until
+    /// its peers forget it.
+    DeadWriter {
+        at: usize,
+        writes: usize,
+    },
+    /// The server stops feeding `at`'s subscription (which holds `key`) without a word, and
+    /// the next instance writes `key`; heartbeat intervals pass until `at` notices that its
+    /// own publishes do not come back.
+    SilentUnsubscribe {
+        at: usize,
+        key: usize,
+    },
     Disconnect {
         at: usize,
     },
@@ -149,6 +168,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (at.clone(), 0..KEYS, any::<bool>())
             .prop_map(|(origin, key, at_the_end)| Step::Forge { origin, key, at_the_end }),
         2 => (at.clone(), 1..3_u64).prop_map(|(at, n)| Step::DropIncoming { at, n }),
+        1 => (at.clone(), 1..3_usize).prop_map(|(at, writes)| Step::DeadWriter { at, writes }),
+        1 => (at.clone(), 0..KEYS).prop_map(|(at, key)| Step::SilentUnsubscribe { at, key }),
         2 => at.clone().prop_map(|at| Step::Disconnect { at }),
         2 => at.prop_map(|at| Step::Reconnect { at }),
         1 => Just(Step::Quiesce),
@@ -207,6 +228,9 @@ struct World {
     /// Instances whose subscription was ended while their link was down: they subscribe
     /// again once it is back.
     ended_while_down: [bool; INSTANCES],
+    /// Instances whose link was down while heartbeat intervals passed (since the last
+    /// quiescent point): they may have forgotten their peers, and been forgotten by them.
+    down_through_intervals: [bool; INSTANCES],
 }
 
 /// Each subscription's queue on the model's bus (the in-memory default), which `Flap` fills.
@@ -222,11 +246,23 @@ struct Delivered {
 /// Readers started per wave of [`Step::ConcurrentReads`].
 const WAVE: usize = 3;
 
+/// The model's heartbeat interval: long, so heartbeats publish only when the model lets
+/// intervals pass on a paused clock ([`World::let_intervals_pass`]).
+const HEARTBEAT: Duration = Duration::from_secs(3600);
+
+/// Peers forget an instance silent for this many heartbeat intervals (see `propagation`).
+const FORGET_AFTER_INTERVALS: u32 = 20;
+
+/// An instance whose own publishes have not come back for this many intervals (the
+/// default `heartbeat_echo_intervals`) subscribes again.
+const ECHO_INTERVALS: u32 = 3;
+
 fn options() -> CacheOptions {
     let mut options = CacheOptions::default();
     let backplane = &mut options.backplane;
     // Heartbeats would publish on their own; quiescent points flush explicitly instead.
-    backplane.heartbeat_interval = Duration::from_secs(3600);
+    backplane.heartbeat_interval = HEARTBEAT;
+    backplane.heartbeat_echo_intervals = ECHO_INTERVALS;
     backplane.publish_timeout = Duration::from_millis(20);
     backplane.reconnect_initial_delay = Duration::from_millis(1);
     backplane.reconnect_max_delay = Duration::from_millis(5);
@@ -266,11 +302,7 @@ impl World {
         let mut caches = Vec::new();
         let mut events = Vec::new();
         for conn in &conns {
-            let cache = Cache::builder()
-                .options(options())
-                .backplane(conn.clone())
-                .build()
-                .unwrap();
+            let cache = build(conn);
             events.push(cache.events());
             caches.push(cache);
         }
@@ -292,6 +324,7 @@ impl World {
             forged: std::collections::HashSet::new(),
             flapped: false,
             ended_while_down: [false; INSTANCES],
+            down_through_intervals: [false; INSTANCES],
         };
         world.introduce().await;
         world
@@ -623,6 +656,8 @@ impl World {
             }
         }
         self.wait_all_applied().await;
+        // Everyone has heard everyone's marker: known to each other again.
+        self.down_through_intervals = [false; INSTANCES];
         let db = self.db.lock().unwrap().clone();
         for (j, cache) in self.caches.iter().enumerate() {
             for (k, &version) in db.iter().enumerate() {
@@ -659,6 +694,8 @@ impl World {
             } => self.concurrent_reads(at, writer, key, how).await,
             Step::DropNext { n } => self.bus.drop_next(n),
             Step::DropIncoming { at, n } => self.conns[at].drop_incoming(n),
+            Step::DeadWriter { at, writes } => self.dead_writer(at, writes).await,
+            Step::SilentUnsubscribe { at, key } => self.silent_unsubscribe(at, key).await,
             Step::Disconnect { at } => self.conns[at].disconnect(),
             Step::Reconnect { at } => self.reconnect(at).await,
             Step::Quiesce => self.quiesce().await,
@@ -722,11 +759,125 @@ impl World {
         }
     }
 
+    /// Lets `steps` × `stride` heartbeat intervals pass on tokio's paused clock, `stride` at
+    /// a time, each step followed by the heartbeat it brings (one per instance: a stride
+    /// below 20 intervals keeps live peers from being forgotten). All of them, not until
+    /// something is noticed: a loss noticed on the way may have another cause than the one
+    /// the caller waits for.
+    async fn let_intervals_pass(&mut self, steps: u32, stride: u32) {
+        tokio::time::pause();
+        for i in 0..INSTANCES {
+            if !self.conns[i].is_connected() {
+                self.down_through_intervals[i] = true;
+            }
+        }
+        // Heartbeats, and answers (which put the next heartbeat off).
+        let beats = |p: PropagationStats| p.heartbeats_sent + p.answers_sent;
+        for _ in 0..steps {
+            // Instances able to send a heartbeat: connected, nothing waiting to go out.
+            let beating: Vec<(usize, u64)> = (0..INSTANCES)
+                .filter(|&i| self.conns[i].is_connected())
+                .map(|i| (i, self.caches[i].stats().propagation.unwrap()))
+                .filter(|(_, p)| p.outbox_len == 0)
+                .map(|(i, p)| (i, beats(p)))
+                .collect();
+            tokio::time::advance(HEARTBEAT * stride).await;
+            let caches = &self.caches;
+            wait_until("the interval's heartbeats", || {
+                beating
+                    .iter()
+                    .all(|&(i, before)| beats(caches[i].stats().propagation.unwrap()) > before)
+            })
+            .await;
+            Self::let_tasks_run().await;
+        }
+        tokio::time::resume();
+    }
+
+    /// `at` dies with invalidations in its outbox and no goodbye; a new instance takes its
+    /// place. Once its peers have had time to forget it (20 silent intervals), none of them
+    /// may serve a key it wrote at a version older than that write: the bound on staleness
+    /// after a writer's death. (Unless the two had already forgotten each other, one of them
+    /// being down through earlier intervals: then what the writer never published cannot
+    /// reach the peer by any means — the limit of that bound.)
+    async fn dead_writer(&mut self, at: usize, writes: usize) {
+        let known: Vec<bool> = (0..INSTANCES)
+            .map(|i| !self.down_through_intervals[i] && !self.down_through_intervals[at])
+            .collect();
+        self.conns[at].disconnect();
+        let written: Vec<usize> = (0..writes).map(|k| k % KEYS).collect();
+        for &k in &written {
+            // Not published: the link is down.
+            self.write(at, k, How::Remove).await;
+        }
+        // Its sender cannot publish its backlog, so it leaves without a goodbye.
+        let unsent = self.caches[at].shutdown().await;
+        assert!(unsent > 0, "the dead writer's outbox was empty");
+        let conn = self.bus.connection();
+        let cache = build(&conn);
+        self.events[at] = cache.events();
+        within("ready", cache.ready()).await;
+        self.caches[at] = cache;
+        self.conns[at] = conn;
+        self.applied[at].clear();
+        self.floor[at] = self.db.lock().unwrap().clone().try_into().unwrap();
+        self.ended_while_down[at] = false;
+        self.down_through_intervals[at] = false;
+        // Peers forget a peer silent for 20 intervals at their housekeeping tick (every 20):
+        // 45 intervals pass. (One that is down hears nobody: it forgets every peer, and
+        // clears, in that time.)
+        self.let_intervals_pass(FORGET_AFTER_INTERVALS * 9 / 4 / 5, 5)
+            .await;
+        for i in (0..INSTANCES).filter(|&i| i != at && known[i]) {
+            for &k in &written {
+                self.assert_fresh(i, k, "a writer died with it unpublished")
+                    .await;
+            }
+        }
+    }
+
+    /// The server stops feeding `at`'s subscription; a peer writes `k`, which `at` holds.
+    /// Past the echo wait (three intervals, plus one for the first heartbeat) `at` must
+    /// have noticed and must not serve `k` at a version older than that write.
+    async fn silent_unsubscribe(&mut self, at: usize, k: usize) {
+        if !self.conns[at].is_connected() {
+            return; // nothing to unsubscribe from
+        }
+        self.read(at, k).await;
+        self.conns[at].unsubscribe_silently();
+        let delivered = self.write((at + 1) % INSTANCES, k, How::Remove).await;
+        self.let_intervals_pass(ECHO_INTERVALS + 2, 1).await;
+        if delivered {
+            self.assert_fresh(at, k, "its subscription was silently dropped")
+                .await;
+        }
+    }
+
+    /// A read of `k` on `i` returns the database's version: the bound on staleness after
+    /// `what` has passed.
+    async fn assert_fresh(&mut self, i: usize, k: usize, what: &str) {
+        let version = read_db(&self.db, k);
+        let value = self.read(i, k).await;
+        assert!(
+            value >= version,
+            "instance {i} still serves key {k} at version {value} (the database has \
+             {version}) long after {what}"
+        );
+    }
+
     async fn shutdown(self) {
         for cache in &self.caches {
             cache.shutdown().await;
         }
     }
+}
+
+fn build(conn: &InMemoryBackplane) -> Cache {
+    Cache::builder()
+        .options(options())
+        .backplane(conn.clone())
+        .build()
+        .unwrap()
 }
 
 fn messages_sent(cache: &Cache) -> u64 {
@@ -929,5 +1080,36 @@ fn readers_that_start_after_an_invalidation_never_get_the_load_in_progress() {
                 how,
             }]);
         }
+    }
+}
+
+/// A writer dies with invalidations still in its outbox and no goodbye: its peers hold what
+/// it invalidated in the database until they forget it (20 silent heartbeat intervals), and
+/// then they must count that as a loss.
+#[test]
+fn a_writer_that_dies_with_a_full_outbox_is_forgotten_as_a_loss() {
+    check(&[
+        Step::Read { at: 1, key: 0 },
+        Step::Read { at: 2, key: 1 },
+        Step::DeadWriter { at: 0, writes: 2 },
+        Step::Read { at: 1, key: 2 },
+        Step::Quiesce,
+    ]);
+}
+
+/// The server drops a reader's subscription without a word: it hears nothing, its link looks
+/// up, and only its own heartbeats not coming back tell it to subscribe again.
+#[test]
+fn a_silently_dropped_subscription_is_noticed_by_its_echo() {
+    for log in [Log::Off, Log::On] {
+        check_with(
+            log,
+            &[
+                Step::Read { at: 1, key: 0 },
+                Step::SilentUnsubscribe { at: 1, key: 0 },
+                Step::Read { at: 1, key: 1 },
+                Step::Quiesce,
+            ],
+        );
     }
 }

@@ -6,13 +6,14 @@
 mod propagation_support;
 
 use nearcache::{ClearCause, InMemoryBackplane, InstanceId};
-use propagation_support::{Instance, encoded, fence, key, quiet, remove_op};
+use nearcache_backplane::wire::Op;
+use propagation_support::{Instance, Tap, encoded, fence, key, poll_until, quiet, remove_op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
     let (k1, k2, k3) = (key("k1"), key("k2"), key("k3"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));
@@ -77,7 +78,7 @@ const NEW_KEY: &str = "the fleet's next shared secret";
 async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, signed(KEY, None)).await;
-    let mut b = Instance::start(&bus, signed(KEY, None)).await;
+    let mut b = Instance::start_after(&bus, signed(KEY, None), &[&a]).await;
     let (k, kept) = (key("k"), key("kept"));
     b.load(&kept, 1).await;
 
@@ -119,7 +120,7 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
 async fn a_forged_copy_of_the_next_number_does_not_hide_the_real_message() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, quiet()).await;
+    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
     let (k1, k2, decoy) = (key("k1"), key("k2"), key("decoy"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));
@@ -167,6 +168,12 @@ async fn during_a_rotation_both_keys_are_accepted() {
     let mut old = Instance::start(&bus, signed(KEY, Some(NEW_KEY))).await;
     let mut new = Instance::start(&bus, signed(NEW_KEY, Some(KEY))).await;
     let mut unrotated = Instance::start(&bus, signed(KEY, None)).await;
+    // The second instance answers its hello (it heard no other) with the new key, which it
+    // cannot read.
+    poll_until("the answer to the last hello", || {
+        new.stats().answers_sent == 1
+    })
+    .await;
     let k = key("k");
     new.cache.remove(&k).await;
     assert_eq!(old.applied().await, (new.id(), 1, 1));
@@ -175,8 +182,8 @@ async fn during_a_rotation_both_keys_are_accepted() {
     assert_eq!(unrotated.applied().await, (old.id(), 1, 1));
     assert_eq!(
         unrotated.stats().messages_unauthenticated,
-        1,
-        "the new key's message, to an instance that only knows the old one"
+        2,
+        "the new key's answer to its hello and message, to an instance that only knows the old one"
     );
     assert_eq!(old.stats().messages_unauthenticated, 0);
     assert_eq!(new.stats().messages_unauthenticated, 0);
@@ -191,4 +198,39 @@ async fn a_short_signing_key_is_refused_at_build() {
         .build()
         .unwrap_err();
     assert!(error.to_string().contains("signing_key"), "{error}");
+}
+
+/// Anyone can send hellos, and a fleet restarting at once sends many: a peer answers a storm
+/// of them with a few answers (a burst, then one per answer interval — one second with these
+/// options), and the last hello is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_hellos_is_answered_by_a_few_answers() {
+    const STORM: u128 = 5_000;
+    const BURST: u64 = 4;
+    let bus = InMemoryBackplane::with_queue_capacity(10_000);
+    let a = Instance::start(&bus, quiet()).await;
+    let mut tap = Tap::new(&bus).await;
+    let started = std::time::Instant::now();
+    for origin in 1..=STORM {
+        bus.inject(encoded(InstanceId::from_u128(origin), 0, vec![Op::Hello]));
+    }
+    // The tap hears the hellos in order, A's answers mixed in.
+    let mut hellos = 0;
+    while hellos < STORM {
+        if tap.next_any().await.origin != a.id() {
+            hellos += 1;
+        }
+    }
+    // With hour-long heartbeats, anything A publishes now is an answer: the last hellos
+    // are answered too, merged into one.
+    let answer = tap.next_any().await;
+    assert_eq!(answer.origin, a.id());
+    assert!(answer.is_heartbeat() && !answer.is_hello());
+    let elapsed = started.elapsed();
+    let answers = a.stats().answers_sent;
+    let bound = BURST + elapsed.as_secs() + 1;
+    assert!(
+        (1..=bound).contains(&answers),
+        "{answers} answers to {STORM} hellos in {elapsed:?} (at most {bound})"
+    );
 }

@@ -10,7 +10,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Propagated};
-use propagation_support::{HELLO, Instance, Tap, key, poll_until, quiet, remove_op, trio, within};
+use propagation_support::{
+    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, key, poll_until, quiet, remove_op, trio, within,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_last_handle_publishes_what_is_queued_then_stops_both_tasks() {
@@ -52,8 +54,8 @@ async fn dropping_the_last_handle_publishes_what_is_queued_then_stops_both_tasks
     tap.assert_no_message(); // a goodbye invalidates nothing, like a heartbeat
     assert_eq!(
         bus.published(),
-        3 * HELLO + 3,
-        "three hellos; the two messages, then a goodbye"
+        TRIO_HELLOS_AND_ANSWERS + 3,
+        "hellos and answers; the two messages, then a goodbye"
     );
 }
 

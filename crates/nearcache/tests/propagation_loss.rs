@@ -16,7 +16,8 @@ use bytes::Bytes;
 use nearcache::{CacheEvent, ClearCause, InMemoryBackplane, InstanceId, LossPolicy, Propagated};
 use nearcache_backplane::wire::{self, Op};
 use propagation_support::{
-    HELLO, Instance, Tap, encoded, fence, key, poll_until, quiet, remove_op, trio, within,
+    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, encoded, fence, key, poll_until, quiet, remove_op,
+    trio, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,8 +55,8 @@ async fn a_gap_in_a_peers_sequence_clears_the_receiver_only() {
     assert_eq!(a.stats().loss_clears.total(), 0);
     assert_eq!(
         bus.published(),
-        3 * HELLO + 3,
-        "three hellos, three removes: no clear was broadcast"
+        TRIO_HELLOS_AND_ANSWERS + 3,
+        "hellos and answers, three removes: no clear was broadcast"
     );
 }
 
@@ -383,7 +384,7 @@ async fn loss_policy_none_counts_the_loss_but_keeps_the_entries() {
     let mut lenient = quiet();
     lenient.backplane.on_loss = LossPolicy::None;
     let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start(&bus, lenient).await;
+    let mut b = Instance::start_after(&bus, lenient, &[&a]).await;
     let kept = key("kept");
     a.cache.remove(key("k1")).await;
     b.applied().await;
@@ -406,7 +407,7 @@ async fn a_late_peer_whose_first_message_was_lost_is_caught() {
     let kept = key("kept");
     b.load(&kept, 1).await;
     // A peer that starts after B subscribed: B must see it from its seq 1.
-    let a = Instance::start(&bus, quiet()).await;
+    let a = Instance::start_after(&bus, quiet(), &[&b]).await;
     bus.drop_next(1);
     a.cache.remove(key("lost")).await;
     a.cache.remove(key("seen")).await;
@@ -487,4 +488,33 @@ async fn an_older_peer_first_heard_after_the_introduction_window_must_be_complet
         "in its window: a baseline, not a loss"
     );
     assert_eq!(c.stats().loss_clears.total(), 0);
+}
+
+/// First contact without guessing: a newcomer learns where an older peer stands from the
+/// peer's answer to its hello, so a message from that peer lost afterwards is a gap, even
+/// inside the newcomer's introduction window (where a first message alone would be taken
+/// on trust and the loss before it would go unnoticed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_learns_a_peers_position_from_its_answer_and_sees_the_next_loss() {
+    let bus = InMemoryBackplane::new();
+    let a = Instance::start(&bus, quiet()).await;
+    for i in 0..3 {
+        a.cache.remove(key(&format!("before-{i}"))).await;
+    }
+    // With quiet options the newcomer's introduction window lasts an hour: only the answer
+    // can tell it where A stands.
+    let mut n = Instance::start(&bus, quiet()).await;
+    poll_until("the newcomer to hear A's answer", || n.stats().peers == 1).await;
+    assert_eq!(a.stats().answers_sent, 1);
+    assert_eq!(n.stats().messages_received, 0, "only the answer came");
+    let kept = key("kept");
+    n.load(&kept, 1).await;
+
+    n.conn.drop_incoming(1);
+    assert_eq!(a.cache.remove(key("lost")).await, Propagated::Published);
+    a.cache.remove(key("next")).await;
+    assert!(n.loss_cleared(ClearCause::PeerGap).await);
+    assert_eq!(n.applied().await, (a.id(), 5, 1));
+    assert_eq!(n.get(&kept), None, "cleared: seq 4 never arrived");
+    assert_eq!(n.stats().loss_clears.peer_gap, 1);
 }

@@ -139,8 +139,14 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
     assert_eq!(b.stats().loss_repairs.uncovered_recreated, 1);
 
-    // The receiver learnt the new log's head: the next loss is repaired.
+    // A's next message shows the gap in its numbers too (B knows A's position from its
+    // answer): a second clear, since nothing tells B that the first one covered it.
     b.event(CacheEvent::Connected).await;
+    a.cache.remove(key("after")).await;
+    assert!(b.loss_cleared(ClearCause::PeerGap).await);
+    assert_eq!(b.applied().await, (a.id(), 2, 1));
+
+    // The receiver learnt the new log's head: the next loss is repaired.
     load_all(&b, &[&k2, &kept]).await;
     b.conn.disconnect();
     b.event(CacheEvent::Disconnected).await;
@@ -149,7 +155,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     assert_eq!(b.get(&k2), None);
     assert_eq!(b.get(&kept), Some(1));
-    assert_eq!(b.stats().loss_clears.total(), 1);
+    assert_eq!(b.stats().loss_clears.total(), 2);
 }
 
 /// A read that fails (the connection that reads the log died with the subscription) is

@@ -1247,3 +1247,75 @@ fn configuration_doc_matches_the_defaults() {
     );
     assert_eq!(redis.len(), 13, "one row per field: {redis:?}");
 }
+
+/// Invalidations that waited through an outage reach the peers promptly once Redis is back,
+/// not after the writer's grown reconnect backoff: a publish that invalidations wait on is
+/// retried at least every `publish_timeout`. The writer's backoff (publisher and subscriber)
+/// is let grow towards 30 s during the outage; after the restart its invalidation is
+/// published within a few publish timeouts (the bound asserted: 10 of them, 3 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_not_the_backoff() {
+    let mut server = RedisServer::start().unwrap();
+    let app = "prompt-publisher";
+    let (initial, max) = (Duration::from_millis(50), Duration::from_secs(30));
+    let mut slow = options(app);
+    slow.backplane.reconnect_initial_delay = initial;
+    slow.backplane.reconnect_max_delay = max;
+    let backplane = RedisBackplane::connect_with(RedisConfig {
+        channel: slow.backplane.channel_name(),
+        reconnect: ReconnectBackoff {
+            initial,
+            max,
+            jitter: 0.5,
+        },
+        ..redis_config(server.url(), app)
+    })
+    .await
+    .unwrap();
+    let a = Cache::builder()
+        .options(slow)
+        .backplane(backplane)
+        .build()
+        .unwrap();
+    ready(&a).await;
+    let b = instance(&server, app).await;
+    let db = Db::new(2);
+    for id in 0..2 {
+        load(&b, &db, id).await;
+    }
+    let mut eb = Events::of("b", &b);
+
+    blocking(|| server.kill()).unwrap();
+    eb.expect(CacheEvent::Disconnected).await;
+    db.bump(0);
+    remove_while_down(&a, product(0)).await;
+    // Eight failed attempts: without the cap the next one would come 50 ms × 2^8 ≈ 13 s
+    // later, and A's own subscription (same backoff) would not wake it sooner.
+    let deadline = Instant::now() + WAIT;
+    while stats(&a).publish_failures < 8 {
+        assert!(Instant::now() < deadline, "{:?}", stats(&a));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    blocking(|| server.restart()).unwrap();
+    let back = Instant::now();
+    let bound = PUBLISH_TIMEOUT * 10;
+    while stats(&a).outbox_len > 0 {
+        assert!(
+            back.elapsed() < bound,
+            "A's invalidation still waits {:?} after Redis came back",
+            back.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B hears it (or cleared on its reconnect): a later message from A, applied at B,
+    // comes after it.
+    eb.loss_cleared(ClearCause::Reconnect).await;
+    db.bump(1);
+    a.remove(product(1)).await;
+    let origin = a.instance_id().unwrap();
+    while cached(&b, 1).is_some() {
+        eb.applied_from(origin).await;
+    }
+    assert_nothing_stale("b", &b, &db, 2);
+}

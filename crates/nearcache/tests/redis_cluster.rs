@@ -18,8 +18,8 @@ use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_testkit::RedisCluster;
 use topology_support::{
-    Db, Events, WAIT, assert_nothing_stale, blocking, instance, invalidation_flows, load,
-    redis_config, stats,
+    Db, Events, WAIT, assert_nothing_stale, assert_recovery_counted, blocking, instance,
+    instance_with_log, invalidation_flows, load, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -161,6 +161,41 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_autom
     }
     invalidation_flows(&a, &b, &mut eb, &db, 0).await;
     invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+}
+
+/// The same kill with the replay log on (the log's keys share the channel's slot, so they
+/// fail over with it): each instance repairs from the promoted replica's copy of the log or,
+/// when that copy cannot tell, clears — counted either way — and nothing stale survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing_stale_survives() {
+    let mut cluster = blocking(RedisCluster::start).unwrap();
+    let owner = blocking(|| cluster.owner_of_channel(&channel("kill-log"))).unwrap();
+    let seed = (0..6).find(|&i| i != owner).unwrap();
+    let a = instance_with_log(cluster.url_of(&[seed]), "kill-log").await;
+    let b = instance_with_log(cluster.url_of(&[seed]), "kill-log").await;
+    let slot = blocking(|| cluster.slot_of(&channel("kill-log"))).unwrap();
+    let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
+    let db = Db::new(2);
+    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    for cache in [&a, &b] {
+        load(cache, &db, 1).await;
+    }
+
+    blocking(|| cluster.node_mut(owner).kill()).unwrap();
+    db.bump(1);
+    let _ = a.remove(nearcache_key(1)).await;
+    blocking(|| cluster.wait_for_owner(slot, replica)).unwrap();
+    for (name, cache, events) in [("a", &a, &mut ea), ("b", &b, &mut eb)] {
+        let recovery = events.reconnected_and_recovered().await;
+        assert_recovery_counted(name, cache, recovery);
+    }
+    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    for (name, cache) in [("a", &a), ("b", &b)] {
+        assert_eq!(stats(cache).outbox_len, 0, "{name}");
+        assert_nothing_stale(name, cache, &db, 2);
+    }
 }
 
 /// The ACL line of docs/operations.md, set on every node (ACLs are per node), is all an

@@ -320,3 +320,78 @@ async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
         assert_eq!(s.loss_repairs.read_failed, 0, "{line}: {s:?}");
     }
 }
+
+/// How many times the server ran `EVAL` and `EVALSHA` (from `INFO commandstats`).
+fn script_calls(server: &RedisServer) -> (u64, u64) {
+    let mut con = server.connection().unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut con)
+        .unwrap();
+    let calls = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{name}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    (calls("eval"), calls("evalsha"))
+}
+
+/// A removes `id`; B applies it.
+async fn remove_applied(a: &Cache, events_b: &mut broadcast::Receiver<CacheEvent>, id: u32) {
+    let origin = a.instance_id().unwrap();
+    a.remove(&product(id)).await;
+    until(events_b, "A's invalidation applied on B", |e| match e {
+        CacheEvent::Applied { origin: o, .. } if *o == origin => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// The log's script runs by its SHA1 (`EVALSHA`: the payload travels, not the script). A
+/// server whose script cache was emptied — `SCRIPT FLUSH`, then a real restart — answers
+/// `NOSCRIPT`; the call is made once in full (`EVAL`) and publishing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_script_runs_by_hash_and_survives_an_emptied_script_cache() {
+    let mut server = RedisServer::start().unwrap();
+    let a = connect(server.url()).await;
+    let b = connect(server.url()).await;
+    let mut events_b = b.events();
+    remove_applied(&a, &mut events_b, 1).await;
+
+    let (eval, evalsha) = script_calls(&server);
+    for id in 2..=4 {
+        remove_applied(&a, &mut events_b, id).await;
+    }
+    let (eval_after, evalsha_after) = script_calls(&server);
+    assert_eq!(eval_after, eval, "the script's text is not sent once known");
+    assert!(
+        evalsha_after >= evalsha + 3,
+        "{evalsha} then {evalsha_after}"
+    );
+
+    let mut con = server.connection().unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut con)
+        .unwrap();
+    remove_applied(&a, &mut events_b, 5).await;
+    let (eval_flushed, _) = script_calls(&server);
+    assert!(eval_flushed > eval_after, "sent in full after the flush");
+    for id in 6..=8 {
+        remove_applied(&a, &mut events_b, id).await;
+    }
+    assert_eq!(script_calls(&server).0, eval_flushed, "then by hash again");
+
+    tokio::task::block_in_place(|| server.restart().unwrap());
+    // Queued until A's publisher is back; B hears it once it has subscribed again.
+    remove_applied(&a, &mut events_b, 9).await;
+    let (eval_restarted, evalsha_restarted) = script_calls(&server);
+    assert!(eval_restarted >= 1, "sent in full to the new server");
+    for id in 10..=12 {
+        remove_applied(&a, &mut events_b, id).await;
+    }
+    let (eval_now, evalsha_now) = script_calls(&server);
+    assert_eq!(eval_now, eval_restarted, "then by hash again");
+    assert!(evalsha_now >= evalsha_restarted + 3);
+}

@@ -12,6 +12,7 @@
 //!
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
+pub(crate) mod answer;
 pub(crate) mod echo;
 pub(crate) mod kinds;
 pub(crate) mod lag;
@@ -73,6 +74,10 @@ pub(crate) struct Propagation {
     pub(crate) hello_pending: AtomicBool,
     /// Wakes an idle sender for the hello.
     pub(crate) hello_now: Notify,
+    /// A peer's hello arrived: the sender answers with our position (rate-limited).
+    pub(crate) answer_pending: AtomicBool,
+    /// Wakes an idle sender for an answer.
+    pub(crate) answer_now: Notify,
     /// Becomes true once when the first subscription is made.
     pub(crate) ready: watch::Sender<bool>,
     /// Becomes true when the cache is shut down or dropped; tasks exit on it.
@@ -103,6 +108,7 @@ pub(crate) struct Counters {
     pub(crate) received_by_kind: kinds::KindCounters,
     pub(crate) invalidations_sent: AtomicU64,
     pub(crate) heartbeats_sent: AtomicU64,
+    pub(crate) answers_sent: AtomicU64,
     pub(crate) publish_failures: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
@@ -190,6 +196,8 @@ impl Propagation {
             retry_now: Notify::new(),
             hello_pending: AtomicBool::new(false),
             hello_now: Notify::new(),
+            answer_pending: AtomicBool::new(false),
+            answer_now: Notify::new(),
             ready: watch::Sender::new(false),
             shutdown: watch::Sender::new(false),
             running: watch::Sender::new(2),
@@ -320,6 +328,7 @@ impl Propagation {
             invalidations_sent_by_kind: c.sent_by_kind.snapshot(),
             invalidations_received_by_kind: c.received_by_kind.snapshot(),
             heartbeats_sent: read(&c.heartbeats_sent),
+            answers_sent: read(&c.answers_sent),
             publish_failures: read(&c.publish_failures),
             messages_received: read(&c.messages_received),
             invalidations_received: read(&c.invalidations_received),

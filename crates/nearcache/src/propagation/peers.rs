@@ -14,6 +14,9 @@
 //!   anything it invalidates from then on. So a peer that started after us is normally
 //!   known from its hello (its number then, 0 if it had sent nothing), and a gap after it
 //!   is a loss as usual, whatever the two hosts' clocks say.
+//! - Peers answer a hello at once with a heartbeat carrying their last number
+//!   ([`answer`](super::answer)), so a newcomer normally learns every live peer's position
+//!   from its answer, a round trip after subscribing, and judges what follows against it.
 //! - A first contact that is not a hello is taken at its word — its number becomes the
 //!   baseline — during an *introduction window* of one heartbeat interval after we
 //!   subscribed. For a heartbeat this is exact: an origin sends one only after a full
@@ -75,8 +78,15 @@ pub(crate) struct Subscribed {
 
 impl Subscribed {
     pub(crate) fn now() -> Self {
-        Subscribed { at: Instant::now() }
+        Subscribed { at: now() }
     }
+}
+
+/// Now, on tokio's clock (the same as the system's unless a test pauses it): the
+/// introduction window and forgetting follow the timers that drive heartbeats and
+/// housekeeping.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Most peers remembered at once.
@@ -190,8 +200,10 @@ impl Peers {
             // A number below the one we jumped to: the jump was not this origin's (a forged
             // or corrupt message borrowed its name) or the transport reordered. Either way
             // the origin's real sequence resumes here; judge it against where we were
-            // before the jump, so nothing it sends is mistaken for a duplicate.
-            peer.rewind_floor = None;
+            // before the jump, so nothing it sends is mistaken for a duplicate. The floor
+            // stays: this number may itself be forged (a second jump, below the first), and
+            // the real sequence must still be able to come back below it. (A retried publish
+            // heard twice then reads as a jump back and forth: a clear, never a hidden loss.)
             peer.last_seq = seq;
             let missed = seq - floor - u64::from(!heartbeat);
             return if missed == 0 {
@@ -342,6 +354,23 @@ mod tests {
         // And its real losses still show.
         assert_eq!(p.observe(A, 6, false, now), Seen::Gap { missed: 1 });
         assert_eq!(p.observe(A, 7, false, now), Seen::InOrder);
+    }
+
+    #[test]
+    fn two_forged_jumps_do_not_hide_a_later_loss() {
+        let now = Instant::now();
+        let mut p = peers_at(now);
+        assert_eq!(p.observe(A, 1, false, now), Seen::InOrder);
+        // Someone else, under A's name: the end of the number space, then a number between.
+        assert!(matches!(
+            p.observe(A, u64::MAX, false, now),
+            Seen::Gap { .. }
+        ));
+        assert!(matches!(p.observe(A, 1001, false, now), Seen::Gap { .. }));
+        // A's real sequence resumes below both, and its own loss (3) still shows.
+        assert_eq!(p.observe(A, 2, false, now), Seen::InOrder);
+        assert_eq!(p.observe(A, 4, false, now), Seen::Gap { missed: 1 });
+        assert_eq!(p.observe(A, 5, false, now), Seen::InOrder);
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nearcache_backplane::wire::{self, Op, WireLimits};
@@ -166,7 +166,7 @@ pub(crate) async fn run(
                 }
             }
             _ = housekeeping.tick() => {
-                let vanished = peers.forget_silent(Instant::now());
+                let vanished = peers.forget_silent(super::peers::now());
                 p.health.forget_silent(forget_after);
                 p.counters.peers.store(peers.len() as u64, Ordering::Relaxed);
                 if vanished > 0 {
@@ -433,7 +433,7 @@ pub(super) fn apply(
         message.origin.as_u128(),
         message.seq,
         heartbeat,
-        Instant::now(),
+        super::peers::now(),
     );
     p.counters
         .peers
@@ -471,6 +471,11 @@ pub(super) fn apply(
         Seen::InOrder => {}
     }
     if heartbeat {
+        if message.is_hello() && source != Source::Replayed {
+            // A newcomer: tell it where we stand (the sender answers, rate-limited).
+            p.answer_pending.store(true, Ordering::Release);
+            p.answer_now.notify_one();
+        }
         if message.is_goodbye() {
             peers.farewell(message.origin.as_u128());
             p.health.forget(message.origin);

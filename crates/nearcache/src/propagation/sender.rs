@@ -8,11 +8,12 @@
 //! backlog is sent as a *skipped sequence number*, so peers notice a loss and clear
 //! themselves — no clear is broadcast for it. When nothing has been sent for a heartbeat
 //! interval, a heartbeat carries the last sequence number so peers notice a lost last
-//! message.
+//! message. A peer's hello is answered by a heartbeat at once, rate-limited
+//! ([`answer`](super::answer)).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nearcache_backplane::wire::{self, Message, MessageBuilder, Op, PushError, WireLimits};
@@ -20,6 +21,7 @@ use nearcache_backplane::{Backplane, BackplaneError};
 use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
+use super::answer::AnswerBudget;
 use super::outbox::{Batch, Pending, Taken};
 use super::{Propagation, bump, unix_micros};
 use crate::events::CacheEvent;
@@ -35,7 +37,12 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut reported_too_large = false;
+    let mut answers = AnswerBudget::new(period, tokio::time::Instant::now());
     loop {
+        // Between batches too, so a busy sender still answers within the newcomer's window.
+        if answer_if_due(p, &*backplane, seq, &mut answers).await {
+            heartbeat.reset();
+        }
         match p.outbox.take(p.options.max_batch) {
             Taken::Batch(batch) => {
                 // A hello requested before this batch was queued goes out first.
@@ -60,9 +67,16 @@ pub(crate) async fn run(propagation: Arc<Propagation>, backplane: Arc<dyn Backpl
                 return;
             }
             Taken::Empty => {
+                let answer_at = p
+                    .answer_pending
+                    .load(Ordering::Acquire)
+                    .then(|| answers.next_token_at(tokio::time::Instant::now()));
                 tokio::select! {
                     () = p.outbox.wait_for_work() => {}
                     () = p.hello_now.notified() => send_hello(p, &*backplane, seq).await,
+                    // The loop's top sends it (or finds the bucket empty and waits here).
+                    () = p.answer_now.notified() => {}
+                    () = sleep_until(answer_at) => {}
                     _ = heartbeat.tick() => send_heartbeat(p, &*backplane, seq).await,
                 }
             }
@@ -186,6 +200,46 @@ async fn send_hello(p: &Propagation, backplane: &dyn Backplane, seq: u64) {
                 "could not publish a hello; peers judge our first message by their introduction window"
             );
         }
+    }
+}
+
+/// Publishes an answer to the hellos received since the last one, if any are waiting and
+/// the budget allows; returns whether one went out (one attempt, like a heartbeat: a lost
+/// answer leaves the newcomer to its introduction window).
+async fn answer_if_due(
+    p: &Propagation,
+    backplane: &dyn Backplane,
+    seq: u64,
+    budget: &mut AnswerBudget,
+) -> bool {
+    if !p.answer_pending.load(Ordering::Acquire) || !budget.take(tokio::time::Instant::now()) {
+        return false;
+    }
+    // Cleared before the publish: a hello received from now on needs a later answer.
+    p.answer_pending.store(false, Ordering::Release);
+    let Some(payload) = heartbeat(p, seq) else {
+        return false;
+    };
+    let started = tokio::time::Instant::now();
+    let bytes = payload.len() as u64;
+    let sent = tokio::time::timeout(p.options.publish_timeout, backplane.publish(payload)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        bump(&p.counters.bytes_sent, bytes);
+        p.echo.published(seq, started);
+        bump(&p.counters.answers_sent, 1);
+        true
+    } else {
+        tracing::debug!(
+            "could not publish an answer to a hello; newcomers judge our first message by their introduction window"
+        );
+        false
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -326,11 +380,25 @@ enum Publish {
     ShutDown,
 }
 
-/// Publishes `payload`, retrying with backoff until it is sent or the backplane says it is
-/// too large (retrying cannot help). Once the cache is closed a failed attempt is not
+/// The longest wait between two attempts at a publish that invalidations wait on: the
+/// `publish_timeout` (or `reconnect_initial_delay`, if longer), never more than
+/// `reconnect_max_delay`. Peers that are back before this instance's own subscription (its
+/// backoff has grown through the outage too) must not wait that backoff out for its
+/// invalidations: once the backplane is back they go out within about this long. During an
+/// outage it costs one attempt per period, only on instances that have something to send.
+pub(crate) fn publish_retry_cap(options: &crate::options::BackplaneOptions) -> Duration {
+    options
+        .publish_timeout
+        .max(options.reconnect_initial_delay)
+        .min(options.reconnect_max_delay)
+}
+
+/// Publishes `payload`, retrying with backoff (capped by [`publish_retry_cap`], and cut short
+/// when this instance's subscription comes back) until it is sent or the backplane says it
+/// is too large (retrying cannot help). Once the cache is closed a failed attempt is not
 /// retried ([`Publish::ShutDown`]), so a shutdown or drop never lingers on a dead backplane.
 async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload: Bytes) -> Publish {
-    let max_delay = p.options.reconnect_max_delay;
+    let max_delay = publish_retry_cap(&p.options);
     let mut delay = p.options.reconnect_initial_delay.min(max_delay);
     let mut failing_since: Option<Instant> = None;
     let mut shutdown = p.shutdown.subscribe();

@@ -76,6 +76,31 @@ impl Instance {
         instance
     }
 
+    /// [`start`](Self::start)s a newcomer after `earlier` instances on the same bus, and
+    /// waits until each of them has answered its hello (published its position) and it has
+    /// heard them all: answers are settled — none still on its way — when a test starts, so
+    /// a gate or a count sees only what the test does.
+    pub async fn start_after(
+        bus: &InMemoryBackplane,
+        options: CacheOptions,
+        earlier: &[&Instance],
+    ) -> Instance {
+        let answered: Vec<u64> = earlier.iter().map(|e| e.stats().answers_sent).collect();
+        let newcomer = Instance::start(bus, options).await;
+        poll_until(
+            "each earlier instance to answer the newcomer's hello",
+            || {
+                earlier
+                    .iter()
+                    .zip(&answered)
+                    .all(|(e, before)| e.stats().answers_sent == before + 1)
+                    && newcomer.stats().peers == earlier.len()
+            },
+        )
+        .await;
+        newcomer
+    }
+
     /// Builds a cache on a new connection to `bus` without waiting for its subscription.
     pub fn build(bus: &InMemoryBackplane, options: CacheOptions) -> Instance {
         let conn = bus.connection();
@@ -185,13 +210,17 @@ impl Instance {
 /// What each cache publishes once, on subscribing: its hello.
 pub const HELLO: u64 = 1;
 
-/// Three instances (A, B, C) on one bus, each on its own connection.
+/// What a [`trio`] publishes that invalidates nothing: a hello each, and an answer to each
+/// hello from every instance started before it (A answers B and C, B answers C).
+pub const TRIO_HELLOS_AND_ANSWERS: u64 = 3 * HELLO + 3;
+
+/// Three instances (A, B, C) on one bus, each on its own connection, started one after the
+/// other with their answers settled ([`Instance::start_after`]).
 pub async fn trio(bus: &InMemoryBackplane, options: CacheOptions) -> [Instance; 3] {
-    [
-        Instance::start(bus, options.clone()).await,
-        Instance::start(bus, options.clone()).await,
-        Instance::start(bus, options).await,
-    ]
+    let a = Instance::start(bus, options.clone()).await;
+    let b = Instance::start_after(bus, options.clone(), &[&a]).await;
+    let c = Instance::start_after(bus, options, &[&a, &b]).await;
+    [a, b, c]
 }
 
 /// A garbage payload: injected after something, the `Rejected` it causes on an instance

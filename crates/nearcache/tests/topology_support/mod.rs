@@ -38,9 +38,9 @@ pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
             max: Duration::from_millis(200),
             jitter: 0.5,
         },
-        // These tests pin the log-less path (a failover or migration is a counted clear,
-        // payloads arrive unframed, the ACL lines need no keys); tests/redis_replay.rs
-        // covers the replay log.
+        // Most of these tests pin the log-less path (a failover or migration is a counted
+        // clear, payloads arrive unframed, the ACL lines need no keys); `instance_with_log`
+        // turns the log on for the failover variants, and tests/redis_replay.rs covers it.
         replay_log_len: 0,
         ..RedisConfig::for_app(app)
     }
@@ -63,11 +63,23 @@ fn options(app: &str) -> CacheOptions {
 }
 
 /// A cache of application `app` on `url` (a `redis+cluster://` or `redis+sentinel://` one),
-/// subscribed.
+/// subscribed, without a replay log.
 pub(crate) async fn instance(url: String, app: &str) -> Cache {
+    instance_with_log_len(url, app, 0).await
+}
+
+/// The same with the replay log on (its default length).
+pub(crate) async fn instance_with_log(url: String, app: &str) -> Cache {
+    let len = RedisConfig::for_app(app).replay_log_len;
+    assert!(len > 0, "the log is on by default");
+    instance_with_log_len(url, app, len).await
+}
+
+async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
     let options = options(app);
     let backplane = RedisBackplane::connect_with(RedisConfig {
         channel: options.backplane.channel_name(),
+        replay_log_len,
         ..redis_config(url, app)
     })
     .await
@@ -159,6 +171,63 @@ impl Events {
             (*event == CacheEvent::Connected).then_some(())
         })
         .await;
+    }
+}
+
+/// How a cache came back from a lost subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    /// Repaired from the replay log: (messages, keys) replayed.
+    Repaired(u64, u64),
+    /// Cleared: the log could not tell (or there is none).
+    Cleared,
+}
+
+impl Events {
+    /// The cache noticed that its subscription was re-made and recovered — repaired from
+    /// the log or cleared — and is connected again.
+    pub(crate) async fn reconnected_and_recovered(&mut self) -> Recovery {
+        let recovery = self
+            .until(
+                "LossRepaired or LossCleared (Reconnect)",
+                |event| match event {
+                    CacheEvent::LossRepaired {
+                        cause: ClearCause::Reconnect,
+                        messages,
+                        keys,
+                    } => Some(Recovery::Repaired(*messages, *keys)),
+                    CacheEvent::LossCleared {
+                        cause: ClearCause::Reconnect,
+                        cleared,
+                    } => {
+                        assert!(cleared, "the default loss policy clears");
+                        Some(Recovery::Cleared)
+                    }
+                    _ => None,
+                },
+            )
+            .await;
+        self.until("Connected", |event| {
+            (*event == CacheEvent::Connected).then_some(())
+        })
+        .await;
+        recovery
+    }
+}
+
+/// Counts a recovery honestly: a repair shows in the repair counters; a clear with the log
+/// on shows why the log could not tell (trimmed, recreated — a failover to a replica that
+/// had not received the log — or unreadable), or happened before the cache knew a position
+/// in the log at all (it then counts no reason).
+pub(crate) fn assert_recovery_counted(name: &str, cache: &Cache, recovery: Recovery) {
+    let s = stats(cache);
+    let r = &s.loss_repairs;
+    match recovery {
+        Recovery::Repaired(messages, keys) => {
+            assert!(r.repairs >= 1, "{name}: {s:?}");
+            assert!(r.messages_replayed >= messages && r.keys_replayed >= keys);
+        }
+        Recovery::Cleared => assert!(s.loss_clears.reconnect >= 1, "{name}: {s:?}"),
     }
 }
 
