@@ -1252,7 +1252,9 @@ fn configuration_doc_matches_the_defaults() {
 /// not after the writer's grown reconnect backoff: a publish that invalidations wait on is
 /// retried at least every `publish_timeout`. The writer's backoff (publisher and subscriber)
 /// is let grow towards 30 s during the outage; after the restart its invalidation is
-/// published within a few publish timeouts (the bound asserted: 10 of them, 3 s).
+/// published within a few publish timeouts. The bound asserted, 15 of them (4.5 s), is under
+/// the 6.4 s or more the grown backoff would wait and about 8× the 0.6 s measured on a loaded
+/// 2-core machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_not_the_backoff() {
     let mut server = RedisServer::start().unwrap();
@@ -1299,7 +1301,7 @@ async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_no
 
     blocking(|| server.restart()).unwrap();
     let back = Instant::now();
-    let bound = PUBLISH_TIMEOUT * 10;
+    let bound = PUBLISH_TIMEOUT * 15;
     while stats(&a).outbox_len > 0 {
         assert!(
             back.elapsed() < bound,
