@@ -384,7 +384,12 @@ async fn the_log_script_runs_by_hash_and_survives_an_emptied_script_cache() {
     assert_eq!(script_calls(&server).0, eval_flushed, "then by hash again");
 
     tokio::task::block_in_place(|| server.restart().unwrap());
-    // Queued until A's publisher is back; B hears it once it has subscribed again.
+    // Pub/sub keeps nothing for a subscriber that is not there: B must have subscribed again
+    // before A publishes, or B never applies the message (it clears for the recreated log).
+    until(&mut events_b, "B subscribed again", |e| {
+        (*e == CacheEvent::Connected).then_some(())
+    })
+    .await;
     remove_applied(&a, &mut events_b, 9).await;
     let (eval_restarted, evalsha_restarted) = script_calls(&server);
     assert!(eval_restarted >= 1, "sent in full to the new server");
