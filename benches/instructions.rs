@@ -193,7 +193,7 @@ fn child(operation: &str, iterations: u64) {
     })
     .expect("valid options");
     for key in &keys {
-        cache.set_sync(key, VALUE);
+        cache.set(key, VALUE);
     }
     for key in &keys {
         assert!(

@@ -78,9 +78,11 @@
 //! # Invalidating
 //!
 //! [`Cache::remove`], [`Cache::set`], [`Cache::expire_region`],
-//! [`Cache::expire_region_key`] and [`Cache::clear`] act locally at once, then go to every
-//! peer; each returns whether the backplane took it ([`Propagated`]), and has a `_sync`
-//! twin that does not wait. Only these publish: a load filling a miss, a local expiry or a
+//! [`Cache::expire_region_key`] and [`Cache::clear`] act locally and queue the message for
+//! every peer before they return. Each returns an [`Invalidation`]: await it to learn whether
+//! the backplane took it ([`Propagated`]), or drop it not to wait — the same call serves
+//! async and blocking code (in this crate `_sync` means only "blocks the thread"). Only
+//! these publish: a load filling a miss, a local expiry or a
 //! capacity eviction never does, a region expiry is one message whatever its size, and a peer
 //! never re-publishes what it received. Invalidations, not values, travel: nothing on the
 //! channel can put data into a cache.
@@ -167,16 +169,18 @@ mod error;
 mod events;
 mod health;
 mod identity;
+mod invalidation;
 mod metrics;
 mod options;
 mod propagation;
 mod stats;
 
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Propagated};
+pub use cache::Cache;
 pub use error::{BuildError, LoadError, OptionsError, TypeMismatch};
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
+pub use invalidation::{Invalidation, Propagated, WaitPublished};
 pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
 pub use stats::{
     CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,
