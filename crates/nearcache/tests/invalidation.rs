@@ -76,7 +76,7 @@ async fn every_kind_acts_here_and_reaches_the_peer_though_its_result_is_never_po
         load_tied(&a, &k, 1).await;
         load_tied(&b, &k, 1).await;
 
-        drop(invalidate(&a.cache, &k));
+        invalidate(&a.cache, &k); // its result dropped, never polled
         // No await since the call: it has acted here already, and queued the message.
         assert_eq!(
             a.get(&k),
@@ -222,7 +222,9 @@ async fn the_deprecated_sync_twins_still_act_here_and_reach_the_peer() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
     let mut b = Instance::start(&bus, quiet()).await;
-    let twins: [(&str, fn(&Cache, &Key), Option<u32>); 5] = [
+    /// A deprecated twin, and what the invalidating instance holds right after it.
+    type Twin = (&'static str, fn(&Cache, &Key), Option<u32>);
+    let twins: [Twin; 5] = [
         ("set_sync", |cache, k| cache.set_sync(k, 2_u32), Some(2)),
         ("remove_sync", |cache, k| cache.remove_sync(k), None),
         (
