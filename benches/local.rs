@@ -137,7 +137,7 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     });
     let sliding = cache_with(CacheOptions {
         max_capacity: capacity as u64,
-        sliding_expiration: Some(Duration::from_secs(600)),
+        time_to_idle: Some(Duration::from_secs(600)),
         ..CacheOptions::default()
     });
     let quick_key = QuickKey::new(capacity);

@@ -39,7 +39,7 @@
 //! let key = cache_key!(ProductService, "get", &42); // "ProductService:get-42"
 //! let first: Arc<String> = b
 //!     .get_or_create(&key, async |entry| {
-//!         entry.region_key::<Catalog>("c1").absolute_expiration(Duration::from_secs(300));
+//!         entry.region_key::<Catalog>("c1").time_to_live(Duration::from_secs(300));
 //!         Ok::<_, std::io::Error>(String::from("red shoes, v1")) // the database query
 //!     })
 //!     .await?;
@@ -111,7 +111,7 @@
 //!
 //! ```
 //! let options: nearcache::CacheOptions = serde_json::from_str(r#"{
-//!     "sliding_expiration": "15m",
+//!     "time_to_idle": "15m",
 //!     "backplane": { "app": "shop", "max_staleness": "30s" }
 //! }"#)?;
 //! assert_eq!(options.backplane.channel_name(), "nearcache:shop:invalidations");

@@ -304,7 +304,7 @@ async fn loads_local_expiry_and_capacity_evictions_publish_nothing() {
     }
     let expiring = key("expiring");
     a.get_or_create_sync(&expiring, |entry| {
-        entry.absolute_expiration(Duration::from_secs(1));
+        entry.time_to_live(Duration::from_secs(1));
         Ok::<_, Infallible>(0_u32)
     })
     .unwrap();
