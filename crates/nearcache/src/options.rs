@@ -444,6 +444,11 @@ mod tests {
             serde_json::from_str(r#"{ "sliding_expiration": "15m", "absolute_expiration": "1h" }"#)
                 .unwrap();
         assert_eq!(json, new);
+        // One option under both names is refused, not silently resolved.
+        assert!(
+            toml::from_str::<CacheOptions>("time_to_idle = \"1m\"\nsliding_expiration = \"2m\"\n")
+                .is_err()
+        );
         // Written out, only the new names appear.
         let text = toml::to_string(&new).unwrap();
         assert!(
