@@ -187,13 +187,12 @@ fn child(operation: &str, iterations: u64) {
     }
     let cache = Cache::new(CacheOptions {
         max_capacity: capacity,
-        sliding_expiration: (operation == "nearcache_get_sliding")
-            .then_some(Duration::from_secs(600)),
+        time_to_idle: (operation == "nearcache_get_sliding").then_some(Duration::from_secs(600)),
         ..CacheOptions::default()
     })
     .expect("valid options");
     for key in &keys {
-        cache.set_sync(key, VALUE);
+        cache.set(key, VALUE);
     }
     for key in &keys {
         assert!(

@@ -137,7 +137,7 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     });
     let sliding = cache_with(CacheOptions {
         max_capacity: capacity as u64,
-        sliding_expiration: Some(Duration::from_secs(600)),
+        time_to_idle: Some(Duration::from_secs(600)),
         ..CacheOptions::default()
     });
     let quick_key = QuickKey::new(capacity);
@@ -145,8 +145,8 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let moka_key = MokaKey::new(capacity as u64);
     let moka_str = MokaStr::new(capacity as u64);
     for (key, text) in keys.iter().zip(&texts) {
-        plain.set_sync(key, VALUE);
-        sliding.set_sync(key, VALUE);
+        plain.set(key, VALUE);
+        sliding.set(key, VALUE);
         quick_key.insert(key.clone(), Arc::new(VALUE));
         quick_str.insert(Arc::clone(text), Arc::new(VALUE));
         moka_key.insert(key.clone(), Arc::new(VALUE));
@@ -334,7 +334,7 @@ fn read_scaling(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let moka_key = MokaKey::new(capacity as u64);
     let texts: Vec<Arc<str>> = keys.iter().map(|k| Arc::clone(k.text())).collect();
     for (key, text) in keys.iter().zip(&texts) {
-        near.set_sync(key, VALUE);
+        near.set(key, VALUE);
         quick_key.insert(key.clone(), Arc::new(VALUE));
         quick_str.insert(Arc::clone(text), Arc::new(VALUE));
         moka_key.insert(key.clone(), Arc::new(VALUE));
@@ -486,7 +486,7 @@ impl Mixed for Cache {
         black_box(value.is_ok());
     }
     fn insert(&self, key: &Key) {
-        self.set_sync(key, VALUE);
+        self.set(key, VALUE);
     }
 }
 

@@ -47,7 +47,7 @@ fn nearcache(n: usize) -> f64 {
         })
         .expect("valid options");
         for i in 0..n {
-            cache.set_sync(key(i), VALUE);
+            cache.set(key(i), VALUE);
         }
         let len = cache.len();
         (cache, len)

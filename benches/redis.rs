@@ -8,7 +8,7 @@
 //!    replicas; A and B given every node as seeds, so each finds the channel's shard itself):
 //!    baseline a raw redis-rs `SPUBLISH` → `SSUBSCRIBE` subscriber on the same channel, both
 //!    connected to the primary that serves its slot (what a slot-aware client does).
-//! 7. Invalidation throughput: A calls `remove_sync` for N keys that B holds; the clock
+//! 7. Invalidation throughput: A calls `remove` (not awaited) for N keys that B holds; the clock
 //!    stops when B's `Applied` events add up to N. The outbox batches by group commit.
 //!    Baselines: raw redis-rs, one awaited `PUBLISH` per key; and raw 256-key payloads.
 //!
@@ -268,7 +268,7 @@ async fn nearcache_latency_on(url: &str, app: &str, keys: &[Key], warmup: usize)
             .await
             .expect("loads");
         let start = Instant::now();
-        a.remove_sync(key);
+        a.remove(key);
         next_applied(&mut events, origin)
             .await
             .expect("one event per sample cannot lag");
@@ -414,7 +414,7 @@ async fn throughput(url: &str, report: &mut Report) {
     let ours = nearcache_throughput(url, n).await;
     let one_per_key = raw_per_key(url, per_key_n).await;
     let batched = raw_batched(url, n).await;
-    let what = format!("invalidations applied on B, {n} keys (remove_sync, group commit)");
+    let what = format!("invalidations applied on B, {n} keys (remove not awaited, group commit)");
     report.push(Row::vs(
         "7",
         what.clone(),
@@ -463,7 +463,7 @@ async fn nearcache_throughput(url: &str, n: usize) -> f64 {
         let a = a.clone();
         tokio::task::spawn_blocking(move || {
             for key in &keys {
-                a.remove_sync(key);
+                a.remove(key);
             }
         })
     };

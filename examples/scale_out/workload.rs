@@ -215,7 +215,7 @@ impl Workload {
         let loaded = self
             .cache
             .get_or_create(product_key(id), async |entry| {
-                entry.absolute_expiration(ENTRY_TTL);
+                entry.time_to_live(ENTRY_TTL);
                 self.counters.db_queries.fetch_add(1, Ordering::Relaxed);
                 self.db.product(id).await
             })
@@ -228,7 +228,7 @@ impl Workload {
             .cache
             .get_or_create(catalog_key(catalog), async |entry| {
                 entry
-                    .absolute_expiration(ENTRY_TTL)
+                    .time_to_live(ENTRY_TTL)
                     .region_key::<Catalog>(&catalog);
                 self.counters.db_queries.fetch_add(1, Ordering::Relaxed);
                 self.db.catalog(catalog).await

@@ -289,8 +289,8 @@ async fn soak(args: &Args) -> Result<bool, String> {
 }
 
 /// One worker: reads (95 %) and writes (5 %) on instance `at` until told to stop. Worker 0
-/// of each instance does not wait for its invalidations to be published (the `_sync`
-/// twins), so during an outage it fills the outbox until it overflows.
+/// of each instance does not wait for its invalidations to be published (it drops the
+/// `Invalidation` each returns), so during an outage it fills the outbox until it overflows.
 async fn work(shared: Arc<Shared>, at: usize, fire_and_forget: bool) {
     let cache = &shared.caches[at];
     for op in 0..MAX_OPS_PER_WORKER {
@@ -364,21 +364,25 @@ async fn write(shared: &Shared, cache: &Cache, k: usize, roll: u32, fire_and_for
         (95_000..95_001, false) => {
             cache.clear().await;
         }
-        (95_000..95_001, true) => cache.clear_sync(),
+        (95_000..95_001, true) => {
+            cache.clear();
+        }
         (95_001..95_100, false) => {
             cache.expire_region_key::<Shard, _>(&sub(k)).await;
         }
-        (95_001..95_100, true) => cache.expire_region_key_sync::<Shard, _>(&sub(k)),
+        (95_001..95_100, true) => {
+            cache.expire_region_key::<Shard, _>(&sub(k));
+        }
         (95_100..97_000, _) => {
-            // `set_with` has no non-waiting twin; fire and forget drops the wait.
+            // Stored and queued at once; fire and forget drops the wait.
             let set = cache.set_with(key(k), value(), tie);
-            if fire_and_forget {
-                let _ = tokio::time::timeout(Duration::ZERO, set).await;
-            } else {
+            if !fire_and_forget {
                 set.await;
             }
         }
-        (_, true) => cache.remove_sync(key(k)),
+        (_, true) => {
+            cache.remove(key(k));
+        }
         (_, false) => {
             cache.remove(key(k)).await;
         }

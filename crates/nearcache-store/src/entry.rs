@@ -39,7 +39,7 @@ const TOUCH_GRANULARITY: u64 = 1_000_000;
 /// let product = store.get_or_create_sync(&key, |entry| {
 ///     entry
 ///         .region_key::<Catalog>("c1")
-///         .absolute_expiration(Duration::from_secs(60));
+///         .time_to_live(Duration::from_secs(60));
 ///     Ok::<_, std::io::Error>("forty-two")
 /// })?;
 /// assert_eq!(*product, "forty-two");
@@ -65,7 +65,7 @@ pub struct Entry {
     region_epoch: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Absolute {
     After(Duration),
     At(Instant),
@@ -89,25 +89,44 @@ impl Entry {
         &self.key
     }
 
-    /// Expire the entry `ttl` after it is stored. Zero: returned to the caller but not
-    /// stored. `Duration::MAX` (or anything past the clock's range): never.
-    pub fn absolute_expiration(&mut self, ttl: Duration) -> &mut Self {
+    /// Expire the entry `ttl` after it is stored (moka's `time_to_live`). Zero: returned to
+    /// the caller but not stored. `Duration::MAX` (or anything past the clock's range): never.
+    pub fn time_to_live(&mut self, ttl: Duration) -> &mut Self {
         self.absolute = Some(Absolute::After(ttl));
         self
     }
 
     /// Expire the entry at `deadline` (measured on the store's clock: the time left until
     /// `deadline` when the entry is stored). A deadline already past: not stored.
-    pub fn absolute_expiration_at(&mut self, deadline: Instant) -> &mut Self {
+    pub fn expires_at(&mut self, deadline: Instant) -> &mut Self {
         self.absolute = Some(Absolute::At(deadline));
         self
     }
 
-    /// Expire the entry once it has not been read for `idle` (each read restarts the window,
-    /// with 1 ms resolution). Zero: not stored. `Duration::MAX`: never.
-    pub fn sliding_expiration(&mut self, idle: Duration) -> &mut Self {
+    /// Expire the entry once it has not been read for `idle` (moka's `time_to_idle`; each
+    /// read restarts the window, with 1 ms resolution). Zero: not stored. `Duration::MAX`:
+    /// never.
+    pub fn time_to_idle(&mut self, idle: Duration) -> &mut Self {
         self.sliding = Some(idle);
         self
+    }
+
+    /// The former name of [`time_to_live`](Self::time_to_live).
+    #[deprecated(since = "0.2.0", note = "renamed `time_to_live`, the name moka uses")]
+    pub fn absolute_expiration(&mut self, ttl: Duration) -> &mut Self {
+        self.time_to_live(ttl)
+    }
+
+    /// The former name of [`expires_at`](Self::expires_at).
+    #[deprecated(since = "0.2.0", note = "renamed `expires_at`")]
+    pub fn absolute_expiration_at(&mut self, deadline: Instant) -> &mut Self {
+        self.expires_at(deadline)
+    }
+
+    /// The former name of [`time_to_idle`](Self::time_to_idle).
+    #[deprecated(since = "0.2.0", note = "renamed `time_to_idle`, the name moka uses")]
+    pub fn sliding_expiration(&mut self, idle: Duration) -> &mut Self {
+        self.time_to_idle(idle)
     }
 
     /// Ties the entry to `token`: the entry dies when the token is expired. If the token is
@@ -549,26 +568,44 @@ mod tests {
     fn zero_and_past_expiries_are_dead_on_arrival() {
         let regions = Arc::new(Regions::new());
         let mut zero = entry(&regions);
-        zero.absolute_expiration(Duration::ZERO);
+        zero.time_to_live(Duration::ZERO);
         assert!(store(zero, &regions, 5).is_none());
         let mut idle = entry(&regions);
-        idle.sliding_expiration(Duration::ZERO);
+        idle.time_to_idle(Duration::ZERO);
         assert!(store(idle, &regions, 5).is_none());
         let mut past = entry(&regions);
-        past.absolute_expiration_at(Instant::now());
+        past.expires_at(Instant::now());
         assert!(store(past, &regions, 5).is_none());
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_former_setter_names_set_the_same_expiries() {
+        let regions = Arc::new(Regions::new());
+        let (mut old, mut new) = (entry(&regions), entry(&regions));
+        old.absolute_expiration(Duration::from_secs(3))
+            .sliding_expiration(Duration::from_secs(2));
+        new.time_to_live(Duration::from_secs(3))
+            .time_to_idle(Duration::from_secs(2));
+        assert_eq!((old.absolute, old.sliding), (new.absolute, new.sliding));
+        assert_eq!(new.absolute, Some(Absolute::After(Duration::from_secs(3))));
+        assert_eq!(new.sliding, Some(Duration::from_secs(2)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        old.absolute_expiration_at(deadline);
+        new.expires_at(deadline);
+        assert_eq!(old.absolute, new.absolute);
+        assert_eq!(new.absolute, Some(Absolute::At(deadline)));
     }
 
     #[test]
     fn overflowing_expiries_mean_never() {
         let regions = Arc::new(Regions::new());
         let mut e = entry(&regions);
-        e.absolute_expiration(Duration::MAX)
-            .sliding_expiration(Duration::MAX);
+        e.time_to_live(Duration::MAX).time_to_idle(Duration::MAX);
         let stored = store(e, &regions, 5).unwrap();
         assert!(stored.is_live_at(NEVER - 1, 0));
         let mut far = entry(&regions);
-        far.absolute_expiration_at(Instant::now() + Duration::from_secs(1 << 40));
+        far.expires_at(Instant::now() + Duration::from_secs(1 << 40));
         assert!(
             store(far, &regions, NEVER - 10)
                 .unwrap()
@@ -604,7 +641,7 @@ mod tests {
         let clock = StoreClock::new(clock);
         let regions = Arc::new(Regions::new());
         let mut e = entry(&regions);
-        e.sliding_expiration(Duration::from_secs(10));
+        e.time_to_idle(Duration::from_secs(10));
         let stored = store(e, &regions, clock.now()).unwrap();
         mock.increment(Duration::from_secs(6));
         assert!(stored.is_live(&clock, 0), "read at 6 s restarts the window");
@@ -686,7 +723,7 @@ mod tests {
         tied.region::<Catalog>();
         assert!(store(tied, &regions, 0).unwrap().shared.is_some());
         let mut idle = entry(&regions);
-        idle.sliding_expiration(Duration::from_secs(1));
+        idle.time_to_idle(Duration::from_secs(1));
         assert!(store(idle, &regions, 0).unwrap().shared.is_some());
     }
 }

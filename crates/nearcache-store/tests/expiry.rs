@@ -31,7 +31,7 @@ fn absolute_expiration_ends_the_entry_at_its_deadline() {
     let (store, clock) = mock_store(StoreOptions::default());
     let k = key("absolute");
     load(&store, &k, |e| {
-        e.absolute_expiration(10 * SECOND);
+        e.time_to_live(10 * SECOND);
     });
     clock.increment(10 * SECOND - Duration::from_nanos(1));
     assert!(alive(&store, &k));
@@ -50,7 +50,7 @@ fn reads_do_not_extend_an_absolute_expiration() {
     let (store, clock) = mock_store(StoreOptions::default());
     let k = key("absolute");
     load(&store, &k, |e| {
-        e.absolute_expiration(10 * SECOND);
+        e.time_to_live(10 * SECOND);
     });
     for _ in 0..9 {
         clock.increment(SECOND);
@@ -65,7 +65,7 @@ fn sliding_expiration_is_extended_by_each_read() {
     let (store, clock) = mock_store(StoreOptions::default());
     let k = key("sliding");
     load(&store, &k, |e| {
-        e.sliding_expiration(10 * SECOND);
+        e.time_to_idle(10 * SECOND);
     });
     for _ in 0..5 {
         clock.increment(6 * SECOND);
@@ -80,8 +80,7 @@ fn sliding_and_absolute_together_end_at_whichever_comes_first() {
     let (store, clock) = mock_store(StoreOptions::default());
     let k = key("both");
     load(&store, &k, |e| {
-        e.sliding_expiration(10 * SECOND)
-            .absolute_expiration(15 * SECOND);
+        e.time_to_idle(10 * SECOND).time_to_live(15 * SECOND);
     });
     clock.increment(8 * SECOND);
     assert!(alive(&store, &k));
@@ -98,8 +97,7 @@ fn sliding_and_absolute_together_end_at_whichever_comes_first() {
 
     let idle = key("both-idle");
     load(&store, &idle, |e| {
-        e.sliding_expiration(10 * SECOND)
-            .absolute_expiration(60 * SECOND);
+        e.time_to_idle(10 * SECOND).time_to_live(60 * SECOND);
     });
     clock.increment(10 * SECOND);
     assert!(!alive(&store, &idle), "the sliding window wins when idle");
@@ -132,12 +130,12 @@ fn entry_options_override_defaults_field_by_field() {
     // Overrides the absolute expiration only: the default sliding window still applies.
     let absolute = key("absolute-override");
     load(&store, &absolute, |e| {
-        e.absolute_expiration(20 * SECOND);
+        e.time_to_live(20 * SECOND);
     });
     // Overrides the sliding window only: the default absolute deadline still applies.
     let sliding = key("sliding-override");
     load(&store, &sliding, |e| {
-        e.sliding_expiration(60 * SECOND);
+        e.time_to_idle(60 * SECOND);
     });
     for _ in 0..4 {
         clock.increment(2 * SECOND);
@@ -162,7 +160,7 @@ fn absolute_expiration_at_an_instant() {
     let (store, clock) = mock_store(StoreOptions::default());
     let k = key("at");
     load(&store, &k, |e| {
-        e.absolute_expiration_at(Instant::now() + 10 * SECOND);
+        e.expires_at(Instant::now() + 10 * SECOND);
     });
     clock.increment(9 * SECOND);
     assert!(alive(&store, &k));
@@ -171,7 +169,7 @@ fn absolute_expiration_at_an_instant() {
 
     let past = key("at-past");
     load(&store, &past, |e| {
-        e.absolute_expiration_at(Instant::now() - SECOND);
+        e.expires_at(Instant::now() - SECOND);
     });
     assert!(!alive(&store, &past), "a deadline already past: not stored");
 }
@@ -181,18 +179,18 @@ fn zero_durations_mean_returned_but_not_stored() {
     let (store, _clock) = mock_store(StoreOptions::default());
     let value = store
         .get_or_create_sync(&key("zero"), |e| {
-            e.absolute_expiration(Duration::ZERO);
+            e.time_to_live(Duration::ZERO);
             Ok::<_, Infallible>(1_u8)
         })
         .unwrap();
     assert_eq!(*value, 1, "the caller gets the value");
     assert!(store.get::<u8>(&key("zero")).unwrap().is_none());
     load(&store, &key("zero-sliding"), |e| {
-        e.sliding_expiration(Duration::ZERO);
+        e.time_to_idle(Duration::ZERO);
     });
     assert!(!alive(&store, &key("zero-sliding")));
     assert!(!store.set_with(key("zero-set"), 1_u8, |e| {
-        e.absolute_expiration(Duration::ZERO);
+        e.time_to_live(Duration::ZERO);
     }));
     assert_eq!(store.len(), 0);
     assert_eq!(store.stats().inserts, 0);
@@ -222,8 +220,7 @@ fn overflowing_durations_mean_never_and_do_not_panic() {
     });
     let k = key("forever");
     load(&store, &k, |e| {
-        e.absolute_expiration(Duration::MAX)
-            .sliding_expiration(Duration::MAX);
+        e.time_to_live(Duration::MAX).time_to_idle(Duration::MAX);
     });
     load(&store, &key("defaults"), |_| {});
     clock.increment(Duration::from_secs(100 * 365 * 24 * 3600));
@@ -237,7 +234,7 @@ fn purge_removes_time_expired_entries_without_reading_them() {
     let (store, clock) = mock_store(StoreOptions::default());
     for i in 0..100 {
         load(&store, &key(&format!("k{i}")), |e| {
-            e.absolute_expiration(if i % 2 == 0 { SECOND } else { 60 * SECOND });
+            e.time_to_live(if i % 2 == 0 { SECOND } else { 60 * SECOND });
         });
     }
     clock.increment(2 * SECOND);
@@ -255,7 +252,7 @@ fn the_background_purger_sweeps_time_expired_entries_on_its_interval() {
     });
     for i in 0..100 {
         load(&store, &key(&format!("k{i}")), |e| {
-            e.sliding_expiration(SECOND);
+            e.time_to_idle(SECOND);
         });
     }
     clock.increment(2 * SECOND);

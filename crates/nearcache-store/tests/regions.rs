@@ -190,7 +190,7 @@ fn expiries_that_kill_nothing_skip_the_sweep_and_held_ones_do_not() {
         ..StoreOptions::default()
     });
     put(&store, &key("timed"), |e| {
-        e.absolute_expiration(Duration::from_secs(1));
+        e.time_to_live(Duration::from_secs(1));
     });
     put(&store, &key("tied"), |e| {
         e.region_key::<Catalog>("used");
@@ -305,7 +305,7 @@ fn nested_loads_never_inherit_tokens_async() {
         rt.block_on(store.get_or_create(&parent, async |entry| {
             entry
                 .region::<Catalog>()
-                .absolute_expiration(Duration::from_secs(3600));
+                .time_to_live(Duration::from_secs(3600));
             let inner = store
                 .get_or_create(&child, async |entry| {
                     entry.region::<Pricing>();

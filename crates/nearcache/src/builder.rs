@@ -245,8 +245,8 @@ fn redis_config(options: &BackplaneOptions) -> Result<nearcache_redis::RedisConf
 fn store_options(options: &CacheOptions) -> StoreOptions {
     StoreOptions {
         enabled: options.enabled,
-        default_absolute_expiration: options.absolute_expiration,
-        default_sliding_expiration: options.sliding_expiration,
+        default_absolute_expiration: options.time_to_live,
+        default_sliding_expiration: options.time_to_idle,
         max_capacity: options.max_capacity,
         max_weight: options.max_weight,
         cache_none: options.cache_none,

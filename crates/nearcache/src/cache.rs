@@ -16,12 +16,13 @@ use crate::error::BuildError;
 use crate::events::CacheEvent;
 use crate::health::{self, Health};
 use crate::identity::Identity;
+use crate::invalidation::Invalidation;
 #[cfg(feature = "metrics")]
 use crate::metrics::Exported;
 use crate::metrics::Seconds;
 use crate::options::CacheOptions;
 use crate::propagation::Propagation;
-use crate::propagation::outbox::{Pending, Ticket};
+use crate::propagation::outbox::Pending;
 use crate::stats::{CacheStats, PropagationStats};
 
 /// A coherent in-process cache: local cache-aside with single-flight loads, kept in sync with
@@ -95,21 +96,6 @@ impl Drop for Inner {
             propagation.close();
         }
     }
-}
-
-/// How far an invalidation got by the time its async call returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Propagated {
-    /// The backplane accepted the message carrying it.
-    Published,
-    /// The backplane did not accept it within `publish_timeout`; it stays queued and goes
-    /// out when the backplane is back. If the outbox overflows first, the backlog is dropped:
-    /// this instance clears itself and peers, seeing a gap in its sequence numbers, clear
-    /// themselves.
-    Queued,
-    /// The invalidation was local only: this cache has no backplane, or it was
-    /// [shut down](Cache::shutdown).
-    Local,
 }
 
 impl Cache {
@@ -300,19 +286,24 @@ impl Cache {
     }
 
     /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
-    /// which are now stale. Waits, at most `publish_timeout`, for the eviction to be published.
+    /// which are now stale.
+    ///
+    /// Both have happened when the call returns: the value is stored and the eviction is
+    /// queued for the peers. Await the returned [`Invalidation`] to wait, at most
+    /// `publish_timeout`, for the eviction to be published; drop it to not wait.
     ///
     /// # Cancel safety
     ///
-    /// The local store and the outbox are updated before the first await; dropping the
-    /// future only stops the wait.
-    pub async fn set<T: Send + Sync + 'static>(
+    /// The local store and the outbox are updated before the call returns; dropping the
+    /// [`Invalidation`] or its future only stops the wait, never the invalidation.
+    pub fn set<T: Send + Sync + 'static>(
         &self,
         key: impl Borrow<Key>,
         value: T,
-    ) -> Propagated {
-        let ticket = self.set_queued(key, value);
-        self.settle(ticket).await
+    ) -> Invalidation<'_> {
+        let key = key.borrow();
+        self.inner.store.set(key.clone(), value);
+        self.enqueue(Pending::Remove(key.clone()))
     }
 
     /// Like [`set`](Self::set), with entry options (expiry, regions) set by `configure`.
@@ -320,141 +311,132 @@ impl Cache {
     /// # Cancel safety
     ///
     /// As [`set`](Self::set).
-    pub async fn set_with<T: Send + Sync + 'static>(
+    pub fn set_with<T: Send + Sync + 'static>(
         &self,
         key: impl Borrow<Key>,
         value: T,
         configure: impl FnOnce(&mut Entry),
-    ) -> Propagated {
+    ) -> Invalidation<'_> {
         let key = key.borrow();
         self.inner.store.set_with(key.clone(), value, configure);
-        let ticket = self.publish(Pending::Remove(key.clone()));
-        self.settle(ticket).await
+        self.enqueue(Pending::Remove(key.clone()))
     }
 
-    /// The non-waiting twin of [`set`](Self::set): stores here, queues the peers' eviction.
+    /// [`set`](Self::set) without waiting for the publish.
+    #[deprecated(
+        since = "0.2.0",
+        note = "call `set` and drop the result: `cache.set(key, value);` stores here and \
+                queues the peers' eviction without waiting"
+    )]
     pub fn set_sync<T: Send + Sync + 'static>(&self, key: impl Borrow<Key>, value: T) {
-        self.set_queued(key, value);
+        let _ = self.set(key, value);
     }
 
-    fn set_queued<T: Send + Sync + 'static>(
-        &self,
-        key: impl Borrow<Key>,
-        value: T,
-    ) -> Option<Ticket> {
-        let key = key.borrow();
-        self.inner.store.set(key.clone(), value);
-        self.publish(Pending::Remove(key.clone()))
-    }
-
-    /// Removes `key` here and on every peer. Waits, at most `publish_timeout`, for the
-    /// removal to be published.
+    /// Removes `key` here and on every peer.
+    ///
+    /// It is removed here, and its removal queued for the peers, when the call returns.
+    /// Await the returned [`Invalidation`] to wait, at most `publish_timeout`, for the removal
+    /// to be published; drop it to not wait.
     ///
     /// # Cancel safety
     ///
     /// As [`set`](Self::set).
-    pub async fn remove(&self, key: impl Borrow<Key>) -> Propagated {
-        let ticket = self.remove_queued(key);
-        self.settle(ticket).await
-    }
-
-    /// The non-waiting twin of [`remove`](Self::remove).
-    pub fn remove_sync(&self, key: impl Borrow<Key>) {
-        self.remove_queued(key);
-    }
-
-    fn remove_queued(&self, key: impl Borrow<Key>) -> Option<Ticket> {
+    pub fn remove(&self, key: impl Borrow<Key>) -> Invalidation<'_> {
         let key = key.borrow();
         self.inner.store.remove(key);
-        self.publish(Pending::Remove(key.clone()))
+        self.enqueue(Pending::Remove(key.clone()))
+    }
+
+    /// [`remove`](Self::remove) without waiting for the publish.
+    #[deprecated(
+        since = "0.2.0",
+        note = "call `remove` and drop the result: `cache.remove(key);` removes here and \
+                queues the peers' removal without waiting"
+    )]
+    pub fn remove_sync(&self, key: impl Borrow<Key>) {
+        let _ = self.remove(key);
     }
 
     /// Expires every entry of region `R` here and on every peer: one message, O(1) here.
     ///
+    /// Expired here, and queued for the peers, when the call returns; await the returned
+    /// [`Invalidation`] to wait for the publish, or drop it.
+    ///
     /// # Cancel safety
     ///
     /// As [`set`](Self::set).
-    pub async fn expire_region<R: Region>(&self) -> Propagated {
-        let ticket = self.expire_region_queued::<R>();
-        self.settle(ticket).await
-    }
-
-    /// The non-waiting twin of [`expire_region`](Self::expire_region).
-    pub fn expire_region_sync<R: Region>(&self) {
-        self.expire_region_queued::<R>();
-    }
-
-    fn expire_region_queued<R: Region>(&self) -> Option<Ticket> {
+    pub fn expire_region<R: Region>(&self) -> Invalidation<'_> {
         self.inner.store.expire_region::<R>();
-        self.publish(Pending::ExpireRegion(R::NAME.to_owned()))
+        self.enqueue(Pending::ExpireRegion(R::NAME.to_owned()))
+    }
+
+    /// [`expire_region`](Self::expire_region) without waiting for the publish.
+    #[deprecated(
+        since = "0.2.0",
+        note = "call `expire_region` and drop the result: `cache.expire_region::<R>();` \
+                expires here and queues the peers' expiry without waiting"
+    )]
+    pub fn expire_region_sync<R: Region>(&self) {
+        let _ = self.expire_region::<R>();
     }
 
     /// Expires the entries of region `R` tied to `sub_key` here and on every peer.
     ///
+    /// Expired here, and queued for the peers, when the call returns; await the returned
+    /// [`Invalidation`] to wait for the publish, or drop it.
+    ///
     /// # Cancel safety
     ///
     /// As [`set`](Self::set).
-    pub async fn expire_region_key<R: Region, K: CacheKey + ?Sized>(
+    pub fn expire_region_key<R: Region, K: CacheKey + ?Sized>(
         &self,
         sub_key: &K,
-    ) -> Propagated {
-        let ticket = self.expire_region_key_queued::<R, K>(sub_key);
-        self.settle(ticket).await
-    }
-
-    /// The non-waiting twin of [`expire_region_key`](Self::expire_region_key).
-    pub fn expire_region_key_sync<R: Region, K: CacheKey + ?Sized>(&self, sub_key: &K) {
-        self.expire_region_key_queued::<R, K>(sub_key);
-    }
-
-    fn expire_region_key_queued<R: Region, K: CacheKey + ?Sized>(
-        &self,
-        sub_key: &K,
-    ) -> Option<Ticket> {
+    ) -> Invalidation<'_> {
         self.inner.store.expire_region_key::<R>(sub_key);
         // The one spelling of a sub-key, the one the store just used.
         let sub_key = sub_key.sub_key_text().into_owned();
-        self.publish(Pending::ExpireRegionKey(R::NAME.to_owned(), sub_key))
+        self.enqueue(Pending::ExpireRegionKey(R::NAME.to_owned(), sub_key))
+    }
+
+    /// [`expire_region_key`](Self::expire_region_key) without waiting for the publish.
+    #[deprecated(
+        since = "0.2.0",
+        note = "call `expire_region_key` and drop the result: \
+                `cache.expire_region_key::<R, _>(sub_key);` expires here and queues the \
+                peers' expiry without waiting"
+    )]
+    pub fn expire_region_key_sync<R: Region, K: CacheKey + ?Sized>(&self, sub_key: &K) {
+        let _ = self.expire_region_key::<R, K>(sub_key);
     }
 
     /// Expires everything here (the global region) and on every peer.
     ///
+    /// Cleared here, and queued for the peers, when the call returns; await the returned
+    /// [`Invalidation`] to wait for the publish, or drop it.
+    ///
     /// # Cancel safety
     ///
     /// As [`set`](Self::set).
-    pub async fn clear(&self) -> Propagated {
-        let ticket = self.clear_queued();
-        self.settle(ticket).await
-    }
-
-    /// The non-waiting twin of [`clear`](Self::clear).
-    pub fn clear_sync(&self) {
-        self.clear_queued();
-    }
-
-    fn clear_queued(&self) -> Option<Ticket> {
+    pub fn clear(&self) -> Invalidation<'_> {
         self.inner.store.clear();
-        self.publish(Pending::Clear)
+        self.enqueue(Pending::Clear)
     }
 
-    fn publish(&self, op: Pending) -> Option<Ticket> {
-        self.inner
-            .propagation
-            .as_ref()
-            .and_then(|p| p.enqueue(&self.inner.store, op))
+    /// [`clear`](Self::clear) without waiting for the publish.
+    #[deprecated(
+        since = "0.2.0",
+        note = "call `clear` and drop the result: `cache.clear();` clears here and queues \
+                the peers' clear without waiting"
+    )]
+    pub fn clear_sync(&self) {
+        let _ = self.clear();
     }
 
-    async fn settle(&self, ticket: Option<Ticket>) -> Propagated {
-        match (&self.inner.propagation, ticket) {
-            (Some(p), Some(ticket)) => {
-                if p.wait_published(ticket).await {
-                    Propagated::Published
-                } else {
-                    Propagated::Queued
-                }
-            }
-            _ => Propagated::Local,
-        }
+    /// Queues `op` for the peers (the background sender publishes it) and returns at once.
+    fn enqueue(&self, op: Pending) -> Invalidation<'_> {
+        let propagation = self.inner.propagation.as_deref();
+        let ticket = propagation.and_then(|p| p.enqueue(&self.inner.store, op));
+        Invalidation::new(propagation, ticket)
     }
 
     /// A snapshot of the counters.
@@ -588,7 +570,7 @@ impl Cache {
     /// `publish_timeout`s even when the backplane is down. Afterwards the cache still works
     /// as a pass-through: it no longer hears its peers, so reads bypass the store (they
     /// miss; loads still run single-flight but are not stored), and its own invalidations
-    /// stay local ([`Propagated::Local`]). Calling it again returns at once, with the same
+    /// stay local ([`Propagated::Local`](crate::Propagated::Local)). Calling it again returns at once, with the same
     /// count.
     /// Without a backplane it does nothing and returns 0.
     ///

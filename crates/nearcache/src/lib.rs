@@ -39,7 +39,7 @@
 //! let key = cache_key!(ProductService, "get", &42); // "ProductService:get-42"
 //! let first: Arc<String> = b
 //!     .get_or_create(&key, async |entry| {
-//!         entry.region_key::<Catalog>("c1").absolute_expiration(Duration::from_secs(300));
+//!         entry.region_key::<Catalog>("c1").time_to_live(Duration::from_secs(300));
 //!         Ok::<_, std::io::Error>(String::from("red shoes, v1")) // the database query
 //!     })
 //!     .await?;
@@ -86,9 +86,11 @@
 //! # Invalidating
 //!
 //! [`Cache::remove`], [`Cache::set`], [`Cache::expire_region`],
-//! [`Cache::expire_region_key`] and [`Cache::clear`] act locally at once, then go to every
-//! peer; each returns whether the backplane took it ([`Propagated`]), and has a `_sync`
-//! twin that does not wait. Only these publish: a load filling a miss, a local expiry or a
+//! [`Cache::expire_region_key`] and [`Cache::clear`] act locally and queue the message for
+//! every peer before they return. Each returns an [`Invalidation`]: await it to learn whether
+//! the backplane took it ([`Propagated`]), or drop it not to wait — the same call serves
+//! async and blocking code (in this crate `_sync` means only "blocks the thread"). Only
+//! these publish: a load filling a miss, a local expiry or a
 //! capacity eviction never does, a region expiry is one message whatever its size, and a peer
 //! never re-publishes what it received. Invalidations, not values, travel: nothing on the
 //! channel can put data into a cache.
@@ -117,7 +119,7 @@
 //!
 //! ```
 //! let options: nearcache::CacheOptions = serde_json::from_str(r#"{
-//!     "sliding_expiration": "15m",
+//!     "time_to_idle": "15m",
 //!     "backplane": { "app": "shop", "max_staleness": "30s" }
 //! }"#)?;
 //! assert_eq!(options.backplane.channel_name(), "nearcache:shop:invalidations");
@@ -176,16 +178,18 @@ mod error;
 mod events;
 mod health;
 mod identity;
+mod invalidation;
 mod metrics;
 mod options;
 mod propagation;
 mod stats;
 
 pub use builder::CacheBuilder;
-pub use cache::{Cache, Propagated};
+pub use cache::Cache;
 pub use error::{BuildError, LoadError, OptionsError, TypeMismatch};
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
+pub use invalidation::{Invalidation, Propagated, WaitPublished};
 pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
 pub use stats::{
     CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,

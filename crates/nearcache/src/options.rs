@@ -28,11 +28,11 @@ pub(crate) enum SigningKeyError {
 /// use nearcache::CacheOptions;
 ///
 /// let options: CacheOptions = serde_json::from_str(r#"{
-///     "sliding_expiration": "15m",
+///     "time_to_idle": "15m",
 ///     "max_capacity": 50000,
 ///     "backplane": { "max_staleness": "30s" }
 /// }"#).unwrap();
-/// assert_eq!(options.sliding_expiration, Some(Duration::from_secs(900)));
+/// assert_eq!(options.time_to_idle, Some(Duration::from_secs(900)));
 /// assert!(options.enabled, "unnamed fields keep their defaults");
 /// ```
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -41,14 +41,14 @@ pub struct CacheOptions {
     /// `false` turns the cache into a pass-through: every call runs its factory and nothing is
     /// stored. Invalidations are still published, so peers stay coherent. Default `true`.
     pub enabled: bool,
-    /// Sliding expiration for entries that set none: an entry not read for this long expires.
-    /// Default: none.
-    #[serde(with = "humantime_serde")]
-    pub sliding_expiration: Option<Duration>,
-    /// Absolute expiration (time to live from insertion) for entries that set none.
-    /// Default: none.
-    #[serde(with = "humantime_serde")]
-    pub absolute_expiration: Option<Duration>,
+    /// Time to idle (sliding expiration) for entries that set none: an entry not read for
+    /// this long expires. Default: none. Also read as `sliding_expiration`, its former name.
+    #[serde(with = "humantime_serde", alias = "sliding_expiration")]
+    pub time_to_idle: Option<Duration>,
+    /// Time to live (absolute expiration, from insertion) for entries that set none.
+    /// Default: none. Also read as `absolute_expiration`, its former name.
+    #[serde(with = "humantime_serde", alias = "absolute_expiration")]
+    pub time_to_live: Option<Duration>,
     /// Most entries held at once. Default 10,000. Ignored when `max_weight` is set.
     pub max_capacity: u64,
     /// A weight budget instead of an entry count: entries weigh what their factory says
@@ -76,8 +76,8 @@ impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
             enabled: true,
-            sliding_expiration: None,
-            absolute_expiration: None,
+            time_to_idle: None,
+            time_to_live: None,
             max_capacity: 10_000,
             max_weight: None,
             cache_none: true,
@@ -108,8 +108,8 @@ impl fmt::Debug for CacheOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CacheOptions")
             .field("enabled", &self.enabled)
-            .field("sliding_expiration", &self.sliding_expiration)
-            .field("absolute_expiration", &self.absolute_expiration)
+            .field("time_to_idle", &self.time_to_idle)
+            .field("time_to_live", &self.time_to_live)
             .field("max_capacity", &self.max_capacity)
             .field("max_weight", &self.max_weight)
             .field("cache_none", &self.cache_none)
@@ -430,12 +430,43 @@ mod tests {
     }
 
     #[test]
+    fn the_former_expiration_names_still_load() {
+        let old: CacheOptions =
+            toml::from_str("sliding_expiration = \"15m\"\nabsolute_expiration = \"1h\"\n").unwrap();
+        let new: CacheOptions =
+            toml::from_str("time_to_idle = \"15m\"\ntime_to_live = \"1h\"\n").unwrap();
+        assert_eq!(old, new);
+        assert_eq!(
+            (new.time_to_idle, new.time_to_live),
+            (
+                Some(Duration::from_secs(900)),
+                Some(Duration::from_secs(3600))
+            )
+        );
+        let json: CacheOptions =
+            serde_json::from_str(r#"{ "sliding_expiration": "15m", "absolute_expiration": "1h" }"#)
+                .unwrap();
+        assert_eq!(json, new);
+        // One option under both names is refused, not silently resolved.
+        assert!(
+            toml::from_str::<CacheOptions>("time_to_idle = \"1m\"\nsliding_expiration = \"2m\"\n")
+                .is_err()
+        );
+        // Written out, only the new names appear.
+        let text = toml::to_string(&new).unwrap();
+        assert!(
+            text.contains("time_to_idle") && !text.contains("sliding_expiration"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn human_durations_and_unknown_fields() {
         let options: CacheOptions = toml::from_str(
-            "absolute_expiration = \"1h 30m\"\n[backplane]\npublish_timeout = \"250ms\"\non_loss = \"none\"\n",
+            "time_to_live = \"1h 30m\"\n[backplane]\npublish_timeout = \"250ms\"\non_loss = \"none\"\n",
         )
         .unwrap();
-        assert_eq!(options.absolute_expiration, Some(Duration::from_secs(5400)));
+        assert_eq!(options.time_to_live, Some(Duration::from_secs(5400)));
         assert_eq!(
             options.backplane.publish_timeout,
             Duration::from_millis(250)

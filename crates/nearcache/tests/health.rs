@@ -121,7 +121,7 @@ async fn an_invalidation_stuck_in_the_outbox_makes_the_instance_suspect() {
     let mut watch = a.watch_health();
     until_state(&mut watch, |s| *s == Coherence::Coherent).await;
     let gate = conn.hold_publishes();
-    a.remove_sync(Key::from_text("k"));
+    a.remove(Key::from_text("k"));
     let suspect = until_state(&mut watch, |s| matches!(s, Coherence::Suspect { .. })).await;
     assert!(suspect.is_ready(), "still serving: suspect is a warning");
     assert!(suspect.oldest_unpublished >= Some(Duration::from_millis(50)));

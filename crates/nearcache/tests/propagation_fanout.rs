@@ -306,7 +306,7 @@ async fn loads_local_expiry_and_capacity_evictions_publish_nothing() {
     }
     let expiring = key("expiring");
     a.get_or_create_sync(&expiring, |entry| {
-        entry.absolute_expiration(Duration::from_secs(1));
+        entry.time_to_live(Duration::from_secs(1));
         Ok::<_, Infallible>(0_u32)
     })
     .unwrap();
@@ -336,11 +336,11 @@ async fn what_queues_during_a_publish_goes_out_together_in_the_next() {
     let [a, mut b, mut c] = trio(&bus, quiet()).await;
     let gate = bus.hold_publishes();
 
-    a.cache.remove_sync(key("first"));
+    a.cache.remove(key("first"));
     within("the first publish to be in flight", gate.wait_held(1)).await;
     let burst: Vec<_> = (0..100).map(|i| key(&format!("burst-{i}"))).collect();
     for k in &burst {
-        a.cache.remove_sync(k);
+        a.cache.remove(k);
     }
     assert_eq!(a.stats().outbox_len, 101, "1 in flight + 100 queued");
     assert_eq!(gate.held(), 1, "one publish in flight at a time");
@@ -393,20 +393,20 @@ async fn a_lone_invalidation_is_not_delayed_by_any_timer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_twins_enqueue_from_any_thread_and_the_sender_publishes() {
+async fn unawaited_invalidations_from_any_thread_are_published() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k, other) = (key("k"), key("other"));
     b.load(&k, 1).await;
     b.load(&other, 1).await;
-    // From a thread outside the runtime: they never wait for the network.
+    // From a thread outside the runtime, each result dropped: they never wait for the network.
     let cache = a.cache.clone();
     let k2 = k.clone();
     std::thread::spawn(move || {
-        cache.set_sync(&k2, 5_u32);
-        cache.remove_sync(&k2);
-        cache.expire_region_sync::<Catalog>();
-        cache.expire_region_key_sync::<Catalog, _>("c1");
+        cache.set(&k2, 5_u32);
+        cache.remove(&k2);
+        cache.expire_region::<Catalog>();
+        cache.expire_region_key::<Catalog, _>("c1");
     })
     .join()
     .unwrap();
@@ -420,7 +420,7 @@ async fn sync_twins_enqueue_from_any_thread_and_the_sender_publishes() {
     assert_eq!(applied, 4);
     assert_eq!(b.get(&k), None);
     assert_eq!(b.get(&other), Some(1));
-    a.cache.clear_sync();
+    a.cache.clear();
     let (_, _, n) = b.applied().await;
     assert_eq!(n, 1);
     assert_eq!(b.get(&other), None);

@@ -23,11 +23,11 @@ async fn dropping_the_last_handle_publishes_what_is_queued_then_stops_both_tasks
     let stopped = tokio::spawn(a.cache.stopped());
 
     let gate = bus.hold_publishes();
-    a.cache.remove_sync(key("k0"));
+    a.cache.remove(key("k0"));
     within("A's first publish in flight", gate.wait_held(1)).await;
     let later: Vec<_> = (1..=4).map(|i| key(&format!("k{i}"))).collect();
     for k in &later {
-        a.cache.remove_sync(k);
+        a.cache.remove(k);
     }
     let clone = a.cache.clone();
     drop(a);
@@ -65,7 +65,7 @@ async fn shutdown_flushes_then_leaves_a_pass_through() {
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let k = key("k");
     for i in 0..3 {
-        a.cache.remove_sync(key(&format!("queued-{i}")));
+        a.cache.remove(key(&format!("queued-{i}")));
     }
     assert_eq!(within("shutdown", a.cache.shutdown()).await, 0);
     let mut applied = 0;
@@ -107,7 +107,7 @@ async fn shutdown_with_the_backplane_down_returns_what_was_not_sent_without_ling
     let mut a = Instance::start(&bus, options).await;
     a.conn.disconnect();
     for i in 0..3 {
-        a.cache.remove_sync(key(&format!("k{i}")));
+        a.cache.remove(key(&format!("k{i}")));
     }
     a.event(nearcache::CacheEvent::PublishFailed).await;
     let started = std::time::Instant::now();
@@ -147,7 +147,7 @@ async fn before_its_subscription_a_cache_serves_nothing_from_its_store() {
         .unwrap();
     assert_eq!(*loaded, 1);
     assert_eq!(cache.get::<u32>(&k).unwrap(), None, "loaded, not stored");
-    cache.set_sync(&set, 2_u32); // stored, and its eviction queued for the peers
+    cache.set(&set, 2_u32); // stored, and its eviction queued for the peers
     assert_eq!(cache.get::<u32>(&set).unwrap(), None, "reads miss");
 
     conn.reconnect();
@@ -233,7 +233,7 @@ async fn concurrent_shutdowns_both_wait_for_the_flush() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let gate = bus.hold_publishes();
-    a.cache.remove_sync(key("k"));
+    a.cache.remove(key("k"));
     within("A's publish in flight", gate.wait_held(1)).await;
     let first = tokio::spawn({
         let cache = a.cache.clone();

@@ -79,7 +79,7 @@ async fn a_heartbeat_reveals_a_lost_last_message() {
     // Lose A's next message for B and C, and nothing after it. A heartbeat may be the
     // publish in flight when the gate closes: the tap tells which one went through.
     let gate = bus.hold_publishes();
-    a.cache.remove_sync(&k2);
+    a.cache.remove(&k2);
     loop {
         within("a publish from A in flight", gate.wait_held(1)).await;
         // A publishes one at a time and B and C are quiet: all else was delivered already.
@@ -199,17 +199,17 @@ async fn an_outbox_overflow_clears_itself_once_and_peers_see_a_gap() {
     a.event(CacheEvent::PublishFailed).await;
     // The sender retries k0's message (in flight) and takes nothing else until it goes.
     for i in 1..=4 {
-        a.cache.remove_sync(key(&format!("k{i}")));
+        a.cache.remove(key(&format!("k{i}")));
     }
     let s = a.stats();
     assert_eq!((s.outbox_len, s.outbox_overflows), (5, 0));
     assert_eq!(a.get(&held), Some(1));
 
-    a.cache.remove_sync(key("k5")); // the fifth queued: overflow
+    a.cache.remove(key("k5")); // the fifth queued: overflow
     assert!(a.loss_cleared(ClearCause::OutboxOverflow).await);
     assert_eq!(a.get(&held), None, "A cleared itself");
     for i in 6..=20 {
-        a.cache.remove_sync(key(&format!("k{i}"))); // absorbed by the lost backlog
+        a.cache.remove(key(&format!("k{i}"))); // absorbed by the lost backlog
     }
     let s = a.stats();
     assert_eq!(s.outbox_overflows, 1, "counted once");

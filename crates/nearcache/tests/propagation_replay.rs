@@ -321,7 +321,7 @@ async fn replay_racing_live_messages_applies_each_message_once() {
             let cache = a.cache.clone();
             async move {
                 for i in 0..MESSAGES {
-                    cache.remove(&key(&format!("k{i}"))).await;
+                    cache.remove(key(&format!("k{i}"))).await;
                 }
             }
         });

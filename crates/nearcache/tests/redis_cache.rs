@@ -500,10 +500,10 @@ async fn redis_killed_instances_keep_serving_then_recover_with_nothing_stale() {
     assert!(started.elapsed() < PUBLISH_TIMEOUT + SLACK);
     db.bump(2);
     let started = Instant::now();
-    a.remove_sync(product(2));
+    a.remove(product(2));
     assert!(
         started.elapsed() < PUBLISH_TIMEOUT,
-        "the sync twin never waits on Redis"
+        "a remove that is not awaited never waits on Redis"
     );
     assert_eq!(
         (cached(&a, 0), cached(&a, 1), cached(&a, 2)),
@@ -653,7 +653,7 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
     assert_eq!(stats(&a).outbox_len, 1, "the first removal is in flight");
     for id in 1..5 {
         db.bump(id);
-        a.remove_sync(product(id));
+        a.remove(product(id));
     }
     assert_eq!(
         stats(&a).outbox_len,
@@ -662,14 +662,14 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
     );
     assert_eq!(stats(&a).outbox_overflows, 0);
     db.bump(5);
-    a.remove_sync(product(5));
+    a.remove(product(5));
     ea.loss_cleared(ClearCause::OutboxOverflow).await;
     assert!(
         (6..20).all(|id| cached(&a, id).is_none()),
         "A cleared itself"
     );
     for id in 6..100 {
-        a.remove_sync(product(id)); // absorbed by the lost backlog
+        a.remove(product(id)); // absorbed by the lost backlog
     }
     let sa = stats(&a);
     assert_eq!(sa.outbox_overflows, 1, "{sa:?}");
@@ -831,7 +831,7 @@ async fn a_batch_too_large_for_the_backplane_becomes_a_clear_not_a_stall() {
     }
     let mut eb = Events::of("b", &b);
     for id in 0..1000 {
-        a.remove_sync(product(id)); // group commit: big batches
+        a.remove(product(id)); // group commit: big batches
     }
     let deadline = Instant::now() + WAIT;
     while a.remove(product(0)).await != Propagated::Published {

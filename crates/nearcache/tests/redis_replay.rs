@@ -148,7 +148,7 @@ async fn a_killed_subscriber_is_repaired_by_replay_evicting_exactly_the_missed_k
 
     cut_b(&server, &mut events_b).await;
     for id in [3, 7, 11] {
-        a.remove(&product(id)).await; // acknowledged by Redis: in the log, missed by B
+        a.remove(product(id)).await; // acknowledged by Redis: in the log, missed by B
     }
     restore_b(&server);
     let (messages, keys) = until(&mut events_b, "LossRepaired", |e| match e {
@@ -174,7 +174,7 @@ async fn a_killed_subscriber_is_repaired_by_replay_evicting_exactly_the_missed_k
     assert_eq!(s.loss_repairs.keys_replayed, 3);
 
     // B hears A live again.
-    a.remove(&product(0)).await;
+    a.remove(product(0)).await;
     until(&mut events_b, "Applied", |e| {
         matches!(e, CacheEvent::Applied { .. }).then_some(())
     })
@@ -191,7 +191,7 @@ async fn a_log_trimmed_past_the_gap_clears() {
     load(&b, 1).await;
 
     cut_b(&server, &mut events_b).await;
-    a.remove(&product(2)).await;
+    a.remove(product(2)).await;
     tokio::task::block_in_place(|| {
         let mut con = server.connection().unwrap();
         redis::cmd("XTRIM")
@@ -222,7 +222,7 @@ async fn redis_restarted_empty_clears() {
     let a = connect(server.url()).await;
     let b = connect(server.url()).await;
     let mut events_b = b.events();
-    a.remove(&product(9)).await; // the log exists, B knows its position
+    a.remove(product(9)).await; // the log exists, B knows its position
     until(&mut events_b, "Applied", |e| {
         matches!(e, CacheEvent::Applied { .. }).then_some(())
     })
@@ -230,7 +230,7 @@ async fn redis_restarted_empty_clears() {
     load(&b, 1).await;
 
     tokio::task::block_in_place(|| server.restart().unwrap());
-    a.remove(&product(2)).await; // may be queued until A's publisher is back: a new log
+    a.remove(product(2)).await; // may be queued until A's publisher is back: a new log
     until(&mut events_b, "LossCleared", |e| {
         matches!(e, CacheEvent::LossCleared { cleared: true, .. }).then_some(())
     })
@@ -289,7 +289,7 @@ async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
         let mut events_b = b.events();
         load(&b, 1).await;
         load(&b, 2).await;
-        a.remove(&product(1)).await;
+        a.remove(product(1)).await;
         until(&mut events_b, "Applied", |e| {
             matches!(e, CacheEvent::Applied { .. }).then_some(())
         })
