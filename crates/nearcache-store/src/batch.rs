@@ -60,7 +60,7 @@ type Item<T> = Option<Arc<T>>;
 /// let keys = [Key::from_text("product-1"), Key::from_text("product-2")];
 /// let found = store.get_or_create_many_sync(&keys, |batch: &mut BatchEntries| {
 ///     for entry in batch.entries_mut() {
-///         entry.absolute_expiration(Duration::from_secs(60));
+///         entry.time_to_live(Duration::from_secs(60));
 ///     }
 ///     let first = Key::from_text("product-1");
 ///     if let Some(entry) = batch.entry(&first) {

@@ -476,7 +476,7 @@ async fn duplicates_options_and_counters() {
             batch
                 .entry(&key("a"))
                 .unwrap()
-                .absolute_expiration(Duration::from_secs(1));
+                .time_to_live(Duration::from_secs(1));
             assert!(batch.entry(&key("not-asked")).is_none());
             Ok::<_, Infallible>(rows(batch, "v"))
         })

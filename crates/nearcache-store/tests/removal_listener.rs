@@ -55,7 +55,7 @@ fn by_key(seen: &Seen) -> HashMap<String, RemovalCause> {
 fn each_cause_is_reported_once() {
     let (store, clock, seen) = listening_store(StoreOptions::default());
     let ttl = |entry: &mut nearcache_store::Entry| {
-        entry.absolute_expiration(Duration::from_secs(1));
+        entry.time_to_live(Duration::from_secs(1));
     };
 
     // Replaced: a set over a value, then a load over a dead entry reports it Expired.
@@ -203,7 +203,7 @@ fn a_listener_that_calls_into_the_store_does_not_deadlock() {
             store.set(key("r"), 1_u32);
             store.remove(&key("r"));
             store.set_with(key("t"), 1_u32, |entry| {
-                entry.absolute_expiration(Duration::from_secs(1));
+                entry.time_to_live(Duration::from_secs(1));
             });
             mock.increment(Duration::from_secs(2));
             assert!(store.get::<u32>(&key("t")).unwrap().is_none());

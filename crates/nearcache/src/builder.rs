@@ -106,8 +106,8 @@ impl CacheBuilder {
     ///         }
     ///     })
     ///     .build()?;
-    /// cache.set_sync(Key::from_text("k"), 1_u8);
-    /// cache.remove_sync(Key::from_text("k"));
+    /// cache.set(Key::from_text("k"), 1_u8);
+    /// cache.remove(Key::from_text("k"));
     /// assert_eq!(evictions.load(Ordering::Relaxed), 0);
     /// # Ok(())
     /// # }

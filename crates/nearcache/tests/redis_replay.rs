@@ -340,7 +340,7 @@ fn script_calls(server: &RedisServer) -> (u64, u64) {
 /// A removes `id`; B applies it.
 async fn remove_applied(a: &Cache, events_b: &mut broadcast::Receiver<CacheEvent>, id: u32) {
     let origin = a.instance_id().unwrap();
-    a.remove(&product(id)).await;
+    a.remove(product(id)).await;
     until(events_b, "A's invalidation applied on B", |e| match e {
         CacheEvent::Applied { origin: o, .. } if *o == origin => Some(()),
         _ => None,

@@ -61,8 +61,8 @@ async fn peer_and_local_invalidations_are_told_apart() {
     let seen: Seen = Arc::default();
     let (a, b, handle) = pair(&seen).await;
     let (k1, k2) = (Key::from_text("k1"), Key::from_text("k2"));
-    b.set_sync(&k1, 1_u64);
-    b.set_sync(&k2, 2_u64);
+    b.set(&k1, 1_u64);
+    b.set(&k2, 2_u64);
     let mut events = b.events();
     a.remove(&k1).await;
     applied(&mut events).await;
@@ -75,7 +75,7 @@ async fn peer_and_local_invalidations_are_told_apart() {
         ]
     );
     // The listener still works after the receiver ran it: the cache is not stalled.
-    b.set_sync(&k1, 3_u64);
+    b.set(&k1, 3_u64);
     assert_eq!(b.get::<u64>(&k1).unwrap().as_deref(), Some(&3));
     handle.lock().unwrap().take();
     b.shutdown().await;
