@@ -275,6 +275,7 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
         };
         Entry::new(key.clone(), Arc::clone(regions))
             .into_stored(
@@ -331,6 +332,7 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
         };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
         for (i, key) in keys.iter().enumerate() {

@@ -59,6 +59,7 @@ pub struct Entry {
     absolute: Option<Absolute>,
     sliding: Option<Duration>,
     weight: Option<u32>,
+    fail_safe: Option<Duration>,
     tokens: TokenSet,
     /// Highest epoch among the region tokens collected (for the stale-insert rule).
     region_epoch: u64,
@@ -78,6 +79,7 @@ impl Entry {
             absolute: None,
             sliding: None,
             weight: None,
+            fail_safe: None,
             tokens: TokenSet::default(),
             region_epoch: 0,
         }
@@ -172,6 +174,17 @@ impl Entry {
         self
     }
 
+    /// Keep the entry up to `max` after its time expires (absolute or sliding), so that if
+    /// a later load of the key fails (an error, a panic, a hard timeout) its callers get
+    /// this value instead of the error. While kept it is never returned by `get` nor as a
+    /// get-or-create hit, and it still counts against the capacity. Invalidations (`remove`,
+    /// `set`, region and sub-key expiries, `clear`) drop it for good. Zero turns it off for
+    /// this entry; unset, the store's `fail_safe_max_duration` applies.
+    pub fn fail_safe_max_duration(&mut self, max: Duration) -> &mut Self {
+        self.fail_safe = Some(max);
+        self
+    }
+
     fn push_region_token(&mut self, token: ChangeToken) {
         self.region_epoch = self.region_epoch.max(token.epoch());
         self.tokens.push(token);
@@ -206,13 +219,21 @@ impl Entry {
         } else {
             1
         };
+        let fail_safe = if deadline == NEVER && sliding == NEVER {
+            0 // it never expires by time: nothing to keep it past
+        } else {
+            self.fail_safe.or(defaults.fail_safe).map_or(0, nanos)
+        };
         let current = self.regions.global_epoch();
         let stored = StoredEntry::new(
             payload,
             global_epoch,
             self.tokens,
-            deadline,
-            sliding,
+            Timing {
+                deadline,
+                sliding,
+                fail_safe,
+            },
             now,
             weight,
         );
@@ -227,6 +248,7 @@ impl fmt::Debug for Entry {
             .field("absolute", &self.absolute)
             .field("sliding", &self.sliding)
             .field("weight", &self.weight)
+            .field("fail_safe", &self.fail_safe)
             .field("tokens", &self.tokens.len())
             .finish()
     }
@@ -238,10 +260,12 @@ pub(crate) struct EntryDefaults {
     pub(crate) absolute: Option<Duration>,
     pub(crate) sliding: Option<Duration>,
     pub(crate) weighted: bool,
+    /// How long entries are kept past their time expiry for fail-safe (none: not kept).
+    pub(crate) fail_safe: Option<Duration>,
 }
 
 /// An entry's tokens: two inline (most entries have 0–2), the rest spilled to the heap.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct TokenSet {
     inline: [Option<ChangeToken>; 2],
     spill: Box<[ChangeToken]>,
@@ -311,6 +335,32 @@ struct Shared {
     /// Sliding window in nanoseconds, [`NEVER`] for none.
     sliding: u64,
     last_access: AtomicU64,
+    /// How long past its time expiry the entry is kept for fail-safe, in nanoseconds (0:
+    /// not kept).
+    fail_safe: u64,
+}
+
+/// When an entry expires by time, and how long it is kept after that for fail-safe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Absolute deadline on the store clock, [`NEVER`] for none.
+    pub(crate) deadline: u64,
+    /// Sliding window in nanoseconds, [`NEVER`] for none.
+    pub(crate) sliding: u64,
+    /// Fail-safe window past the time expiry, in nanoseconds (0: none).
+    pub(crate) fail_safe: u64,
+}
+
+/// What an entry is to a load that failed: whether it may stand in for the failed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Alive: a hit.
+    Live,
+    /// Expired by time only, within its fail-safe window: kept, served only in place of a
+    /// failed load.
+    Kept,
+    /// Invalidated, or past its fail-safe window: never served again.
+    Dead,
 }
 
 impl StoredEntry {
@@ -318,16 +368,21 @@ impl StoredEntry {
         payload: Payload,
         global_epoch: u64,
         tokens: TokenSet,
-        deadline: u64,
-        sliding: u64,
+        timing: Timing,
         now: u64,
         weight: u32,
     ) -> Self {
-        let shared = (!tokens.is_empty() || sliding != NEVER).then(|| {
+        let Timing {
+            deadline,
+            sliding,
+            fail_safe,
+        } = timing;
+        let shared = (!tokens.is_empty() || sliding != NEVER || fail_safe != 0).then(|| {
             Box::new(Shared {
                 tokens,
                 sliding,
                 last_access: AtomicU64::new(now),
+                fail_safe,
             })
         });
         StoredEntry {
@@ -406,6 +461,76 @@ impl StoredEntry {
             })
     }
 
+    /// Whether the entry is alive, kept for fail-safe, or dead at `now` under
+    /// `global_epoch` (without touching it). An invalidated entry (a `clear` since it was
+    /// loaded, an expired token) is dead whatever its fail-safe window.
+    pub(crate) fn standing_at(&self, now: u64, global_epoch: u64) -> Standing {
+        if self.is_live_at(now, global_epoch) {
+            return Standing::Live;
+        }
+        let Some(shared) = self.shared.as_ref().filter(|s| s.fail_safe != 0) else {
+            return Standing::Dead;
+        };
+        if self.global_epoch != global_epoch || shared.tokens.any_expired() {
+            return Standing::Dead;
+        }
+        let idle_until = match shared.sliding {
+            NEVER => NEVER,
+            window => shared
+                .last_access
+                .load(Ordering::Relaxed)
+                .saturating_add(window),
+        };
+        let expired_at = self.deadline.min(idle_until);
+        if now < expired_at.saturating_add(shared.fail_safe) {
+            Standing::Kept
+        } else {
+            Standing::Dead
+        }
+    }
+
+    /// Whether the store holds on to the entry at `now` (alive, or kept for fail-safe): the
+    /// purger and the readers remove only entries that are not.
+    pub(crate) fn is_kept_at(&self, now: u64, global_epoch: u64) -> bool {
+        self.standing_at(now, global_epoch) != Standing::Dead
+    }
+
+    /// A copy of this kept entry, alive again for `throttle` from `now` (so a failing
+    /// source is not called again meanwhile), with the same tokens and global epoch (so an
+    /// invalidation still kills it) and the rest of its original fail-safe window after
+    /// that. `None` when it has no fail-safe window or `throttle` is zero.
+    pub(crate) fn re_armed(&self, now: u64, throttle: Duration) -> Option<StoredEntry> {
+        let shared = self.shared.as_ref().filter(|s| s.fail_safe != 0)?;
+        if throttle.is_zero() {
+            return None;
+        }
+        let idle_until = match shared.sliding {
+            NEVER => NEVER,
+            window => shared
+                .last_access
+                .load(Ordering::Relaxed)
+                .saturating_add(window),
+        };
+        let kept_until = self
+            .deadline
+            .min(idle_until)
+            .saturating_add(shared.fail_safe);
+        let deadline = deadline_after(now, throttle);
+        Some(StoredEntry::new(
+            self.payload.clone(),
+            self.global_epoch,
+            shared.tokens.clone(),
+            Timing {
+                deadline,
+                sliding: NEVER,
+                // What is left of the window once the throttle ends (none: dead then).
+                fail_safe: kept_until.saturating_sub(deadline),
+            },
+            now,
+            self.weight,
+        ))
+    }
+
     /// The value (a hit clones it: one reference count).
     #[inline(always)]
     pub(crate) fn payload(&self) -> &Payload {
@@ -431,6 +556,7 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
         }
     }
 

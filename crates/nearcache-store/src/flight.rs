@@ -68,6 +68,9 @@ pub(crate) enum Outcome {
         error: Arc<dyn Any + Send + Sync>,
         type_name: &'static str,
     },
+    /// The factory ran past the hard timeout (this long) and was cancelled, and no
+    /// fail-safe value stood in.
+    TimedOut(std::time::Duration),
     /// The leader panicked or was dropped before finishing; waiters go again.
     Abandoned,
 }

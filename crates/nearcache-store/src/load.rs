@@ -12,15 +12,26 @@
 //! and joining callers also take, so nothing slips between them; token expiries need no
 //! lock, because an entry stored just before its token flips is dead on arrival and never
 //! returned.
+//!
+//! Fail-safe: when a factory fails (an error, a panic, a hard timeout), the leader looks,
+//! under the same flight-shard lock, for the key's entry *kept* past its time expiry (see
+//! `Entry::fail_safe_max_duration`). Only an entry that no invalidation has touched is kept
+//! (`remove` and `set` replace it under that lock; a `clear` or region expiry kills it by
+//! epoch and token, which the check reads), so what fail-safe serves merely expired. It is
+//! handed to every caller of the flight in place of the error and re-armed, alive, for the
+//! throttle.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use nearcache_keys::Key;
 
-use crate::entry::{Entry, StoredEntry};
-use crate::error::WouldDeadlock;
-use crate::error::{LoadError, TypeMismatch};
+use crate::entry::{Entry, Standing, StoredEntry};
+use crate::error::{LoadError, Timeout, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::shown::Shown;
 use crate::stats::Counter;
@@ -32,6 +43,17 @@ enum Acquired<'a, S> {
     Hit(Result<S, TypeMismatch>),
     Wait { flight: Arc<Flight>, joined_at: u64 },
     Lead(Leader<'a>),
+}
+
+/// Why a factory run gave no value.
+enum Failed<E> {
+    /// It returned `Err`.
+    Error(E),
+    /// It panicked: the payload, resumed when no fail-safe value stands in.
+    Panic(Box<dyn Any + Send>),
+    /// It ran past the hard timeout (this long) and was cancelled.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    TimedOut(std::time::Duration),
 }
 
 /// The caller running a flight's factory. Dropping it unfinished (a panic in the factory,
@@ -78,7 +100,7 @@ impl StoreInner {
         let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
         if self
             .cache
-            .remove_if(key, |held| !held.is_live_at(now, global_epoch))
+            .remove_if(key, |held| !held.is_kept_at(now, global_epoch))
             .is_some()
         {
             self.stats.incr(Counter::Expirations);
@@ -225,7 +247,11 @@ impl StoreInner {
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
                     let mut entry = leader.entry();
-                    let result = factory(&mut entry);
+                    let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
+                        Ok(Ok(loaded)) => Ok(loaded),
+                        Ok(Err(error)) => Err(Failed::Error(error)),
+                        Err(panic) => Err(Failed::Panic(panic)),
+                    };
                     return leader.finish::<S, E>(entry, result);
                 }
             }
@@ -264,7 +290,23 @@ impl StoreInner {
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
                     let mut entry = leader.entry();
-                    let result = factory(&mut entry).await;
+                    let result = {
+                        let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+                        #[cfg(feature = "tokio")]
+                        let result = match self.hard_timeout {
+                            None => run.await,
+                            Some(limit) => match tokio::time::timeout(limit, run).await {
+                                Ok(result) => result,
+                                Err(_elapsed) => {
+                                    self.stats.incr(Counter::HardTimeouts);
+                                    Err(Failed::TimedOut(limit))
+                                }
+                            },
+                        };
+                        #[cfg(not(feature = "tokio"))]
+                        let result = run.await;
+                        result
+                    };
                     return leader.finish::<S, E>(entry, result);
                 }
             }
@@ -314,11 +356,37 @@ impl StoreInner {
         fresh
     }
 
-    /// Ends a flight that produced no value: takes it out of the table.
-    fn complete_without_value(&self, leader: &Leader<'_>) {
-        self.flights
-            .lock(&leader.key)
-            .remove(&leader.key, &leader.flight);
+    /// Ends a flight whose factory failed: takes it out of the table and, under the same
+    /// lock, finds the value fail-safe serves instead: the key's entry kept past its time
+    /// expiry (never one an invalidation touched), if the caller can use it. That entry is
+    /// re-armed alive for the throttle. Nothing stands in while reads bypass the store (it
+    /// may have missed invalidations).
+    fn complete_failed<S: Shape>(&self, leader: &Leader<'_>) -> Option<(S, Payload)> {
+        let key = &leader.key;
+        let mut shard = self.flights.lock(key);
+        shard.remove(key, &leader.flight);
+        if leader.bypass || self.read_bypass() {
+            return None;
+        }
+        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (payload, re_armed) = self.cache.read(key, |held| {
+            (held.standing_at(now, global_epoch) == Standing::Kept).then(|| {
+                (
+                    held.payload().clone(),
+                    held.re_armed(now, self.fail_safe_throttle),
+                )
+            })
+        })??;
+        let served = match S::from_stored(&payload, key)? {
+            Ok(served) => served,
+            Err(_) => return None,
+        };
+        if let Some(re_armed) = re_armed {
+            self.insert_locked(key, Some(re_armed));
+        }
+        drop(shard);
+        self.stats.incr(Counter::FailSafeActivations);
+        Some((served, payload))
     }
 }
 
@@ -331,7 +399,7 @@ impl Leader<'_> {
     fn finish<S: Shape, E: Send + Sync + 'static>(
         mut self,
         entry: Entry,
-        result: Result<S::Loaded, E>,
+        result: Result<S::Loaded, Failed<E>>,
     ) -> Result<S, LoadError<E>> {
         let inner = self.inner;
         // `finished` is set only once the outcome is out: if anything here unwinds (a value's
@@ -345,17 +413,73 @@ impl Leader<'_> {
                 self.finished = true;
                 Ok(value)
             }
-            Err(error) => {
-                inner.stats.incr(Counter::LoadErrors);
-                let error = Arc::new(error);
-                inner.complete_without_value(&self);
-                self.flight.finish(Outcome::Error {
-                    error: Arc::clone(&error) as _,
-                    type_name: type_name::<E>(),
-                });
-                self.finished = true;
-                Err(LoadError::Factory(error))
+            Err(failed) => {
+                if matches!(failed, Failed::Error(_)) {
+                    inner.stats.incr(Counter::LoadErrors);
+                }
+                if let Some((served, payload)) = inner.complete_failed::<S>(&self) {
+                    tracing::warn!(
+                        key = %inner.shown(&self.key),
+                        cause = failed.cause(),
+                        "the factory failed: serving the expired value (fail-safe)"
+                    );
+                    self.flight.finish(Outcome::Value {
+                        payload,
+                        fresh: true,
+                    });
+                    self.finished = true;
+                    return Ok(served);
+                }
+                match failed {
+                    Failed::Error(error) => {
+                        let error = Arc::new(error);
+                        self.flight.finish(Outcome::Error {
+                            error: Arc::clone(&error) as _,
+                            type_name: type_name::<E>(),
+                        });
+                        self.finished = true;
+                        Err(LoadError::Factory(error))
+                    }
+                    Failed::TimedOut(after) => {
+                        self.flight.finish(Outcome::TimedOut(after));
+                        self.finished = true;
+                        Err(LoadError::Timeout(Timeout::new(&self.key, after)))
+                    }
+                    // Unfinished: the drop guard abandons the flight as the panic unwinds.
+                    Failed::Panic(panic) => resume_unwind(panic),
+                }
             }
+        }
+    }
+}
+
+/// A factory's future whose panic ends it as [`Failed::Panic`] instead of unwinding.
+struct CatchUnwind<'a, F>(Pin<&'a mut F>);
+
+impl<F, T, E> Future for CatchUnwind<'_, F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, Failed<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let run = &mut self.get_mut().0;
+        match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(loaded))) => Poll::Ready(Ok(loaded)),
+            Ok(Poll::Ready(Err(error))) => Poll::Ready(Err(Failed::Error(error))),
+            Err(panic) => Poll::Ready(Err(Failed::Panic(panic))),
+        }
+    }
+}
+
+impl<E> Failed<E> {
+    /// What failed, for log events.
+    fn cause(&self) -> &'static str {
+        match self {
+            Failed::Error(_) => "error",
+            Failed::Panic(_) => "panic",
+            Failed::TimedOut(_) => "hard_timeout",
         }
     }
 }
@@ -403,6 +527,7 @@ fn resolve<S: Shape, E: Send + Sync + 'static>(
             Ok(error) => LoadError::Factory(error),
             Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),
         })),
+        Outcome::TimedOut(after) => Some(Err(LoadError::Timeout(Timeout::new(key, *after)))),
         Outcome::Abandoned => None,
     }
 }

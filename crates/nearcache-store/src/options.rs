@@ -66,6 +66,23 @@ pub struct StoreOptions {
     /// by default they show as `#` and 16 hex digits of [`stable_key_hash`](crate::stable_key_hash).
     /// Default `false`.
     pub log_keys: bool,
+    /// How long entries that expire by time are kept past their expiry for fail-safe,
+    /// unless their factory sets [`Entry::fail_safe_max_duration`](crate::Entry::fail_safe_max_duration):
+    /// if a get-or-create then finds the entry expired and its factory fails (an error, a
+    /// panic, a hard timeout), the callers get the expired value instead of the error. Kept
+    /// entries are never returned by reads, still count against the capacity, and are
+    /// dropped for good by any invalidation. Default: none (fail-safe off).
+    pub default_fail_safe_max_duration: Option<Duration>,
+    /// How long an expired value served by fail-safe is served again (as a live entry)
+    /// before the factory is tried again, so a failing source is not called by every
+    /// caller. Zero: the factory is tried on every call. Default 30 s.
+    pub fail_safe_throttle: Duration,
+    /// Longest an async get-or-create's factory may run (feature `tokio`; blocking callers
+    /// are not timed). Past it the factory's future is dropped (cancelled) and the flight
+    /// ends with [`LoadError::Timeout`](crate::LoadError::Timeout) for every caller, or with
+    /// the fail-safe value when there is one. Async callers need a tokio runtime with its
+    /// time driver. Not zero. Default: none.
+    pub hard_timeout: Option<Duration>,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +97,9 @@ impl Default for StoreOptions {
             purge_interval: Duration::from_secs(60),
             shards: None,
             log_keys: false,
+            default_fail_safe_max_duration: None,
+            fail_safe_throttle: Duration::from_secs(30),
+            hard_timeout: None,
         }
     }
 }
@@ -103,6 +123,12 @@ impl StoreOptions {
         }
         if self.shards == Some(0) {
             return Err(OptionsError::ZeroShards);
+        }
+        if self.hard_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(OptionsError::ZeroHardTimeout);
+        }
+        if self.hard_timeout.is_some() && !cfg!(feature = "tokio") {
+            return Err(OptionsError::TimeoutsNeedTokio);
         }
         if !self.enabled {
             // A pass-through stores nothing; keep a minimal table.
@@ -184,6 +210,31 @@ mod tests {
             zero_shards.sizing(),
             Err(OptionsError::ZeroShards)
         ));
+
+        let zero_timeout = StoreOptions {
+            hard_timeout: Some(Duration::ZERO),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            zero_timeout.sizing(),
+            Err(OptionsError::ZeroHardTimeout)
+        ));
+    }
+
+    #[test]
+    fn a_hard_timeout_needs_the_tokio_feature() {
+        let options = StoreOptions {
+            hard_timeout: Some(Duration::from_secs(1)),
+            ..StoreOptions::default()
+        };
+        if cfg!(feature = "tokio") {
+            assert!(options.sizing().is_ok());
+        } else {
+            assert!(matches!(
+                options.sizing(),
+                Err(OptionsError::TimeoutsNeedTokio)
+            ));
+        }
     }
 
     #[test]

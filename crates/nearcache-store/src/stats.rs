@@ -52,6 +52,12 @@ pub struct StoreStats {
     pub expirations: u64,
     /// Live entries removed by `remove`.
     pub removals: u64,
+    /// Failed loads (an error, a panic, a hard timeout) whose callers got the key's expired
+    /// value instead (fail-safe).
+    pub fail_safe_activations: u64,
+    /// Async loads cancelled by `hard_timeout` (served by fail-safe or failed with
+    /// `LoadError::Timeout`).
+    pub hard_timeouts: u64,
 }
 
 /// The counters, by index into a stripe.
@@ -69,9 +75,11 @@ pub(crate) enum Counter {
     Evictions,
     Expirations,
     Removals,
+    FailSafeActivations,
+    HardTimeouts,
 }
 
-const COUNTERS: usize = 11;
+const COUNTERS: usize = 13;
 
 /// Number of stripes (a power of two): one per owning thread, the last one shared.
 pub(crate) const STRIPES: usize = 32;
@@ -138,6 +146,8 @@ impl Stats {
             evictions: self.sum(Counter::Evictions),
             expirations: self.sum(Counter::Expirations),
             removals: self.sum(Counter::Removals),
+            fail_safe_activations: self.sum(Counter::FailSafeActivations),
+            hard_timeouts: self.sum(Counter::HardTimeouts),
         }
     }
 }
@@ -276,6 +286,8 @@ mod tests {
             Counter::Evictions,
             Counter::Expirations,
             Counter::Removals,
+            Counter::FailSafeActivations,
+            Counter::HardTimeouts,
         ];
         assert_eq!(all.len(), COUNTERS);
         for (i, counter) in all.into_iter().enumerate() {
@@ -294,9 +306,11 @@ mod tests {
                 s.inserts_rejected_too_heavy,
                 s.evictions,
                 s.expirations,
-                s.removals
+                s.removals,
+                s.fail_safe_activations,
+                s.hard_timeouts
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
     }
 

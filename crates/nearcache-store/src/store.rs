@@ -58,6 +58,11 @@ pub(crate) struct StoreInner {
     pub(crate) max_entry_weight: u64,
     /// Whether log events show keys as they are (else their hash).
     pub(crate) log_keys: bool,
+    /// How long a value served by fail-safe is re-armed for.
+    pub(crate) fail_safe_throttle: Duration,
+    /// Longest an async factory may run (feature `tokio`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) hard_timeout: Option<Duration>,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
@@ -118,7 +123,7 @@ impl StoreInner {
             let now = self.clock.now();
             let global_epoch = self.regions.global_epoch();
             self.cache
-                .sweep(|entry| !entry.is_live_at(now, global_epoch))
+                .sweep(|entry| !entry.is_kept_at(now, global_epoch))
         };
         self.stats.add(Counter::Expirations, removed as u64);
         let tokens = self.regions.collect_garbage();
@@ -163,6 +168,8 @@ impl Store {
         let inner = Arc::new(StoreInner {
             max_entry_weight: cache.max_entry_weight(),
             log_keys: options.log_keys,
+            fail_safe_throttle: options.fail_safe_throttle,
+            hard_timeout: options.hard_timeout,
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),
@@ -172,6 +179,7 @@ impl Store {
                 absolute: options.default_absolute_expiration,
                 sliding: options.default_sliding_expiration,
                 weighted: sizing.weighted,
+                fail_safe: options.default_fail_safe_max_duration,
             },
             enabled: options.enabled,
             cache_none: options.cache_none,
