@@ -108,23 +108,23 @@ impl std::error::Error for WouldDeadlock {}
 /// (`fail_safe_max_duration`) so callers get the last value while the source struggles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct Timeout {
+pub struct FactoryTimeout {
     /// The key being loaded.
     pub key: Key,
     /// The limit it ran past.
     pub after: std::time::Duration,
 }
 
-impl Timeout {
+impl FactoryTimeout {
     pub(crate) fn new(key: &Key, after: std::time::Duration) -> Self {
-        Timeout {
+        FactoryTimeout {
             key: key.clone(),
             after,
         }
     }
 }
 
-impl fmt::Display for Timeout {
+impl fmt::Display for FactoryTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -136,7 +136,7 @@ impl fmt::Display for Timeout {
     }
 }
 
-impl std::error::Error for Timeout {}
+impl std::error::Error for FactoryTimeout {}
 
 /// Why a get-or-create call returned no value.
 ///
@@ -152,8 +152,8 @@ pub enum LoadError<E> {
     /// thread could run; see [`WouldDeadlock`].
     WouldDeadlock(WouldDeadlock),
     /// The factory ran past `hard_timeout` and was cancelled, and no fail-safe value could
-    /// stand in; every caller of the flight gets it. See [`Timeout`].
-    Timeout(Timeout),
+    /// stand in; every caller of the flight gets it. See [`FactoryTimeout`].
+    Timeout(FactoryTimeout),
 }
 
 impl<E> LoadError<E> {

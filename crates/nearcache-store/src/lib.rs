@@ -83,7 +83,7 @@ mod store;
 mod value;
 
 pub use entry::Entry;
-pub use error::{LoadError, OptionsError, Timeout, TypeMismatch, WouldDeadlock};
+pub use error::{FactoryTimeout, LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
 pub use shown::stable_key_hash;

@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use nearcache_keys::Key;
 
 use crate::entry::{Entry, Standing, StoredEntry};
-use crate::error::{LoadError, Timeout, TypeMismatch, WouldDeadlock};
+use crate::error::{FactoryTimeout, LoadError, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::shown::Shown;
 use crate::stats::Counter;
@@ -443,7 +443,7 @@ impl Leader<'_> {
                     Failed::TimedOut(after) => {
                         self.flight.finish(Outcome::TimedOut(after));
                         self.finished = true;
-                        Err(LoadError::Timeout(Timeout::new(&self.key, after)))
+                        Err(LoadError::Timeout(FactoryTimeout::new(&self.key, after)))
                     }
                     // Unfinished: the drop guard abandons the flight as the panic unwinds.
                     Failed::Panic(panic) => resume_unwind(panic),
@@ -527,7 +527,7 @@ fn resolve<S: Shape, E: Send + Sync + 'static>(
             Ok(error) => LoadError::Factory(error),
             Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),
         })),
-        Outcome::TimedOut(after) => Some(Err(LoadError::Timeout(Timeout::new(key, *after)))),
+        Outcome::TimedOut(after) => Some(Err(LoadError::Timeout(FactoryTimeout::new(key, *after)))),
         Outcome::Abandoned => None,
     }
 }

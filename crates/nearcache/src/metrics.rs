@@ -111,6 +111,8 @@ mod handles {
         loads: Counter,
         load_errors: Counter,
         loads_not_stored: Counter,
+        fail_safe_activations: Counter,
+        hard_timeouts: Counter,
         evictions: Counter,
         expirations: Counter,
         messages_published: Counter,
@@ -152,6 +154,8 @@ mod handles {
                 loads: counter!("nearcache_loads_total", &l),
                 load_errors: counter!("nearcache_load_errors_total", &l),
                 loads_not_stored: counter!("nearcache_loads_not_stored_total", &l),
+                fail_safe_activations: counter!("nearcache_fail_safe_activations_total", &l),
+                hard_timeouts: counter!("nearcache_hard_timeouts_total", &l),
                 evictions: counter!("nearcache_evictions_total", &l),
                 expirations: counter!("nearcache_expirations_total", &l),
                 messages_published: counter!("nearcache_messages_published_total", &l),
@@ -207,6 +211,8 @@ mod handles {
             self.loads.absolute(s.loads);
             self.load_errors.absolute(s.load_errors);
             self.loads_not_stored.absolute(s.inserts_rejected_stale);
+            self.fail_safe_activations.absolute(s.fail_safe_activations);
+            self.hard_timeouts.absolute(s.hard_timeouts);
             self.evictions.absolute(s.evictions);
             self.expirations.absolute(s.expirations);
             self.entries.set(entries as f64);
