@@ -276,6 +276,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            eager_refresh: None,
         };
         Entry::new(key.clone(), Arc::clone(regions))
             .into_stored(
@@ -333,6 +334,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            eager_refresh: None,
         };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
         for (i, key) in keys.iter().enumerate() {

@@ -60,6 +60,7 @@ pub struct Entry {
     sliding: Option<Duration>,
     weight: Option<u32>,
     fail_safe: Option<Duration>,
+    eager_refresh: Option<f64>,
     tokens: TokenSet,
     /// Highest epoch among the region tokens collected (for the stale-insert rule).
     region_epoch: u64,
@@ -80,6 +81,7 @@ impl Entry {
             sliding: None,
             weight: None,
             fail_safe: None,
+            eager_refresh: None,
             tokens: TokenSet::default(),
             region_epoch: 0,
         }
@@ -185,6 +187,16 @@ impl Entry {
         self
     }
 
+    /// Reload the entry in the background once `fraction` of its absolute time to live has
+    /// passed (0.8: after 8 s of 10 s), when it is read through a `get_or_create_detached*`
+    /// loader; callers keep getting this value meanwhile. Overrides the store's
+    /// `eager_refresh_threshold`. A fraction outside (0, 1), or NaN, turns it off for this
+    /// entry. Entries without an absolute expiration are never refreshed early.
+    pub fn eager_refresh_threshold(&mut self, fraction: f64) -> &mut Self {
+        self.eager_refresh = Some(fraction);
+        self
+    }
+
     fn push_region_token(&mut self, token: ChangeToken) {
         self.region_epoch = self.region_epoch.max(token.epoch());
         self.tokens.push(token);
@@ -219,6 +231,14 @@ impl Entry {
         } else {
             1
         };
+        let refresh_at = match self.eager_refresh.or(defaults.eager_refresh) {
+            Some(fraction) if deadline != NEVER && fraction > 0.0 && fraction < 1.0 => {
+                // Exact enough: a fraction of at most 2^64 ns, rounded.
+                let ttl = deadline.saturating_sub(now) as f64;
+                now.saturating_add((ttl * fraction) as u64)
+            }
+            _ => NEVER,
+        };
         let fail_safe = if deadline == NEVER && sliding == NEVER {
             0 // it never expires by time: nothing to keep it past
         } else {
@@ -233,6 +253,7 @@ impl Entry {
                 deadline,
                 sliding,
                 fail_safe,
+                refresh_at,
             },
             now,
             weight,
@@ -249,6 +270,7 @@ impl fmt::Debug for Entry {
             .field("sliding", &self.sliding)
             .field("weight", &self.weight)
             .field("fail_safe", &self.fail_safe)
+            .field("eager_refresh", &self.eager_refresh)
             .field("tokens", &self.tokens.len())
             .finish()
     }
@@ -262,6 +284,8 @@ pub(crate) struct EntryDefaults {
     pub(crate) weighted: bool,
     /// How long entries are kept past their time expiry for fail-safe (none: not kept).
     pub(crate) fail_safe: Option<Duration>,
+    /// The fraction of the time to live after which a detached read refreshes the entry.
+    pub(crate) eager_refresh: Option<f64>,
 }
 
 /// An entry's tokens: two inline (most entries have 0–2), the rest spilled to the heap.
@@ -338,6 +362,9 @@ struct Shared {
     /// How long past its time expiry the entry is kept for fail-safe, in nanoseconds (0:
     /// not kept).
     fail_safe: u64,
+    /// When a detached read starts a background refresh, on the store clock; [`NEVER`] for
+    /// none, or once one read has claimed it (so one refresh starts, however many read).
+    refresh_at: AtomicU64,
 }
 
 /// When an entry expires by time, and how long it is kept after that for fail-safe.
@@ -349,6 +376,8 @@ pub(crate) struct Timing {
     pub(crate) sliding: u64,
     /// Fail-safe window past the time expiry, in nanoseconds (0: none).
     pub(crate) fail_safe: u64,
+    /// When an eager refresh is due, on the store clock ([`NEVER`]: none).
+    pub(crate) refresh_at: u64,
 }
 
 /// What an entry is to a load that failed: whether it may stand in for the failed value.
@@ -376,13 +405,16 @@ impl StoredEntry {
             deadline,
             sliding,
             fail_safe,
+            refresh_at,
         } = timing;
-        let shared = (!tokens.is_empty() || sliding != NEVER || fail_safe != 0).then(|| {
+        let boxed = !tokens.is_empty() || sliding != NEVER || fail_safe != 0 || refresh_at != NEVER;
+        let shared = boxed.then(|| {
             Box::new(Shared {
                 tokens,
                 sliding,
                 last_access: AtomicU64::new(now),
                 fail_safe,
+                refresh_at: AtomicU64::new(refresh_at),
             })
         });
         StoredEntry {
@@ -525,10 +557,28 @@ impl StoredEntry {
                 sliding: NEVER,
                 // What is left of the window once the throttle ends (none: dead then).
                 fail_safe: kept_until.saturating_sub(deadline),
+                refresh_at: NEVER,
             },
             now,
             self.weight,
         ))
+    }
+
+    /// Whether this read is the one that starts the entry's eager refresh: it is due at
+    /// `now` and no read claimed it before (one compare-and-swap, only once it is due).
+    /// Entries without one cost a branch.
+    #[inline]
+    pub(crate) fn claim_refresh(&self, clock: &StoreClock) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let at = shared.refresh_at.load(Ordering::Relaxed);
+        at != NEVER
+            && clock.now() >= at
+            && shared
+                .refresh_at
+                .compare_exchange(at, NEVER, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The value (a hit clones it: one reference count).
@@ -557,6 +607,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            eager_refresh: None,
         }
     }
 
@@ -730,12 +781,42 @@ mod tests {
     }
 
     #[test]
+    fn an_eager_refresh_is_claimed_once_and_only_when_due() {
+        let (clock, mock) = quanta::Clock::mock();
+        let clock = StoreClock::new(clock);
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.absolute_expiration(Duration::from_secs(10))
+            .eager_refresh_threshold(0.8);
+        let stored = store(e, &regions, clock.now()).unwrap();
+        mock.increment(Duration::from_millis(7_999));
+        assert!(!stored.claim_refresh(&clock), "not due before 8 s");
+        mock.increment(Duration::from_millis(1));
+        assert!(stored.claim_refresh(&clock), "due at 8 s");
+        assert!(!stored.claim_refresh(&clock), "claimed once");
+        for fraction in [0.0, 1.0, -0.5, f64::NAN] {
+            let mut off = entry(&regions);
+            off.absolute_expiration(Duration::from_secs(10))
+                .eager_refresh_threshold(fraction);
+            let stored = store(off, &regions, 0).unwrap();
+            assert!(stored.shared.is_none(), "{fraction}: nothing to box");
+        }
+        let mut sliding = entry(&regions);
+        sliding
+            .sliding_expiration(Duration::from_secs(10))
+            .eager_refresh_threshold(0.5);
+        let stored = store(sliding, &regions, clock.now()).unwrap();
+        mock.increment(Duration::from_secs(9));
+        assert!(!stored.claim_refresh(&clock), "no absolute expiry: never");
+    }
+
+    #[test]
     fn a_stored_entry_is_small() {
         // Documented in the crate docs: keep them in sync.
         let inline = std::mem::size_of::<StoredEntry>();
         assert!(inline <= 48, "{inline}");
         let shared = std::mem::size_of::<Shared>();
-        assert!(shared <= 56, "{shared}");
+        assert!(shared <= 64, "{shared}");
     }
 
     #[test]

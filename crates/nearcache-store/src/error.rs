@@ -253,6 +253,15 @@ pub enum OptionsError {
          turn the feature on or leave hard_timeout unset"
     )]
     TimeoutsNeedTokio,
+    /// `eager_refresh_threshold` is not a fraction strictly between 0 and 1.
+    #[error(
+        "eager_refresh_threshold is {threshold}; use a fraction of the time to live strictly \
+         between 0 and 1 (e.g. 0.8: refresh after 80 % of it), or leave it unset"
+    )]
+    EagerRefreshThreshold {
+        /// The value given.
+        threshold: f64,
+    },
     /// The underlying cache refused the options.
     #[error("the underlying cache refused the options: {0}")]
     Cache(String),

@@ -30,9 +30,9 @@
 //!   (`quanta`, the CPU counter where available: no system call); sliding entries write their
 //!   last access at most once per millisecond.
 //! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
-//!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window or
-//!   a fail-safe window add one boxed record (two inline tokens, the sliding state and the
-//!   fail-safe window); more than two tokens spill
+//!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window, a
+//!   fail-safe window or an eager refresh add one boxed record of 64 bytes (two inline tokens,
+//!   the sliding state, the fail-safe window, the refresh time); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
 //!   behind read-write locks (see `backend`), so a hit never clones the entry.
 //! - A miss: one lock of the key's flight-table shard (never held across the factory).
@@ -78,6 +78,7 @@ mod hash;
 mod load;
 mod options;
 mod purge;
+mod refresh;
 mod shim;
 mod shown;
 #[cfg(all(test, feature = "shuttle"))]

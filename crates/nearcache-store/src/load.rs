@@ -82,10 +82,20 @@ impl StoreInner {
     /// than it is, by at most the concurrent touch it missed.
     #[inline(always)] // the hit path: one frame from the caller's loop to quick_cache's lookup
     pub(crate) fn lookup_with<R>(&self, key: &Key, read: impl FnOnce(&Payload) -> R) -> Option<R> {
+        self.lookup_entry_with(key, |entry| read(entry.payload()))
+    }
+
+    /// [`lookup_with`](Self::lookup_with), reading the whole live entry.
+    #[inline(always)]
+    pub(crate) fn lookup_entry_with<R>(
+        &self,
+        key: &Key,
+        read: impl FnOnce(&StoredEntry) -> R,
+    ) -> Option<R> {
         let global_epoch = self.regions.global_epoch();
         let entry = self.cache.read_guard(key)?;
         if entry.is_live(&self.clock, global_epoch) {
-            return Some(read(entry.payload()));
+            return Some(read(&entry));
         }
         drop(entry);
         self.remove_dead(key);
@@ -158,6 +168,106 @@ impl StoreInner {
         let hit = S::from_typed(typed)?;
         self.stats.incr(Counter::Hits);
         Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))
+    }
+
+    /// The hit path of the detached loaders: [`try_hit`](Self::try_hit), and whether this
+    /// read claimed the entry's eager refresh (the caller then starts it). Only these loaders
+    /// pay the extra check; `get` and the other loaders never do.
+    #[inline]
+    pub(crate) fn try_hit_refreshing<S: Shape>(
+        &self,
+        key: &Key,
+    ) -> Option<(Result<S, TypeMismatch>, bool)> {
+        if !self.enabled || self.read_bypass() {
+            return None;
+        }
+        let (typed, due) = self.lookup_entry_with(key, |entry| {
+            (
+                entry.payload().read::<S::Value>(),
+                entry.claim_refresh(&self.clock),
+            )
+        })?;
+        let hit = S::from_typed(typed)?;
+        self.stats.incr(Counter::Hits);
+        Some((hit.map_err(|()| self.mismatch::<S::Value>(key)), due))
+    }
+
+    /// Leads a background refresh of `key`, unless a load of it that callers could join is
+    /// in progress already (one load at a time per key, refresh or not).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    fn lead_refresh(&self, key: &Key) -> Option<Leader<'_>> {
+        let flight =
+            self.flights
+                .lock(key)
+                .lead_unless_running(key, &self.regions, LeaderKind::Blocking)?;
+        self.stats.incr(Counter::Loads);
+        Some(Leader {
+            inner: self,
+            key: key.clone(),
+            flight,
+            bypass: false,
+            finished: false,
+        })
+    }
+
+    /// A background refresh with a blocking factory, on this (blocking-pool) thread. Its
+    /// value is stored under the same rule as any load's (not if an invalidation overlapped
+    /// it); its error or panic is dropped (the current value stays until it expires), as is
+    /// the fail-safe value a failure may find (nobody waits for it).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn refresh_sync<S, E, F>(&self, key: &Key, factory: F)
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        let Some(leader) = self.lead_refresh(key) else {
+            return;
+        };
+        let mut entry = leader.entry();
+        let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(error)) => Err(Failed::Error(error)),
+            Err(panic) => Err(Failed::Panic(panic)),
+        };
+        if leader.finish::<S, E>(entry, result).is_err() {
+            tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
+    }
+
+    /// A background refresh with an async factory, run to completion on this
+    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn refresh_async<S, E, F>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: &Key,
+        factory: F,
+    ) where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        let Some(leader) = self.lead_refresh(key) else {
+            return;
+        };
+        let mut entry = leader.entry();
+        let result = runtime.block_on(async {
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            match self.hard_timeout {
+                None => run.await,
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => {
+                        self.stats.incr(Counter::HardTimeouts);
+                        Err(Failed::TimedOut(limit))
+                    }
+                },
+            }
+        });
+        if leader.finish::<S, E>(entry, result).is_err() {
+            tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
     }
 
     /// The error of a read of `T` under `key` that found another type. Cold: the entry is

@@ -35,7 +35,7 @@ use crate::error::OptionsError;
 /// [`inserts_rejected_too_heavy`](crate::StoreStats::inserts_rejected_too_heavy) and logged;
 /// [`Store::max_entry_weight`](crate::Store::max_entry_weight) tells the limit. If entries can be
 /// a large fraction of the budget, set fewer [`shards`](Self::shards).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreOptions {
     /// `false` turns the store into a pass-through: every get-or-create runs its factory,
     /// nothing is stored, and reads miss. Default `true`.
@@ -83,6 +83,14 @@ pub struct StoreOptions {
     /// the fail-safe value when there is one. Async callers need a tokio runtime with its
     /// time driver. Not zero. Default: none.
     pub hard_timeout: Option<Duration>,
+    /// Eager refresh: once this fraction of an entry's absolute time to live has passed
+    /// (0.8: after 48 s of a minute), the first read of it through
+    /// [`Store::get_or_create_detached`](crate::Store::get_or_create_detached) (or its
+    /// blocking twin) starts one background reload through the key's single flight, while
+    /// callers keep getting the current value. Needs the `tokio` feature and a store built
+    /// inside a tokio runtime (its handle runs the reload); without one nothing is refreshed
+    /// early (logged once). Strictly between 0 and 1. Default: none.
+    pub eager_refresh_threshold: Option<f64>,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +108,7 @@ impl Default for StoreOptions {
             default_fail_safe_max_duration: None,
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
+            eager_refresh_threshold: None,
         }
     }
 }
@@ -129,6 +138,11 @@ impl StoreOptions {
         }
         if self.hard_timeout.is_some() && !cfg!(feature = "tokio") {
             return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if let Some(threshold) = self.eager_refresh_threshold
+            && !(threshold > 0.0 && threshold < 1.0)
+        {
+            return Err(OptionsError::EagerRefreshThreshold { threshold });
         }
         if !self.enabled {
             // A pass-through stores nothing; keep a minimal table.
@@ -219,6 +233,27 @@ mod tests {
             zero_timeout.sizing(),
             Err(OptionsError::ZeroHardTimeout)
         ));
+    }
+
+    #[test]
+    fn an_eager_refresh_threshold_must_be_a_fraction_strictly_between_0_and_1() {
+        for bad in [0.0, 1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+            let options = StoreOptions {
+                eager_refresh_threshold: Some(bad),
+                ..StoreOptions::default()
+            };
+            let error = options.sizing().err();
+            assert!(
+                matches!(error, Some(OptionsError::EagerRefreshThreshold { .. })),
+                "{bad}: {error:?}"
+            );
+            assert!(error.is_some_and(|e| e.to_string().contains("between 0 and 1")));
+        }
+        let options = StoreOptions {
+            eager_refresh_threshold: Some(0.8),
+            ..StoreOptions::default()
+        };
+        assert!(options.sizing().is_ok());
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct StoreStats {
     /// Async loads cancelled by `hard_timeout` (served by fail-safe or failed with
     /// `LoadError::Timeout`).
     pub hard_timeouts: u64,
+    /// Background reloads started by eager refresh.
+    pub eager_refreshes: u64,
 }
 
 /// The counters, by index into a stripe.
@@ -77,9 +79,10 @@ pub(crate) enum Counter {
     Removals,
     FailSafeActivations,
     HardTimeouts,
+    EagerRefreshes,
 }
 
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 14;
 
 /// Number of stripes (a power of two): one per owning thread, the last one shared.
 pub(crate) const STRIPES: usize = 32;
@@ -148,6 +151,7 @@ impl Stats {
             removals: self.sum(Counter::Removals),
             fail_safe_activations: self.sum(Counter::FailSafeActivations),
             hard_timeouts: self.sum(Counter::HardTimeouts),
+            eager_refreshes: self.sum(Counter::EagerRefreshes),
         }
     }
 }
@@ -288,6 +292,7 @@ mod tests {
             Counter::Removals,
             Counter::FailSafeActivations,
             Counter::HardTimeouts,
+            Counter::EagerRefreshes,
         ];
         assert_eq!(all.len(), COUNTERS);
         for (i, counter) in all.into_iter().enumerate() {
@@ -308,9 +313,10 @@ mod tests {
                 s.expirations,
                 s.removals,
                 s.fail_safe_activations,
-                s.hard_timeouts
+                s.hard_timeouts,
+                s.eager_refreshes
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
         );
     }
 

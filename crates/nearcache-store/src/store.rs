@@ -42,7 +42,7 @@ use crate::value::{Payload, Typed};
 /// ```
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<StoreInner>,
+    pub(crate) inner: Arc<StoreInner>,
 }
 
 /// Everything a store shares between its clones, its loads and its purger.
@@ -63,6 +63,12 @@ pub(crate) struct StoreInner {
     /// Longest an async factory may run (feature `tokio`).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) hard_timeout: Option<Duration>,
+    /// The runtime eager refreshes run on: the one the store was built in (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Whether the missing runtime for an eager refresh was logged (once).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) no_runtime_logged: AtomicBool,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
@@ -170,6 +176,9 @@ impl Store {
             log_keys: options.log_keys,
             fail_safe_throttle: options.fail_safe_throttle,
             hard_timeout: options.hard_timeout,
+            #[cfg(feature = "tokio")]
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            no_runtime_logged: AtomicBool::new(false),
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),
@@ -180,6 +189,7 @@ impl Store {
                 sliding: options.default_sliding_expiration,
                 weighted: sizing.weighted,
                 fail_safe: options.default_fail_safe_max_duration,
+                eager_refresh: options.eager_refresh_threshold,
             },
             enabled: options.enabled,
             cache_none: options.cache_none,

@@ -188,6 +188,7 @@ fn store_options(options: &CacheOptions) -> StoreOptions {
         default_fail_safe_max_duration: options.fail_safe_max_duration,
         fail_safe_throttle: options.fail_safe_throttle,
         hard_timeout: options.hard_timeout,
+        eager_refresh_threshold: options.eager_refresh_threshold,
         ..StoreOptions::default()
     }
 }

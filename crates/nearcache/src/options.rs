@@ -88,6 +88,12 @@ pub struct CacheOptions {
     /// (`_sync`) callers are not timed. Not zero. Default: none.
     #[serde(with = "humantime_serde")]
     pub hard_timeout: Option<Duration>,
+    /// Eager refresh, for the `get_or_create_detached*` loaders: once this fraction of an
+    /// entry's absolute time to live has passed (0.8: after 48 s of a minute), the first hit
+    /// starts one background reload while callers keep getting the current value, so hot
+    /// keys do not all miss at once at expiry. Per entry: `Entry::eager_refresh_threshold`.
+    /// Strictly between 0 and 1. Default: none.
+    pub eager_refresh_threshold: Option<f64>,
     /// How instances tell each other about invalidations.
     pub backplane: BackplaneOptions,
 }
@@ -107,6 +113,7 @@ impl Default for CacheOptions {
             fail_safe_max_duration: None,
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
+            eager_refresh_threshold: None,
             backplane: BackplaneOptions::default(),
         }
     }
@@ -142,6 +149,7 @@ impl fmt::Debug for CacheOptions {
             .field("fail_safe_max_duration", &self.fail_safe_max_duration)
             .field("fail_safe_throttle", &self.fail_safe_throttle)
             .field("hard_timeout", &self.hard_timeout)
+            .field("eager_refresh_threshold", &self.eager_refresh_threshold)
             .field("backplane", &self.backplane)
             .finish()
     }
