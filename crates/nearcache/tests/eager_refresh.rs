@@ -58,7 +58,22 @@ struct Reload {
     gate: Arc<Semaphore>,
 }
 
+/// Opens the gate for good when dropped, so a failing test never leaves a refresh waiting
+/// (the runtime's shutdown waits for its blocking pool).
+struct OpenOnDrop(Arc<Semaphore>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 impl Reload {
+    /// A guard that opens the gate for good when the test ends, however it ends.
+    fn opener(&self) -> OpenOnDrop {
+        OpenOnDrop(Arc::clone(&self.gate))
+    }
+
     fn new() -> (Reload, mpsc::UnboundedReceiver<()>) {
         let (started, rx) = mpsc::unbounded_channel();
         let reload = Reload {
@@ -91,6 +106,7 @@ async fn a_hundred_callers_past_the_threshold_get_the_current_value_and_one_refr
     clock.increment(8_500 * Duration::from_millis(1));
 
     let (reload, mut started) = Reload::new();
+    let _open = reload.opener();
     let barrier = Arc::new(Barrier::new(100));
     let callers: Vec<_> = (0..100)
         .map(|_| {
@@ -159,6 +175,7 @@ async fn an_invalidation_during_the_background_refresh_keeps_its_value_out() {
         let v1 = load_v1(&cache, &k).await;
         clock.increment(9 * SECOND);
         let (reload, mut started) = Reload::new();
+        let _open = reload.opener();
         let got = reload.clone().call(&cache, &k).await;
         assert!(Arc::ptr_eq(&got, &v1));
         within("the refresh to start", started.recv())
