@@ -133,6 +133,20 @@ pub(crate) struct Config {
     /// repairing from the log saves).
     #[arg(long)]
     pub(crate) no_replay: bool,
+    /// Each database call fails with this probability (0 to 1): a struggling database.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub(crate) db_fail_rate: f64,
+    /// The database is down for this long, from a third of the way into the run.
+    #[arg(long, value_name = "D", value_parser = duration)]
+    pub(crate) db_outage: Option<Duration>,
+    /// Turn fail-safe on: entries are kept this long past their expiry, and a failed load
+    /// gets the expired value instead of the error (see --ttl).
+    #[arg(long, value_name = "D", value_parser = duration)]
+    pub(crate) fail_safe: Option<Duration>,
+    /// How long a cached entry lives (absolute expiration). The default outlives any run;
+    /// shorten it (e.g. 1s) to see expiries, and fail-safe, at work.
+    #[arg(long, value_name = "D", default_value = "300s", value_parser = duration)]
+    pub(crate) ttl: Duration,
     /// Where to write the run's plot (SVG); by default under the target directory.
     #[arg(long, value_name = "FILE.svg")]
     pub(crate) plot: Option<PathBuf>,
@@ -166,6 +180,10 @@ impl Default for Config {
             faults: false,
             metrics: None,
             no_replay: false,
+            db_fail_rate: 0.0,
+            db_outage: None,
+            fail_safe: None,
+            ttl: crate::workload::ENTRY_TTL,
             plot: None,
             instance: None,
             run_id: None,
@@ -243,6 +261,12 @@ impl Config {
         if self.duration.is_zero() {
             return Err("--duration must be more than 0".into());
         }
+        if !(0.0..=1.0).contains(&self.db_fail_rate) {
+            return Err("--db-fail-rate must be a probability, between 0 and 1".into());
+        }
+        if self.ttl.is_zero() {
+            return Err("--ttl must be more than 0".into());
+        }
         if self.processes && self.redis.is_none() {
             return Err(
                 "--processes needs --redis URL (or --redis auto): processes share their \
@@ -266,6 +290,15 @@ impl Config {
             return Err("--instance is set by the demo itself for its instance processes".into());
         }
         Ok(())
+    }
+
+    /// The database faults this run injects, timed from now (the start of the readers).
+    pub(crate) fn db_faults(&self) -> crate::db::Faults {
+        let start = std::time::Instant::now() + self.duration / 3;
+        crate::db::Faults {
+            fail_rate: self.db_fail_rate,
+            outage: self.db_outage.map(|outage| (start, start + outage)),
+        }
     }
 
     /// The arguments that make an instance process of this run.
@@ -295,6 +328,14 @@ impl Config {
         ];
         if self.no_replay {
             args.push("--no-replay".to_owned());
+        }
+        args.push(format!("--db-fail-rate={}", self.db_fail_rate));
+        args.push(format!("--ttl={}us", self.ttl.as_micros()));
+        if let Some(outage) = self.db_outage {
+            args.push(format!("--db-outage={}us", outage.as_micros()));
+        }
+        if let Some(fail_safe) = self.fail_safe {
+            args.push(format!("--fail-safe={}us", fail_safe.as_micros()));
         }
         if let Some(mut addr) = self.metrics {
             if addr.port() != 0 {

@@ -77,6 +77,9 @@ pub(crate) enum DbError {
     /// A load failed and its error was shared with other callers of the flight.
     #[error("a database load failed: {0}")]
     Shared(String),
+    /// An injected fault (`--db-fail-rate`, `--db-outage`): the database did not answer.
+    #[error("the database is unavailable (injected fault)")]
+    Unavailable,
     /// The blocking task that ran the query did not finish.
     #[error("a database query did not finish: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -89,6 +92,30 @@ pub(crate) struct Database {
     path: PathBuf,
     layout: Layout,
     latency: Duration,
+    faults: Faults,
+}
+
+/// Faults injected into every database call: a failure rate, and a full outage window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Faults {
+    /// Each call fails with this probability.
+    pub(crate) fail_rate: f64,
+    /// Every call between these two instants fails.
+    pub(crate) outage: Option<(std::time::Instant, std::time::Instant)>,
+}
+
+impl Faults {
+    /// `Err` when this call is to fail.
+    fn check(&self) -> Result<(), DbError> {
+        let now = std::time::Instant::now();
+        let down = self
+            .outage
+            .is_some_and(|(start, end)| start <= now && now < end);
+        if down || (self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate) {
+            return Err(DbError::Unavailable);
+        }
+        Ok(())
+    }
 }
 
 impl Database {
@@ -150,7 +177,14 @@ impl Database {
             path: path.to_owned(),
             layout,
             latency,
+            faults: Faults::default(),
         })
+    }
+
+    /// The same connection, with `faults` injected into every call.
+    pub(crate) fn with_faults(mut self, faults: Faults) -> Database {
+        self.faults = faults;
+        self
     }
 
     /// Another connection to the same file (for a second instance in this process).
@@ -159,7 +193,7 @@ impl Database {
     ///
     /// [`DbError::Sqlite`] when the file cannot be opened.
     pub(crate) fn reopen(&self) -> Result<Database, DbError> {
-        Database::open(&self.path, self.layout, self.latency)
+        Ok(Database::open(&self.path, self.layout, self.latency)?.with_faults(self.faults))
     }
 
     /// Reads one product.
@@ -169,6 +203,7 @@ impl Database {
     /// [`DbError`] when the product does not exist or SQLite fails.
     pub(crate) async fn product(&self, id: u32) -> Result<Product, DbError> {
         pause(self.latency).await;
+        self.faults.check()?;
         self.blocking(move |conn| {
             let version: Option<i64> = conn
                 .prepare("SELECT version FROM products WHERE id = ?1")?
@@ -190,6 +225,7 @@ impl Database {
     /// [`DbError::Sqlite`] when SQLite fails.
     pub(crate) async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
         pause(self.latency).await;
+        self.faults.check()?;
         self.blocking(move |conn| {
             let mut query =
                 conn.prepare("SELECT id, version FROM products WHERE catalog = ?1 ORDER BY id")?;
@@ -214,6 +250,7 @@ impl Database {
     /// [`DbError`] when the product does not exist or SQLite fails.
     pub(crate) async fn update(&self, id: u32) -> Result<u64, DbError> {
         pause(self.latency).await;
+        self.faults.check()?;
         self.blocking(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let version: Option<i64> = tx
@@ -364,6 +401,28 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         Database::create(&path, LAYOUT).unwrap();
         Database::open(&path, LAYOUT, Duration::ZERO).unwrap()
+    }
+
+    #[test]
+    fn injected_faults_fail_calls_by_rate_and_during_the_outage() {
+        assert!(Faults::default().check().is_ok());
+        let always = Faults {
+            fail_rate: 1.0,
+            outage: None,
+        };
+        assert!(matches!(always.check(), Err(DbError::Unavailable)));
+        let now = std::time::Instant::now();
+        let hour = Duration::from_secs(3600);
+        let down = Faults {
+            fail_rate: 0.0,
+            outage: Some((now, now + hour)),
+        };
+        assert!(matches!(down.check(), Err(DbError::Unavailable)));
+        let later = Faults {
+            fail_rate: 0.0,
+            outage: Some((now + hour, now + 2 * hour)),
+        };
+        assert!(later.check().is_ok(), "before the outage");
     }
 
     #[tokio::test]

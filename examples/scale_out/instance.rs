@@ -134,6 +134,7 @@ pub(crate) fn cache_options(
     CacheOptions {
         max_capacity: u64::from(config.products) + u64::from(config.catalogs) + 1_024,
         name: Some("products".to_owned()),
+        fail_safe_max_duration: config.fail_safe,
         backplane: BackplaneOptions {
             redis_url: redis_url.map(str::to_owned),
             app: format!("demo-{run_id}"),

@@ -41,7 +41,7 @@ pub(crate) async fn run(
     let run_id = new_run_id();
     let layout = config.layout();
     let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
-    let db = Database::open(db_path, layout, config.db_latency)?;
+    let db = Database::open(db_path, layout, config.db_latency)?.with_faults(config.db_faults());
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
     db.refresh_patiently(&mirror, &mut seen).await?;
@@ -71,6 +71,7 @@ pub(crate) async fn run(
                 bound: micros(config.bound),
                 page_every: config.page_every,
                 counters: Arc::new(Counters::default()),
+                ttl: config.ttl,
             },
             readers: config.readers,
             write_rate: config.write_rate,

@@ -301,7 +301,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
         .connect()
         .await?;
     cache.ready().await;
-    let db = Database::open(&child.db, layout, config.db_latency)?;
+    let db = Database::open(&child.db, layout, config.db_latency)?.with_faults(config.db_faults());
     let mirror = Arc::new(WriteLog::mirror(config.products));
     let mut seen = 0;
     db.refresh_patiently(&mirror, &mut seen).await?;
@@ -320,6 +320,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
             bound: u64::try_from(config.bound.as_micros()).unwrap_or(u64::MAX),
             page_every: config.page_every,
             counters: Arc::new(Counters::default()),
+            ttl: config.ttl,
         },
         readers: config.readers,
         write_rate: config.write_rate,

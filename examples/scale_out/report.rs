@@ -62,6 +62,9 @@ pub(crate) struct InstanceReport {
     pub(crate) unchecked_reads: u64,
     /// Database calls that failed and were tried again.
     pub(crate) db_errors: u64,
+    /// Failed loads whose callers got the expired value instead (fail-safe).
+    #[serde(default)]
+    pub(crate) fail_safe: u64,
     /// Publish attempts that failed or timed out (each retried).
     pub(crate) publish_failures: u64,
     /// Times its outbox overflowed (and dropped its backlog).
@@ -99,6 +102,7 @@ impl InstanceReport {
             worst_stale: counters.worst_stale.load(Ordering::Relaxed),
             unchecked_reads,
             db_errors: counters.db_errors.load(Ordering::Relaxed),
+            fail_safe: store.fail_safe_activations,
             disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
             bypass_us: counters.bypass_us.load(Ordering::Relaxed),
             outbox_peak: counters.outbox_peak.load(Ordering::Relaxed),
@@ -317,6 +321,12 @@ impl Summary {
             self,
             |i| count(i.db_errors),
             count(self.total(|i| i.db_errors)),
+        );
+        table.row(
+            "loads served by fail-safe",
+            self,
+            |i| count(i.fail_safe),
+            count(self.total(|i| i.fail_safe)),
         );
         table.row(
             "stale reads",

@@ -32,8 +32,8 @@ region!(
 #[derive(Debug)]
 pub(crate) struct ProductService;
 
-/// How long a cached entry lives at most. Far longer than a run: the cache stays coherent
-/// through invalidations, not through short expiries.
+/// How long a cached entry lives at most by default (`--ttl`). Far longer than a run: the
+/// cache stays coherent through invalidations, not through short expiries.
 pub(crate) const ENTRY_TTL: Duration = Duration::from_secs(300);
 
 /// Requests between two yields of a reader, so that on a busy runtime the tasks that apply
@@ -137,6 +137,8 @@ pub(crate) struct Workload {
     pub(crate) page_every: u32,
     /// This instance's counters.
     pub(crate) counters: Arc<Counters>,
+    /// How long cached entries live (`--ttl`).
+    pub(crate) ttl: Duration,
 }
 
 impl Workload {
@@ -215,7 +217,7 @@ impl Workload {
         let loaded = self
             .cache
             .get_or_create(product_key(id), async |entry| {
-                entry.time_to_live(ENTRY_TTL);
+                entry.time_to_live(self.ttl);
                 self.counters.db_queries.fetch_add(1, Ordering::Relaxed);
                 self.db.product(id).await
             })
@@ -227,9 +229,7 @@ impl Workload {
         let loaded = self
             .cache
             .get_or_create(catalog_key(catalog), async |entry| {
-                entry
-                    .time_to_live(ENTRY_TTL)
-                    .region_key::<Catalog>(&catalog);
+                entry.time_to_live(self.ttl).region_key::<Catalog>(&catalog);
                 self.counters.db_queries.fetch_add(1, Ordering::Relaxed);
                 self.db.catalog(catalog).await
             })
@@ -365,6 +365,7 @@ mod tests {
             bound: 0,
             page_every: 2,
             counters: Arc::default(),
+            ttl: ENTRY_TTL,
         }
     }
 

@@ -310,6 +310,8 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
+            eager_refresh: None,
         };
         Entry::new(key.clone(), Arc::clone(regions))
             .into_stored(
@@ -372,6 +374,8 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: true,
+            fail_safe: None,
+            eager_refresh: None,
         };
         let weighing = |key: &Key, weight: u32| {
             let mut entry = Entry::new(key.clone(), Arc::clone(&regions));
@@ -413,6 +417,8 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
+            eager_refresh: None,
         };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
         for (i, key) in keys.iter().enumerate() {

@@ -60,6 +60,8 @@ pub struct Entry {
     absolute: Option<Absolute>,
     sliding: Option<Duration>,
     weight: Option<u32>,
+    fail_safe: Option<Duration>,
+    eager_refresh: Option<f64>,
     tokens: TokenSet,
     /// Highest epoch among the region tokens collected (for the stale-insert rule).
     region_epoch: u64,
@@ -79,6 +81,8 @@ impl Entry {
             absolute: None,
             sliding: None,
             weight: None,
+            fail_safe: None,
+            eager_refresh: None,
             tokens: TokenSet::default(),
             region_epoch: 0,
         }
@@ -192,6 +196,27 @@ impl Entry {
         self
     }
 
+    /// Keep the entry up to `max` after its time expires (absolute or sliding), so that if
+    /// a later load of the key fails (an error, a panic, a hard timeout) its callers get
+    /// this value instead of the error. While kept it is never returned by `get` nor as a
+    /// get-or-create hit, and it still counts against the capacity. Invalidations (`remove`,
+    /// `set`, region and sub-key expiries, `clear`) drop it for good. Zero turns it off for
+    /// this entry; unset, the store's `fail_safe_max_duration` applies.
+    pub fn fail_safe_max_duration(&mut self, max: Duration) -> &mut Self {
+        self.fail_safe = Some(max);
+        self
+    }
+
+    /// Reload the entry in the background once `fraction` of its absolute time to live has
+    /// passed (0.8: after 8 s of 10 s), when it is read through a `get_or_create_detached*`
+    /// loader; callers keep getting this value meanwhile. Overrides the store's
+    /// `eager_refresh_threshold`. A fraction outside (0, 1), or NaN, turns it off for this
+    /// entry. Entries without an absolute expiration are never refreshed early.
+    pub fn eager_refresh_threshold(&mut self, fraction: f64) -> &mut Self {
+        self.eager_refresh = Some(fraction);
+        self
+    }
+
     fn push_region_token(&mut self, token: ChangeToken) {
         self.region_epoch = self.region_epoch.max(token.epoch());
         self.tokens.push(token);
@@ -226,13 +251,30 @@ impl Entry {
         } else {
             1
         };
+        let refresh_at = match self.eager_refresh.or(defaults.eager_refresh) {
+            Some(fraction) if deadline != NEVER && fraction > 0.0 && fraction < 1.0 => {
+                // Exact enough: a fraction of at most 2^64 ns, rounded.
+                let ttl = deadline.saturating_sub(now) as f64;
+                now.saturating_add((ttl * fraction) as u64)
+            }
+            _ => NEVER,
+        };
+        let fail_safe = if deadline == NEVER && sliding == NEVER {
+            0 // it never expires by time: nothing to keep it past
+        } else {
+            self.fail_safe.or(defaults.fail_safe).map_or(0, nanos)
+        };
         let current = self.regions.global_epoch();
         let stored = StoredEntry::new(
             payload,
             global_epoch,
             self.tokens,
-            deadline,
-            sliding,
+            Timing {
+                deadline,
+                sliding,
+                fail_safe,
+                refresh_at,
+            },
             now,
             weight,
         );
@@ -247,6 +289,8 @@ impl fmt::Debug for Entry {
             .field("absolute", &self.absolute)
             .field("sliding", &self.sliding)
             .field("weight", &self.weight)
+            .field("fail_safe", &self.fail_safe)
+            .field("eager_refresh", &self.eager_refresh)
             .field("tokens", &self.tokens.len())
             .finish()
     }
@@ -258,10 +302,14 @@ pub(crate) struct EntryDefaults {
     pub(crate) absolute: Option<Duration>,
     pub(crate) sliding: Option<Duration>,
     pub(crate) weighted: bool,
+    /// How long entries are kept past their time expiry for fail-safe (none: not kept).
+    pub(crate) fail_safe: Option<Duration>,
+    /// The fraction of the time to live after which a detached read refreshes the entry.
+    pub(crate) eager_refresh: Option<f64>,
 }
 
 /// An entry's tokens: two inline (most entries have 0–2), the rest spilled to the heap.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct TokenSet {
     inline: [Option<ChangeToken>; 2],
     spill: Box<[ChangeToken]>,
@@ -331,6 +379,37 @@ struct Shared {
     /// Sliding window in nanoseconds, [`NEVER`] for none.
     sliding: u64,
     last_access: AtomicU64,
+    /// How long past its time expiry the entry is kept for fail-safe, in nanoseconds (0:
+    /// not kept).
+    fail_safe: u64,
+    /// When a detached read starts a background refresh, on the store clock; [`NEVER`] for
+    /// none, or once one read has claimed it (so one refresh starts, however many read).
+    refresh_at: AtomicU64,
+}
+
+/// When an entry expires by time, and how long it is kept after that for fail-safe.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// Absolute deadline on the store clock, [`NEVER`] for none.
+    pub(crate) deadline: u64,
+    /// Sliding window in nanoseconds, [`NEVER`] for none.
+    pub(crate) sliding: u64,
+    /// Fail-safe window past the time expiry, in nanoseconds (0: none).
+    pub(crate) fail_safe: u64,
+    /// When an eager refresh is due, on the store clock ([`NEVER`]: none).
+    pub(crate) refresh_at: u64,
+}
+
+/// What an entry is to a load that failed: whether it may stand in for the failed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Alive: a hit.
+    Live,
+    /// Expired by time only, within its fail-safe window: kept, served only in place of a
+    /// failed load.
+    Kept,
+    /// Invalidated, or past its fail-safe window: never served again.
+    Dead,
 }
 
 impl StoredEntry {
@@ -338,16 +417,24 @@ impl StoredEntry {
         payload: Payload,
         global_epoch: u64,
         tokens: TokenSet,
-        deadline: u64,
-        sliding: u64,
+        timing: Timing,
         now: u64,
         weight: u32,
     ) -> Self {
-        let shared = (!tokens.is_empty() || sliding != NEVER).then(|| {
+        let Timing {
+            deadline,
+            sliding,
+            fail_safe,
+            refresh_at,
+        } = timing;
+        let boxed = !tokens.is_empty() || sliding != NEVER || fail_safe != 0 || refresh_at != NEVER;
+        let shared = boxed.then(|| {
             Box::new(Shared {
                 tokens,
                 sliding,
                 last_access: AtomicU64::new(now),
+                fail_safe,
+                refresh_at: AtomicU64::new(refresh_at),
             })
         });
         StoredEntry {
@@ -449,6 +536,94 @@ impl StoredEntry {
         }
     }
 
+    /// Whether the entry is alive, kept for fail-safe, or dead at `now` under
+    /// `global_epoch` (without touching it). An invalidated entry (a `clear` since it was
+    /// loaded, an expired token) is dead whatever its fail-safe window.
+    pub(crate) fn standing_at(&self, now: u64, global_epoch: u64) -> Standing {
+        if self.is_live_at(now, global_epoch) {
+            return Standing::Live;
+        }
+        let Some(shared) = self.shared.as_ref().filter(|s| s.fail_safe != 0) else {
+            return Standing::Dead;
+        };
+        if self.global_epoch != global_epoch || shared.tokens.any_expired() {
+            return Standing::Dead;
+        }
+        let idle_until = match shared.sliding {
+            NEVER => NEVER,
+            window => shared
+                .last_access
+                .load(Ordering::Relaxed)
+                .saturating_add(window),
+        };
+        let expired_at = self.deadline.min(idle_until);
+        if now < expired_at.saturating_add(shared.fail_safe) {
+            Standing::Kept
+        } else {
+            Standing::Dead
+        }
+    }
+
+    /// Whether the store holds on to the entry at `now` (alive, or kept for fail-safe): the
+    /// purger and the readers remove only entries that are not.
+    pub(crate) fn is_kept_at(&self, now: u64, global_epoch: u64) -> bool {
+        self.standing_at(now, global_epoch) != Standing::Dead
+    }
+
+    /// A copy of this kept entry, alive again for `throttle` from `now` (so a failing
+    /// source is not called again meanwhile), with the same tokens and global epoch (so an
+    /// invalidation still kills it) and the rest of its original fail-safe window after
+    /// that. `None` when it has no fail-safe window or `throttle` is zero.
+    pub(crate) fn re_armed(&self, now: u64, throttle: Duration) -> Option<StoredEntry> {
+        let shared = self.shared.as_ref().filter(|s| s.fail_safe != 0)?;
+        if throttle.is_zero() {
+            return None;
+        }
+        let idle_until = match shared.sliding {
+            NEVER => NEVER,
+            window => shared
+                .last_access
+                .load(Ordering::Relaxed)
+                .saturating_add(window),
+        };
+        let kept_until = self
+            .deadline
+            .min(idle_until)
+            .saturating_add(shared.fail_safe);
+        let deadline = deadline_after(now, throttle);
+        Some(StoredEntry::new(
+            self.payload.clone(),
+            self.global_epoch,
+            shared.tokens.clone(),
+            Timing {
+                deadline,
+                sliding: NEVER,
+                // What is left of the window once the throttle ends (none: dead then).
+                fail_safe: kept_until.saturating_sub(deadline),
+                refresh_at: NEVER,
+            },
+            now,
+            self.weight,
+        ))
+    }
+
+    /// Whether this read is the one that starts the entry's eager refresh: it is due at
+    /// `now` and no read claimed it before (one compare-and-swap, only once it is due).
+    /// Entries without one cost a branch.
+    #[inline]
+    pub(crate) fn claim_refresh(&self, clock: &StoreClock) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let at = shared.refresh_at.load(Ordering::Relaxed);
+        at != NEVER
+            && clock.now() >= at
+            && shared
+                .refresh_at
+                .compare_exchange(at, NEVER, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     /// The value (a hit clones it: one reference count).
     #[inline(always)]
     pub(crate) fn payload(&self) -> &Payload {
@@ -474,6 +649,8 @@ mod tests {
             absolute: None,
             sliding: None,
             weighted: false,
+            fail_safe: None,
+            eager_refresh: None,
         }
     }
 
@@ -665,12 +842,42 @@ mod tests {
     }
 
     #[test]
+    fn an_eager_refresh_is_claimed_once_and_only_when_due() {
+        let (clock, mock) = quanta::Clock::mock();
+        let clock = StoreClock::new(clock);
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.time_to_live(Duration::from_secs(10))
+            .eager_refresh_threshold(0.8);
+        let stored = store(e, &regions, clock.now()).unwrap();
+        mock.increment(Duration::from_millis(7_999));
+        assert!(!stored.claim_refresh(&clock), "not due before 8 s");
+        mock.increment(Duration::from_millis(1));
+        assert!(stored.claim_refresh(&clock), "due at 8 s");
+        assert!(!stored.claim_refresh(&clock), "claimed once");
+        for fraction in [0.0, 1.0, -0.5, f64::NAN] {
+            let mut off = entry(&regions);
+            off.time_to_live(Duration::from_secs(10))
+                .eager_refresh_threshold(fraction);
+            let stored = store(off, &regions, 0).unwrap();
+            assert!(stored.shared.is_none(), "{fraction}: nothing to box");
+        }
+        let mut sliding = entry(&regions);
+        sliding
+            .time_to_idle(Duration::from_secs(10))
+            .eager_refresh_threshold(0.5);
+        let stored = store(sliding, &regions, clock.now()).unwrap();
+        mock.increment(Duration::from_secs(9));
+        assert!(!stored.claim_refresh(&clock), "no absolute expiry: never");
+    }
+
+    #[test]
     fn a_stored_entry_is_small() {
         // Documented in the crate docs: keep them in sync.
         let inline = std::mem::size_of::<StoredEntry>();
         assert!(inline <= 48, "{inline}");
         let shared = std::mem::size_of::<Shared>();
-        assert!(shared <= 56, "{shared}");
+        assert!(shared <= 64, "{shared}");
     }
 
     #[test]

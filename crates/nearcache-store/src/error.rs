@@ -101,6 +101,43 @@ impl fmt::Display for WouldDeadlock {
 
 impl std::error::Error for WouldDeadlock {}
 
+/// A load's factory ran past the store's `hard_timeout` and was cancelled (its future
+/// dropped); nothing was cached, and there was no expired value to serve instead.
+///
+/// Raise `hard_timeout` if the source is merely slow, or turn on fail-safe
+/// (`fail_safe_max_duration`) so callers get the last value while the source struggles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FactoryTimeout {
+    /// The key being loaded.
+    pub key: Key,
+    /// The limit it ran past.
+    pub after: std::time::Duration,
+}
+
+impl FactoryTimeout {
+    pub(crate) fn new(key: &Key, after: std::time::Duration) -> Self {
+        FactoryTimeout {
+            key: key.clone(),
+            after,
+        }
+    }
+}
+
+impl fmt::Display for FactoryTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the factory of `{}` did not finish within hard_timeout ({:?}) and was cancelled; \
+             raise hard_timeout, or set fail_safe_max_duration to serve the expired value meanwhile",
+            Shown(&self.key),
+            self.after
+        )
+    }
+}
+
+impl std::error::Error for FactoryTimeout {}
+
 /// Why a get-or-create call returned no value.
 ///
 /// Displays as, and has the source of, the factory's error for [`LoadError::Factory`].
@@ -114,6 +151,9 @@ pub enum LoadError<E> {
     /// A blocking call on an async runtime's thread would have waited for a load only that
     /// thread could run; see [`WouldDeadlock`].
     WouldDeadlock(WouldDeadlock),
+    /// The factory ran past `hard_timeout` and was cancelled, and no fail-safe value could
+    /// stand in; every caller of the flight gets it. See [`FactoryTimeout`].
+    Timeout(FactoryTimeout),
 }
 
 impl<E> LoadError<E> {
@@ -121,7 +161,9 @@ impl<E> LoadError<E> {
     pub fn factory_error(&self) -> Option<&Arc<E>> {
         match self {
             LoadError::Factory(error) => Some(error),
-            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) => None,
+            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) | LoadError::Timeout(_) => {
+                None
+            }
         }
     }
 }
@@ -132,6 +174,7 @@ impl<E> Clone for LoadError<E> {
             LoadError::Factory(error) => LoadError::Factory(Arc::clone(error)),
             LoadError::TypeMismatch(mismatch) => LoadError::TypeMismatch(mismatch.clone()),
             LoadError::WouldDeadlock(error) => LoadError::WouldDeadlock(error.clone()),
+            LoadError::Timeout(error) => LoadError::Timeout(error.clone()),
         }
     }
 }
@@ -150,6 +193,7 @@ impl<E: fmt::Debug> fmt::Debug for LoadError<E> {
                 f.debug_tuple("TypeMismatch").field(mismatch).finish()
             }
             LoadError::WouldDeadlock(error) => f.debug_tuple("WouldDeadlock").field(error).finish(),
+            LoadError::Timeout(error) => f.debug_tuple("Timeout").field(error).finish(),
         }
     }
 }
@@ -160,6 +204,7 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
             LoadError::Factory(error) => fmt::Display::fmt(error, f),
             LoadError::TypeMismatch(mismatch) => fmt::Display::fmt(mismatch, f),
             LoadError::WouldDeadlock(error) => fmt::Display::fmt(error, f),
+            LoadError::Timeout(error) => fmt::Display::fmt(error, f),
         }
     }
 }
@@ -169,7 +214,9 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
         match self {
             // Transparent: the factory's error is displayed, so point past it.
             LoadError::Factory(error) => error.source(),
-            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) => None,
+            LoadError::TypeMismatch(_) | LoadError::WouldDeadlock(_) | LoadError::Timeout(_) => {
+                None
+            }
         }
     }
 }
@@ -196,6 +243,25 @@ pub enum OptionsError {
     /// `shards` is `Some(0)`.
     #[error("shards is 0; leave it unset for the default or use at least 1")]
     ZeroShards,
+    /// `hard_timeout` is zero: every load would time out.
+    #[error("hard_timeout is 0, so every load would time out; leave it unset or use at least 1 ms")]
+    ZeroHardTimeout,
+    /// `hard_timeout` is set but the store was built without its `tokio` feature (timeouts
+    /// run on tokio's timers).
+    #[error(
+        "hard_timeout needs nearcache-store's `tokio` feature (on in the nearcache facade); \
+         turn the feature on or leave hard_timeout unset"
+    )]
+    TimeoutsNeedTokio,
+    /// `eager_refresh_threshold` is not a fraction strictly between 0 and 1.
+    #[error(
+        "eager_refresh_threshold is {threshold}; use a fraction of the time to live strictly \
+         between 0 and 1 (e.g. 0.8: refresh after 80 % of it), or leave it unset"
+    )]
+    EagerRefreshThreshold {
+        /// The value given.
+        threshold: f64,
+    },
     /// The underlying cache refused the options.
     #[error("the underlying cache refused the options: {0}")]
     Cache(String),

@@ -68,6 +68,9 @@ pub(crate) enum Outcome {
         error: Arc<dyn Any + Send + Sync>,
         type_name: &'static str,
     },
+    /// The factory ran past the hard timeout (this long) and was cancelled, and no
+    /// fail-safe value stood in.
+    TimedOut(std::time::Duration),
     /// The leader panicked or was dropped before finishing; waiters go again.
     Abandoned,
 }
@@ -276,6 +279,27 @@ impl FlightShard<'_> {
         // Replaces an overtaken flight, if any; its leader's `remove` leaves this one alone.
         self.0.insert(key.clone(), Arc::clone(&flight));
         Joined::Leader(flight)
+    }
+
+    /// Starts a flight for `key` that the caller leads, unless one that a new caller could
+    /// join is in progress (then `None`: a background refresh has nothing to add to it).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn lead_unless_running(
+        &mut self,
+        key: &Key,
+        regions: &Regions,
+        kind: LeaderKind,
+    ) -> Option<Arc<Flight>> {
+        if self
+            .0
+            .get(key)
+            .is_some_and(|flight| !flight.is_too_old_to_join(regions))
+        {
+            return None;
+        }
+        let flight = Arc::new(Flight::new(regions, kind));
+        self.0.insert(key.clone(), Arc::clone(&flight));
+        Some(flight)
     }
 
     /// Removes `flight` from the table if it is still the key's flight.

@@ -17,6 +17,9 @@
 //!   never does (see the `flight` module's docs for how finely that is decided).
 //! - **Expiry.** Absolute, sliding or both, per entry or by default; a dead entry is never
 //!   returned. Region expiry is O(1); dead entries are purged in the background.
+//! - **Fail-safe never serves what is known stale.** With `fail_safe_max_duration`, an entry
+//!   whose time ran out is kept (never returned by reads) and stands in for a failed load of
+//!   its key (an error, a panic, a hard timeout); an invalidated entry is never kept.
 //!
 //! # Costs
 //!
@@ -27,8 +30,9 @@
 //!   (`quanta`, the CPU counter where available: no system call); sliding entries write their
 //!   last access at most once per millisecond.
 //! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
-//!   deadline, global epoch, weight), plus the key text. Entries with tokens or a sliding window add
-//!   one boxed record (two inline tokens and the sliding state); more than two tokens spill
+//!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window, a
+//!   fail-safe window or an eager refresh add one boxed record of 64 bytes (two inline tokens,
+//!   the sliding state, the fail-safe window, the refresh time); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
 //!   behind read-write locks (see `backend`), so a hit never clones the entry.
 //! - A miss: one lock of the key's flight-table shard (never held across the factory).
@@ -75,6 +79,7 @@ mod hash;
 mod load;
 mod options;
 mod purge;
+mod refresh;
 mod removal;
 mod shim;
 mod shown;
@@ -86,7 +91,7 @@ mod value;
 
 pub use batch::BatchEntries;
 pub use entry::Entry;
-pub use error::{LoadError, OptionsError, TypeMismatch, WouldDeadlock};
+pub use error::{FactoryTimeout, LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
 pub use removal::RemovalCause;

@@ -12,15 +12,26 @@
 //! and joining callers also take, so nothing slips between them; token expiries need no
 //! lock, because an entry stored just before its token flips is dead on arrival and never
 //! returned.
+//!
+//! Fail-safe: when a factory fails (an error, a panic, a hard timeout), the leader looks,
+//! under the same flight-shard lock, for the key's entry *kept* past its time expiry (see
+//! `Entry::fail_safe_max_duration`). Only an entry that no invalidation has touched is kept
+//! (`remove` and `set` replace it under that lock; a `clear` or region expiry kills it by
+//! epoch and token, which the check reads), so what fail-safe serves merely expired. It is
+//! handed to every caller of the flight in place of the error and re-armed, alive, for the
+//! throttle.
 
-use std::any::type_name;
+use std::any::{Any, type_name};
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use nearcache_keys::Key;
 
-use crate::entry::{Entry, StoredEntry};
-use crate::error::WouldDeadlock;
-use crate::error::{LoadError, TypeMismatch};
+use crate::entry::{Entry, Standing, StoredEntry};
+use crate::error::{FactoryTimeout, LoadError, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::removal::{RemovalCause, Removals};
 use crate::shown::Shown;
@@ -33,6 +44,17 @@ pub(crate) enum Acquired<'a, S> {
     Hit(Result<S, TypeMismatch>),
     Wait { flight: Arc<Flight>, joined_at: u64 },
     Lead(Leader<'a>),
+}
+
+/// Why a factory run gave no value.
+pub(crate) enum Failed<E> {
+    /// It returned `Err`.
+    Error(E),
+    /// It panicked: the payload, resumed when no fail-safe value stands in.
+    Panic(Box<dyn Any + Send>),
+    /// It ran past the hard timeout (this long) and was cancelled.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    TimedOut(std::time::Duration),
 }
 
 /// The caller running a flight's factory. Dropping it unfinished (a panic in the factory,
@@ -61,22 +83,32 @@ impl StoreInner {
     /// than it is, by at most the concurrent touch it missed.
     #[inline(always)] // the hit path: one frame from the caller's loop to quick_cache's lookup
     pub(crate) fn lookup_with<R>(&self, key: &Key, read: impl FnOnce(&Payload) -> R) -> Option<R> {
+        self.lookup::<true, R>(key, |entry| read(entry.payload()))
+    }
+
+    /// [`lookup_with`](Self::lookup_with), reading the whole live entry.
+    #[inline(always)]
+    pub(crate) fn lookup_entry_with<R>(
+        &self,
+        key: &Key,
+        read: impl FnOnce(&StoredEntry) -> R,
+    ) -> Option<R> {
         self.lookup::<true, R>(key, read)
     }
 
-    /// [`lookup_with`](Self::lookup_with); with `REMOVE_DEAD` false a dead entry is left in
-    /// place (for callers that hold a flight-shard lock, where a removal listener must not
-    /// run: the insert that follows replaces it and reports it then).
+    /// [`lookup_entry_with`](Self::lookup_entry_with); with `REMOVE_DEAD` false a dead entry
+    /// is left in place (for callers that hold a flight-shard lock, where a removal listener
+    /// must not run: the insert that follows replaces it and reports it then).
     #[inline(always)]
     fn lookup<const REMOVE_DEAD: bool, R>(
         &self,
         key: &Key,
-        read: impl FnOnce(&Payload) -> R,
+        read: impl FnOnce(&StoredEntry) -> R,
     ) -> Option<R> {
         let global_epoch = self.regions.global_epoch();
         let entry = self.cache.read_guard(key)?;
         if entry.is_live(&self.clock, global_epoch) {
-            return Some(read(entry.payload()));
+            return Some(read(&entry));
         }
         drop(entry);
         if REMOVE_DEAD {
@@ -93,7 +125,7 @@ impl StoreInner {
         let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
         if let Some((key, entry)) = self
             .cache
-            .remove_if(key, |held| !held.is_live_at(now, global_epoch))
+            .remove_if(key, |held| !held.is_kept_at(now, global_epoch))
         {
             self.stats.incr(Counter::Expirations);
             if self.listener.is_some() {
@@ -162,7 +194,7 @@ impl StoreInner {
     /// [`usable`](Self::usable) for a caller holding the key's flight-shard lock.
     #[inline]
     fn usable_locked<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        self.lookup::<false, _>(key, |payload| S::from_stored(payload, key))?
+        self.lookup::<false, _>(key, |entry| S::from_stored(entry.payload(), key))?
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
@@ -181,6 +213,106 @@ impl StoreInner {
         let hit = S::from_typed(typed)?;
         self.stats.incr(Counter::Hits);
         Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))
+    }
+
+    /// The hit path of the detached loaders: [`try_hit`](Self::try_hit), and whether this
+    /// read claimed the entry's eager refresh (the caller then starts it). Only these loaders
+    /// pay the extra check; `get` and the other loaders never do.
+    #[inline]
+    pub(crate) fn try_hit_refreshing<S: Shape>(
+        &self,
+        key: &Key,
+    ) -> Option<(Result<S, TypeMismatch>, bool)> {
+        if !self.enabled || self.read_bypass() {
+            return None;
+        }
+        let (typed, due) = self.lookup_entry_with(key, |entry| {
+            (
+                entry.payload().read::<S::Value>(),
+                entry.claim_refresh(&self.clock),
+            )
+        })?;
+        let hit = S::from_typed(typed)?;
+        self.stats.incr(Counter::Hits);
+        Some((hit.map_err(|()| self.mismatch::<S::Value>(key)), due))
+    }
+
+    /// Leads a background refresh of `key`, unless a load of it that callers could join is
+    /// in progress already (one load at a time per key, refresh or not).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    fn lead_refresh(&self, key: &Key) -> Option<Leader<'_>> {
+        let flight =
+            self.flights
+                .lock(key)
+                .lead_unless_running(key, &self.regions, LeaderKind::Blocking)?;
+        self.stats.incr(Counter::Loads);
+        Some(Leader {
+            inner: self,
+            key: key.clone(),
+            flight,
+            bypass: false,
+            finished: false,
+        })
+    }
+
+    /// A background refresh with a blocking factory, on this (blocking-pool) thread. Its
+    /// value is stored under the same rule as any load's (not if an invalidation overlapped
+    /// it); its error or panic is dropped (the current value stays until it expires), as is
+    /// the fail-safe value a failure may find (nobody waits for it).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn refresh_sync<S, E, F>(&self, key: &Key, factory: F)
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        let Some(leader) = self.lead_refresh(key) else {
+            return;
+        };
+        let mut entry = leader.entry();
+        let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
+            Ok(Ok(loaded)) => Ok(loaded),
+            Ok(Err(error)) => Err(Failed::Error(error)),
+            Err(panic) => Err(Failed::Panic(panic)),
+        };
+        if leader.finish::<S, E>(entry, result).is_err() {
+            tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
+    }
+
+    /// A background refresh with an async factory, run to completion on this
+    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn refresh_async<S, E, F>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        key: &Key,
+        factory: F,
+    ) where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E>,
+    {
+        let Some(leader) = self.lead_refresh(key) else {
+            return;
+        };
+        let mut entry = leader.entry();
+        let result = runtime.block_on(async {
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            match self.hard_timeout {
+                None => run.await,
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => {
+                        self.stats.incr(Counter::HardTimeouts);
+                        Err(Failed::TimedOut(limit))
+                    }
+                },
+            }
+        });
+        if leader.finish::<S, E>(entry, result).is_err() {
+            tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
     }
 
     /// The error of a read of `T` under `key` that found another type. Cold: the entry is
@@ -275,7 +407,11 @@ impl StoreInner {
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
                     let mut entry = leader.entry();
-                    let result = factory(&mut entry);
+                    let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
+                        Ok(Ok(loaded)) => Ok(loaded),
+                        Ok(Err(error)) => Err(Failed::Error(error)),
+                        Err(panic) => Err(Failed::Panic(panic)),
+                    };
                     return leader.finish::<S, E>(entry, result);
                 }
             }
@@ -314,7 +450,23 @@ impl StoreInner {
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
                     let mut entry = leader.entry();
-                    let result = factory(&mut entry).await;
+                    let result = {
+                        let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+                        #[cfg(feature = "tokio")]
+                        let result = match self.hard_timeout {
+                            None => run.await,
+                            Some(limit) => match tokio::time::timeout(limit, run).await {
+                                Ok(result) => result,
+                                Err(_elapsed) => {
+                                    self.stats.incr(Counter::HardTimeouts);
+                                    Err(Failed::TimedOut(limit))
+                                }
+                            },
+                        };
+                        #[cfg(not(feature = "tokio"))]
+                        let result = run.await;
+                        result
+                    };
                     return leader.finish::<S, E>(entry, result);
                 }
             }
@@ -373,11 +525,46 @@ impl StoreInner {
         (fresh, removals)
     }
 
-    /// Ends a flight that produced no value: takes it out of the table.
+    /// Ends a flight whose factory failed: takes it out of the table and, under the same
+    /// lock, finds the value fail-safe serves instead: the key's entry kept past its time
+    /// expiry (never one an invalidation touched), if the caller can use it. That entry is
+    /// re-armed alive for the throttle. Nothing stands in while reads bypass the store (it
+    /// may have missed invalidations).
+    /// Ends a flight that stores nothing (a batch's failed keys): takes it out of the table.
     fn complete_without_value(&self, leader: &Leader<'_>) {
         self.flights
             .lock(&leader.key)
             .remove(&leader.key, &leader.flight);
+    }
+
+    fn complete_failed<S: Shape>(&self, leader: &Leader<'_>) -> Option<(S, Payload)> {
+        let key = &leader.key;
+        let mut shard = self.flights.lock(key);
+        shard.remove(key, &leader.flight);
+        if leader.bypass || self.read_bypass() {
+            return None;
+        }
+        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (payload, re_armed) = self.cache.read(key, |held| {
+            (held.standing_at(now, global_epoch) == Standing::Kept).then(|| {
+                (
+                    held.payload().clone(),
+                    held.re_armed(now, self.fail_safe_throttle),
+                )
+            })
+        })??;
+        let served = match S::from_stored(&payload, key)? {
+            Ok(served) => served,
+            Err(_) => return None,
+        };
+        let removals = match re_armed {
+            Some(re_armed) => self.insert_locked(key, Some(re_armed)).1,
+            None => Removals::default(),
+        };
+        drop(shard);
+        self.report(removals);
+        self.stats.incr(Counter::FailSafeActivations);
+        Some((served, payload))
     }
 }
 
@@ -390,7 +577,7 @@ impl Leader<'_> {
     pub(crate) fn finish<S: Shape, E: Send + Sync + 'static>(
         mut self,
         entry: Entry,
-        result: Result<S::Loaded, E>,
+        result: Result<S::Loaded, Failed<E>>,
     ) -> Result<S, LoadError<E>> {
         let inner = self.inner;
         // `finished` is set only once the outcome is out: if anything here unwinds (a value's
@@ -405,9 +592,41 @@ impl Leader<'_> {
                 inner.report(removals);
                 Ok(value)
             }
-            Err(error) => {
-                inner.stats.incr(Counter::LoadErrors);
-                Err(self.fail(Arc::new(error)))
+            Err(failed) => {
+                if matches!(failed, Failed::Error(_)) {
+                    inner.stats.incr(Counter::LoadErrors);
+                }
+                if let Some((served, payload)) = inner.complete_failed::<S>(&self) {
+                    tracing::warn!(
+                        key = %inner.shown(&self.key),
+                        cause = failed.cause(),
+                        "the factory failed: serving the expired value (fail-safe)"
+                    );
+                    self.flight.finish(Outcome::Value {
+                        payload,
+                        fresh: true,
+                    });
+                    self.finished = true;
+                    return Ok(served);
+                }
+                match failed {
+                    Failed::Error(error) => {
+                        let error = Arc::new(error);
+                        self.flight.finish(Outcome::Error {
+                            error: Arc::clone(&error) as _,
+                            type_name: type_name::<E>(),
+                        });
+                        self.finished = true;
+                        Err(LoadError::Factory(error))
+                    }
+                    Failed::TimedOut(after) => {
+                        self.flight.finish(Outcome::TimedOut(after));
+                        self.finished = true;
+                        Err(LoadError::Timeout(FactoryTimeout::new(&self.key, after)))
+                    }
+                    // Unfinished: the drop guard abandons the flight as the panic unwinds.
+                    Failed::Panic(panic) => resume_unwind(panic),
+                }
             }
         }
     }
@@ -427,6 +646,37 @@ impl Leader<'_> {
     /// The key this flight loads.
     pub(crate) fn key(&self) -> &Key {
         &self.key
+    }
+}
+
+/// A factory's future whose panic ends it as [`Failed::Panic`] instead of unwinding.
+struct CatchUnwind<'a, F>(Pin<&'a mut F>);
+
+impl<F, T, E> Future for CatchUnwind<'_, F>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, Failed<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let run = &mut self.get_mut().0;
+        match catch_unwind(AssertUnwindSafe(|| run.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(loaded))) => Poll::Ready(Ok(loaded)),
+            Ok(Poll::Ready(Err(error))) => Poll::Ready(Err(Failed::Error(error))),
+            Err(panic) => Poll::Ready(Err(Failed::Panic(panic))),
+        }
+    }
+}
+
+impl<E> Failed<E> {
+    /// What failed, for log events.
+    fn cause(&self) -> &'static str {
+        match self {
+            Failed::Error(_) => "error",
+            Failed::Panic(_) => "panic",
+            Failed::TimedOut(_) => "hard_timeout",
+        }
     }
 }
 
@@ -473,6 +723,7 @@ pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
             Ok(error) => LoadError::Factory(error),
             Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),
         })),
+        Outcome::TimedOut(after) => Some(Err(LoadError::Timeout(FactoryTimeout::new(key, *after)))),
         Outcome::Abandoned => None,
     }
 }

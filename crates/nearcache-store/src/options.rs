@@ -35,7 +35,7 @@ use crate::error::OptionsError;
 /// [`inserts_rejected_too_heavy`](crate::StoreStats::inserts_rejected_too_heavy) and logged;
 /// [`Store::max_entry_weight`](crate::Store::max_entry_weight) tells the limit. If entries can be
 /// a large fraction of the budget, set fewer [`shards`](Self::shards).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoreOptions {
     /// `false` turns the store into a pass-through: every get-or-create runs its factory,
     /// nothing is stored, and reads miss. Default `true`.
@@ -66,6 +66,31 @@ pub struct StoreOptions {
     /// by default they show as `#` and 16 hex digits of [`stable_key_hash`](crate::stable_key_hash).
     /// Default `false`.
     pub log_keys: bool,
+    /// How long entries that expire by time are kept past their expiry for fail-safe,
+    /// unless their factory sets [`Entry::fail_safe_max_duration`](crate::Entry::fail_safe_max_duration):
+    /// if a get-or-create then finds the entry expired and its factory fails (an error, a
+    /// panic, a hard timeout), the callers get the expired value instead of the error. Kept
+    /// entries are never returned by reads, still count against the capacity, and are
+    /// dropped for good by any invalidation. Default: none (fail-safe off).
+    pub default_fail_safe_max_duration: Option<Duration>,
+    /// How long an expired value served by fail-safe is served again (as a live entry)
+    /// before the factory is tried again, so a failing source is not called by every
+    /// caller. Zero: the factory is tried on every call. Default 30 s.
+    pub fail_safe_throttle: Duration,
+    /// Longest an async get-or-create's factory may run (feature `tokio`; blocking callers
+    /// are not timed). Past it the factory's future is dropped (cancelled) and the flight
+    /// ends with [`LoadError::Timeout`](crate::LoadError::Timeout) for every caller, or with
+    /// the fail-safe value when there is one. Async callers need a tokio runtime with its
+    /// time driver. Not zero. Default: none.
+    pub hard_timeout: Option<Duration>,
+    /// Eager refresh: once this fraction of an entry's absolute time to live has passed
+    /// (0.8: after 48 s of a minute), the first read of it through
+    /// [`Store::get_or_create_detached`](crate::Store::get_or_create_detached) (or its
+    /// blocking twin) starts one background reload through the key's single flight, while
+    /// callers keep getting the current value. Needs the `tokio` feature and a store built
+    /// inside a tokio runtime (its handle runs the reload); without one nothing is refreshed
+    /// early (logged once). Strictly between 0 and 1. Default: none.
+    pub eager_refresh_threshold: Option<f64>,
 }
 
 impl Default for StoreOptions {
@@ -80,6 +105,10 @@ impl Default for StoreOptions {
             purge_interval: Duration::from_secs(60),
             shards: None,
             log_keys: false,
+            default_fail_safe_max_duration: None,
+            fail_safe_throttle: Duration::from_secs(30),
+            hard_timeout: None,
+            eager_refresh_threshold: None,
         }
     }
 }
@@ -103,6 +132,17 @@ impl StoreOptions {
         }
         if self.shards == Some(0) {
             return Err(OptionsError::ZeroShards);
+        }
+        if self.hard_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(OptionsError::ZeroHardTimeout);
+        }
+        if self.hard_timeout.is_some() && !cfg!(feature = "tokio") {
+            return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if let Some(threshold) = self.eager_refresh_threshold
+            && !(threshold > 0.0 && threshold < 1.0)
+        {
+            return Err(OptionsError::EagerRefreshThreshold { threshold });
         }
         if !self.enabled {
             // A pass-through stores nothing; keep a minimal table.
@@ -184,6 +224,52 @@ mod tests {
             zero_shards.sizing(),
             Err(OptionsError::ZeroShards)
         ));
+
+        let zero_timeout = StoreOptions {
+            hard_timeout: Some(Duration::ZERO),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(
+            zero_timeout.sizing(),
+            Err(OptionsError::ZeroHardTimeout)
+        ));
+    }
+
+    #[test]
+    fn an_eager_refresh_threshold_must_be_a_fraction_strictly_between_0_and_1() {
+        for bad in [0.0, 1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
+            let options = StoreOptions {
+                eager_refresh_threshold: Some(bad),
+                ..StoreOptions::default()
+            };
+            let error = options.sizing().err();
+            assert!(
+                matches!(error, Some(OptionsError::EagerRefreshThreshold { .. })),
+                "{bad}: {error:?}"
+            );
+            assert!(error.is_some_and(|e| e.to_string().contains("between 0 and 1")));
+        }
+        let options = StoreOptions {
+            eager_refresh_threshold: Some(0.8),
+            ..StoreOptions::default()
+        };
+        assert!(options.sizing().is_ok());
+    }
+
+    #[test]
+    fn a_hard_timeout_needs_the_tokio_feature() {
+        let options = StoreOptions {
+            hard_timeout: Some(Duration::from_secs(1)),
+            ..StoreOptions::default()
+        };
+        if cfg!(feature = "tokio") {
+            assert!(options.sizing().is_ok());
+        } else {
+            assert!(matches!(
+                options.sizing(),
+                Err(OptionsError::TimeoutsNeedTokio)
+            ));
+        }
     }
 
     #[test]

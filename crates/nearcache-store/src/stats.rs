@@ -57,6 +57,14 @@ pub struct StoreStats {
     /// Keys handed to batch factories, summed (`batch_keys_loaded / batch_loads` is the
     /// mean batch size). Each is also one of [`loads`](Self::loads).
     pub batch_keys_loaded: u64,
+    /// Failed loads (an error, a panic, a hard timeout) whose callers got the key's expired
+    /// value instead (fail-safe).
+    pub fail_safe_activations: u64,
+    /// Async loads cancelled by `hard_timeout` (served by fail-safe or failed with
+    /// `LoadError::Timeout`).
+    pub hard_timeouts: u64,
+    /// Background reloads started by eager refresh.
+    pub eager_refreshes: u64,
 }
 
 /// The counters, by index into a stripe.
@@ -76,9 +84,12 @@ pub(crate) enum Counter {
     Removals,
     BatchLoads,
     BatchKeysLoaded,
+    FailSafeActivations,
+    HardTimeouts,
+    EagerRefreshes,
 }
 
-const COUNTERS: usize = 13;
+const COUNTERS: usize = 16;
 
 /// Number of stripes (a power of two): one per owning thread, the last one shared.
 pub(crate) const STRIPES: usize = 32;
@@ -147,6 +158,9 @@ impl Stats {
             removals: self.sum(Counter::Removals),
             batch_loads: self.sum(Counter::BatchLoads),
             batch_keys_loaded: self.sum(Counter::BatchKeysLoaded),
+            fail_safe_activations: self.sum(Counter::FailSafeActivations),
+            hard_timeouts: self.sum(Counter::HardTimeouts),
+            eager_refreshes: self.sum(Counter::EagerRefreshes),
         }
     }
 }
@@ -287,6 +301,9 @@ mod tests {
             Counter::Removals,
             Counter::BatchLoads,
             Counter::BatchKeysLoaded,
+            Counter::FailSafeActivations,
+            Counter::HardTimeouts,
+            Counter::EagerRefreshes,
         ];
         assert_eq!(all.len(), COUNTERS);
         for (i, counter) in all.into_iter().enumerate() {
@@ -307,9 +324,12 @@ mod tests {
                 s.expirations,
                 s.removals,
                 s.batch_loads,
-                s.batch_keys_loaded
+                s.batch_keys_loaded,
+                s.fail_safe_activations,
+                s.hard_timeouts,
+                s.eager_refreshes
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
         );
     }
 

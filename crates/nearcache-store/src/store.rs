@@ -61,6 +61,17 @@ pub(crate) struct StoreInner {
     pub(crate) log_keys: bool,
     /// Told of each entry that leaves, outside every lock (see `removal`).
     pub(crate) listener: Option<Listener>,
+    /// How long a value served by fail-safe is re-armed for.
+    pub(crate) fail_safe_throttle: Duration,
+    /// Longest an async factory may run (feature `tokio`).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) hard_timeout: Option<Duration>,
+    /// The runtime eager refreshes run on: the one the store was built in (feature `tokio`).
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// Whether the missing runtime for an eager refresh was logged (once).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) no_runtime_logged: AtomicBool,
     bypass: AtomicBool,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
@@ -165,7 +176,7 @@ impl StoreInner {
             let now = self.clock.now();
             let global_epoch = self.regions.global_epoch();
             self.cache.sweep(
-                |entry| !entry.is_live_at(now, global_epoch),
+                |entry| !entry.is_kept_at(now, global_epoch),
                 |key, entry| {
                     if self.listener.is_some() {
                         let cause = entry.removal_cause(now, global_epoch, RemovalCause::Expired);
@@ -301,6 +312,11 @@ impl Store {
             max_entry_weight: cache.max_entry_weight(),
             log_keys: options.log_keys,
             listener,
+            fail_safe_throttle: options.fail_safe_throttle,
+            hard_timeout: options.hard_timeout,
+            #[cfg(feature = "tokio")]
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            no_runtime_logged: AtomicBool::new(false),
             cache,
             flights: FlightTable::new(),
             regions: Arc::new(Regions::new()),
@@ -310,6 +326,8 @@ impl Store {
                 absolute: options.default_absolute_expiration,
                 sliding: options.default_sliding_expiration,
                 weighted: sizing.weighted,
+                fail_safe: options.default_fail_safe_max_duration,
+                eager_refresh: options.eager_refresh_threshold,
             },
             enabled: options.enabled,
             cache_none: options.cache_none,

@@ -252,6 +252,10 @@ fn store_options(options: &CacheOptions) -> StoreOptions {
         cache_none: options.cache_none,
         purge_interval: options.purge_interval,
         log_keys: options.log_keys,
+        default_fail_safe_max_duration: options.fail_safe_max_duration,
+        fail_safe_throttle: options.fail_safe_throttle,
+        hard_timeout: options.hard_timeout,
+        eager_refresh_threshold: options.eager_refresh_threshold,
         ..StoreOptions::default()
     }
 }

@@ -285,6 +285,76 @@ impl Cache {
         self.inner.store.get_or_create_optional_sync(key, factory)
     }
 
+    /// Like [`get_or_create`](Self::get_or_create), for a factory that may run detached
+    /// from its caller (`Send + 'static`: it owns what it uses, e.g. a cloned pool), which
+    /// enables **eager refresh**: with `eager_refresh_threshold` (or the entry's
+    /// `Entry::eager_refresh_threshold`), the first hit past that fraction of the entry's
+    /// absolute time to live starts one background reload through the key's single flight
+    /// (a foreground load of the key joins it), and every caller keeps getting the current
+    /// value meanwhile. An invalidation during the reload keeps its value out, as for any
+    /// load.
+    ///
+    /// The reload runs on the blocking pool of the tokio runtime the cache was built in
+    /// (the async factory is driven there by the runtime's handle). A cache built outside a
+    /// runtime refreshes nothing early (logged once): entries reload when they expire.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create); a background reload's failure reaches no
+    /// caller (the current value stays until it expires).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create); a started refresh goes on regardless.
+    pub async fn get_or_create_detached<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = async move |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = factory(entry).instrument(inner.load_span(&span_key)).await;
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create_detached(key, factory).await
+    }
+
+    /// The blocking twin of [`get_or_create_detached`](Self::get_or_create_detached): its
+    /// eager refreshes run on the runtime the cache was built in, even when this is called
+    /// from a thread outside it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_detached_sync<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = move |entry: &mut Entry| {
+            let started = std::time::Instant::now();
+            let loaded = inner.load_span(&span_key).in_scope(|| factory(entry));
+            inner.load_duration.record(started.elapsed());
+            loaded
+        };
+        self.inner.store.get_or_create_detached_sync(key, factory)
+    }
+
     /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
     /// which are now stale.
     ///

@@ -1,6 +1,6 @@
 //! The facade's error types.
 
-pub use nearcache_store::{LoadError, OptionsError, TypeMismatch};
+pub use nearcache_store::{FactoryTimeout, LoadError, OptionsError, TypeMismatch};
 
 /// Why a [`Cache`](crate::Cache) could not be built.
 #[derive(Debug, thiserror::Error)]

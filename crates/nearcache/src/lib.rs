@@ -186,7 +186,7 @@ mod stats;
 
 pub use builder::CacheBuilder;
 pub use cache::Cache;
-pub use error::{BuildError, LoadError, OptionsError, TypeMismatch};
+pub use error::{BuildError, FactoryTimeout, LoadError, OptionsError, TypeMismatch};
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use invalidation::{Invalidation, Propagated, WaitPublished};

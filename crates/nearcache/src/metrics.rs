@@ -115,6 +115,9 @@ mod handles {
         loads_not_stored: Counter,
         batch_loads: Counter,
         batch_keys_loaded: Counter,
+        fail_safe_activations: Counter,
+        hard_timeouts: Counter,
+        eager_refreshes: Counter,
         evictions: Counter,
         expirations: Counter,
         messages_published: Counter,
@@ -163,6 +166,9 @@ mod handles {
                 loads_not_stored: counter!("nearcache_loads_not_stored_total", &l),
                 batch_loads: counter!("nearcache_batch_loads_total", &l),
                 batch_keys_loaded: counter!("nearcache_batch_keys_loaded_total", &l),
+                fail_safe_activations: counter!("nearcache_fail_safe_activations_total", &l),
+                hard_timeouts: counter!("nearcache_hard_timeouts_total", &l),
+                eager_refreshes: counter!("nearcache_eager_refreshes_total", &l),
                 evictions: counter!("nearcache_evictions_total", &l),
                 expirations: counter!("nearcache_expirations_total", &l),
                 messages_published: counter!("nearcache_messages_published_total", &l),
@@ -227,6 +233,9 @@ mod handles {
             self.loads_not_stored.absolute(s.inserts_rejected_stale);
             self.batch_loads.absolute(s.batch_loads);
             self.batch_keys_loaded.absolute(s.batch_keys_loaded);
+            self.fail_safe_activations.absolute(s.fail_safe_activations);
+            self.hard_timeouts.absolute(s.hard_timeouts);
+            self.eager_refreshes.absolute(s.eager_refreshes);
             self.evictions.absolute(s.evictions);
             self.expirations.absolute(s.expirations);
             self.entries.set(entries as f64);

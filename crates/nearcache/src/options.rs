@@ -68,6 +68,32 @@ pub struct CacheOptions {
     /// default they do not: a short stable hash of the key stands in for it (the same key
     /// always gives the same hash, on every instance). Default `false`.
     pub log_keys: bool,
+    /// Fail-safe: how long entries that expire by time are kept past their expiry (still
+    /// weighing against the capacity, never returned by `get`), so that when a later load
+    /// of the key fails (an error, a panic, `hard_timeout`) its callers get the expired value
+    /// instead of the error. An invalidated entry (`remove`, `set`, a region or sub-key
+    /// expiry, `clear`, a peer's message, a loss clear) is never kept. A factory overrides
+    /// it per entry with `Entry::fail_safe_max_duration`. Default: none (off).
+    #[serde(with = "humantime_serde")]
+    pub fail_safe_max_duration: Option<Duration>,
+    /// After fail-safe served an expired value, how long that value is served again as a
+    /// live entry (`get` included) before the factory is tried again: a failing database is
+    /// called about once per key per throttle, not by every request. `0s`: tried on every
+    /// call. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub fail_safe_throttle: Duration,
+    /// Longest an async get-or-create's factory may run. Past it its future is dropped
+    /// (the load is cancelled, not left running) and every caller of that load gets the
+    /// fail-safe value if there is one, else `LoadError::Timeout`. Blocking
+    /// (`_sync`) callers are not timed. Not zero. Default: none.
+    #[serde(with = "humantime_serde")]
+    pub hard_timeout: Option<Duration>,
+    /// Eager refresh, for the `get_or_create_detached*` loaders: once this fraction of an
+    /// entry's absolute time to live has passed (0.8: after 48 s of a minute), the first hit
+    /// starts one background reload while callers keep getting the current value, so hot
+    /// keys do not all miss at once at expiry. Per entry: `Entry::eager_refresh_threshold`.
+    /// Strictly between 0 and 1. Default: none.
+    pub eager_refresh_threshold: Option<f64>,
     /// How instances tell each other about invalidations.
     pub backplane: BackplaneOptions,
 }
@@ -84,6 +110,10 @@ impl Default for CacheOptions {
             purge_interval: Duration::from_secs(60),
             name: None,
             log_keys: false,
+            fail_safe_max_duration: None,
+            fail_safe_throttle: Duration::from_secs(30),
+            hard_timeout: None,
+            eager_refresh_threshold: None,
             backplane: BackplaneOptions::default(),
         }
     }
@@ -116,6 +146,10 @@ impl fmt::Debug for CacheOptions {
             .field("purge_interval", &self.purge_interval)
             .field("name", &self.name)
             .field("log_keys", &self.log_keys)
+            .field("fail_safe_max_duration", &self.fail_safe_max_duration)
+            .field("fail_safe_throttle", &self.fail_safe_throttle)
+            .field("hard_timeout", &self.hard_timeout)
+            .field("eager_refresh_threshold", &self.eager_refresh_threshold)
             .field("backplane", &self.backplane)
             .finish()
     }
@@ -521,6 +555,26 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn resilience_options_read_as_human_durations() {
+        let options: CacheOptions = toml::from_str(
+            "fail_safe_max_duration = \"2h\"\nfail_safe_throttle = \"10s\"\nhard_timeout = \"1500ms\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            options.fail_safe_max_duration,
+            Some(Duration::from_secs(7200))
+        );
+        assert_eq!(options.fail_safe_throttle, Duration::from_secs(10));
+        assert_eq!(options.hard_timeout, Some(Duration::from_millis(1500)));
+        let defaults = CacheOptions::default();
+        assert_eq!(
+            defaults.fail_safe_max_duration, None,
+            "fail-safe is off by default"
+        );
+        assert_eq!(defaults.fail_safe_throttle, Duration::from_secs(30));
     }
 
     #[test]

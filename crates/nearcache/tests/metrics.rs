@@ -384,3 +384,67 @@ async fn batch_loads_and_their_keys_are_exported() {
     assert_eq!(counter(s, "nearcache_loads_total", &a, &[]), 3);
     assert_eq!(samples(s, "nearcache_load_duration_seconds", &a), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let bus = InMemoryBackplane::new();
+    let conn = bus.connection();
+    let (clock, mock) = quanta::Clock::mock();
+    let options = CacheOptions {
+        name: Some("resilient".to_owned()),
+        fail_safe_max_duration: Some(Duration::from_secs(600)),
+        hard_timeout: Some(Duration::from_millis(20)),
+        eager_refresh_threshold: Some(0.5),
+        ..CacheOptions::default()
+    };
+    let cache = metrics::with_local_recorder(&recorder, || {
+        Cache::builder()
+            .options(options)
+            .backplane(conn.clone())
+            .clock(clock)
+            .build()
+            .unwrap()
+    });
+    let events = cache.events();
+    tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
+    let me = Instance {
+        cache,
+        conn,
+        events,
+    };
+    let (eager, failing) = (Key::from_text("eager"), Key::from_text("failing"));
+    for k in [&eager, &failing] {
+        me.cache
+            .get_or_create_detached(k, async |entry| {
+                entry.time_to_live(Duration::from_secs(10));
+                Ok::<_, Infallible>(1_u32)
+            })
+            .await
+            .unwrap();
+    }
+    // Past half the time to live: a detached hit starts a refresh.
+    mock.increment(Duration::from_secs(6));
+    me.cache
+        .get_or_create_detached(&eager, async |_| Ok::<_, Infallible>(2_u32))
+        .await
+        .unwrap();
+    // Past expiry: a load that never finishes times out and fail-safe serves the old value.
+    mock.increment(Duration::from_secs(5));
+    let served = me
+        .cache
+        .get_or_create(&failing, async |_| {
+            std::future::pending::<Result<u32, Infallible>>().await
+        })
+        .await
+        .unwrap();
+    assert_eq!(*served, 1);
+    let s = &snapshot(&snapshotter, &[&me]);
+    assert_eq!(counter(s, "nearcache_eager_refreshes_total", &me, &[]), 1);
+    assert_eq!(counter(s, "nearcache_hard_timeouts_total", &me, &[]), 1);
+    assert_eq!(
+        counter(s, "nearcache_fail_safe_activations_total", &me, &[]),
+        1
+    );
+}

@@ -1,0 +1,152 @@
+//! Eager refresh: the detached loaders, whose factories may outlive their caller.
+//!
+//! A hit on an entry past its `eager_refresh_threshold` claims the entry's refresh (one
+//! compare-and-swap: only the first such read wins) and starts one reload on the tokio
+//! blocking pool of the runtime the store was built in, through the key's flight table: a
+//! load of the key already in progress is left alone, and foreground callers that miss
+//! meanwhile join the refresh's flight. Callers keep getting the current value. The
+//! refresh's value is stored under the no-stale-insert rule of every load, so an
+//! invalidation that overlaps it keeps it out.
+//!
+//! Async factories run there under `Handle::block_on`, so their futures need not be `Send`
+//! (only the factory itself, which moves to that thread). Without the `tokio` feature or a
+//! runtime, nothing is refreshed early; the first skipped refresh is logged.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use nearcache_keys::Key;
+
+use crate::entry::Entry;
+use crate::error::LoadError;
+#[cfg(feature = "tokio")]
+use crate::stats::Counter;
+use crate::store::{Store, StoreInner};
+#[cfg(feature = "tokio")]
+use crate::value::Shape;
+
+impl Store {
+    /// Like [`get_or_create`](Self::get_or_create), for a factory that may run detached
+    /// from its caller (`Send + 'static`): with an eager refresh threshold (the store's
+    /// `eager_refresh_threshold`, or the entry's), the first hit past it starts one
+    /// background reload through the key's single flight while every caller keeps getting
+    /// the current value. A miss loads in the foreground, as `get_or_create` does.
+    ///
+    /// The reload runs on the blocking pool of the tokio runtime the store was built in;
+    /// without one (or without the `tokio` feature) nothing is refreshed early, and the
+    /// first such hit is logged.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create). A background reload's failure reaches no
+    /// caller: the current value stays until it expires.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create); a started refresh goes on regardless.
+    pub async fn get_or_create_detached<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+            if due {
+                self.spawn_refresh_async::<Arc<T>, E, F>(key, factory);
+            }
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
+    }
+
+    /// The blocking twin of [`get_or_create_detached`](Self::get_or_create_detached); the
+    /// refresh runs on the runtime the store was built in, even for callers outside it.
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_detached_sync<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+            if due {
+                self.spawn_refresh_sync::<Arc<T>, E, F>(key, factory);
+            }
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        self.inner.load_sync::<Arc<T>, E, F>(key, factory)
+    }
+
+    #[cfg(feature = "tokio")]
+    fn spawn_refresh_async<S, E, F>(&self, key: &Key, factory: F)
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        let Some(runtime) = self.inner.runtime.clone() else {
+            self.inner.refresh_skipped(key);
+            return;
+        };
+        self.inner.stats.incr(Counter::EagerRefreshes);
+        let (store, key) = (self.clone(), key.clone());
+        drop(runtime.clone().spawn_blocking(move || {
+            store
+                .inner
+                .refresh_async::<S, E, F>(&runtime, &key, factory);
+        }));
+    }
+
+    #[cfg(not(feature = "tokio"))]
+    fn spawn_refresh_async<S, E, F>(&self, key: &Key, _factory: F) {
+        self.inner.refresh_skipped(key);
+    }
+
+    #[cfg(feature = "tokio")]
+    fn spawn_refresh_sync<S, E, F>(&self, key: &Key, factory: F)
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut Entry) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        let Some(runtime) = &self.inner.runtime else {
+            self.inner.refresh_skipped(key);
+            return;
+        };
+        self.inner.stats.incr(Counter::EagerRefreshes);
+        let (store, key) = (self.clone(), key.clone());
+        drop(runtime.spawn_blocking(move || {
+            store.inner.refresh_sync::<S, E, F>(&key, factory);
+        }));
+    }
+
+    #[cfg(not(feature = "tokio"))]
+    fn spawn_refresh_sync<S, E, F>(&self, key: &Key, _factory: F) {
+        self.inner.refresh_skipped(key);
+    }
+}
+
+impl StoreInner {
+    /// Logs, once per store, that an eager refresh was due but nothing could run it.
+    #[cold]
+    fn refresh_skipped(&self, key: &Key) {
+        if !self.no_runtime_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key = %self.shown(key),
+                "an eager refresh is due but the store was built outside a tokio runtime (or \
+                 without the tokio feature): entries are reloaded only when they expire"
+            );
+        }
+    }
+}
