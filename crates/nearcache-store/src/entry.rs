@@ -549,6 +549,16 @@ impl StoredEntry {
         if self.global_epoch != global_epoch || shared.tokens.any_expired() {
             return Standing::Dead;
         }
+        if now < self.kept_until(shared) {
+            Standing::Kept
+        } else {
+            Standing::Dead
+        }
+    }
+
+    /// When the fail-safe window of this entry ends: its time expiry (absolute, or sliding
+    /// from the last access) plus the window.
+    fn kept_until(&self, shared: &Shared) -> u64 {
         let idle_until = match shared.sliding {
             NEVER => NEVER,
             window => shared
@@ -556,12 +566,9 @@ impl StoredEntry {
                 .load(Ordering::Relaxed)
                 .saturating_add(window),
         };
-        let expired_at = self.deadline.min(idle_until);
-        if now < expired_at.saturating_add(shared.fail_safe) {
-            Standing::Kept
-        } else {
-            Standing::Dead
-        }
+        self.deadline
+            .min(idle_until)
+            .saturating_add(shared.fail_safe)
     }
 
     /// Whether the store holds on to the entry at `now` (alive, or kept for fail-safe): the
@@ -579,17 +586,7 @@ impl StoredEntry {
         if throttle.is_zero() {
             return None;
         }
-        let idle_until = match shared.sliding {
-            NEVER => NEVER,
-            window => shared
-                .last_access
-                .load(Ordering::Relaxed)
-                .saturating_add(window),
-        };
-        let kept_until = self
-            .deadline
-            .min(idle_until)
-            .saturating_add(shared.fail_safe);
+        let kept_until = self.kept_until(shared);
         let deadline = deadline_after(now, throttle);
         Some(StoredEntry::new(
             self.payload.clone(),
