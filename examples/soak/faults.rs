@@ -48,20 +48,23 @@ fn sent(caches: &[Cache]) -> Vec<u64> {
         .collect()
 }
 
-/// Recovered from a fault: every instance is subscribed again, has nothing queued, and has
-/// published something since the fault ended (its publisher reconnects on its own schedule,
-/// maybe after its subscriber; until then its peers may serve what it invalidated).
-fn recovered(caches: &[Cache], sent_at_heal: &[u64]) -> bool {
-    let connected = caches.iter().all(|c| {
-        c.stats()
-            .propagation
-            .is_some_and(|p| p.connected && p.outbox_len == 0)
-    });
-    connected
-        && sent(caches)
-            .iter()
-            .zip(sent_at_heal)
-            .all(|(now, then)| now > then)
+/// Recovered from a fault: every instance is subscribed again, has published something
+/// since the fault ended (its publisher reconnects on its own schedule, maybe after its
+/// subscriber; until then its peers may serve what it invalidated), and has been seen with
+/// nothing queued since then — each on its own: under the workers' writes the three
+/// outboxes are seldom empty at one instant, though each drains every few milliseconds.
+/// `drained` remembers which instances were seen empty.
+fn recovered(caches: &[Cache], sent_at_heal: &[u64], drained: &mut [bool]) -> bool {
+    let mut back = true;
+    for ((cache, then), drained) in caches.iter().zip(sent_at_heal).zip(drained.iter_mut()) {
+        let Some(p) = cache.stats().propagation else {
+            return false;
+        };
+        let sent = p.messages_sent + p.heartbeats_sent + p.answers_sent;
+        *drained |= p.connected && p.outbox_len == 0;
+        back &= p.connected && *drained && sent > *then;
+    }
+    back
 }
 
 /// Runs until `stop`: one fault every 2–6 s after a quiet `warm_up`.
@@ -89,10 +92,11 @@ pub(crate) fn inject(
         let healed = Instant::now();
         let sent_at_heal = sent(caches);
         let patience = Duration::from_secs(20);
-        let mut back = recovered(caches, &sent_at_heal);
+        let mut drained = vec![false; caches.len()];
+        let mut back = recovered(caches, &sent_at_heal, &mut drained);
         while !back && healed.elapsed() < patience && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(1));
-            back = recovered(caches, &sent_at_heal);
+            back = recovered(caches, &sent_at_heal, &mut drained);
         }
         if back {
             let ms = u64::try_from(healed.elapsed().as_millis()).unwrap_or(u64::MAX);
