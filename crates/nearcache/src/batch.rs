@@ -8,11 +8,9 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use nearcache_keys::Key;
 use nearcache_store::{BatchEntries, LoadError};
-use tracing::Instrument;
 
 use crate::cache::{Cache, Inner};
 
@@ -108,11 +106,8 @@ impl Cache {
         let inner = Arc::clone(&self.inner);
         let store = inner.store.clone();
         let factory = async move |batch: &mut BatchEntries| {
-            let started = Instant::now();
             let span = inner.batch_span(batch.len());
-            let loaded = factory(batch).instrument(span).await;
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner.observe_load_async(span, factory(batch)).await
         };
         store.get_or_create_many(keys, factory).await
     }
@@ -138,10 +133,7 @@ impl Cache {
     {
         let inner = &*self.inner;
         let factory = |batch: &mut BatchEntries| {
-            let started = Instant::now();
-            let loaded = inner.batch_span(batch.len()).in_scope(|| factory(batch));
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner.observe_load(inner.batch_span(batch.len()), || factory(batch))
         };
         inner.store.get_or_create_many_sync(keys, factory)
     }

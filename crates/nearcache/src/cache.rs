@@ -87,6 +87,28 @@ impl Inner {
         }
         span
     }
+
+    /// Runs one factory call (`load`) inside `span`, timed into
+    /// `nearcache_load_duration_seconds`: what every blocking get-or-create wraps its
+    /// factory in.
+    pub(crate) fn observe_load<R>(&self, span: tracing::Span, load: impl FnOnce() -> R) -> R {
+        let started = std::time::Instant::now();
+        let loaded = span.in_scope(load);
+        self.load_duration.record(started.elapsed());
+        loaded
+    }
+
+    /// [`observe_load`](Self::observe_load) for an async factory call.
+    pub(crate) async fn observe_load_async<F: Future>(
+        &self,
+        span: tracing::Span,
+        load: F,
+    ) -> F::Output {
+        let started = std::time::Instant::now();
+        let loaded = load.instrument(span).await;
+        self.load_duration.record(started.elapsed());
+        loaded
+    }
 }
 
 impl Drop for Inner {
@@ -183,10 +205,9 @@ impl Cache {
         let key = key.borrow();
         let inner = &*self.inner;
         let factory = async move |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = factory(entry).instrument(inner.load_span(key)).await;
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner
+                .observe_load_async(inner.load_span(key), factory(entry))
+                .await
         };
         self.inner.store.get_or_create(key, factory).await
     }
@@ -217,12 +238,8 @@ impl Cache {
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = inner.load_span(key).in_scope(|| factory(entry));
-            inner.load_duration.record(started.elapsed());
-            loaded
-        };
+        let factory =
+            |entry: &mut Entry| inner.observe_load(inner.load_span(key), || factory(entry));
         self.inner.store.get_or_create_sync(key, factory)
     }
 
@@ -250,10 +267,9 @@ impl Cache {
         let key = key.borrow();
         let inner = &*self.inner;
         let factory = async move |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = factory(entry).instrument(inner.load_span(key)).await;
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner
+                .observe_load_async(inner.load_span(key), factory(entry))
+                .await
         };
         self.inner.store.get_or_create_optional(key, factory).await
     }
@@ -276,12 +292,8 @@ impl Cache {
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = inner.load_span(key).in_scope(|| factory(entry));
-            inner.load_duration.record(started.elapsed());
-            loaded
-        };
+        let factory =
+            |entry: &mut Entry| inner.observe_load(inner.load_span(key), || factory(entry));
         self.inner.store.get_or_create_optional_sync(key, factory)
     }
 
@@ -319,10 +331,9 @@ impl Cache {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
         let factory = async move |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = factory(entry).instrument(inner.load_span(&span_key)).await;
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner
+                .observe_load_async(inner.load_span(&span_key), factory(entry))
+                .await
         };
         self.inner.store.get_or_create_detached(key, factory).await
     }
@@ -347,10 +358,7 @@ impl Cache {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
         let factory = move |entry: &mut Entry| {
-            let started = std::time::Instant::now();
-            let loaded = inner.load_span(&span_key).in_scope(|| factory(entry));
-            inner.load_duration.record(started.elapsed());
-            loaded
+            inner.observe_load(inner.load_span(&span_key), || factory(entry))
         };
         self.inner.store.get_or_create_detached_sync(key, factory)
     }
