@@ -29,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{Goal, Payload, Report, Row, Unit, VALUE};
-use nearcache::{Cache, CacheOptions, Entry, Key};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key};
 
 /// Keys held (as row 1).
 const KEYS: usize = 10_000;
@@ -205,13 +205,13 @@ fn child(operation: &str, iterations: u64) {
             run(&order, iterations, |i| cache.get::<Payload>(&keys[i]));
         }
         "nearcache_get_or_create_sync" => {
-            let factory = |_: &mut Entry| Ok::<Payload, Infallible>(VALUE);
+            let factory = |_: &mut EntryOptions| Ok::<Payload, Infallible>(VALUE);
             run(&order, iterations, |i| {
                 cache.get_or_create_sync(&keys[i], factory)
             });
         }
         "nearcache_get_or_create_async" => run(&order, iterations, |i| {
-            ready(cache.get_or_create(&keys[i], async |_: &mut Entry| {
+            ready(cache.get_or_create(&keys[i], async |_: &mut EntryOptions| {
                 Ok::<Payload, Infallible>(VALUE)
             }))
         }),

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use nearcache::{Cache, CacheOptions, Entry, Key};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key};
 
 type QuickKey = quick_cache::sync::Cache<Key, Arc<Payload>>;
 type QuickStr = quick_cache::sync::Cache<Arc<str>, Arc<Payload>>;
@@ -164,7 +164,7 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         assert!(moka_str.get(&**text).is_some());
     }
 
-    let factory = |_: &mut Entry| Ok::<Payload, Infallible>(VALUE);
+    let factory = |_: &mut EntryOptions| Ok::<Payload, Infallible>(VALUE);
     let mut group = c.benchmark_group("hit");
     bench_lookup(&mut group, "nearcache_get", &order, |i| {
         plain.get::<Payload>(&keys[i])
@@ -176,7 +176,7 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         plain.get_or_create_sync(&keys[i], factory)
     });
     bench_lookup(&mut group, "nearcache_get_or_create_async", &order, |i| {
-        ready(plain.get_or_create(&keys[i], async |_: &mut Entry| {
+        ready(plain.get_or_create(&keys[i], async |_: &mut EntryOptions| {
             Ok::<Payload, Infallible>(VALUE)
         }))
     });

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use hdrhistogram::Histogram;
-use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, Entry, InstanceId, Key};
+use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, EntryOptions, InstanceId, Key};
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisCluster, RedisServer};
 use redis::aio::MultiplexedConnection;
@@ -264,9 +264,11 @@ async fn nearcache_latency_on(url: &str, app: &str, keys: &[Key], warmup: usize)
     let mut events = b.events();
     let mut histogram = common::histogram();
     for (n, key) in keys.iter().enumerate() {
-        b.get_or_create(key, async |_: &mut Entry| Ok::<Payload, Infallible>(VALUE))
-            .await
-            .expect("loads");
+        b.get_or_create(key, async |_: &mut EntryOptions| {
+            Ok::<Payload, Infallible>(VALUE)
+        })
+        .await
+        .expect("loads");
         let start = Instant::now();
         a.remove(key);
         next_applied(&mut events, origin)

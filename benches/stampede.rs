@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Goal, Payload, Product, Report, Row, Unit, VALUE, pick};
 use hdrhistogram::Histogram;
-use nearcache::{Cache, CacheOptions, Entry, Key, cache_key};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key, cache_key};
 use tokio::sync::Barrier;
 use tokio::task::JoinSet;
 
@@ -110,7 +110,7 @@ async fn nearcache_rounds(rounds: usize) -> Outcome {
                 let key = key.clone();
                 async move {
                     cache
-                        .get_or_create(&key, async |_: &mut Entry| {
+                        .get_or_create(&key, async |_: &mut EntryOptions| {
                             tokio::time::sleep(FACTORY_TIME).await;
                             Ok::<Payload, Infallible>(VALUE)
                         })

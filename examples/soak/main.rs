@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nearcache::{Cache, CacheEvent, CacheOptions, Entry, Key, region};
+use nearcache::{Cache, CacheEvent, CacheOptions, EntryOptions, Key, region};
 use rand::Rng;
 
 use db::{Db, Staleness};
@@ -317,7 +317,7 @@ async fn read(shared: &Shared, cache: &Cache, k: usize) {
     shared.reads.fetch_add(1, Ordering::Relaxed);
     let db = &shared.db;
     let loaded = cache
-        .get_or_create(key(k), async |entry: &mut Entry| {
+        .get_or_create(key(k), async |entry: &mut EntryOptions| {
             entry.region_key::<Shard>(&sub(k));
             Ok::<_, std::convert::Infallible>(Versioned {
                 version: db.read(k),
@@ -357,7 +357,7 @@ async fn write(shared: &Shared, cache: &Cache, k: usize, roll: u32, fire_and_for
         _payload: vec![0; 256],
     };
     let s = sub(k);
-    let tie = move |entry: &mut Entry| {
+    let tie = move |entry: &mut EntryOptions| {
         entry.region_key::<Shard>(&s);
     };
     match (roll, fire_and_forget) {

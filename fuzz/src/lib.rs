@@ -182,17 +182,17 @@ impl ApplyHarness {
         let plain = Key::from_text("Fuzz:plain");
         let regional = Key::from_text("Fuzz:regional");
         let sub = Key::from_text("Fuzz:sub");
-        let ok = |_: &mut nearcache::Entry| Ok::<_, std::convert::Infallible>(1_u8);
+        let ok = |_: &mut nearcache::EntryOptions| Ok::<_, std::convert::Infallible>(1_u8);
         let _ = self.cache.get_or_create_sync(&plain, ok);
         let _ = self
             .cache
-            .get_or_create_sync(&regional, |entry: &mut nearcache::Entry| {
+            .get_or_create_sync(&regional, |entry: &mut nearcache::EntryOptions| {
                 entry.region::<FuzzRegion>();
                 Ok::<_, std::convert::Infallible>(2_u8)
             });
         let _ = self
             .cache
-            .get_or_create_sync(&sub, |entry: &mut nearcache::Entry| {
+            .get_or_create_sync(&sub, |entry: &mut nearcache::EntryOptions| {
                 entry.region_key::<FuzzRegion>("s");
                 Ok::<_, std::convert::Infallible>(3_u8)
             });

@@ -293,7 +293,7 @@ impl Backend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::entry::{Entry, EntryDefaults};
+    use crate::entry::{EntryDefaults, EntryOptions};
     use crate::value::Payload;
     use nearcache_regions::Regions;
 
@@ -313,7 +313,7 @@ mod tests {
             fail_safe: None,
             eager_refresh: None,
         };
-        Entry::new(key.clone(), Arc::clone(regions))
+        EntryOptions::new(key.clone(), Arc::clone(regions))
             .into_stored(
                 Payload::value(Arc::new(1_u8)),
                 regions.global_epoch(),
@@ -378,7 +378,7 @@ mod tests {
             eager_refresh: None,
         };
         let weighing = |key: &Key, weight: u32| {
-            let mut entry = Entry::new(key.clone(), Arc::clone(&regions));
+            let mut entry = EntryOptions::new(key.clone(), Arc::clone(&regions));
             entry.weight(weight);
             entry
                 .into_stored(Payload::value(Arc::new(1_u8)), 0, 0, &defaults)
@@ -422,7 +422,7 @@ mod tests {
         };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
         for (i, key) in keys.iter().enumerate() {
-            let mut tied = Entry::new(key.clone(), Arc::clone(&regions));
+            let mut tied = EntryOptions::new(key.clone(), Arc::clone(&regions));
             if i % 3 != 0 {
                 tied.region_by_name("doomed").unwrap();
             }

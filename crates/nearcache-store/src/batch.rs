@@ -8,7 +8,7 @@
 //!   ([`StoreInner::acquire`]): a live entry is a hit; a load in progress (single-key or
 //!   another batch's) is joined; otherwise this caller leads a new flight for it.
 //! - The factory is called once with every key this caller leads ([`BatchEntries`]), each
-//!   with its own [`Entry`] for its expiry and regions. Each key's value then ends its own
+//!   with its own [`EntryOptions`] for its expiry and regions. Each key's value then ends its own
 //!   flight through the single-key leader's check-then-insert, so the no-stale-insert rule
 //!   and the late-caller rule hold per key: an invalidation of one key keeps that key's value
 //!   out and stores the others.
@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use nearcache_keys::Key;
 
-use crate::entry::Entry;
+use crate::entry::EntryOptions;
 use crate::error::{LoadError, WouldDeadlock};
 use crate::flight::{Flight, LeaderKind};
 use crate::load::{Acquired, Leader, resolve};
@@ -41,7 +41,7 @@ use crate::store::{Store, StoreInner};
 /// What a batch caller asks each key for: a value, or `None` (left out by the factory).
 type Item<T> = Option<Arc<T>>;
 
-/// The keys a batch factory must load, each with the [`Entry`] its value will be stored
+/// The keys a batch factory must load, each with the [`EntryOptions`] its value will be stored
 /// with.
 ///
 /// The factory loads [`keys`](Self::keys) and returns `(key, value)` pairs; before it
@@ -76,12 +76,12 @@ type Item<T> = Option<Arc<T>>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct BatchEntries {
-    entries: Vec<Entry>,
+    entries: Vec<EntryOptions>,
     index: HashMap<Key, usize>,
 }
 
 impl BatchEntries {
-    fn new(entries: Vec<Entry>) -> Self {
+    fn new(entries: Vec<EntryOptions>) -> Self {
         let index = entries
             .iter()
             .enumerate()
@@ -92,7 +92,7 @@ impl BatchEntries {
 
     /// The keys to load: neither cached nor being loaded by anyone else, each once.
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &Key> + '_ {
-        self.entries.iter().map(Entry::key)
+        self.entries.iter().map(EntryOptions::key)
     }
 
     /// How many keys to load (never zero: the factory is not called for none).
@@ -106,13 +106,13 @@ impl BatchEntries {
     }
 
     /// The entry options of `key`, or `None` when `key` is not one of [`keys`](Self::keys).
-    pub fn entry(&mut self, key: &Key) -> Option<&mut Entry> {
+    pub fn entry(&mut self, key: &Key) -> Option<&mut EntryOptions> {
         let i = *self.index.get(key)?;
         self.entries.get_mut(i)
     }
 
     /// Every key's entry options, in the order of [`keys`](Self::keys).
-    pub fn entries_mut(&mut self) -> impl ExactSizeIterator<Item = &mut Entry> + '_ {
+    pub fn entries_mut(&mut self) -> impl ExactSizeIterator<Item = &mut EntryOptions> + '_ {
         self.entries.iter_mut()
     }
 }
@@ -252,7 +252,7 @@ impl StoreInner {
     fn detached_entries(&self, keys: &[Key]) -> BatchEntries {
         BatchEntries::new(
             keys.iter()
-                .map(|key| Entry::new(key.clone(), Arc::clone(&self.regions)))
+                .map(|key| EntryOptions::new(key.clone(), Arc::clone(&self.regions)))
                 .collect(),
         )
     }

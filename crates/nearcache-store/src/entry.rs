@@ -1,9 +1,9 @@
-//! Entries: [`Entry`], the handle a factory sets options through, and the stored form the
+//! Entries: [`EntryOptions`], the handle a factory sets options through, and the stored form the
 //! cache keeps (value, tokens, deadlines), with its liveness check.
 //!
-//! **Tokens are never inherited.** Each load creates its own `Entry` and hands it only to its
+//! **Tokens are never inherited.** Each load creates its own `EntryOptions` and hands it only to its
 //! own factory. There is no ambient "current entry" (no thread-local, no task-local), so a
-//! factory that loads another key inside itself gives that key a fresh `Entry`: neither
+//! factory that loads another key inside itself gives that key a fresh `EntryOptions`: neither
 //! entry's regions, tokens or expiry leak into the other, in either direction.
 
 use std::fmt;
@@ -22,7 +22,7 @@ use crate::value::Payload;
 /// hot entries are not written on every hit (no cache-line ping-pong between readers).
 const TOUCH_GRANULARITY: u64 = 1_000_000;
 
-/// The options of the entry being loaded (or `set`), given to its factory as `&mut Entry`.
+/// The options of the entry being loaded (or `set`), given to its factory as `&mut EntryOptions`.
 ///
 /// Whatever the factory sets overrides the store's defaults field by field; what it leaves
 /// alone keeps the default. Setters return `&mut Self` so they chain.
@@ -50,11 +50,11 @@ const TOUCH_GRANULARITY: u64 = 1_000_000;
 ///
 /// # Tokens are never inherited
 ///
-/// Each load creates its own `Entry` and hands it only to its own factory; there is no
+/// Each load creates its own `EntryOptions` and hands it only to its own factory; there is no
 /// ambient "current entry" (no thread-local, no task-local). A factory that loads another key
-/// inside itself gives that key a fresh `Entry`, so neither entry's regions, tokens or expiry
+/// inside itself gives that key a fresh `EntryOptions`, so neither entry's regions, tokens or expiry
 /// leak into the other, in either direction.
-pub struct Entry {
+pub struct EntryOptions {
     key: Key,
     regions: Arc<Regions>,
     absolute: Option<Absolute>,
@@ -73,9 +73,9 @@ enum Absolute {
     At(Instant),
 }
 
-impl Entry {
+impl EntryOptions {
     pub(crate) fn new(key: Key, regions: Arc<Regions>) -> Self {
-        Entry {
+        EntryOptions {
             key,
             regions,
             absolute: None,
@@ -282,9 +282,9 @@ impl Entry {
     }
 }
 
-impl fmt::Debug for Entry {
+impl fmt::Debug for EntryOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry")
+        f.debug_struct("EntryOptions")
             .field("key", &self.key)
             .field("absolute", &self.absolute)
             .field("sliding", &self.sliding)
@@ -651,11 +651,11 @@ mod tests {
         }
     }
 
-    fn entry(regions: &Arc<Regions>) -> Entry {
-        Entry::new(Key::from_text("k"), Arc::clone(regions))
+    fn entry(regions: &Arc<Regions>) -> EntryOptions {
+        EntryOptions::new(Key::from_text("k"), Arc::clone(regions))
     }
 
-    fn store(entry: Entry, regions: &Regions, now: u64) -> Option<StoredEntry> {
+    fn store(entry: EntryOptions, regions: &Regions, now: u64) -> Option<StoredEntry> {
         entry.into_stored(
             Payload::value(Arc::new(1_u8)),
             regions.global_epoch(),

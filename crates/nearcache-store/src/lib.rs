@@ -90,7 +90,11 @@ mod store;
 mod value;
 
 pub use batch::BatchEntries;
-pub use entry::Entry;
+pub use entry::EntryOptions;
+
+/// The old name of [`EntryOptions`]: what a factory sets for the entry it loads.
+#[deprecated(note = "renamed to `EntryOptions` (the options of the entry a factory loads)")]
+pub type Entry = EntryOptions;
 pub use error::{FactoryTimeout, LoadError, OptionsError, TypeMismatch, WouldDeadlock};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;

@@ -15,7 +15,7 @@
 //!
 //! Fail-safe: when a factory fails (an error, a panic, a hard timeout), the leader looks,
 //! under the same flight-shard lock, for the key's entry *kept* past its time expiry (see
-//! `Entry::fail_safe_max_duration`). Only an entry that no invalidation has touched is kept
+//! `EntryOptions::fail_safe_max_duration`). Only an entry that no invalidation has touched is kept
 //! (`remove` and `set` replace it under that lock; a `clear` or region expiry kills it by
 //! epoch and token, which the check reads), so what fail-safe serves merely expired. It is
 //! handed to every caller of the flight in place of the error and re-armed, alive, for the
@@ -30,7 +30,7 @@ use std::task::{Context, Poll};
 
 use nearcache_keys::Key;
 
-use crate::entry::{Entry, Standing, StoredEntry};
+use crate::entry::{EntryOptions, Standing, StoredEntry};
 use crate::error::{FactoryTimeout, LoadError, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::removal::{RemovalCause, Removals};
@@ -264,7 +264,7 @@ impl StoreInner {
     where
         S: Shape,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<S::Loaded, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
         let Some(leader) = self.lead_refresh(key) else {
             return;
@@ -291,7 +291,7 @@ impl StoreInner {
     ) where
         S: Shape,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
         let Some(leader) = self.lead_refresh(key) else {
             return;
@@ -371,12 +371,12 @@ impl StoreInner {
     where
         S: Shape,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<S::Loaded, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
         if !self.enabled {
             self.stats.incr(Counter::Misses);
             self.stats.incr(Counter::Loads);
-            let mut entry = Entry::new(key.clone(), Arc::clone(&self.regions));
+            let mut entry = EntryOptions::new(key.clone(), Arc::clone(&self.regions));
             return self.pass_through(factory(&mut entry));
         }
         let bypass = self.read_bypass();
@@ -423,12 +423,12 @@ impl StoreInner {
     where
         S: Shape,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
         if !self.enabled {
             self.stats.incr(Counter::Misses);
             self.stats.incr(Counter::Loads);
-            let mut entry = Entry::new(key.clone(), Arc::clone(&self.regions));
+            let mut entry = EntryOptions::new(key.clone(), Arc::clone(&self.regions));
             return self.pass_through(factory(&mut entry).await);
         }
         let bypass = self.read_bypass();
@@ -496,7 +496,7 @@ impl StoreInner {
         &self,
         leader: &Leader<'_>,
         payload: &Payload,
-        entry: Entry,
+        entry: EntryOptions,
         store: bool,
     ) -> (bool, Removals) {
         let flight = &leader.flight;
@@ -570,13 +570,13 @@ impl StoreInner {
 
 impl Leader<'_> {
     /// A fresh entry for this flight's factory (never shared with any other load).
-    pub(crate) fn entry(&self) -> Entry {
-        Entry::new(self.key.clone(), Arc::clone(&self.inner.regions))
+    pub(crate) fn entry(&self) -> EntryOptions {
+        EntryOptions::new(self.key.clone(), Arc::clone(&self.inner.regions))
     }
 
     pub(crate) fn finish<S: Shape, E: Send + Sync + 'static>(
         mut self,
-        entry: Entry,
+        entry: EntryOptions,
         result: Result<S::Loaded, Failed<E>>,
     ) -> Result<S, LoadError<E>> {
         let inner = self.inner;

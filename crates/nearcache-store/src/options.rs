@@ -25,7 +25,7 @@ use crate::error::OptionsError;
 ///
 /// By default the store holds at most [`max_capacity`](Self::max_capacity) entries. With
 /// [`max_weight`](Self::max_weight) set it holds entries up to that total weight instead;
-/// each entry weighs what its factory sets with [`Entry::weight`](crate::Entry::weight)
+/// each entry weighs what its factory sets with [`EntryOptions::weight`](crate::EntryOptions::weight)
 /// (default 1, minimum 1), and `max_capacity` only sizes internal tables (the expected number
 /// of entries).
 ///
@@ -67,7 +67,7 @@ pub struct StoreOptions {
     /// Default `false`.
     pub log_keys: bool,
     /// How long entries that expire by time are kept past their expiry for fail-safe,
-    /// unless their factory sets [`Entry::fail_safe_max_duration`](crate::Entry::fail_safe_max_duration):
+    /// unless their factory sets [`EntryOptions::fail_safe_max_duration`](crate::EntryOptions::fail_safe_max_duration):
     /// if a get-or-create then finds the entry expired and its factory fails (an error, a
     /// panic, a hard timeout), the callers get the expired value instead of the error. Kept
     /// entries are never returned by reads, still count against the capacity, and are

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 
 use nearcache_keys::Key;
 
-use crate::entry::Entry;
+use crate::entry::EntryOptions;
 use crate::error::LoadError;
 #[cfg(feature = "tokio")]
 use crate::stats::Counter;
@@ -52,7 +52,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
             if due {
@@ -77,7 +77,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
             if due {
@@ -93,7 +93,7 @@ impl Store {
     where
         S: Shape + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<S::Loaded, E> + Send + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
     {
         let Some(runtime) = self.inner.runtime.clone() else {
             self.inner.refresh_skipped(key);
@@ -118,7 +118,7 @@ impl Store {
     where
         S: Shape + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<S::Loaded, E> + Send + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
     {
         let Some(runtime) = &self.inner.runtime else {
             self.inner.refresh_skipped(key);

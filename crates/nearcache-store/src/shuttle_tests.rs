@@ -202,7 +202,7 @@ fn invalidation_racing_loads(how: Invalidation) {
     let db = Arc::new(AtomicU64::new(0));
     let load_sync = {
         let db = Arc::clone(&db);
-        move |entry: &mut crate::Entry| {
+        move |entry: &mut crate::EntryOptions| {
             entry.region_key::<Catalog>("c1");
             let version = db.load(Ordering::SeqCst);
             thread::yield_now();

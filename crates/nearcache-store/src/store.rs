@@ -10,7 +10,7 @@ use nearcache_regions::{Region, RegionNameError, Regions, SubKey};
 
 use crate::backend::Backend;
 use crate::clock::StoreClock;
-use crate::entry::{Entry, EntryDefaults};
+use crate::entry::{EntryDefaults, EntryOptions};
 use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
 use crate::options::StoreOptions;
@@ -390,7 +390,7 @@ impl Store {
     ///
     /// Concurrent callers of one key — async and blocking alike — share one flight: the
     /// factory runs once and every caller gets the same `Arc`. The factory sets the entry's
-    /// expiry and regions through its `&mut Entry`, which belongs to this load alone (tokens
+    /// expiry and regions through its `&mut EntryOptions`, which belongs to this load alone (tokens
     /// are never inherited by loads it starts). If the key is removed or set, a region it
     /// uses is expired, or the store is cleared while the factory runs, the value is returned
     /// but not stored.
@@ -419,7 +419,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<T, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
@@ -444,7 +444,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<T, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
@@ -471,7 +471,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<Option<T>, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
@@ -494,7 +494,7 @@ impl Store {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<Option<T>, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
@@ -516,13 +516,13 @@ impl Store {
         &self,
         key: Key,
         value: T,
-        configure: impl FnOnce(&mut Entry),
+        configure: impl FnOnce(&mut EntryOptions),
     ) -> bool {
         let inner = &*self.inner;
         if !inner.enabled {
             return false;
         }
-        let mut entry = Entry::new(key.clone(), Arc::clone(&inner.regions));
+        let mut entry = EntryOptions::new(key.clone(), Arc::clone(&inner.regions));
         configure(&mut entry);
         let stored = entry.into_stored(
             Payload::value(Arc::new(value)),

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::{key, mock_store};
 use nearcache_keys::Key;
-use nearcache_store::{Entry, Store, StoreOptions};
+use nearcache_store::{EntryOptions, Store, StoreOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
-fn load(store: &Store, key: &Key, configure: impl FnOnce(&mut Entry)) {
+fn load(store: &Store, key: &Key, configure: impl FnOnce(&mut EntryOptions)) {
     store
         .get_or_create_sync(key, |entry| {
             configure(entry);

@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::{Catalog, Gate, Pricing, key, runtime, store, wait_for_waiters, wait_until};
 use nearcache_keys::Key;
 use nearcache_regions::{SubKey, SubKeyText};
-use nearcache_store::{Entry, LoadError, Store};
+use nearcache_store::{EntryOptions, LoadError, Store};
 
 /// Late callers started after the invalidation.
 const LATE: usize = 6;
@@ -33,7 +33,7 @@ enum Ties {
     CatalogLater,
 }
 
-fn tie(entry: &mut Entry, ties: Ties) {
+fn tie(entry: &mut EntryOptions, ties: Ties) {
     match ties {
         Ties::Catalog | Ties::CatalogLater => {
             entry.region::<Catalog>();
@@ -461,7 +461,7 @@ fn stress_no_read_goes_back_past_a_finished_invalidation() {
 
         /// The factory: ties the entry to the key's sub-key, reads the version, and yields
         /// so that invalidations land while loads are in flight.
-        fn load(&self, i: usize, entry: &mut Entry) -> u64 {
+        fn load(&self, i: usize, entry: &mut EntryOptions) -> u64 {
             entry.region_key::<Catalog>(&format!("c-{i}"));
             let version = self.versions[i].load(Ordering::SeqCst);
             std::thread::yield_now();

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use common::{Catalog, Gate, Pricing, key, runtime, store};
 use nearcache_keys::Key;
-use nearcache_store::{Entry, Store};
+use nearcache_store::{EntryOptions, Store};
 
 /// How the factory ties its entry to regions, and when.
 #[derive(Clone, Copy)]
@@ -27,7 +27,7 @@ enum Ties {
     SubKeyAfter,
 }
 
-fn tie(entry: &mut Entry, ties: Ties, after_pause: bool) {
+fn tie(entry: &mut EntryOptions, ties: Ties, after_pause: bool) {
     match (ties, after_pause) {
         (Ties::RegionFirst, false) | (Ties::RegionAfter, true) => {
             entry.region::<Catalog>();

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::{Catalog, Pricing, key, runtime, store, store_with};
 use nearcache_keys::Key;
-use nearcache_store::{Entry, Store, StoreOptions};
+use nearcache_store::{EntryOptions, Store, StoreOptions};
 
-fn put(store: &Store, key: &Key, configure: impl FnOnce(&mut Entry)) {
+fn put(store: &Store, key: &Key, configure: impl FnOnce(&mut EntryOptions)) {
     store
         .get_or_create_sync(key, |entry| {
             configure(entry);

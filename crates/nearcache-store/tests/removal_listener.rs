@@ -54,7 +54,7 @@ fn by_key(seen: &Seen) -> HashMap<String, RemovalCause> {
 #[test]
 fn each_cause_is_reported_once() {
     let (store, clock, seen) = listening_store(StoreOptions::default());
-    let ttl = |entry: &mut nearcache_store::Entry| {
+    let ttl = |entry: &mut nearcache_store::EntryOptions| {
         entry.time_to_live(Duration::from_secs(1));
     };
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::{CacheKey, Key};
 use nearcache_regions::{Region, SubKey};
-use nearcache_store::{Entry, LoadError, Store, TypeMismatch};
+use nearcache_store::{EntryOptions, LoadError, Store, TypeMismatch};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
@@ -177,7 +177,7 @@ impl Cache {
     /// factory runs once and every caller gets the same `Arc`. An `Err` is never cached; it
     /// goes to every caller of that load as the same `Arc<E>`. If the key is invalidated
     /// while the factory runs (here or by a peer), the value is returned but not stored.
-    /// The factory sets the entry's expiry and regions through its `&mut Entry`.
+    /// The factory sets the entry's expiry and regions through its `&mut EntryOptions`.
     ///
     /// `cache_none` does not apply here (a generic `T` cannot be told to be an `Option`):
     /// use [`get_or_create_optional`](Self::get_or_create_optional) for factories that may
@@ -200,11 +200,11 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<T, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = async move |entry: &mut Entry| {
+        let factory = async move |entry: &mut EntryOptions| {
             inner
                 .observe_load_async(inner.load_span(key), factory(entry))
                 .await
@@ -234,12 +234,12 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<T, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         let key = key.borrow();
         let inner = &*self.inner;
         let factory =
-            |entry: &mut Entry| inner.observe_load(inner.load_span(key), || factory(entry));
+            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
         self.inner.store.get_or_create_sync(key, factory)
     }
 
@@ -262,11 +262,11 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<Option<T>, E>,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = async move |entry: &mut Entry| {
+        let factory = async move |entry: &mut EntryOptions| {
             inner
                 .observe_load_async(inner.load_span(key), factory(entry))
                 .await
@@ -288,19 +288,19 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<Option<T>, E>,
+        F: FnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         let key = key.borrow();
         let inner = &*self.inner;
         let factory =
-            |entry: &mut Entry| inner.observe_load(inner.load_span(key), || factory(entry));
+            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
         self.inner.store.get_or_create_optional_sync(key, factory)
     }
 
     /// Like [`get_or_create`](Self::get_or_create), for a factory that may run detached
     /// from its caller (`Send + 'static`: it owns what it uses, e.g. a cloned pool), which
     /// enables **eager refresh**: with `eager_refresh_threshold` (or the entry's
-    /// `Entry::eager_refresh_threshold`), the first hit past that fraction of the entry's
+    /// `EntryOptions::eager_refresh_threshold`), the first hit past that fraction of the entry's
     /// absolute time to live starts one background reload through the key's single flight
     /// (a foreground load of the key joins it), and every caller keeps getting the current
     /// value meanwhile. An invalidation during the reload keeps its value out, as for any
@@ -326,11 +326,11 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: AsyncFnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
-        let factory = async move |entry: &mut Entry| {
+        let factory = async move |entry: &mut EntryOptions| {
             inner
                 .observe_load_async(inner.load_span(&span_key), factory(entry))
                 .await
@@ -353,11 +353,11 @@ impl Cache {
     where
         T: Send + Sync + 'static,
         E: Send + Sync + 'static,
-        F: FnOnce(&mut Entry) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
-        let factory = move |entry: &mut Entry| {
+        let factory = move |entry: &mut EntryOptions| {
             inner.observe_load(inner.load_span(&span_key), || factory(entry))
         };
         self.inner.store.get_or_create_detached_sync(key, factory)
@@ -393,7 +393,7 @@ impl Cache {
         &self,
         key: impl Borrow<Key>,
         value: T,
-        configure: impl FnOnce(&mut Entry),
+        configure: impl FnOnce(&mut EntryOptions),
     ) -> Invalidation<'_> {
         let key = key.borrow();
         self.inner.store.set_with(key.clone(), value, configure);

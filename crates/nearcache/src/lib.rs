@@ -67,7 +67,7 @@
 //!
 //! [`Cache::get_or_create`] (async) and [`Cache::get_or_create_sync`] (blocking) share one
 //! flight per key: concurrent callers run the factory once and all get the same `Arc`. The
-//! factory sets its entry's expiry and regions through [`Entry`]. An `Err` is never cached
+//! factory sets its entry's expiry and regions through [`EntryOptions`]. An `Err` is never cached
 //! and goes to every caller of that flight as one shared `Arc<E>` ([`LoadError::Factory`]); a
 //! factory that panics, or a caller dropped mid-load, hands the load to a waiter. If the key
 //! is invalidated while its factory runs — here or by a peer — the value is returned to its
@@ -210,7 +210,9 @@ pub use nearcache_derive::CacheKey;
 
 // ---- regions and entries ----
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
-pub use nearcache_store::{BatchEntries, Entry, RemovalCause};
+#[allow(deprecated)]
+pub use nearcache_store::Entry;
+pub use nearcache_store::{BatchEntries, EntryOptions, RemovalCause};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;

@@ -73,7 +73,7 @@ pub struct CacheOptions {
     /// of the key fails (an error, a panic, `hard_timeout`) its callers get the expired value
     /// instead of the error. An invalidated entry (`remove`, `set`, a region or sub-key
     /// expiry, `clear`, a peer's message, a loss clear) is never kept. A factory overrides
-    /// it per entry with `Entry::fail_safe_max_duration`. Default: none (off).
+    /// it per entry with `EntryOptions::fail_safe_max_duration`. Default: none (off).
     #[serde(with = "humantime_serde")]
     pub fail_safe_max_duration: Option<Duration>,
     /// After fail-safe served an expired value, how long that value is served again as a
@@ -91,7 +91,7 @@ pub struct CacheOptions {
     /// Eager refresh, for the `get_or_create_detached*` loaders: once this fraction of an
     /// entry's absolute time to live has passed (0.8: after 48 s of a minute), the first hit
     /// starts one background reload while callers keep getting the current value, so hot
-    /// keys do not all miss at once at expiry. Per entry: `Entry::eager_refresh_threshold`.
+    /// keys do not all miss at once at expiry. Per entry: `EntryOptions::eager_refresh_threshold`.
     /// Strictly between 0 and 1. Default: none.
     pub eager_refresh_threshold: Option<f64>,
     /// How instances tell each other about invalidations.

@@ -233,7 +233,7 @@ fn a_cache_built_outside_a_runtime_refreshes_nothing_early() {
     let calls = Arc::new(AtomicU32::new(0));
     let load = |value: u64| {
         let calls = Arc::clone(&calls);
-        move |entry: &mut nearcache::Entry| {
+        move |entry: &mut nearcache::EntryOptions| {
             calls.fetch_add(1, Ordering::SeqCst);
             entry.time_to_live(10 * SECOND);
             Ok::<_, DatabaseDown>(value)

@@ -273,7 +273,7 @@ async fn stress_no_read_on_a_peer_goes_back_past_an_applied_invalidation() {
     let stale = Arc::new(AtomicUsize::new(0));
     let reads = Arc::new(AtomicUsize::new(0));
 
-    let load = |versions: &[AtomicU64], i: usize, entry: &mut nearcache::Entry| {
+    let load = |versions: &[AtomicU64], i: usize, entry: &mut nearcache::EntryOptions| {
         entry.region_key::<Catalog>(&format!("c-{i}"));
         versions[i].load(Ordering::SeqCst)
     };

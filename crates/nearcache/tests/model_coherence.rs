@@ -40,8 +40,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nearcache::{
-    Backplane, BackplaneEvent, Cache, CacheEvent, CacheOptions, Entry, InMemoryBackplane, Key,
-    Propagated, PropagationStats, region,
+    Backplane, BackplaneEvent, Cache, CacheEvent, CacheOptions, EntryOptions, InMemoryBackplane,
+    Key, Propagated, PropagationStats, region,
 };
 use nearcache_backplane::Subscription;
 use nearcache_backplane::wire;
@@ -449,7 +449,7 @@ impl World {
             How::Set => {
                 let s = sub(k);
                 cache
-                    .set_with(key(k), version, move |e: &mut Entry| {
+                    .set_with(key(k), version, move |e: &mut EntryOptions| {
                         e.region_key::<Catalog>(&s);
                     })
                     .await
@@ -486,7 +486,7 @@ impl World {
         let floor = self.floor_for(at, k);
         let db = Arc::clone(&self.db);
         let value = self.caches[at]
-            .get_or_create(key(k), async move |e: &mut Entry| {
+            .get_or_create(key(k), async move |e: &mut EntryOptions| {
                 e.region_key::<Catalog>(&sub(k));
                 Ok::<_, std::convert::Infallible>(read_db(&db, k))
             })
@@ -513,7 +513,7 @@ impl World {
         let (db, cache, mut gate) = (Arc::clone(&self.db), self.caches[at].clone(), gate.clone());
         tokio::spawn(async move {
             let value = cache
-                .get_or_create(key(k), async move |e: &mut Entry| {
+                .get_or_create(key(k), async move |e: &mut EntryOptions| {
                     e.region_key::<Catalog>(&sub(k));
                     let version = read_db(&db, k);
                     let _ = gate.wait_for(|open| *open).await;
@@ -586,7 +586,7 @@ impl World {
         let cache = self.caches[reader].clone();
         let load = tokio::spawn(async move {
             cache
-                .get_or_create(key(k), async move |e: &mut Entry| {
+                .get_or_create(key(k), async move |e: &mut EntryOptions| {
                     e.region_key::<Catalog>(&sub(k));
                     let version = read_db(&db, k);
                     let _ = started_tx.send(());

@@ -37,7 +37,7 @@ async fn every_kind_of_invalidation_reaches_both_peers_and_only_its_entries() {
         peer.load(&plain, 1).await;
         peer.load(&set, 2).await;
         let cache = &peer.cache;
-        let load = async |k, region: fn(&mut nearcache::Entry)| {
+        let load = async |k, region: fn(&mut nearcache::EntryOptions)| {
             cache
                 .get_or_create(k, async |entry| {
                     region(entry);
