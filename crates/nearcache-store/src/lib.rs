@@ -49,7 +49,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = Store::new(StoreOptions {
-//!     default_sliding_expiration: Some(Duration::from_secs(15 * 60)),
+//!     time_to_idle: Some(Duration::from_secs(15 * 60)),
 //!     ..StoreOptions::default()
 //! })?;
 //! let key = Key::from_text("ProductService:search-shoes");

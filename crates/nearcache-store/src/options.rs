@@ -1,9 +1,13 @@
-//! [`StoreOptions`]: what one store is configured with, and their validation.
+//! [`StoreOptions`]: what one store is configured with, its defaults, and their validation.
 //!
-//! A plain struct with `Default` and no serde: the facade owns the deserializable
-//! configuration and converts it.
+//! The one definition of the store's settings: the `nearcache` facade embeds this struct in
+//! its own options (flattened, so a config file names these keys at its top level) instead of
+//! copying them. Serde reads durations as human text (`"15m"`, `"250ms"`); every field has a
+//! default, so a config file names only what it changes; an unknown field is an error.
 
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::OptionsError;
 
@@ -14,11 +18,15 @@ use crate::error::OptionsError;
 /// use nearcache_store::StoreOptions;
 ///
 /// let options = StoreOptions {
-///     default_sliding_expiration: Some(Duration::from_secs(15 * 60)),
+///     time_to_idle: Some(Duration::from_secs(15 * 60)),
 ///     max_capacity: 50_000,
 ///     ..StoreOptions::default()
 /// };
 /// assert!(options.enabled && options.cache_none);
+///
+/// // The same from a config file (the former .NET names are read too):
+/// let read: StoreOptions = toml::from_str("sliding_expiration = \"15m\"\nmax_capacity = 50000").unwrap();
+/// assert_eq!(read, options);
 /// ```
 ///
 /// # Capacity and the weight budget
@@ -35,53 +43,66 @@ use crate::error::OptionsError;
 /// [`inserts_rejected_too_heavy`](crate::StoreStats::inserts_rejected_too_heavy) and logged;
 /// [`Store::max_entry_weight`](crate::Store::max_entry_weight) tells the limit. If entries can be
 /// a large fraction of the budget, set fewer [`shards`](Self::shards).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreOptions {
     /// `false` turns the store into a pass-through: every get-or-create runs its factory,
-    /// nothing is stored, and reads miss. Default `true`.
+    /// nothing is stored, and reads miss (the facade still publishes invalidations, so peers
+    /// stay coherent). Default `true`.
     pub enabled: bool,
-    /// Time to live from insertion for entries that set no absolute expiration. Zero means
-    /// such entries are never stored; `Duration::MAX` (or any overflowing value) means never.
-    /// Default: none.
-    pub default_absolute_expiration: Option<Duration>,
-    /// Idle time after which entries that set no sliding expiration expire (each read
-    /// restarts it, with 1 ms resolution). Zero means such entries are never stored.
-    /// Default: none.
-    pub default_sliding_expiration: Option<Duration>,
+    /// Time to live (absolute expiration, from insertion) for entries whose factory sets
+    /// none. Zero means such entries are never stored; `Duration::MAX` (or any overflowing
+    /// value) means never. Default: none. Also read as `absolute_expiration`, its former name.
+    #[serde(with = "humantime_serde", alias = "absolute_expiration")]
+    pub time_to_live: Option<Duration>,
+    /// Time to idle (sliding expiration) for entries whose factory sets none: an entry not
+    /// read for this long expires (each read restarts it, with 1 ms resolution). Zero means
+    /// such entries are never stored. Default: none. Also read as `sliding_expiration`, its
+    /// former name.
+    #[serde(with = "humantime_serde", alias = "sliding_expiration")]
+    pub time_to_idle: Option<Duration>,
     /// Most entries held at once (when `max_weight` is unset); the expected number of entries
     /// otherwise. Must be at least 1. Default 10,000.
     pub max_capacity: u64,
-    /// A weight budget instead of an entry count. Must be at least 1. Default: none.
+    /// A weight budget instead of an entry count: entries weigh what their factory says
+    /// (default 1). Must be at least 1. Default: none.
     pub max_weight: Option<u64>,
     /// Whether a factory's `Ok(None)` is stored as a negative entry by the `_optional`
     /// loaders. Default `true`.
     pub cache_none: bool,
     /// How often the background purger sweeps out time-expired entries (token expiries wake
     /// it at once). Must not be zero. Default 60 s.
+    #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
     /// Number of shards of the underlying cache, rounded up to a power of two; quick_cache
-    /// may use fewer so each shard holds at least 32 entries. Default: none (4 × cores).
+    /// may use fewer so each shard holds at least 32 entries. Fewer shards let heavier
+    /// entries fit a weight budget; more spread contention. Not zero. Default: none
+    /// (4 × cores).
     pub shards: Option<usize>,
-    /// Whether the store's log events show keys as they are. Keys may hold personal data, so
-    /// by default they show as `#` and 16 hex digits of [`stable_key_hash`](crate::stable_key_hash).
-    /// Default `false`.
+    /// Whether keys appear as they are in log events and spans. Keys may hold personal data,
+    /// so by default they show as `#` and 16 hex digits of
+    /// [`stable_key_hash`](crate::stable_key_hash) (the same key gives the same hash on every
+    /// instance). Default `false`.
     pub log_keys: bool,
-    /// How long entries that expire by time are kept past their expiry for fail-safe,
-    /// unless their factory sets [`EntryOptions::fail_safe_max_duration`](crate::EntryOptions::fail_safe_max_duration):
+    /// Fail-safe: how long entries that expire by time are kept past their expiry, unless
+    /// their factory sets [`EntryOptions::fail_safe_max_duration`](crate::EntryOptions::fail_safe_max_duration):
     /// if a get-or-create then finds the entry expired and its factory fails (an error, a
     /// panic, a hard timeout), the callers get the expired value instead of the error. Kept
     /// entries are never returned by reads, still count against the capacity, and are
     /// dropped for good by any invalidation. Default: none (fail-safe off).
-    pub default_fail_safe_max_duration: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub fail_safe_max_duration: Option<Duration>,
     /// How long an expired value served by fail-safe is served again (as a live entry)
     /// before the factory is tried again, so a failing source is not called by every
     /// caller. Zero: the factory is tried on every call. Default 30 s.
+    #[serde(with = "humantime_serde")]
     pub fail_safe_throttle: Duration,
     /// Longest an async get-or-create's factory may run (feature `tokio`; blocking callers
     /// are not timed). Past it the factory's future is dropped (cancelled) and the flight
     /// ends with [`LoadError::Timeout`](crate::LoadError::Timeout) for every caller, or with
     /// the fail-safe value when there is one. Async callers need a tokio runtime with its
     /// time driver. Not zero. Default: none.
+    #[serde(with = "humantime_serde")]
     pub hard_timeout: Option<Duration>,
     /// Eager refresh: once this fraction of an entry's absolute time to live has passed
     /// (0.8: after 48 s of a minute), the first read of it through
@@ -97,15 +118,15 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             enabled: true,
-            default_absolute_expiration: None,
-            default_sliding_expiration: None,
+            time_to_live: None,
+            time_to_idle: None,
             max_capacity: 10_000,
             max_weight: None,
             cache_none: true,
             purge_interval: Duration::from_secs(60),
             shards: None,
             log_keys: false,
-            default_fail_safe_max_duration: None,
+            fail_safe_max_duration: None,
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
             eager_refresh_threshold: None,
@@ -171,6 +192,7 @@ impl StoreOptions {
 }
 
 #[cfg(all(test, not(shuttle)))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -289,6 +311,43 @@ mod tests {
             }),
             "with a budget, max_capacity is only a sizing hint (zero is allowed)"
         );
+    }
+
+    #[test]
+    fn config_files_read_human_durations_and_the_former_expiry_names() {
+        let options: StoreOptions = toml::from_str(
+            "absolute_expiration = \"1h 30m\"\nsliding_expiration = \"15m\"\nshards = 8\n\
+             purge_interval = \"250ms\"\nfail_safe_max_duration = \"2h\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            options,
+            StoreOptions {
+                time_to_live: Some(Duration::from_secs(5400)),
+                time_to_idle: Some(Duration::from_secs(900)),
+                shards: Some(8),
+                purge_interval: Duration::from_millis(250),
+                fail_safe_max_duration: Some(Duration::from_secs(7200)),
+                ..StoreOptions::default()
+            }
+        );
+        // One option under both names is refused, not silently resolved.
+        let both =
+            toml::from_str::<StoreOptions>("time_to_idle = \"1m\"\nsliding_expiration = \"2m\"\n");
+        assert!(both.is_err_and(|e| e.to_string().contains("duplicate field")));
+        // A misspelt option fails loudly.
+        let misspelt = toml::from_str::<StoreOptions>("max_capacty = 5").unwrap_err();
+        assert!(misspelt.to_string().contains("max_capacty"), "{misspelt}");
+        // Written out, only the current names appear, and they read back the same.
+        let text = toml::to_string(&options).unwrap();
+        assert!(
+            text.contains("time_to_idle") && !text.contains("sliding"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<StoreOptions>(&text).unwrap(), options);
+        let json: StoreOptions =
+            serde_json::from_str(&serde_json::to_string(&options).unwrap()).unwrap();
+        assert_eq!(json, options);
     }
 
     #[test]

@@ -323,10 +323,10 @@ impl Store {
             clock: StoreClock::new(clock),
             stats,
             defaults: EntryDefaults {
-                absolute: options.default_absolute_expiration,
-                sliding: options.default_sliding_expiration,
+                absolute: options.time_to_live,
+                sliding: options.time_to_idle,
                 weighted: sizing.weighted,
-                fail_safe: options.default_fail_safe_max_duration,
+                fail_safe: options.fail_safe_max_duration,
                 eager_refresh: options.eager_refresh_threshold,
             },
             enabled: options.enabled,

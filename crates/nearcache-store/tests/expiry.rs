@@ -106,7 +106,7 @@ fn sliding_and_absolute_together_end_at_whichever_comes_first() {
 #[test]
 fn defaults_apply_to_entries_that_set_nothing() {
     let (store, clock) = mock_store(StoreOptions {
-        default_absolute_expiration: Some(5 * SECOND),
+        time_to_live: Some(5 * SECOND),
         ..StoreOptions::default()
     });
     let k = key("default");
@@ -123,8 +123,8 @@ fn defaults_apply_to_entries_that_set_nothing() {
 #[test]
 fn entry_options_override_defaults_field_by_field() {
     let (store, clock) = mock_store(StoreOptions {
-        default_absolute_expiration: Some(5 * SECOND),
-        default_sliding_expiration: Some(3 * SECOND),
+        time_to_live: Some(5 * SECOND),
+        time_to_idle: Some(3 * SECOND),
         ..StoreOptions::default()
     });
     // Overrides the absolute expiration only: the default sliding window still applies.
@@ -201,7 +201,7 @@ fn zero_durations_mean_returned_but_not_stored() {
     );
 
     let (by_default, _clock) = mock_store(StoreOptions {
-        default_absolute_expiration: Some(Duration::ZERO),
+        time_to_live: Some(Duration::ZERO),
         ..StoreOptions::default()
     });
     load(&by_default, &key("k"), |_| {});
@@ -214,8 +214,8 @@ fn zero_durations_mean_returned_but_not_stored() {
 #[test]
 fn overflowing_durations_mean_never_and_do_not_panic() {
     let (store, clock) = mock_store(StoreOptions {
-        default_absolute_expiration: Some(Duration::MAX),
-        default_sliding_expiration: Some(Duration::MAX),
+        time_to_live: Some(Duration::MAX),
+        time_to_idle: Some(Duration::MAX),
         ..StoreOptions::default()
     });
     let k = key("forever");

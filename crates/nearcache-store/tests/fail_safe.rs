@@ -21,7 +21,7 @@ const SECOND: Duration = Duration::from_secs(1);
 /// Fail-safe kept 10 minutes past expiry, re-armed 30 s after each activation.
 fn options() -> StoreOptions {
     StoreOptions {
-        default_fail_safe_max_duration: Some(600 * SECOND),
+        fail_safe_max_duration: Some(600 * SECOND),
         fail_safe_throttle: 30 * SECOND,
         ..StoreOptions::default()
     }
