@@ -28,7 +28,7 @@ use crate::topology::Topology;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let backplane = RedisBackplane::connect_with(RedisConfig {
-///     url: "redis://:password@127.0.0.1:6379".to_owned(),
+///     url: "redis://:password@127.0.0.1:6379".into(),
 ///     ..RedisConfig::for_app("shop")
 /// })
 /// .await?;
@@ -74,6 +74,8 @@ use crate::topology::Topology;
 /// The URL's password never appears in `Debug`, `Display`, errors or logs.
 pub struct RedisBackplane {
     config: RedisConfig,
+    /// `config.channel_name()`, worked out once.
+    channel: String,
     target: Arc<Target>,
     publisher: Publisher,
     status: Arc<StatusCell>,
@@ -129,9 +131,11 @@ impl RedisBackplane {
         }
         let status = Arc::new(StatusCell::new());
         let publisher = Publisher::connect(target.clone(), &config, status.clone()).await?;
-        tracing::debug!(url = %target.url, channel = %config.channel, "redis backplane connected");
+        let channel = config.channel_name();
+        tracing::debug!(url = %target.url, %channel, "redis backplane connected");
         Ok(Self {
             config,
+            channel,
             target,
             publisher,
             status,
@@ -152,7 +156,7 @@ impl RedisBackplane {
 
     /// The pub/sub channel.
     pub fn channel(&self) -> &str {
-        &self.config.channel
+        &self.channel
     }
 
     /// The connections' current state; see [`ConnectionStatus`]. Cheap (a read lock).
@@ -271,7 +275,7 @@ impl fmt::Debug for RedisBackplane {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackplane")
             .field("url", &self.target.url)
-            .field("channel", &self.config.channel)
+            .field("channel", &self.channel)
             .field("sharded", &self.config.sharded)
             .field("status", &self.status.get())
             .finish_non_exhaustive()
@@ -297,8 +301,8 @@ mod tests {
     #[tokio::test]
     async fn a_bad_config_fails_before_connecting() {
         let err = RedisBackplane::connect_with(RedisConfig {
-            url: "redis://:pw@127.0.0.1:1".to_owned(),
-            channel: String::new(),
+            url: "redis://:pw@127.0.0.1:1".into(),
+            channel: Some(String::new()),
             ..RedisConfig::default()
         })
         .await

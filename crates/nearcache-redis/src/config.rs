@@ -1,10 +1,17 @@
 //! [`RedisConfig`]: everything a [`RedisBackplane`](crate::RedisBackplane) needs to know,
 //! with defaults that suit one Redis node on a local network.
+//!
+//! The one definition of the Redis backplane's settings and their defaults. It deserializes
+//! with serde (human durations such as `"5s"`), so the `nearcache` facade reads it as the
+//! `[backplane.redis]` section of its configuration instead of keeping copies of these fields.
 
-use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::redact::RedactedUrl;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RedisBackplaneError;
+use crate::redact::{RedactedUrl, RedisUrl};
 
 /// The application name used in the default channel when none is given.
 pub const DEFAULT_APP: &str = "default";
@@ -25,18 +32,27 @@ pub fn channel_for_app(app: &str) -> String {
 /// How a [`RedisBackplane`](crate::RedisBackplane) connects, publishes and reconnects.
 ///
 /// A plain struct: build it with [`RedisConfig::new`] or [`RedisConfig::for_app`] and change
-/// fields with struct update syntax. Every field's default is listed on the field.
+/// fields with struct update syntax, or deserialize it (every field has a default, unknown
+/// fields are refused). Every field's default is listed on the field.
 ///
 /// ```
 /// use std::time::Duration;
 /// use nearcache_redis::RedisConfig;
 ///
 /// let config = RedisConfig {
-///     url: "redis://cache.internal:6379".to_owned(),
+///     url: "redis://cache.internal:6379".into(),
 ///     publish_timeout: Duration::from_millis(250),
 ///     ..RedisConfig::for_app("shop")
 /// };
-/// assert_eq!(config.channel, "nearcache:shop:invalidations");
+/// assert_eq!(config.channel_name(), "nearcache:shop:invalidations");
+///
+/// let read: RedisConfig = toml::from_str(r#"
+///     url = "redis://cache.internal:6379"
+///     app = "shop"
+///     ping_interval = "500ms"
+/// "#).unwrap();
+/// assert_eq!(read.channel_name(), "nearcache:shop:invalidations");
+/// assert_eq!(read.ping_interval, Duration::from_millis(500));
 /// ```
 ///
 /// The `Debug` output never shows the password of the URL:
@@ -45,7 +61,8 @@ pub fn channel_for_app(app: &str) -> String {
 /// let config = nearcache_redis::RedisConfig::new("redis://app:s3cret@10.0.0.5:6379");
 /// assert!(!format!("{config:?}").contains("s3cret"));
 /// ```
-#[derive(Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Where Redis is. One of:
     ///
@@ -61,33 +78,49 @@ pub struct RedisConfig {
     ///   Sentinels are asked without.
     ///
     /// The user and password are sent with `AUTH` (ACL user when a user is given). TLS needs
-    /// the crate's `tls` feature. Default: `redis://127.0.0.1:6379`.
+    /// the crate's `tls` feature. Never shown with its password (see [`RedisUrl`]). Default:
+    /// `redis://127.0.0.1:6379`.
     ///
     /// ```
     /// let config = nearcache_redis::RedisConfig {
-    ///     url: "redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7000".to_owned(),
+    ///     url: "redis+cluster://app:s3cret@10.0.0.1:7000,10.0.0.2:7000".into(),
     ///     ..nearcache_redis::RedisConfig::for_app("shop")
     /// };
     /// assert!(!format!("{config:?}").contains("s3cret"));
     /// ```
-    pub url: String,
-    /// The pub/sub channel. Default: [`channel_for_app`]`("default")`, that is
-    /// `nearcache:default:invalidations`; use [`RedisConfig::for_app`] to name yours.
-    pub channel: String,
+    pub url: RedisUrl,
+    /// The application name that names the default channel,
+    /// [`channel_for_app`]`(app)`. Default [`DEFAULT_APP`] (`"default"`).
+    pub app: String,
+    /// The pub/sub channel, when it is not the application's default. Every instance that
+    /// shares data must use the same one. Default: none, which means
+    /// [`channel_for_app`]`(app)`; [`channel_name`](Self::channel_name) says which is used.
+    pub channel: Option<String>,
     /// How long connecting (TCP, TLS, `HELLO`/`AUTH` and a first `PING`) may take, at
     /// [`connect`](crate::RedisBackplane::connect_with) and for each reconnection attempt.
     /// Default: 5 s.
+    #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// How long one `PUBLISH` may wait for Redis's acknowledgement before it fails with
     /// [`BackplaneError::Timeout`](nearcache_backplane::BackplaneError::Timeout). Also bounds
     /// the subscriber's liveness `PING`. Default: 1 s.
+    ///
+    /// Not read from configuration: the `nearcache` facade sets it from its backplane-wide
+    /// `publish_timeout`, which also bounds how long its invalidations wait.
+    #[serde(skip)]
     pub publish_timeout: Duration,
     /// The subscriber's delays between reconnection attempts. Default: see
     /// [`ReconnectBackoff`].
+    ///
+    /// Not read from configuration: the `nearcache` facade sets `initial` and `max` from its
+    /// backplane-wide `reconnect_initial_delay` and `reconnect_max_delay`, which also pace its
+    /// own retries.
+    #[serde(skip)]
     pub reconnect: ReconnectBackoff,
     /// How often the subscriber sends `PING` on its connection to notice a connection that died
     /// without closing (a half-open TCP connection gives no other sign). One `PING` per interval
     /// per instance. Default: 1 s.
+    #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7.0) instead of `PUBLISH`/`SUBSCRIBE`.
     ///
@@ -110,16 +143,23 @@ pub struct RedisConfig {
     /// the wire format's largest message (1 MiB, `WireLimits::DEFAULT`): a batch refused here
     /// reaches the peers as a clear instead of its invalidations. Default: 1 MiB.
     pub max_payload: usize,
-    /// PEM certificates of the certificate authority that signed the server's certificate,
-    /// for `rediss://` servers with a private CA. `None` trusts the Mozilla root
-    /// certificates (webpki-roots). Needs the `tls` feature. Default: `None`.
+    /// A PEM file with the certificate authority that signed the server's certificate, for
+    /// `rediss://` servers with a private CA; read at connect. Needs the `tls` feature.
+    /// Default: none (the Mozilla root certificates, or [`tls_ca_pem`](Self::tls_ca_pem)).
+    pub tls_ca_file: Option<PathBuf>,
+    /// The same certificates given as PEM bytes instead of a file (not read from
+    /// configuration). At most one of the two. `None` with no file trusts the Mozilla root
+    /// certificates (webpki-roots). Default: `None`.
+    #[serde(skip)]
     pub tls_ca_pem: Option<Vec<u8>>,
     /// How many payloads the replay log keeps, approximately (`XADD … MAXLEN ~ n`): a Redis
     /// Stream `{channel}:log` (plus a small hash `{channel}:log:head`) on the channel's hash
     /// slot, appended by the same script that publishes. With it, an instance that lost
     /// messages reads exactly those back instead of clearing its cache; 0 turns it off
     /// (plain `PUBLISH`, every loss clears). Each entry costs about its payload plus ~100
-    /// bytes of Redis memory. Default: 100,000.
+    /// bytes of Redis memory. Size it to cover the longest outage to be repaired: messages
+    /// published per second by the whole fleet times the outage in seconds.
+    /// Default: 100,000.
     pub replay_log_len: usize,
 }
 
@@ -127,7 +167,7 @@ impl RedisConfig {
     /// The default configuration with `url` as the server.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: RedisUrl::new(url),
             ..Self::default()
         }
     }
@@ -136,22 +176,53 @@ impl RedisConfig {
     /// (`nearcache:{app}:invalidations`, see [`channel_for_app`]).
     pub fn for_app(app: &str) -> Self {
         Self {
-            channel: channel_for_app(app),
+            app: app.to_owned(),
             ..Self::default()
+        }
+    }
+
+    /// The channel in use: [`channel`](Self::channel), else [`channel_for_app`]`(app)`.
+    pub fn channel_name(&self) -> String {
+        match &self.channel {
+            Some(channel) => channel.clone(),
+            None => channel_for_app(&self.app),
         }
     }
 
     /// The URL with its password replaced by `***`, for logs and messages.
     pub fn redacted_url(&self) -> RedactedUrl {
-        RedactedUrl::new(&self.url)
+        self.url.redacted()
+    }
+
+    /// The CA certificates to trust: [`tls_ca_pem`](Self::tls_ca_pem), else the contents of
+    /// [`tls_ca_file`](Self::tls_ca_file) (a few KiB, read once per connect).
+    pub(crate) fn tls_ca(&self) -> Result<Option<Vec<u8>>, RedisBackplaneError> {
+        match (&self.tls_ca_pem, &self.tls_ca_file) {
+            (Some(_), Some(_)) => Err(RedisBackplaneError::InvalidConfig {
+                reason: "both tls_ca_pem and tls_ca_file are set; give the CA one way".to_owned(),
+            }),
+            (Some(pem), None) => Ok(Some(pem.clone())),
+            (None, Some(path)) => {
+                std::fs::read(path)
+                    .map(Some)
+                    .map_err(|err| RedisBackplaneError::InvalidConfig {
+                        reason: format!(
+                            "cannot read tls_ca_file {}: {err}; it must name a readable PEM file",
+                            path.display()
+                        ),
+                    })
+            }
+            (None, None) => Ok(None),
+        }
     }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
-            channel: channel_for_app(DEFAULT_APP),
+            url: RedisUrl::new("redis://127.0.0.1:6379"),
+            app: DEFAULT_APP.to_owned(),
+            channel: None,
             connect_timeout: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(1),
             reconnect: ReconnectBackoff::default(),
@@ -159,27 +230,10 @@ impl Default for RedisConfig {
             sharded: false,
             subscriber_queue: 1024,
             max_payload: 1024 * 1024,
+            tls_ca_file: None,
             tls_ca_pem: None,
             replay_log_len: 100_000,
         }
-    }
-}
-
-impl fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &self.redacted_url())
-            .field("channel", &self.channel)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("reconnect", &self.reconnect)
-            .field("ping_interval", &self.ping_interval)
-            .field("sharded", &self.sharded)
-            .field("subscriber_queue", &self.subscriber_queue)
-            .field("max_payload", &self.max_payload)
-            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
-            .field("replay_log_len", &self.replay_log_len)
-            .finish()
     }
 }
 
@@ -211,25 +265,104 @@ impl Default for ReconnectBackoff {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
-    fn default_channel_is_namespaced() {
+    fn default_channel_is_namespaced_by_app() {
         assert_eq!(
-            RedisConfig::default().channel,
+            RedisConfig::default().channel_name(),
             "nearcache:default:invalidations"
         );
+        let shop = RedisConfig::for_app("shop");
+        assert_eq!(shop.channel_name(), "nearcache:shop:invalidations");
+        let custom = RedisConfig {
+            channel: Some("custom".into()),
+            ..shop
+        };
+        assert_eq!(custom.channel_name(), "custom");
+    }
+
+    #[test]
+    fn a_config_file_reads_every_setting_and_refuses_unknown_ones() {
+        let config: RedisConfig = toml::from_str(
+            r#"
+            url = "rediss://app:pw@redis.internal:6380/1"
+            app = "shop"
+            channel = "custom"
+            connect_timeout = "1500ms"
+            ping_interval = "300ms"
+            sharded = true
+            subscriber_queue = 99
+            max_payload = 2048
+            tls_ca_file = "/etc/ssl/redis/ca.pem"
+            replay_log_len = 7
+            "#,
+        )
+        .unwrap();
         assert_eq!(
-            RedisConfig::for_app("shop").channel,
-            "nearcache:shop:invalidations"
+            config,
+            RedisConfig {
+                url: "rediss://app:pw@redis.internal:6380/1".into(),
+                app: "shop".into(),
+                channel: Some("custom".into()),
+                connect_timeout: Duration::from_millis(1500),
+                ping_interval: Duration::from_millis(300),
+                sharded: true,
+                subscriber_queue: 99,
+                max_payload: 2048,
+                tls_ca_file: Some("/etc/ssl/redis/ca.pem".into()),
+                replay_log_len: 7,
+                ..RedisConfig::default()
+            }
         );
+        // Written out and read back, the password included: serde is not `Debug`.
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<RedisConfig>(&text).unwrap(), config);
+        let unknown = toml::from_str::<RedisConfig>("redis_url = \"redis://h\"").unwrap_err();
+        assert!(unknown.to_string().contains("redis_url"), "{unknown}");
+    }
+
+    #[test]
+    fn a_ca_file_is_read_and_a_missing_one_is_named() {
+        let dir = std::env::temp_dir().join(format!("nearcache-redis-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        let from_file = RedisConfig {
+            tls_ca_file: Some(ca.clone()),
+            ..RedisConfig::default()
+        };
+        let read = from_file.tls_ca();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            read.unwrap(),
+            Some(b"-----BEGIN CERTIFICATE-----\n".to_vec())
+        );
+        let missing = RedisConfig {
+            tls_ca_file: Some("/nonexistent/nearcache/ca.pem".into()),
+            ..RedisConfig::default()
+        };
+        let err = missing.tls_ca().unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/nearcache/ca.pem"),
+            "{err}"
+        );
+        let both = RedisConfig {
+            tls_ca_pem: Some(Vec::new()),
+            ..missing
+        };
+        assert!(matches!(
+            both.tls_ca(),
+            Err(RedisBackplaneError::InvalidConfig { .. })
+        ));
     }
 
     #[test]
     fn new_keeps_the_other_defaults() {
         let config = RedisConfig::new("redis://10.1.2.3:7000");
-        assert_eq!(config.url, "redis://10.1.2.3:7000");
+        assert_eq!(config.url.as_str(), "redis://10.1.2.3:7000");
         assert_eq!(
             RedisConfig {
                 url: RedisConfig::default().url,

@@ -62,7 +62,7 @@ pub enum RedisBackplaneError {
     /// the host, or the server does not speak TLS on that port.
     #[error(
         "TLS with Redis at {addr} failed: {reason}; check the server's certificate and the host \
-         name in the URL (for a private CA, set RedisConfig::tls_ca_pem)"
+         name in the URL (for a private CA, set RedisConfig::tls_ca_file or tls_ca_pem)"
     )]
     Tls {
         /// The address, `host:port`.

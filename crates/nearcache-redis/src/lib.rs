@@ -9,7 +9,7 @@
 //! use nearcache_redis::{RedisBackplane, RedisConfig};
 //!
 //! let backplane = RedisBackplane::connect_with(RedisConfig {
-//!     url: "redis://cache-user:secret@10.0.0.5:6379".to_owned(),
+//!     url: "redis://cache-user:secret@10.0.0.5:6379".into(),
 //!     ..RedisConfig::for_app("shop") // channel nearcache:shop:invalidations
 //! })
 //! .await?;
@@ -88,5 +88,5 @@ mod topology;
 pub use backplane::RedisBackplane;
 pub use config::{DEFAULT_APP, ReconnectBackoff, RedisConfig, channel_for_app};
 pub use error::RedisBackplaneError;
-pub use redact::RedactedUrl;
+pub use redact::{RedactedUrl, RedisUrl};
 pub use status::{ConnectionStatus, LinkState};

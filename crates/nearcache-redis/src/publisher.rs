@@ -107,10 +107,10 @@ impl Publisher {
             } else {
                 "PUBLISH"
             },
-            channel: Bytes::copy_from_slice(config.channel.as_bytes()),
+            channel: Bytes::from(config.channel_name()),
             timeout: config.publish_timeout,
             max_payload: config.max_payload,
-            log: LogKeys::for_channel(&config.channel, config.replay_log_len),
+            log: LogKeys::for_channel(&config.channel_name(), config.replay_log_len),
             target,
             status,
         })
@@ -344,7 +344,7 @@ async fn open_direct(
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let node = match tokio::time::timeout_at(deadline, target.resolve()).await {
         Ok(Ok(node)) => node,
-        Ok(Err(err)) => return Err(err.into_connect_error(target, &config.channel)),
+        Ok(Err(err)) => return Err(err.into_connect_error(target, &config.channel_name())),
         Err(_) => return Err(timed_out()),
     };
     let open = async {

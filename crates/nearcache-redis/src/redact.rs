@@ -1,9 +1,74 @@
-//! [`RedactedUrl`]: a Redis URL that can be logged, because its password is gone.
+//! [`RedactedUrl`]: a Redis URL that can be logged, because its password is gone; and
+//! [`RedisUrl`], the URL itself, whose `Debug` shows only the redacted form.
 //!
-//! Every message, log line and `Debug` output of this crate shows URLs through this type, so
+//! Every message, log line and `Debug` output of nearcache shows URLs through these types, so
 //! a password given in `redis://user:password@host` never leaves the process by accident.
+//! This is the one place that knows how to redact a URL.
 
 use std::fmt;
+use std::ops::Deref;
+
+use serde::{Deserialize, Serialize};
+
+/// A Redis URL as given, password included: what the backplane connects with.
+///
+/// It holds a secret, so it shows itself only redacted: its `Debug` is the
+/// [`RedactedUrl`]'s, and it has no `Display`. It dereferences to the full text for code that
+/// needs it ([`as_str`](Self::as_str)), and (de)serializes as a plain string.
+///
+/// ```
+/// use nearcache_redis::RedisUrl;
+///
+/// let url = RedisUrl::from("redis://app:s3cret@10.0.0.5:6379");
+/// assert_eq!(format!("{url:?}"), "\"redis://app:***@10.0.0.5:6379\"");
+/// assert_eq!(url.as_str(), "redis://app:s3cret@10.0.0.5:6379");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// Wraps `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL as given, password included.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> RedactedUrl {
+        RedactedUrl::new(&self.0)
+    }
+}
+
+impl Deref for RedisUrl {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RedisUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
 
 /// A Redis URL with the password replaced by `***`; safe to log and show.
 ///

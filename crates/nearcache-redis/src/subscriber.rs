@@ -219,7 +219,7 @@ impl Subscriber {
             target,
             status,
             events,
-            channel: Bytes::copy_from_slice(config.channel.as_bytes()),
+            channel: Bytes::from(config.channel_name()),
             sharded: config.sharded,
             connect_timeout: config.connect_timeout,
             command_timeout: config.publish_timeout,

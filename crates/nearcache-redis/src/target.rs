@@ -60,7 +60,8 @@ impl Target {
     pub(crate) fn new(config: &RedisConfig) -> Result<Self, RedisBackplaneError> {
         let url = config.redacted_url();
         check_settings(config)?;
-        let parsed = topology::parse(&config.url, &config.channel).map_err(|reason| {
+        let tls_ca_pem = config.tls_ca()?;
+        let parsed = topology::parse(&config.url, &config.channel_name()).map_err(|reason| {
             RedisBackplaneError::InvalidUrl {
                 url: url.clone(),
                 reason,
@@ -70,9 +71,11 @@ impl Target {
         if wants_tls && !cfg!(feature = "tls") {
             return Err(RedisBackplaneError::TlsNotEnabled { url });
         }
-        if config.tls_ca_pem.is_some() && !wants_tls {
+        if tls_ca_pem.is_some() && !wants_tls {
             return Err(RedisBackplaneError::InvalidConfig {
-                reason: format!("tls_ca_pem is set but {url} is not a rediss:// URL"),
+                reason: format!(
+                    "a TLS CA (tls_ca_file or tls_ca_pem) is set but {url} is not a rediss:// URL"
+                ),
             });
         }
         let invalid = |reason: String| RedisBackplaneError::InvalidUrl {
@@ -81,8 +84,7 @@ impl Target {
         };
         let (first, addr, password) = match &parsed.topology {
             Topology::Single => {
-                let node =
-                    open_node(&parsed.first, config.tls_ca_pem.clone(), true).map_err(invalid)?;
+                let node = open_node(&parsed.first, tls_ca_pem.clone(), true).map_err(invalid)?;
                 let (addr, password) = (node.addr.clone(), node.password.clone());
                 (node, addr, password)
             }
@@ -94,9 +96,9 @@ impl Target {
                 let sample = open_node(&parsed.node_url(&hosts[0]), None, true).map_err(invalid)?;
                 let first = match &parsed.topology {
                     Topology::Sentinel { .. } => {
-                        open_node(&parsed.first, config.tls_ca_pem.clone(), false)
+                        open_node(&parsed.first, tls_ca_pem.clone(), false)
                     }
-                    _ => open_node(&parsed.first, config.tls_ca_pem.clone(), true),
+                    _ => open_node(&parsed.first, tls_ca_pem.clone(), true),
                 }
                 .map_err(invalid)?;
                 (first, hosts.join(","), sample.password)
@@ -109,7 +111,7 @@ impl Target {
             parsed,
             is_tls: first.is_tls,
             password,
-            tls_ca_pem: config.tls_ca_pem.clone(),
+            tls_ca_pem,
             connect_timeout: config.connect_timeout,
             command_timeout: config.publish_timeout,
             first_to_ask: AtomicUsize::new(0),
@@ -241,8 +243,10 @@ fn check_settings(config: &RedisConfig) -> Result<(), RedisBackplaneError> {
             reason: reason.to_owned(),
         })
     };
-    if config.channel.is_empty() {
-        return invalid("channel is empty; use RedisConfig::for_app(\"your-app\")");
+    if config.channel.as_ref().is_some_and(String::is_empty) {
+        return invalid(
+            "channel is empty; leave it unset for the default, or use RedisConfig::for_app(\"your-app\")",
+        );
     }
     if config.connect_timeout.is_zero() {
         return invalid("connect_timeout is zero; every connection attempt would time out");
@@ -414,7 +418,7 @@ mod tests {
         let zero = std::time::Duration::ZERO;
         for config in [
             RedisConfig {
-                channel: String::new(),
+                channel: Some(String::new()),
                 ..RedisConfig::default()
             },
             RedisConfig {

@@ -17,7 +17,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn config(url: String, app: &str) -> RedisConfig {
     RedisConfig {
-        url,
+        url: url.into(),
         connect_timeout: Duration::from_secs(2),
         publish_timeout: Duration::from_millis(500),
         ping_interval: Duration::from_millis(50),
@@ -697,7 +697,7 @@ async fn an_unsolicited_sunsubscribe_is_a_lost_link() {
         sharded: true,
         ..config(server.url(), "unsubscribed")
     };
-    let slot: i64 = blocking(|| command(&server, &["CLUSTER", "KEYSLOT", &config.channel]));
+    let slot: i64 = blocking(|| command(&server, &["CLUSTER", "KEYSLOT", &config.channel_name()]));
     let slot = slot.to_string();
     let backplane = RedisBackplane::connect_with(config).await.unwrap();
     let mut sub = backplane.subscribe().await.unwrap();
