@@ -6,13 +6,11 @@ use std::sync::Arc;
 use nearcache_backplane::Backplane;
 use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::Key;
-use nearcache_store::{RemovalCause, Store, StoreOptions};
+use nearcache_store::{RemovalCause, Store};
 
 use crate::cache::Cache;
 use crate::error::BuildError;
 use crate::identity::Identity;
-#[cfg(feature = "redis")]
-use crate::options::BackplaneOptions;
 use crate::options::CacheOptions;
 use crate::propagation::Propagation;
 
@@ -25,7 +23,8 @@ use crate::propagation::Propagation;
 /// # async fn main() -> Result<(), nearcache::BuildError> {
 /// let bus = InMemoryBackplane::new();
 /// let cache = Cache::builder()
-///     .options(CacheOptions { max_capacity: 1_000, ..CacheOptions::default() })
+///     .options(CacheOptions { name: Some("catalog".into()), ..CacheOptions::default() })
+///     .shards(16)
 ///     .backplane(bus.clone())
 ///     .build()?;
 /// cache.ready().await;
@@ -58,6 +57,14 @@ impl CacheBuilder {
     /// Sets every option at once (see [`CacheOptions`]).
     pub fn options(mut self, options: CacheOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Sets the number of shards of the store (see [`StoreOptions::shards`](nearcache_store::StoreOptions::shards));
+    /// the same as `options.store.shards`. Call it after [`options`](Self::options), which
+    /// sets every option, this one included.
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.options.store.shards = Some(shards);
         self
     }
 
@@ -146,7 +153,7 @@ impl CacheBuilder {
     /// [`BuildError::NoRuntime`] when a backplane is given outside a tokio runtime.
     pub fn build(self) -> Result<Cache, BuildError> {
         self.options.backplane.check()?;
-        let store_options = store_options(&self.options);
+        let store_options = self.options.store.clone();
         #[cfg(feature = "test-util")]
         let store = match (self.clock, self.removal_listener) {
             (Some(clock), None) => Store::with_clock(store_options, clock),
@@ -165,7 +172,7 @@ impl CacheBuilder {
         let identity = Identity::new(
             self.options.cache_name(),
             InstanceId::random(),
-            self.options.log_keys,
+            self.options.store.log_keys,
         );
         let propagation = match self.backplane {
             None => None,
@@ -187,13 +194,14 @@ impl CacheBuilder {
         Ok(Cache::from_parts(store, propagation, identity))
     }
 
-    /// Connects to Redis at `options.backplane.redis_url`, then builds.
+    /// Connects to the Redis of `options.backplane.redis` (with the backplane's
+    /// `publish_timeout` and reconnect delays), then builds.
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoRedisUrl`] when no URL is configured, [`BuildError::Redis`] when
-    /// Redis cannot be reached or refuses the credentials, and those of
-    /// [`build`](Self::build).
+    /// [`BuildError::NoRedisUrl`] when no Redis is configured, [`BuildError::Redis`] when
+    /// Redis cannot be reached, refuses the credentials or a setting (an unreadable
+    /// `tls_ca_file`), and those of [`build`](Self::build).
     ///
     /// # Cancel safety
     ///
@@ -201,62 +209,16 @@ impl CacheBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub async fn connect(self) -> Result<Cache, BuildError> {
-        let config = redis_config(&self.options.backplane)?;
+        self.options.backplane.check()?;
+        let config = self
+            .options
+            .backplane
+            .redis_config()
+            .ok_or(BuildError::NoRedisUrl)?;
         let backplane = nearcache_redis::RedisBackplane::connect_with(config)
             .await
             .map_err(BuildError::Redis)?;
         self.backplane(backplane).build()
-    }
-}
-
-/// The [`RedisConfig`](nearcache_redis::RedisConfig) that `options` describe: every Redis
-/// setting of [`BackplaneOptions`] is mapped here, the rest keeps the backplane's defaults
-/// (the reconnect jitter, and `max_payload`, which must stay at the wire format's 1 MiB).
-#[cfg(feature = "redis")]
-fn redis_config(options: &BackplaneOptions) -> Result<nearcache_redis::RedisConfig, BuildError> {
-    let url = options.redis_url.clone().ok_or(BuildError::NoRedisUrl)?;
-    let tls_ca_pem = match &options.tls_ca_file {
-        None => None,
-        // A few KiB, read once at startup: not worth a blocking-pool hop.
-        Some(path) => Some(std::fs::read(path).map_err(|source| BuildError::TlsCaFile {
-            path: path.clone(),
-            source,
-        })?),
-    };
-    Ok(nearcache_redis::RedisConfig {
-        url,
-        channel: options.channel_name(),
-        connect_timeout: options.connect_timeout,
-        publish_timeout: options.publish_timeout,
-        reconnect: nearcache_redis::ReconnectBackoff {
-            initial: options.reconnect_initial_delay,
-            max: options.reconnect_max_delay,
-            ..nearcache_redis::ReconnectBackoff::default()
-        },
-        ping_interval: options.ping_interval,
-        sharded: options.sharded,
-        subscriber_queue: options.subscriber_queue,
-        tls_ca_pem,
-        replay_log_len: options.replay_log_len,
-        ..nearcache_redis::RedisConfig::default()
-    })
-}
-
-fn store_options(options: &CacheOptions) -> StoreOptions {
-    StoreOptions {
-        enabled: options.enabled,
-        default_absolute_expiration: options.time_to_live,
-        default_sliding_expiration: options.time_to_idle,
-        max_capacity: options.max_capacity,
-        max_weight: options.max_weight,
-        cache_none: options.cache_none,
-        purge_interval: options.purge_interval,
-        log_keys: options.log_keys,
-        default_fail_safe_max_duration: options.fail_safe_max_duration,
-        fail_safe_throttle: options.fail_safe_throttle,
-        hard_timeout: options.hard_timeout,
-        eager_refresh_threshold: options.eager_refresh_threshold,
-        ..StoreOptions::default()
     }
 }
 
@@ -267,89 +229,5 @@ impl fmt::Debug for CacheBuilder {
             .field("backplane", &self.backplane)
             .field("removal_listener", &self.removal_listener.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(all(test, feature = "redis"))]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use std::time::Duration;
-
-    use nearcache_redis::{ReconnectBackoff, RedisConfig};
-
-    use super::*;
-
-    #[test]
-    fn default_options_give_the_backplanes_defaults() {
-        let options = BackplaneOptions {
-            redis_url: Some("redis://10.0.0.5:6379".into()),
-            ..BackplaneOptions::default()
-        };
-        assert_eq!(
-            redis_config(&options).unwrap(),
-            RedisConfig::new("redis://10.0.0.5:6379"),
-            "the two crates' defaults agree"
-        );
-    }
-
-    #[test]
-    fn every_redis_option_is_mapped() {
-        let dir = std::env::temp_dir().join(format!("nearcache-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----\n").unwrap();
-        let options = BackplaneOptions {
-            redis_url: Some("rediss://app:pw@redis.internal:6380/1".into()),
-            app: "shop".into(),
-            publish_timeout: Duration::from_millis(250),
-            reconnect_initial_delay: Duration::from_millis(20),
-            reconnect_max_delay: Duration::from_secs(2),
-            connect_timeout: Duration::from_millis(1500),
-            ping_interval: Duration::from_millis(300),
-            sharded: true,
-            subscriber_queue: 99,
-            tls_ca_file: Some(ca.clone()),
-            replay_log_len: 7,
-            ..BackplaneOptions::default()
-        };
-        let config = redis_config(&options).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            config,
-            RedisConfig {
-                url: "rediss://app:pw@redis.internal:6380/1".into(),
-                channel: "nearcache:shop:invalidations".into(),
-                connect_timeout: Duration::from_millis(1500),
-                publish_timeout: Duration::from_millis(250),
-                reconnect: ReconnectBackoff {
-                    initial: Duration::from_millis(20),
-                    max: Duration::from_secs(2),
-                    ..ReconnectBackoff::default()
-                },
-                ping_interval: Duration::from_millis(300),
-                sharded: true,
-                subscriber_queue: 99,
-                tls_ca_pem: Some(b"-----BEGIN CERTIFICATE-----\n".to_vec()),
-                replay_log_len: 7,
-                ..RedisConfig::default()
-            }
-        );
-    }
-
-    #[test]
-    fn a_missing_url_or_ca_file_is_a_typed_error() {
-        let err = redis_config(&BackplaneOptions::default()).unwrap_err();
-        assert!(matches!(err, BuildError::NoRedisUrl), "{err:?}");
-        let options = BackplaneOptions {
-            redis_url: Some("rediss://h:1".into()),
-            tls_ca_file: Some("/nonexistent/nearcache/ca.pem".into()),
-            ..BackplaneOptions::default()
-        };
-        let err = redis_config(&options).unwrap_err();
-        assert!(matches!(err, BuildError::TlsCaFile { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("/nonexistent/nearcache/ca.pem"),
-            "{err}"
-        );
     }
 }

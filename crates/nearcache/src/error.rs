@@ -23,26 +23,12 @@ pub enum BuildError {
          (in an async fn under #[tokio::main], or after Runtime::enter())"
     )]
     NoRuntime,
-    /// `connect()` was called but `backplane.redis_url` is not set.
+    /// `connect()` was called but `backplane.redis` is not set.
     #[error(
-        "no Redis URL configured: set backplane.redis_url, or pass a backplane to .backplane()"
+        "no Redis configured: set backplane.redis.url (a [backplane.redis] section), or pass \
+         a backplane to .backplane()"
     )]
     NoRedisUrl,
-    /// `backplane.tls_ca_file` could not be read.
-    #[cfg(feature = "redis")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-    #[error(
-        "cannot read backplane.tls_ca_file {}; it must name a readable PEM file \
-         with the CA certificate of the Redis server",
-        path.display()
-    )]
-    TlsCaFile {
-        /// The configured path.
-        path: std::path::PathBuf,
-        /// Why it could not be read.
-        #[source]
-        source: std::io::Error,
-    },
     /// The Redis backplane could not connect.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -13,7 +13,7 @@
 //! # Quick start
 //!
 //! Two instances of a service, each with its own [`Cache`], joined by a backplane. In
-//! production the backplane is Redis (feature `redis`: set `backplane.redis_url` in the
+//! production the backplane is Redis (feature `redis`: set `backplane.redis` in the
 //! [`CacheOptions`] and build with `CacheBuilder::connect`); here it is the
 //! [`InMemoryBackplane`], so the example runs anywhere.
 //!
@@ -29,7 +29,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = InMemoryBackplane::new();
-//! let options = CacheOptions { max_capacity: 50_000, ..CacheOptions::default() };
+//! let options = CacheOptions { name: Some("catalog".into()), ..CacheOptions::default() };
 //! let a = Cache::builder().options(options.clone()).backplane(bus.connection()).build()?;
 //! let b = Cache::builder().options(options).backplane(bus.connection()).build()?;
 //! a.ready().await; // subscribed: until then reads bypass the cache
@@ -73,7 +73,7 @@
 //! is invalidated while its factory runs — here or by a peer — the value is returned to its
 //! callers but not stored, so a load that read the database before a write never plants the
 //! old value after the write's invalidation. The `_optional` variants cache `Ok(None)` as a
-//! negative entry when [`CacheOptions::cache_none`] is on.
+//! negative entry when [`StoreOptions::cache_none`] is on.
 //!
 //! [`Cache::get_or_create_many`] (and `_sync`) loads many keys with one factory call for
 //! those neither cached nor loading ([`BatchEntries`]); each key is still its own flight,
@@ -114,17 +114,24 @@
 //!
 //! # Configuration
 //!
-//! [`CacheOptions`] (with [`BackplaneOptions`]) deserializes with serde from any config
-//! format, with human durations (`"15m"`) and an error for unknown fields:
+//! [`CacheOptions`] deserializes with serde from any config format, with human durations
+//! (`"15m"`) and an error for unknown fields. It composes each layer's own options: the
+//! store's ([`StoreOptions`], at the top level of a file), the propagation's
+//! ([`BackplaneOptions`], `[backplane]`) and, with the `redis` feature, the Redis backplane's
+//! (`RedisConfig`, `[backplane.redis]`):
 //!
 //! ```
+//! use std::time::Duration;
+//!
 //! let options: nearcache::CacheOptions = serde_json::from_str(r#"{
 //!     "time_to_idle": "15m",
-//!     "backplane": { "app": "shop", "max_staleness": "30s" }
+//!     "backplane": { "max_staleness": "30s" }
 //! }"#)?;
-//! assert_eq!(options.backplane.channel_name(), "nearcache:shop:invalidations");
+//! assert_eq!(options.store.time_to_idle, Some(Duration::from_secs(900)));
 //! # Ok::<(), serde_json::Error>(())
 //! ```
+//!
+//! docs/configuration.md lists every option by layer, with a full example.
 //!
 //! # Features
 //!
@@ -190,7 +197,7 @@ pub use error::{BuildError, FactoryTimeout, LoadError, OptionsError, TypeMismatc
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use invalidation::{Invalidation, Propagated, WaitPublished};
-pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
+pub use options::{BackplaneOptions, CacheOptions, LossPolicy, Secret, StoreOptions};
 pub use stats::{
     CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,
     StoreStats,
@@ -219,7 +226,9 @@ pub use nearcache_backplane::wire::InstanceId;
 pub use nearcache_backplane::{Backplane, BackplaneError, BackplaneEvent, InMemoryBackplane};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use nearcache_redis::{ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig};
+pub use nearcache_redis::{
+    RedactedUrl, ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig, RedisUrl,
+};
 
 /// The repository's README, whose usage example `cargo test` compiles and runs as a doctest.
 #[cfg(doctest)]

@@ -1,16 +1,40 @@
 //! [`CacheOptions`]: everything a deployment tunes, deserializable from configuration.
 //!
-//! Durations are human-readable (`"15m"`, `"250ms"`) through `humantime-serde`. Every field
-//! has a default, so a config file names only what it changes; unknown fields are an error,
-//! so a misspelt option fails loudly instead of being ignored.
+//! Each layer owns its settings and their defaults, and this module composes them rather
+//! than copying them:
+//!
+//! * the store's ([`StoreOptions`]: capacity, expiry, fail-safe, timeouts, eager refresh) are
+//!   flattened into [`CacheOptions`], so a config file names them at its top level
+//!   (`max_capacity = 50000`) — where they have always been, and where a reader of the file
+//!   expects "the cache's" settings — while Rust code reaches them as `options.store`;
+//! * the propagation's ([`BackplaneOptions`]: heartbeats, the outbox, batching, staleness,
+//!   loss policy, replay, signing keys) are the facade's own, in a `[backplane]` section,
+//!   because they apply whatever carries the messages;
+//! * the Redis backplane's ([`RedisConfig`](nearcache_redis::RedisConfig), feature `redis`)
+//!   nest one level further, as `[backplane.redis]`: only a Redis deployment has them, and
+//!   without the feature the section is an unknown field, so a file meant for Redis fails
+//!   loudly instead of being half read.
+//!
+//! A nested store section was the alternative; flattening keeps every existing file valid
+//! and keeps the common keys one level deep. Durations are human-readable (`"15m"`,
+//! `"250ms"`) through `humantime-serde`. Every field has a default, so a config file names
+//! only what it changes; unknown fields are an error, so a misspelt option fails loudly
+//! instead of being ignored. Files written before the Redis settings had their own section
+//! still load: see [`legacy`].
+//!
+//! Secrets (signing keys here, the Redis URL's password in
+//! [`RedisUrl`](nearcache_redis::RedisUrl)) are held in types whose `Debug` hides them, so
+//! every options struct derives `Debug` and a new field can never be left out of it.
+
+mod legacy;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use nearcache_backplane::wire::SigningKeys;
+pub use nearcache_store::StoreOptions;
 
 use crate::error::BuildError;
 
@@ -21,102 +45,48 @@ pub(crate) enum SigningKeyError {
     Previous,
 }
 
-/// Options of one [`Cache`](crate::Cache).
+/// Options of one [`Cache`](crate::Cache): the cache's name, the [store's](StoreOptions)
+/// settings and the [backplane's](BackplaneOptions).
 ///
 /// ```
 /// use std::time::Duration;
-/// use nearcache::CacheOptions;
+/// use nearcache::{CacheOptions, StoreOptions};
 ///
 /// let options: CacheOptions = serde_json::from_str(r#"{
 ///     "time_to_idle": "15m",
 ///     "max_capacity": 50000,
 ///     "backplane": { "max_staleness": "30s" }
 /// }"#).unwrap();
-/// assert_eq!(options.time_to_idle, Some(Duration::from_secs(900)));
-/// assert!(options.enabled, "unnamed fields keep their defaults");
+/// assert_eq!(options.store.time_to_idle, Some(Duration::from_secs(900)));
+/// assert!(options.store.enabled, "unnamed fields keep their defaults");
+///
+/// // In Rust, the store's settings are one field:
+/// let same = CacheOptions {
+///     store: StoreOptions {
+///         time_to_idle: Some(Duration::from_secs(900)),
+///         max_capacity: 50_000,
+///         ..StoreOptions::default()
+///     },
+///     ..CacheOptions::default()
+/// };
+/// assert_eq!(same.store, options.store);
 /// ```
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheOptions {
-    /// `false` turns the cache into a pass-through: every call runs its factory and nothing is
-    /// stored. Invalidations are still published, so peers stay coherent. Default `true`.
-    pub enabled: bool,
-    /// Time to idle (sliding expiration) for entries that set none: an entry not read for
-    /// this long expires. Default: none. Also read as `sliding_expiration`, its former name.
-    #[serde(with = "humantime_serde", alias = "sliding_expiration")]
-    pub time_to_idle: Option<Duration>,
-    /// Time to live (absolute expiration, from insertion) for entries that set none.
-    /// Default: none. Also read as `absolute_expiration`, its former name.
-    #[serde(with = "humantime_serde", alias = "absolute_expiration")]
-    pub time_to_live: Option<Duration>,
-    /// Most entries held at once. Default 10,000. Ignored when `max_weight` is set.
-    pub max_capacity: u64,
-    /// A weight budget instead of an entry count: entries weigh what their factory says
-    /// (default 1). Default: none.
-    pub max_weight: Option<u64>,
-    /// Whether a factory's `Ok(None)` is stored (negative caching) by the `_optional`
-    /// loaders. Default `true`.
-    pub cache_none: bool,
-    /// How often expired entries are swept out of memory. Default 60 s.
-    #[serde(with = "humantime_serde")]
-    pub purge_interval: Duration,
     /// The cache's name in logs, spans and metrics (the `cache` label), so two caches in one
     /// process can be told apart. Default: none, which means the application's name (the
     /// executable's file name, else `"nearcache"`).
     pub name: Option<String>,
-    /// Whether keys appear as they are in logs and spans. Keys may hold personal data, so by
-    /// default they do not: a short stable hash of the key stands in for it (the same key
-    /// always gives the same hash, on every instance). Default `false`.
-    pub log_keys: bool,
-    /// Fail-safe: how long entries that expire by time are kept past their expiry (still
-    /// weighing against the capacity, never returned by `get`), so that when a later load
-    /// of the key fails (an error, a panic, `hard_timeout`) its callers get the expired value
-    /// instead of the error. An invalidated entry (`remove`, `set`, a region or sub-key
-    /// expiry, `clear`, a peer's message, a loss clear) is never kept. A factory overrides
-    /// it per entry with `EntryOptions::fail_safe_max_duration`. Default: none (off).
-    #[serde(with = "humantime_serde")]
-    pub fail_safe_max_duration: Option<Duration>,
-    /// After fail-safe served an expired value, how long that value is served again as a
-    /// live entry (`get` included) before the factory is tried again: a failing database is
-    /// called about once per key per throttle, not by every request. `0s`: tried on every
-    /// call. Default 30 s.
-    #[serde(with = "humantime_serde")]
-    pub fail_safe_throttle: Duration,
-    /// Longest an async get-or-create's factory may run. Past it its future is dropped
-    /// (the load is cancelled, not left running) and every caller of that load gets the
-    /// fail-safe value if there is one, else `LoadError::Timeout`. Blocking
-    /// (`_sync`) callers are not timed. Not zero. Default: none.
-    #[serde(with = "humantime_serde")]
-    pub hard_timeout: Option<Duration>,
-    /// Eager refresh, for the `get_or_create_detached*` loaders: once this fraction of an
-    /// entry's absolute time to live has passed (0.8: after 48 s of a minute), the first hit
-    /// starts one background reload while callers keep getting the current value, so hot
-    /// keys do not all miss at once at expiry. Per entry: `EntryOptions::eager_refresh_threshold`.
-    /// Strictly between 0 and 1. Default: none.
-    pub eager_refresh_threshold: Option<f64>,
+    /// The local store: `enabled`, `time_to_live`, `time_to_idle`, `max_capacity`,
+    /// `max_weight`, `cache_none`, `purge_interval`, `shards`, `log_keys` (logs and spans of
+    /// the facade too), fail-safe, `hard_timeout`, `eager_refresh_threshold`. In a config file
+    /// these keys stand at the top level, beside `name`.
+    #[serde(flatten)]
+    pub store: StoreOptions,
     /// How instances tell each other about invalidations.
+    #[serde(deserialize_with = "legacy::backplane")]
     pub backplane: BackplaneOptions,
-}
-
-impl Default for CacheOptions {
-    fn default() -> Self {
-        CacheOptions {
-            enabled: true,
-            time_to_idle: None,
-            time_to_live: None,
-            max_capacity: 10_000,
-            max_weight: None,
-            cache_none: true,
-            purge_interval: Duration::from_secs(60),
-            name: None,
-            log_keys: false,
-            fail_safe_max_duration: None,
-            fail_safe_throttle: Duration::from_secs(30),
-            hard_timeout: None,
-            eager_refresh_threshold: None,
-            backplane: BackplaneOptions::default(),
-        }
-    }
 }
 
 impl CacheOptions {
@@ -134,27 +104,6 @@ impl CacheOptions {
     }
 }
 
-impl fmt::Debug for CacheOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheOptions")
-            .field("enabled", &self.enabled)
-            .field("time_to_idle", &self.time_to_idle)
-            .field("time_to_live", &self.time_to_live)
-            .field("max_capacity", &self.max_capacity)
-            .field("max_weight", &self.max_weight)
-            .field("cache_none", &self.cache_none)
-            .field("purge_interval", &self.purge_interval)
-            .field("name", &self.name)
-            .field("log_keys", &self.log_keys)
-            .field("fail_safe_max_duration", &self.fail_safe_max_duration)
-            .field("fail_safe_throttle", &self.fail_safe_throttle)
-            .field("hard_timeout", &self.hard_timeout)
-            .field("eager_refresh_threshold", &self.eager_refresh_threshold)
-            .field("backplane", &self.backplane)
-            .finish()
-    }
-}
-
 /// What an instance does when it may have missed an invalidation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -166,36 +115,56 @@ pub enum LossPolicy {
     None,
 }
 
-/// Backplane settings: how invalidations leave and reach this instance.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// A secret from configuration (a signing key): `Debug` shows `"***"`, so options that hold
+/// one can derive `Debug`. It (de)serializes as a plain string.
+///
+/// ```
+/// let key = nearcache::Secret::from("a long random secret shared by the fleet");
+/// assert_eq!(format!("{key:?}"), "***");
+/// assert_eq!(key.expose(), "a long random secret shared by the fleet");
+/// ```
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Backplane settings: how invalidations leave and reach this instance. The first fields
+/// apply to every backplane; [`redis`](Self::redis) holds what only Redis has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackplaneOptions {
-    /// Redis URL, credentials allowed, used by `CacheBuilder::connect` with the `redis`
-    /// feature. It is never printed: `Debug` shows it redacted. Default: none (no backplane
-    /// unless one is given to the builder).
-    ///
-    /// * `redis://host:port` (`rediss://` for TLS): one node.
-    /// * `redis+cluster://host1:port,host2:port,…` (`rediss+cluster://`): a Redis Cluster,
-    ///   given by any of its nodes; the backplane uses sharded pub/sub on the primary that
-    ///   serves the channel's slot and follows resharding and failovers.
-    /// * `redis+sentinel://host1:port,host2:port,…/master-name` (`rediss+sentinel://`): the
-    ///   primary the Sentinels name, followed through failovers.
-    ///
-    /// URLs, ACLs and what a failover costs: docs/operations.md (sections "Redis Cluster" and
-    /// "Redis Sentinel").
-    pub redis_url: Option<String>,
-    /// Pub/sub channel. Every instance that shares data must use the same one. Default:
-    /// `nearcache:{app}:invalidations` with `app` below.
-    pub channel: Option<String>,
-    /// Application name used in the default channel. Default `"default"`.
-    pub app: String,
     /// How often an instance tells its peers its last sequence number, so a lost *last*
     /// message is noticed. Give every instance on a channel the same value. 1 ms to 1 day;
     /// default 5 s.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Longest a single publish may take before it counts as failed (and stays queued).
-    /// Also bounds how long the async invalidation methods wait. Not zero; default 1 s.
+    /// Also bounds how long the async invalidation methods wait, and (Redis) each `PUBLISH`
+    /// and the subscriber's `PING`. Not zero; default 1 s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// How many heartbeat intervals this instance waits to hear its own publishes (messages
@@ -210,11 +179,11 @@ pub struct BackplaneOptions {
     /// instance on the channel the same key. When unset, the environment variable
     /// `NEARCACHE_SIGNING_KEY` is used if present. Never printed. Default: none (messages
     /// are unsigned and anyone who can publish on the channel can make caches evict).
-    pub signing_key: Option<String>,
+    pub signing_key: Option<Secret>,
     /// During a key rotation, the old key: messages signed with it are still accepted, none
     /// are signed with it. When unset, `NEARCACHE_PREVIOUS_SIGNING_KEY` is used if present.
     /// Default: none.
-    pub previous_signing_key: Option<String>,
+    pub previous_signing_key: Option<Secret>,
     /// Most invalidations (keys, region expiries) waiting to be published. Past it the
     /// backlog is dropped: this instance clears itself, and its peers, seeing a gap in its
     /// sequence numbers once the backplane is back, clear themselves.
@@ -230,7 +199,7 @@ pub struct BackplaneOptions {
     /// What to do when this instance may have missed an invalidation. Default `clear`.
     pub on_loss: LossPolicy,
     /// Repair losses from the backplane's replay log when it keeps one (Redis does unless
-    /// `replay_log_len` is 0; the in-memory bus when built `with_replay_log`): after a
+    /// its `replay_log_len` is 0; the in-memory bus when built `with_replay_log`): after a
     /// reconnect, a lagged queue, a dead subscription or a skipped log position, read what
     /// was missed and evict exactly those keys, and clear (per `on_loss`) only when the log
     /// cannot cover the gap. `false` ignores any log: every loss clears. Default `true`.
@@ -239,14 +208,8 @@ pub struct BackplaneOptions {
     /// cache while it runs; past this it gives up and clears instead. Not zero; default 5 s.
     #[serde(with = "humantime_serde")]
     pub replay_timeout: Duration,
-    /// Redis only: how many payloads the replay log (a Redis Stream next to the channel)
-    /// keeps, approximately (`XADD … MAXLEN ~ n`). 0 turns the log off (and with it replay:
-    /// every loss clears). Size it to cover the longest outage to be repaired: messages
-    /// published per second by the whole fleet (invalidation batches and heartbeats) times
-    /// the outage in seconds. Default 100,000.
-    pub replay_log_len: usize,
-    /// First delay before retrying a failed publish or subscribe (and reconnecting to
-    /// Redis); doubles up to `reconnect_max_delay`. Not zero; default 100 ms.
+    /// First delay before retrying a failed publish or subscribe (and, for Redis,
+    /// reconnecting); doubles up to `reconnect_max_delay`. Not zero; default 100 ms.
     #[serde(with = "humantime_serde")]
     pub reconnect_initial_delay: Duration,
     /// Longest delay between retries; at least `reconnect_initial_delay`. Default 5 s. A
@@ -255,33 +218,20 @@ pub struct BackplaneOptions {
     /// backplane is back.
     #[serde(with = "humantime_serde")]
     pub reconnect_max_delay: Duration,
-    /// Redis only: how long connecting (TCP, TLS, `HELLO`/`AUTH`, a first `PING`) may take, at
-    /// `CacheBuilder::connect` and for each reconnection attempt.
-    /// Default 5 s.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Redis only: how often the subscribing connection is pinged, so a connection that died
-    /// silently (a network partition) is noticed within this plus `publish_timeout`.
-    /// Default 1 s.
-    #[serde(with = "humantime_serde")]
-    pub ping_interval: Duration,
-    /// Redis only: sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis ≥ 7.0). Every instance on
-    /// the channel must agree. Default `false`.
-    pub sharded: bool,
-    /// Redis only: messages buffered between the subscribing connection and the cache; past
-    /// it they are dropped and this instance clears itself (cause `lagged`). Default 1,024.
-    pub subscriber_queue: usize,
-    /// Redis only: a PEM file with the certificate authority of a `rediss://` server with a
-    /// private CA, read at `CacheBuilder::connect`. Default: none (the
-    /// Mozilla root certificates).
-    pub tls_ca_file: Option<PathBuf>,
+    /// The Redis backplane `CacheBuilder::connect` makes (its URL, channel, connection and
+    /// replay-log settings; `[backplane.redis]` in a config file). Its `publish_timeout` and
+    /// reconnect delays are taken from the fields above. Default: none, and `connect` then
+    /// refuses with [`BuildError::NoRedisUrl`].
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<nearcache_redis::RedisConfig>,
 }
 
 impl BackplaneOptions {
     /// Longest `heartbeat_interval` accepted: past it, a lost last message would go
     /// unnoticed for days.
     pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
-
     /// Checks what the builder relies on.
     ///
     /// # Errors
@@ -347,16 +297,13 @@ impl BackplaneOptions {
     /// set (a previous key alone is ignored: it only verifies, and nothing would sign).
     pub(crate) fn signing_keys(&self) -> Result<Option<SigningKeys>, SigningKeyError> {
         let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let Some(current) = self
-            .signing_key
-            .clone()
-            .or_else(|| from_env("NEARCACHE_SIGNING_KEY"))
+        let from_options = |key: &Option<Secret>| key.as_ref().map(|key| key.expose().to_owned());
+        let Some(current) =
+            from_options(&self.signing_key).or_else(|| from_env("NEARCACHE_SIGNING_KEY"))
         else {
             return Ok(None);
         };
-        let previous = self
-            .previous_signing_key
-            .clone()
+        let previous = from_options(&self.previous_signing_key)
             .or_else(|| from_env("NEARCACHE_PREVIOUS_SIGNING_KEY"));
         if let Some(previous) = &previous
             && previous.len() < nearcache_backplane::wire::auth::MIN_KEY_LEN
@@ -367,22 +314,27 @@ impl BackplaneOptions {
             .map(Some)
             .map_err(|_| SigningKeyError::Current)
     }
-
-    /// The channel in use: `channel`, or `nearcache:{app}:invalidations`.
-    pub fn channel_name(&self) -> String {
-        match &self.channel {
-            Some(channel) => channel.clone(),
-            None => format!("nearcache:{}:invalidations", self.app),
-        }
+    /// The Redis backplane's configuration as `connect` uses it: [`redis`](Self::redis),
+    /// with the `publish_timeout` and reconnect delays of these options, which pace the
+    /// facade's waits and retries and Redis's alike.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_config(&self) -> Option<nearcache_redis::RedisConfig> {
+        let redis = self.redis.as_ref()?;
+        Some(nearcache_redis::RedisConfig {
+            publish_timeout: self.publish_timeout,
+            reconnect: nearcache_redis::ReconnectBackoff {
+                initial: self.reconnect_initial_delay,
+                max: self.reconnect_max_delay,
+                ..redis.reconnect
+            },
+            ..redis.clone()
+        })
     }
 }
 
 impl Default for BackplaneOptions {
     fn default() -> Self {
         BackplaneOptions {
-            redis_url: None,
-            channel: None,
-            app: "default".to_owned(),
             heartbeat_interval: Duration::from_secs(5),
             publish_timeout: Duration::from_secs(1),
             heartbeat_echo_intervals: 3,
@@ -394,60 +346,11 @@ impl Default for BackplaneOptions {
             on_loss: LossPolicy::Clear,
             replay: true,
             replay_timeout: Duration::from_secs(5),
-            replay_log_len: 100_000,
             reconnect_initial_delay: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(5),
-            ping_interval: Duration::from_secs(1),
-            sharded: false,
-            subscriber_queue: 1024,
-            tls_ca_file: None,
+            #[cfg(feature = "redis")]
+            redis: None,
         }
-    }
-}
-
-impl fmt::Debug for BackplaneOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackplaneOptions")
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
-            .field("channel", &self.channel_name())
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("heartbeat_echo_intervals", &self.heartbeat_echo_intervals)
-            .field("signing_key", &self.signing_key.as_ref().map(|_| "***"))
-            .field(
-                "previous_signing_key",
-                &self.previous_signing_key.as_ref().map(|_| "***"),
-            )
-            .field("outbox_capacity", &self.outbox_capacity)
-            .field("max_batch", &self.max_batch)
-            .field("max_staleness", &self.max_staleness)
-            .field("on_loss", &self.on_loss)
-            .field("replay", &self.replay)
-            .field("replay_timeout", &self.replay_timeout)
-            .field("replay_log_len", &self.replay_log_len)
-            .field("reconnect_initial_delay", &self.reconnect_initial_delay)
-            .field("reconnect_max_delay", &self.reconnect_max_delay)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("ping_interval", &self.ping_interval)
-            .field("sharded", &self.sharded)
-            .field("subscriber_queue", &self.subscriber_queue)
-            .field("tls_ca_file", &self.tls_ca_file)
-            .finish()
-    }
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`; anything without credentials as is.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((credentials, host)) => match credentials.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-            None => format!("{scheme}://***@{host}"),
-        },
-        None => url.to_owned(),
     }
 }
 
@@ -457,10 +360,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_round_trip_through_toml() {
+    fn defaults_round_trip_through_toml_and_json() {
         let text = toml::to_string(&CacheOptions::default()).unwrap();
         let back: CacheOptions = toml::from_str(&text).unwrap();
         assert_eq!(back, CacheOptions::default());
+        let json = serde_json::to_string(&CacheOptions::default()).unwrap();
+        let back: CacheOptions = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, CacheOptions::default());
+    }
+
+    #[test]
+    fn the_stores_keys_stand_at_the_top_level() {
+        let options: CacheOptions = toml::from_str(
+            "name = \"catalog\"\nmax_capacity = 5\nshards = 4\ntime_to_live = \"1h 30m\"\n\
+             [backplane]\npublish_timeout = \"250ms\"\non_loss = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            options,
+            CacheOptions {
+                name: Some("catalog".into()),
+                store: StoreOptions {
+                    max_capacity: 5,
+                    shards: Some(4),
+                    time_to_live: Some(Duration::from_secs(5400)),
+                    ..StoreOptions::default()
+                },
+                backplane: BackplaneOptions {
+                    publish_timeout: Duration::from_millis(250),
+                    on_loss: LossPolicy::None,
+                    ..BackplaneOptions::default()
+                },
+            }
+        );
+        // Written out, the store's keys are top-level keys again, not a `store` table.
+        let text = toml::to_string(&options).unwrap();
+        assert!(
+            text.contains("\nshards = 4") && !text.contains("store"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -471,7 +409,7 @@ mod tests {
             toml::from_str("time_to_idle = \"15m\"\ntime_to_live = \"1h\"\n").unwrap();
         assert_eq!(old, new);
         assert_eq!(
-            (new.time_to_idle, new.time_to_live),
+            (new.store.time_to_idle, new.store.time_to_live),
             (
                 Some(Duration::from_secs(900)),
                 Some(Duration::from_secs(3600))
@@ -482,10 +420,10 @@ mod tests {
                 .unwrap();
         assert_eq!(json, new);
         // One option under both names is refused, not silently resolved.
-        assert!(
+        let both =
             toml::from_str::<CacheOptions>("time_to_idle = \"1m\"\nsliding_expiration = \"2m\"\n")
-                .is_err()
-        );
+                .unwrap_err();
+        assert!(both.to_string().contains("time_to_idle"), "{both}");
         // Written out, only the new names appear.
         let text = toml::to_string(&new).unwrap();
         assert!(
@@ -495,42 +433,70 @@ mod tests {
     }
 
     #[test]
-    fn human_durations_and_unknown_fields() {
-        let options: CacheOptions = toml::from_str(
-            "time_to_live = \"1h 30m\"\n[backplane]\npublish_timeout = \"250ms\"\non_loss = \"none\"\n",
-        )
-        .unwrap();
-        assert_eq!(options.time_to_live, Some(Duration::from_secs(5400)));
-        assert_eq!(
-            options.backplane.publish_timeout,
-            Duration::from_millis(250)
-        );
-        assert_eq!(options.backplane.on_loss, LossPolicy::None);
-        let err = toml::from_str::<CacheOptions>("max_capacty = 5").unwrap_err();
-        assert!(err.to_string().contains("max_capacty"), "{err}");
+    fn unknown_fields_are_refused_at_every_level() {
+        for (text, misspelt) in [
+            ("max_capacty = 5", "max_capacty"),
+            ("[backplane]\nheartbeat_intervall = \"1s\"", "heartbeat_intervall"),
+            ("[backplane.redis]\nuri = \"redis://h\"", "uri"),
+        ] {
+            let err = toml::from_str::<CacheOptions>(text).unwrap_err();
+            assert!(err.to_string().contains(misspelt), "{text}: {err}");
+        }
     }
 
+    #[cfg(feature = "redis")]
     #[test]
-    fn debug_never_shows_the_password() {
-        let options = BackplaneOptions {
-            redis_url: Some("redis://app:hunter2@127.0.0.1:6379/0".into()),
-            ..BackplaneOptions::default()
+    fn debug_shows_every_option_but_no_secret() {
+        let options = CacheOptions {
+            backplane: BackplaneOptions {
+                signing_key: Some("fleet-secret-0123456789".into()),
+                previous_signing_key: Some("older-secret-0123456789".into()),
+                redis: Some(nearcache_redis::RedisConfig::new(
+                    "redis://app:hunter2@127.0.0.1:6379/0",
+                )),
+                ..BackplaneOptions::default()
+            },
+            ..CacheOptions::default()
         };
         let shown = format!("{options:?}");
-        assert!(!shown.contains("hunter2"), "{shown}");
+        for secret in ["hunter2", "fleet-secret", "older-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
         assert!(
             shown.contains("redis://app:***@127.0.0.1:6379/0"),
             "{shown}"
         );
-        assert_eq!(redact_url("redis://:pw@h:1"), "redis://:***@h:1");
-        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        // Derived: every field of every layer is there (a sample of each).
+        for field in ["name", "shards", "fail_safe_throttle", "max_batch", "replay_log_len"] {
+            assert!(shown.contains(field), "{field} missing from {shown}");
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn connect_takes_the_backplane_wide_timeout_and_delays_for_redis() {
+        let options = BackplaneOptions {
+            publish_timeout: Duration::from_millis(250),
+            reconnect_initial_delay: Duration::from_millis(20),
+            reconnect_max_delay: Duration::from_secs(2),
+            redis: Some(nearcache_redis::RedisConfig::for_app("shop")),
+            ..BackplaneOptions::default()
+        };
+        let config = options.redis_config().unwrap();
+        assert_eq!(config.publish_timeout, Duration::from_millis(250));
+        assert_eq!(
+            (config.reconnect.initial, config.reconnect.max),
+            (Duration::from_millis(20), Duration::from_secs(2))
+        );
+        assert_eq!(config.channel_name(), "nearcache:shop:invalidations");
+        assert_eq!(BackplaneOptions::default().redis_config(), None);
     }
 
     #[test]
     fn out_of_range_backplane_options_are_named() {
         assert!(BackplaneOptions::default().check().is_ok());
         type Spoil = fn(&mut BackplaneOptions);
-        let cases: [(&str, Spoil); 7] = [
+        let cases: [(&str, Spoil); 8] = [
             ("heartbeat_interval", |o| {
                 o.heartbeat_interval = Duration::ZERO
             }),
@@ -546,6 +512,7 @@ mod tests {
             ("reconnect_max_delay", |o| {
                 o.reconnect_max_delay = Duration::from_millis(1)
             }),
+            ("signing_key", |o| o.signing_key = Some("short".into())),
         ];
         for (name, spoil) in cases {
             let mut options = BackplaneOptions::default();
@@ -564,26 +531,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            options.fail_safe_max_duration,
+            options.store.fail_safe_max_duration,
             Some(Duration::from_secs(7200))
         );
-        assert_eq!(options.fail_safe_throttle, Duration::from_secs(10));
-        assert_eq!(options.hard_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(options.store.fail_safe_throttle, Duration::from_secs(10));
+        assert_eq!(options.store.hard_timeout, Some(Duration::from_millis(1500)));
         let defaults = CacheOptions::default();
         assert_eq!(
-            defaults.fail_safe_max_duration, None,
+            defaults.store.fail_safe_max_duration, None,
             "fail-safe is off by default"
         );
-        assert_eq!(defaults.fail_safe_throttle, Duration::from_secs(30));
-    }
-
-    #[test]
-    fn default_channel_is_namespaced_by_app() {
-        let mut options = BackplaneOptions::default();
-        assert_eq!(options.channel_name(), "nearcache:default:invalidations");
-        options.app = "shop".into();
-        assert_eq!(options.channel_name(), "nearcache:shop:invalidations");
-        options.channel = Some("custom".into());
-        assert_eq!(options.channel_name(), "custom");
+        assert_eq!(defaults.store.fail_safe_throttle, Duration::from_secs(30));
     }
 }
