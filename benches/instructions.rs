@@ -29,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use common::{Goal, Payload, Report, Row, Unit, VALUE};
-use nearcache::{Cache, CacheOptions, EntryOptions, Key};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key, StoreOptions};
 
 /// Keys held (as row 1).
 const KEYS: usize = 10_000;
@@ -186,8 +186,12 @@ fn child(operation: &str, iterations: u64) {
         return;
     }
     let cache = Cache::new(CacheOptions {
-        max_capacity: capacity,
-        time_to_idle: (operation == "nearcache_get_sliding").then_some(Duration::from_secs(600)),
+        store: StoreOptions {
+            max_capacity: capacity,
+            time_to_idle: (operation == "nearcache_get_sliding")
+                .then_some(Duration::from_secs(600)),
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     })
     .expect("valid options");

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
-use nearcache::{Cache, CacheOptions, EntryOptions, Key};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key, StoreOptions};
 
 type QuickKey = quick_cache::sync::Cache<Key, Arc<Payload>>;
 type QuickStr = quick_cache::sync::Cache<Arc<str>, Arc<Payload>>;
@@ -132,12 +132,18 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let capacity = 2 * HIT_KEYS;
 
     let plain = cache_with(CacheOptions {
-        max_capacity: capacity as u64,
+        store: StoreOptions {
+            max_capacity: capacity as u64,
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     });
     let sliding = cache_with(CacheOptions {
-        max_capacity: capacity as u64,
-        time_to_idle: Some(Duration::from_secs(600)),
+        store: StoreOptions {
+            max_capacity: capacity as u64,
+            time_to_idle: Some(Duration::from_secs(600)),
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     });
     let quick_key = QuickKey::new(capacity);
@@ -326,7 +332,10 @@ fn read_scaling(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         .collect();
     let capacity = 2 * ZIPF_KEYS;
     let near = cache_with(CacheOptions {
-        max_capacity: capacity as u64,
+        store: StoreOptions {
+            max_capacity: capacity as u64,
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     });
     let quick_key = QuickKey::new(capacity);
@@ -585,7 +594,10 @@ fn mixed_load(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         .collect();
     let near = || {
         cache_with(CacheOptions {
-            max_capacity: MIXED_CAPACITY as u64,
+            store: StoreOptions {
+                max_capacity: MIXED_CAPACITY as u64,
+                ..StoreOptions::default()
+            },
             ..CacheOptions::default()
         })
     };

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use cap::Cap;
 use common::{Goal, Payload, Product, Report, Row, Unit, VALUE};
-use nearcache::{Cache, CacheOptions, Key, cache_key};
+use nearcache::{Cache, CacheOptions, Key, StoreOptions, cache_key};
 
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
@@ -42,7 +42,10 @@ fn key(i: usize) -> Key {
 fn nearcache(n: usize) -> f64 {
     bytes_per_entry(|| {
         let cache = Cache::new(CacheOptions {
-            max_capacity: n as u64,
+            store: StoreOptions {
+                max_capacity: n as u64,
+                ..StoreOptions::default()
+            },
             ..CacheOptions::default()
         })
         .expect("valid options");

@@ -36,7 +36,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use hdrhistogram::Histogram;
-use nearcache::{BackplaneOptions, Cache, CacheEvent, CacheOptions, EntryOptions, InstanceId, Key};
+use nearcache::{
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, EntryOptions, InstanceId, Key, RedisConfig,
+    StoreOptions,
+};
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisCluster, RedisServer};
 use redis::aio::MultiplexedConnection;
@@ -105,10 +108,15 @@ fn main() {
 
 fn options(url: &str, app: &str, capacity: usize, outbox: usize) -> CacheOptions {
     CacheOptions {
-        max_capacity: capacity as u64,
+        store: StoreOptions {
+            max_capacity: capacity as u64,
+            ..StoreOptions::default()
+        },
         backplane: BackplaneOptions {
-            redis_url: Some(url.to_owned()),
-            app: app.to_owned(),
+            redis: Some(RedisConfig {
+                app: app.to_owned(),
+                ..RedisConfig::new(url)
+            }),
             outbox_capacity: outbox,
             ..BackplaneOptions::default()
         },
@@ -314,7 +322,7 @@ async fn cluster_latency(cluster: &RedisCluster, report: &mut Report) {
     let keys = common::keys(warmup + samples);
     let url = cluster.url();
     let app = "bench-latency-cluster";
-    let channel = options(&url, app, 1, 1).backplane.channel_name();
+    let channel = RedisConfig::for_app(app).channel_name();
     let owner = cluster
         .owner_of_channel(&channel)
         .expect("the cluster names the channel's primary");
@@ -586,7 +594,12 @@ async fn loads_after_a_lost_link(
     let connect = || async {
         let mut options = options(&server.url(), app, 2 * working_set, 1024);
         if !replay {
-            options.backplane.replay_log_len = 0;
+            let redis = options
+                .backplane
+                .redis
+                .as_mut()
+                .expect("options() sets Redis");
+            redis.replay_log_len = 0;
         }
         let cache = Cache::builder()
             .options(options)

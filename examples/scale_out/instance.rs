@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use nearcache::{BackplaneOptions, Cache, CacheOptions};
+use nearcache::{BackplaneOptions, Cache, CacheOptions, RedisConfig, StoreOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -132,12 +132,17 @@ pub(crate) fn cache_options(
 ) -> CacheOptions {
     let bound = config.bound;
     CacheOptions {
-        max_capacity: u64::from(config.products) + u64::from(config.catalogs) + 1_024,
+        store: StoreOptions {
+            max_capacity: u64::from(config.products) + u64::from(config.catalogs) + 1_024,
+            fail_safe_max_duration: config.fail_safe,
+            ..StoreOptions::default()
+        },
         name: Some("products".to_owned()),
-        fail_safe_max_duration: config.fail_safe,
         backplane: BackplaneOptions {
-            redis_url: redis_url.map(str::to_owned),
-            app: format!("demo-{run_id}"),
+            redis: redis_url.map(|url| RedisConfig {
+                app: app(run_id),
+                ..RedisConfig::new(url)
+            }),
             heartbeat_interval: (bound / 4)
                 .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             max_staleness: Some(bound / 2),
@@ -150,6 +155,16 @@ pub(crate) fn cache_options(
         },
         ..CacheOptions::default()
     }
+}
+
+/// The application name of run `run_id`, which names its channel.
+fn app(run_id: &str) -> String {
+    format!("demo-{run_id}")
+}
+
+/// The channel of run `run_id`, Redis or not (the fault injector names it).
+pub(crate) fn channel(run_id: &str) -> String {
+    RedisConfig::for_app(&app(run_id)).channel_name()
 }
 
 /// A run id unique on this host: names the run's Redis keys and channel.
@@ -189,10 +204,11 @@ mod tests {
             Duration::from_millis(100)
         );
         assert_eq!(
-            options.backplane.channel_name(),
-            "nearcache:demo-r1:invalidations"
+            options.backplane.redis.map(|redis| redis.channel_name()),
+            Some(channel("r1"))
         );
-        assert!(options.max_capacity > u64::from(config.products + config.catalogs));
+        assert_eq!(channel("r1"), "nearcache:demo-r1:invalidations");
+        assert!(options.store.max_capacity > u64::from(config.products + config.catalogs));
         assert_ne!(new_run_id(), "");
     }
 }

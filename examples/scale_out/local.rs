@@ -16,7 +16,7 @@ use crate::cli::Config;
 use crate::clock::Micros;
 use crate::db::Database;
 use crate::faults::Injector;
-use crate::instance::{Instance, cache_options, new_run_id};
+use crate::instance::{Instance, cache_options, channel, new_run_id};
 use crate::progress::{Progress, TERMINAL_REFRESH};
 use crate::report::Summary;
 use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
@@ -88,9 +88,7 @@ pub(crate) async fn run(
         let instance = instance.clone();
         tasks.spawn(async move { (instance.index, instance.run(deadline).await) });
     }
-    let channel = cache_options(config, &run_id, None)
-        .backplane
-        .channel_name();
+    let channel = channel(&run_id);
     let injector = faults.map(|faults| faults.spawn(started.into_std(), channel));
     let mut progress = show_progress.then(|| Progress::start(config.duration));
     let mut ticks = tokio::time::interval(TERMINAL_REFRESH);

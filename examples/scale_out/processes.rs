@@ -39,7 +39,7 @@ use crate::DemoError;
 use crate::cli::{ChildArgs, Config, RedisTarget};
 use crate::db::Database;
 use crate::faults::Injector;
-use crate::instance::{Instance, cache_options, new_run_id};
+use crate::instance::{Instance, cache_options, channel, new_run_id};
 use crate::progress::{Progress, TERMINAL_REFRESH};
 use crate::report::{InstanceReport, Summary};
 use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
@@ -189,9 +189,7 @@ pub(crate) async fn run_parent(
 
     tell(&mut stdins, "go").await?;
     let started = Instant::now();
-    let channel = cache_options(config, &run_id, None)
-        .backplane
-        .channel_name();
+    let channel = channel(&run_id);
     let injector = faults.map(|faults| faults.spawn(started.into_std(), channel));
     let mut elapsed = config.duration;
     let mut tallies = vec![Tally::default(); n];

@@ -175,8 +175,10 @@ async fn soak(args: &Args) -> Result<bool, String> {
     let mut options = CacheOptions::default();
     let backplane = &mut options.backplane;
     let redis_url_shown = deployment.url();
-    backplane.redis_url = Some(redis_url_shown.clone());
-    backplane.channel = Some(channel.into());
+    backplane.redis = Some(nearcache::RedisConfig {
+        channel: Some(channel.into()),
+        ..nearcache::RedisConfig::new(redis_url_shown.clone())
+    });
     backplane.heartbeat_interval = Duration::from_secs(1);
     backplane.publish_timeout = Duration::from_millis(200);
     // Small, so a long outage overflows it (the lost-backlog path).

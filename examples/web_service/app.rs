@@ -135,7 +135,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use nearcache::{BackplaneOptions, CacheEvent, CacheOptions};
+    use nearcache::{BackplaneOptions, CacheEvent, CacheOptions, RedisConfig};
     use nearcache_testkit::RedisServer;
 
     use super::*;
@@ -145,8 +145,10 @@ mod tests {
         let cache = Cache::builder()
             .options(CacheOptions {
                 backplane: BackplaneOptions {
-                    redis_url: Some(url.to_owned()),
-                    app: "web-service-test".into(),
+                    redis: Some(RedisConfig {
+                        app: "web-service-test".into(),
+                        ..RedisConfig::new(url)
+                    }),
                     ..BackplaneOptions::default()
                 },
                 ..CacheOptions::default()

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nearcache::{BackplaneOptions, Cache, CacheOptions};
+use nearcache::{BackplaneOptions, Cache, CacheOptions, RedisConfig};
 
 use crate::app::AppState;
 use crate::products::Products;
@@ -91,8 +91,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let products = Products::open(&db)?;
     let options = CacheOptions {
         backplane: BackplaneOptions {
-            redis_url: args.redis.clone(),
-            app: "web-service".into(),
+            redis: args.redis.as_deref().map(|url| RedisConfig {
+                app: "web-service".into(),
+                ..RedisConfig::new(url)
+            }),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()

@@ -227,7 +227,7 @@ pub use nearcache_backplane::{Backplane, BackplaneError, BackplaneEvent, InMemor
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use nearcache_redis::{
-    RedactedUrl, ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig, RedisUrl,
+    ReconnectBackoff, RedactedUrl, RedisBackplane, RedisBackplaneError, RedisConfig, RedisUrl,
 };
 
 /// The repository's README, whose usage example `cargo test` compiles and runs as a doctest.

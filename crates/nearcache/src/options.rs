@@ -436,7 +436,10 @@ mod tests {
     fn unknown_fields_are_refused_at_every_level() {
         for (text, misspelt) in [
             ("max_capacty = 5", "max_capacty"),
-            ("[backplane]\nheartbeat_intervall = \"1s\"", "heartbeat_intervall"),
+            (
+                "[backplane]\nheartbeat_intervall = \"1s\"",
+                "heartbeat_intervall",
+            ),
             ("[backplane.redis]\nuri = \"redis://h\"", "uri"),
         ] {
             let err = toml::from_str::<CacheOptions>(text).unwrap_err();
@@ -467,7 +470,13 @@ mod tests {
             "{shown}"
         );
         // Derived: every field of every layer is there (a sample of each).
-        for field in ["name", "shards", "fail_safe_throttle", "max_batch", "replay_log_len"] {
+        for field in [
+            "name",
+            "shards",
+            "fail_safe_throttle",
+            "max_batch",
+            "replay_log_len",
+        ] {
             assert!(shown.contains(field), "{field} missing from {shown}");
         }
     }
@@ -535,7 +544,10 @@ mod tests {
             Some(Duration::from_secs(7200))
         );
         assert_eq!(options.store.fail_safe_throttle, Duration::from_secs(10));
-        assert_eq!(options.store.hard_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            options.store.hard_timeout,
+            Some(Duration::from_millis(1500))
+        );
         let defaults = CacheOptions::default();
         assert_eq!(
             defaults.store.fail_safe_max_duration, None,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nearcache::{BuildError, Cache, CacheOptions, Key, OptionsError, region};
+use nearcache::{BuildError, Cache, CacheOptions, Key, OptionsError, StoreOptions, region};
 use tokio::sync::{Barrier, Semaphore, mpsc};
 
 region!(Catalog = "catalog");
@@ -30,7 +30,10 @@ fn cache() -> (Cache, Arc<quanta::Mock>) {
     let (clock, mock) = quanta::Clock::mock();
     let cache = Cache::builder()
         .options(CacheOptions {
-            eager_refresh_threshold: Some(0.8),
+            store: StoreOptions {
+                eager_refresh_threshold: Some(0.8),
+                ..StoreOptions::default()
+            },
             ..CacheOptions::default()
         })
         .clock(clock)
@@ -251,7 +254,10 @@ fn a_cache_built_outside_a_runtime_refreshes_nothing_early() {
 fn an_eager_refresh_threshold_outside_0_to_1_is_refused() {
     for bad in [0.0, 1.0, 1.2, -0.3] {
         let error = Cache::new(CacheOptions {
-            eager_refresh_threshold: Some(bad),
+            store: StoreOptions {
+                eager_refresh_threshold: Some(bad),
+                ..StoreOptions::default()
+            },
             ..CacheOptions::default()
         })
         .unwrap_err();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nearcache::{
     BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OptionsError,
-    Propagated, region,
+    Propagated, StoreOptions, region,
 };
 use tokio::sync::broadcast;
 
@@ -29,7 +29,10 @@ async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
 
 fn options() -> CacheOptions {
     let mut options = CacheOptions {
-        fail_safe_max_duration: Some(600 * SECOND),
+        store: StoreOptions {
+            fail_safe_max_duration: Some(600 * SECOND),
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     };
     options.backplane.heartbeat_interval = Duration::from_secs(3600);
@@ -135,7 +138,10 @@ impl Drop for Dropped {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_timeout_cancels_the_factory_and_its_callers_get_a_timeout_error() {
     let cache = Cache::new(CacheOptions {
-        hard_timeout: Some(Duration::from_millis(50)),
+        store: StoreOptions {
+            hard_timeout: Some(Duration::from_millis(50)),
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     })
     .unwrap();
@@ -190,7 +196,10 @@ async fn a_hard_timeout_with_fail_safe_serves_the_expired_value() {
     let (clock, mock) = quanta::Clock::mock();
     let cache = Cache::builder()
         .options(CacheOptions {
-            hard_timeout: Some(Duration::from_millis(50)),
+            store: StoreOptions {
+                hard_timeout: Some(Duration::from_millis(50)),
+                ..options().store
+            },
             ..options()
         })
         .clock(clock)
@@ -217,7 +226,10 @@ async fn a_hard_timeout_with_fail_safe_serves_the_expired_value() {
 #[test]
 fn a_zero_hard_timeout_is_refused_with_its_name() {
     let error = Cache::new(CacheOptions {
-        hard_timeout: Some(Duration::ZERO),
+        store: StoreOptions {
+            hard_timeout: Some(Duration::ZERO),
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     })
     .unwrap_err();

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use nearcache::{Cache, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane, Key};
+use nearcache::{
+    Cache, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane, Key, StoreOptions,
+};
 use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -393,10 +395,13 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
     let conn = bus.connection();
     let (clock, mock) = quanta::Clock::mock();
     let options = CacheOptions {
+        store: StoreOptions {
+            fail_safe_max_duration: Some(Duration::from_secs(600)),
+            hard_timeout: Some(Duration::from_millis(20)),
+            eager_refresh_threshold: Some(0.5),
+            ..StoreOptions::default()
+        },
         name: Some("resilient".to_owned()),
-        fail_safe_max_duration: Some(Duration::from_secs(600)),
-        hard_timeout: Some(Duration::from_millis(20)),
-        eager_refresh_threshold: Some(0.5),
         ..CacheOptions::default()
     };
     let cache = metrics::with_local_recorder(&recorder, || {

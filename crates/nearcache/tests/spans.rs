@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nearcache::{Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key};
+use nearcache::{Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, StoreOptions};
 use tracing::Subscriber;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -156,7 +156,10 @@ impl Capture {
 fn named(name: &str, log_keys: bool) -> CacheOptions {
     CacheOptions {
         name: Some(name.to_owned()),
-        log_keys,
+        store: StoreOptions {
+            log_keys,
+            ..StoreOptions::default()
+        },
         ..CacheOptions::default()
     }
 }

@@ -29,7 +29,7 @@ pub(crate) fn product(id: u32) -> Key {
 
 pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
     RedisConfig {
-        url,
+        url: url.into(),
         connect_timeout: Duration::from_secs(2),
         publish_timeout: PUBLISH_TIMEOUT,
         ping_interval: Duration::from_millis(100),
@@ -46,16 +46,13 @@ pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
     }
 }
 
-fn options(app: &str) -> CacheOptions {
+fn options() -> CacheOptions {
     CacheOptions {
         backplane: BackplaneOptions {
-            app: app.to_owned(),
             heartbeat_interval: Duration::from_millis(500),
             publish_timeout: PUBLISH_TIMEOUT,
             reconnect_initial_delay: Duration::from_millis(10),
             reconnect_max_delay: Duration::from_millis(200),
-            connect_timeout: Duration::from_secs(2),
-            ping_interval: Duration::from_millis(100),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()
@@ -76,9 +73,8 @@ pub(crate) async fn instance_with_log(url: String, app: &str) -> Cache {
 }
 
 async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
-    let options = options(app);
+    let options = options();
     let backplane = RedisBackplane::connect_with(RedisConfig {
-        channel: options.backplane.channel_name(),
         replay_log_len,
         ..redis_config(url, app)
     })
