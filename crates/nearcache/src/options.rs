@@ -119,7 +119,7 @@ pub enum LossPolicy {
 /// one can derive `Debug`. It (de)serializes as a plain string.
 ///
 /// ```
-/// let key = nearcache::Secret::from("a long random secret shared by the fleet");
+/// let key = nearcache::Secret::new("a long random secret shared by the fleet");
 /// assert_eq!(format!("{key:?}"), "***");
 /// assert_eq!(key.expose(), "a long random secret shared by the fleet");
 /// ```
@@ -128,21 +128,14 @@ pub enum LossPolicy {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
     /// The secret itself.
     pub fn expose(&self) -> &str {
         &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(secret: String) -> Self {
-        Self(secret)
-    }
-}
-
-impl From<&str> for Secret {
-    fn from(secret: &str) -> Self {
-        Self(secret.to_owned())
     }
 }
 
@@ -452,8 +445,8 @@ mod tests {
     fn debug_shows_every_option_but_no_secret() {
         let options = CacheOptions {
             backplane: BackplaneOptions {
-                signing_key: Some("fleet-secret-0123456789".into()),
-                previous_signing_key: Some("older-secret-0123456789".into()),
+                signing_key: Some(Secret::new("fleet-secret-0123456789")),
+                previous_signing_key: Some(Secret::new("older-secret-0123456789")),
                 redis: Some(nearcache_redis::RedisConfig::new(
                     "redis://app:hunter2@127.0.0.1:6379/0",
                 )),
@@ -521,7 +514,9 @@ mod tests {
             ("reconnect_max_delay", |o| {
                 o.reconnect_max_delay = Duration::from_millis(1)
             }),
-            ("signing_key", |o| o.signing_key = Some("short".into())),
+            ("signing_key", |o| {
+                o.signing_key = Some(Secret::new("short"))
+            }),
         ];
         for (name, spoil) in cases {
             let mut options = BackplaneOptions::default();

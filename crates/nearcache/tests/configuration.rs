@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nearcache::{BackplaneOptions, CacheOptions, LossPolicy, RedisConfig, StoreOptions};
+use nearcache::{BackplaneOptions, CacheOptions, LossPolicy, RedisConfig, Secret, StoreOptions};
 
 const DOC: &str = include_str!("../../../docs/configuration.md");
 
@@ -274,8 +274,8 @@ fn a_file_in_the_former_shape_loads_every_setting() {
                 heartbeat_interval: Duration::from_secs(5),
                 publish_timeout: Duration::from_secs(1),
                 heartbeat_echo_intervals: 3,
-                signing_key: Some("a long random secret shared by the fleet".into()),
-                previous_signing_key: Some("the secret being rotated out".into()),
+                signing_key: Some(Secret::new("a long random secret shared by the fleet")),
+                previous_signing_key: Some(Secret::new("the secret being rotated out")),
                 outbox_capacity: 100_000,
                 max_batch: 4096,
                 max_staleness: Some(Duration::from_secs(30)),

@@ -64,8 +64,8 @@ async fn invented_origins_cannot_grow_the_peer_table_without_bound() {
 
 fn signed(key: &str, previous: Option<&str>) -> nearcache::CacheOptions {
     let mut options = quiet();
-    options.backplane.signing_key = Some(key.into());
-    options.backplane.previous_signing_key = previous.map(Into::into);
+    options.backplane.signing_key = Some(nearcache::Secret::new(key));
+    options.backplane.previous_signing_key = previous.map(nearcache::Secret::new);
     options
 }
 
