@@ -2,7 +2,7 @@
 //! name every field; every TOML and JSON block it shows parses), and files written in the
 //! former shape — the Redis settings in `[backplane]` — still load to the same settings.
 
-#![allow(clippy::unwrap_used, clippy::panic)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
