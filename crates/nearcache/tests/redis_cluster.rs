@@ -23,7 +23,7 @@ use topology_support::{
 };
 
 fn channel(app: &str) -> String {
-    format!("nearcache:{app}:invalidations")
+    RedisConfig::for_app(app).channel_name()
 }
 
 /// Two instances of `app`, each knowing a single node, neither of them the channel's owner
