@@ -9,6 +9,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 use super::BackplaneOptions;
@@ -75,25 +77,11 @@ pub(super) fn backplane<'de, D: Deserializer<'de>>(
 ) -> Result<BackplaneOptions, D::Error> {
     let Section { moved, options } = Section::deserialize(deserializer)?;
     let given = moved.given();
-    let Some(&(former, now)) = given.first() else {
+    if given.is_empty() {
         return Ok(options);
-    };
+    }
     #[cfg(feature = "redis")]
-    let options = {
-        use serde::de::Error as _;
-        let mut options = options;
-        if options.redis.is_some() {
-            return Err(D::Error::custom(format_args!(
-                "backplane.{former} is the former spelling of backplane.redis.{now}, and a \
-                 [backplane.redis] section is given too: move every Redis setting into that \
-                 section"
-            )));
-        }
-        let mut redis = nearcache_redis::RedisConfig::default();
-        moved.apply(&mut redis);
-        options.redis = Some(redis);
-        options
-    };
+    let options = into_redis_section(moved, options, given[0]).map_err(D::Error::custom)?;
     for (former, now) in given {
         if cfg!(feature = "redis") {
             tracing::warn!(
@@ -107,7 +95,27 @@ pub(super) fn backplane<'de, D: Deserializer<'de>>(
             );
         }
     }
-    #[cfg(not(feature = "redis"))]
-    let _ = (former, now, moved);
     Ok(options)
+}
+
+/// `options` with a Redis section made of the `moved` keys; refused when the file has a
+/// `[backplane.redis]` section too, naming one of the former keys it gave.
+#[cfg(feature = "redis")]
+fn into_redis_section(
+    moved: MovedKeys,
+    options: BackplaneOptions,
+    (former, now): (&str, &str),
+) -> Result<BackplaneOptions, String> {
+    if options.redis.is_some() {
+        return Err(format!(
+            "backplane.{former} is the former spelling of backplane.redis.{now}, and a \
+             [backplane.redis] section is given too: move every Redis setting into that section"
+        ));
+    }
+    let mut redis = nearcache_redis::RedisConfig::default();
+    moved.apply(&mut redis);
+    Ok(BackplaneOptions {
+        redis: Some(redis),
+        ..options
+    })
 }
