@@ -220,41 +220,35 @@ mod tests {
         assert!(matches!(error, Some(OptionsError::ZeroCapacity)));
         assert!(error.is_some_and(|e| e.to_string().contains("enabled = false")));
 
-        let zero_weight = StoreOptions {
-            max_weight: Some(0),
-            ..StoreOptions::default()
-        };
-        assert!(matches!(
-            zero_weight.sizing(),
-            Err(OptionsError::ZeroWeight)
-        ));
-
-        let zero_interval = StoreOptions {
-            purge_interval: Duration::ZERO,
-            ..StoreOptions::default()
-        };
-        assert!(matches!(
-            zero_interval.sizing(),
-            Err(OptionsError::ZeroPurgeInterval)
-        ));
-
-        let zero_shards = StoreOptions {
-            shards: Some(0),
-            ..StoreOptions::default()
-        };
-        assert!(matches!(
-            zero_shards.sizing(),
-            Err(OptionsError::ZeroShards)
-        ));
-
-        let zero_timeout = StoreOptions {
-            hard_timeout: Some(Duration::ZERO),
-            ..StoreOptions::default()
-        };
-        assert!(matches!(
-            zero_timeout.sizing(),
-            Err(OptionsError::ZeroHardTimeout)
-        ));
+        type Spoil = fn(&mut StoreOptions);
+        type Expected = fn(&OptionsError) -> bool;
+        let cases: [(Spoil, Expected); 4] = [
+            (
+                |o| o.max_weight = Some(0),
+                |e| matches!(e, OptionsError::ZeroWeight),
+            ),
+            (
+                |o| o.purge_interval = Duration::ZERO,
+                |e| matches!(e, OptionsError::ZeroPurgeInterval),
+            ),
+            (
+                |o| o.shards = Some(0),
+                |e| matches!(e, OptionsError::ZeroShards),
+            ),
+            (
+                |o| o.hard_timeout = Some(Duration::ZERO),
+                |e| matches!(e, OptionsError::ZeroHardTimeout),
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let mut options = StoreOptions::default();
+            spoil(&mut options);
+            let error = options.sizing().err();
+            assert!(
+                error.as_ref().is_some_and(expected),
+                "{options:?}: {error:?}"
+            );
+        }
     }
 
     #[test]
