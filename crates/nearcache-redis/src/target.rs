@@ -13,7 +13,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion};
 
 use crate::config::RedisConfig;
-use crate::error::RedisBackplaneError;
+use crate::error::{RedisBackplaneError, RedisCause};
 use crate::redact::RedactedUrl;
 use crate::topology::{self, Parsed, Topology};
 
@@ -64,6 +64,7 @@ impl Target {
             RedisBackplaneError::InvalidUrl {
                 url: url.clone(),
                 reason,
+                source: None,
             }
         })?;
         let wants_tls = parsed.is_tls() || has_tls_scheme(&config.url);
@@ -75,9 +76,10 @@ impl Target {
                 reason: format!("tls_ca_pem is set but {url} is not a rediss:// URL"),
             });
         }
-        let invalid = |reason: String| RedisBackplaneError::InvalidUrl {
+        let invalid = |cause: RedisCause| RedisBackplaneError::InvalidUrl {
             url: url.clone(),
-            reason,
+            reason: "redis-rs does not accept it".to_owned(),
+            source: Some(cause),
         };
         let (first, addr, password) = match &parsed.topology {
             Topology::Single => {
@@ -133,7 +135,7 @@ impl Target {
             self.tls_ca_pem.clone(),
             true,
         )
-        .map_err(|reason| self.scrub(reason))
+        .map_err(|cause| cause.to_string())
     }
 
     /// A client for Sentinel `host:port` (no credentials, RESP2).
@@ -143,12 +145,7 @@ impl Target {
             self.tls_ca_pem.clone(),
             false,
         )
-        .map_err(|reason| self.scrub(reason))
-    }
-
-    /// `text` without the password.
-    pub(crate) fn scrub(&self, text: String) -> String {
-        crate::error::scrub(text, self.password())
+        .map_err(|cause| cause.to_string())
     }
 
     pub(crate) fn password(&self) -> Option<&str> {
@@ -161,15 +158,14 @@ impl Target {
         err: &redis::RedisError,
         timeout: Duration,
     ) -> RedisBackplaneError {
-        match RedisBackplaneError::from_redis(err, &self.addr, &self.url, self.password(), timeout)
-        {
-            RedisBackplaneError::Unreachable { addr, reason }
-                if self.is_tls && looks_like_tls(&reason) =>
-            {
-                RedisBackplaneError::Tls { addr, reason }
-            }
-            other => other,
-        }
+        RedisBackplaneError::from_redis(
+            err,
+            &self.addr,
+            self.is_tls,
+            &self.url,
+            self.password(),
+            timeout,
+        )
     }
 
     /// The typed connect error for `err` met at data node `node`.
@@ -179,15 +175,14 @@ impl Target {
         err: &redis::RedisError,
         timeout: Duration,
     ) -> RedisBackplaneError {
-        match RedisBackplaneError::from_redis(err, &node.addr, &self.url, self.password(), timeout)
-        {
-            RedisBackplaneError::Unreachable { addr, reason }
-                if node.is_tls && looks_like_tls(&reason) =>
-            {
-                RedisBackplaneError::Tls { addr, reason }
-            }
-            other => other,
-        }
+        RedisBackplaneError::from_redis(
+            err,
+            &node.addr,
+            node.is_tls,
+            &self.url,
+            self.password(),
+            timeout,
+        )
     }
 
     /// A one-line description of `err` for logs and [`BackplaneError`]s, password scrubbed.
@@ -198,19 +193,13 @@ impl Target {
     }
 }
 
-/// Whether an I/O error's text comes from the TLS layer (rustls reports certificate and
-/// handshake failures as I/O errors).
-fn looks_like_tls(reason: &str) -> bool {
-    let reason = reason.to_ascii_lowercase();
-    ["certificate", "handshake", "tls", "alert"]
-        .iter()
-        .any(|word| reason.contains(word))
-}
-
-/// Parses one node's URL and builds its client (RESP3 when `resp3`). `Err` is the reason,
-/// password scrubbed.
-fn open_node(url: &str, ca_pem: Option<Vec<u8>>, resp3: bool) -> Result<Node, String> {
-    let info = url.into_connection_info().map_err(|err| err.to_string())?;
+/// Parses one node's URL and builds its client (RESP3 when `resp3`). `Err` is what redis-rs
+/// said, password scrubbed.
+fn open_node(url: &str, ca_pem: Option<Vec<u8>>, resp3: bool) -> Result<Node, RedisCause> {
+    // redis-rs' URL errors name the part that is wrong, never the URL.
+    let info = url
+        .into_connection_info()
+        .map_err(|err| RedisCause::new(err, None))?;
     let mut redis = info.redis_settings().clone();
     if resp3 {
         redis = redis.set_protocol(ProtocolVersion::RESP3);
@@ -221,7 +210,7 @@ fn open_node(url: &str, ca_pem: Option<Vec<u8>>, resp3: bool) -> Result<Node, St
     let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
     let ca_pem = if is_tls { ca_pem } else { None };
     let client = build_client(info, is_tls, ca_pem)
-        .map_err(|err| crate::error::describe(&err, password.as_deref()))?;
+        .map_err(|err| RedisCause::new(err, password.as_deref()))?;
     Ok(Node {
         client,
         addr,
@@ -388,13 +377,6 @@ mod tests {
         let target = Target::new(&RedisConfig::new("rediss://:pw@localhost:6380"))
             .unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(target.addr, "localhost:6380");
-    }
-
-    #[test]
-    fn tls_failures_are_recognised() {
-        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
-        assert!(looks_like_tls("received fatal alert: HandshakeFailure"));
-        assert!(!looks_like_tls("Connection refused (os error 111)"));
     }
 
     #[test]
