@@ -439,7 +439,8 @@ async fn throughput(url: &str, report: &mut Report) {
 
 /// Keys per second applied on B.
 async fn nearcache_throughput(url: &str, n: usize) -> f64 {
-    // The whole burst may wait in the outbox: it must not overflow into a clear. Twice the
+    // The whole burst may wait in the outbox: it must not overflow (B would clear itself on
+    // the gap an overflow leaves). Twice the
     // capacity, so that uneven shards evict none of B's keys.
     let (a, b) = pair(url, "bench-throughput", 2 * n, n + 1024).await;
     let origin = a.instance_id().expect("A has a backplane");
