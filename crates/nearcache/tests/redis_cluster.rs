@@ -18,8 +18,8 @@ use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_testkit::RedisCluster;
 use topology_support::{
-    Db, Events, WAIT, assert_nothing_stale, assert_recovery_counted, blocking, instance,
-    instance_with_log, invalidation_flows, load, redis_config, stats,
+    Db, Events, Failover, WAIT, assert_nothing_stale, blocking, instance, instance_with_log,
+    invalidation_flows, load, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -149,12 +149,13 @@ async fn a_manual_failover_is_a_counted_loss_then_the_new_primary_is_followed() 
     let (a, b, owner) = two_instances(&cluster, "failover").await;
     let slot = blocking(|| cluster.slot_of(&channel("failover"))).unwrap();
     let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let Failover {
+        a,
+        b,
+        db,
+        mut ea,
+        mut eb,
+    } = Failover::warm(a, b).await;
 
     blocking(|| cluster.failover(replica, slot)).unwrap();
     for events in [&mut ea, &mut eb] {
@@ -181,27 +182,12 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_autom
     let (a, b, owner) = two_instances(&cluster, "kill").await;
     let slot = blocking(|| cluster.slot_of(&channel("kill"))).unwrap();
     let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| cluster.node_mut(owner).kill()).unwrap();
-    // A write while the shard has no primary: the publish fails and waits in A's outbox.
-    db.bump(1);
-    let _ = a.remove(nearcache_key(1)).await;
+    failover.write_without_a_primary().await;
     blocking(|| cluster.wait_for_owner(slot, replica)).unwrap();
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    failover.cleared_once_then_coherent().await;
 }
 
 /// The same kill with the replay log on (the log's keys share the channel's slot, so they
@@ -213,27 +199,12 @@ async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing
     let (a, b, owner) = two_instances_with(&cluster, "kill-log", Log::On).await;
     let slot = blocking(|| cluster.slot_of(&channel("kill-log"))).unwrap();
     let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| cluster.node_mut(owner).kill()).unwrap();
-    db.bump(1);
-    let _ = a.remove(nearcache_key(1)).await;
+    failover.write_without_a_primary().await;
     blocking(|| cluster.wait_for_owner(slot, replica)).unwrap();
-    for (name, cache, events) in [("a", &a, &mut ea), ("b", &b, &mut eb)] {
-        let recovery = events.reconnected_and_recovered().await;
-        assert_recovery_counted(name, cache, recovery);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).outbox_len, 0, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
+    failover.recovered_then_coherent().await;
 }
 
 /// The ACL line of docs/operations.md, set on every node (ACLs are per node), is all an
@@ -301,10 +272,6 @@ async fn an_acl_user_limited_to_its_channel_and_cluster_slots_is_enough() {
         redis::cmd("SET").arg("k").arg("v").query::<()>(&mut con)
     });
     assert!(denied.is_err(), "{denied:?}");
-}
-
-fn nearcache_key(id: u32) -> nearcache::Key {
-    topology_support::product(id)
 }
 
 /// A one-node URL with `sharded = true` pointed at the owner: when the slot moves away the

@@ -15,8 +15,8 @@ use nearcache::{RedisBackplane, RedisBackplaneError};
 use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
-    Db, Events, assert_nothing_stale, assert_recovery_counted, blocking, instance,
-    instance_with_log, invalidation_flows, load, product, redis_config, stats,
+    Db, Events, Failover, assert_nothing_stale, blocking, instance, instance_with_log,
+    invalidation_flows, load, redis_config, stats,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -63,28 +63,13 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_senti
     let mut sentinels = blocking(RedisSentinels::start).unwrap();
     let a = instance(sentinels.url(), "sentinel-kill").await;
     let b = instance(sentinels.url(), "sentinel-kill").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| sentinels.node_mut(0).kill()).unwrap();
-    // A write while there is no primary: the publish fails and waits in A's outbox.
-    db.bump(1);
-    let _ = a.remove(product(1)).await;
+    failover.write_without_a_primary().await;
     let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
     assert_eq!(new_primary, 1);
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    failover.cleared_once_then_coherent().await;
 }
 
 /// The same kill with the replay log on: the replica was replicating the log, so each
@@ -96,30 +81,13 @@ async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing
     let mut sentinels = blocking(RedisSentinels::start).unwrap();
     let a = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
     let b = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| sentinels.node_mut(0).kill()).unwrap();
-    db.bump(1);
-    let _ = a.remove(product(1)).await;
+    failover.write_without_a_primary().await;
     let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
     assert_eq!(new_primary, 1);
-    for (name, cache, events) in [("a", &a, &mut ea), ("b", &b, &mut eb)] {
-        let recovery = events.reconnected_and_recovered().await;
-        assert_recovery_counted(name, cache, recovery);
-    }
-    // The write made without a primary goes out, then both ways work: whatever B missed
-    // on the way was repaired or cleared.
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).outbox_len, 0, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
+    failover.recovered_then_coherent().await;
     let logged: u64 = blocking(|| {
         let mut con = sentinels.node(new_primary).connection().unwrap();
         redis::cmd("XLEN")

@@ -3,7 +3,6 @@
 //! deadline (nothing sleeps to let something happen).
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -255,7 +254,7 @@ impl Db {
 /// Cache-aside read of product `id` from `db`.
 pub(crate) async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
     *cache
-        .get_or_create(product(id), async |_| Ok::<_, Infallible>(db.get(id)))
+        .get_or_create_with(product(id), async |_| db.get(id))
         .await
         .unwrap()
 }
@@ -295,4 +294,67 @@ pub(crate) async fn invalidation_flows(
         events.applied_from(origin).await;
     }
     assert_eq!(load(reader, db, id).await, db.get(id));
+}
+
+/// Two instances where a failover test starts them: an invalidation went from A to B, and
+/// both hold product 1 — the product A then writes while there is no primary.
+pub(crate) struct Failover {
+    pub(crate) a: Cache,
+    pub(crate) b: Cache,
+    pub(crate) db: Arc<Db>,
+    pub(crate) ea: Events,
+    pub(crate) eb: Events,
+}
+
+impl Failover {
+    pub(crate) async fn warm(a: Cache, b: Cache) -> Self {
+        let db = Db::new(2);
+        let (ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+        invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+        for cache in [&a, &b] {
+            load(cache, &db, 1).await;
+        }
+        Self { a, b, db, ea, eb }
+    }
+
+    /// A writes product 1 while there is no primary: the publish fails and the invalidation
+    /// waits in A's outbox.
+    pub(crate) async fn write_without_a_primary(&self) {
+        self.db.bump(1);
+        let _ = self.a.remove(product(1)).await;
+    }
+
+    /// Without the replay log: each instance noticed the loss and cleared itself exactly
+    /// once, nothing stale survived, and invalidations flow both ways again (the write made
+    /// without a primary first).
+    pub(crate) async fn cleared_once_then_coherent(&mut self) {
+        for events in [&mut self.ea, &mut self.eb] {
+            events.reconnected_and_cleared().await;
+        }
+        for (name, cache) in [("a", &self.a), ("b", &self.b)] {
+            assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
+            assert_nothing_stale(name, cache, &self.db, 2);
+        }
+        self.flow_both_ways().await;
+    }
+
+    /// With the replay log: each instance repaired from it or — when the log it found could
+    /// not tell — cleared, counted either way; then invalidations flow both ways (the write
+    /// made without a primary first), the outboxes are empty and nothing stale survived.
+    pub(crate) async fn recovered_then_coherent(&mut self) {
+        for (name, cache, events) in [("a", &self.a, &mut self.ea), ("b", &self.b, &mut self.eb)] {
+            let recovery = events.reconnected_and_recovered().await;
+            assert_recovery_counted(name, cache, recovery);
+        }
+        self.flow_both_ways().await;
+        for (name, cache) in [("a", &self.a), ("b", &self.b)] {
+            assert_eq!(stats(cache).outbox_len, 0, "{name}");
+            assert_nothing_stale(name, cache, &self.db, 2);
+        }
+    }
+
+    async fn flow_both_ways(&mut self) {
+        invalidation_flows(&self.a, &self.b, &mut self.eb, &self.db, 0).await;
+        invalidation_flows(&self.b, &self.a, &mut self.ea, &self.db, 1).await;
+    }
 }
