@@ -426,6 +426,13 @@ mod tests {
     }
 
     #[test]
+    fn tls_failures_are_recognised() {
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(looks_like_tls("received fatal alert: HandshakeFailure"));
+        assert!(!looks_like_tls("Connection refused (os error 111)"));
+    }
+
+    #[test]
     fn a_cause_that_echoes_the_password_shows_it_nowhere() {
         let echo: RedisError = (ErrorKind::Io, "failed", "pw hunter2 echoed".to_owned()).into();
         let cause = RedisCause::new(echo, Some("hunter2"));

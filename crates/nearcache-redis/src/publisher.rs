@@ -337,7 +337,7 @@ async fn open_manager(
     };
     match tokio::time::timeout(config.connect_timeout, open).await {
         Ok(Ok(con)) => Ok(con),
-        Ok(Err(err)) => Err(target.connect_error(&err, config.connect_timeout)),
+        Ok(Err(err)) => Err(target.node_error(&target.single_node(), &err, config.connect_timeout)),
         Err(_) => Err(RedisBackplaneError::Timeout {
             addr: target.addr.clone(),
             after: config.connect_timeout,
