@@ -15,8 +15,8 @@ use nearcache::{RedisBackplane, RedisBackplaneError};
 use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
-    Db, Events, Failover, assert_nothing_stale, blocking, instance, instance_with_log,
-    invalidation_flows, load, redis_config, stats,
+    Db, Events, Failover, Log, assert_no_node_reachable, assert_nothing_stale, blocking, dead_port,
+    instance, instance_logging, invalidation_flows, load, redis_config, stats,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,18 +58,26 @@ async fn a_sentinel_failover_is_a_counted_loss_then_the_new_primary_is_followed(
     assert_eq!(subscribers, 2, "both subscriptions are on the new primary");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_sentinel_failover() {
+/// The primary is killed, A writes while there is none, and the Sentinels promote the
+/// replica: the instances follow it and end coherent ([`Failover`]). Returns the
+/// deployment and the new primary's index.
+async fn kill_the_primary(app: &str, log: Log) -> (RedisSentinels, usize) {
     let mut sentinels = blocking(RedisSentinels::start).unwrap();
-    let a = instance(sentinels.url(), "sentinel-kill").await;
-    let b = instance(sentinels.url(), "sentinel-kill").await;
+    let a = instance_logging(sentinels.url(), app, log).await;
+    let b = instance_logging(sentinels.url(), app, log).await;
     let mut failover = Failover::warm(a, b).await;
 
     blocking(|| sentinels.node_mut(0).kill()).unwrap();
     failover.write_without_a_primary().await;
     let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
     assert_eq!(new_primary, 1);
-    failover.cleared_once_then_coherent().await;
+    failover.back_and_coherent(log).await;
+    (sentinels, new_primary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_sentinel_failover() {
+    kill_the_primary("sentinel-kill", Log::Off).await;
 }
 
 /// The same kill with the replay log on: the replica was replicating the log, so each
@@ -78,16 +86,7 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_senti
 /// stale survives, and the write made while there was no primary reaches the peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing_stale_survives() {
-    let mut sentinels = blocking(RedisSentinels::start).unwrap();
-    let a = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
-    let b = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
-    let mut failover = Failover::warm(a, b).await;
-
-    blocking(|| sentinels.node_mut(0).kill()).unwrap();
-    failover.write_without_a_primary().await;
-    let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
-    assert_eq!(new_primary, 1);
-    failover.recovered_then_coherent().await;
+    let (sentinels, new_primary) = kill_the_primary("sentinel-kill-log", Log::On).await;
     let logged: u64 = blocking(|| {
         let mut con = sentinels.node(new_primary).connection().unwrap();
         redis::cmd("XLEN")
@@ -155,17 +154,7 @@ async fn an_unknown_primary_name_and_unreachable_sentinels_are_typed_errors() {
     assert!(err.to_string().contains("SENTINEL MASTERS"), "{err}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = dead_port();
     let url = format!("redis+sentinel://:hunter2@127.0.0.1:{dead_port}/{MASTER_NAME}");
-    let err = RedisBackplane::connect_with(redis_config(url, "names"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RedisBackplaneError::NoNodeReachable { .. }),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains(&dead_port.to_string()), "{err}");
-    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    assert_no_node_reachable(url, dead_port).await;
 }

@@ -74,6 +74,44 @@ pub(crate) async fn instance_with_log(url: String, app: &str) -> Cache {
     instance_with_log_len(url, app, len).await
 }
 
+/// Whether an instance keeps the replay log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Log {
+    Off,
+    On,
+}
+
+/// [`instance`] or [`instance_with_log`].
+pub(crate) async fn instance_logging(url: String, app: &str, log: Log) -> Cache {
+    match log {
+        Log::Off => instance(url, app).await,
+        Log::On => instance_with_log(url, app).await,
+    }
+}
+
+/// A loopback port that nothing listens on (bound, then let go).
+pub(crate) fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `connect` to `url`, none of whose nodes answer (all on `dead_port`), fails with
+/// `NoNodeReachable`, which names the port and shows the URL's password (`hunter2`) nowhere.
+pub(crate) async fn assert_no_node_reachable(url: String, dead_port: u16) {
+    let err = RedisBackplane::connect_with(redis_config(url, "unreachable"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, nearcache::RedisBackplaneError::NoNodeReachable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{dead_port}")),
+        "{err}"
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+}
+
 async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
     let options = options(app);
     let backplane = RedisBackplane::connect_with(RedisConfig {
@@ -324,10 +362,20 @@ impl Failover {
         let _ = self.a.remove(product(1)).await;
     }
 
+    /// How the instances come back after the primary was replaced: with the replay log they
+    /// may repair ([`recovered_then_coherent`](Self::recovered_then_coherent)), without it
+    /// they clear ([`cleared_once_then_coherent`](Self::cleared_once_then_coherent)).
+    pub(crate) async fn back_and_coherent(&mut self, log: Log) {
+        match log {
+            Log::Off => self.cleared_once_then_coherent().await,
+            Log::On => self.recovered_then_coherent().await,
+        }
+    }
+
     /// Without the replay log: each instance noticed the loss and cleared itself exactly
     /// once, nothing stale survived, and invalidations flow both ways again (the write made
     /// without a primary first).
-    pub(crate) async fn cleared_once_then_coherent(&mut self) {
+    async fn cleared_once_then_coherent(&mut self) {
         for events in [&mut self.ea, &mut self.eb] {
             events.reconnected_and_cleared().await;
         }
@@ -341,7 +389,7 @@ impl Failover {
     /// With the replay log: each instance repaired from it or — when the log it found could
     /// not tell — cleared, counted either way; then invalidations flow both ways (the write
     /// made without a primary first), the outboxes are empty and nothing stale survived.
-    pub(crate) async fn recovered_then_coherent(&mut self) {
+    async fn recovered_then_coherent(&mut self) {
         for (name, cache, events) in [("a", &self.a, &mut self.ea), ("b", &self.b, &mut self.eb)] {
             let recovery = events.reconnected_and_recovered().await;
             assert_recovery_counted(name, cache, recovery);
