@@ -15,8 +15,8 @@ use nearcache::{RedisBackplane, RedisBackplaneError};
 use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
-    Db, Events, Failover, Log, assert_no_node_reachable, assert_nothing_stale, blocking, dead_port,
-    instance, instance_logging, invalidation_flows, load, redis_config, stats,
+    Db, Events, Failover, Log, assert_no_node_reachable, blocking, dead_port, instance,
+    instance_logging, invalidation_flows, redis_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,29 +24,17 @@ async fn a_sentinel_failover_is_a_counted_loss_then_the_new_primary_is_followed(
     let sentinels = blocking(RedisSentinels::start).unwrap();
     let a = instance(sentinels.url(), "sentinel-failover").await;
     let b = instance(sentinels.url(), "sentinel-failover").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    let mut failover = Failover::warm(a, b).await;
+    failover.flow_both_ways().await;
     assert!(
         blocking(|| sentinels.node(0).connected_clients()).unwrap() >= 4,
         "both instances publish and subscribe on the primary"
     );
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
 
     let new_primary = blocking(|| sentinels.failover()).unwrap();
     assert_eq!(new_primary, 1);
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert!(stats(cache).loss_clears.reconnect >= 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 1).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 0).await;
+    let clears = failover.cleared_then_coherent().await;
+    assert!(clears.iter().all(|&n| n >= 1), "{clears:?}");
     let subscribers: u64 = blocking(|| {
         let mut con = sentinels.node(new_primary).connection().unwrap();
         redis::cmd("PUBLISH")

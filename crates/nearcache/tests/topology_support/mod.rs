@@ -362,28 +362,32 @@ impl Failover {
         let _ = self.a.remove(product(1)).await;
     }
 
-    /// How the instances come back after the primary was replaced: with the replay log they
-    /// may repair ([`recovered_then_coherent`](Self::recovered_then_coherent)), without it
-    /// they clear ([`cleared_once_then_coherent`](Self::cleared_once_then_coherent)).
+    /// How the instances come back after a killed primary was replaced: with the replay log
+    /// they may repair ([`recovered_then_coherent`](Self::recovered_then_coherent)), without
+    /// it they clear, once each ([`cleared_then_coherent`](Self::cleared_then_coherent)).
     pub(crate) async fn back_and_coherent(&mut self, log: Log) {
         match log {
-            Log::Off => self.cleared_once_then_coherent().await,
+            Log::Off => {
+                let clears = self.cleared_then_coherent().await;
+                assert_eq!(clears, [1, 1], "one clear each for one lost subscription");
+            }
             Log::On => self.recovered_then_coherent().await,
         }
     }
 
-    /// Without the replay log: each instance noticed the loss and cleared itself exactly
-    /// once, nothing stale survived, and invalidations flow both ways again (the write made
-    /// without a primary first).
-    async fn cleared_once_then_coherent(&mut self) {
+    /// Without the replay log: each instance noticed the loss and cleared itself, nothing
+    /// stale survived, and invalidations flow both ways again (a write made without a
+    /// primary first). Returns how many reconnect clears A and B counted.
+    pub(crate) async fn cleared_then_coherent(&mut self) -> [u64; 2] {
         for events in [&mut self.ea, &mut self.eb] {
             events.reconnected_and_cleared().await;
         }
+        let clears = [&self.a, &self.b].map(|cache| stats(cache).loss_clears.reconnect);
         for (name, cache) in [("a", &self.a), ("b", &self.b)] {
-            assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
             assert_nothing_stale(name, cache, &self.db, 2);
         }
         self.flow_both_ways().await;
+        clears
     }
 
     /// With the replay log: each instance repaired from it or — when the log it found could
@@ -401,7 +405,8 @@ impl Failover {
         }
     }
 
-    async fn flow_both_ways(&mut self) {
+    /// An invalidation from A reaches B (product 0), then one from B reaches A (product 1).
+    pub(crate) async fn flow_both_ways(&mut self) {
         invalidation_flows(&self.a, &self.b, &mut self.eb, &self.db, 0).await;
         invalidation_flows(&self.b, &self.a, &mut self.ea, &self.db, 1).await;
     }
