@@ -169,6 +169,16 @@ fn raw_client(url: &str) -> redis::Client {
 
 /// A publishing connection, and a subscriber whose messages arrive on the receiver.
 async fn raw_pair(url: &str) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
+    raw_pair_on(url, RAW_CHANNEL, false).await
+}
+
+/// A publishing connection and a subscriber of `channel` (sharded: `SSUBSCRIBE`), both on
+/// the node at `url`; the subscriber's messages arrive on the receiver.
+async fn raw_pair_on(
+    url: &str,
+    channel: &str,
+    sharded: bool,
+) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
     let client = raw_client(url);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = AsyncConnectionConfig::new().set_push_sender(tx);
@@ -176,11 +186,21 @@ async fn raw_pair(url: &str) -> (MultiplexedConnection, mpsc::UnboundedReceiver<
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("subscriber connection");
-    subscriber.subscribe(RAW_CHANNEL).await.expect("SUBSCRIBE");
+    let confirmation = if sharded {
+        redis::cmd("SSUBSCRIBE")
+            .arg(channel)
+            .exec_async(&mut subscriber)
+            .await
+            .expect("SSUBSCRIBE");
+        PushKind::SSubscribe
+    } else {
+        subscriber.subscribe(channel).await.expect("SUBSCRIBE");
+        PushKind::Subscribe
+    };
     // The confirmation arrives as a push too.
     loop {
         let push = rx.recv().await.expect("subscription confirmed");
-        if push.kind == PushKind::Subscribe {
+        if push.kind == confirmation {
             break;
         }
     }
@@ -341,49 +361,13 @@ async fn cluster_latency(cluster: &RedisCluster, report: &mut Report) {
     }
 }
 
-/// A publishing connection and a sharded subscriber of `channel`, both on the node at `url`
-/// (the primary serving the channel's slot); the subscriber's messages arrive on the
-/// receiver.
-async fn raw_sharded_pair(
-    url: &str,
-    channel: &str,
-) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
-    let client = raw_client(url);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let config = AsyncConnectionConfig::new().set_push_sender(tx);
-    let mut subscriber = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("subscriber connection");
-    redis::cmd("SSUBSCRIBE")
-        .arg(channel)
-        .exec_async(&mut subscriber)
-        .await
-        .expect("SSUBSCRIBE");
-    loop {
-        let push = rx.recv().await.expect("subscription confirmed");
-        if push.kind == PushKind::SSubscribe {
-            break;
-        }
-    }
-    tokio::spawn(async move {
-        let _subscriber = subscriber;
-        std::future::pending::<()>().await;
-    });
-    let publisher = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("publisher connection");
-    (publisher, rx)
-}
-
 async fn raw_sharded_latency(
     url: &str,
     channel: &str,
     keys: &[Key],
     warmup: usize,
 ) -> Histogram<u64> {
-    let (mut publisher, mut rx) = raw_sharded_pair(url, channel).await;
+    let (mut publisher, mut rx) = raw_pair_on(url, channel, true).await;
     let mut histogram = common::histogram();
     for (n, key) in keys.iter().enumerate() {
         let payload = remove_message(key);
