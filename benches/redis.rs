@@ -483,6 +483,22 @@ async fn nearcache_throughput(url: &str, n: usize) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// `n` keys over the time from the first of `payloads` published (each awaited) until
+/// `counter`, which counts the keys arriving, has seen them all.
+async fn keys_per_second<P: AsRef<[u8]>>(
+    publisher: &mut MultiplexedConnection,
+    payloads: &[P],
+    n: usize,
+    counter: tokio::task::JoinHandle<Instant>,
+) -> f64 {
+    let start = Instant::now();
+    for payload in payloads {
+        publish(publisher, payload.as_ref()).await;
+    }
+    let done = counter.await.expect("counter");
+    n as f64 / (done - start).as_secs_f64()
+}
+
 /// Keys per second with one awaited `PUBLISH` per key (the bytes nearcache would send).
 async fn raw_per_key(url: &str, n: usize) -> f64 {
     let (mut publisher, mut rx) = raw_pair(url).await;
@@ -493,12 +509,7 @@ async fn raw_per_key(url: &str, n: usize) -> f64 {
         }
         Instant::now()
     });
-    let start = Instant::now();
-    for payload in &payloads {
-        publish(&mut publisher, payload).await;
-    }
-    let done = counter.await.expect("counter");
-    n as f64 / (done - start).as_secs_f64()
+    keys_per_second(&mut publisher, &payloads, n, counter).await
 }
 
 /// Keys per second with awaited `PUBLISH`es of `RAW_BATCH` newline-separated keys.
@@ -526,12 +537,7 @@ async fn raw_batched(url: &str, n: usize) -> f64 {
         }
         Instant::now()
     });
-    let start = Instant::now();
-    for payload in &payloads {
-        publish(&mut publisher, payload).await;
-    }
-    let done = counter.await.expect("counter");
-    n as f64 / (done - start).as_secs_f64()
+    keys_per_second(&mut publisher, &payloads, n, counter).await
 }
 
 /// Row 10: data-source loads after one lost link, repaired from the log vs cleared.
