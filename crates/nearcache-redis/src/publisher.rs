@@ -230,7 +230,7 @@ impl Publisher {
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(Failure::because(
-                format!("Redis at {} refused the command", self.target.addr),
+                format!("a command to Redis at {} failed", self.target.addr),
                 RedisCause::new(err, self.target.password()),
             ))),
             Ok(Err(_)) | Err(_) => Err(Failed::Timeout),
