@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use nearcache::{Cache, Key, LoadError, region};
+use propagation_support::poll_until;
 use tokio::sync::oneshot;
 
-const WAIT: Duration = Duration::from_secs(10);
+mod propagation_support;
 
 region!(Catalog = "catalog");
 
@@ -38,13 +38,10 @@ async fn an_infallible_loader_joins_a_running_load_and_hits_afterwards() {
         let (cache, key, ran) = (cache.clone(), key.clone(), ran.clone());
         async move {
             // Wait until the leader's flight exists, so this call must join it.
-            tokio::time::timeout(WAIT, async {
-                while cache.flight_waiters(&key).is_none() {
-                    tokio::task::yield_now().await;
-                }
+            poll_until("the leader's load to start", || {
+                cache.flight_waiters(&key).is_some()
             })
-            .await
-            .expect("the leader's load started");
+            .await;
             cache
                 .get_or_create_with(&key, async |_| {
                     ran.fetch_add(1, Ordering::SeqCst);
@@ -55,13 +52,10 @@ async fn an_infallible_loader_joins_a_running_load_and_hits_afterwards() {
         }
     });
     // The joiner is counted as a waiter of the flight before the load is let go.
-    tokio::time::timeout(WAIT, async {
-        while cache.flight_waiters(&key) != Some(1) {
-            tokio::task::yield_now().await;
-        }
+    poll_until("the infallible caller to join the flight", || {
+        cache.flight_waiters(&key) == Some(1)
     })
-    .await
-    .expect("the infallible caller joined the flight");
+    .await;
     release.send(()).unwrap();
     let (led, joined) = (leader.await.unwrap(), joiner.await.unwrap());
     assert!(Arc::ptr_eq(&led, &joined));
