@@ -177,6 +177,16 @@ fn raw_client(url: &str) -> redis::Client {
 
 /// A publishing connection, and a subscriber whose messages arrive on the receiver.
 async fn raw_pair(url: &str) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
+    raw_pair_on(url, RAW_CHANNEL, false).await
+}
+
+/// A publishing connection and a subscriber of `channel` (sharded: `SSUBSCRIBE`), both on
+/// the node at `url`; the subscriber's messages arrive on the receiver.
+async fn raw_pair_on(
+    url: &str,
+    channel: &str,
+    sharded: bool,
+) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
     let client = raw_client(url);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let config = AsyncConnectionConfig::new().set_push_sender(tx);
@@ -184,11 +194,21 @@ async fn raw_pair(url: &str) -> (MultiplexedConnection, mpsc::UnboundedReceiver<
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("subscriber connection");
-    subscriber.subscribe(RAW_CHANNEL).await.expect("SUBSCRIBE");
+    let confirmation = if sharded {
+        redis::cmd("SSUBSCRIBE")
+            .arg(channel)
+            .exec_async(&mut subscriber)
+            .await
+            .expect("SSUBSCRIBE");
+        PushKind::SSubscribe
+    } else {
+        subscriber.subscribe(channel).await.expect("SUBSCRIBE");
+        PushKind::Subscribe
+    };
     // The confirmation arrives as a push too.
     loop {
         let push = rx.recv().await.expect("subscription confirmed");
-        if push.kind == PushKind::Subscribe {
+        if push.kind == confirmation {
             break;
         }
     }
@@ -349,49 +369,13 @@ async fn cluster_latency(cluster: &RedisCluster, report: &mut Report) {
     }
 }
 
-/// A publishing connection and a sharded subscriber of `channel`, both on the node at `url`
-/// (the primary serving the channel's slot); the subscriber's messages arrive on the
-/// receiver.
-async fn raw_sharded_pair(
-    url: &str,
-    channel: &str,
-) -> (MultiplexedConnection, mpsc::UnboundedReceiver<PushInfo>) {
-    let client = raw_client(url);
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let config = AsyncConnectionConfig::new().set_push_sender(tx);
-    let mut subscriber = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .expect("subscriber connection");
-    redis::cmd("SSUBSCRIBE")
-        .arg(channel)
-        .exec_async(&mut subscriber)
-        .await
-        .expect("SSUBSCRIBE");
-    loop {
-        let push = rx.recv().await.expect("subscription confirmed");
-        if push.kind == PushKind::SSubscribe {
-            break;
-        }
-    }
-    tokio::spawn(async move {
-        let _subscriber = subscriber;
-        std::future::pending::<()>().await;
-    });
-    let publisher = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("publisher connection");
-    (publisher, rx)
-}
-
 async fn raw_sharded_latency(
     url: &str,
     channel: &str,
     keys: &[Key],
     warmup: usize,
 ) -> Histogram<u64> {
-    let (mut publisher, mut rx) = raw_sharded_pair(url, channel).await;
+    let (mut publisher, mut rx) = raw_pair_on(url, channel, true).await;
     let mut histogram = common::histogram();
     for (n, key) in keys.iter().enumerate() {
         let payload = remove_message(key);
@@ -447,7 +431,8 @@ async fn throughput(url: &str, report: &mut Report) {
 
 /// Keys per second applied on B.
 async fn nearcache_throughput(url: &str, n: usize) -> f64 {
-    // The whole burst may wait in the outbox: it must not overflow into a clear. Twice the
+    // The whole burst may wait in the outbox: it must not overflow (B would clear itself on
+    // the gap an overflow leaves). Twice the
     // capacity, so that uneven shards evict none of B's keys.
     let (a, b) = pair(url, "bench-throughput", 2 * n, n + 1024).await;
     let origin = a.instance_id().expect("A has a backplane");
@@ -506,6 +491,22 @@ async fn nearcache_throughput(url: &str, n: usize) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// `n` keys over the time from the first of `payloads` published (each awaited) until
+/// `counter`, which counts the keys arriving, has seen them all.
+async fn keys_per_second<P: AsRef<[u8]>>(
+    publisher: &mut MultiplexedConnection,
+    payloads: &[P],
+    n: usize,
+    counter: tokio::task::JoinHandle<Instant>,
+) -> f64 {
+    let start = Instant::now();
+    for payload in payloads {
+        publish(publisher, payload.as_ref()).await;
+    }
+    let done = counter.await.expect("counter");
+    n as f64 / (done - start).as_secs_f64()
+}
+
 /// Keys per second with one awaited `PUBLISH` per key (the bytes nearcache would send).
 async fn raw_per_key(url: &str, n: usize) -> f64 {
     let (mut publisher, mut rx) = raw_pair(url).await;
@@ -516,12 +517,7 @@ async fn raw_per_key(url: &str, n: usize) -> f64 {
         }
         Instant::now()
     });
-    let start = Instant::now();
-    for payload in &payloads {
-        publish(&mut publisher, payload).await;
-    }
-    let done = counter.await.expect("counter");
-    n as f64 / (done - start).as_secs_f64()
+    keys_per_second(&mut publisher, &payloads, n, counter).await
 }
 
 /// Keys per second with awaited `PUBLISH`es of `RAW_BATCH` newline-separated keys.
@@ -549,12 +545,7 @@ async fn raw_batched(url: &str, n: usize) -> f64 {
         }
         Instant::now()
     });
-    let start = Instant::now();
-    for payload in &payloads {
-        publish(&mut publisher, payload).await;
-    }
-    let done = counter.await.expect("counter");
-    n as f64 / (done - start).as_secs_f64()
+    keys_per_second(&mut publisher, &payloads, n, counter).await
 }
 
 /// Row 10: data-source loads after one lost link, repaired from the log vs cleared.

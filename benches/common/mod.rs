@@ -165,7 +165,7 @@ pub(crate) enum Goal {
 /// One line of the summary table.
 #[derive(Debug, Clone)]
 pub(crate) struct Row {
-    /// The row number ("1" … "8").
+    /// The row's number in the targets table of docs/benchmarks.md ("1" … "8").
     pub(crate) row: &'static str,
     /// What is measured, in a few words.
     pub(crate) what: String,

@@ -72,7 +72,7 @@ pub(crate) enum DbError {
     #[error("product {0} is not in the database")]
     NoSuchProduct(u32),
     /// SQLite failed (a lock held too long, a missing table, a full disk, …).
-    #[error("the demo database failed: {0}")]
+    #[error("the demo database failed")]
     Sqlite(#[from] rusqlite::Error),
     /// A load failed and its error was shared with other callers of the flight.
     #[error("a database load failed: {0}")]
@@ -81,7 +81,7 @@ pub(crate) enum DbError {
     #[error("the database is unavailable (injected fault)")]
     Unavailable,
     /// The blocking task that ran the query did not finish.
-    #[error("a database query did not finish: {0}")]
+    #[error("a database query did not finish")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -344,7 +344,10 @@ impl Database {
             match self.refresh(mirror, seen).await {
                 Ok(new) => return Ok(new),
                 Err(error) if tries < REFRESH_TRIES => {
-                    tracing::warn!(%error, "could not read the write log; trying again");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "could not read the write log; trying again"
+                    );
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -362,7 +365,10 @@ impl Database {
         loop {
             ticks.tick().await;
             if let Err(error) = self.refresh(&mirror, &mut seen).await {
-                tracing::warn!(%error, "could not refresh the write log mirror; reads wait to be judged");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "could not refresh the write log mirror; reads wait to be judged"
+                );
             }
         }
     }

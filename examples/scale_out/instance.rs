@@ -153,7 +153,6 @@ pub(crate) fn cache_options(
                 .clamp(Duration::from_millis(10), Duration::from_secs(5)),
             ..BackplaneOptions::default()
         },
-        ..CacheOptions::default()
     }
 }
 

@@ -67,7 +67,7 @@ pub(crate) enum DemoError {
     #[error("{0}")]
     Usage(String),
     /// A cache could not be built or could not connect to Redis.
-    #[error("could not build a cache: {0}")]
+    #[error("could not build a cache")]
     Build(#[from] nearcache::BuildError),
     /// The demo database could not be created or opened.
     #[error(transparent)]
@@ -91,7 +91,7 @@ pub(crate) enum DemoError {
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     /// A reader or writer task panicked.
-    #[error("a demo task failed: {0}")]
+    #[error("a demo task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -145,7 +145,14 @@ fn main() -> ExitCode {
             }
         }
         Err(error) => {
-            let _ = writeln!(std::io::stderr(), "scale_out: {error}");
+            // What failed, then each cause under it.
+            let mut text = format!("scale_out: {error}");
+            let mut cause = std::error::Error::source(&error);
+            while let Some(error) = cause {
+                text.push_str(&format!(": {error}"));
+                cause = error.source();
+            }
+            let _ = writeln!(std::io::stderr(), "{text}");
             ExitCode::from(EXIT_ERROR)
         }
     }

@@ -209,7 +209,10 @@ impl Workload {
     fn count_error(&self, error: &DbError) {
         let seen = self.counters.db_errors.fetch_add(1, Ordering::Relaxed);
         if seen < ERRORS_LOGGED {
-            tracing::warn!(%error, "a database call failed; trying again");
+            tracing::warn!(
+                error = error as &dyn std::error::Error,
+                "a database call failed; trying again"
+            );
         }
     }
 

@@ -108,13 +108,16 @@ async fn expire_catalog(State(app): State<AppState>, Path(id): Path<u32>) -> Sta
 }
 
 /// A 500 that says what failed (the database, or the cache).
-fn failed(error: &dyn std::fmt::Display) -> Response {
-    tracing::error!(%error, "request failed");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        format!("request failed: {error}\n"),
-    )
-        .into_response()
+/// A 500 whose body, like the log line, says what failed and why (the error's `source()`s).
+fn failed(error: &(dyn std::error::Error + 'static)) -> Response {
+    tracing::error!(error, "request failed");
+    let mut text = format!("request failed: {error}");
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    (StatusCode::INTERNAL_SERVER_ERROR, text + "\n").into_response()
 }
 
 /// Serves `state` on `listener` until the process ends.

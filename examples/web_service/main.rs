@@ -73,7 +73,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "web_service stopped");
+            tracing::error!(
+                error = &*error as &dyn std::error::Error,
+                "web_service stopped"
+            );
             ExitCode::FAILURE
         }
     }

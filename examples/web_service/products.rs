@@ -43,10 +43,10 @@ pub(crate) struct ProductUpdate {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DbError {
     /// SQLite failed.
-    #[error("the products database failed: {0}")]
+    #[error("the products database failed")]
     Sqlite(#[from] rusqlite::Error),
     /// The blocking task that ran the query did not finish.
-    #[error("a database query did not finish: {0}")]
+    #[error("a database query did not finish")]
     Task(#[from] tokio::task::JoinError),
 }
 

@@ -116,36 +116,7 @@ fn ensure_valgrind() -> Result<PathBuf, String> {
         return Ok(path);
     }
     eprintln!("xtask: valgrind is not on PATH; --instructions needs it");
-    if redis::find_on_path("apt-get").is_none() {
-        return Err(format!(
-            "valgrind not found and apt-get is unavailable; {VALGRIND_HINT}"
-        ));
-    }
-    let sudo: &[&str] = if redis::is_root() {
-        &[]
-    } else if std::process::Command::new("sudo")
-        .args(["-n", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        &["sudo", "-n"]
-    } else {
-        return Err(format!(
-            "valgrind not found and no rights to install it; {VALGRIND_HINT}"
-        ));
-    };
-    for args in [
-        &["apt-get", "update", "-qq"][..],
-        &["apt-get", "install", "-y", "-qq", "valgrind"],
-    ] {
-        let mut full: Vec<&str> = sudo.to_vec();
-        full.extend_from_slice(args);
-        let mut command = std::process::Command::new(full[0]);
-        command
-            .args(&full[1..])
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd::run(command).map_err(|e| format!("{e}; {VALGRIND_HINT}"))?;
-    }
+    crate::apt::install("valgrind", &["valgrind"], VALGRIND_HINT)?;
     redis::find_on_path("valgrind")
         .ok_or_else(|| format!("valgrind still not on PATH after installing; {VALGRIND_HINT}"))
 }

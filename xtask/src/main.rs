@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+mod apt;
 mod bench;
 mod cmd;
 mod demo;

@@ -3,9 +3,6 @@
 //! as `redis-server --sentinel`) and never skip silently.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use crate::cmd;
 
 const INSTALL_HINT: &str = "install it with: sudo apt-get update && sudo apt-get install -y redis-server \
 redis-tools (or put redis-server and redis-cli binaries on PATH)";
@@ -28,43 +25,11 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
         "xtask: {} not on PATH; the Redis tests need it",
         missing.join(" and ")
     );
-    if find_on_path("apt-get").is_none() {
-        return Err(format!(
-            "redis-server not found and apt-get is unavailable; {INSTALL_HINT}"
-        ));
-    }
-    let sudo: &[&str] = if is_root() {
-        &[]
-    } else if Command::new("sudo")
-        .args(["-n", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        &["sudo", "-n"]
-    } else {
-        return Err(format!(
-            "redis-server not found and no rights to install it; {INSTALL_HINT}"
-        ));
-    };
-    for args in [
-        &["apt-get", "update", "-qq"][..],
-        &[
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            "redis-server",
-            "redis-tools",
-        ],
-    ] {
-        let mut full: Vec<&str> = sudo.to_vec();
-        full.extend_from_slice(args);
-        let mut command = Command::new(full[0]);
-        command
-            .args(&full[1..])
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        cmd::run(command).map_err(|e| format!("{e}; {INSTALL_HINT}"))?;
-    }
+    crate::apt::install(
+        "redis-server",
+        &["redis-server", "redis-tools"],
+        INSTALL_HINT,
+    )?;
     // The Debian package starts a system server on 6379; tests never use it (each starts
     // its own on a free port), so leave it be rather than guess at the init system.
     if let Some(program) = PROGRAMS.into_iter().find(|p| find_on_path(p).is_none()) {
@@ -74,13 +39,6 @@ pub(crate) fn ensure_installed() -> Result<PathBuf, String> {
     }
     find_on_path("redis-server")
         .ok_or_else(|| format!("redis-server still not on PATH after installing; {INSTALL_HINT}"))
-}
-
-pub(crate) fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
 }
 
 pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {

@@ -221,10 +221,17 @@ pub enum BackplaneEvent {
 #[non_exhaustive]
 pub enum BackplaneError {
     /// The transport is down or refused the operation; the operation may be retried.
+    ///
+    /// Made with [`BackplaneError::unavailable`] or [`BackplaneError::unavailable_because`].
     #[error("backplane unavailable: {reason}; invalidations are kept and retried on reconnect")]
+    #[non_exhaustive]
     Unavailable {
-        /// What the transport said.
+        /// What failed, in the transport's terms (the underlying error is the `source`).
         reason: String,
+        /// The transport's own error (the client library's, the operating system's), when
+        /// there is one.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The transport did not answer within the configured time.
     #[error("backplane did not answer within {0:?}; check that the server is reachable")]
@@ -240,4 +247,30 @@ pub enum BackplaneError {
     /// The backplane was shut down.
     #[error("backplane is shut down")]
     Closed,
+}
+
+impl BackplaneError {
+    /// [`Unavailable`](Self::Unavailable) for a failure of the transport's own making, with no
+    /// underlying error.
+    #[must_use]
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        BackplaneError::Unavailable {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// [`Unavailable`](Self::Unavailable) because of `source` (the client library's error,
+    /// say), which error reporters show below `reason`: `reason` says what failed, not
+    /// `source`'s words again.
+    #[must_use]
+    pub fn unavailable_because(
+        reason: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        BackplaneError::Unavailable {
+            reason: reason.into(),
+            source: Some(source.into()),
+        }
+    }
 }

@@ -65,7 +65,7 @@ enum Never {}
 struct Service;
 
 #[test]
-fn struct_fields_read_like_the_original() {
+fn struct_fields_are_joined_in_order_and_parenthesised_as_an_argument() {
     let value = ComplexValueObject {
         prop1: "Prop1Value".into(),
         prop2: "Prop2Value".into(),

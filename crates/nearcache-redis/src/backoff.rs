@@ -1,10 +1,13 @@
 //! The delays between reconnection attempts, computed from a [`ReconnectBackoff`].
 //!
-//! Kept apart from the subscriber loop so the arithmetic (growth, cap, jitter) is tested
-//! without a server or a clock.
+//! The doubling is [`backon`]'s; the jitter is ours, because [`ReconnectBackoff::jitter`] is a
+//! configured fraction the delay is *shortened* by (so `max` stays the longest wait), where
+//! backon's jitter adds a random part of up to the whole delay. Kept apart from the
+//! subscriber loop so the arithmetic is tested without a server or a clock.
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::Rng;
 
 use crate::config::ReconnectBackoff;
@@ -18,12 +21,17 @@ pub(crate) const MIN_DELAY: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub(crate) struct Backoff {
     policy: ReconnectBackoff,
+    ceilings: ExponentialBackoff,
     attempt: u32,
 }
 
 impl Backoff {
     pub(crate) fn new(policy: ReconnectBackoff) -> Self {
-        Self { policy, attempt: 0 }
+        Self {
+            policy,
+            ceilings: ceilings(policy),
+            attempt: 0,
+        }
     }
 
     /// How many delays were handed out since the last reset.
@@ -33,12 +41,14 @@ impl Backoff {
 
     /// Starts again from the initial delay (after a successful reconnection).
     pub(crate) fn reset(&mut self) {
+        self.ceilings = ceilings(self.policy);
         self.attempt = 0;
     }
 
     /// The next delay, with a random jitter from `rng`.
     pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let full = self.ceiling().max(MIN_DELAY);
+        let max = self.policy.max.max(self.policy.initial);
+        let full = self.ceilings.next().unwrap_or(max).max(MIN_DELAY);
         self.attempt = self.attempt.saturating_add(1);
         let jitter = self.policy.jitter.clamp(0.0, 1.0);
         if jitter == 0.0 || jitter.is_nan() {
@@ -49,14 +59,16 @@ impl Backoff {
             .map_or(full, |delay| delay.min(full))
             .max(MIN_DELAY)
     }
+}
 
-    /// The delay of the current attempt before jitter.
-    fn ceiling(&self) -> Duration {
-        let max = self.policy.max.max(self.policy.initial);
-        // 2^20 × any sane initial delay is already past any sane max; stop doubling there.
-        let factor = 1u32 << self.attempt.min(20);
-        self.policy.initial.saturating_mul(factor).min(max)
-    }
+/// The delays before jitter: doubling from `initial` up to `max` (or `initial`, if larger),
+/// without end.
+fn ceilings(policy: ReconnectBackoff) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(policy.initial)
+        .with_max_delay(policy.max.max(policy.initial))
+        .without_max_times()
+        .build()
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use nearcache_backplane::{
 use tokio::sync::watch;
 
 use crate::config::RedisConfig;
-use crate::error::RedisBackplaneError;
+use crate::error::{Failure, RedisBackplaneError};
 use crate::publisher::Publisher;
 use crate::status::{ConnectionStatus, StatusCell};
 use crate::subscriber::Subscriber;
@@ -220,9 +220,7 @@ impl Backplane for RedisBackplane {
         let task = subscriber
             .start()
             .await
-            .map_err(|reason| BackplaneError::Unavailable {
-                reason: format!("cannot subscribe at {}: {reason}", self.target.addr),
-            })?;
+            .map_err(Failure::into_unavailable)?;
         self.runtime.spawn(task);
         Ok(subscription)
     }
@@ -266,9 +264,7 @@ impl ReplayLog for RedisBackplane {
 }
 
 fn no_log() -> BackplaneError {
-    BackplaneError::Unavailable {
-        reason: "this redis backplane keeps no replay log (replay_log_len is 0)".to_owned(),
-    }
+    BackplaneError::unavailable("this redis backplane keeps no replay log (replay_log_len is 0)")
 }
 
 impl fmt::Debug for RedisBackplane {

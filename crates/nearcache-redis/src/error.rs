@@ -5,8 +5,10 @@
 //! rest of the crate and its users match on variants instead of parsing messages. No variant
 //! holds a password: URLs are [`RedactedUrl`]s and server messages are scrubbed.
 
+use std::fmt;
 use std::time::Duration;
 
+use nearcache_backplane::BackplaneError;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use crate::redact::RedactedUrl;
@@ -31,6 +33,9 @@ pub enum RedisBackplaneError {
         url: RedactedUrl,
         /// What is wrong with it.
         reason: String,
+        /// What redis-rs said of it, when it was redis-rs that refused it.
+        #[source]
+        source: Option<RedisCause>,
     },
     /// A setting of the [`RedisConfig`](crate::RedisConfig) cannot work.
     #[error("invalid Redis backplane configuration: {reason}")]
@@ -47,33 +52,32 @@ pub enum RedisBackplaneError {
         /// The URL, password hidden.
         url: RedactedUrl,
     },
-    /// Nothing answered at the address (connection refused, no route, DNS failure, TLS
-    /// handshake failure).
-    #[error(
-        "Redis at {addr} is unreachable: {reason}; check that it runs and that the address is right"
-    )]
+    /// Nothing answered at the address (connection refused, no route, DNS failure).
+    #[error("Redis at {addr} is unreachable; check that it runs and that the address is right")]
     Unreachable {
         /// The address, `host:port`.
         addr: String,
-        /// What the operating system or TLS said.
-        reason: String,
+        /// What the operating system said, through redis-rs.
+        #[source]
+        source: RedisCause,
     },
     /// The TLS handshake failed: the server's certificate is not trusted or does not match
     /// the host, or the server does not speak TLS on that port.
     #[error(
-        "TLS with Redis at {addr} failed: {reason}; check the server's certificate and the host \
-         name in the URL (for a private CA, set RedisConfig::tls_ca_file or tls_ca_pem)"
+        "TLS with Redis at {addr} failed; check the server's certificate and the host name in \
+         the URL (for a private CA, set RedisConfig::tls_ca_file or tls_ca_pem)"
     )]
     Tls {
         /// The address, `host:port`.
         addr: String,
-        /// What rustls said.
-        reason: String,
+        /// What rustls said, through redis-rs.
+        #[source]
+        source: RedisCause,
     },
     /// Redis refused the credentials: a wrong password or user, no password where one is
     /// required, or an ACL user without the permissions the backplane needs.
     #[error(
-        "Redis at {addr} refused the credentials: {reason}; check the user and password in the URL \
+        "Redis at {addr} refused the credentials; check the user and password in the URL \
          (redis://user:password@host) and that the ACL user may PING, PUBLISH and SUBSCRIBE \
          (SPUBLISH, SSUBSCRIBE and CLUSTER|SLOTS on a cluster; also ROLE behind Sentinel)"
     )]
@@ -81,7 +85,8 @@ pub enum RedisBackplaneError {
         /// The address, `host:port`.
         addr: String,
         /// What Redis said, without the password.
-        reason: String,
+        #[source]
+        source: RedisCause,
     },
     /// Connecting took longer than [`connect_timeout`](crate::RedisConfig::connect_timeout).
     #[error(
@@ -95,6 +100,9 @@ pub enum RedisBackplaneError {
     },
     /// None of the seed nodes of a `redis+cluster://` URL, or none of the Sentinels of a
     /// `redis+sentinel://` URL, answered.
+    ///
+    /// Several nodes failed, each for its own reason, and an error has one `source()`: the
+    /// reasons are in the text.
     #[error(
         "none of the Redis nodes {nodes} is reachable ({reasons}); check that they run and that \
          the addresses in the URL are right (any one reachable node is enough)"
@@ -136,9 +144,146 @@ pub enum RedisBackplaneError {
     Server {
         /// The address, `host:port`.
         addr: String,
-        /// What went wrong.
+        /// What went wrong, and what to do.
         reason: String,
+        /// What Redis answered, when it answered with an error.
+        #[source]
+        source: Option<RedisCause>,
     },
+}
+
+/// What Redis, or the network or TLS layer under it, said: the `source()` of a
+/// [`RedisBackplaneError`], and of the backplane's
+/// [`BackplaneError::Unavailable`](nearcache_backplane::BackplaneError::Unavailable).
+///
+/// It displays as redis-rs' own error, except that a password the server or the library
+/// echoed is replaced by `***` (and the chain below it is then cut, as it may hold the
+/// password too). Where redis-rs only wraps an I/O or TLS error and displays as that error,
+/// `source()` skips to what is under it, so an error reporter that walks the chain
+/// (`anyhow`, `eyre`) prints the operating system's words once.
+#[derive(Clone)]
+pub struct RedisCause {
+    error: RedisError,
+    /// The error's text with the password replaced, when the text held it.
+    scrubbed: Option<String>,
+}
+
+impl RedisCause {
+    /// `error`, with `password` to keep out of its text.
+    pub(crate) fn new(error: RedisError, password: Option<&str>) -> Self {
+        let text = error.to_string();
+        let scrubbed = scrub(text.clone(), password);
+        let scrubbed = (scrubbed != text).then_some(scrubbed);
+        Self { error, scrubbed }
+    }
+
+    /// redis-rs' error, to match on its [`kind`](RedisError::kind) or
+    /// [`code`](RedisError::code). Its own text is not scrubbed of the password.
+    #[must_use]
+    pub fn redis_error(&self) -> &RedisError {
+        &self.error
+    }
+}
+
+impl fmt::Display for RedisCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.scrubbed {
+            Some(text) => f.write_str(text),
+            None => fmt::Display::fmt(&self.error, f),
+        }
+    }
+}
+
+impl fmt::Debug for RedisCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("RedisCause");
+        match &self.scrubbed {
+            Some(text) => debug.field("kind", &self.error.kind()).field("text", text),
+            None => debug.field("error", &self.error),
+        };
+        debug.finish()
+    }
+}
+
+impl std::error::Error for RedisCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        if self.scrubbed.is_some() {
+            return None;
+        }
+        let below = std::error::Error::source(&self.error)?;
+        // redis-rs displays a wrapped I/O or TLS error as that error: skip to what is under
+        // it, or the same words would stand twice in the chain.
+        if below.to_string() == self.error.to_string() {
+            below.source()
+        } else {
+            Some(below)
+        }
+    }
+}
+
+/// A publish or subscription that failed below the backplane: what failed, and the error
+/// that made it fail, kept whole to become the `source()` of a
+/// [`BackplaneError::Unavailable`].
+#[derive(Debug)]
+pub(crate) struct Failure {
+    what: String,
+    why: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Failure {
+    /// A failure of our own making (a timeout of ours, a reply we cannot read).
+    pub(crate) fn new(what: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            why: None,
+        }
+    }
+
+    /// `what` failed because of `why`.
+    pub(crate) fn because(
+        what: impl Into<String>,
+        why: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            why: Some(Box::new(why)),
+        }
+    }
+
+    /// The error a caller of the backplane gets.
+    pub(crate) fn into_unavailable(self) -> BackplaneError {
+        match self.why {
+            Some(why) => BackplaneError::unavailable_because(self.what, why),
+            None => BackplaneError::unavailable(self.what),
+        }
+    }
+}
+
+/// For logs: what failed and the whole chain of why, on one line.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)?;
+        match &self.why {
+            Some(why) => write!(f, ": {}", Chain(why.as_ref())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An error and every error under it, `: `-joined on one line, for logs (whose fields show
+/// one text, not a chain).
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut below = self.0.source();
+        while let Some(err) = below {
+            write!(f, ": {err}")?;
+            below = err.source();
+        }
+        Ok(())
+    }
 }
 
 /// How a Redis error reads to a user of the backplane.
@@ -186,36 +331,55 @@ pub(crate) fn scrub(text: String, password: Option<&str>) -> String {
 }
 
 impl RedisBackplaneError {
-    /// The typed error for a Redis error met while connecting to `addr`.
+    /// The typed error for a Redis error met while connecting to `addr` (over TLS when
+    /// `is_tls`).
     pub(crate) fn from_redis(
         err: &RedisError,
         addr: &str,
+        is_tls: bool,
         url: &RedactedUrl,
         password: Option<&str>,
         timeout: Duration,
     ) -> Self {
-        let reason = describe(err, password);
+        let source = RedisCause::new(err.clone(), password);
         let addr = addr.to_owned();
         match classify(err) {
-            ErrorClass::Auth => Self::Auth { addr, reason },
-            ErrorClass::Unreachable => Self::Unreachable { addr, reason },
+            ErrorClass::Auth => Self::Auth { addr, source },
+            ErrorClass::Unreachable if is_tls && looks_like_tls(&source.to_string()) => {
+                Self::Tls { addr, source }
+            }
+            ErrorClass::Unreachable => Self::Unreachable { addr, source },
             ErrorClass::Timeout => Self::Timeout {
                 addr,
                 after: timeout,
             },
             ErrorClass::Config => Self::InvalidUrl {
                 url: url.clone(),
-                reason,
+                reason: "redis-rs cannot connect with these settings".to_owned(),
+                source: Some(source),
             },
             ErrorClass::Server if err.kind() == ErrorKind::RESP3NotSupported => Self::Server {
                 addr,
-                reason: format!(
-                    "{reason}; the backplane needs RESP3 (Redis 6.0 or newer, or a compatible server)"
-                ),
+                reason: "the backplane needs RESP3 (Redis 6.0 or newer, or a compatible server)"
+                    .to_owned(),
+                source: Some(source),
             },
-            ErrorClass::Server => Self::Server { addr, reason },
+            ErrorClass::Server => Self::Server {
+                addr,
+                reason: "it answered with an error".to_owned(),
+                source: Some(source),
+            },
         }
     }
+}
+
+/// Whether an I/O error's text comes from the TLS layer (rustls reports certificate and
+/// handshake failures as I/O errors).
+fn looks_like_tls(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|word| reason.contains(word))
 }
 
 #[cfg(test)]
@@ -253,10 +417,36 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("`tls` feature"), "{text}");
         assert!(!text.contains("secret"), "{text}");
+        let wrongpass: RedisError = (ErrorKind::AuthenticationFailed, "WRONGPASS").into();
         let err = RedisBackplaneError::Auth {
             addr: "h:1".to_owned(),
-            reason: "WRONGPASS".to_owned(),
+            source: RedisCause::new(wrongpass, None),
         };
         assert!(err.to_string().contains("check the user and password"));
+    }
+
+    #[test]
+    fn tls_failures_are_recognised() {
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(looks_like_tls("received fatal alert: HandshakeFailure"));
+        assert!(!looks_like_tls("Connection refused (os error 111)"));
+    }
+
+    #[test]
+    fn a_cause_that_echoes_the_password_shows_it_nowhere() {
+        let echo: RedisError = (ErrorKind::Io, "failed", "pw hunter2 echoed".to_owned()).into();
+        let cause = RedisCause::new(echo, Some("hunter2"));
+        assert!(cause.to_string().contains("pw *** echoed"), "{cause}");
+        assert!(!format!("{cause:?}").contains("hunter2"), "{cause:?}");
+        assert!(std::error::Error::source(&cause).is_none());
+    }
+
+    #[test]
+    fn a_wrapped_io_error_stands_once_in_the_chain() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused here");
+        let cause = RedisCause::new(io.into(), None);
+        assert_eq!(cause.to_string(), "refused here");
+        // redis-rs' error displays as the I/O error and has it as its source: skipped.
+        assert!(std::error::Error::source(&cause).is_none());
     }
 }

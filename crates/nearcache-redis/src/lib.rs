@@ -87,6 +87,6 @@ mod topology;
 
 pub use backplane::RedisBackplane;
 pub use config::{DEFAULT_APP, ReconnectBackoff, RedisConfig, channel_for_app};
-pub use error::RedisBackplaneError;
+pub use error::{RedisBackplaneError, RedisCause};
 pub use redact::{RedactedUrl, RedisUrl};
 pub use status::{ConnectionStatus, LinkState};

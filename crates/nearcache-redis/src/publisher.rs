@@ -27,8 +27,9 @@ use redis::{AsyncConnectionConfig, Cmd, FromRedisValue};
 use tracing::{debug, info, warn};
 
 use crate::config::RedisConfig;
-use crate::error::RedisBackplaneError;
+use crate::error::{Failure, RedisBackplaneError, RedisCause};
 use crate::replay::{LogKeys, ScriptCall};
+use crate::resolve::ResolveError;
 use crate::status::StatusCell;
 use crate::target::Target;
 use crate::topology::Topology;
@@ -55,7 +56,7 @@ impl std::fmt::Debug for Conn {
 /// Why a publish failed.
 enum Failed {
     Timeout,
-    Other(String),
+    Other(Failure),
 }
 
 #[derive(Debug)]
@@ -177,7 +178,7 @@ impl Publisher {
             Conn::Direct(None) => {
                 match tokio::time::timeout_at(deadline, self.connect_direct(generation)).await {
                     Ok(Ok(mut con)) => self.send(cmd, unknown_script, &mut con, deadline).await,
-                    Ok(Err(reason)) => Err(Failed::Other(reason)),
+                    Ok(Err(failure)) => Err(Failed::Other(failure)),
                     Err(_) => Err(Failed::Timeout),
                 }
             }
@@ -193,13 +194,13 @@ impl Publisher {
                 }
                 Ok(value)
             }
-            Err(Failed::Other(reason)) => {
-                self.failed(&reason);
+            Err(Failed::Other(failure)) => {
+                self.failed(&failure);
                 self.drop_direct(generation);
-                Err(BackplaneError::Unavailable { reason })
+                Err(failure.into_unavailable())
             }
             Err(Failed::Timeout) => {
-                self.failed("no acknowledgement within publish_timeout");
+                self.failed(&"no acknowledgement within publish_timeout");
                 self.replace(generation);
                 Err(BackplaneError::Timeout(self.timeout))
             }
@@ -228,28 +229,40 @@ impl Publisher {
         }
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(self.target.describe(&err))),
+            Ok(Err(err)) if !err.is_timeout() => Err(Failed::Other(Failure::because(
+                format!("a command to Redis at {} failed", self.target.addr),
+                RedisCause::new(err, self.target.password()),
+            ))),
             Ok(Err(_)) | Err(_) => Err(Failed::Timeout),
         }
     }
 
     /// Resolves the node and connects to it, unless another publish did so since
     /// `generation`.
-    async fn connect_direct(&self, generation: u64) -> Result<MultiplexedConnection, String> {
+    async fn connect_direct(&self, generation: u64) -> Result<MultiplexedConnection, Failure> {
         let _connecting = self.connecting.lock().await;
         if let (current, Conn::Direct(Some(con))) = &*self.con.read()
             && *current != generation
         {
             return Ok(con.clone());
         }
-        let node = self.target.resolve().await.map_err(|err| err.to_string())?;
+        let node = self
+            .target
+            .resolve()
+            .await
+            .map_err(ResolveError::into_failure)?;
         let con = node
             .client
             .get_multiplexed_async_connection_with_config(&direct_config(
                 self.target.connect_timeout,
             ))
             .await
-            .map_err(|err| format!("{}: {}", node.addr, self.target.describe(&err)))?;
+            .map_err(|err| {
+                Failure::because(
+                    format!("cannot connect to Redis at {}", node.addr),
+                    RedisCause::new(err, self.target.password()),
+                )
+            })?;
         debug!(addr = %node.addr, "redis publisher connected to the resolved node");
         let mut current = self.con.write();
         current.0 = current.0.wrapping_add(1);
@@ -293,16 +306,16 @@ impl Publisher {
         }
     }
 
-    fn failed(&self, reason: &str) {
+    fn failed(&self, reason: &dyn std::fmt::Display) {
         if self.status.publisher_failed() {
             warn!(
                 addr = %self.target.addr,
                 url = %self.target.url,
-                reason,
+                %reason,
                 "redis publisher lost its connection; publishes fail until it is back"
             );
         } else {
-            debug!(addr = %self.target.addr, reason, "redis publish failed");
+            debug!(addr = %self.target.addr, %reason, "redis publish failed");
         }
     }
 }
@@ -324,7 +337,7 @@ async fn open_manager(
     };
     match tokio::time::timeout(config.connect_timeout, open).await {
         Ok(Ok(con)) => Ok(con),
-        Ok(Err(err)) => Err(target.connect_error(&err, config.connect_timeout)),
+        Ok(Err(err)) => Err(target.node_error(&target.single_node(), &err, config.connect_timeout)),
         Err(_) => Err(RedisBackplaneError::Timeout {
             addr: target.addr.clone(),
             after: config.connect_timeout,

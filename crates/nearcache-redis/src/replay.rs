@@ -178,9 +178,9 @@ impl LogKeys {
 }
 
 fn malformed(what: &str) -> BackplaneError {
-    BackplaneError::Unavailable {
-        reason: format!("unexpected reply from the replay log script: {what}"),
-    }
+    BackplaneError::unavailable(format!(
+        "unexpected reply from the replay log script: {what}"
+    ))
 }
 
 fn text(value: &Value) -> Option<String> {

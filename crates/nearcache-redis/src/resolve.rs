@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisError, Value};
 
-use crate::error::{ErrorClass, RedisBackplaneError, classify};
+use crate::error::{Chain, ErrorClass, Failure, RedisBackplaneError, RedisCause, classify};
 use crate::target::{Node, Target};
 use crate::topology::Topology;
 
@@ -50,12 +50,21 @@ impl fmt::Display for ResolveError {
                     "the Sentinels ({asked}) know no primary named {master:?}"
                 )
             }
-            Self::Node(err) => err.fmt(f),
+            // Read in logs and in `NoNodeReachable`'s reasons: the whole chain.
+            Self::Node(err) => Chain(err).fmt(f),
         }
     }
 }
 
 impl ResolveError {
+    /// The failure of a publish or a subscription that needed a node.
+    pub(crate) fn into_failure(self) -> Failure {
+        match self {
+            Self::Node(err) => Failure::because("no usable Redis node", err),
+            other => Failure::new(other.to_string()),
+        }
+    }
+
     /// The typed error `connect` returns for this.
     pub(crate) fn into_connect_error(self, target: &Target, channel: &str) -> RedisBackplaneError {
         match self {
@@ -123,10 +132,10 @@ impl Target {
                     None => answered.push(seed.clone()),
                 },
                 Err(refusal) => {
-                    if refusal.auth && refused_credentials.is_none() {
+                    if let (Some(source), None) = (&refusal.auth, &refused_credentials) {
                         refused_credentials = Some(RedisBackplaneError::Auth {
                             addr: seed.clone(),
-                            reason: refusal.reason.clone(),
+                            source: source.clone(),
                         });
                     }
                     tried.push((seed.clone(), refusal.reason));
@@ -192,6 +201,7 @@ impl Target {
                             "Sentinel {sentinel} names it the primary of {master:?} but it is a \
                              {role} (a failover is in progress)"
                         ),
+                        source: None,
                     });
                 }
                 Err(err) => return Err(ResolveError::Node(err)),
@@ -261,7 +271,8 @@ impl Target {
     fn refusal(&self, err: &RedisError) -> Refusal {
         Refusal {
             reason: self.describe(err),
-            auth: classify(err) == ErrorClass::Auth,
+            auth: (classify(err) == ErrorClass::Auth)
+                .then(|| RedisCause::new(err.clone(), self.password())),
         }
     }
 
@@ -290,16 +301,13 @@ impl Target {
 /// Why a seed or Sentinel gave no answer, password scrubbed.
 struct Refusal {
     reason: String,
-    /// It refused the credentials or the ACL user's permissions.
-    auth: bool,
+    /// What it said, when it refused the credentials or the ACL user's permissions.
+    auth: Option<RedisCause>,
 }
 
 impl Refusal {
     fn other(reason: String) -> Self {
-        Self {
-            reason,
-            auth: false,
-        }
+        Self { reason, auth: None }
     }
 }
 

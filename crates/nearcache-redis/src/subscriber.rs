@@ -54,6 +54,8 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::{ReconnectBackoff, RedisConfig};
+use crate::error::{Failure, RedisCause};
+use crate::resolve::ResolveError;
 use crate::status::{LinkState, StatusCell};
 use crate::target::Target;
 
@@ -233,7 +235,7 @@ impl Subscriber {
     /// # Errors
     ///
     /// Why the first subscription failed (password scrubbed).
-    pub(crate) async fn start(self) -> Result<impl Future<Output = ()> + Send, String> {
+    pub(crate) async fn start(self) -> Result<impl Future<Output = ()> + Send, Failure> {
         let link = self.open(false).await?;
         self.status.set_subscriber(LinkState::Up);
         debug!(addr = %self.target.addr, "redis subscription confirmed");
@@ -244,7 +246,7 @@ impl Subscriber {
     ///
     /// A reconnection that is given up after its gate sent `Reconnected` (the confirmation
     /// raced the timeout) sends `Disconnected` again, so the events keep alternating.
-    async fn open(&self, announce_reconnect: bool) -> Result<Link, String> {
+    async fn open(&self, announce_reconnect: bool) -> Result<Link, Failure> {
         let gate = Arc::new(Gate::new(
             self.events.clone(),
             announce_reconnect,
@@ -259,7 +261,7 @@ impl Subscriber {
         let sharded = self.sharded;
         let subscribe = async move {
             // The URL's node, or the cluster's slot owner / Sentinel's primary of right now.
-            let node = target.resolve().await.map_err(|err| err.to_string())?;
+            let node = target.resolve().await.map_err(ResolveError::into_failure)?;
             let subscribe = async {
                 let mut con = node
                     .client
@@ -276,15 +278,20 @@ impl Subscriber {
                 }
                 Ok::<_, redis::RedisError>(con)
             };
-            subscribe.await.map_err(|err| target.describe(&err))
+            subscribe.await.map_err(|err| {
+                Failure::because(
+                    format!("cannot subscribe at {}", node.addr),
+                    RedisCause::new(err, target.password()),
+                )
+            })
         };
         let reason = match tokio::time::timeout(self.connect_timeout, subscribe).await {
             Ok(Ok(con)) => return Ok(Link { con, gate }),
-            Ok(Err(reason)) => reason,
-            Err(_) => format!(
-                "no subscription within connect_timeout ({:?})",
-                self.connect_timeout
-            ),
+            Ok(Err(failure)) => failure,
+            Err(_) => Failure::new(format!(
+                "no subscription at {} within connect_timeout ({:?})",
+                self.target.addr, self.connect_timeout
+            )),
         };
         if gate.retire() && announce_reconnect {
             self.events.send(BackplaneEvent::Disconnected);
@@ -336,7 +343,7 @@ impl Subscriber {
                     Err(reason) => debug!(
                         addr = %self.target.addr,
                         attempt = backoff.attempts(),
-                        reason,
+                        %reason,
                         "redis subscriber reconnection attempt failed"
                     ),
                 }

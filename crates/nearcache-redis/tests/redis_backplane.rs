@@ -142,6 +142,70 @@ async fn redis_killed_then_restarted_disconnects_fails_fast_and_reconnects() {
     assert!(backplane.is_connected());
 }
 
+/// `err` and every error under it, top first: what an error reporter (anyhow, eyre) prints.
+fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut links = vec![err.to_string()];
+    let mut below = err.source();
+    while let Some(err) = below {
+        links.push(err.to_string());
+        below = err.source();
+    }
+    links
+}
+
+/// The chain names a cause under the top error, and no error repeats the text of one under
+/// it (a reporter would print those words twice).
+fn assert_cause_once(links: &[String]) {
+    assert!(links.len() >= 2, "no source under the error: {links:?}");
+    for (at, upper) in links.iter().enumerate() {
+        for lower in &links[at + 1..] {
+            assert!(
+                !upper.contains(lower.as_str()),
+                "{lower:?} stands twice in {links:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_servers_errors_carry_their_cause_once() {
+    let mut server = RedisServer::start().unwrap();
+    let backplane = connect(&server, "chain").await;
+    blocking(|| server.kill()).unwrap();
+
+    // Connecting: the typed error says what to do; the operating system's words are its
+    // source, once.
+    let refused = RedisConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..config(server.url(), "chain")
+    };
+    let err = RedisBackplane::connect_with(refused).await.unwrap_err();
+    assert!(
+        matches!(err, RedisBackplaneError::Unreachable { .. }),
+        "{err:?}"
+    );
+    let links = chain(&err);
+    assert_cause_once(&links);
+    assert!(links[0].contains("check that it runs"), "{links:?}");
+    let report = links.concat().to_lowercase();
+    assert_eq!(report.matches("refused").count(), 1, "{links:?}");
+
+    // Publishing: `Unavailable`, with redis-rs' error under it.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match backplane.publish(Bytes::from_static(b"lost")).await {
+            Err(err @ BackplaneError::Unavailable { .. }) => {
+                let links = chain(&err);
+                assert_cause_once(&links);
+                break;
+            }
+            // The first publish after the kill may wait out publish_timeout instead.
+            Err(BackplaneError::Timeout(_)) if Instant::now() < deadline => {}
+            other => panic!("expected Unavailable with Redis down, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_pubsub_disconnects_then_reconnects() {
     let server = RedisServer::start().unwrap();
@@ -609,6 +673,13 @@ async fn an_outage_is_logged_once_not_per_attempt() {
     use tracing::Level;
     use tracing_subscriber::layer::SubscriberExt;
 
+    // tracing caches each callsite's interest process-wide, computed when the callsite is
+    // first reached; while a single dispatcher is registered that is asked of the reaching
+    // thread's own subscriber, so a sibling test's thread (none) that reaches the outage
+    // warnings first would cache "never" and this recorder would miss them
+    // (tokio-rs/tracing#3611; seen once here in a run of the whole file). A second
+    // registered dispatcher, made first, makes every interest the union of all of them.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let recorder = Recorder::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(recorder.clone()));

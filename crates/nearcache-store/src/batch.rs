@@ -33,7 +33,7 @@ use nearcache_keys::Key;
 
 use crate::entry::EntryOptions;
 use crate::error::{LoadError, WouldDeadlock};
-use crate::flight::{Flight, LeaderKind};
+use crate::flight::{Flight, LeaderKind, Outcome};
 use crate::load::{Acquired, Leader, resolve};
 use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
@@ -286,6 +286,28 @@ impl StoreInner {
         }
     }
 
+    /// A joined key's `outcome` into `results`, or the key back into `todo` when the load it
+    /// joined is stale for it (it joined after an expiry that load predates: load again).
+    fn settle_joined<T, E>(
+        &self,
+        key: Key,
+        outcome: &Outcome,
+        flight: &Flight,
+        joined_at: u64,
+        results: &mut HashMap<Key, Result<Item<T>, LoadError<E>>>,
+        todo: &mut Vec<Key>,
+    ) where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+    {
+        match resolve::<Item<T>, E>(outcome, flight, joined_at, &key, self.log_keys) {
+            Some(result) => {
+                results.insert(key, result);
+            }
+            None => todo.push(key),
+        }
+    }
+
     /// The async batch get-or-create.
     async fn load_many_async<T, E, F, I>(
         &self,
@@ -323,18 +345,14 @@ impl StoreInner {
             todo = Vec::new();
             for joined in round.joined {
                 let outcome = joined.flight.wait().await;
-                match resolve::<Item<T>, E>(
+                self.settle_joined(
+                    joined.key,
                     outcome,
                     &joined.flight,
                     joined.joined_at,
-                    &joined.key,
-                    self.log_keys,
-                ) {
-                    Some(result) => {
-                        results.insert(joined.key, result);
-                    }
-                    None => todo.push(joined.key),
-                }
+                    &mut results,
+                    &mut todo,
+                );
             }
             if results.values().any(Result::is_err) {
                 break;
@@ -391,18 +409,14 @@ impl StoreInner {
                     results.insert(joined.key, Err(LoadError::WouldDeadlock(error)));
                     continue;
                 };
-                match resolve::<Item<T>, E>(
+                self.settle_joined(
+                    joined.key,
                     outcome,
                     flight,
                     joined.joined_at,
-                    &joined.key,
-                    self.log_keys,
-                ) {
-                    Some(result) => {
-                        results.insert(joined.key, result);
-                    }
-                    None => todo.push(joined.key),
-                }
+                    &mut results,
+                    &mut todo,
+                );
             }
             if results.values().any(Result::is_err) {
                 break;

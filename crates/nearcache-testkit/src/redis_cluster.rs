@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::RedisServer;
+use crate::redis_server::redis_error;
 
 /// How long the cluster may take to form, or to agree on a change.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -464,10 +465,6 @@ fn replication_info(node: &RedisServer) -> io::Result<String> {
         .arg("replication")
         .query(&mut con)
         .map_err(redis_error)
-}
-
-fn redis_error(err: redis::RedisError) -> io::Error {
-    io::Error::other(format!("redis: {err}"))
 }
 
 #[cfg(test)]

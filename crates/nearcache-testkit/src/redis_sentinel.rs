@@ -12,6 +12,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::RedisServer;
+use crate::redis_server::redis_error;
 
 /// The name under which the Sentinels know the primary.
 pub const MASTER_NAME: &str = "nearcache-primary";
@@ -273,10 +274,6 @@ fn info_field(node: &RedisServer, section: &str, name: &str) -> Option<String> {
     info.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .map(|value| value.trim().to_owned())
-}
-
-fn redis_error(err: redis::RedisError) -> io::Error {
-    io::Error::other(format!("redis: {err}"))
 }
 
 #[cfg(test)]

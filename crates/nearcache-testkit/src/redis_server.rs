@@ -654,7 +654,8 @@ fn quit(con: &mut redis::Connection) {
     let _ = redis::cmd("QUIT").query::<()>(con);
 }
 
-fn redis_error(err: redis::RedisError) -> io::Error {
+/// A redis-rs error as the harness's `io::Error`.
+pub(crate) fn redis_error(err: redis::RedisError) -> io::Error {
     io::Error::other(format!("redis: {err}"))
 }
 

@@ -45,7 +45,7 @@
 //!     .await?;
 //! // ...and later reads are local hits that return the same `Arc`.
 //! let again: Arc<String> = b
-//!     .get_or_create(&key, async |_| Ok::<_, std::io::Error>(String::from("not called")))
+//!     .get_or_create_with(&key, async |_| String::from("not called")) // cannot fail
 //!     .await?;
 //! assert!(Arc::ptr_eq(&first, &again));
 //!
@@ -73,7 +73,9 @@
 //! is invalidated while its factory runs — here or by a peer — the value is returned to its
 //! callers but not stored, so a load that read the database before a write never plants the
 //! old value after the write's invalidation. The `_optional` variants cache `Ok(None)` as a
-//! negative entry when [`StoreOptions::cache_none`] is on.
+//! negative entry when [`StoreOptions::cache_none`] is on. A factory that cannot fail uses
+//! [`Cache::get_or_create_with`] (and `_with_sync`), which takes the value itself instead of
+//! a `Result`.
 //!
 //! [`Cache::get_or_create_many`] (and `_sync`) loads many keys with one factory call for
 //! those neither cached nor loading ([`BatchEntries`]); each key is still its own flight,
@@ -185,6 +187,7 @@ mod error;
 mod events;
 mod health;
 mod identity;
+mod infallible;
 mod invalidation;
 mod metrics;
 mod options;

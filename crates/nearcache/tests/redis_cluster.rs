@@ -18,8 +18,8 @@ use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_testkit::RedisCluster;
 use topology_support::{
-    Db, Events, WAIT, assert_nothing_stale, assert_recovery_counted, blocking, instance,
-    instance_with_log, invalidation_flows, load, redis_config, stats,
+    Db, Events, Failover, Log, WAIT, assert_no_node_reachable, assert_nothing_stale, blocking,
+    dead_port, instance, instance_logging, invalidation_flows, load, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -32,26 +32,14 @@ async fn two_instances(cluster: &RedisCluster, app: &str) -> (Cache, Cache, usiz
     two_instances_with(cluster, app, Log::Off).await
 }
 
-/// Whether the instances keep the replay log.
-#[derive(Clone, Copy)]
-enum Log {
-    Off,
-    On,
-}
-
 /// [`two_instances`] with or without the replay log.
 async fn two_instances_with(cluster: &RedisCluster, app: &str, log: Log) -> (Cache, Cache, usize) {
     let owner = blocking(|| cluster.owner_of_channel(&channel(app))).unwrap();
     let mut others = (0..6).filter(|&i| i != owner);
     let (seed_a, seed_b) = (others.next().unwrap(), others.next().unwrap());
     let (url_a, url_b) = (cluster.url_of(&[seed_a]), cluster.url_of(&[seed_b]));
-    let (a, b) = match log {
-        Log::Off => (instance(url_a, app).await, instance(url_b, app).await),
-        Log::On => (
-            instance_with_log(url_a, app).await,
-            instance_with_log(url_b, app).await,
-        ),
-    };
+    let a = instance_logging(url_a, app, log).await;
+    let b = instance_logging(url_b, app, log).await;
     (a, b, owner)
 }
 
@@ -149,23 +137,11 @@ async fn a_manual_failover_is_a_counted_loss_then_the_new_primary_is_followed() 
     let (a, b, owner) = two_instances(&cluster, "failover").await;
     let slot = blocking(|| cluster.slot_of(&channel("failover"))).unwrap();
     let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| cluster.failover(replica, slot)).unwrap();
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert!(stats(cache).loss_clears.reconnect >= 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 1).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 0).await;
+    let clears = failover.cleared_then_coherent().await;
+    assert!(clears.iter().all(|&n| n >= 1), "{clears:?}");
     both_subscribed_on(
         &cluster,
         replica,
@@ -175,33 +151,24 @@ async fn a_manual_failover_is_a_counted_loss_then_the_new_primary_is_followed() 
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_automatic_failover() {
+/// The channel's primary is killed, A writes while the shard has none, and the cluster
+/// promotes its replica: the instances follow it and end coherent ([`Failover`]).
+async fn kill_the_owner(app: &str, log: Log) {
     let mut cluster = blocking(RedisCluster::start).unwrap();
-    let (a, b, owner) = two_instances(&cluster, "kill").await;
-    let slot = blocking(|| cluster.slot_of(&channel("kill"))).unwrap();
+    let (a, b, owner) = two_instances_with(&cluster, app, log).await;
+    let slot = blocking(|| cluster.slot_of(&channel(app))).unwrap();
     let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| cluster.node_mut(owner).kill()).unwrap();
-    // A write while the shard has no primary: the publish fails and waits in A's outbox.
-    db.bump(1);
-    let _ = a.remove(nearcache_key(1)).await;
+    failover.write_without_a_primary().await;
     blocking(|| cluster.wait_for_owner(slot, replica)).unwrap();
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    failover.back_and_coherent(log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_automatic_failover() {
+    kill_the_owner("kill", Log::Off).await;
 }
 
 /// The same kill with the replay log on (the log's keys share the channel's slot, so they
@@ -209,31 +176,7 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_autom
 /// when that copy cannot tell, clears — counted either way — and nothing stale survives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing_stale_survives() {
-    let mut cluster = blocking(RedisCluster::start).unwrap();
-    let (a, b, owner) = two_instances_with(&cluster, "kill-log", Log::On).await;
-    let slot = blocking(|| cluster.slot_of(&channel("kill-log"))).unwrap();
-    let replica = blocking(|| cluster.replicas_of(owner)).unwrap()[0];
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
-
-    blocking(|| cluster.node_mut(owner).kill()).unwrap();
-    db.bump(1);
-    let _ = a.remove(nearcache_key(1)).await;
-    blocking(|| cluster.wait_for_owner(slot, replica)).unwrap();
-    for (name, cache, events) in [("a", &a, &mut ea), ("b", &b, &mut eb)] {
-        let recovery = events.reconnected_and_recovered().await;
-        assert_recovery_counted(name, cache, recovery);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).outbox_len, 0, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
+    kill_the_owner("kill-log", Log::On).await;
 }
 
 /// The ACL line of docs/operations.md, set on every node (ACLs are per node), is all an
@@ -303,10 +246,6 @@ async fn an_acl_user_limited_to_its_channel_and_cluster_slots_is_enough() {
     assert!(denied.is_err(), "{denied:?}");
 }
 
-fn nearcache_key(id: u32) -> nearcache::Key {
-    topology_support::product(id)
-}
-
 /// A one-node URL with `sharded = true` pointed at the owner: when the slot moves away the
 /// server ends the subscription with an unsolicited `sunsubscribe` while the connection
 /// stays up and answers `PING`; the subscription must report that as a disconnection rather
@@ -343,20 +282,9 @@ async fn connect_errors_name_the_unreachable_nodes_and_the_unserved_slot() {
     let cluster = blocking(RedisCluster::start).unwrap();
     let channel = channel("errors");
     let slot = blocking(|| cluster.slot_of(&channel)).unwrap();
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = dead_port();
     let url = format!("redis+cluster://app:hunter2@127.0.0.1:{dead_port}");
-    let err = RedisBackplane::connect_with(redis_config(url, "errors"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RedisBackplaneError::NoNodeReachable { .. }),
-        "{err:?}"
-    );
-    let text = err.to_string();
-    assert!(text.contains(&format!("127.0.0.1:{dead_port}")), "{text}");
-    assert!(!text.contains("hunter2") && !format!("{err:?}").contains("hunter2"));
+    assert_no_node_reachable(url, dead_port).await;
 
     // No node serves the slot any more.
     for index in 0..6 {

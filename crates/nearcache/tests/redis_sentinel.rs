@@ -15,8 +15,8 @@ use nearcache::{RedisBackplane, RedisBackplaneError};
 use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
-    Db, Events, assert_nothing_stale, assert_recovery_counted, blocking, instance,
-    instance_with_log, invalidation_flows, load, product, redis_config, stats,
+    Db, Events, Failover, Log, assert_no_node_reachable, blocking, dead_port, instance,
+    instance_logging, invalidation_flows, redis_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,29 +24,17 @@ async fn a_sentinel_failover_is_a_counted_loss_then_the_new_primary_is_followed(
     let sentinels = blocking(RedisSentinels::start).unwrap();
     let a = instance(sentinels.url(), "sentinel-failover").await;
     let b = instance(sentinels.url(), "sentinel-failover").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    let mut failover = Failover::warm(a, b).await;
+    failover.flow_both_ways().await;
     assert!(
         blocking(|| sentinels.node(0).connected_clients()).unwrap() >= 4,
         "both instances publish and subscribe on the primary"
     );
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
 
     let new_primary = blocking(|| sentinels.failover()).unwrap();
     assert_eq!(new_primary, 1);
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert!(stats(cache).loss_clears.reconnect >= 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 1).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 0).await;
+    let clears = failover.cleared_then_coherent().await;
+    assert!(clears.iter().all(|&n| n >= 1), "{clears:?}");
     let subscribers: u64 = blocking(|| {
         let mut con = sentinels.node(new_primary).connection().unwrap();
         redis::cmd("PUBLISH")
@@ -58,33 +46,26 @@ async fn a_sentinel_failover_is_a_counted_loss_then_the_new_primary_is_followed(
     assert_eq!(subscribers, 2, "both subscriptions are on the new primary");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_sentinel_failover() {
+/// The primary is killed, A writes while there is none, and the Sentinels promote the
+/// replica: the instances follow it and end coherent ([`Failover`]). Returns the
+/// deployment and the new primary's index.
+async fn kill_the_primary(app: &str, log: Log) -> (RedisSentinels, usize) {
     let mut sentinels = blocking(RedisSentinels::start).unwrap();
-    let a = instance(sentinels.url(), "sentinel-kill").await;
-    let b = instance(sentinels.url(), "sentinel-kill").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
+    let a = instance_logging(sentinels.url(), app, log).await;
+    let b = instance_logging(sentinels.url(), app, log).await;
+    let mut failover = Failover::warm(a, b).await;
 
     blocking(|| sentinels.node_mut(0).kill()).unwrap();
-    // A write while there is no primary: the publish fails and waits in A's outbox.
-    db.bump(1);
-    let _ = a.remove(product(1)).await;
+    failover.write_without_a_primary().await;
     let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
     assert_eq!(new_primary, 1);
-    for events in [&mut ea, &mut eb] {
-        events.reconnected_and_cleared().await;
-    }
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).loss_clears.reconnect, 1, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
+    failover.back_and_coherent(log).await;
+    (sentinels, new_primary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_sentinel_failover() {
+    kill_the_primary("sentinel-kill", Log::Off).await;
 }
 
 /// The same kill with the replay log on: the replica was replicating the log, so each
@@ -93,33 +74,7 @@ async fn a_killed_primary_is_a_counted_loss_and_nothing_stale_survives_the_senti
 /// stale survives, and the write made while there was no primary reaches the peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing_stale_survives() {
-    let mut sentinels = blocking(RedisSentinels::start).unwrap();
-    let a = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
-    let b = instance_with_log(sentinels.url(), "sentinel-kill-log").await;
-    let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 1).await;
-    }
-
-    blocking(|| sentinels.node_mut(0).kill()).unwrap();
-    db.bump(1);
-    let _ = a.remove(product(1)).await;
-    let new_primary = blocking(|| sentinels.wait_for_new_primary(0)).unwrap();
-    assert_eq!(new_primary, 1);
-    for (name, cache, events) in [("a", &a, &mut ea), ("b", &b, &mut eb)] {
-        let recovery = events.reconnected_and_recovered().await;
-        assert_recovery_counted(name, cache, recovery);
-    }
-    // The write made without a primary goes out, then both ways work: whatever B missed
-    // on the way was repaired or cleared.
-    invalidation_flows(&a, &b, &mut eb, &db, 0).await;
-    invalidation_flows(&b, &a, &mut ea, &db, 1).await;
-    for (name, cache) in [("a", &a), ("b", &b)] {
-        assert_eq!(stats(cache).outbox_len, 0, "{name}");
-        assert_nothing_stale(name, cache, &db, 2);
-    }
+    let (sentinels, new_primary) = kill_the_primary("sentinel-kill-log", Log::On).await;
     let logged: u64 = blocking(|| {
         let mut con = sentinels.node(new_primary).connection().unwrap();
         redis::cmd("XLEN")
@@ -187,17 +142,7 @@ async fn an_unknown_primary_name_and_unreachable_sentinels_are_typed_errors() {
     assert!(err.to_string().contains("SENTINEL MASTERS"), "{err}");
     assert!(!format!("{err} {err:?}").contains("hunter2"));
 
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_port = dead.local_addr().unwrap().port();
-    drop(dead);
+    let dead_port = dead_port();
     let url = format!("redis+sentinel://:hunter2@127.0.0.1:{dead_port}/{MASTER_NAME}");
-    let err = RedisBackplane::connect_with(redis_config(url, "names"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, RedisBackplaneError::NoNodeReachable { .. }),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains(&dead_port.to_string()), "{err}");
-    assert!(!format!("{err} {err:?}").contains("hunter2"));
+    assert_no_node_reachable(url, dead_port).await;
 }

@@ -448,11 +448,10 @@ impl InMemoryBackplane {
     }
 
     fn unavailable() -> BackplaneError {
-        BackplaneError::Unavailable {
-            reason: "in-memory backplane connection is disconnected \
-                     (InMemoryBackplane::disconnect); reconnect() restores it"
-                .to_owned(),
-        }
+        BackplaneError::unavailable(
+            "in-memory backplane connection is disconnected \
+             (InMemoryBackplane::disconnect); reconnect() restores it",
+        )
     }
 }
 
@@ -601,19 +600,16 @@ impl InMemoryBackplane {
         }
         if state.fail_log_reads > 0 {
             state.fail_log_reads -= 1;
-            return Err(BackplaneError::Unavailable {
-                reason: "in-memory backplane: injected replay log read failure \
-                         (InMemoryBackplane::fail_log_reads)"
-                    .to_owned(),
-            });
+            return Err(BackplaneError::unavailable(
+                "in-memory backplane: injected replay log read failure \
+                 (InMemoryBackplane::fail_log_reads)",
+            ));
         }
         match state.log.as_ref() {
             Some(log) => Ok(read(log)),
-            None => Err(BackplaneError::Unavailable {
-                reason:
-                    "in-memory backplane has no replay log (InMemoryBackplane::with_replay_log)"
-                        .to_owned(),
-            }),
+            None => Err(BackplaneError::unavailable(
+                "in-memory backplane has no replay log (InMemoryBackplane::with_replay_log)",
+            )),
         }
     }
 }

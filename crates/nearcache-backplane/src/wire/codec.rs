@@ -101,7 +101,7 @@ pub enum EncodeError {
         limit: usize,
     },
     /// A count or length is outside [`WireLimits`]; peers would refuse the message.
-    #[error("message refused before sending: {0}")]
+    #[error("message refused before sending: it is outside the wire limits")]
     LimitExceeded(#[from] LimitExceeded),
     /// The codec itself failed. Encoding into memory cannot fail for these types, so this is
     /// a bug in nearcache: please report it with the message that caused it.
@@ -144,7 +144,10 @@ pub enum DecodeError {
     #[error("malformed message: {0}")]
     Malformed(String),
     /// The message decoded but a count or length is outside [`WireLimits`].
-    #[error("message refused: {0}; every instance on a channel must use the same WireLimits")]
+    #[error(
+        "message refused: it is outside the wire limits; every instance on a channel must use \
+         the same WireLimits"
+    )]
     LimitExceeded(#[from] LimitExceeded),
     /// Signing keys are configured and the message is unsigned, or its signature verifies
     /// under none of them.

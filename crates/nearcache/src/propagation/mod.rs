@@ -13,6 +13,7 @@
 //! The path of one invalidation is drawn in `docs/architecture.md`.
 
 pub(crate) mod answer;
+pub(crate) mod backoff;
 pub(crate) mod echo;
 pub(crate) mod kinds;
 pub(crate) mod lag;

@@ -25,6 +25,7 @@ use nearcache_keys::Key;
 use nearcache_regions::SubKeyText;
 use nearcache_store::Store;
 
+use super::backoff::Retry;
 use super::peers::{Peers, Seen, Subscribed};
 use super::repair::{Live, Replay};
 use super::sender::invalidations;
@@ -211,7 +212,7 @@ pub(crate) async fn run(
                         link.back(p, &store);
                     }
                 }
-                Err(error) => link.retry_later(p, &error),
+                Err(error) => link.retry_later(&error),
             }
         }
     }
@@ -245,7 +246,7 @@ struct Link {
 /// A subscription to be made again, and why it was lost.
 struct Resubscribe {
     at: tokio::time::Instant,
-    delay: Duration,
+    retry: Retry,
     cause: ClearCause,
 }
 
@@ -259,19 +260,25 @@ impl Link {
         p.echo.deaf();
         p.connected.store(false, Ordering::Relaxed);
         let _ = p.events.send(CacheEvent::Disconnected);
-        let max_delay = p.options.reconnect_max_delay;
         self.resubscribe = Some(Resubscribe {
             at: tokio::time::Instant::now(),
-            delay: p.options.reconnect_initial_delay.min(max_delay),
+            retry: Retry::new(
+                p.options.reconnect_initial_delay,
+                p.options.reconnect_max_delay,
+            ),
             cause,
         });
     }
 
-    fn retry_later(&mut self, p: &Propagation, error: &nearcache_backplane::BackplaneError) {
+    fn retry_later(&mut self, error: &nearcache_backplane::BackplaneError) {
         if let Some(r) = self.resubscribe.as_mut() {
-            tracing::debug!(%error, delay = ?r.delay, "could not subscribe to the backplane again; retrying");
-            r.at = tokio::time::Instant::now() + r.delay;
-            r.delay = r.delay.saturating_mul(2).min(p.options.reconnect_max_delay);
+            let delay = r.retry.next_delay();
+            tracing::debug!(
+                error = error as &dyn std::error::Error,
+                ?delay,
+                "could not subscribe to the backplane again; retrying"
+            );
+            r.at = tokio::time::Instant::now() + delay;
         }
     }
 
@@ -331,8 +338,10 @@ async fn subscribe(
     backplane: &dyn Backplane,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Made> {
-    let max_delay = p.options.reconnect_max_delay;
-    let mut delay = p.options.reconnect_initial_delay.min(max_delay);
+    let mut retry = Retry::new(
+        p.options.reconnect_initial_delay,
+        p.options.reconnect_max_delay,
+    );
     let mut warned = false;
     loop {
         let since = Subscribed::now();
@@ -348,15 +357,17 @@ async fn subscribe(
             Err(error) => {
                 if !warned {
                     warned = true;
-                    tracing::warn!(%error, "could not subscribe to the backplane; retrying (the local cache is not used until then)");
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "could not subscribe to the backplane; retrying (the local cache is not used until then)"
+                    );
                 }
             }
         }
         tokio::select! {
             _ = shutdown.wait_for(|closed| *closed) => return None,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(retry.next_delay()) => {}
         }
-        delay = delay.saturating_mul(2).min(max_delay);
     }
 }
 
@@ -405,7 +416,11 @@ pub(super) fn apply(
         }
         Err(error) => {
             bump(&p.counters.messages_rejected, 1);
-            tracing::debug!(%error, len = payload.len(), "dropped a backplane message that is not a valid invalidation");
+            tracing::debug!(
+                error = &error as &dyn std::error::Error,
+                len = payload.len(),
+                "dropped a backplane message that is not a valid invalidation"
+            );
             let _ = p.events.send(CacheEvent::Rejected);
             return None;
         }

@@ -27,6 +27,7 @@ use nearcache_backplane::wire::logged;
 use nearcache_backplane::{Backplane, LogPosition, LogRead, ReplayLog, Uncovered};
 use nearcache_store::Store;
 
+use super::backoff::Retry;
 use super::peers::Peers;
 use super::receiver::{Source, apply};
 use super::{Propagation, bump};
@@ -40,13 +41,20 @@ async fn read_retrying(
     log: &dyn ReplayLog,
     after: &LogPosition,
 ) -> Result<LogRead, nearcache_backplane::BackplaneError> {
-    let mut delay = p.options.reconnect_initial_delay;
+    let mut retry = Retry::new(
+        p.options.reconnect_initial_delay,
+        p.options.reconnect_max_delay,
+    );
     loop {
         match log.read_after(after).await {
-            Err(nearcache_backplane::BackplaneError::Unavailable { reason }) => {
-                tracing::debug!(reason, ?delay, "reading the replay log failed; retrying");
+            Err(err @ nearcache_backplane::BackplaneError::Unavailable { .. }) => {
+                let delay = retry.next_delay();
+                tracing::debug!(
+                    error = &err as &dyn std::error::Error,
+                    ?delay,
+                    "reading the replay log failed; retrying"
+                );
                 tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2).min(p.options.reconnect_max_delay);
             }
             other => return other,
         }
@@ -100,7 +108,10 @@ impl Replay {
         self.last = match tokio::time::timeout(p.options.replay_timeout, log.head()).await {
             Ok(Ok(head)) => Some(head),
             Ok(Err(error)) => {
-                tracing::debug!(%error, "could not read the replay log's head; the next loss clears");
+                tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "could not read the replay log's head; the next loss clears"
+                );
                 None
             }
             Err(_) => None,

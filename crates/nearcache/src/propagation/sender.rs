@@ -22,6 +22,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
 use super::answer::AnswerBudget;
+use super::backoff::Retry;
 use super::outbox::{Batch, Pending, Taken};
 use super::{Propagation, bump, unix_micros};
 use crate::events::CacheEvent;
@@ -310,7 +311,10 @@ fn into_messages(p: &Propagation, mut seq: u64, ops: Vec<Pending>) -> Vec<Outgoi
         if let Err(error) = pushed {
             // A key or region name too long for any message. Peers cannot be told which
             // entry changed, so they are told to drop everything instead of nothing.
-            tracing::error!(%error, "an invalidation cannot be sent as is; peers are sent a clear instead");
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "an invalidation cannot be sent as is; peers are sent a clear instead"
+            );
             if let Err(PushError::Full(_)) = builder.push(Op::Clear) {
                 seal(&mut builder, &mut in_builder, &mut messages);
                 let _ = builder.push(Op::Clear);
@@ -356,7 +360,10 @@ fn encode(p: &Propagation, message: &Message) -> Option<Bytes> {
     match encoded {
         Ok(payload) => Some(payload),
         Err(error) => {
-            tracing::error!(%error, "could not encode an invalidation message; dropped");
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "could not encode an invalidation message; dropped"
+            );
             None
         }
     }
@@ -398,8 +405,10 @@ pub(crate) fn publish_retry_cap(options: &crate::options::BackplaneOptions) -> D
 /// is too large (retrying cannot help). Once the cache is closed a failed attempt is not
 /// retried ([`Publish::ShutDown`]), so a shutdown or drop never lingers on a dead backplane.
 async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload: Bytes) -> Publish {
-    let max_delay = publish_retry_cap(&p.options);
-    let mut delay = p.options.reconnect_initial_delay.min(max_delay);
+    let mut retry = Retry::new(
+        p.options.reconnect_initial_delay,
+        publish_retry_cap(&p.options),
+    );
     let mut failing_since: Option<Instant> = None;
     let mut shutdown = p.shutdown.subscribe();
     loop {
@@ -427,7 +436,10 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
                     failing_since = Some(Instant::now());
                     match outcome {
                         Ok(Err(error)) => {
-                            tracing::warn!(%error, "publishing invalidations failed; they stay queued and are retried")
+                            tracing::warn!(
+                                error = &error as &dyn std::error::Error,
+                                "publishing invalidations failed; they stay queued and are retried"
+                            )
                         }
                         _ => {
                             tracing::warn!(timeout = ?p.options.publish_timeout, "publishing invalidations timed out; they stay queued and are retried")
@@ -438,11 +450,10 @@ async fn publish_until_sent(p: &Propagation, backplane: &dyn Backplane, payload:
                     return Publish::ShutDown;
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
+                    () = tokio::time::sleep(retry.next_delay()) => {}
                     () = p.retry_now.notified() => {}
                     _ = shutdown.wait_for(|closed| *closed) => {}
                 }
-                delay = delay.saturating_mul(2).min(max_delay);
             }
         }
     }

@@ -3,7 +3,6 @@
 //! deadline (nothing sleeps to let something happen).
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -70,6 +69,44 @@ pub(crate) async fn instance_with_log(url: String, app: &str) -> Cache {
     let len = RedisConfig::for_app(app).replay_log_len;
     assert!(len > 0, "the log is on by default");
     instance_with_log_len(url, app, len).await
+}
+
+/// Whether an instance keeps the replay log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Log {
+    Off,
+    On,
+}
+
+/// [`instance`] or [`instance_with_log`].
+pub(crate) async fn instance_logging(url: String, app: &str, log: Log) -> Cache {
+    match log {
+        Log::Off => instance(url, app).await,
+        Log::On => instance_with_log(url, app).await,
+    }
+}
+
+/// A loopback port that nothing listens on (bound, then let go).
+pub(crate) fn dead_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `connect` to `url`, none of whose nodes answer (all on `dead_port`), fails with
+/// `NoNodeReachable`, which names the port and shows the URL's password (`hunter2`) nowhere.
+pub(crate) async fn assert_no_node_reachable(url: String, dead_port: u16) {
+    let err = RedisBackplane::connect_with(redis_config(url, "unreachable"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, nearcache::RedisBackplaneError::NoNodeReachable { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{dead_port}")),
+        "{err}"
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 }
 
 async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
@@ -251,7 +288,7 @@ impl Db {
 /// Cache-aside read of product `id` from `db`.
 pub(crate) async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
     *cache
-        .get_or_create(product(id), async |_| Ok::<_, Infallible>(db.get(id)))
+        .get_or_create_with(product(id), async |_| db.get(id))
         .await
         .unwrap()
 }
@@ -291,4 +328,82 @@ pub(crate) async fn invalidation_flows(
         events.applied_from(origin).await;
     }
     assert_eq!(load(reader, db, id).await, db.get(id));
+}
+
+/// Two instances where a failover test starts them: an invalidation went from A to B, and
+/// both hold product 1 — the product A then writes while there is no primary.
+pub(crate) struct Failover {
+    pub(crate) a: Cache,
+    pub(crate) b: Cache,
+    pub(crate) db: Arc<Db>,
+    pub(crate) ea: Events,
+    pub(crate) eb: Events,
+}
+
+impl Failover {
+    pub(crate) async fn warm(a: Cache, b: Cache) -> Self {
+        let db = Db::new(2);
+        let (ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+        invalidation_flows(&a, &b, &mut eb, &db, 0).await;
+        for cache in [&a, &b] {
+            load(cache, &db, 1).await;
+        }
+        Self { a, b, db, ea, eb }
+    }
+
+    /// A writes product 1 while there is no primary: the publish fails and the invalidation
+    /// waits in A's outbox.
+    pub(crate) async fn write_without_a_primary(&self) {
+        self.db.bump(1);
+        let _ = self.a.remove(product(1)).await;
+    }
+
+    /// How the instances come back after a killed primary was replaced: with the replay log
+    /// they may repair ([`recovered_then_coherent`](Self::recovered_then_coherent)), without
+    /// it they clear, once each ([`cleared_then_coherent`](Self::cleared_then_coherent)).
+    pub(crate) async fn back_and_coherent(&mut self, log: Log) {
+        match log {
+            Log::Off => {
+                let clears = self.cleared_then_coherent().await;
+                assert_eq!(clears, [1, 1], "one clear each for one lost subscription");
+            }
+            Log::On => self.recovered_then_coherent().await,
+        }
+    }
+
+    /// Without the replay log: each instance noticed the loss and cleared itself, nothing
+    /// stale survived, and invalidations flow both ways again (a write made without a
+    /// primary first). Returns how many reconnect clears A and B counted.
+    pub(crate) async fn cleared_then_coherent(&mut self) -> [u64; 2] {
+        for events in [&mut self.ea, &mut self.eb] {
+            events.reconnected_and_cleared().await;
+        }
+        let clears = [&self.a, &self.b].map(|cache| stats(cache).loss_clears.reconnect);
+        for (name, cache) in [("a", &self.a), ("b", &self.b)] {
+            assert_nothing_stale(name, cache, &self.db, 2);
+        }
+        self.flow_both_ways().await;
+        clears
+    }
+
+    /// With the replay log: each instance repaired from it or — when the log it found could
+    /// not tell — cleared, counted either way; then invalidations flow both ways (the write
+    /// made without a primary first), the outboxes are empty and nothing stale survived.
+    async fn recovered_then_coherent(&mut self) {
+        for (name, cache, events) in [("a", &self.a, &mut self.ea), ("b", &self.b, &mut self.eb)] {
+            let recovery = events.reconnected_and_recovered().await;
+            assert_recovery_counted(name, cache, recovery);
+        }
+        self.flow_both_ways().await;
+        for (name, cache) in [("a", &self.a), ("b", &self.b)] {
+            assert_eq!(stats(cache).outbox_len, 0, "{name}");
+            assert_nothing_stale(name, cache, &self.db, 2);
+        }
+    }
+
+    /// An invalidation from A reaches B (product 0), then one from B reaches A (product 1).
+    pub(crate) async fn flow_both_ways(&mut self) {
+        invalidation_flows(&self.a, &self.b, &mut self.eb, &self.db, 0).await;
+        invalidation_flows(&self.b, &self.a, &mut self.ea, &self.db, 1).await;
+    }
 }
