@@ -399,7 +399,10 @@ mod tests {
     fn details_read_through_the_error_and_come_out_owned() {
         let key = Key::from_text("k");
         let mismatch = TypeMismatch::new::<u32>(&key, "alloc::string::String");
-        assert_eq!((mismatch.expected, mismatch.found), ("u32", "alloc::string::String"));
+        assert_eq!(
+            (mismatch.expected, mismatch.found),
+            ("u32", "alloc::string::String")
+        );
         assert_eq!(mismatch.clone().into_details().key, key);
         assert!(format!("{mismatch:?}").starts_with("TypeMismatch { key: "));
         let timeout = FactoryTimeout::new(&key, std::time::Duration::from_millis(5));

@@ -18,7 +18,7 @@ use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::removal::{Listener, RemovalCause, Removals};
 use crate::shown::Shown;
 use crate::stats::{Counter, Stats, StoreStats};
-use crate::value::{Payload, Typed};
+use crate::value::Payload;
 
 /// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
 /// loads shared by async and blocking callers.
@@ -140,15 +140,17 @@ impl StoreInner {
         Shown::new(key, self.log_keys)
     }
 
-    /// The read of `get` and `get_optional`: the entry under `key` as a `T`, counted as a
-    /// hit (whatever its type) or a miss.
+    /// The read of `get` and `get_optional`: `None` on a miss, `Some(Some(value))` when the
+    /// entry holds a `T`, `Some(None)` when it holds anything else (a cached `None`, another
+    /// type: [`not_a_value`](Self::not_a_value) sorts that out). Counted as a hit (whatever
+    /// the entry holds) or a miss.
     #[inline(always)]
-    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Typed<T>> {
+    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Option<Arc<T>>> {
         if !self.enabled || self.read_bypass() {
             self.stats.incr(Counter::Misses);
             return None;
         }
-        match self.lookup_with(key, |payload| payload.read::<T>()) {
+        match self.lookup_with(key, Payload::value_of::<T>) {
             Some(read) => {
                 self.stats.incr(Counter::Hits);
                 Some(read)
@@ -158,6 +160,21 @@ impl StoreInner {
                 None
             }
         }
+    }
+
+    /// What a read that found something other than a `T` under `key` returns: the entry is
+    /// read again (cold, so that the hit path carries no enum of these cases), and the
+    /// answer is what it holds at this second read (a read linearises there if the entry
+    /// changed in between): a cached `None` of `T` is `Ok(Some(None))`, nothing is
+    /// `Ok(None)`, another type is a [`TypeMismatch`] naming it.
+    #[cold]
+    #[inline(never)]
+    fn not_a_value<T: Send + Sync + 'static>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
+        self.lookup_with(key, |payload| payload.downcast::<T>(key))
+            .transpose()
     }
 
     /// One purge pass: removes dead entries, then unused region tokens. A pass woken only by
@@ -361,9 +378,9 @@ impl Store {
     #[inline]
     pub fn get<T: Send + Sync + 'static>(&self, key: &Key) -> Result<Option<Arc<T>>, TypeMismatch> {
         match self.inner.read::<T>(key) {
-            Some(Typed::Value(value)) => Ok(Some(value)),
-            Some(Typed::Nothing) | None => Ok(None),
-            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+            Some(Some(value)) => Ok(Some(value)),
+            None => Ok(None),
+            Some(None) => Ok(self.inner.not_a_value::<T>(key)?.flatten()),
         }
     }
 
@@ -379,10 +396,9 @@ impl Store {
         key: &Key,
     ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
         match self.inner.read::<T>(key) {
-            Some(Typed::Value(value)) => Ok(Some(Some(value))),
-            Some(Typed::Nothing) => Ok(Some(None)),
+            Some(Some(value)) => Ok(Some(Some(value))),
             None => Ok(None),
-            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+            Some(None) => self.inner.not_a_value::<T>(key),
         }
     }
 
@@ -422,7 +438,7 @@ impl Store {
         F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
         Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
@@ -447,7 +463,7 @@ impl Store {
         F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
@@ -474,7 +490,7 @@ impl Store {
         F: AsyncFnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
         Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
@@ -497,7 +513,7 @@ impl Store {
         F: FnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         self.inner.load_sync::<Option<Arc<T>>, E, F>(key, factory)
     }
