@@ -208,7 +208,7 @@ impl StoreInner {
     /// for both, the leader or waiter handle of `acquire`), and carries no error.
     #[inline]
     pub(crate) fn try_hit<S: Shape>(&self, key: &Key) -> Option<S> {
-        if !self.enabled || self.read_bypass() {
+        if self.reads_off() {
             return None;
         }
         let hit = self.lookup_with(key, S::hit)??;
@@ -224,7 +224,7 @@ impl StoreInner {
         &self,
         key: &Key,
     ) -> Option<(Result<S, TypeMismatch>, bool)> {
-        if !self.enabled || self.read_bypass() {
+        if self.reads_off() {
             return None;
         }
         let (typed, due) = self.lookup_entry_with(key, |entry| {
