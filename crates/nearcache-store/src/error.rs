@@ -2,6 +2,7 @@
 
 use std::any::type_name;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use nearcache_keys::Key;
@@ -11,9 +12,18 @@ use thiserror::Error;
 ///
 /// Each key should hold one type; this usually means two call sites build the same key for
 /// different data. Fix the keys (add the type or the method to them).
+///
+/// One pointer wide: what it says ([`TypeMismatchDetails`]: the key and both types, read
+/// as `mismatch.key`, `mismatch.expected`, `mismatch.found`) is boxed, built only when a
+/// mismatch happens. That keeps the `Result` of a hit (`Result<Option<Arc<T>>,
+/// TypeMismatch>`) at two words, returned in registers instead of through memory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TypeMismatch(Box<TypeMismatchDetails>);
+
+/// What a [`TypeMismatch`] says; its fields are read through the error (it derefs to this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct TypeMismatch {
+pub struct TypeMismatchDetails {
     /// The key that was read.
     pub key: Key,
     /// The type the caller asked for.
@@ -24,11 +34,34 @@ pub struct TypeMismatch {
 
 impl TypeMismatch {
     pub(crate) fn new<T: ?Sized>(key: &Key, found: &'static str) -> Self {
-        TypeMismatch {
+        TypeMismatch(Box::new(TypeMismatchDetails {
             key: key.clone(),
             expected: type_name::<T>(),
             found,
-        }
+        }))
+    }
+
+    /// What it says, owned (the key and both types).
+    pub fn into_details(self) -> TypeMismatchDetails {
+        *self.0
+    }
+}
+
+impl Deref for TypeMismatch {
+    type Target = TypeMismatchDetails;
+
+    fn deref(&self) -> &TypeMismatchDetails {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TypeMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypeMismatch")
+            .field("key", &self.key)
+            .field("expected", &self.expected)
+            .field("found", &self.found)
+            .finish()
     }
 }
 
@@ -74,16 +107,44 @@ impl std::error::Error for TypeMismatch {}
 /// outside the runtime (for tokio: `spawn_blocking`). On a multi-thread tokio runtime, with
 /// this crate's `tokio` feature (on in the `nearcache` facade), a blocking wait first hands
 /// the worker's other tasks off with `block_in_place`, so this does not happen there.
+///
+/// One pointer wide, like [`TypeMismatch`] (so that [`LoadError`] is two words): the key
+/// is boxed and read through the error (`error.key`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WouldDeadlock(Box<WouldDeadlockDetails>);
+
+/// What a [`WouldDeadlock`] says; read through the error (it derefs to this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct WouldDeadlock {
+pub struct WouldDeadlockDetails {
     /// The key whose load was in progress.
     pub key: Key,
 }
 
 impl WouldDeadlock {
     pub(crate) fn new(key: &Key) -> Self {
-        WouldDeadlock { key: key.clone() }
+        WouldDeadlock(Box::new(WouldDeadlockDetails { key: key.clone() }))
+    }
+
+    /// What it says, owned.
+    pub fn into_details(self) -> WouldDeadlockDetails {
+        *self.0
+    }
+}
+
+impl Deref for WouldDeadlock {
+    type Target = WouldDeadlockDetails;
+
+    fn deref(&self) -> &WouldDeadlockDetails {
+        &self.0
+    }
+}
+
+impl fmt::Debug for WouldDeadlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WouldDeadlock")
+            .field("key", &self.key)
+            .finish()
     }
 }
 
@@ -106,9 +167,16 @@ impl std::error::Error for WouldDeadlock {}
 ///
 /// Raise `hard_timeout` if the source is merely slow, or turn on fail-safe
 /// (`fail_safe_max_duration`) so callers get the last value while the source struggles.
+///
+/// One pointer wide, like [`TypeMismatch`] (so that [`LoadError`] is two words): its
+/// fields are boxed and read through the error (`error.key`, `error.after`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FactoryTimeout(Box<FactoryTimeoutDetails>);
+
+/// What a [`FactoryTimeout`] says; read through the error (it derefs to this).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct FactoryTimeout {
+pub struct FactoryTimeoutDetails {
     /// The key being loaded.
     pub key: Key,
     /// The limit it ran past.
@@ -117,10 +185,32 @@ pub struct FactoryTimeout {
 
 impl FactoryTimeout {
     pub(crate) fn new(key: &Key, after: std::time::Duration) -> Self {
-        FactoryTimeout {
+        FactoryTimeout(Box::new(FactoryTimeoutDetails {
             key: key.clone(),
             after,
-        }
+        }))
+    }
+
+    /// What it says, owned.
+    pub fn into_details(self) -> FactoryTimeoutDetails {
+        *self.0
+    }
+}
+
+impl Deref for FactoryTimeout {
+    type Target = FactoryTimeoutDetails;
+
+    fn deref(&self) -> &FactoryTimeoutDetails {
+        &self.0
+    }
+}
+
+impl fmt::Debug for FactoryTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FactoryTimeout")
+            .field("key", &self.key)
+            .field("after", &self.after)
+            .finish()
     }
 }
 
@@ -287,6 +377,38 @@ mod tests {
         let source = std::error::Error::source(&error).map(ToString::to_string);
         assert_eq!(source.as_deref(), Some("socket"));
         assert!(error.clone().factory_error().is_some());
+    }
+
+    #[test]
+    fn errors_and_the_results_of_hits_are_two_words_at_most() {
+        // Returned in registers, not through memory, on every hit.
+        let word = std::mem::size_of::<usize>();
+        assert_eq!(std::mem::size_of::<TypeMismatch>(), word);
+        assert_eq!(std::mem::size_of::<LoadError<Backend>>(), 2 * word);
+        assert_eq!(
+            std::mem::size_of::<Result<Option<Arc<u8>>, TypeMismatch>>(),
+            2 * word
+        );
+        assert_eq!(
+            std::mem::size_of::<Result<Arc<u8>, LoadError<Backend>>>(),
+            2 * word
+        );
+    }
+
+    #[test]
+    fn details_read_through_the_error_and_come_out_owned() {
+        let key = Key::from_text("k");
+        let mismatch = TypeMismatch::new::<u32>(&key, "alloc::string::String");
+        assert_eq!(
+            (mismatch.expected, mismatch.found),
+            ("u32", "alloc::string::String")
+        );
+        assert_eq!(mismatch.clone().into_details().key, key);
+        assert!(format!("{mismatch:?}").starts_with("TypeMismatch { key: "));
+        let timeout = FactoryTimeout::new(&key, std::time::Duration::from_millis(5));
+        assert_eq!(timeout.after, std::time::Duration::from_millis(5));
+        assert_eq!(timeout.into_details().key, key);
+        assert_eq!(WouldDeadlock::new(&key).into_details().key, key);
     }
 
     #[test]

@@ -95,7 +95,10 @@ pub use entry::EntryOptions;
 /// The old name of [`EntryOptions`]: what a factory sets for the entry it loads.
 #[deprecated(note = "renamed to `EntryOptions` (the options of the entry a factory loads)")]
 pub type Entry = EntryOptions;
-pub use error::{FactoryTimeout, LoadError, OptionsError, TypeMismatch, WouldDeadlock};
+pub use error::{
+    FactoryTimeout, FactoryTimeoutDetails, LoadError, OptionsError, TypeMismatch,
+    TypeMismatchDetails, WouldDeadlock, WouldDeadlockDetails,
+};
 pub use options::StoreOptions;
 pub use purge::PurgeProgress;
 pub use removal::RemovalCause;

@@ -197,22 +197,23 @@ impl StoreInner {
         self.lookup::<false, _>(key, |entry| S::from_stored(entry.payload(), key))?
     }
 
-    /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
-    /// load (a miss, a bypass, a disabled store, or a cached `None` a plain caller cannot use),
-    /// counting nothing: the load path counts that call.
+    /// The hit path of get-or-create alone: the stored value when it is one this shape
+    /// returns as is, counted as a hit. `None` when the caller must take its load path —
+    /// a miss, a bypass, a disabled store, a cached `None` a plain caller cannot use, or a
+    /// value of another type (the load path reads the entry again and returns the
+    /// mismatch) — counting nothing: the load path counts that call.
     ///
     /// The loaders check it first: a hit then never builds the load's state (for the async
     /// loaders a future of hundreds of bytes holding the factory's future and a flight wait;
-    /// for both, the leader or waiter handle of `acquire`).
+    /// for both, the leader or waiter handle of `acquire`), and carries no error.
     #[inline]
-    pub(crate) fn try_hit<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        if !self.enabled || self.read_bypass() {
+    pub(crate) fn try_hit<S: Shape>(&self, key: &Key) -> Option<S> {
+        if self.reads_off() {
             return None;
         }
-        let typed = self.lookup_with(key, |payload| payload.read::<S::Value>())?;
-        let hit = S::from_typed(typed)?;
+        let hit = self.lookup_with(key, S::hit)??;
         self.stats.incr(Counter::Hits);
-        Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))
+        Some(hit)
     }
 
     /// The hit path of the detached loaders: [`try_hit`](Self::try_hit), and whether this
@@ -223,7 +224,7 @@ impl StoreInner {
         &self,
         key: &Key,
     ) -> Option<(Result<S, TypeMismatch>, bool)> {
-        if !self.enabled || self.read_bypass() {
+        if self.reads_off() {
             return None;
         }
         let (typed, due) = self.lookup_entry_with(key, |entry| {

@@ -114,13 +114,38 @@ impl Stats {
     }
 
     /// Adds `n` to `counter` on this thread's stripe.
+    ///
+    /// The hot path is one thread-local read, one comparison and a plain add: a thread that
+    /// owns no stripe yet (or never will) goes out of line, where it claims one or uses the
+    /// shared stripe.
     #[inline]
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        let slot = thread_slot();
-        let cell = &self.stripes[slot & (STRIPES - 1)].0[counter as usize];
+        let slot = SLOT.with(Cell::get);
         if slot < SHARED {
             // This thread is the stripe's only writer (module docs): no count can be lost
             // between the load and the store.
+            let cell = &self.stripes[slot].0[counter as usize];
+            cell.store(
+                cell.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            );
+        } else {
+            self.add_unowned(counter, n, slot);
+        }
+    }
+
+    /// [`add`](Self::add) for a thread that owns no stripe now: `slot` is [`UNCLAIMED`]
+    /// (its first count: it claims a stripe, or gets the shared one) or [`SHARED`].
+    #[inline(never)]
+    fn add_unowned(&self, counter: Counter, n: u64, slot: usize) {
+        let slot = if slot == UNCLAIMED {
+            claim_slot()
+        } else {
+            slot
+        };
+        let cell = &self.stripes[slot.min(SHARED)].0[counter as usize];
+        if slot < SHARED {
+            // Just claimed: this thread is now the stripe's only writer.
             cell.store(
                 cell.load(Ordering::Relaxed).wrapping_add(n),
                 Ordering::Relaxed,
@@ -204,16 +229,6 @@ impl Drop for Release {
             SLOTS.lock().free.push(slot);
         }
     }
-}
-
-/// This thread's stripe index.
-#[inline]
-fn thread_slot() -> usize {
-    let slot = SLOT.with(Cell::get);
-    if slot != UNCLAIMED {
-        return slot;
-    }
-    claim_slot()
 }
 
 #[cold]

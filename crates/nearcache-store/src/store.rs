@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nearcache_keys::Key;
@@ -18,7 +18,7 @@ use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::removal::{Listener, RemovalCause, Removals};
 use crate::shown::Shown;
 use crate::stats::{Counter, Stats, StoreStats};
-use crate::value::{Payload, Typed};
+use crate::value::Payload;
 
 /// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
 /// loads shared by async and blocking callers.
@@ -72,12 +72,20 @@ pub(crate) struct StoreInner {
     /// Whether the missing runtime for an eager refresh was logged (once).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) no_runtime_logged: AtomicBool,
-    bypass: AtomicBool,
+    /// Why reads cannot use the store now: [`BYPASS`] while the read bypass is on,
+    /// [`DISABLED`] for good in a disabled store. One byte, so that the hit path checks both
+    /// with one load.
+    reads_off: AtomicU8,
     purge: Arc<PurgeSignal>,
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
     /// `purge_now` write it; a stale read costs at most one extra sweep).
     swept_held: AtomicU64,
 }
+
+/// [`StoreInner::reads_off`]: the read bypass is on.
+const BYPASS: u8 = 1;
+/// [`StoreInner::reads_off`]: the store is disabled (never changes).
+const DISABLED: u8 = 2;
 
 impl StoreInner {
     /// Whether reads bypass the store now.
@@ -88,7 +96,14 @@ impl StoreInner {
     /// it could serve an entry the clear was meant to kill. On x86 both are plain moves.
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
-        self.bypass.load(Ordering::Acquire)
+        self.reads_off.load(Ordering::Acquire) & BYPASS != 0
+    }
+
+    /// Whether reads miss without looking: the store is disabled or bypassed. One load,
+    /// with the same Acquire as [`read_bypass`](Self::read_bypass) and for the same reason.
+    #[inline(always)]
+    pub(crate) fn reads_off(&self) -> bool {
+        self.reads_off.load(Ordering::Acquire) != 0
     }
 
     /// Reports `removals` to the listener, if any. The caller holds no store lock.
@@ -140,15 +155,17 @@ impl StoreInner {
         Shown::new(key, self.log_keys)
     }
 
-    /// The read of `get` and `get_optional`: the entry under `key` as a `T`, counted as a
-    /// hit (whatever its type) or a miss.
+    /// The read of `get` and `get_optional`: `None` on a miss, `Some(Some(value))` when the
+    /// entry holds a `T`, `Some(None)` when it holds anything else (a cached `None`, another
+    /// type: [`not_a_value`](Self::not_a_value) sorts that out). Counted as a hit (whatever
+    /// the entry holds) or a miss.
     #[inline(always)]
-    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Typed<T>> {
-        if !self.enabled || self.read_bypass() {
+    fn read<T: Send + Sync + 'static>(&self, key: &Key) -> Option<Option<Arc<T>>> {
+        if self.reads_off() {
             self.stats.incr(Counter::Misses);
             return None;
         }
-        match self.lookup_with(key, |payload| payload.read::<T>()) {
+        match self.lookup_with(key, Payload::value_of::<T>) {
             Some(read) => {
                 self.stats.incr(Counter::Hits);
                 Some(read)
@@ -158,6 +175,21 @@ impl StoreInner {
                 None
             }
         }
+    }
+
+    /// What a read that found something other than a `T` under `key` returns: the entry is
+    /// read again (cold, so that the hit path carries no enum of these cases), and the
+    /// answer is what it holds at this second read (a read linearises there if the entry
+    /// changed in between): a cached `None` of `T` is `Ok(Some(None))`, nothing is
+    /// `Ok(None)`, another type is a [`TypeMismatch`] naming it.
+    #[cold]
+    #[inline(never)]
+    fn not_a_value<T: Send + Sync + 'static>(
+        &self,
+        key: &Key,
+    ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
+        self.lookup_with(key, |payload| payload.downcast::<T>(key))
+            .transpose()
     }
 
     /// One purge pass: removes dead entries, then unused region tokens. A pass woken only by
@@ -331,7 +363,7 @@ impl Store {
             },
             enabled: options.enabled,
             cache_none: options.cache_none,
-            bypass: AtomicBool::new(false),
+            reads_off: AtomicU8::new(if options.enabled { 0 } else { DISABLED }),
             purge: Arc::clone(&purge),
             swept_held: AtomicU64::new(0),
         });
@@ -361,9 +393,9 @@ impl Store {
     #[inline]
     pub fn get<T: Send + Sync + 'static>(&self, key: &Key) -> Result<Option<Arc<T>>, TypeMismatch> {
         match self.inner.read::<T>(key) {
-            Some(Typed::Value(value)) => Ok(Some(value)),
-            Some(Typed::Nothing) | None => Ok(None),
-            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+            Some(Some(value)) => Ok(Some(value)),
+            None => Ok(None),
+            Some(None) => Ok(self.inner.not_a_value::<T>(key)?.flatten()),
         }
     }
 
@@ -379,10 +411,9 @@ impl Store {
         key: &Key,
     ) -> Result<Option<Option<Arc<T>>>, TypeMismatch> {
         match self.inner.read::<T>(key) {
-            Some(Typed::Value(value)) => Ok(Some(Some(value))),
-            Some(Typed::Nothing) => Ok(Some(None)),
+            Some(Some(value)) => Ok(Some(Some(value))),
             None => Ok(None),
-            Some(Typed::NothingElse | Typed::Other) => Err(self.inner.mismatch::<T>(key)),
+            Some(None) => self.inner.not_a_value::<T>(key),
         }
     }
 
@@ -422,7 +453,7 @@ impl Store {
         F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
         Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
@@ -447,7 +478,7 @@ impl Store {
         F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
@@ -474,7 +505,7 @@ impl Store {
         F: AsyncFnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
         Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
@@ -497,7 +528,7 @@ impl Store {
         F: FnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
-            return hit.map_err(LoadError::TypeMismatch);
+            return Ok(hit);
         }
         self.inner.load_sync::<Option<Arc<T>>, E, F>(key, factory)
     }
@@ -644,11 +675,17 @@ impl Store {
     /// storing. The facade turns it on while its backplane has been down for longer than it
     /// may serve possibly stale entries. `set` still stores.
     ///
-    /// Lifting it is a Release store: everything this thread did before — in particular a
+    /// Lifting it is a Release write: everything this thread did before — in particular a
     /// [`clear`](Self::clear) that makes the store safe again — is visible to every reader
     /// that sees the bypass lifted (they load it with Acquire).
     pub fn set_read_bypass(&self, on: bool) {
-        self.inner.bypass.store(on, Ordering::Release);
+        // Read-modify-writes with Release order the same as the store they replace; they
+        // leave the `DISABLED` bit alone.
+        if on {
+            self.inner.reads_off.fetch_or(BYPASS, Ordering::Release);
+        } else {
+            self.inner.reads_off.fetch_and(!BYPASS, Ordering::Release);
+        }
     }
 
     /// Whether reads bypass the store now.
@@ -733,6 +770,34 @@ mod tests {
         drop(clone);
         assert!(weak.upgrade().is_none());
         assert!(signal.is_shut_down());
+    }
+
+    #[test]
+    fn lifting_the_bypass_never_enables_a_disabled_store() {
+        // The bypass and "disabled" share one byte that the hit path loads once.
+        let key = Key::from_text("k");
+        let enabled = Store::new(StoreOptions::default()).unwrap();
+        enabled.set(key.clone(), 1_u8);
+        enabled.set_read_bypass(true);
+        assert!(enabled.is_read_bypassed());
+        assert!(enabled.get::<u8>(&key).unwrap().is_none());
+        enabled.set_read_bypass(false);
+        assert!(!enabled.is_read_bypassed());
+        assert_eq!(enabled.get::<u8>(&key).unwrap().as_deref(), Some(&1));
+
+        let disabled = Store::new(StoreOptions {
+            enabled: false,
+            ..StoreOptions::default()
+        })
+        .unwrap();
+        disabled.set_read_bypass(true);
+        disabled.set_read_bypass(false);
+        assert!(!disabled.is_read_bypassed());
+        assert!(disabled.inner.reads_off(), "still disabled");
+        let loaded = disabled.get_or_create_sync(&key, |_| Ok::<_, std::convert::Infallible>(2_u8));
+        assert_eq!(*loaded.unwrap(), 2);
+        let again = disabled.get_or_create_sync(&key, |_| Ok::<_, std::convert::Infallible>(3_u8));
+        assert_eq!(*again.unwrap(), 3, "nothing was stored");
     }
 
     #[test]

@@ -89,6 +89,16 @@ impl Payload {
         }
     }
 
+    /// The payload's value if it is a `T`, read in place: the hit path of `get` and of the
+    /// loaders. Anything else (a cached `None`, another type) is `None`, for the caller to
+    /// sort out on its cold path; the common case costs one `TypeId` comparison (one
+    /// virtual call) and one reference count, with no enum of the other cases to carry.
+    #[inline(always)]
+    pub(crate) fn value_of<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        let any: Arc<dyn Any + Send + Sync> = self.value.clone();
+        any.downcast::<T>().ok()
+    }
+
     #[cold]
     #[inline(never)]
     fn read_other<T: 'static>(&self) -> Typed<T> {
@@ -146,6 +156,12 @@ pub(crate) trait Shape: Sized {
     /// (the caller loads as on a miss), `Some(Err(()))` for a type mismatch.
     fn from_typed(typed: Typed<Self::Value>) -> Option<Result<Self, ()>>;
 
+    /// The stored payload as this shape when it is one this shape returns as is (a value; for
+    /// `Option<Arc<T>>` also a cached `None` of `T`), read in place: the loaders' hit path.
+    /// `None` for everything else (a cached `None` a plain caller cannot use, another type),
+    /// which the caller's load path sorts out.
+    fn hit(payload: &Payload) -> Option<Self>;
+
     /// Wraps a factory's value: what the leader returns, and what the flight shares.
     fn from_loaded(loaded: Self::Loaded) -> (Self, Payload);
 
@@ -176,6 +192,11 @@ impl<T: Send + Sync + 'static> Shape for Arc<T> {
         }
     }
 
+    #[inline(always)]
+    fn hit(payload: &Payload) -> Option<Self> {
+        payload.value_of::<T>()
+    }
+
     fn from_loaded(loaded: T) -> (Self, Payload) {
         let value = Arc::new(loaded);
         let payload = Payload::value(Arc::clone(&value));
@@ -201,6 +222,15 @@ impl<T: Send + Sync + 'static> Shape for Option<Arc<T>> {
             Typed::Value(value) => Some(Ok(Some(value))),
             Typed::Nothing => Some(Ok(None)),
             Typed::NothingElse | Typed::Other => Some(Err(())),
+        }
+    }
+
+    #[inline(always)]
+    fn hit(payload: &Payload) -> Option<Self> {
+        match payload.read::<T>() {
+            Typed::Value(value) => Some(Some(value)),
+            Typed::Nothing => Some(None),
+            Typed::NothingElse | Typed::Other => None,
         }
     }
 
@@ -247,6 +277,20 @@ mod tests {
         assert!(nothing.downcast::<u32>(&key).unwrap().is_none());
         let mismatch = nothing.downcast::<String>(&key).unwrap_err();
         assert_eq!(mismatch.found, "u32", "a negative entry names its type too");
+    }
+
+    #[test]
+    fn the_hit_path_takes_values_and_leaves_the_rest_to_the_load_path() {
+        let (value, payload) = <Arc<u8> as Shape>::from_loaded(7);
+        assert!(Arc::ptr_eq(&payload.value_of::<u8>().unwrap(), &value));
+        assert!(payload.value_of::<u16>().is_none());
+        assert!(<Arc<u16> as Shape>::hit(&payload).is_none(), "a mismatch");
+        let nothing = Payload::nothing::<u8>();
+        assert!(nothing.value_of::<u8>().is_none());
+        assert!(<Arc<u8> as Shape>::hit(&nothing).is_none());
+        assert_eq!(<Option<Arc<u8>> as Shape>::hit(&nothing), Some(None));
+        assert!(<Option<Arc<u16>> as Shape>::hit(&nothing).is_none());
+        assert_eq!(<Option<Arc<u8>> as Shape>::hit(&payload), Some(Some(value)));
     }
 
     #[test]

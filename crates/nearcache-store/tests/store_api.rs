@@ -342,6 +342,36 @@ fn remove_reports_whether_a_live_entry_went() {
 }
 
 #[test]
+fn reads_of_cached_nones_and_other_types_are_one_hit_each() {
+    // The hit path hands anything but a value of the caller's type to a cold path that
+    // reads the entry again; each call must still count once.
+    let store = store();
+    let (none, text) = (key("none"), key("text"));
+    store
+        .get_or_create_optional_sync(&none, |_| Ok::<Option<u8>, Infallible>(None))
+        .unwrap();
+    store.set(text.clone(), String::from("t"));
+    let before = store.stats();
+    assert_eq!(store.get::<u8>(&none).unwrap(), None);
+    assert_eq!(store.get_optional::<u8>(&none).unwrap(), Some(None));
+    assert!(store.get::<u8>(&text).is_err());
+    assert!(store.get_optional::<u8>(&text).is_err());
+    let optional = store.get_or_create_optional_sync(&none, |_| Ok::<_, Infallible>(Some(1_u8)));
+    assert_eq!(optional.unwrap(), None, "a cached None of u8 is a hit here");
+    let loaded = store.get_or_create_sync(&text, |_| Ok::<_, Infallible>(1_u8));
+    assert!(matches!(loaded, Err(LoadError::TypeMismatch(_))));
+    let after = store.stats();
+    assert_eq!(
+        (
+            after.hits - before.hits,
+            after.misses - before.misses,
+            after.loads - before.loads
+        ),
+        (6, 0, 0)
+    );
+}
+
+#[test]
 fn counters_count_hits_misses_loads_and_inserts() {
     let store = store();
     let k = key("k");

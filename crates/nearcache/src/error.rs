@@ -1,6 +1,9 @@
 //! The facade's error types.
 
-pub use nearcache_store::{FactoryTimeout, LoadError, OptionsError, TypeMismatch};
+pub use nearcache_store::{
+    FactoryTimeout, FactoryTimeoutDetails, LoadError, OptionsError, TypeMismatch,
+    TypeMismatchDetails, WouldDeadlock, WouldDeadlockDetails,
+};
 
 /// Why a [`Cache`](crate::Cache) could not be built.
 #[derive(Debug, thiserror::Error)]

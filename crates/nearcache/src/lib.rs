@@ -196,7 +196,10 @@ mod stats;
 
 pub use builder::CacheBuilder;
 pub use cache::Cache;
-pub use error::{BuildError, FactoryTimeout, LoadError, OptionsError, TypeMismatch};
+pub use error::{
+    BuildError, FactoryTimeout, FactoryTimeoutDetails, LoadError, OptionsError, TypeMismatch,
+    TypeMismatchDetails, WouldDeadlock, WouldDeadlockDetails,
+};
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use invalidation::{Invalidation, Propagated, WaitPublished};
