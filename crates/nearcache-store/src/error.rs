@@ -246,13 +246,31 @@ pub enum OptionsError {
     /// `hard_timeout` is zero: every load would time out.
     #[error("hard_timeout is 0, so every load would time out; leave it unset or use at least 1 ms")]
     ZeroHardTimeout,
-    /// `hard_timeout` is set but the store was built without its `tokio` feature (timeouts
-    /// run on tokio's timers).
+    /// `hard_timeout` or `soft_timeout` is set but the store was built without its `tokio`
+    /// feature (timeouts run on tokio's timers).
     #[error(
-        "hard_timeout needs nearcache-store's `tokio` feature (on in the nearcache facade); \
-         turn the feature on or leave hard_timeout unset"
+        "hard_timeout and soft_timeout need nearcache-store's `tokio` feature (on in the \
+         nearcache facade); turn the feature on or leave them unset"
     )]
     TimeoutsNeedTokio,
+    /// `soft_timeout` is zero: every load with an expired value would be answered with it
+    /// at once.
+    #[error(
+        "soft_timeout is 0, so callers would never wait for a load while an expired value is \
+         kept; leave it unset or use at least 1 ms"
+    )]
+    ZeroSoftTimeout,
+    /// `soft_timeout` is not shorter than `hard_timeout`, so it could never fire.
+    #[error(
+        "soft_timeout ({soft:?}) is not shorter than hard_timeout ({hard:?}), so it would \
+         never fire; make it shorter or leave it unset"
+    )]
+    SoftTimeoutNotShorter {
+        /// The soft timeout given.
+        soft: std::time::Duration,
+        /// The hard timeout given.
+        hard: std::time::Duration,
+    },
     /// `eager_refresh_threshold` is not a fraction strictly between 0 and 1.
     #[error(
         "eager_refresh_threshold is {threshold}; use a fraction of the time to live strictly \

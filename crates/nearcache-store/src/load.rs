@@ -37,6 +37,7 @@ use crate::removal::{RemovalCause, Removals};
 use crate::shown::Shown;
 use crate::stats::Counter;
 use crate::store::StoreInner;
+use crate::timeout::Waited;
 use crate::value::{Payload, Shape, mismatch};
 
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
@@ -270,11 +271,7 @@ impl StoreInner {
             return;
         };
         let mut entry = leader.entry();
-        let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
-            Ok(Ok(loaded)) => Ok(loaded),
-            Ok(Err(error)) => Err(Failed::Error(error)),
-            Err(panic) => Err(Failed::Panic(panic)),
-        };
+        let result = run_blocking(factory, &mut entry);
         if leader.finish::<S, E>(entry, result).is_err() {
             tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
         }
@@ -304,7 +301,7 @@ impl StoreInner {
                 Some(limit) => match tokio::time::timeout(limit, run).await {
                     Ok(result) => result,
                     Err(_elapsed) => {
-                        self.stats.incr(Counter::HardTimeouts);
+                        leader.count_hard_timeout();
                         Err(Failed::TimedOut(limit))
                     }
                 },
@@ -389,30 +386,13 @@ impl StoreInner {
                 }
                 Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let outcome = crate::blocking::wait_blocking(|handed_off| {
-                        if !handed_off && flight.led_async_on_this_thread() {
-                            return None;
-                        }
-                        Some(flight.wait_blocking())
-                    });
-                    let Some(outcome) = outcome else {
-                        return Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)));
-                    };
-                    if let Some(result) =
-                        resolve::<S, E>(outcome, &flight, joined_at, key, self.log_keys)
-                    {
+                    if let Some(result) = self.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
                         return result;
                     }
                 }
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let mut entry = leader.entry();
-                    let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
-                        Ok(Ok(loaded)) => Ok(loaded),
-                        Ok(Err(error)) => Err(Failed::Error(error)),
-                        Err(panic) => Err(Failed::Panic(panic)),
-                    };
-                    return leader.finish::<S, E>(entry, result);
+                    return self.lead_sync::<S, E, F>(leader, factory);
                 }
             }
         }
@@ -441,35 +421,130 @@ impl StoreInner {
                 }
                 Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    if let Some(result) =
-                        resolve::<S, E>(flight.wait().await, &flight, joined_at, key, self.log_keys)
+                    if let Some(result) = self
+                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
+                        .await
                     {
                         return result;
                     }
                 }
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let mut entry = leader.entry();
-                    let result = {
-                        let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-                        #[cfg(feature = "tokio")]
-                        let result = match self.hard_timeout {
-                            None => run.await,
-                            Some(limit) => match tokio::time::timeout(limit, run).await {
-                                Ok(result) => result,
-                                Err(_elapsed) => {
-                                    self.stats.incr(Counter::HardTimeouts);
-                                    Err(Failed::TimedOut(limit))
-                                }
-                            },
-                        };
-                        #[cfg(not(feature = "tokio"))]
-                        let result = run.await;
-                        result
-                    };
-                    return leader.finish::<S, E>(entry, result);
+                    return self.lead_async::<S, E, F>(leader, factory).await;
                 }
             }
+        }
+    }
+
+    /// Runs a load's async factory in place, in the leading caller's task, under the hard
+    /// timeout (which cancels it: the factory may borrow from its caller).
+    pub(crate) async fn lead_async<S, E, F>(
+        &self,
+        leader: Leader<'_>,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+    {
+        let mut entry = leader.entry();
+        let result = {
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            #[cfg(feature = "tokio")]
+            let result = match self.hard_timeout {
+                None => run.await,
+                Some(limit) => {
+                    self.cancels_in_place();
+                    match tokio::time::timeout(limit, run).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => {
+                            leader.count_hard_timeout();
+                            Err(Failed::TimedOut(limit))
+                        }
+                    }
+                }
+            };
+            #[cfg(not(feature = "tokio"))]
+            let result = run.await;
+            result
+        };
+        leader.finish::<S, E>(entry, result)
+    }
+
+    /// Runs a load's blocking factory in place, on the leading caller's thread (untimed:
+    /// nothing can stop a blocking function from outside).
+    pub(crate) fn lead_sync<S, E, F>(
+        &self,
+        leader: Leader<'_>,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+    {
+        let mut entry = leader.entry();
+        let result = run_blocking(factory, &mut entry);
+        leader.finish::<S, E>(entry, result)
+    }
+
+    /// A blocking caller's wait for another caller's load, up to its timeouts; `None`:
+    /// go again (see [`resolve`]).
+    pub(crate) fn wait_sync<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+        bypass: bool,
+    ) -> Option<Result<S, LoadError<E>>> {
+        let waited = crate::blocking::wait_blocking(|handed_off| {
+            if !handed_off && flight.led_async_on_this_thread() {
+                return None;
+            }
+            Some(self.wait_blocking_timed::<S, E>(flight, key, bypass))
+        });
+        match waited {
+            None => Some(Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)))),
+            Some(Waited::Answered(answer)) => Some(answer),
+            Some(Waited::Outcome(outcome)) => {
+                resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)
+            }
+        }
+    }
+
+    /// An async caller's wait for another caller's load (or a detached runner's), up to its
+    /// timeouts; `None`: go again (see [`resolve`]).
+    pub(crate) async fn wait_async<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+        bypass: bool,
+    ) -> Option<Result<S, LoadError<E>>> {
+        match self.wait_timed::<S, E>(flight, key, bypass).await {
+            Waited::Answered(answer) => Some(answer),
+            Waited::Outcome(outcome) => {
+                resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)
+            }
+        }
+    }
+
+    /// Logs, once per store, that a load led in place is cancelled at the hard timeout
+    /// although `OnHardTimeout::Background` is set: its factory may borrow from its caller,
+    /// so nothing can run it once that caller has its answer.
+    #[cfg(feature = "tokio")]
+    fn cancels_in_place(&self) {
+        if self.hard_timeout_action == crate::options::OnHardTimeout::Background
+            && !self
+                .background_refused_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "hard_timeout_action is background, but a get_or_create that is not detached \
+                 runs its factory in place: it is cancelled at the hard timeout; use the \
+                 get_or_create_detached loaders for loads that must finish in the background"
+            );
         }
     }
 
@@ -563,7 +638,9 @@ impl StoreInner {
         };
         drop(shard);
         self.report(removals);
-        self.stats.incr(Counter::FailSafeActivations);
+        if leader.flight.first_fail_safe() {
+            self.stats.incr(Counter::FailSafeActivations);
+        }
         Some((served, payload))
     }
 }
@@ -647,10 +724,95 @@ impl Leader<'_> {
     pub(crate) fn key(&self) -> &Key {
         &self.key
     }
+
+    /// Counts this load's hard timeout, unless a waiter already did.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn count_hard_timeout(&self) {
+        if self.flight.first_hard_timeout() {
+            self.inner.stats.incr(Counter::HardTimeouts);
+        }
+    }
+}
+
+/// A leader handed to a runner on another thread (a detached load): it owns its store.
+/// Dropped before it ran (the runtime shut down before the runner started), it abandons the
+/// flight as a dropped [`Leader`] does.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct DetachedLeader {
+    inner: Arc<StoreInner>,
+    key: Key,
+    flight: Arc<Flight>,
+    bypass: bool,
+    ran: bool,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl Leader<'_> {
+    /// This leader, for a runner elsewhere; `inner` is the store it borrows from.
+    pub(crate) fn detach(mut self, inner: Arc<StoreInner>) -> DetachedLeader {
+        // The detached leader's guard stands in for this one's.
+        self.finished = true;
+        DetachedLeader {
+            inner,
+            key: self.key.clone(),
+            flight: Arc::clone(&self.flight),
+            bypass: self.bypass,
+            ran: false,
+        }
+    }
+
+    /// This load's flight.
+    pub(crate) fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl DetachedLeader {
+    /// Runs `lead` with the leader, on this thread.
+    pub(crate) fn run<R>(mut self, lead: impl FnOnce(Leader<'_>) -> R) -> R {
+        self.ran = true;
+        lead(self.leader())
+    }
+
+    fn leader(&self) -> Leader<'_> {
+        Leader {
+            inner: &self.inner,
+            key: self.key.clone(),
+            flight: Arc::clone(&self.flight),
+            bypass: self.bypass,
+            finished: false,
+        }
+    }
+
+    /// The store it leads a load of.
+    pub(crate) fn inner_arc(&self) -> &Arc<StoreInner> {
+        &self.inner
+    }
+}
+
+impl Drop for DetachedLeader {
+    fn drop(&mut self) {
+        if !self.ran {
+            drop(self.leader()); // its drop guard abandons the flight
+        }
+    }
+}
+
+/// Runs a blocking factory, its panic caught as [`Failed::Panic`].
+pub(crate) fn run_blocking<T, E, F>(factory: F, entry: &mut EntryOptions) -> Result<T, Failed<E>>
+where
+    F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+{
+    match catch_unwind(AssertUnwindSafe(|| factory(entry))) {
+        Ok(Ok(loaded)) => Ok(loaded),
+        Ok(Err(error)) => Err(Failed::Error(error)),
+        Err(panic) => Err(Failed::Panic(panic)),
+    }
 }
 
 /// A factory's future whose panic ends it as [`Failed::Panic`] instead of unwinding.
-struct CatchUnwind<'a, F>(Pin<&'a mut F>);
+pub(crate) struct CatchUnwind<'a, F>(pub(crate) Pin<&'a mut F>);
 
 impl<F, T, E> Future for CatchUnwind<'_, F>
 where

@@ -91,6 +91,36 @@ pub struct StoreOptions {
     /// inside a tokio runtime (its handle runs the reload); without one nothing is refreshed
     /// early (logged once). Strictly between 0 and 1. Default: none.
     pub eager_refresh_threshold: Option<f64>,
+    /// Soft timeout: when the key's expired value is kept for fail-safe and the load has
+    /// not finished within this long, a caller that is not running the factory itself gets
+    /// that value while the load goes on and stores its result (unless an invalidation
+    /// overlapped it). The detached loaders always run their factory elsewhere when a
+    /// timeout is set, so their callers always can; a caller of the other loaders that leads
+    /// the load runs its factory in place and waits for it. Without a kept value callers wait
+    /// (up to the hard timeout). Per entry: [`EntryOptions::soft_timeout`](crate::EntryOptions::soft_timeout).
+    /// Feature `tokio`, not zero, shorter than `hard_timeout`. Default: none.
+    pub soft_timeout: Option<Duration>,
+    /// What happens to a factory still running at the hard timeout (its callers get the
+    /// fail-safe value or [`LoadError::Timeout`](crate::LoadError::Timeout) either way).
+    /// Default [`OnHardTimeout::Cancel`].
+    pub hard_timeout_action: OnHardTimeout,
+}
+
+/// What happens to a factory still running at `hard_timeout`. Its callers stop waiting
+/// either way: they get the fail-safe value, else [`LoadError::Timeout`](crate::LoadError::Timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnHardTimeout {
+    /// The factory is cancelled (an async factory's future is dropped) and nothing is
+    /// stored. A blocking factory cannot be stopped from outside: it finishes and its value
+    /// is stored as with `Background`.
+    #[default]
+    Cancel,
+    /// The factory goes on and its value is stored when it comes, unless an invalidation
+    /// overlapped the load. Only a factory that can outlive its caller can go on: the
+    /// detached loaders'. A load led by a caller of the other loaders is cancelled (logged
+    /// once per store).
+    Background,
 }
 
 impl Default for StoreOptions {
@@ -109,6 +139,8 @@ impl Default for StoreOptions {
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
             eager_refresh_threshold: None,
+            soft_timeout: None,
+            hard_timeout_action: OnHardTimeout::Cancel,
         }
     }
 }
@@ -138,6 +170,17 @@ impl StoreOptions {
         }
         if self.hard_timeout.is_some() && !cfg!(feature = "tokio") {
             return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if self.soft_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(OptionsError::ZeroSoftTimeout);
+        }
+        if self.soft_timeout.is_some() && !cfg!(feature = "tokio") {
+            return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout)
+            && soft >= hard
+        {
+            return Err(OptionsError::SoftTimeoutNotShorter { soft, hard });
         }
         if let Some(threshold) = self.eager_refresh_threshold
             && !(threshold > 0.0 && threshold < 1.0)
@@ -254,6 +297,32 @@ mod tests {
             ..StoreOptions::default()
         };
         assert!(options.sizing().is_ok());
+    }
+
+    #[test]
+    fn a_soft_timeout_must_be_nonzero_and_shorter_than_the_hard_timeout() {
+        let zero = StoreOptions {
+            soft_timeout: Some(Duration::ZERO),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(zero.sizing(), Err(OptionsError::ZeroSoftTimeout)));
+        let not_shorter = StoreOptions {
+            soft_timeout: Some(Duration::from_secs(2)),
+            hard_timeout: Some(Duration::from_secs(2)),
+            ..StoreOptions::default()
+        };
+        let error = not_shorter.sizing().err();
+        assert!(
+            matches!(error, Some(OptionsError::SoftTimeoutNotShorter { .. })),
+            "{error:?}"
+        );
+        assert!(error.is_some_and(|e| e.to_string().contains("shorter")));
+        let fine = StoreOptions {
+            soft_timeout: Some(Duration::from_millis(100)),
+            hard_timeout: Some(Duration::from_secs(2)),
+            ..StoreOptions::default()
+        };
+        assert_eq!(fine.sizing().is_ok(), cfg!(feature = "tokio"));
     }
 
     #[test]

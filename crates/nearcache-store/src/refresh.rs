@@ -60,7 +60,11 @@ impl Store {
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
-        Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
+        #[cfg(feature = "tokio")]
+        let loaded = Box::pin(self.load_detached_async::<Arc<T>, E, F>(key, factory)).await;
+        #[cfg(not(feature = "tokio"))]
+        let loaded = Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await;
+        loaded
     }
 
     /// The blocking twin of [`get_or_create_detached`](Self::get_or_create_detached); the
@@ -85,7 +89,11 @@ impl Store {
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
-        self.inner.load_sync::<Arc<T>, E, F>(key, factory)
+        #[cfg(feature = "tokio")]
+        let loaded = self.load_detached_sync::<Arc<T>, E, F>(key, factory);
+        #[cfg(not(feature = "tokio"))]
+        let loaded = self.inner.load_sync::<Arc<T>, E, F>(key, factory);
+        loaded
     }
 
     #[cfg(feature = "tokio")]

@@ -13,7 +13,7 @@ use crate::clock::StoreClock;
 use crate::entry::{EntryDefaults, EntryOptions};
 use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
-use crate::options::StoreOptions;
+use crate::options::{OnHardTimeout, StoreOptions};
 use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::removal::{Listener, RemovalCause, Removals};
 use crate::shown::Shown;
@@ -66,6 +66,12 @@ pub(crate) struct StoreInner {
     /// Longest an async factory may run (feature `tokio`).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) hard_timeout: Option<Duration>,
+    /// What happens to a factory at the hard timeout.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) hard_timeout_action: OnHardTimeout,
+    /// Whether a `Background` hard timeout that had to cancel was logged (once).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) background_refused_logged: AtomicBool,
     /// The runtime eager refreshes run on: the one the store was built in (feature `tokio`).
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
@@ -314,6 +320,8 @@ impl Store {
             listener,
             fail_safe_throttle: options.fail_safe_throttle,
             hard_timeout: options.hard_timeout,
+            hard_timeout_action: options.hard_timeout_action,
+            background_refused_logged: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             runtime: tokio::runtime::Handle::try_current().ok(),
             no_runtime_logged: AtomicBool::new(false),
@@ -327,6 +335,7 @@ impl Store {
                 sliding: options.default_sliding_expiration,
                 weighted: sizing.weighted,
                 fail_safe: options.default_fail_safe_max_duration,
+                soft_timeout: options.soft_timeout,
                 eager_refresh: options.eager_refresh_threshold,
             },
             enabled: options.enabled,

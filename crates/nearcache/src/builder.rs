@@ -255,6 +255,8 @@ fn store_options(options: &CacheOptions) -> StoreOptions {
         default_fail_safe_max_duration: options.fail_safe_max_duration,
         fail_safe_throttle: options.fail_safe_throttle,
         hard_timeout: options.hard_timeout,
+        soft_timeout: options.soft_timeout,
+        hard_timeout_action: options.hard_timeout_action.into(),
         eager_refresh_threshold: options.eager_refresh_threshold,
         ..StoreOptions::default()
     }

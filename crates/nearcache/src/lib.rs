@@ -190,7 +190,7 @@ pub use error::{BuildError, FactoryTimeout, LoadError, OptionsError, TypeMismatc
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use invalidation::{Invalidation, Propagated, WaitPublished};
-pub use options::{BackplaneOptions, CacheOptions, LossPolicy};
+pub use options::{BackplaneOptions, CacheOptions, LossPolicy, OnHardTimeout};
 pub use stats::{
     CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,
     StoreStats,

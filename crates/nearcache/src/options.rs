@@ -82,12 +82,25 @@ pub struct CacheOptions {
     /// call. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub fail_safe_throttle: Duration,
-    /// Longest an async get-or-create's factory may run. Past it its future is dropped
-    /// (the load is cancelled, not left running) and every caller of that load gets the
-    /// fail-safe value if there is one, else `LoadError::Timeout`. Blocking
-    /// (`_sync`) callers are not timed. Not zero. Default: none.
+    /// Longest a get-or-create waits for its load: past it the caller gets the fail-safe
+    /// value if there is one, else `LoadError::Timeout`, and the factory is cancelled or
+    /// left to finish per `hard_timeout_action`. A blocking caller running its own factory
+    /// (`get_or_create_sync` leading the load) is not timed; one waiting for another's
+    /// load is. Not zero. Default: none.
     #[serde(with = "humantime_serde")]
     pub hard_timeout: Option<Duration>,
+    /// Soft timeout: when the key's expired value is kept for fail-safe and its load has not
+    /// finished within this long, callers get that value while the load goes on and stores
+    /// its result (unless an invalidation overlapped it). The detached loaders honour it for
+    /// every caller; with the others, the caller that runs the factory in place waits for it.
+    /// Per entry: `EntryOptions::soft_timeout`. Not zero, shorter than `hard_timeout`.
+    /// Default: none.
+    #[serde(with = "humantime_serde")]
+    pub soft_timeout: Option<Duration>,
+    /// What happens to a factory still running at `hard_timeout`: `cancel` (default) or
+    /// `background` (it finishes and its value is stored; detached loaders only, the others
+    /// cancel and log it once).
+    pub hard_timeout_action: OnHardTimeout,
     /// Eager refresh, for the `get_or_create_detached*` loaders: once this fraction of an
     /// entry's absolute time to live has passed (0.8: after 48 s of a minute), the first hit
     /// starts one background reload while callers keep getting the current value, so hot
@@ -113,6 +126,8 @@ impl Default for CacheOptions {
             fail_safe_max_duration: None,
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
+            soft_timeout: None,
+            hard_timeout_action: OnHardTimeout::Cancel,
             eager_refresh_threshold: None,
             backplane: BackplaneOptions::default(),
         }
@@ -149,9 +164,35 @@ impl fmt::Debug for CacheOptions {
             .field("fail_safe_max_duration", &self.fail_safe_max_duration)
             .field("fail_safe_throttle", &self.fail_safe_throttle)
             .field("hard_timeout", &self.hard_timeout)
+            .field("soft_timeout", &self.soft_timeout)
+            .field("hard_timeout_action", &self.hard_timeout_action)
             .field("eager_refresh_threshold", &self.eager_refresh_threshold)
             .field("backplane", &self.backplane)
             .finish()
+    }
+}
+
+/// What happens to a factory still running at `hard_timeout`. Its callers stop waiting
+/// either way (they get the fail-safe value, else `LoadError::Timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHardTimeout {
+    /// Cancel it: an async factory's future is dropped and nothing is stored. A blocking
+    /// factory cannot be stopped: it finishes, and its value is stored. The default.
+    #[default]
+    Cancel,
+    /// Let it finish and store its value (unless an invalidation overlapped the load). Only
+    /// the `get_or_create_detached*` loaders' factories can outlive their caller; a load
+    /// another loader leads is cancelled (logged once).
+    Background,
+}
+
+impl From<OnHardTimeout> for nearcache_store::OnHardTimeout {
+    fn from(action: OnHardTimeout) -> Self {
+        match action {
+            OnHardTimeout::Cancel => nearcache_store::OnHardTimeout::Cancel,
+            OnHardTimeout::Background => nearcache_store::OnHardTimeout::Background,
+        }
     }
 }
 
@@ -569,12 +610,20 @@ mod tests {
         );
         assert_eq!(options.fail_safe_throttle, Duration::from_secs(10));
         assert_eq!(options.hard_timeout, Some(Duration::from_millis(1500)));
+        let options: CacheOptions = toml::from_str(
+            "soft_timeout = \"100ms\"\nhard_timeout = \"2s\"\nhard_timeout_action = \"background\"\n",
+        )
+        .unwrap();
+        assert_eq!(options.soft_timeout, Some(Duration::from_millis(100)));
+        assert_eq!(options.hard_timeout_action, OnHardTimeout::Background);
         let defaults = CacheOptions::default();
         assert_eq!(
             defaults.fail_safe_max_duration, None,
             "fail-safe is off by default"
         );
         assert_eq!(defaults.fail_safe_throttle, Duration::from_secs(30));
+        assert_eq!(defaults.soft_timeout, None);
+        assert_eq!(defaults.hard_timeout_action, OnHardTimeout::Cancel);
     }
 
     #[test]
