@@ -30,10 +30,19 @@ const HARD: Duration = Duration::from_millis(200);
 #[derive(Debug, PartialEq, Eq)]
 struct DatabaseDown;
 
+/// `future`, or a panic once `WAIT` has passed in real time. A watchdog thread keeps the
+/// time: tokio's paused clock does not advance on its own while a detached factory runs, so
+/// a tokio timeout would never fire where a broken timeout leaves a caller waiting.
 async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
+    let (expired, watchdog) = oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(WAIT);
+        let _ = expired.send(());
+    });
+    tokio::select! {
+        output = future => output,
+        _ = watchdog => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
 }
 
 fn options() -> CacheOptions {
@@ -232,6 +241,10 @@ async fn an_invalidation_during_the_background_load_keeps_its_value_out_and_the_
             }
         }
 
+        // The overlapping caller's soft timeout passes after the invalidation: the expired
+        // value is not served to it (it gets the load's value below).
+        past_the_soft_timeout().await;
+
         // A caller after the invalidation waits past its soft timeout without being served
         // the expired value: after a remove it leads a load of its own, after a region
         // expiry it joins the running one (and loads again once it is found stale).
@@ -377,10 +390,12 @@ fn a_blocking_waiter_stops_at_the_hard_timeout_while_the_leader_still_runs() {
             let result = cache.get_or_create_sync(k, |_| Ok::<_, DatabaseDown>(99_u64));
             answer_tx.send(result).unwrap();
         });
-        let answer = answer_rx
-            .recv_timeout(WAIT)
-            .expect("the waiter stops at the hard timeout");
-        match answer {
+        let answer = answer_rx.recv_timeout(WAIT);
+        if answer.is_err() {
+            release_tx.send(()).unwrap(); // so the scope can end
+            panic!("the waiter did not stop at the hard timeout");
+        }
+        match answer.unwrap() {
             Err(LoadError::Timeout(timeout)) => {
                 assert_eq!(timeout.after, Duration::from_millis(50))
             }
