@@ -101,8 +101,10 @@ impl fmt::Display for WouldDeadlock {
 
 impl std::error::Error for WouldDeadlock {}
 
-/// A load's factory ran past the store's `hard_timeout` and was cancelled (its future
-/// dropped); nothing was cached, and there was no expired value to serve instead.
+/// A caller waited `hard_timeout` for its load and stopped, with no expired value to serve
+/// instead. The factory was cancelled (its future dropped; nothing cached) or, with
+/// `OnHardTimeout::Background` for a detached load or a blocking factory, goes on and stores
+/// its value when it comes.
 ///
 /// Raise `hard_timeout` if the source is merely slow, or turn on fail-safe
 /// (`fail_safe_max_duration`) so callers get the last value while the source struggles.
@@ -128,7 +130,7 @@ impl fmt::Display for FactoryTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the factory of `{}` did not finish within hard_timeout ({:?}) and was cancelled; \
+            "the factory of `{}` did not finish within hard_timeout ({:?}); \
              raise hard_timeout, or set fail_safe_max_duration to serve the expired value meanwhile",
             Shown(&self.key),
             self.after
@@ -151,8 +153,8 @@ pub enum LoadError<E> {
     /// A blocking call on an async runtime's thread would have waited for a load only that
     /// thread could run; see [`WouldDeadlock`].
     WouldDeadlock(WouldDeadlock),
-    /// The factory ran past `hard_timeout` and was cancelled, and no fail-safe value could
-    /// stand in; every caller of the flight gets it. See [`FactoryTimeout`].
+    /// The load ran past `hard_timeout` and no fail-safe value could stand in: the callers
+    /// waiting for it stop with this. See [`FactoryTimeout`].
     Timeout(FactoryTimeout),
 }
 

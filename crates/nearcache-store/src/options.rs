@@ -77,11 +77,14 @@ pub struct StoreOptions {
     /// before the factory is tried again, so a failing source is not called by every
     /// caller. Zero: the factory is tried on every call. Default 30 s.
     pub fail_safe_throttle: Duration,
-    /// Longest an async get-or-create's factory may run (feature `tokio`; blocking callers
-    /// are not timed). Past it the factory's future is dropped (cancelled) and the flight
-    /// ends with [`LoadError::Timeout`](crate::LoadError::Timeout) for every caller, or with
-    /// the fail-safe value when there is one. Async callers need a tokio runtime with its
-    /// time driver. Not zero. Default: none.
+    /// Longest a get-or-create waits for its load (feature `tokio`). Past it the caller gets
+    /// the fail-safe value when there is one, else [`LoadError::Timeout`](crate::LoadError::Timeout),
+    /// and the factory is cancelled or left to finish per
+    /// [`hard_timeout_action`](Self::hard_timeout_action). An async caller running its
+    /// factory in place cancels it (its future is dropped); a blocking caller running its
+    /// factory in place is not timed (nothing can stop a blocking function from outside),
+    /// but callers waiting for its load are. Async callers need a tokio runtime with its time
+    /// driver. Not zero. Default: none.
     pub hard_timeout: Option<Duration>,
     /// Eager refresh: once this fraction of an entry's absolute time to live has passed
     /// (0.8: after 48 s of a minute), the first read of it through

@@ -36,10 +36,18 @@ impl Store {
     /// without one (or without the `tokio` feature) nothing is refreshed early, and the
     /// first such hit is logged.
     ///
+    /// **Timeouts.** With a hard timeout set, or the key's expired value kept with a soft
+    /// timeout, a load this call leads runs its factory on that runtime too, and this call
+    /// waits for it as any other caller does: it gets the kept value at the soft timeout,
+    /// and the kept value or [`LoadError::Timeout`] at the hard timeout, while the load goes
+    /// on (or is cancelled, per [`OnHardTimeout`](crate::OnHardTimeout)) and stores its value
+    /// unless an invalidation overlapped it.
+    ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create). A background reload's failure reaches no
-    /// caller: the current value stays until it expires.
+    /// As [`get_or_create`](Self::get_or_create), and [`LoadError::Timeout`] at the hard
+    /// timeout with nothing kept. A background reload's failure reaches no caller: the
+    /// current value stays until it expires.
     ///
     /// # Cancel safety
     ///
@@ -68,7 +76,8 @@ impl Store {
     }
 
     /// The blocking twin of [`get_or_create_detached`](Self::get_or_create_detached); the
-    /// refresh runs on the runtime the store was built in, even for callers outside it.
+    /// refresh, and a load under a timeout, run on the runtime the store was built in, even
+    /// for callers outside it, so this call stops waiting at the soft or hard timeout too.
     ///
     /// # Errors
     ///
@@ -146,6 +155,23 @@ impl Store {
 }
 
 impl StoreInner {
+    /// Logs, once per store, that a load went through a loader that never refreshes early
+    /// (its factory is not `'static`, so nothing can run it after its caller returned)
+    /// although the store has an eager refresh threshold. Called on the load path only: a
+    /// flag check, nothing on hits.
+    #[inline]
+    pub(crate) fn note_no_eager_refresh(&self) {
+        if self.defaults.eager_refresh.is_some()
+            && !self.no_eager_loader_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "eager_refresh_threshold is set, but get_or_create and get_or_create_sync (and \
+                 their _optional twins) never refresh early: their factories may borrow from \
+                 the caller; use get_or_create_detached(_sync) for keys to refresh early"
+            );
+        }
+    }
+
     /// Logs, once per store, that an eager refresh was due but nothing could run it.
     #[cold]
     fn refresh_skipped(&self, key: &Key) {

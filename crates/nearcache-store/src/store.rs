@@ -69,6 +69,9 @@ pub(crate) struct StoreInner {
     /// What happens to a factory at the hard timeout.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) hard_timeout_action: OnHardTimeout,
+    /// Whether a load through a loader that never refreshes early, with an eager refresh
+    /// threshold set, was logged (once).
+    pub(crate) no_eager_loader_logged: AtomicBool,
     /// Whether a `Background` hard timeout that had to cancel was logged (once).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) background_refused_logged: AtomicBool,
@@ -322,6 +325,7 @@ impl Store {
             hard_timeout: options.hard_timeout,
             hard_timeout_action: options.hard_timeout_action,
             background_refused_logged: AtomicBool::new(false),
+            no_eager_loader_logged: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             runtime: tokio::runtime::Handle::try_current().ok(),
             no_runtime_logged: AtomicBool::new(false),
@@ -434,6 +438,7 @@ impl Store {
             return hit.map_err(LoadError::TypeMismatch);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
+        self.inner.note_no_eager_refresh();
         Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
     }
 
@@ -458,6 +463,7 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
         }
+        self.inner.note_no_eager_refresh();
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
 
@@ -486,6 +492,7 @@ impl Store {
             return hit.map_err(LoadError::TypeMismatch);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
+        self.inner.note_no_eager_refresh();
         Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
     }
 
@@ -508,6 +515,7 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
             return hit.map_err(LoadError::TypeMismatch);
         }
+        self.inner.note_no_eager_refresh();
         self.inner.load_sync::<Option<Arc<T>>, E, F>(key, factory)
     }
 

@@ -186,7 +186,15 @@ impl Cache {
     /// # Errors
     ///
     /// [`LoadError::Factory`] with the factory's error, shared by the flight;
-    /// [`LoadError::TypeMismatch`] when `key` holds a value of another type.
+    /// [`LoadError::TypeMismatch`] when `key` holds a value of another type;
+    /// [`LoadError::Timeout`] past `hard_timeout` with no expired value kept.
+    ///
+    /// # Timeouts
+    ///
+    /// This call runs the factory in place when it leads the load, so it waits for it (up
+    /// to `hard_timeout`, which cancels it) and never answers at `soft_timeout`; when it
+    /// joins another caller's load it stops at either timeout like any waiter. For loads
+    /// that go on in the background, use [`get_or_create_detached`](Self::get_or_create_detached).
     ///
     /// # Cancel safety
     ///
@@ -222,6 +230,14 @@ impl Cache {
     /// runtime's thread it cannot do that: if it would have to wait for a load that an async
     /// task leads on that same thread, it returns [`LoadError::WouldDeadlock`] instead of
     /// hanging. From async code, use [`get_or_create`](Self::get_or_create).
+    ///
+    /// Timeouts: when this call leads the load it runs the factory on its own thread and
+    /// waits for it, however long (a blocking function cannot be stopped from outside; bound
+    /// it inside the factory, e.g. with the database client's timeout), and the factory's
+    /// value is returned and stored as usual. When it joins another caller's load it stops
+    /// waiting at `soft_timeout` (with the expired value kept for fail-safe) or `hard_timeout`
+    /// (with that value, else [`LoadError::Timeout`]). For a blocking load that callers may
+    /// leave behind, use [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
     ///
     /// # Errors
     ///
@@ -309,6 +325,12 @@ impl Cache {
     /// The reload runs on the blocking pool of the tokio runtime the cache was built in
     /// (the async factory is driven there by the runtime's handle). A cache built outside a
     /// runtime refreshes nothing early (logged once): entries reload when they expire.
+    ///
+    /// These loaders also honour **`soft_timeout`** and **`hard_timeout_action =
+    /// "background"`**: under a timeout a load this call leads runs on that runtime, and this
+    /// call stops waiting at the soft timeout (with the expired value kept for fail-safe) or
+    /// at the hard timeout (with that value, else [`LoadError::Timeout`]) while the load goes
+    /// on and stores its value, unless an invalidation overlapped it.
     ///
     /// # Errors
     ///
