@@ -94,16 +94,12 @@ struct Gate {
     release: oneshot::Sender<()>,
 }
 
+/// A caller on its own task.
+type Caller = tokio::task::JoinHandle<Result<Arc<u64>, LoadError<DatabaseDown>>>;
+
 /// A detached get-or-create of `k` on its own task whose factory (tied to `Catalog`) is held
 /// at a [`Gate`] and then loads `value`.
-fn slow_load(
-    cache: &Cache,
-    k: &Key,
-    value: u64,
-) -> (
-    tokio::task::JoinHandle<Result<Arc<u64>, LoadError<DatabaseDown>>>,
-    Gate,
-) {
+fn slow_load(cache: &Cache, k: &Key, value: u64) -> (Caller, Gate) {
     let (started_tx, started) = oneshot::channel();
     let (release, release_rx) = oneshot::channel::<()>();
     let (cache, k) = (cache.clone(), k.clone());
