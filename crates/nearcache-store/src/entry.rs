@@ -392,6 +392,9 @@ pub(crate) struct StoredEntry {
     /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
     global_epoch: u64,
     weight: u32,
+    /// Whether this is an expired value re-armed by fail-safe for the throttle (in the
+    /// padding after `weight`: no bigger).
+    re_armed: bool,
     shared: Option<Box<Shared>>,
 }
 
@@ -471,8 +474,16 @@ impl StoredEntry {
             deadline,
             global_epoch,
             weight,
+            re_armed: false,
             shared,
         }
+    }
+
+    /// Whether this is an expired value fail-safe re-armed for the throttle (a hit on it is
+    /// marked `Source::FailSafe`).
+    #[inline]
+    pub(crate) fn is_re_armed(&self) -> bool {
+        self.re_armed
     }
 
     /// Whether the entry may be returned now, given the store's current global epoch;
@@ -617,7 +628,7 @@ impl StoredEntry {
         }
         let kept_until = self.kept_until(shared);
         let deadline = deadline_after(now, throttle);
-        Some(StoredEntry::new(
+        let mut re_armed = StoredEntry::new(
             self.payload.clone(),
             self.global_epoch,
             shared.tokens.clone(),
@@ -631,7 +642,9 @@ impl StoredEntry {
             },
             now,
             self.weight,
-        ))
+        );
+        re_armed.re_armed = true;
+        Some(re_armed)
     }
 
     /// The soft timeout a load replacing this entry waits for before serving it, if the

@@ -61,8 +61,13 @@ use crate::value::Payload;
 #[derive(Clone)]
 pub(crate) enum Outcome {
     /// The factory's value (or its `None`). `fresh`: the leader found, as it finished, that
-    /// no invalidation had overlapped the load (see the module docs).
-    Value { payload: Payload, fresh: bool },
+    /// no invalidation had overlapped the load (see the module docs). `fail_safe`: the
+    /// factory failed and this is the key's expired value standing in.
+    Value {
+        payload: Payload,
+        fresh: bool,
+        fail_safe: bool,
+    },
     /// The factory's error, `Arc<E>` erased; `type_name` is `E`'s.
     Error {
         error: Arc<dyn Any + Send + Sync>,
@@ -503,6 +508,7 @@ mod tests {
         flight.finish(Outcome::Value {
             payload: Payload::nothing::<u8>(),
             fresh: true,
+            fail_safe: false,
         });
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
     }

@@ -87,6 +87,7 @@ mod shim;
 mod shown;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;
+mod source;
 mod stats;
 mod store;
 mod timeout;
@@ -103,6 +104,7 @@ pub use options::{OnHardTimeout, StoreOptions};
 pub use purge::PurgeProgress;
 pub use removal::RemovalCause;
 pub use shown::stable_key_hash;
+pub use source::{Loaded, Source};
 pub use stats::StoreStats;
 pub use store::Store;
 

@@ -35,6 +35,7 @@ use crate::error::{FactoryTimeout, LoadError, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::removal::{RemovalCause, Removals};
 use crate::shown::Shown;
+use crate::source::Source;
 use crate::stats::Counter;
 use crate::store::StoreInner;
 use crate::timeout::Waited;
@@ -189,13 +190,13 @@ impl StoreInner {
 
     #[inline]
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        self.lookup_with(key, |payload| S::from_stored(payload, key))?
+        self.lookup_entry_with(key, |entry| hit_of::<S>(entry, key))?
     }
 
     /// [`usable`](Self::usable) for a caller holding the key's flight-shard lock.
     #[inline]
     fn usable_locked<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        self.lookup::<false, _>(key, |entry| S::from_stored(entry.payload(), key))?
+        self.lookup::<false, _>(key, |entry| hit_of::<S>(entry, key))?
     }
 
     /// The hit path of get-or-create alone, counted as a hit; `None` when the caller must
@@ -210,8 +211,10 @@ impl StoreInner {
         if !self.enabled || self.read_bypass() {
             return None;
         }
-        let typed = self.lookup_with(key, |payload| payload.read::<S::Value>())?;
-        let hit = S::from_typed(typed)?;
+        let (typed, re_armed) = self.lookup_entry_with(key, |entry| {
+            (entry.payload().read::<S::Value>(), entry.is_re_armed())
+        })?;
+        let hit = marked(S::from_typed(typed)?, re_armed);
         self.stats.incr(Counter::Hits);
         Some(hit.map_err(|()| self.mismatch::<S::Value>(key)))
     }
@@ -227,13 +230,14 @@ impl StoreInner {
         if !self.enabled || self.read_bypass() {
             return None;
         }
-        let (typed, due) = self.lookup_entry_with(key, |entry| {
+        let (typed, due, re_armed) = self.lookup_entry_with(key, |entry| {
             (
                 entry.payload().read::<S::Value>(),
                 entry.claim_refresh(&self.clock),
+                entry.is_re_armed(),
             )
         })?;
-        let hit = S::from_typed(typed)?;
+        let hit = marked(S::from_typed(typed)?, re_armed);
         self.stats.incr(Counter::Hits);
         Some((hit.map_err(|()| self.mismatch::<S::Value>(key)), due))
     }
@@ -507,10 +511,34 @@ impl StoreInner {
         match waited {
             None => Some(Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)))),
             Some(Waited::Answered(answer)) => Some(answer),
-            Some(Waited::Outcome(outcome)) => {
-                resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)
-            }
+            Some(Waited::Outcome(outcome)) => self.resolve_marked(outcome, flight, joined_at, key),
         }
+    }
+
+    /// [`resolve`], marking a value that fail-safe stood in with (see `Source`).
+    fn resolve_marked<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        outcome: &Outcome,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+    ) -> Option<Result<S, LoadError<E>>> {
+        let resolved = resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)?;
+        match outcome {
+            Outcome::Value {
+                fail_safe: true, ..
+            } => Some(resolved.map(|value| self.served_expired(value, Source::FailSafe))),
+            _ => Some(resolved),
+        }
+    }
+
+    /// `value`, an expired one served from `source`: marked, and reported to the store's
+    /// listener for it, if any.
+    pub(crate) fn served_expired<S: Shape>(&self, value: S, source: Source) -> S {
+        if let Some(listener) = self.expired_listener.get() {
+            listener(source);
+        }
+        value.served_as(source)
     }
 
     /// An async caller's wait for another caller's load (or a detached runner's), up to its
@@ -524,9 +552,7 @@ impl StoreInner {
     ) -> Option<Result<S, LoadError<E>>> {
         match self.wait_timed::<S, E>(flight, key, bypass).await {
             Waited::Answered(answer) => Some(answer),
-            Waited::Outcome(outcome) => {
-                resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)
-            }
+            Waited::Outcome(outcome) => self.resolve_marked(outcome, flight, joined_at, key),
         }
     }
 
@@ -664,7 +690,11 @@ impl Leader<'_> {
                 let (value, payload) = S::from_loaded(loaded);
                 let store = !self.bypass && (inner.cache_none || !payload.is_nothing());
                 let (fresh, removals) = inner.complete(&self, &payload, entry, store);
-                self.flight.finish(Outcome::Value { payload, fresh });
+                self.flight.finish(Outcome::Value {
+                    payload,
+                    fresh,
+                    fail_safe: false,
+                });
                 self.finished = true;
                 inner.report(removals);
                 Ok(value)
@@ -682,9 +712,10 @@ impl Leader<'_> {
                     self.flight.finish(Outcome::Value {
                         payload,
                         fresh: true,
+                        fail_safe: true,
                     });
                     self.finished = true;
-                    return Ok(served);
+                    return Ok(inner.served_expired(served, Source::FailSafe));
                 }
                 match failed {
                     Failed::Error(error) => {
@@ -731,6 +762,26 @@ impl Leader<'_> {
         if self.flight.first_hard_timeout() {
             self.inner.stats.incr(Counter::HardTimeouts);
         }
+    }
+}
+
+/// A hit on `entry`, read as `S`; an expired value fail-safe re-armed is marked as such.
+#[inline]
+fn hit_of<S: Shape>(entry: &StoredEntry, key: &Key) -> Option<Result<S, TypeMismatch>> {
+    Some(marked(
+        S::from_stored(entry.payload(), key)?,
+        entry.is_re_armed(),
+    ))
+}
+
+/// `hit`, marked `Source::FailSafe` if it is a re-armed fail-safe value (only the
+/// `Loaded` shape records it; the listener is not told: nothing failed on this call).
+#[inline(always)]
+fn marked<S: Shape, X>(hit: Result<S, X>, re_armed: bool) -> Result<S, X> {
+    if re_armed {
+        hit.map(|value| value.served_as(Source::FailSafe))
+    } else {
+        hit
     }
 }
 
@@ -873,7 +924,7 @@ pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
     log_keys: bool,
 ) -> Option<Result<S, LoadError<E>>> {
     match outcome {
-        Outcome::Value { payload, fresh } => {
+        Outcome::Value { payload, fresh, .. } => {
             if !fresh && joined_at != flight.start_epoch() {
                 tracing::debug!(key = %Shown::new(key, log_keys), "joined a load after an expiry that made it stale: loading again");
                 return None;

@@ -19,10 +19,10 @@ use nearcache_keys::Key;
 
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
+use crate::source::Loaded;
 #[cfg(feature = "tokio")]
 use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
-#[cfg(feature = "tokio")]
 use crate::value::Shape;
 
 impl Store {
@@ -62,16 +62,50 @@ impl Store {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
-        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+        self.detached_async::<Arc<T>, E, F>(key, factory).await
+    }
+
+    /// [`get_or_create_detached`](Self::get_or_create_detached), returning with the value
+    /// where it came from: a hit, a load, or the key's expired value (fail-safe, or a soft
+    /// timeout); see [`Source`](crate::Source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    pub async fn get_or_create_detached_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        self.detached_async::<Loaded<Arc<T>>, E, F>(key, factory)
+            .await
+    }
+
+    async fn detached_async<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<S>(key) {
             if due {
-                self.spawn_refresh_async::<Arc<T>, E, F>(key, factory);
+                self.spawn_refresh_async::<S, E, F>(key, factory);
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
         #[cfg(feature = "tokio")]
-        let loaded = Box::pin(self.load_detached_async::<Arc<T>, E, F>(key, factory)).await;
+        let loaded = Box::pin(self.load_detached_async::<S, E, F>(key, factory)).await;
         #[cfg(not(feature = "tokio"))]
-        let loaded = Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await;
+        let loaded = Box::pin(self.inner.load_async::<S, E, F>(key, factory)).await;
         loaded
     }
 

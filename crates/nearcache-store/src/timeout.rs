@@ -25,6 +25,7 @@ use nearcache_keys::Key;
 use crate::entry::Standing;
 use crate::error::{FactoryTimeout, LoadError};
 use crate::flight::{Flight, Outcome};
+use crate::source::Source;
 use crate::stats::Counter;
 use crate::store::StoreInner;
 use crate::value::Shape;
@@ -92,7 +93,7 @@ impl StoreInner {
             key = %self.shown(key),
             "the load is past the soft timeout: serving the expired value while it goes on"
         );
-        Some(Ok(served))
+        Some(Ok(self.served_expired(served, Source::SoftTimeout)))
     }
 
     /// The answer of a caller whose hard timeout (`after`) passed while waiting for
@@ -118,7 +119,7 @@ impl StoreInner {
                     cause = "hard_timeout",
                     "the factory failed: serving the expired value (fail-safe)"
                 );
-                Ok(served)
+                Ok(self.served_expired(served, Source::FailSafe))
             }
             None => Err(LoadError::Timeout(FactoryTimeout::new(key, after))),
         }

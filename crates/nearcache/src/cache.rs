@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::{CacheKey, Key};
 use nearcache_regions::{Region, SubKey};
-use nearcache_store::{EntryOptions, LoadError, Store, TypeMismatch};
+use nearcache_store::{EntryOptions, LoadError, Loaded, Store, TypeMismatch};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
@@ -58,7 +58,8 @@ pub struct Cache {
 pub(crate) struct Inner {
     pub(crate) store: Store,
     propagation: Option<Arc<Propagation>>,
-    /// Handed out by `events()` when there is no backplane: it never yields.
+    /// Handed out by `events()` when there is no backplane: it carries only
+    /// `ExpiredServed`.
     idle_events: broadcast::Sender<CacheEvent>,
     /// Handed out by `watch_health()` when there is no backplane: always coherent.
     local_health: watch::Sender<Health>,
@@ -140,7 +141,17 @@ impl Cache {
         propagation: Option<Arc<Propagation>>,
         identity: Identity,
     ) -> Cache {
-        let (idle_events, _) = broadcast::channel(1);
+        let (idle_events, _) = broadcast::channel(16);
+        // Weak: the store must not keep the events channel open after the cache is gone.
+        let events = match &propagation {
+            Some(p) => p.events.downgrade(),
+            None => idle_events.downgrade(),
+        };
+        store.on_expired_served(move |source| {
+            if let Some(events) = events.upgrade() {
+                let _ = events.send(CacheEvent::ExpiredServed { source });
+            }
+        });
         let cache = Cache {
             inner: Arc::new(Inner {
                 store,
@@ -385,6 +396,97 @@ impl Cache {
         self.inner.store.get_or_create_detached_sync(key, factory)
     }
 
+    /// [`get_or_create`](Self::get_or_create), returning with the value where it came from
+    /// ([`Loaded::source`]): a hit ([`Cached`](crate::Source::Cached)), a load
+    /// ([`Loaded`](crate::Source::Loaded)), or an expired value —
+    /// [`FailSafe`](crate::Source::FailSafe) (the load failed or ran past `hard_timeout`) or
+    /// [`SoftTimeout`](crate::Source::SoftTimeout) — for callers that must say so (an `Age`
+    /// or `Warning` header, a "may be out of date" banner);
+    /// [`is_expired`](crate::Source::is_expired) tells them apart.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheOptions, Key, Source};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = Cache::new(CacheOptions::default())?;
+    /// let key = Key::from_text("product:42");
+    /// let product = cache
+    ///     .get_or_create_with_source(&key, async |_| Ok::<_, std::io::Error>("forty-two"))
+    ///     .await?;
+    /// assert_eq!(product.source, Source::Loaded);
+    /// if product.source.is_expired() {
+    ///     // e.g. answer with `Warning: 110 - "Response is Stale"`
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub async fn get_or_create_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = async move |entry: &mut EntryOptions| {
+            inner
+                .observe_load_async(inner.load_span(key), factory(entry))
+                .await
+        };
+        self.inner
+            .store
+            .get_or_create_with_source(key, factory)
+            .await
+    }
+
+    /// [`get_or_create_detached`](Self::get_or_create_detached), returning with the value
+    /// where it came from, as [`get_or_create_with_source`](Self::get_or_create_with_source)
+    /// does: the detached loaders are the ones that answer at `soft_timeout`
+    /// ([`Source::SoftTimeout`](crate::Source::SoftTimeout)).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    pub async fn get_or_create_detached_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = async move |entry: &mut EntryOptions| {
+            inner
+                .observe_load_async(inner.load_span(&span_key), factory(entry))
+                .await
+        };
+        self.inner
+            .store
+            .get_or_create_detached_with_source(key, factory)
+            .await
+    }
+
     /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
     /// which are now stale.
     ///
@@ -616,8 +718,9 @@ impl Cache {
         );
     }
 
-    /// Events of the propagation layer (applied messages, loss clears, connection changes),
-    /// from now on. A cache without a backplane yields none.
+    /// Events of the propagation layer (applied messages, loss clears, connection changes)
+    /// and expired values served ([`CacheEvent::ExpiredServed`]), from now on. A cache
+    /// without a backplane yields only the latter.
     pub fn events(&self) -> broadcast::Receiver<CacheEvent> {
         match &self.inner.propagation {
             Some(p) => p.events.subscribe(),

@@ -212,7 +212,7 @@ pub use nearcache_derive::CacheKey;
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
 #[allow(deprecated)]
 pub use nearcache_store::Entry;
-pub use nearcache_store::{BatchEntries, EntryOptions, RemovalCause};
+pub use nearcache_store::{BatchEntries, EntryOptions, Loaded, RemovalCause, Source};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;

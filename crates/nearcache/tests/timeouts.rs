@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use nearcache::{
     BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OnHardTimeout,
-    OptionsError, Propagated, RemovalCause, region,
+    OptionsError, Propagated, RemovalCause, Source, region,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -434,4 +434,104 @@ fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
         not_shorter.to_string().contains("soft_timeout"),
         "{not_shorter}"
     );
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_source_says_expired_exactly_when_the_value_was() {
+    let (cache, mock, _removed) = cache_with(options());
+    let mut events = cache.events();
+    let k = Key::from_text("product:1");
+    let load = |cache: &Cache, value: u64| {
+        let (cache, k) = (cache.clone(), k.clone());
+        async move {
+            cache
+                .get_or_create_with_source(&k, async |entry| {
+                    entry.time_to_live(10 * SECOND);
+                    Ok::<_, DatabaseDown>(value)
+                })
+                .await
+                .unwrap()
+        }
+    };
+
+    let first = load(&cache, 1).await;
+    assert_eq!(first.source, Source::Loaded);
+    let hit = load(&cache, 9).await;
+    assert_eq!(hit.source, Source::Cached);
+    assert!(Arc::ptr_eq(&hit.value, &first.value) && !hit.source.is_expired());
+
+    // The load fails: its caller and the one that joined it get the expired value, marked.
+    mock.increment(11 * SECOND);
+    let (release, release_rx) = oneshot::channel::<()>();
+    let leader = tokio::spawn({
+        let (cache, k) = (cache.clone(), k.clone());
+        async move {
+            cache
+                .get_or_create_with_source(&k, async move |_| {
+                    let _ = release_rx.await;
+                    Err::<u64, _>(DatabaseDown)
+                })
+                .await
+        }
+    });
+    let joiner = tokio::spawn(load(&cache, 9));
+    joined(&cache, &k, 1).await;
+    release.send(()).unwrap();
+    let led = within("the failing load", leader).await.unwrap().unwrap();
+    let joined_value = within("its joiner", joiner).await.unwrap();
+    for served in [&led, &joined_value] {
+        assert_eq!(served.source, Source::FailSafe);
+        assert!(Arc::ptr_eq(&served.value, &first.value) && served.source.is_expired());
+    }
+    for _ in 0..2 {
+        let event = events.try_recv().unwrap();
+        assert_eq!(
+            event,
+            CacheEvent::ExpiredServed {
+                source: Source::FailSafe
+            }
+        );
+    }
+    // Re-armed for the throttle, it is a hit, and still the expired value (no new event:
+    // nothing failed on that call).
+    let re_armed = load(&cache, 9).await;
+    assert_eq!(re_armed.source, Source::FailSafe);
+    assert!(Arc::ptr_eq(&re_armed.value, &first.value));
+    assert!(events.try_recv().is_err());
+
+    // Past the throttle the database answers again: fresh values, unmarked.
+    mock.increment(31 * SECOND);
+    let second = load(&cache, 2).await;
+    assert_eq!((*second.value, second.source), (2, Source::Loaded));
+    assert_eq!(load(&cache, 9).await.source, Source::Cached);
+
+    // A soft timeout marks its value too.
+    mock.increment(11 * SECOND);
+    let (started_tx, started) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel::<()>();
+    let caller = tokio::spawn({
+        let (cache, k) = (cache.clone(), k.clone());
+        async move {
+            cache
+                .get_or_create_detached_with_source(&k, async move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, DatabaseDown>(3_u64)
+                })
+                .await
+        }
+    });
+    within("the load to start", started).await.unwrap();
+    past_the_soft_timeout().await;
+    let soft = within("the soft timeout", caller).await.unwrap().unwrap();
+    assert_eq!(soft.source, Source::SoftTimeout);
+    assert!(Arc::ptr_eq(&soft.value, &second.value) && soft.source.is_expired());
+    let event = events.try_recv().unwrap();
+    assert_eq!(
+        event,
+        CacheEvent::ExpiredServed {
+            source: Source::SoftTimeout
+        }
+    );
+    release.send(()).unwrap();
 }
