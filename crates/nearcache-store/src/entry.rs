@@ -214,7 +214,6 @@ impl EntryOptions {
     /// on (see the store's `soft_timeout`). It is recorded with the entry, so it applies to
     /// the load that replaces it. Zero turns it off for this entry; unset, the store's
     /// `soft_timeout` applies. One not shorter than the store's `hard_timeout` never fires.
-    /// Needs the `tokio` feature (timers); without it, it is never used.
     pub fn soft_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.soft_timeout = Some(timeout);
         self
