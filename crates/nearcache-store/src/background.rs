@@ -36,7 +36,6 @@ use crate::entry::EntryOptions;
 use crate::error::LoadError;
 use crate::flight::LeaderKind;
 use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
-use crate::options::OnHardTimeout;
 use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
 use crate::value::Shape;
@@ -263,25 +262,11 @@ fn run_async<S, E, F>(
         return; // dropping `detached` abandons the flight
     };
     let inner = Arc::clone(detached.inner_arc());
-    let (hard_timeout, action) = (inner.hard_timeout, inner.hard_timeout_action);
     detached.run(|leader| {
         let mut entry = leader.entry();
         let result = runtime.block_on(async {
-            let mut run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-            let Some(limit) = hard_timeout else {
-                return run.await;
-            };
-            match tokio::time::timeout(limit, &mut run).await {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    leader.count_hard_timeout();
-                    match action {
-                        OnHardTimeout::Background => run.await,
-                        // The factory's future is dropped on return.
-                        OnHardTimeout::Cancel => Err(Failed::TimedOut(limit)),
-                    }
-                }
-            }
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            inner.run_detached(&leader, run).await
         });
         finish::<S, E, F>(&inner, leader, entry, result, handoff);
     });

@@ -300,19 +300,38 @@ impl StoreInner {
         let mut entry = leader.entry();
         let result = runtime.block_on(async {
             let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-            match self.hard_timeout {
-                None => run.await,
-                Some(limit) => match tokio::time::timeout(limit, run).await {
-                    Ok(result) => result,
-                    Err(_elapsed) => {
-                        leader.count_hard_timeout();
-                        Err(Failed::TimedOut(limit))
-                    }
-                },
-            }
+            self.run_detached(&leader, run).await
         });
         if leader.finish::<S, E>(entry, result).is_err() {
             tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
+    }
+
+    /// Drives the future of a factory that runs detached from its callers (a refresh, a
+    /// detached load) under the hard timeout: at it the future is dropped (`Cancel`), or
+    /// the timeout is counted and the future driven to its end (`Background`).
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn run_detached<T, E, F>(
+        &self,
+        leader: &Leader<'_>,
+        mut run: CatchUnwind<'_, F>,
+    ) -> Result<T, Failed<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let Some(limit) = self.hard_timeout else {
+            return run.await;
+        };
+        match tokio::time::timeout(limit, &mut run).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                leader.count_hard_timeout();
+                match self.hard_timeout_action {
+                    crate::options::OnHardTimeout::Background => run.await,
+                    // The factory's future is dropped on return.
+                    crate::options::OnHardTimeout::Cancel => Err(Failed::TimedOut(limit)),
+                }
+            }
         }
     }
 
