@@ -410,6 +410,71 @@ fn a_blocking_waiter_stops_at_the_hard_timeout_while_the_leader_still_runs() {
     );
 }
 
+/// The blocking detached loader runs its factory on the cache's runtime, so a caller on a
+/// thread of its own stops at the soft timeout (real time here: the factory is held at a
+/// gate until the caller has answered) and the load still lands.
+#[test]
+fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (clock, mock) = quanta::Clock::mock();
+    let (removed_tx, removed) = std::sync::mpsc::channel();
+    let cache = runtime.block_on(async {
+        Cache::builder()
+            .options(options())
+            .clock(clock)
+            .removal_listener(move |_key, cause| {
+                let _ = removed_tx.send(cause);
+            })
+            .build()
+            .unwrap()
+    });
+    let k = Key::from_text("product:1");
+    let v1 = cache
+        .get_or_create_detached_sync(&k, |entry| {
+            entry.time_to_live(10 * SECOND);
+            Ok::<_, DatabaseDown>(1_u64)
+        })
+        .unwrap();
+    mock.increment(11 * SECOND);
+
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release_tx, release) = std::sync::mpsc::channel::<()>();
+    let (answer_tx, answer) = std::sync::mpsc::channel();
+    let caller = {
+        let (cache, k) = (cache.clone(), k.clone());
+        std::thread::spawn(move || {
+            let result = cache.get_or_create_detached_sync(&k, move |entry| {
+                started_tx.send(()).unwrap();
+                let _ = release.recv();
+                entry.time_to_live(10 * SECOND);
+                Ok::<_, DatabaseDown>(2_u64)
+            });
+            answer_tx.send(result).unwrap();
+        })
+    };
+    let answered = answer.recv_timeout(WAIT);
+    if answered.is_err() {
+        release_tx.send(()).unwrap(); // so the caller can end
+        panic!("the caller did not stop at the soft timeout");
+    }
+    let served = answered.unwrap().unwrap();
+    assert!(Arc::ptr_eq(&served, &v1), "the expired value");
+    assert_eq!(cache.stats().store.soft_timeouts, 1);
+    caller.join().unwrap();
+
+    started
+        .recv_timeout(WAIT)
+        .expect("the load runs on the runtime");
+    release_tx.send(()).unwrap();
+    let cause = removed.recv_timeout(WAIT).expect("the load's insert");
+    assert_eq!(cause, RemovalCause::Expired, "the kept value, replaced");
+    assert_eq!(*cache.get::<u64>(&k).unwrap().unwrap(), 2);
+}
+
 #[test]
 fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
     let zero = Cache::new(CacheOptions {
