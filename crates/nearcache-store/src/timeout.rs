@@ -195,3 +195,72 @@ impl StoreInner {
         Waited::Outcome(flight.wait().await)
     }
 }
+
+#[cfg(all(test, not(shuttle), feature = "tokio"))]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use nearcache_keys::Key;
+
+    use crate::{Store, StoreOptions};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// The soft timeout a waiter uses is the kept entry's own (else the store's), only while
+    /// the entry is kept, and only when shorter than the hard timeout.
+    #[test]
+    fn a_waiters_soft_timeout_is_the_kept_entrys_and_only_while_it_is_kept() {
+        let (clock, mock) = quanta::Clock::mock();
+        let store = Store::with_clock(
+            StoreOptions {
+                default_fail_safe_max_duration: Some(600 * SECOND),
+                soft_timeout: Some(Duration::from_millis(100)),
+                hard_timeout: Some(SECOND),
+                ..StoreOptions::default()
+            },
+            clock,
+        )
+        .unwrap();
+        let inner = &store.inner;
+        let key = |name: &str| Key::from_text(name);
+        let cases = [
+            ("default", None, Some(Duration::from_millis(100))),
+            (
+                "own",
+                Some(Duration::from_millis(30)),
+                Some(Duration::from_millis(30)),
+            ),
+            ("off", Some(Duration::ZERO), None),
+            ("not_shorter", Some(SECOND), None),
+        ];
+        for (name, own, _) in cases {
+            store.set_with(key(name), 1_u8, |entry| {
+                entry.time_to_live(10 * SECOND);
+                if let Some(own) = own {
+                    entry.soft_timeout(own);
+                }
+            });
+            assert_eq!(
+                inner.soft_timeout_for(&key(name), false),
+                None,
+                "{name}: live"
+            );
+        }
+        mock.increment(11 * SECOND);
+        for (name, _, expected) in cases {
+            assert_eq!(
+                inner.soft_timeout_for(&key(name), false),
+                expected,
+                "{name}"
+            );
+            assert_eq!(
+                inner.soft_timeout_for(&key(name), true),
+                None,
+                "{name}: bypass"
+            );
+        }
+        store.remove(&key("own"));
+        assert_eq!(inner.soft_timeout_for(&key("own"), false), None, "removed");
+    }
+}
