@@ -126,16 +126,44 @@ impl Store {
         E: Send + Sync + 'static,
         F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
-        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+        self.detached_sync::<Arc<T>, E, F>(key, factory)
+    }
+
+    /// [`get_or_create_detached_sync`](Self::get_or_create_detached_sync), returning with
+    /// the value where it came from (see [`Source`](crate::Source)).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
+    pub fn get_or_create_detached_sync_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        self.detached_sync::<Loaded<Arc<T>>, E, F>(key, factory)
+    }
+
+    fn detached_sync<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<S>(key) {
             if due {
-                self.spawn_refresh_sync::<Arc<T>, E, F>(key, factory);
+                self.spawn_refresh_sync::<S, E, F>(key, factory);
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
         #[cfg(feature = "tokio")]
-        let loaded = self.load_detached_sync::<Arc<T>, E, F>(key, factory);
+        let loaded = self.load_detached_sync::<S, E, F>(key, factory);
         #[cfg(not(feature = "tokio"))]
-        let loaded = self.inner.load_sync::<Arc<T>, E, F>(key, factory);
+        let loaded = self.inner.load_sync::<S, E, F>(key, factory);
         loaded
     }
 

@@ -511,6 +511,29 @@ impl Store {
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
 
+    /// [`get_or_create_sync`](Self::get_or_create_sync), returning with the value where it
+    /// came from (see [`Source`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_sync_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Loaded<Arc<T>>>(key) {
+            return hit.map_err(LoadError::TypeMismatch);
+        }
+        self.inner.note_no_eager_refresh();
+        self.inner.load_sync::<Loaded<Arc<T>>, E, F>(key, factory)
+    }
+
     /// Like [`get_or_create`](Self::get_or_create), for a factory that may find nothing:
     /// its `Ok(None)` is stored as a negative entry when `cache_none` is on (the default) and
     /// only returned when it is off.

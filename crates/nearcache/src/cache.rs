@@ -452,6 +452,56 @@ impl Cache {
             .await
     }
 
+    /// The blocking twin of [`get_or_create_with_source`](Self::get_or_create_with_source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_sync_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory =
+            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
+        self.inner
+            .store
+            .get_or_create_sync_with_source(key, factory)
+    }
+
+    /// The blocking twin of
+    /// [`get_or_create_detached_with_source`](Self::get_or_create_detached_with_source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
+    pub fn get_or_create_detached_sync_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = move |entry: &mut EntryOptions| {
+            inner.observe_load(inner.load_span(&span_key), || factory(entry))
+        };
+        self.inner
+            .store
+            .get_or_create_detached_sync_with_source(key, factory)
+    }
+
     /// [`get_or_create_detached`](Self::get_or_create_detached), returning with the value
     /// where it came from, as [`get_or_create_with_source`](Self::get_or_create_with_source)
     /// does: the detached loaders are the ones that answer at `soft_timeout`

@@ -447,7 +447,7 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
     let caller = {
         let (cache, k) = (cache.clone(), k.clone());
         std::thread::spawn(move || {
-            let result = cache.get_or_create_detached_sync(&k, move |entry| {
+            let result = cache.get_or_create_detached_sync_with_source(&k, move |entry| {
                 started_tx.send(()).unwrap();
                 let _ = release.recv();
                 entry.time_to_live(10 * SECOND);
@@ -462,7 +462,8 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
         panic!("the caller did not stop at the soft timeout");
     }
     let served = answered.unwrap().unwrap();
-    assert!(Arc::ptr_eq(&served, &v1), "the expired value");
+    assert!(Arc::ptr_eq(&served.value, &v1), "the expired value");
+    assert_eq!(served.source, Source::SoftTimeout);
     assert_eq!(cache.stats().store.soft_timeouts, 1);
     caller.join().unwrap();
 
@@ -562,6 +563,14 @@ async fn the_source_says_expired_exactly_when_the_value_was() {
     let re_armed = load(&cache, 9).await;
     assert_eq!(re_armed.source, Source::FailSafe);
     assert!(Arc::ptr_eq(&re_armed.value, &first.value));
+    let blocking = cache
+        .get_or_create_sync_with_source(&k, |_| Ok::<_, DatabaseDown>(9_u64))
+        .unwrap();
+    assert_eq!(
+        blocking.source,
+        Source::FailSafe,
+        "the blocking twin says so too"
+    );
     assert!(events.try_recv().is_err());
 
     // Past the throttle the database answers again: fresh values, unmarked.
