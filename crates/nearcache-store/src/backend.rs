@@ -311,6 +311,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            soft_timeout: None,
             eager_refresh: None,
         };
         EntryOptions::new(key.clone(), Arc::clone(regions))
@@ -375,6 +376,7 @@ mod tests {
             sliding: None,
             weighted: true,
             fail_safe: None,
+            soft_timeout: None,
             eager_refresh: None,
         };
         let weighing = |key: &Key, weight: u32| {
@@ -418,6 +420,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            soft_timeout: None,
             eager_refresh: None,
         };
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();

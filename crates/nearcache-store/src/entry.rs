@@ -61,6 +61,7 @@ pub struct EntryOptions {
     sliding: Option<Duration>,
     weight: Option<u32>,
     fail_safe: Option<Duration>,
+    soft_timeout: Option<Duration>,
     eager_refresh: Option<f64>,
     tokens: TokenSet,
     /// Highest epoch among the region tokens collected (for the stale-insert rule).
@@ -82,6 +83,7 @@ impl EntryOptions {
             sliding: None,
             weight: None,
             fail_safe: None,
+            soft_timeout: None,
             eager_refresh: None,
             tokens: TokenSet::default(),
             region_epoch: 0,
@@ -207,6 +209,16 @@ impl EntryOptions {
         self
     }
 
+    /// How long a later load of this key, once the entry has expired and is kept for
+    /// fail-safe, is waited for before callers get this (expired) value while the load goes
+    /// on (see the store's `soft_timeout`). It is recorded with the entry, so it applies to
+    /// the load that replaces it. Zero turns it off for this entry; unset, the store's
+    /// `soft_timeout` applies. One not shorter than the store's `hard_timeout` never fires.
+    pub fn soft_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
     /// Reload the entry in the background once `fraction` of its absolute time to live has
     /// passed (0.8: after 8 s of 10 s), when it is read through a `get_or_create_detached*`
     /// loader; callers keep getting this value meanwhile. Overrides the store's
@@ -264,6 +276,12 @@ impl EntryOptions {
         } else {
             self.fail_safe.or(defaults.fail_safe).map_or(0, nanos)
         };
+        // Only a kept entry is ever waited on with a soft timeout.
+        let soft_timeout = if fail_safe == 0 {
+            0
+        } else {
+            self.soft_timeout.or(defaults.soft_timeout).map_or(0, nanos)
+        };
         let current = self.regions.global_epoch();
         let stored = StoredEntry::new(
             payload,
@@ -273,6 +291,7 @@ impl EntryOptions {
                 deadline,
                 sliding,
                 fail_safe,
+                soft_timeout,
                 refresh_at,
             },
             now,
@@ -290,6 +309,7 @@ impl fmt::Debug for EntryOptions {
             .field("sliding", &self.sliding)
             .field("weight", &self.weight)
             .field("fail_safe", &self.fail_safe)
+            .field("soft_timeout", &self.soft_timeout)
             .field("eager_refresh", &self.eager_refresh)
             .field("tokens", &self.tokens.len())
             .finish()
@@ -304,6 +324,8 @@ pub(crate) struct EntryDefaults {
     pub(crate) weighted: bool,
     /// How long entries are kept past their time expiry for fail-safe (none: not kept).
     pub(crate) fail_safe: Option<Duration>,
+    /// How long a load is waited for before a kept value is served (none: not).
+    pub(crate) soft_timeout: Option<Duration>,
     /// The fraction of the time to live after which a detached read refreshes the entry.
     pub(crate) eager_refresh: Option<f64>,
 }
@@ -370,6 +392,9 @@ pub(crate) struct StoredEntry {
     /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
     global_epoch: u64,
     weight: u32,
+    /// Whether this is an expired value re-armed by fail-safe for the throttle (in the
+    /// padding after `weight`: no bigger).
+    re_armed: bool,
     shared: Option<Box<Shared>>,
 }
 
@@ -382,6 +407,9 @@ struct Shared {
     /// How long past its time expiry the entry is kept for fail-safe, in nanoseconds (0:
     /// not kept).
     fail_safe: u64,
+    /// How long a load replacing this entry (once kept) is waited for before the entry is
+    /// served, in nanoseconds (0: not).
+    soft_timeout: u64,
     /// When a detached read starts a background refresh, on the store clock; [`NEVER`] for
     /// none, or once one read has claimed it (so one refresh starts, however many read).
     refresh_at: AtomicU64,
@@ -396,6 +424,8 @@ pub(crate) struct Timing {
     pub(crate) sliding: u64,
     /// Fail-safe window past the time expiry, in nanoseconds (0: none).
     pub(crate) fail_safe: u64,
+    /// Soft timeout of a load replacing the kept entry, in nanoseconds (0: none).
+    pub(crate) soft_timeout: u64,
     /// When an eager refresh is due, on the store clock ([`NEVER`]: none).
     pub(crate) refresh_at: u64,
 }
@@ -425,6 +455,7 @@ impl StoredEntry {
             deadline,
             sliding,
             fail_safe,
+            soft_timeout,
             refresh_at,
         } = timing;
         let boxed = !tokens.is_empty() || sliding != NEVER || fail_safe != 0 || refresh_at != NEVER;
@@ -434,6 +465,7 @@ impl StoredEntry {
                 sliding,
                 last_access: AtomicU64::new(now),
                 fail_safe,
+                soft_timeout,
                 refresh_at: AtomicU64::new(refresh_at),
             })
         });
@@ -442,8 +474,16 @@ impl StoredEntry {
             deadline,
             global_epoch,
             weight,
+            re_armed: false,
             shared,
         }
+    }
+
+    /// Whether this is an expired value fail-safe re-armed for the throttle (a hit on it is
+    /// marked `Source::FailSafe`).
+    #[inline]
+    pub(crate) fn is_re_armed(&self) -> bool {
+        self.re_armed
     }
 
     /// Whether the entry may be returned now, given the store's current global epoch;
@@ -588,7 +628,7 @@ impl StoredEntry {
         }
         let kept_until = self.kept_until(shared);
         let deadline = deadline_after(now, throttle);
-        Some(StoredEntry::new(
+        let mut re_armed = StoredEntry::new(
             self.payload.clone(),
             self.global_epoch,
             shared.tokens.clone(),
@@ -597,11 +637,21 @@ impl StoredEntry {
                 sliding: NEVER,
                 // What is left of the window once the throttle ends (none: dead then).
                 fail_safe: kept_until.saturating_sub(deadline),
+                soft_timeout: shared.soft_timeout,
                 refresh_at: NEVER,
             },
             now,
             self.weight,
-        ))
+        );
+        re_armed.re_armed = true;
+        Some(re_armed)
+    }
+
+    /// The soft timeout a load replacing this entry waits for before serving it, if the
+    /// entry is kept for fail-safe and has one.
+    pub(crate) fn soft_timeout(&self) -> Option<Duration> {
+        let shared = self.shared.as_ref()?;
+        (shared.soft_timeout != 0).then(|| Duration::from_nanos(shared.soft_timeout))
     }
 
     /// Whether this read is the one that starts the entry's eager refresh: it is due at
@@ -647,6 +697,7 @@ mod tests {
             sliding: None,
             weighted: false,
             fail_safe: None,
+            soft_timeout: None,
             eager_refresh: None,
         }
     }
@@ -874,7 +925,7 @@ mod tests {
         let inline = std::mem::size_of::<StoredEntry>();
         assert!(inline <= 48, "{inline}");
         let shared = std::mem::size_of::<Shared>();
-        assert!(shared <= 64, "{shared}");
+        assert!(shared <= 72, "{shared}");
     }
 
     #[test]

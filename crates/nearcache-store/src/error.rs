@@ -162,8 +162,10 @@ impl fmt::Display for WouldDeadlock {
 
 impl std::error::Error for WouldDeadlock {}
 
-/// A load's factory ran past the store's `hard_timeout` and was cancelled (its future
-/// dropped); nothing was cached, and there was no expired value to serve instead.
+/// A caller waited `hard_timeout` for its load and stopped, with no expired value to serve
+/// instead. The factory was cancelled (its future dropped; nothing cached) or, with
+/// `OnHardTimeout::Background` for a detached load or a blocking factory, goes on and stores
+/// its value when it comes.
 ///
 /// Raise `hard_timeout` if the source is merely slow, or turn on fail-safe
 /// (`fail_safe_max_duration`) so callers get the last value while the source struggles.
@@ -218,7 +220,7 @@ impl fmt::Display for FactoryTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "the factory of `{}` did not finish within hard_timeout ({:?}) and was cancelled; \
+            "the factory of `{}` did not finish within hard_timeout ({:?}); \
              raise hard_timeout, or set fail_safe_max_duration to serve the expired value meanwhile",
             Shown(&self.key),
             self.after
@@ -241,8 +243,8 @@ pub enum LoadError<E> {
     /// A blocking call on an async runtime's thread would have waited for a load only that
     /// thread could run; see [`WouldDeadlock`].
     WouldDeadlock(WouldDeadlock),
-    /// The factory ran past `hard_timeout` and was cancelled, and no fail-safe value could
-    /// stand in; every caller of the flight gets it. See [`FactoryTimeout`].
+    /// The load ran past `hard_timeout` and no fail-safe value could stand in: the callers
+    /// waiting for it stop with this. See [`FactoryTimeout`].
     Timeout(FactoryTimeout),
 }
 
@@ -336,13 +338,31 @@ pub enum OptionsError {
     /// `hard_timeout` is zero: every load would time out.
     #[error("hard_timeout is 0, so every load would time out; leave it unset or use at least 1 ms")]
     ZeroHardTimeout,
-    /// `hard_timeout` is set but the store was built without its `tokio` feature (timeouts
-    /// run on tokio's timers).
+    /// `hard_timeout` or `soft_timeout` is set but the store was built without its `tokio`
+    /// feature (timeouts run on tokio's timers).
     #[error(
-        "hard_timeout needs nearcache-store's `tokio` feature (on in the nearcache facade); \
-         turn the feature on or leave hard_timeout unset"
+        "hard_timeout and soft_timeout need nearcache-store's `tokio` feature (on in the \
+         nearcache facade); turn the feature on or leave them unset"
     )]
     TimeoutsNeedTokio,
+    /// `soft_timeout` is zero: every load with an expired value would be answered with it
+    /// at once.
+    #[error(
+        "soft_timeout is 0, so callers would never wait for a load while an expired value is \
+         kept; leave it unset or use at least 1 ms"
+    )]
+    ZeroSoftTimeout,
+    /// `soft_timeout` is not shorter than `hard_timeout`, so it could never fire.
+    #[error(
+        "soft_timeout ({soft:?}) is not shorter than hard_timeout ({hard:?}), so it would \
+         never fire; make it shorter or leave it unset"
+    )]
+    SoftTimeoutNotShorter {
+        /// The soft timeout given.
+        soft: std::time::Duration,
+        /// The hard timeout given.
+        hard: std::time::Duration,
+    },
     /// `eager_refresh_threshold` is not a fraction strictly between 0 and 1.
     #[error(
         "eager_refresh_threshold is {threshold}; use a fraction of the time to live strictly \

@@ -61,8 +61,13 @@ use crate::value::Payload;
 #[derive(Clone)]
 pub(crate) enum Outcome {
     /// The factory's value (or its `None`). `fresh`: the leader found, as it finished, that
-    /// no invalidation had overlapped the load (see the module docs).
-    Value { payload: Payload, fresh: bool },
+    /// no invalidation had overlapped the load (see the module docs). `fail_safe`: the
+    /// factory failed and this is the key's expired value standing in.
+    Value {
+        payload: Payload,
+        fresh: bool,
+        fail_safe: bool,
+    },
     /// The factory's error, `Arc<E>` erased; `type_name` is `E`'s.
     Error {
         error: Arc<dyn Any + Send + Sync>,
@@ -83,6 +88,11 @@ pub(crate) struct Flight {
     invalidated: AtomicBool,
     /// Callers that joined this flight (for tests and diagnostics).
     waiters: AtomicUsize,
+    /// Whether this load's hard timeout was counted (once per load, by whoever saw it
+    /// first: its runner or a caller that stopped waiting).
+    hard_timeout_counted: AtomicBool,
+    /// Whether fail-safe serving this load's callers was counted (once per load).
+    fail_safe_counted: AtomicBool,
     /// The registry's epoch when the flight began (read under the shard lock, before the
     /// factory runs).
     start_epoch: u64,
@@ -110,6 +120,8 @@ impl Flight {
             done: Event::new(),
             invalidated: AtomicBool::new(false),
             waiters: AtomicUsize::new(0),
+            hard_timeout_counted: AtomicBool::new(false),
+            fail_safe_counted: AtomicBool::new(false),
             start_epoch,
             start_global_epoch: regions.global_epoch(),
             async_leader_thread: (leader == LeaderKind::Async).then(current_thread),
@@ -147,6 +159,16 @@ impl Flight {
         self.invalidated.load(Ordering::Acquire)
     }
 
+    /// Whether this is the first time this load's hard timeout is seen (it is counted then).
+    pub(crate) fn first_hard_timeout(&self) -> bool {
+        !self.hard_timeout_counted.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether this is the first time fail-safe serves this load's callers (counted then).
+    pub(crate) fn first_fail_safe(&self) -> bool {
+        !self.fail_safe_counted.swap(true, Ordering::AcqRel)
+    }
+
     pub(crate) fn waiters(&self) -> usize {
         self.waiters.load(Ordering::Acquire)
     }
@@ -169,6 +191,22 @@ impl Flight {
                 return outcome;
             }
             listener.wait();
+        }
+    }
+
+    /// [`wait_blocking`](Self::wait_blocking) until `deadline`: `None` if it passed first.
+    pub(crate) fn wait_blocking_until(&self, deadline: std::time::Instant) -> Option<&Outcome> {
+        loop {
+            if let Some(outcome) = self.outcome.get() {
+                return Some(outcome);
+            }
+            let listener = self.done.listen();
+            if let Some(outcome) = self.outcome.get() {
+                return Some(outcome);
+            }
+            if listener.wait_deadline(deadline).is_none() {
+                return self.outcome.get();
+            }
         }
     }
 
@@ -470,6 +508,7 @@ mod tests {
         flight.finish(Outcome::Value {
             payload: Payload::nothing::<u8>(),
             fresh: true,
+            fail_safe: false,
         });
         assert!(matches!(flight.wait_blocking(), Outcome::Abandoned));
     }

@@ -31,8 +31,8 @@
 //!   last access at most once per millisecond.
 //! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
 //!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window, a
-//!   fail-safe window or an eager refresh add one boxed record of 64 bytes (two inline tokens,
-//!   the sliding state, the fail-safe window, the refresh time); more than two tokens spill
+//!   fail-safe window or an eager refresh add one boxed record of 72 bytes (two inline tokens,
+//!   the sliding state, the fail-safe window and soft timeout, the refresh time); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
 //!   behind read-write locks (see `backend`), so a hit never clones the entry.
 //! - A miss: one lock of the key's flight-table shard (never held across the factory).
@@ -69,6 +69,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+#[cfg(feature = "tokio")]
+mod background;
 mod batch;
 mod blocking;
 mod clock;
@@ -85,8 +87,10 @@ mod shim;
 mod shown;
 #[cfg(all(test, shuttle))]
 mod shuttle_tests;
+mod source;
 mod stats;
 mod store;
+mod timeout;
 mod value;
 
 pub use batch::BatchEntries;
@@ -99,10 +103,11 @@ pub use error::{
     FactoryTimeout, FactoryTimeoutDetails, LoadError, OptionsError, TypeMismatch,
     TypeMismatchDetails, WouldDeadlock, WouldDeadlockDetails,
 };
-pub use options::StoreOptions;
+pub use options::{OnHardTimeout, StoreOptions};
 pub use purge::PurgeProgress;
 pub use removal::RemovalCause;
 pub use shown::stable_key_hash;
+pub use source::{Loaded, Source};
 pub use stats::StoreStats;
 pub use store::Store;
 

@@ -35,8 +35,10 @@ use crate::error::{FactoryTimeout, LoadError, TypeMismatch, WouldDeadlock};
 use crate::flight::{Flight, Joined, LeaderKind, Outcome};
 use crate::removal::{RemovalCause, Removals};
 use crate::shown::Shown;
+use crate::source::Source;
 use crate::stats::Counter;
 use crate::store::StoreInner;
+use crate::timeout::Waited;
 use crate::value::{Payload, Shape, mismatch};
 
 /// What a caller found: a usable hit, a flight to wait for, or a flight to lead.
@@ -188,13 +190,13 @@ impl StoreInner {
 
     #[inline]
     fn usable<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        self.lookup_with(key, |payload| S::from_stored(payload, key))?
+        self.lookup_entry_with(key, |entry| hit_of::<S>(entry, key))?
     }
 
     /// [`usable`](Self::usable) for a caller holding the key's flight-shard lock.
     #[inline]
     fn usable_locked<S: Shape>(&self, key: &Key) -> Option<Result<S, TypeMismatch>> {
-        self.lookup::<false, _>(key, |entry| S::from_stored(entry.payload(), key))?
+        self.lookup::<false, _>(key, |entry| hit_of::<S>(entry, key))?
     }
 
     /// The hit path of get-or-create alone: the stored value when it is one this shape
@@ -211,7 +213,17 @@ impl StoreInner {
         if self.reads_off() {
             return None;
         }
-        let hit = self.lookup_with(key, S::hit)??;
+        // A re-armed fail-safe value is marked for the shapes that carry their source
+        // (`served_as` is the identity for the others, so plain hits pay nothing for it).
+        let hit = self.lookup_entry_with(key, |entry| {
+            S::hit(entry.payload()).map(|value| {
+                if entry.is_re_armed() {
+                    value.served_as(Source::FailSafe)
+                } else {
+                    value
+                }
+            })
+        })??;
         self.stats.incr(Counter::Hits);
         Some(hit)
     }
@@ -227,13 +239,14 @@ impl StoreInner {
         if self.reads_off() {
             return None;
         }
-        let (typed, due) = self.lookup_entry_with(key, |entry| {
+        let (typed, due, re_armed) = self.lookup_entry_with(key, |entry| {
             (
                 entry.payload().read::<S::Value>(),
                 entry.claim_refresh(&self.clock),
+                entry.is_re_armed(),
             )
         })?;
-        let hit = S::from_typed(typed)?;
+        let hit = marked(S::from_typed(typed)?, re_armed);
         self.stats.incr(Counter::Hits);
         Some((hit.map_err(|()| self.mismatch::<S::Value>(key)), due))
     }
@@ -271,11 +284,7 @@ impl StoreInner {
             return;
         };
         let mut entry = leader.entry();
-        let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
-            Ok(Ok(loaded)) => Ok(loaded),
-            Ok(Err(error)) => Err(Failed::Error(error)),
-            Err(panic) => Err(Failed::Panic(panic)),
-        };
+        let result = run_blocking(factory, &mut entry);
         if leader.finish::<S, E>(entry, result).is_err() {
             tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
         }
@@ -300,19 +309,38 @@ impl StoreInner {
         let mut entry = leader.entry();
         let result = runtime.block_on(async {
             let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-            match self.hard_timeout {
-                None => run.await,
-                Some(limit) => match tokio::time::timeout(limit, run).await {
-                    Ok(result) => result,
-                    Err(_elapsed) => {
-                        self.stats.incr(Counter::HardTimeouts);
-                        Err(Failed::TimedOut(limit))
-                    }
-                },
-            }
+            self.run_detached(&leader, run).await
         });
         if leader.finish::<S, E>(entry, result).is_err() {
             tracing::debug!(key = %self.shown(key), "an eager refresh failed; the current value stays");
+        }
+    }
+
+    /// Drives the future of a factory that runs detached from its callers (a refresh, a
+    /// detached load) under the hard timeout: at it the future is dropped (`Cancel`), or
+    /// the timeout is counted and the future driven to its end (`Background`).
+    #[cfg(feature = "tokio")]
+    pub(crate) async fn run_detached<T, E, F>(
+        &self,
+        leader: &Leader<'_>,
+        mut run: CatchUnwind<'_, F>,
+    ) -> Result<T, Failed<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let Some(limit) = self.hard_timeout else {
+            return run.await;
+        };
+        match tokio::time::timeout(limit, &mut run).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                leader.count_hard_timeout();
+                match self.hard_timeout_action {
+                    crate::options::OnHardTimeout::Background => run.await,
+                    // The factory's future is dropped on return.
+                    crate::options::OnHardTimeout::Cancel => Err(Failed::TimedOut(limit)),
+                }
+            }
         }
     }
 
@@ -390,30 +418,13 @@ impl StoreInner {
                 }
                 Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let outcome = crate::blocking::wait_blocking(|handed_off| {
-                        if !handed_off && flight.led_async_on_this_thread() {
-                            return None;
-                        }
-                        Some(flight.wait_blocking())
-                    });
-                    let Some(outcome) = outcome else {
-                        return Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)));
-                    };
-                    if let Some(result) =
-                        resolve::<S, E>(outcome, &flight, joined_at, key, self.log_keys)
-                    {
+                    if let Some(result) = self.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
                         return result;
                     }
                 }
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let mut entry = leader.entry();
-                    let result = match catch_unwind(AssertUnwindSafe(|| factory(&mut entry))) {
-                        Ok(Ok(loaded)) => Ok(loaded),
-                        Ok(Err(error)) => Err(Failed::Error(error)),
-                        Err(panic) => Err(Failed::Panic(panic)),
-                    };
-                    return leader.finish::<S, E>(entry, result);
+                    return self.lead_sync::<S, E, F>(leader, factory);
                 }
             }
         }
@@ -442,35 +453,152 @@ impl StoreInner {
                 }
                 Acquired::Wait { flight, joined_at } => {
                     self.count_first(&mut counted, Counter::Misses);
-                    if let Some(result) =
-                        resolve::<S, E>(flight.wait().await, &flight, joined_at, key, self.log_keys)
+                    if let Some(result) = self
+                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
+                        .await
                     {
                         return result;
                     }
                 }
                 Acquired::Lead(leader) => {
                     self.count_first(&mut counted, Counter::Misses);
-                    let mut entry = leader.entry();
-                    let result = {
-                        let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-                        #[cfg(feature = "tokio")]
-                        let result = match self.hard_timeout {
-                            None => run.await,
-                            Some(limit) => match tokio::time::timeout(limit, run).await {
-                                Ok(result) => result,
-                                Err(_elapsed) => {
-                                    self.stats.incr(Counter::HardTimeouts);
-                                    Err(Failed::TimedOut(limit))
-                                }
-                            },
-                        };
-                        #[cfg(not(feature = "tokio"))]
-                        let result = run.await;
-                        result
-                    };
-                    return leader.finish::<S, E>(entry, result);
+                    return self.lead_async::<S, E, F>(leader, factory).await;
                 }
             }
+        }
+    }
+
+    /// Runs a load's async factory in place, in the leading caller's task, under the hard
+    /// timeout (which cancels it: the factory may borrow from its caller).
+    pub(crate) async fn lead_async<S, E, F>(
+        &self,
+        leader: Leader<'_>,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+    {
+        let mut entry = leader.entry();
+        let result = {
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            #[cfg(feature = "tokio")]
+            let result = match self.hard_timeout {
+                None => run.await,
+                Some(limit) => {
+                    self.cancels_in_place();
+                    match tokio::time::timeout(limit, run).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => {
+                            leader.count_hard_timeout();
+                            Err(Failed::TimedOut(limit))
+                        }
+                    }
+                }
+            };
+            #[cfg(not(feature = "tokio"))]
+            let result = run.await;
+            result
+        };
+        leader.finish::<S, E>(entry, result)
+    }
+
+    /// Runs a load's blocking factory in place, on the leading caller's thread (untimed:
+    /// nothing can stop a blocking function from outside).
+    pub(crate) fn lead_sync<S, E, F>(
+        &self,
+        leader: Leader<'_>,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+    {
+        let mut entry = leader.entry();
+        let result = run_blocking(factory, &mut entry);
+        leader.finish::<S, E>(entry, result)
+    }
+
+    /// A blocking caller's wait for another caller's load, up to its timeouts; `None`:
+    /// go again (see [`resolve`]).
+    pub(crate) fn wait_sync<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+        bypass: bool,
+    ) -> Option<Result<S, LoadError<E>>> {
+        let waited = crate::blocking::wait_blocking(|handed_off| {
+            if !handed_off && flight.led_async_on_this_thread() {
+                return None;
+            }
+            Some(self.wait_blocking_timed::<S, E>(flight, key, bypass))
+        });
+        match waited {
+            None => Some(Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)))),
+            Some(Waited::Answered(answer)) => Some(answer),
+            Some(Waited::Outcome(outcome)) => self.resolve_marked(outcome, flight, joined_at, key),
+        }
+    }
+
+    /// [`resolve`], marking a value that fail-safe stood in with (see `Source`).
+    fn resolve_marked<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        outcome: &Outcome,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+    ) -> Option<Result<S, LoadError<E>>> {
+        let resolved = resolve::<S, E>(outcome, flight, joined_at, key, self.log_keys)?;
+        match outcome {
+            Outcome::Value {
+                fail_safe: true, ..
+            } => Some(resolved.map(|value| self.served_expired(value, Source::FailSafe))),
+            _ => Some(resolved),
+        }
+    }
+
+    /// `value`, an expired one served from `source`: marked, and reported to the store's
+    /// listener for it, if any.
+    pub(crate) fn served_expired<S: Shape>(&self, value: S, source: Source) -> S {
+        if let Some(listener) = self.expired_listener.get() {
+            listener(source);
+        }
+        value.served_as(source)
+    }
+
+    /// An async caller's wait for another caller's load (or a detached runner's), up to its
+    /// timeouts; `None`: go again (see [`resolve`]).
+    pub(crate) async fn wait_async<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        flight: &Flight,
+        joined_at: u64,
+        key: &Key,
+        bypass: bool,
+    ) -> Option<Result<S, LoadError<E>>> {
+        match self.wait_timed::<S, E>(flight, key, bypass).await {
+            Waited::Answered(answer) => Some(answer),
+            Waited::Outcome(outcome) => self.resolve_marked(outcome, flight, joined_at, key),
+        }
+    }
+
+    /// Logs, once per store, that a load led in place is cancelled at the hard timeout
+    /// although `OnHardTimeout::Background` is set: its factory may borrow from its caller,
+    /// so nothing can run it once that caller has its answer.
+    #[cfg(feature = "tokio")]
+    fn cancels_in_place(&self) {
+        if self.hard_timeout_action == crate::options::OnHardTimeout::Background
+            && !self
+                .background_refused_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "hard_timeout_action is background, but a get_or_create that is not detached \
+                 runs its factory in place: it is cancelled at the hard timeout; use the \
+                 get_or_create_detached loaders for loads that must finish in the background"
+            );
         }
     }
 
@@ -564,7 +692,9 @@ impl StoreInner {
         };
         drop(shard);
         self.report(removals);
-        self.stats.incr(Counter::FailSafeActivations);
+        if leader.flight.first_fail_safe() {
+            self.stats.incr(Counter::FailSafeActivations);
+        }
         Some((served, payload))
     }
 }
@@ -588,7 +718,11 @@ impl Leader<'_> {
                 let (value, payload) = S::from_loaded(loaded);
                 let store = !self.bypass && (inner.cache_none || !payload.is_nothing());
                 let (fresh, removals) = inner.complete(&self, &payload, entry, store);
-                self.flight.finish(Outcome::Value { payload, fresh });
+                self.flight.finish(Outcome::Value {
+                    payload,
+                    fresh,
+                    fail_safe: false,
+                });
                 self.finished = true;
                 inner.report(removals);
                 Ok(value)
@@ -606,9 +740,10 @@ impl Leader<'_> {
                     self.flight.finish(Outcome::Value {
                         payload,
                         fresh: true,
+                        fail_safe: true,
                     });
                     self.finished = true;
-                    return Ok(served);
+                    return Ok(inner.served_expired(served, Source::FailSafe));
                 }
                 match failed {
                     Failed::Error(error) => {
@@ -648,10 +783,115 @@ impl Leader<'_> {
     pub(crate) fn key(&self) -> &Key {
         &self.key
     }
+
+    /// Counts this load's hard timeout, unless a waiter already did.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn count_hard_timeout(&self) {
+        if self.flight.first_hard_timeout() {
+            self.inner.stats.incr(Counter::HardTimeouts);
+        }
+    }
+}
+
+/// A hit on `entry`, read as `S`; an expired value fail-safe re-armed is marked as such.
+#[inline]
+fn hit_of<S: Shape>(entry: &StoredEntry, key: &Key) -> Option<Result<S, TypeMismatch>> {
+    Some(marked(
+        S::from_stored(entry.payload(), key)?,
+        entry.is_re_armed(),
+    ))
+}
+
+/// `hit`, marked `Source::FailSafe` if it is a re-armed fail-safe value (only the
+/// `Loaded` shape records it; the listener is not told: nothing failed on this call).
+#[inline(always)]
+fn marked<S: Shape, X>(hit: Result<S, X>, re_armed: bool) -> Result<S, X> {
+    if re_armed {
+        hit.map(|value| value.served_as(Source::FailSafe))
+    } else {
+        hit
+    }
+}
+
+/// A leader handed to a runner on another thread (a detached load): it owns its store.
+/// Dropped before it ran (the runtime shut down before the runner started), it abandons the
+/// flight as a dropped [`Leader`] does.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct DetachedLeader {
+    inner: Arc<StoreInner>,
+    key: Key,
+    flight: Arc<Flight>,
+    bypass: bool,
+    ran: bool,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl Leader<'_> {
+    /// This leader, for a runner elsewhere; `inner` is the store it borrows from.
+    pub(crate) fn detach(mut self, inner: Arc<StoreInner>) -> DetachedLeader {
+        // The detached leader's guard stands in for this one's.
+        self.finished = true;
+        DetachedLeader {
+            inner,
+            key: self.key.clone(),
+            flight: Arc::clone(&self.flight),
+            bypass: self.bypass,
+            ran: false,
+        }
+    }
+
+    /// This load's flight.
+    pub(crate) fn flight(&self) -> &Arc<Flight> {
+        &self.flight
+    }
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl DetachedLeader {
+    /// Runs `lead` with the leader, on this thread.
+    pub(crate) fn run<R>(mut self, lead: impl FnOnce(Leader<'_>) -> R) -> R {
+        self.ran = true;
+        lead(self.leader())
+    }
+
+    fn leader(&self) -> Leader<'_> {
+        Leader {
+            inner: &self.inner,
+            key: self.key.clone(),
+            flight: Arc::clone(&self.flight),
+            bypass: self.bypass,
+            finished: false,
+        }
+    }
+
+    /// The store it leads a load of.
+    pub(crate) fn inner_arc(&self) -> &Arc<StoreInner> {
+        &self.inner
+    }
+}
+
+impl Drop for DetachedLeader {
+    fn drop(&mut self) {
+        if !self.ran {
+            drop(self.leader()); // its drop guard abandons the flight
+        }
+    }
+}
+
+/// Runs a blocking factory, its panic caught as [`Failed::Panic`].
+pub(crate) fn run_blocking<T, E, F>(factory: F, entry: &mut EntryOptions) -> Result<T, Failed<E>>
+where
+    F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+{
+    match catch_unwind(AssertUnwindSafe(|| factory(entry))) {
+        Ok(Ok(loaded)) => Ok(loaded),
+        Ok(Err(error)) => Err(Failed::Error(error)),
+        Err(panic) => Err(Failed::Panic(panic)),
+    }
 }
 
 /// A factory's future whose panic ends it as [`Failed::Panic`] instead of unwinding.
-struct CatchUnwind<'a, F>(Pin<&'a mut F>);
+pub(crate) struct CatchUnwind<'a, F>(pub(crate) Pin<&'a mut F>);
 
 impl<F, T, E> Future for CatchUnwind<'_, F>
 where
@@ -712,7 +952,7 @@ pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
     log_keys: bool,
 ) -> Option<Result<S, LoadError<E>>> {
     match outcome {
-        Outcome::Value { payload, fresh } => {
+        Outcome::Value { payload, fresh, .. } => {
             if !fresh && joined_at != flight.start_epoch() {
                 tracing::debug!(key = %Shown::new(key, log_keys), "joined a load after an expiry that made it stale: loading again");
                 return None;

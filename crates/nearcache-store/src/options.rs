@@ -97,11 +97,14 @@ pub struct StoreOptions {
     /// caller. Zero: the factory is tried on every call. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub fail_safe_throttle: Duration,
-    /// Longest an async get-or-create's factory may run (feature `tokio`; blocking callers
-    /// are not timed). Past it the factory's future is dropped (cancelled) and the flight
-    /// ends with [`LoadError::Timeout`](crate::LoadError::Timeout) for every caller, or with
-    /// the fail-safe value when there is one. Async callers need a tokio runtime with its
-    /// time driver. Not zero. Default: none.
+    /// Longest a get-or-create waits for its load (feature `tokio`). Past it the caller gets
+    /// the fail-safe value when there is one, else [`LoadError::Timeout`](crate::LoadError::Timeout),
+    /// and the factory is cancelled or left to finish per
+    /// [`hard_timeout_action`](Self::hard_timeout_action). An async caller running its
+    /// factory in place cancels it (its future is dropped); a blocking caller running its
+    /// factory in place is not timed (nothing can stop a blocking function from outside),
+    /// but callers waiting for its load are. Async callers need a tokio runtime with its time
+    /// driver. Not zero. Default: none.
     #[serde(with = "humantime_serde")]
     pub hard_timeout: Option<Duration>,
     /// Eager refresh: once this fraction of an entry's absolute time to live has passed
@@ -112,6 +115,38 @@ pub struct StoreOptions {
     /// inside a tokio runtime (its handle runs the reload); without one nothing is refreshed
     /// early (logged once). Strictly between 0 and 1. Default: none.
     pub eager_refresh_threshold: Option<f64>,
+    /// Soft timeout: when the key's expired value is kept for fail-safe and the load has
+    /// not finished within this long, a caller that is not running the factory itself gets
+    /// that value while the load goes on and stores its result (unless an invalidation
+    /// overlapped it). The detached loaders always run their factory elsewhere when a
+    /// timeout is set, so their callers always can; a caller of the other loaders that leads
+    /// the load runs its factory in place and waits for it. Without a kept value callers wait
+    /// (up to the hard timeout). Per entry: [`EntryOptions::soft_timeout`](crate::EntryOptions::soft_timeout).
+    /// Feature `tokio`, not zero, shorter than `hard_timeout`. Default: none.
+    #[serde(with = "humantime_serde")]
+    pub soft_timeout: Option<Duration>,
+    /// What happens to a factory still running at the hard timeout (its callers get the
+    /// fail-safe value or [`LoadError::Timeout`](crate::LoadError::Timeout) either way).
+    /// Default [`OnHardTimeout::Cancel`].
+    pub hard_timeout_action: OnHardTimeout,
+}
+
+/// What happens to a factory still running at `hard_timeout`. Its callers stop waiting
+/// either way: they get the fail-safe value, else [`LoadError::Timeout`](crate::LoadError::Timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum OnHardTimeout {
+    /// The factory is cancelled (an async factory's future is dropped) and nothing is
+    /// stored. A blocking factory cannot be stopped from outside: it finishes and its value
+    /// is stored as with `Background`.
+    #[default]
+    Cancel,
+    /// The factory goes on and its value is stored when it comes, unless an invalidation
+    /// overlapped the load. Only a factory that can outlive its caller can go on: the
+    /// detached loaders'. A load led by a caller of the other loaders is cancelled (logged
+    /// once per store).
+    Background,
 }
 
 impl Default for StoreOptions {
@@ -130,6 +165,8 @@ impl Default for StoreOptions {
             fail_safe_throttle: Duration::from_secs(30),
             hard_timeout: None,
             eager_refresh_threshold: None,
+            soft_timeout: None,
+            hard_timeout_action: OnHardTimeout::Cancel,
         }
     }
 }
@@ -159,6 +196,17 @@ impl StoreOptions {
         }
         if self.hard_timeout.is_some() && !cfg!(feature = "tokio") {
             return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if self.soft_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(OptionsError::ZeroSoftTimeout);
+        }
+        if self.soft_timeout.is_some() && !cfg!(feature = "tokio") {
+            return Err(OptionsError::TimeoutsNeedTokio);
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout)
+            && soft >= hard
+        {
+            return Err(OptionsError::SoftTimeoutNotShorter { soft, hard });
         }
         if let Some(threshold) = self.eager_refresh_threshold
             && !(threshold > 0.0 && threshold < 1.0)
@@ -270,6 +318,32 @@ mod tests {
             ..StoreOptions::default()
         };
         assert!(options.sizing().is_ok());
+    }
+
+    #[test]
+    fn a_soft_timeout_must_be_nonzero_and_shorter_than_the_hard_timeout() {
+        let zero = StoreOptions {
+            soft_timeout: Some(Duration::ZERO),
+            ..StoreOptions::default()
+        };
+        assert!(matches!(zero.sizing(), Err(OptionsError::ZeroSoftTimeout)));
+        let not_shorter = StoreOptions {
+            soft_timeout: Some(Duration::from_secs(2)),
+            hard_timeout: Some(Duration::from_secs(2)),
+            ..StoreOptions::default()
+        };
+        let error = not_shorter.sizing().err();
+        assert!(
+            matches!(error, Some(OptionsError::SoftTimeoutNotShorter { .. })),
+            "{error:?}"
+        );
+        assert!(error.is_some_and(|e| e.to_string().contains("shorter")));
+        let fine = StoreOptions {
+            soft_timeout: Some(Duration::from_millis(100)),
+            hard_timeout: Some(Duration::from_secs(2)),
+            ..StoreOptions::default()
+        };
+        assert_eq!(fine.sizing().is_ok(), cfg!(feature = "tokio"));
     }
 
     #[test]

@@ -19,10 +19,10 @@ use nearcache_keys::Key;
 
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
+use crate::source::Loaded;
 #[cfg(feature = "tokio")]
 use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
-#[cfg(feature = "tokio")]
 use crate::value::Shape;
 
 impl Store {
@@ -36,10 +36,18 @@ impl Store {
     /// without one (or without the `tokio` feature) nothing is refreshed early, and the
     /// first such hit is logged.
     ///
+    /// **Timeouts.** With a hard timeout set, or the key's expired value kept with a soft
+    /// timeout, a load this call leads runs its factory on that runtime too, and this call
+    /// waits for it as any other caller does: it gets the kept value at the soft timeout,
+    /// and the kept value or [`LoadError::Timeout`] at the hard timeout, while the load goes
+    /// on (or is cancelled, per [`OnHardTimeout`](crate::OnHardTimeout)) and stores its value
+    /// unless an invalidation overlapped it.
+    ///
     /// # Errors
     ///
-    /// As [`get_or_create`](Self::get_or_create). A background reload's failure reaches no
-    /// caller: the current value stays until it expires.
+    /// As [`get_or_create`](Self::get_or_create), and [`LoadError::Timeout`] at the hard
+    /// timeout with nothing kept. A background reload's failure reaches no caller: the
+    /// current value stays until it expires.
     ///
     /// # Cancel safety
     ///
@@ -54,17 +62,56 @@ impl Store {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
-        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+        self.detached_async::<Arc<T>, E, F>(key, factory).await
+    }
+
+    /// [`get_or_create_detached`](Self::get_or_create_detached), returning with the value
+    /// where it came from: a hit, a load, or the key's expired value (fail-safe, or a soft
+    /// timeout); see [`Source`](crate::Source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    pub async fn get_or_create_detached_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        self.detached_async::<Loaded<Arc<T>>, E, F>(key, factory)
+            .await
+    }
+
+    async fn detached_async<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<S>(key) {
             if due {
-                self.spawn_refresh_async::<Arc<T>, E, F>(key, factory);
+                self.spawn_refresh_async::<S, E, F>(key, factory);
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
-        Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
+        #[cfg(feature = "tokio")]
+        let loaded = Box::pin(self.load_detached_async::<S, E, F>(key, factory)).await;
+        #[cfg(not(feature = "tokio"))]
+        let loaded = Box::pin(self.inner.load_async::<S, E, F>(key, factory)).await;
+        loaded
     }
 
     /// The blocking twin of [`get_or_create_detached`](Self::get_or_create_detached); the
-    /// refresh runs on the runtime the store was built in, even for callers outside it.
+    /// refresh, and a load under a timeout, run on the runtime the store was built in, even
+    /// for callers outside it, so this call stops waiting at the soft or hard timeout too.
     ///
     /// # Errors
     ///
@@ -79,13 +126,45 @@ impl Store {
         E: Send + Sync + 'static,
         F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
-        if let Some((hit, due)) = self.inner.try_hit_refreshing::<Arc<T>>(key) {
+        self.detached_sync::<Arc<T>, E, F>(key, factory)
+    }
+
+    /// [`get_or_create_detached_sync`](Self::get_or_create_detached_sync), returning with
+    /// the value where it came from (see [`Source`](crate::Source)).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
+    pub fn get_or_create_detached_sync_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        self.detached_sync::<Loaded<Arc<T>>, E, F>(key, factory)
+    }
+
+    fn detached_sync<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        if let Some((hit, due)) = self.inner.try_hit_refreshing::<S>(key) {
             if due {
-                self.spawn_refresh_sync::<Arc<T>, E, F>(key, factory);
+                self.spawn_refresh_sync::<S, E, F>(key, factory);
             }
             return hit.map_err(LoadError::TypeMismatch);
         }
-        self.inner.load_sync::<Arc<T>, E, F>(key, factory)
+        #[cfg(feature = "tokio")]
+        let loaded = self.load_detached_sync::<S, E, F>(key, factory);
+        #[cfg(not(feature = "tokio"))]
+        let loaded = self.inner.load_sync::<S, E, F>(key, factory);
+        loaded
     }
 
     #[cfg(feature = "tokio")]
@@ -138,6 +217,23 @@ impl Store {
 }
 
 impl StoreInner {
+    /// Logs, once per store, that a load went through a loader that never refreshes early
+    /// (its factory is not `'static`, so nothing can run it after its caller returned)
+    /// although the store has an eager refresh threshold. Called on the load path only: a
+    /// flag check, nothing on hits.
+    #[inline]
+    pub(crate) fn note_no_eager_refresh(&self) {
+        if self.defaults.eager_refresh.is_some()
+            && !self.no_eager_loader_logged.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "eager_refresh_threshold is set, but get_or_create and get_or_create_sync (and \
+                 their _optional twins) never refresh early: their factories may borrow from \
+                 the caller; use get_or_create_detached(_sync) for keys to refresh early"
+            );
+        }
+    }
+
     /// Logs, once per store, that an eager refresh was due but nothing could run it.
     #[cold]
     fn refresh_skipped(&self, key: &Key) {

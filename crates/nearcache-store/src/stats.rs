@@ -60,11 +60,15 @@ pub struct StoreStats {
     /// Failed loads (an error, a panic, a hard timeout) whose callers got the key's expired
     /// value instead (fail-safe).
     pub fail_safe_activations: u64,
-    /// Async loads cancelled by `hard_timeout` (served by fail-safe or failed with
-    /// `LoadError::Timeout`).
+    /// Loads that ran past `hard_timeout`, counted once per load: cancelled, or left to
+    /// finish in the background, or waited on by callers that stopped at it (their callers
+    /// got the fail-safe value or `LoadError::Timeout`).
     pub hard_timeouts: u64,
     /// Background reloads started by eager refresh.
     pub eager_refreshes: u64,
+    /// Calls answered with the key's expired (fail-safe) value at the soft timeout while
+    /// the load went on, counted once per call.
+    pub soft_timeouts: u64,
 }
 
 /// The counters, by index into a stripe.
@@ -87,9 +91,10 @@ pub(crate) enum Counter {
     FailSafeActivations,
     HardTimeouts,
     EagerRefreshes,
+    SoftTimeouts,
 }
 
-const COUNTERS: usize = 16;
+const COUNTERS: usize = 17;
 
 /// Number of stripes (a power of two): one per owning thread, the last one shared.
 pub(crate) const STRIPES: usize = 32;
@@ -186,6 +191,7 @@ impl Stats {
             fail_safe_activations: self.sum(Counter::FailSafeActivations),
             hard_timeouts: self.sum(Counter::HardTimeouts),
             eager_refreshes: self.sum(Counter::EagerRefreshes),
+            soft_timeouts: self.sum(Counter::SoftTimeouts),
         }
     }
 }
@@ -319,6 +325,7 @@ mod tests {
             Counter::FailSafeActivations,
             Counter::HardTimeouts,
             Counter::EagerRefreshes,
+            Counter::SoftTimeouts,
         ];
         assert_eq!(all.len(), COUNTERS);
         for (i, counter) in all.into_iter().enumerate() {
@@ -342,15 +349,16 @@ mod tests {
                 s.batch_keys_loaded,
                 s.fail_safe_activations,
                 s.hard_timeouts,
-                s.eager_refreshes
+                s.eager_refreshes,
+                s.soft_timeouts
             ],
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
         );
     }
 
     #[test]
     fn a_stripe_fills_whole_cache_lines() {
         assert_eq!(std::mem::align_of::<Stripe>(), 128);
-        assert_eq!(std::mem::size_of::<Stripe>(), 128);
+        assert_eq!(std::mem::size_of::<Stripe>() % 128, 0);
     }
 }

@@ -13,12 +13,16 @@ use crate::clock::StoreClock;
 use crate::entry::{EntryDefaults, EntryOptions};
 use crate::error::{LoadError, OptionsError, TypeMismatch};
 use crate::flight::FlightTable;
-use crate::options::StoreOptions;
+use crate::options::{OnHardTimeout, StoreOptions};
 use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::removal::{Listener, RemovalCause, Removals};
 use crate::shown::Shown;
+use crate::source::{Loaded, Source};
 use crate::stats::{Counter, Stats, StoreStats};
 use crate::value::Payload;
+
+/// What [`Store::on_expired_served`] calls.
+pub(crate) type ExpiredListener = Box<dyn Fn(Source) + Send + Sync>;
 
 /// The in-process cache: typed values under [`Key`]s, with expiry, regions and single-flight
 /// loads shared by async and blocking callers.
@@ -66,6 +70,17 @@ pub(crate) struct StoreInner {
     /// Longest an async factory may run (feature `tokio`).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) hard_timeout: Option<Duration>,
+    /// What happens to a factory at the hard timeout.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) hard_timeout_action: OnHardTimeout,
+    /// Whether a load through a loader that never refreshes early, with an eager refresh
+    /// threshold set, was logged (once).
+    pub(crate) no_eager_loader_logged: AtomicBool,
+    /// Told of each expired value handed out (see [`Store::on_expired_served`]).
+    pub(crate) expired_listener: std::sync::OnceLock<ExpiredListener>,
+    /// Whether a `Background` hard timeout that had to cancel was logged (once).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) background_refused_logged: AtomicBool,
     /// The runtime eager refreshes run on: the one the store was built in (feature `tokio`).
     #[cfg(feature = "tokio")]
     pub(crate) runtime: Option<tokio::runtime::Handle>,
@@ -346,6 +361,10 @@ impl Store {
             listener,
             fail_safe_throttle: options.fail_safe_throttle,
             hard_timeout: options.hard_timeout,
+            hard_timeout_action: options.hard_timeout_action,
+            background_refused_logged: AtomicBool::new(false),
+            expired_listener: std::sync::OnceLock::new(),
+            no_eager_loader_logged: AtomicBool::new(false),
             #[cfg(feature = "tokio")]
             runtime: tokio::runtime::Handle::try_current().ok(),
             no_runtime_logged: AtomicBool::new(false),
@@ -359,6 +378,7 @@ impl Store {
                 sliding: options.time_to_idle,
                 weighted: sizing.weighted,
                 fail_safe: options.fail_safe_max_duration,
+                soft_timeout: options.soft_timeout,
                 eager_refresh: options.eager_refresh_threshold,
             },
             enabled: options.enabled,
@@ -455,8 +475,46 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return Ok(hit);
         }
+        self.inner.note_no_eager_refresh();
         // Boxed so that this future stays small: a hit above never builds the load's state.
         Box::pin(self.inner.load_async::<Arc<T>, E, F>(key, factory)).await
+    }
+
+    /// [`get_or_create`](Self::get_or_create), returning with the value where it came from:
+    /// a hit, a load, or the key's expired value (fail-safe, or a soft timeout); see
+    /// [`Source`].
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub async fn get_or_create_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Loaded<Arc<T>>>(key) {
+            return Ok(hit);
+        }
+        self.inner.note_no_eager_refresh();
+        Box::pin(self.inner.load_async::<Loaded<Arc<T>>, E, F>(key, factory)).await
+    }
+
+    /// Calls `listener` each time an expired value is handed out in place of a load's:
+    /// for each caller given it (fail-safe, or a soft timeout), and for a background load
+    /// (an eager refresh, a detached load its callers left) that failed and re-armed it.
+    /// It runs on the thread that serves the value, with no store lock held: keep it short.
+    /// Returns `false` (and drops `listener`) when one is set already.
+    pub fn on_expired_served(&self, listener: impl Fn(Source) + Send + Sync + 'static) -> bool {
+        self.inner.expired_listener.set(Box::new(listener)).is_ok()
     }
 
     /// The blocking twin of [`get_or_create`](Self::get_or_create), sharing flights with
@@ -480,7 +538,31 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return Ok(hit);
         }
+        self.inner.note_no_eager_refresh();
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
+    }
+
+    /// [`get_or_create_sync`](Self::get_or_create_sync), returning with the value where it
+    /// came from (see [`Source`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_sync_with_source<T, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        if let Some(hit) = self.inner.try_hit::<Loaded<Arc<T>>>(key) {
+            return Ok(hit);
+        }
+        self.inner.note_no_eager_refresh();
+        self.inner.load_sync::<Loaded<Arc<T>>, E, F>(key, factory)
     }
 
     /// Like [`get_or_create`](Self::get_or_create), for a factory that may find nothing:
@@ -508,6 +590,7 @@ impl Store {
             return Ok(hit);
         }
         // Boxed so that this future stays small: a hit above never builds the load's state.
+        self.inner.note_no_eager_refresh();
         Box::pin(self.inner.load_async::<Option<Arc<T>>, E, F>(key, factory)).await
     }
 
@@ -530,6 +613,7 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Option<Arc<T>>>(key) {
             return Ok(hit);
         }
+        self.inner.note_no_eager_refresh();
         self.inner.load_sync::<Option<Arc<T>>, E, F>(key, factory)
     }
 

@@ -176,6 +176,13 @@ pub(crate) trait Shape: Sized {
     fn from_payload(payload: Payload, key: &Key) -> Option<Result<Self, TypeMismatch>> {
         Self::from_stored(&payload, key)
     }
+
+    /// This value, marked as served from `source` (an expired value): only
+    /// [`Loaded`](crate::Loaded) records it.
+    #[inline]
+    fn served_as(self, _source: crate::Source) -> Self {
+        self
+    }
 }
 
 impl<T: Send + Sync + 'static> Shape for Arc<T> {

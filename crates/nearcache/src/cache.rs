@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nearcache_backplane::wire::InstanceId;
 use nearcache_keys::{CacheKey, Key};
 use nearcache_regions::{Region, SubKey};
-use nearcache_store::{EntryOptions, LoadError, Store, TypeMismatch};
+use nearcache_store::{EntryOptions, LoadError, Loaded, Store, TypeMismatch};
 use tokio::sync::{broadcast, watch};
 use tracing::Instrument;
 
@@ -58,7 +58,8 @@ pub struct Cache {
 pub(crate) struct Inner {
     pub(crate) store: Store,
     propagation: Option<Arc<Propagation>>,
-    /// Handed out by `events()` when there is no backplane: it never yields.
+    /// Handed out by `events()` when there is no backplane: it carries only
+    /// `ExpiredServed`.
     idle_events: broadcast::Sender<CacheEvent>,
     /// Handed out by `watch_health()` when there is no backplane: always coherent.
     local_health: watch::Sender<Health>,
@@ -140,7 +141,17 @@ impl Cache {
         propagation: Option<Arc<Propagation>>,
         identity: Identity,
     ) -> Cache {
-        let (idle_events, _) = broadcast::channel(1);
+        let (idle_events, _) = broadcast::channel(16);
+        // Weak: the store must not keep the events channel open after the cache is gone.
+        let events = match &propagation {
+            Some(p) => p.events.downgrade(),
+            None => idle_events.downgrade(),
+        };
+        store.on_expired_served(move |source| {
+            if let Some(events) = events.upgrade() {
+                let _ = events.send(CacheEvent::ExpiredServed { source });
+            }
+        });
         let cache = Cache {
             inner: Arc::new(Inner {
                 store,
@@ -186,7 +197,15 @@ impl Cache {
     /// # Errors
     ///
     /// [`LoadError::Factory`] with the factory's error, shared by the flight;
-    /// [`LoadError::TypeMismatch`] when `key` holds a value of another type.
+    /// [`LoadError::TypeMismatch`] when `key` holds a value of another type;
+    /// [`LoadError::Timeout`] past `hard_timeout` with no expired value kept.
+    ///
+    /// # Timeouts
+    ///
+    /// This call runs the factory in place when it leads the load, so it waits for it (up
+    /// to `hard_timeout`, which cancels it) and never answers at `soft_timeout`; when it
+    /// joins another caller's load it stops at either timeout like any waiter. For loads
+    /// that go on in the background, use [`get_or_create_detached`](Self::get_or_create_detached).
     ///
     /// # Cancel safety
     ///
@@ -222,6 +241,14 @@ impl Cache {
     /// runtime's thread it cannot do that: if it would have to wait for a load that an async
     /// task leads on that same thread, it returns [`LoadError::WouldDeadlock`] instead of
     /// hanging. From async code, use [`get_or_create`](Self::get_or_create).
+    ///
+    /// Timeouts: when this call leads the load it runs the factory on its own thread and
+    /// waits for it, however long (a blocking function cannot be stopped from outside; bound
+    /// it inside the factory, e.g. with the database client's timeout), and the factory's
+    /// value is returned and stored as usual. When it joins another caller's load it stops
+    /// waiting at `soft_timeout` (with the expired value kept for fail-safe) or `hard_timeout`
+    /// (with that value, else [`LoadError::Timeout`]). For a blocking load that callers may
+    /// leave behind, use [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
     ///
     /// # Errors
     ///
@@ -310,6 +337,12 @@ impl Cache {
     /// (the async factory is driven there by the runtime's handle). A cache built outside a
     /// runtime refreshes nothing early (logged once): entries reload when they expire.
     ///
+    /// These loaders also honour **`soft_timeout`** and **`hard_timeout_action =
+    /// "background"`**: under a timeout a load this call leads runs on that runtime, and this
+    /// call stops waiting at the soft timeout (with the expired value kept for fail-safe) or
+    /// at the hard timeout (with that value, else [`LoadError::Timeout`]) while the load goes
+    /// on and stores its value, unless an invalidation overlapped it.
+    ///
     /// # Errors
     ///
     /// As [`get_or_create`](Self::get_or_create); a background reload's failure reaches no
@@ -361,6 +394,147 @@ impl Cache {
             inner.observe_load(inner.load_span(&span_key), || factory(entry))
         };
         self.inner.store.get_or_create_detached_sync(key, factory)
+    }
+
+    /// [`get_or_create`](Self::get_or_create), returning with the value where it came from
+    /// ([`Loaded::source`]): a hit ([`Cached`](crate::Source::Cached)), a load
+    /// ([`Loaded`](crate::Source::Loaded)), or an expired value —
+    /// [`FailSafe`](crate::Source::FailSafe) (the load failed or ran past `hard_timeout`) or
+    /// [`SoftTimeout`](crate::Source::SoftTimeout) — for callers that must say so (an `Age`
+    /// or `Warning` header, a "may be out of date" banner);
+    /// [`is_expired`](crate::Source::is_expired) tells them apart.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheOptions, Key, Source};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache = Cache::new(CacheOptions::default())?;
+    /// let key = Key::from_text("product:42");
+    /// let product = cache
+    ///     .get_or_create_with_source(&key, async |_| Ok::<_, std::io::Error>("forty-two"))
+    ///     .await?;
+    /// assert_eq!(product.source, Source::Loaded);
+    /// if product.source.is_expired() {
+    ///     // e.g. answer with `Warning: 110 - "Response is Stale"`
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create`](Self::get_or_create).
+    pub async fn get_or_create_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory = async move |entry: &mut EntryOptions| {
+            inner
+                .observe_load_async(inner.load_span(key), factory(entry))
+                .await
+        };
+        self.inner
+            .store
+            .get_or_create_with_source(key, factory)
+            .await
+    }
+
+    /// The blocking twin of [`get_or_create_with_source`](Self::get_or_create_with_source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_sync`](Self::get_or_create_sync).
+    pub fn get_or_create_sync_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
+        let key = key.borrow();
+        let inner = &*self.inner;
+        let factory =
+            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
+        self.inner
+            .store
+            .get_or_create_sync_with_source(key, factory)
+    }
+
+    /// The blocking twin of
+    /// [`get_or_create_detached_with_source`](Self::get_or_create_detached_with_source).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached_sync`](Self::get_or_create_detached_sync).
+    pub fn get_or_create_detached_sync_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = move |entry: &mut EntryOptions| {
+            inner.observe_load(inner.load_span(&span_key), || factory(entry))
+        };
+        self.inner
+            .store
+            .get_or_create_detached_sync_with_source(key, factory)
+    }
+
+    /// [`get_or_create_detached`](Self::get_or_create_detached), returning with the value
+    /// where it came from, as [`get_or_create_with_source`](Self::get_or_create_with_source)
+    /// does: the detached loaders are the ones that answer at `soft_timeout`
+    /// ([`Source::SoftTimeout`](crate::Source::SoftTimeout)).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`get_or_create_detached`](Self::get_or_create_detached).
+    pub async fn get_or_create_detached_with_source<T, E, F>(
+        &self,
+        key: impl Borrow<Key>,
+        factory: F,
+    ) -> Result<Loaded<Arc<T>>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
+    {
+        let key = key.borrow();
+        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
+        let factory = async move |entry: &mut EntryOptions| {
+            inner
+                .observe_load_async(inner.load_span(&span_key), factory(entry))
+                .await
+        };
+        self.inner
+            .store
+            .get_or_create_detached_with_source(key, factory)
+            .await
     }
 
     /// Stores `value` under `key` here (with the default expiry) and evicts the peers' copies,
@@ -594,8 +768,9 @@ impl Cache {
         );
     }
 
-    /// Events of the propagation layer (applied messages, loss clears, connection changes),
-    /// from now on. A cache without a backplane yields none.
+    /// Events of the propagation layer (applied messages, loss clears, connection changes)
+    /// and expired values served ([`CacheEvent::ExpiredServed`]), from now on. A cache
+    /// without a backplane yields only the latter.
     pub fn events(&self) -> broadcast::Receiver<CacheEvent> {
         match &self.inner.propagation {
             Some(p) => p.events.subscribe(),

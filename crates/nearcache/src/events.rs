@@ -2,6 +2,7 @@
 //! await an invalidation instead of sleeping and hoping it arrived.
 
 use nearcache_backplane::wire::InstanceId;
+use nearcache_store::Source;
 
 /// Why this instance cleared its own cache (or, with a replay log, repaired it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,8 +24,8 @@ pub enum ClearCause {
     EchoLost,
 }
 
-/// Something the propagation layer did. Receive them with
-/// [`Cache::events`](crate::Cache::events).
+/// Something the propagation layer (or, for [`ExpiredServed`](Self::ExpiredServed), a load)
+/// did. Receive them with [`Cache::events`](crate::Cache::events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CacheEvent {
@@ -72,4 +73,14 @@ pub enum CacheEvent {
     /// A publish failed or timed out. Its invalidations stay queued and are retried (with
     /// backoff, and at once when the subscription comes back).
     PublishFailed,
+    /// A key's expired value (kept for fail-safe) was handed out in place of a load's:
+    /// once per caller given it, and once per background load (an eager refresh, a detached
+    /// load its callers left) that failed and re-armed it. Never a value that was
+    /// invalidated. The key is not named (keys may hold personal data; the `warn` log
+    /// event names it by hash, or as it is with `log_keys`).
+    ExpiredServed {
+        /// [`Source::FailSafe`] (the load failed or ran past the hard timeout) or
+        /// [`Source::SoftTimeout`] (the load was still running at the soft timeout).
+        source: Source,
+    },
 }

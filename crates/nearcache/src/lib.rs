@@ -203,7 +203,9 @@ pub use error::{
 pub use events::{CacheEvent, ClearCause};
 pub use health::{Coherence, Health, PeerHealth};
 pub use invalidation::{Invalidation, Propagated, WaitPublished};
-pub use options::{BackplaneOptions, CacheOptions, LossPolicy, Secret, StoreOptions};
+pub use options::{
+    BackplaneOptions, CacheOptions, LossPolicy, OnHardTimeout, Secret, StoreOptions,
+};
 pub use stats::{
     CacheStats, InvalidationKinds, LagSummary, LossClears, LossRepairs, PropagationStats,
     StoreStats,
@@ -225,7 +227,7 @@ pub use nearcache_derive::CacheKey;
 pub use nearcache_regions::{ChangeToken, Region, SubKey, SubKeyText, region};
 #[allow(deprecated)]
 pub use nearcache_store::Entry;
-pub use nearcache_store::{BatchEntries, EntryOptions, RemovalCause};
+pub use nearcache_store::{BatchEntries, EntryOptions, Loaded, RemovalCause, Source};
 
 // ---- backplanes ----
 pub use nearcache_backplane::wire::InstanceId;

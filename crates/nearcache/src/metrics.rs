@@ -117,6 +117,7 @@ mod handles {
         batch_keys_loaded: Counter,
         fail_safe_activations: Counter,
         hard_timeouts: Counter,
+        soft_timeouts: Counter,
         eager_refreshes: Counter,
         evictions: Counter,
         expirations: Counter,
@@ -168,6 +169,7 @@ mod handles {
                 batch_keys_loaded: counter!("nearcache_batch_keys_loaded_total", &l),
                 fail_safe_activations: counter!("nearcache_fail_safe_activations_total", &l),
                 hard_timeouts: counter!("nearcache_hard_timeouts_total", &l),
+                soft_timeouts: counter!("nearcache_soft_timeouts_total", &l),
                 eager_refreshes: counter!("nearcache_eager_refreshes_total", &l),
                 evictions: counter!("nearcache_evictions_total", &l),
                 expirations: counter!("nearcache_expirations_total", &l),
@@ -235,6 +237,7 @@ mod handles {
             self.batch_keys_loaded.absolute(s.batch_keys_loaded);
             self.fail_safe_activations.absolute(s.fail_safe_activations);
             self.hard_timeouts.absolute(s.hard_timeouts);
+            self.soft_timeouts.absolute(s.soft_timeouts);
             self.eager_refreshes.absolute(s.eager_refreshes);
             self.evictions.absolute(s.evictions);
             self.expirations.absolute(s.expirations);

@@ -34,7 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use nearcache_backplane::wire::SigningKeys;
-pub use nearcache_store::StoreOptions;
+pub use nearcache_store::{OnHardTimeout, StoreOptions};
 
 use crate::error::BuildError;
 
@@ -80,7 +80,8 @@ pub struct CacheOptions {
     pub name: Option<String>,
     /// The local store: `enabled`, `time_to_live`, `time_to_idle`, `max_capacity`,
     /// `max_weight`, `cache_none`, `purge_interval`, `shards`, `log_keys` (logs and spans of
-    /// the facade too), fail-safe, `hard_timeout`, `eager_refresh_threshold`. In a config file
+    /// the facade too), fail-safe, `hard_timeout`, `soft_timeout`,
+    /// `hard_timeout_action`, `eager_refresh_threshold`. In a config file
     /// these keys stand at the top level, beside `name`.
     #[serde(flatten)]
     pub store: StoreOptions,
@@ -538,11 +539,19 @@ mod tests {
             options.store.hard_timeout,
             Some(Duration::from_millis(1500))
         );
+        let options: CacheOptions = toml::from_str(
+            "soft_timeout = \"100ms\"\nhard_timeout = \"2s\"\nhard_timeout_action = \"background\"\n",
+        )
+        .unwrap();
+        assert_eq!(options.store.soft_timeout, Some(Duration::from_millis(100)));
+        assert_eq!(options.store.hard_timeout_action, OnHardTimeout::Background);
         let defaults = CacheOptions::default();
         assert_eq!(
             defaults.store.fail_safe_max_duration, None,
             "fail-safe is off by default"
         );
         assert_eq!(defaults.store.fail_safe_throttle, Duration::from_secs(30));
+        assert_eq!(defaults.store.soft_timeout, None);
+        assert_eq!(defaults.store.hard_timeout_action, OnHardTimeout::Cancel);
     }
 }

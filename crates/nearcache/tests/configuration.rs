@@ -8,7 +8,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nearcache::{BackplaneOptions, CacheOptions, LossPolicy, RedisConfig, Secret, StoreOptions};
+use nearcache::{
+    BackplaneOptions, CacheOptions, LossPolicy, OnHardTimeout, RedisConfig, Secret, StoreOptions,
+};
 
 const DOC: &str = include_str!("../../../docs/configuration.md");
 
@@ -268,6 +270,8 @@ fn a_file_in_the_former_shape_loads_every_setting() {
                 fail_safe_max_duration: Some(Duration::from_secs(3600)),
                 fail_safe_throttle: Duration::from_secs(30),
                 hard_timeout: Some(Duration::from_secs(2)),
+                soft_timeout: None,
+                hard_timeout_action: OnHardTimeout::Cancel,
                 eager_refresh_threshold: Some(0.8),
             },
             backplane: BackplaneOptions {

@@ -453,3 +453,61 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeouts_are_exported() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let bus = InMemoryBackplane::new();
+    let conn = bus.connection();
+    let (clock, mock) = quanta::Clock::mock();
+    let options = CacheOptions {
+        store: StoreOptions {
+            fail_safe_max_duration: Some(Duration::from_secs(600)),
+            soft_timeout: Some(Duration::from_millis(10)),
+            ..StoreOptions::default()
+        },
+        name: Some("soft".to_owned()),
+        ..CacheOptions::default()
+    };
+    let cache = metrics::with_local_recorder(&recorder, || {
+        Cache::builder()
+            .options(options)
+            .backplane(conn.clone())
+            .clock(clock)
+            .build()
+            .unwrap()
+    });
+    let events = cache.events();
+    tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
+    let me = Instance {
+        cache,
+        conn,
+        events,
+    };
+    let k = Key::from_text("slow");
+    me.cache
+        .get_or_create_detached(&k, async |entry| {
+            entry.time_to_live(Duration::from_secs(10));
+            Ok::<_, Infallible>(1_u32)
+        })
+        .await
+        .unwrap();
+    mock.increment(Duration::from_secs(11));
+    // The load is held until the caller has had the expired value at the soft timeout.
+    let (release, held) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::time::timeout(
+        WAIT,
+        me.cache.get_or_create_detached(&k, async move |_| {
+            let _ = held.await;
+            Ok::<_, Infallible>(2_u32)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(*served, 1);
+    let s = &snapshot(&snapshotter, &[&me]);
+    assert_eq!(counter(s, "nearcache_soft_timeouts_total", &me, &[]), 1);
+    release.send(()).unwrap();
+}

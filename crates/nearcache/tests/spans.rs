@@ -273,6 +273,38 @@ fn the_stores_log_events_show_the_key_only_when_allowed() {
     assert_eq!(keys[1], secret.as_str());
 }
 
+/// `eager_refresh_threshold` does nothing for the loaders that are not detached: the first
+/// load through one of them says so (once per cache), and detached loads do not.
+#[test]
+fn an_eager_refresh_threshold_the_loaders_in_use_ignore_is_logged_once() {
+    let capture = Capture::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
+    let options = CacheOptions {
+        store: StoreOptions {
+            eager_refresh_threshold: Some(0.8),
+            ..StoreOptions::default()
+        },
+        ..CacheOptions::default()
+    };
+    let detached_only = Cache::new(options.clone()).unwrap();
+    for i in 0..3 {
+        detached_only
+            .get_or_create_detached_sync(Key::from_text(format!("k{i}")), move |_| {
+                Ok::<_, Infallible>(i)
+            })
+            .unwrap();
+    }
+    assert!(capture.events("never refresh early").is_empty());
+    let plain = Cache::new(options).unwrap();
+    for i in 0..3 {
+        plain
+            .get_or_create_sync(Key::from_text(format!("k{i}")), |_| Ok::<_, Infallible>(i))
+            .unwrap();
+    }
+    assert_eq!(capture.events("never refresh early").len(), 1);
+}
+
 /// Under a `warn` filter (which disables info spans), a warning of a background task still
 /// says which cache and instance it comes from.
 #[tokio::test(flavor = "current_thread")]

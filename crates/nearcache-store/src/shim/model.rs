@@ -55,6 +55,16 @@ pub(crate) struct EventListener<'a> {
 pub(crate) trait Listener {
     /// Blocks the thread until the event is notified after this listener was made.
     fn wait(self);
+
+    /// [`wait`](Self::wait) with a deadline in `event_listener`'s signature. shuttle has no
+    /// clock, and the scenarios set no timeouts: it waits as `wait` does.
+    fn wait_deadline(self, _deadline: std::time::Instant) -> Option<()>
+    where
+        Self: Sized,
+    {
+        self.wait();
+        Some(())
+    }
 }
 
 impl Event {

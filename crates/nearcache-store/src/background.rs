@@ -1,0 +1,292 @@
+//! Detached loads: a detached loader's factory runs on the store's runtime, so its caller
+//! can stop waiting at the soft or hard timeout while the load goes on.
+//!
+//! When a detached loader (`Send + 'static` factory) leads a load and a timeout could apply
+//! (a hard timeout is set, or the key's expired value is kept with a soft timeout), it hands
+//! its leadership and its factory to a *runner* on the blocking pool of the runtime the
+//! store was built in, and waits for the flight like any other caller (see `timeout`): it
+//! may take the kept value at the soft timeout, or the kept value or the timeout error at
+//! the hard timeout. The runner finishes the load whatever its caller did, and its value is
+//! stored under the no-stale-insert rule of every load (an invalidation that overlapped it
+//! keeps it out). At the hard timeout the runner cancels an async factory
+//! (`OnHardTimeout::Cancel`: its future is dropped, the flight ends with the fail-safe value
+//! or the timeout) or lets it finish (`Background`); a blocking factory cannot be stopped and
+//! always finishes.
+//!
+//! The caller and its runner share a [`Handoff`]: the factory (taken by the runner when it
+//! starts; still there if the runner never ran, as when the runtime shut down, and then the
+//! caller runs it in place) and the panic of a factory that panicked with no fail-safe value
+//! to stand in (the caller resumes it, as a caller running its factory in place would
+//! panic). The runner records the panic before its flight is abandoned, under the handoff's
+//! lock, so the caller that sees the flight abandoned finds it.
+//!
+//! Without a runtime (a store built outside one) the detached loaders run their factory in
+//! place, as the other loaders do; the first time a timeout could not be honoured that way
+//! is logged.
+
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use nearcache_keys::Key;
+use parking_lot::Mutex;
+
+use crate::entry::EntryOptions;
+use crate::error::LoadError;
+use crate::flight::LeaderKind;
+use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
+use crate::stats::Counter;
+use crate::store::{Store, StoreInner};
+use crate::value::Shape;
+
+/// What a detached caller and its runner share.
+struct Handoff<F> {
+    state: Mutex<HandoffState<F>>,
+}
+
+struct HandoffState<F> {
+    /// The factory, until the runner takes it.
+    factory: Option<F>,
+    /// The factory's panic, when nothing stood in for it.
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl<F> Handoff<F> {
+    fn new(factory: F) -> Self {
+        Handoff {
+            state: Mutex::new(HandoffState {
+                factory: Some(factory),
+                panic: None,
+            }),
+        }
+    }
+
+    fn take_factory(&self) -> Option<F> {
+        self.state.lock().factory.take()
+    }
+}
+
+/// How a detached caller goes on after its runner's flight ended without an answer.
+enum AfterRunner<F> {
+    /// The runner never ran: the factory is back, to run in place.
+    InPlace(F),
+    /// Go through the table again (join a newer load, or get a hit).
+    Again,
+}
+
+impl Store {
+    /// The runtime a detached load of `key` runs on, if it needs one: a timeout could apply
+    /// and the store has a runtime (else it runs in place, logged once).
+    fn detach_runtime(&self, key: &Key) -> Option<tokio::runtime::Handle> {
+        let inner = &self.inner;
+        if !inner.enabled
+            || (inner.hard_timeout.is_none() && inner.soft_timeout_for(key, false).is_none())
+        {
+            return None;
+        }
+        let runtime = inner.runtime.clone();
+        if runtime.is_none() && !inner.no_runtime_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                key = %inner.shown(key),
+                "a timeout applies to a detached load but the store was built outside a tokio \
+                 runtime: its factory runs in place, so its caller waits for it (up to the \
+                 hard timeout for async callers, which cancels it)"
+            );
+        }
+        runtime
+    }
+
+    /// The detached async get-or-create (see the module docs).
+    pub(crate) async fn load_detached_async<S, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        let Some(runtime) = self.detach_runtime(key) else {
+            return self.inner.load_async::<S, E, F>(key, factory).await;
+        };
+        let inner = &*self.inner;
+        let bypass = inner.read_bypass();
+        let handoff = Arc::new(Handoff::new(factory));
+        let mut counted = false;
+        loop {
+            match inner.acquire::<S>(key, bypass, LeaderKind::Async) {
+                Acquired::Hit(hit) => {
+                    inner.count_first(&mut counted, Counter::Hits);
+                    return hit.map_err(LoadError::TypeMismatch);
+                }
+                Acquired::Wait { flight, joined_at } => {
+                    inner.count_first(&mut counted, Counter::Misses);
+                    if let Some(result) = inner
+                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
+                        .await
+                    {
+                        return result;
+                    }
+                }
+                Acquired::Lead(leader) => {
+                    inner.count_first(&mut counted, Counter::Misses);
+                    let flight = Arc::clone(leader.flight());
+                    let joined_at = flight.start_epoch();
+                    let detached = leader.detach(Arc::clone(&self.inner));
+                    let (runner_handoff, runner_runtime) = (Arc::clone(&handoff), runtime.clone());
+                    drop(runtime.spawn_blocking(move || {
+                        run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
+                    }));
+                    if let Some(result) = inner
+                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
+                        .await
+                    {
+                        return result;
+                    }
+                    match after_runner(&handoff) {
+                        AfterRunner::Again => {}
+                        AfterRunner::InPlace(factory) => {
+                            return inner.load_async::<S, E, F>(key, factory).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The detached blocking get-or-create (see the module docs).
+    pub(crate) fn load_detached_sync<S, E, F>(
+        &self,
+        key: &Key,
+        factory: F,
+    ) -> Result<S, LoadError<E>>
+    where
+        S: Shape + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E> + Send + 'static,
+    {
+        let Some(runtime) = self.detach_runtime(key) else {
+            return self.inner.load_sync::<S, E, F>(key, factory);
+        };
+        let inner = &*self.inner;
+        let bypass = inner.read_bypass();
+        let handoff = Arc::new(Handoff::new(factory));
+        let mut counted = false;
+        loop {
+            match inner.acquire::<S>(key, bypass, LeaderKind::Blocking) {
+                Acquired::Hit(hit) => {
+                    inner.count_first(&mut counted, Counter::Hits);
+                    return hit.map_err(LoadError::TypeMismatch);
+                }
+                Acquired::Wait { flight, joined_at } => {
+                    inner.count_first(&mut counted, Counter::Misses);
+                    if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
+                        return result;
+                    }
+                }
+                Acquired::Lead(leader) => {
+                    inner.count_first(&mut counted, Counter::Misses);
+                    let flight = Arc::clone(leader.flight());
+                    let joined_at = flight.start_epoch();
+                    let detached = leader.detach(Arc::clone(&self.inner));
+                    let runner_handoff = Arc::clone(&handoff);
+                    drop(runtime.spawn_blocking(move || {
+                        run_sync::<S, E, F>(detached, &runner_handoff);
+                    }));
+                    if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
+                        return result;
+                    }
+                    match after_runner(&handoff) {
+                        AfterRunner::Again => {}
+                        AfterRunner::InPlace(factory) => {
+                            return inner.load_sync::<S, E, F>(key, factory);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a detached caller does once its runner's flight ended with no answer for it (it was
+/// abandoned): resume the factory's panic, take the factory back if the runner never ran,
+/// or go again.
+fn after_runner<F>(handoff: &Handoff<F>) -> AfterRunner<F> {
+    let mut state = handoff.state.lock();
+    if let Some(panic) = state.panic.take() {
+        drop(state);
+        resume_unwind(panic);
+    }
+    match state.factory.take() {
+        Some(factory) => AfterRunner::InPlace(factory),
+        None => AfterRunner::Again,
+    }
+}
+
+/// Ends the runner's load with `result`, under the handoff's lock: a panic that nothing
+/// stood in for is recorded there before the flight is abandoned.
+fn finish<S, E, F>(
+    inner: &StoreInner,
+    leader: Leader<'_>,
+    entry: EntryOptions,
+    result: Result<S::Loaded, Failed<E>>,
+    handoff: &Handoff<F>,
+) where
+    S: Shape,
+    E: Send + Sync + 'static,
+{
+    let key = leader.key().clone();
+    let mut state = handoff.state.lock();
+    let finished = catch_unwind(AssertUnwindSafe(|| leader.finish::<S, E>(entry, result)));
+    if let Err(panic) = finished {
+        state.panic = Some(panic);
+        drop(state);
+        tracing::debug!(key = %inner.shown(&key), "a detached factory panicked: its caller resumes the panic, if it still waits");
+    }
+}
+
+/// The runner of a detached async load: drives the factory on this blocking-pool thread
+/// with `runtime`'s handle, under the hard timeout and its action.
+fn run_async<S, E, F>(
+    detached: DetachedLeader,
+    runtime: &tokio::runtime::Handle,
+    handoff: &Handoff<F>,
+) where
+    S: Shape,
+    E: Send + Sync + 'static,
+    F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+{
+    let Some(factory) = handoff.take_factory() else {
+        return; // dropping `detached` abandons the flight
+    };
+    let inner = Arc::clone(detached.inner_arc());
+    detached.run(|leader| {
+        let mut entry = leader.entry();
+        let result = runtime.block_on(async {
+            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+            inner.run_detached(&leader, run).await
+        });
+        finish::<S, E, F>(&inner, leader, entry, result, handoff);
+    });
+}
+
+/// The runner of a detached blocking load: runs the factory on this blocking-pool thread
+/// (to the end: a blocking function cannot be stopped).
+fn run_sync<S, E, F>(detached: DetachedLeader, handoff: &Handoff<F>)
+where
+    S: Shape,
+    E: Send + Sync + 'static,
+    F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
+{
+    let Some(factory) = handoff.take_factory() else {
+        return;
+    };
+    let inner = Arc::clone(detached.inner_arc());
+    detached.run(|leader| {
+        let mut entry = leader.entry();
+        let result = run_blocking(factory, &mut entry);
+        finish::<S, E, F>(&inner, leader, entry, result, handoff);
+    });
+}
