@@ -32,8 +32,8 @@ pub fn channel_for_app(app: &str) -> String {
 /// How a [`RedisBackplane`](crate::RedisBackplane) connects, publishes and reconnects.
 ///
 /// A plain struct: build it with [`RedisConfig::new`] or [`RedisConfig::for_app`] and change
-/// fields with struct update syntax, or deserialize it (every field has a default, unknown
-/// fields are refused). Every field's default is listed on the field.
+/// fields with struct update syntax, or deserialize it (every field but [`url`](Self::url)
+/// has a default, unknown fields are refused). Every field's default is listed on the field.
 ///
 /// ```
 /// use std::time::Duration;
@@ -79,7 +79,9 @@ pub struct RedisConfig {
     ///
     /// The user and password are sent with `AUTH` (ACL user when a user is given). TLS needs
     /// the crate's `tls` feature. Never shown with its password (see [`RedisUrl`]). Default:
-    /// `redis://127.0.0.1:6379`.
+    /// `redis://127.0.0.1:6379` in Rust ([`RedisConfig::default`]); none in a config file: a
+    /// file that names no `url` leaves it empty, and connecting refuses an empty URL, so a
+    /// forgotten URL fails at startup instead of reaching whatever Redis listens on localhost.
     ///
     /// ```
     /// let config = nearcache_redis::RedisConfig {
@@ -88,6 +90,7 @@ pub struct RedisConfig {
     /// };
     /// assert!(!format!("{config:?}").contains("s3cret"));
     /// ```
+    #[serde(default = "RedisUrl::unset")]
     pub url: RedisUrl,
     /// The application name that names the default channel,
     /// [`channel_for_app`]`(app)`. Default [`DEFAULT_APP`] (`"default"`).

@@ -33,6 +33,11 @@ impl RedisUrl {
         Self(url.into())
     }
 
+    /// No URL: what a config file that names none reads as. Connecting refuses it.
+    pub(crate) fn unset() -> Self {
+        Self(String::new())
+    }
+
     /// The URL as given, password included.
     pub fn as_str(&self) -> &str {
         &self.0

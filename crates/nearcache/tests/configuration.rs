@@ -57,11 +57,15 @@ fn blocks(doc: &str, language: &str) -> Vec<(String, String)> {
     found
 }
 
-/// The defaults, with the Redis section present (the tables list its defaults too).
+/// The defaults, with the Redis section present (the tables list its defaults too) as a file
+/// reads it: without a URL (a file has no default Redis).
 fn defaults_with_redis() -> CacheOptions {
     CacheOptions {
         backplane: BackplaneOptions {
-            redis: Some(RedisConfig::default()),
+            redis: Some(RedisConfig {
+                url: "".into(),
+                ..RedisConfig::default()
+            }),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()
@@ -468,4 +472,36 @@ fn shards_are_reachable_through_the_builder_and_the_file() {
         ),
         "{zero:?}"
     );
+}
+
+/// A Redis section that names no URL — the former shape without `redis_url`, or a
+/// `[backplane.redis]` section without `url` — loads (its other keys are kept, for a URL set
+/// in code), but `connect()` refuses it with `NoRedisUrl` instead of connecting to a Redis on
+/// localhost, which in production would be some other Redis or none.
+#[tokio::test]
+async fn a_redis_section_without_a_url_is_refused_at_connect_not_sent_to_localhost() {
+    for text in [
+        "[backplane]\napp = \"shop\"\nsharded = true\n",
+        "[backplane.redis]\napp = \"shop\"\nsharded = true\n",
+    ] {
+        let options: CacheOptions = toml::from_str(text).unwrap();
+        let err = nearcache::Cache::builder()
+            .options(options.clone())
+            .connect()
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, nearcache::BuildError::NoRedisUrl),
+            "{text}: {err:?}"
+        );
+        assert!(err.to_string().contains("backplane.redis.url"), "{err}");
+        let mut redis = options.backplane.redis.unwrap();
+        assert!(
+            (redis.sharded, redis.app.as_str()) == (true, "shop"),
+            "{text}"
+        );
+        redis.url = "redis://h:1".into();
+        assert_eq!(redis.channel_name(), "nearcache:shop:invalidations");
+    }
 }

@@ -112,7 +112,12 @@ fn into_redis_section(
              [backplane.redis] section is given too: move every Redis setting into that section"
         ));
     }
-    let mut redis = nearcache_redis::RedisConfig::default();
+    // As a `[backplane.redis]` section without `url` reads: no URL (so `connect` refuses
+    // with `NoRedisUrl`, as it did for such a file), not the localhost of `Default`.
+    let mut redis = nearcache_redis::RedisConfig {
+        url: nearcache_redis::RedisUrl::new(String::new()),
+        ..nearcache_redis::RedisConfig::default()
+    };
     moved.apply(&mut redis);
     Ok(BackplaneOptions {
         redis: Some(redis),
