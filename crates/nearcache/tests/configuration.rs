@@ -368,6 +368,12 @@ impl Write for Captured {
 
 #[test]
 fn each_former_key_is_named_once_in_a_warning_with_its_new_place() {
+    // tracing caches each callsite's interest process-wide; while one dispatcher is
+    // registered it is asked of the thread that reaches the callsite, so a sibling test
+    // loading a former-shape file without a subscriber could cache "never" for these
+    // warnings and this test would see none (tokio-rs/tracing#3611). With a second registered
+    // dispatcher every interest is the union of all of them.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -504,4 +510,46 @@ async fn a_redis_section_without_a_url_is_refused_at_connect_not_sent_to_localho
         redis.url = "redis://h:1".into();
         assert_eq!(redis.channel_name(), "nearcache:shop:invalidations");
     }
+}
+
+/// Options written out (a "show me my configuration" endpoint, a log line as JSON) show no
+/// secret: the signing keys as `***`, the URL with its password as `***`. Read back, such a
+/// copy fails loudly (a 3-byte signing key is refused) rather than working with a wrong key.
+#[test]
+fn written_out_options_show_no_secret() {
+    let options: CacheOptions = toml::from_str(
+        "[backplane]\nsigning_key = \"fleet-secret-0123456789\"\n\
+         previous_signing_key = \"older-secret-0123456789\"\n\
+         [backplane.redis]\nurl = \"rediss://app:hunter2@redis.internal:6380/0\"\n",
+    )
+    .unwrap();
+    let written = [
+        toml::to_string(&options).unwrap(),
+        serde_json::to_string(&options).unwrap(),
+    ];
+    for text in &written {
+        for secret in ["hunter2", "fleet-secret", "older-secret"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("rediss://app:***@redis.internal:6380/0"),
+            "{text}"
+        );
+    }
+    let read_back: CacheOptions = toml::from_str(&written[0]).unwrap();
+    let err = nearcache::Cache::builder()
+        .options(read_back)
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            nearcache::BuildError::InvalidBackplaneOption {
+                option: "signing_key" | "previous_signing_key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
