@@ -208,11 +208,9 @@ impl RedisConfig {
             (None, Some(path)) => {
                 std::fs::read(path)
                     .map(Some)
-                    .map_err(|err| RedisBackplaneError::InvalidConfig {
-                        reason: format!(
-                            "cannot read tls_ca_file {}: {err}; it must name a readable PEM file",
-                            path.display()
-                        ),
+                    .map_err(|source| RedisBackplaneError::TlsCaFile {
+                        path: path.clone(),
+                        source,
                     })
             }
             (None, None) => Ok(None),
@@ -367,6 +365,25 @@ mod tests {
             both.tls_ca(),
             Err(RedisBackplaneError::InvalidConfig { .. })
         ));
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_keeps_the_io_error_as_its_source_and_says_it_once() {
+        let missing = RedisConfig {
+            tls_ca_file: Some("/nonexistent/nearcache/ca.pem".into()),
+            ..RedisConfig::default()
+        };
+        let err = missing.tls_ca().unwrap_err();
+        let source = std::error::Error::source(&err)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert_eq!(source, Some(std::io::ErrorKind::NotFound), "{err:?}");
+        let io_text = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("/nonexistent/nearcache/ca.pem") && !shown.contains("os error"),
+            "{shown} (the io error {io_text} is the source, not part of the text)"
+        );
     }
 
     #[test]
