@@ -553,3 +553,18 @@ fn written_out_options_show_no_secret() {
         "{err:?}"
     );
 }
+
+/// A `backplane` of the wrong shape is described by the public type a reader can look up,
+/// not by the private struct that reads the former keys beside the current ones.
+#[test]
+fn a_malformed_backplane_section_names_backplane_options() {
+    for text in [r#"{ "backplane": null }"#, r#"{ "backplane": 5 }"#] {
+        let err = serde_json::from_str::<CacheOptions>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BackplaneOptions") && !err.contains("Section"),
+            "{text}: {err}"
+        );
+    }
+}

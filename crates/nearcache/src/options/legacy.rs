@@ -61,9 +61,13 @@ moved_keys! {
     replay_log_len: usize => replay_log_len,
 }
 
-/// A `[backplane]` section: the current keys, and the former Redis keys beside them.
+/// A `[backplane]` section: the current keys, and the former Redis keys beside them. Errors
+/// name it `BackplaneOptions`, the type a reader can look up.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "struct BackplaneOptions (a [backplane] table)"
+)]
 struct Section {
     #[serde(flatten)]
     moved: MovedKeys,
