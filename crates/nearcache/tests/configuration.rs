@@ -568,3 +568,95 @@ fn a_malformed_backplane_section_names_backplane_options() {
         );
     }
 }
+
+/// Options read from environment variables through the `config` crate, as
+/// docs/configuration.md shows: `config` with `try_parsing(true)`, over a given set of
+/// variables instead of the process's.
+fn from_env(vars: &[(&str, &str)], try_parsing: bool) -> Result<CacheOptions, config::ConfigError> {
+    let vars = vars
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    config::Config::builder()
+        .add_source(
+            config::Environment::with_prefix("CACHE")
+                .separator("__")
+                .try_parsing(try_parsing)
+                .source(Some(vars)),
+        )
+        .build()?
+        .try_deserialize()
+}
+
+/// Every level reads from the environment (numbers and booleans once `config` parses them:
+/// serde hands a flattened struct's values over as the text they were), the former spellings
+/// too, and a misspelt variable at any level is refused by name.
+#[test]
+fn environment_variables_through_the_config_crate_read_every_level() {
+    let vars = [
+        ("CACHE__TIME_TO_IDLE", "15m"),
+        ("CACHE__MAX_CAPACITY", "50000"),
+        ("CACHE__LOG_KEYS", "true"),
+        ("CACHE__BACKPLANE__MAX_STALENESS", "30s"),
+        ("CACHE__BACKPLANE__MAX_BATCH", "100"),
+        (
+            "CACHE__BACKPLANE__REDIS__URL",
+            "rediss://catalog-cache:secret@redis.internal:6380",
+        ),
+        ("CACHE__BACKPLANE__REDIS__APP", "catalog-api"),
+        ("CACHE__BACKPLANE__REDIS__SUBSCRIBER_QUEUE", "99"),
+    ];
+    let expected = CacheOptions {
+        store: StoreOptions {
+            time_to_idle: Some(Duration::from_secs(15 * 60)),
+            max_capacity: 50_000,
+            log_keys: true,
+            ..StoreOptions::default()
+        },
+        backplane: BackplaneOptions {
+            max_staleness: Some(Duration::from_secs(30)),
+            max_batch: 100,
+            redis: Some(RedisConfig {
+                url: "rediss://catalog-cache:secret@redis.internal:6380".into(),
+                app: "catalog-api".into(),
+                subscriber_queue: 99,
+                ..RedisConfig::default()
+            }),
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    };
+    assert_eq!(from_env(&vars, true).unwrap(), expected);
+    // Without try_parsing, a number stays text and is refused.
+    let err = from_env(&vars, false).unwrap_err().to_string();
+    assert!(err.contains("invalid type: string"), "{err}");
+
+    // The former spellings, as the docs' environment example used to write them.
+    let former = from_env(
+        &[
+            ("CACHE__SLIDING_EXPIRATION", "15m"),
+            ("CACHE__BACKPLANE__REDIS_URL", "redis://h:1"),
+            ("CACHE__BACKPLANE__APP", "catalog-api"),
+            ("CACHE__BACKPLANE__MAX_STALENESS", "30s"),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        former.store.time_to_idle,
+        Some(Duration::from_secs(15 * 60))
+    );
+    let redis = former.backplane.redis.unwrap();
+    assert_eq!(redis.url.as_str(), "redis://h:1");
+    assert_eq!(redis.channel_name(), "nearcache:catalog-api:invalidations");
+
+    for (var, misspelt) in [
+        ("CACHE__MAX_CAPACTY", "max_capacty"),
+        ("CACHE__TIME_TO_LVE", "time_to_lve"),
+        ("CACHE__BACKPLANE__MAX_BATHC", "max_bathc"),
+        ("CACHE__BACKPLANE__REDIS__URI", "uri"),
+    ] {
+        let err = from_env(&[(var, "1")], true).unwrap_err().to_string();
+        assert!(err.contains(misspelt), "{var}: {err}");
+    }
+}
