@@ -225,7 +225,8 @@ pub struct BackplaneOptions {
     /// The Redis backplane `CacheBuilder::connect` makes (its URL, channel, connection and
     /// replay-log settings; `[backplane.redis]` in a config file). Its `publish_timeout` and
     /// reconnect delays are taken from the fields above. Default: none, and `connect` then
-    /// refuses with [`BuildError::NoRedisUrl`].
+    /// refuses with [`BuildError::NoRedisUrl`], as it does a section that names no `url`
+    /// (a file has no default Redis: it is never localhost by accident).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[serde(skip_serializing_if = "Option::is_none")]
