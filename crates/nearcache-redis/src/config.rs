@@ -32,8 +32,8 @@ pub fn channel_for_app(app: &str) -> String {
 /// How a [`RedisBackplane`](crate::RedisBackplane) connects, publishes and reconnects.
 ///
 /// A plain struct: build it with [`RedisConfig::new`] or [`RedisConfig::for_app`] and change
-/// fields with struct update syntax, or deserialize it (every field has a default, unknown
-/// fields are refused). Every field's default is listed on the field.
+/// fields with struct update syntax, or deserialize it (every field but [`url`](Self::url)
+/// has a default, unknown fields are refused). Every field's default is listed on the field.
 ///
 /// ```
 /// use std::time::Duration;
@@ -79,7 +79,9 @@ pub struct RedisConfig {
     ///
     /// The user and password are sent with `AUTH` (ACL user when a user is given). TLS needs
     /// the crate's `tls` feature. Never shown with its password (see [`RedisUrl`]). Default:
-    /// `redis://127.0.0.1:6379`.
+    /// `redis://127.0.0.1:6379` in Rust ([`RedisConfig::default`]); none in a config file: a
+    /// file that names no `url` leaves it empty, and connecting refuses an empty URL, so a
+    /// forgotten URL fails at startup instead of reaching whatever Redis listens on localhost.
     ///
     /// ```
     /// let config = nearcache_redis::RedisConfig {
@@ -88,6 +90,7 @@ pub struct RedisConfig {
     /// };
     /// assert!(!format!("{config:?}").contains("s3cret"));
     /// ```
+    #[serde(default = "RedisUrl::unset")]
     pub url: RedisUrl,
     /// The application name that names the default channel,
     /// [`channel_for_app`]`(app)`. Default [`DEFAULT_APP`] (`"default"`).
@@ -205,11 +208,9 @@ impl RedisConfig {
             (None, Some(path)) => {
                 std::fs::read(path)
                     .map(Some)
-                    .map_err(|err| RedisBackplaneError::InvalidConfig {
-                        reason: format!(
-                            "cannot read tls_ca_file {}: {err}; it must name a readable PEM file",
-                            path.display()
-                        ),
+                    .map_err(|source| RedisBackplaneError::TlsCaFile {
+                        path: path.clone(),
+                        source,
                     })
             }
             (None, None) => Ok(None),
@@ -317,9 +318,16 @@ mod tests {
                 ..RedisConfig::default()
             }
         );
-        // Written out and read back, the password included: serde is not `Debug`.
+        // Written out, the password is redacted (as in `Debug`); the rest reads back the same.
         let text = toml::to_string(&config).unwrap();
-        assert_eq!(toml::from_str::<RedisConfig>(&text).unwrap(), config);
+        assert!(!text.contains(":pw@"), "{text}");
+        assert_eq!(
+            toml::from_str::<RedisConfig>(&text).unwrap(),
+            RedisConfig {
+                url: "rediss://app:***@redis.internal:6380/1".into(),
+                ..config
+            }
+        );
         let unknown = toml::from_str::<RedisConfig>("redis_url = \"redis://h\"").unwrap_err();
         assert!(unknown.to_string().contains("redis_url"), "{unknown}");
     }
@@ -357,6 +365,25 @@ mod tests {
             both.tls_ca(),
             Err(RedisBackplaneError::InvalidConfig { .. })
         ));
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_keeps_the_io_error_as_its_source_and_says_it_once() {
+        let missing = RedisConfig {
+            tls_ca_file: Some("/nonexistent/nearcache/ca.pem".into()),
+            ..RedisConfig::default()
+        };
+        let err = missing.tls_ca().unwrap_err();
+        let source = std::error::Error::source(&err)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert_eq!(source, Some(std::io::ErrorKind::NotFound), "{err:?}");
+        let io_text = std::io::Error::from(std::io::ErrorKind::NotFound).to_string();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("/nonexistent/nearcache/ca.pem") && !shown.contains("os error"),
+            "{shown} (the io error {io_text} is the source, not part of the text)"
+        );
     }
 
     #[test]

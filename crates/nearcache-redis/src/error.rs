@@ -43,6 +43,16 @@ pub enum RedisBackplaneError {
         /// Which setting and why.
         reason: String,
     },
+    /// [`tls_ca_file`](crate::RedisConfig::tls_ca_file) could not be read; the I/O error
+    /// is the `source()`.
+    #[error("cannot read tls_ca_file {}; it must name a readable PEM file", path.display())]
+    TlsCaFile {
+        /// The file named.
+        path: std::path::PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
     /// The URL asks for TLS (`rediss://`) but the crate was built without TLS support.
     #[error(
         "{url} asks for TLS but nearcache-redis was built without it: enable the `tls` feature \

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 /// A Redis URL as given, password included: what the backplane connects with.
 ///
 /// It holds a secret, so it shows itself only redacted: its `Debug` is the
-/// [`RedactedUrl`]'s, and it has no `Display`. It dereferences to the full text for code that
-/// needs it ([`as_str`](Self::as_str)), and (de)serializes as a plain string.
+/// [`RedactedUrl`]'s, it has no `Display`, and it serializes redacted too (a configuration
+/// written out, for a "show me my configuration" endpoint or a JSON log line, does not carry
+/// the password). It deserializes from the plain string, and dereferences to the full text
+/// for code that needs it ([`as_str`](Self::as_str)): that is how to ask for the password.
 ///
 /// ```
 /// use nearcache_redis::RedisUrl;
@@ -23,14 +25,25 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(format!("{url:?}"), "\"redis://app:***@10.0.0.5:6379\"");
 /// assert_eq!(url.as_str(), "redis://app:s3cret@10.0.0.5:6379");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
 #[serde(transparent)]
 pub struct RedisUrl(String);
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.redacted().as_str())
+    }
+}
 
 impl RedisUrl {
     /// Wraps `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
+    }
+
+    /// No URL: what a config file that names none reads as. Connecting refuses it.
+    pub(crate) fn unset() -> Self {
+        Self(String::new())
     }
 
     /// The URL as given, password included.

@@ -212,6 +212,11 @@ fn check_settings(config: &RedisConfig) -> Result<(), RedisBackplaneError> {
             reason: reason.to_owned(),
         })
     };
+    if config.url.is_empty() {
+        return invalid(
+            "url is empty; set it to the Redis server, e.g. url = \"redis://redis.internal:6379\"",
+        );
+    }
     if config.channel.as_ref().is_some_and(String::is_empty) {
         return invalid(
             "channel is empty; leave it unset for the default, or use RedisConfig::for_app(\"your-app\")",
@@ -368,6 +373,17 @@ mod tests {
         });
         assert!(
             matches!(err, RedisBackplaneError::InvalidConfig { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_without_a_url_is_refused_not_sent_to_localhost() {
+        let config: RedisConfig =
+            toml::from_str("app = \"shop\"").unwrap_or_else(|e| panic!("{e}"));
+        let err = error_of(config);
+        assert!(
+            matches!(&err, RedisBackplaneError::InvalidConfig { reason } if reason.contains("url")),
             "{err:?}"
         );
     }

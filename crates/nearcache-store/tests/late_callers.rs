@@ -394,7 +394,9 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
 
 /// On a multi-thread runtime with one worker, a blocking caller in one task waits for an
 /// async leader in another: the wait hands the worker off (`block_in_place`), so the leader
-/// runs and both finish.
+/// runs and both finish. The hand-off is the `tokio` feature's (without it such a wait is
+/// refused as `WouldDeadlock`).
+#[cfg(feature = "tokio")]
 #[test]
 fn a_blocking_wait_on_a_multi_thread_worker_hands_the_worker_off() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

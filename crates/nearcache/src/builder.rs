@@ -199,7 +199,8 @@ impl CacheBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError::NoRedisUrl`] when no Redis is configured, [`BuildError::Redis`] when
+    /// [`BuildError::NoRedisUrl`] when no Redis is configured or its URL is empty (a
+    /// `[backplane.redis]` section without `url`), [`BuildError::Redis`] when
     /// Redis cannot be reached, refuses the credentials or a setting (an unreadable
     /// `tls_ca_file`), and those of [`build`](Self::build).
     ///
@@ -214,6 +215,7 @@ impl CacheBuilder {
             .options
             .backplane
             .redis_config()
+            .filter(|redis| !redis.url.is_empty())
             .ok_or(BuildError::NoRedisUrl)?;
         let backplane = nearcache_redis::RedisBackplane::connect_with(config)
             .await

@@ -26,10 +26,11 @@ pub enum BuildError {
          (in an async fn under #[tokio::main], or after Runtime::enter())"
     )]
     NoRuntime,
-    /// `connect()` was called but `backplane.redis` is not set.
+    /// `connect()` was called but `backplane.redis` is not set, or sets no `url` (a file's
+    /// `[backplane.redis]` section without one: there is no default Redis to connect to).
     #[error(
-        "no Redis configured: set backplane.redis.url (a [backplane.redis] section), or pass \
-         a backplane to .backplane()"
+        "no Redis URL configured: set backplane.redis.url (in a [backplane.redis] section), \
+         or pass a backplane to .backplane()"
     )]
     NoRedisUrl,
     /// The Redis backplane could not connect.

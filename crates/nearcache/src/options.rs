@@ -23,8 +23,9 @@
 //! still load: see [`legacy`].
 //!
 //! Secrets (signing keys here, the Redis URL's password in
-//! [`RedisUrl`](nearcache_redis::RedisUrl)) are held in types whose `Debug` hides them, so
-//! every options struct derives `Debug` and a new field can never be left out of it.
+//! [`RedisUrl`](nearcache_redis::RedisUrl)) are held in types whose `Debug` and `Serialize`
+//! hide them, so every options struct derives `Debug` (a new field can never be left out of
+//! it), and options written back out show `***` where a secret was.
 
 mod legacy;
 
@@ -117,16 +118,26 @@ pub enum LossPolicy {
 }
 
 /// A secret from configuration (a signing key): `Debug` shows `"***"`, so options that hold
-/// one can derive `Debug`. It (de)serializes as a plain string.
+/// one can derive `Debug`. It deserializes from a plain string and serializes as `"***"`, so
+/// options written out (a "show me my configuration" endpoint, a JSON log line) do not
+/// carry it; [`expose`](Self::expose) is the way to ask for it. Options written out and read
+/// back therefore fail loudly (a 3-byte key is refused) rather than sign with a wrong key.
 ///
 /// ```
 /// let key = nearcache::Secret::new("a long random secret shared by the fleet");
 /// assert_eq!(format!("{key:?}"), "***");
+/// assert_eq!(serde_json::to_string(&key).unwrap(), "\"***\"");
 /// assert_eq!(key.expose(), "a long random secret shared by the fleet");
 /// ```
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
 
 impl Secret {
     /// Wraps `secret`.
@@ -215,7 +226,8 @@ pub struct BackplaneOptions {
     /// The Redis backplane `CacheBuilder::connect` makes (its URL, channel, connection and
     /// replay-log settings; `[backplane.redis]` in a config file). Its `publish_timeout` and
     /// reconnect delays are taken from the fields above. Default: none, and `connect` then
-    /// refuses with [`BuildError::NoRedisUrl`].
+    /// refuses with [`BuildError::NoRedisUrl`], as it does a section that names no `url`
+    /// (a file has no default Redis: it is never localhost by accident).
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     #[serde(skip_serializing_if = "Option::is_none")]

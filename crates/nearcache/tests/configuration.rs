@@ -59,11 +59,15 @@ fn blocks(doc: &str, language: &str) -> Vec<(String, String)> {
     found
 }
 
-/// The defaults, with the Redis section present (the tables list its defaults too).
+/// The defaults, with the Redis section present (the tables list its defaults too) as a file
+/// reads it: without a URL (a file has no default Redis).
 fn defaults_with_redis() -> CacheOptions {
     CacheOptions {
         backplane: BackplaneOptions {
-            redis: Some(RedisConfig::default()),
+            redis: Some(RedisConfig {
+                url: "".into(),
+                ..RedisConfig::default()
+            }),
             ..BackplaneOptions::default()
         },
         ..CacheOptions::default()
@@ -368,6 +372,12 @@ impl Write for Captured {
 
 #[test]
 fn each_former_key_is_named_once_in_a_warning_with_its_new_place() {
+    // tracing caches each callsite's interest process-wide; while one dispatcher is
+    // registered it is asked of the thread that reaches the callsite, so a sibling test
+    // loading a former-shape file without a subscriber could cache "never" for these
+    // warnings and this test would see none (tokio-rs/tracing#3611). With a second registered
+    // dispatcher every interest is the union of all of them.
+    let _anchor = tracing::Dispatch::new(tracing_subscriber::registry());
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -472,4 +482,185 @@ fn shards_are_reachable_through_the_builder_and_the_file() {
         ),
         "{zero:?}"
     );
+}
+
+/// A Redis section that names no URL — the former shape without `redis_url`, or a
+/// `[backplane.redis]` section without `url` — loads (its other keys are kept, for a URL set
+/// in code), but `connect()` refuses it with `NoRedisUrl` instead of connecting to a Redis on
+/// localhost, which in production would be some other Redis or none.
+#[tokio::test]
+async fn a_redis_section_without_a_url_is_refused_at_connect_not_sent_to_localhost() {
+    for text in [
+        "[backplane]\napp = \"shop\"\nsharded = true\n",
+        "[backplane.redis]\napp = \"shop\"\nsharded = true\n",
+    ] {
+        let options: CacheOptions = toml::from_str(text).unwrap();
+        let err = nearcache::Cache::builder()
+            .options(options.clone())
+            .connect()
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            matches!(err, nearcache::BuildError::NoRedisUrl),
+            "{text}: {err:?}"
+        );
+        assert!(err.to_string().contains("backplane.redis.url"), "{err}");
+        let mut redis = options.backplane.redis.unwrap();
+        assert!(
+            (redis.sharded, redis.app.as_str()) == (true, "shop"),
+            "{text}"
+        );
+        redis.url = "redis://h:1".into();
+        assert_eq!(redis.channel_name(), "nearcache:shop:invalidations");
+    }
+}
+
+/// Options written out (a "show me my configuration" endpoint, a log line as JSON) show no
+/// secret: the signing keys as `***`, the URL with its password as `***`. Read back, such a
+/// copy fails loudly (a 3-byte signing key is refused) rather than working with a wrong key.
+#[test]
+fn written_out_options_show_no_secret() {
+    let options: CacheOptions = toml::from_str(
+        "[backplane]\nsigning_key = \"fleet-secret-0123456789\"\n\
+         previous_signing_key = \"older-secret-0123456789\"\n\
+         [backplane.redis]\nurl = \"rediss://app:hunter2@redis.internal:6380/0\"\n",
+    )
+    .unwrap();
+    let written = [
+        toml::to_string(&options).unwrap(),
+        serde_json::to_string(&options).unwrap(),
+    ];
+    for text in &written {
+        for secret in ["hunter2", "fleet-secret", "older-secret"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(
+            text.contains("rediss://app:***@redis.internal:6380/0"),
+            "{text}"
+        );
+    }
+    let read_back: CacheOptions = toml::from_str(&written[0]).unwrap();
+    let err = nearcache::Cache::builder()
+        .options(read_back)
+        .build()
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            nearcache::BuildError::InvalidBackplaneOption {
+                option: "signing_key" | "previous_signing_key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// A `backplane` of the wrong shape is described by the public type a reader can look up,
+/// not by the private struct that reads the former keys beside the current ones.
+#[test]
+fn a_malformed_backplane_section_names_backplane_options() {
+    for text in [r#"{ "backplane": null }"#, r#"{ "backplane": 5 }"#] {
+        let err = serde_json::from_str::<CacheOptions>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BackplaneOptions") && !err.contains("Section"),
+            "{text}: {err}"
+        );
+    }
+}
+
+/// Options read from environment variables through the `config` crate, as
+/// docs/configuration.md shows: `config` with `try_parsing(true)`, over a given set of
+/// variables instead of the process's.
+fn from_env(vars: &[(&str, &str)], try_parsing: bool) -> Result<CacheOptions, config::ConfigError> {
+    let vars = vars
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    config::Config::builder()
+        .add_source(
+            config::Environment::with_prefix("CACHE")
+                .separator("__")
+                .try_parsing(try_parsing)
+                .source(Some(vars)),
+        )
+        .build()?
+        .try_deserialize()
+}
+
+/// Every level reads from the environment (numbers and booleans once `config` parses them:
+/// serde hands a flattened struct's values over as the text they were), the former spellings
+/// too, and a misspelt variable at any level is refused by name.
+#[test]
+fn environment_variables_through_the_config_crate_read_every_level() {
+    let vars = [
+        ("CACHE__TIME_TO_IDLE", "15m"),
+        ("CACHE__MAX_CAPACITY", "50000"),
+        ("CACHE__LOG_KEYS", "true"),
+        ("CACHE__BACKPLANE__MAX_STALENESS", "30s"),
+        ("CACHE__BACKPLANE__MAX_BATCH", "100"),
+        (
+            "CACHE__BACKPLANE__REDIS__URL",
+            "rediss://catalog-cache:secret@redis.internal:6380",
+        ),
+        ("CACHE__BACKPLANE__REDIS__APP", "catalog-api"),
+        ("CACHE__BACKPLANE__REDIS__SUBSCRIBER_QUEUE", "99"),
+    ];
+    let expected = CacheOptions {
+        store: StoreOptions {
+            time_to_idle: Some(Duration::from_secs(15 * 60)),
+            max_capacity: 50_000,
+            log_keys: true,
+            ..StoreOptions::default()
+        },
+        backplane: BackplaneOptions {
+            max_staleness: Some(Duration::from_secs(30)),
+            max_batch: 100,
+            redis: Some(RedisConfig {
+                url: "rediss://catalog-cache:secret@redis.internal:6380".into(),
+                app: "catalog-api".into(),
+                subscriber_queue: 99,
+                ..RedisConfig::default()
+            }),
+            ..BackplaneOptions::default()
+        },
+        ..CacheOptions::default()
+    };
+    assert_eq!(from_env(&vars, true).unwrap(), expected);
+    // Without try_parsing, a number stays text and is refused.
+    let err = from_env(&vars, false).unwrap_err().to_string();
+    assert!(err.contains("invalid type: string"), "{err}");
+
+    // The former spellings, as the docs' environment example used to write them.
+    let former = from_env(
+        &[
+            ("CACHE__SLIDING_EXPIRATION", "15m"),
+            ("CACHE__BACKPLANE__REDIS_URL", "redis://h:1"),
+            ("CACHE__BACKPLANE__APP", "catalog-api"),
+            ("CACHE__BACKPLANE__MAX_STALENESS", "30s"),
+        ],
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        former.store.time_to_idle,
+        Some(Duration::from_secs(15 * 60))
+    );
+    let redis = former.backplane.redis.unwrap();
+    assert_eq!(redis.url.as_str(), "redis://h:1");
+    assert_eq!(redis.channel_name(), "nearcache:catalog-api:invalidations");
+
+    for (var, misspelt) in [
+        ("CACHE__MAX_CAPACTY", "max_capacty"),
+        ("CACHE__TIME_TO_LVE", "time_to_lve"),
+        ("CACHE__BACKPLANE__MAX_BATHC", "max_bathc"),
+        ("CACHE__BACKPLANE__REDIS__URI", "uri"),
+    ] {
+        let err = from_env(&[(var, "1")], true).unwrap_err().to_string();
+        assert!(err.contains(misspelt), "{var}: {err}");
+    }
 }

@@ -61,9 +61,13 @@ moved_keys! {
     replay_log_len: usize => replay_log_len,
 }
 
-/// A `[backplane]` section: the current keys, and the former Redis keys beside them.
+/// A `[backplane]` section: the current keys, and the former Redis keys beside them. Errors
+/// name it `BackplaneOptions`, the type a reader can look up.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "struct BackplaneOptions (a [backplane] table)"
+)]
 struct Section {
     #[serde(flatten)]
     moved: MovedKeys,
@@ -112,7 +116,12 @@ fn into_redis_section(
              [backplane.redis] section is given too: move every Redis setting into that section"
         ));
     }
-    let mut redis = nearcache_redis::RedisConfig::default();
+    // As a `[backplane.redis]` section without `url` reads: no URL (so `connect` refuses
+    // with `NoRedisUrl`, as it did for such a file), not the localhost of `Default`.
+    let mut redis = nearcache_redis::RedisConfig {
+        url: nearcache_redis::RedisUrl::new(String::new()),
+        ..nearcache_redis::RedisConfig::default()
+    };
     moved.apply(&mut redis);
     Ok(BackplaneOptions {
         redis: Some(redis),
