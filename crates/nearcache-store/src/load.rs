@@ -941,9 +941,12 @@ impl Drop for Leader<'_> {
 }
 
 /// A waiter's result from its flight's outcome; `None` means go again: the flight was
-/// abandoned, a plain caller met a `None`, or the value predates an expiry that had finished
+/// abandoned, a plain caller met a `None`, the value predates an expiry that had finished
 /// before this caller joined (`joined_at` is past the flight's start and the leader found
-/// the value stale).
+/// the value stale), or the leader's factory failed with an error of another type than this
+/// caller's (an infallible loader joining a fallible one, say): that error cannot be handed
+/// over, and nothing is stored under the key, so there is no type mismatch to report — the
+/// caller loads for itself.
 pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
     outcome: &Outcome,
     flight: &Flight,
@@ -960,10 +963,13 @@ pub(crate) fn resolve<S: Shape, E: Send + Sync + 'static>(
             S::from_payload(payload.clone(), key)
                 .map(|result| result.map_err(LoadError::TypeMismatch))
         }
-        Outcome::Error { error, type_name } => Some(Err(match Arc::clone(error).downcast::<E>() {
-            Ok(error) => LoadError::Factory(error),
-            Err(_) => LoadError::TypeMismatch(TypeMismatch::new::<E>(key, type_name)),
-        })),
+        Outcome::Error { error, type_name } => match Arc::clone(error).downcast::<E>() {
+            Ok(error) => Some(Err(LoadError::Factory(error))),
+            Err(_) => {
+                tracing::debug!(key = %Shown::new(key, log_keys), leader_error = type_name, "the load this caller joined failed with another error type: loading again");
+                None
+            }
+        },
         Outcome::TimedOut(after) => Some(Err(LoadError::Timeout(FactoryTimeout::new(key, *after)))),
         Outcome::Abandoned => None,
     }

@@ -66,8 +66,10 @@ fn a_cached_none_read_as_another_type_names_the_type_it_is_a_none_of() {
     }
 }
 
+/// A waiter whose error type is not the failed leader's cannot be handed that error; nothing
+/// is stored under the key either, so it is no type mismatch: the waiter loads for itself.
 #[test]
-fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
+fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
     let store = store();
     let k = key("k");
     let (release, opener) = Gate::closed();
@@ -93,9 +95,40 @@ fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
     opener.open();
     assert!(matches!(leader.join().unwrap(), Err(LoadError::Factory(_))));
     match waiter.join().unwrap() {
-        Err(LoadError::TypeMismatch(m)) => assert!(m.found.contains("BackendDown")),
-        other => panic!("expected a mismatch, got {other:?}"),
+        Err(LoadError::Factory(e)) => assert_eq!(*e, std::fmt::Error),
+        other => panic!("expected the waiter's own factory error, got {other:?}"),
     }
+}
+
+/// The same for an infallible loader joining a fallible load: it gets its own value.
+#[test]
+fn an_infallible_waiter_of_a_failed_load_gets_its_own_value() {
+    let store = store();
+    let k = key("k");
+    let (release, opener) = Gate::closed();
+    let leader = {
+        let (store, k) = (store.clone(), k.clone());
+        std::thread::spawn(move || {
+            store.get_or_create_sync(&k, |_| {
+                release.pass_blocking();
+                Err::<u64, _>(BackendDown(1))
+            })
+        })
+    };
+    common::wait_until(
+        "the leader runs",
+        std::time::Duration::from_secs(10),
+        || store.flight_waiters(&k).is_some(),
+    );
+    let waiter = {
+        let (store, k) = (store.clone(), k.clone());
+        std::thread::spawn(move || store.get_or_create_sync(&k, |_| Ok::<u64, Infallible>(7)))
+    };
+    wait_for_waiters(&store, &k, 1);
+    opener.open();
+    assert!(matches!(leader.join().unwrap(), Err(LoadError::Factory(_))));
+    assert_eq!(*waiter.join().unwrap().unwrap(), 7);
+    assert_eq!(*store.get::<u64>(&k).unwrap().unwrap(), 7);
 }
 
 #[test]
