@@ -1,6 +1,7 @@
-//! What the `tests/propagation_*.rs` files share: cache instances on one in-process bus, a
-//! raw tap on the bus that decodes what travels, and ways to await what the propagation
-//! layer does (events, bounded polls) instead of sleeping and hoping.
+//! What the tests on an in-process bus share (the `tests/propagation_*.rs` files and
+//! others): cache instances on one bus, a raw tap on the bus that decodes what travels, and
+//! ways to await what the propagation layer does (events, bounded polls) instead of sleeping
+//! and hoping.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -52,6 +53,32 @@ pub fn quiet() -> CacheOptions {
     let mut options = CacheOptions::default();
     options.backplane.heartbeat_interval = Duration::from_secs(3600);
     options
+}
+
+/// Two caches (A, B) with [`quiet`] options on a new bus, each on its own connection and
+/// subscribed. Unlike [`trio`], the hellos' answers are not awaited: for tests that await
+/// each event they count on rather than counting messages.
+pub async fn pair() -> (Cache, Cache) {
+    let bus = InMemoryBackplane::new();
+    let build = |conn| {
+        Cache::builder()
+            .options(quiet())
+            .backplane(conn)
+            .build()
+            .expect("valid options inside a runtime")
+    };
+    let (a, b) = (build(bus.connection()), build(bus.connection()));
+    within("a", a.ready()).await;
+    within("b", b.ready()).await;
+    (a, b)
+}
+
+/// Waits for the next `Applied` event on `events` (a peer's message applied there).
+pub async fn next_applied(events: &mut broadcast::Receiver<CacheEvent>) {
+    within("a peer's message to be applied", async {
+        while !matches!(events.recv().await.unwrap(), CacheEvent::Applied { .. }) {}
+    })
+    .await;
 }
 
 /// One cache on its own connection to the bus, with an event receiver opened before it
