@@ -39,6 +39,16 @@ async fn load_all(instance: &Instance, keys: &[&Key]) {
     }
 }
 
+/// Takes `down`'s link away (awaiting its `Disconnected`), then has `writer` remove `keys`:
+/// invalidations `down` misses until its link is back.
+async fn miss_while_disconnected(down: &mut Instance, writer: &Instance, keys: &[&Key]) {
+    down.conn.disconnect();
+    down.event(CacheEvent::Disconnected).await;
+    for k in keys {
+        writer.cache.remove(*k).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
     let bus = logged_bus();
@@ -46,10 +56,8 @@ async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     load_all(&b, &[&k1, &k2, &kept]).await;
 
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await; // B misses both
-    c.cache.remove(&k2).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    c.cache.remove(&k2).await; // B misses both
     assert_eq!(b.get(&k1), Some(1), "stale until the link is back");
 
     b.conn.reconnect();
@@ -110,10 +118,7 @@ async fn a_log_trimmed_past_the_gap_clears() {
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
-    a.cache.remove(&k2).await;
+    miss_while_disconnected(&mut b, &a, &[&k1, &k2]).await;
     bus.trim_log(1); // the first missed message is gone from the log
 
     b.conn.reconnect();
@@ -131,9 +136,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.recreate_log(); // a restart without persistence: what B missed is gone
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
@@ -148,9 +151,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
 
     // The receiver learnt the new log's head: the next loss is repaired.
     load_all(&b, &[&k2, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k2).await;
+    miss_while_disconnected(&mut b, &a, &[&k2]).await;
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     assert_eq!(b.get(&k2), None);
@@ -166,9 +167,7 @@ async fn a_failed_log_read_is_retried() {
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, kept) = (key("k1"), key("kept"));
     load_all(&b, &[&k1, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.fail_log_reads(2);
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
@@ -185,9 +184,7 @@ async fn a_log_that_cannot_be_read_clears() {
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.fail_log_reads(u64::MAX);
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
@@ -204,9 +201,7 @@ async fn reads_bypass_the_store_while_a_repair_runs() {
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (stale, kept) = (key("stale"), key("kept"));
     load_all(&b, &[&stale, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&stale).await;
+    miss_while_disconnected(&mut b, &a, &[&stale]).await;
 
     let gate = bus.hold_log_reads();
     b.conn.reconnect();
@@ -235,9 +230,7 @@ async fn a_repair_that_outlasts_replay_timeout_clears() {
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     load_all(&b, &[&k1, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
 
     let gate = bus.hold_log_reads(); // never released while it matters
     b.conn.reconnect();
@@ -258,9 +251,7 @@ async fn replay_off_ignores_the_log_and_clears() {
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
     assert_eq!(b.get(&kept), None);
@@ -383,9 +374,7 @@ async fn a_load_racing_a_repair_is_not_stored() {
         }
     });
     within("the load to start", started_rx).await.unwrap();
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k).await; // the write B misses
+    miss_while_disconnected(&mut b, &a, &[&k]).await; // the write B misses
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     finish_tx.send(()).unwrap();
