@@ -16,8 +16,7 @@ async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k, kept) = (key("k"), key("kept"));
-    b.load(&k, 1).await;
-    b.load(&kept, 1).await;
+    b.load_all(&[&k, &kept]).await;
 
     b.conn.end_subscriptions();
     b.event(CacheEvent::Disconnected).await;
@@ -67,8 +66,7 @@ async fn a_deaf_subscription_is_found_by_its_own_heartbeats_not_coming_back() {
     b_options.backplane.heartbeat_echo_intervals = 3;
     let mut b = Instance::start(&bus, b_options).await;
     let (k, kept) = (key("k"), key("kept"));
-    b.load(&k, 1).await;
-    b.load(&kept, 1).await;
+    b.load_all(&[&k, &kept]).await;
 
     b.conn.unsubscribe_silently();
     a.cache.remove(&k).await; // B misses this, and nothing tells it

@@ -228,6 +228,13 @@ impl Instance {
             .unwrap()
     }
 
+    /// Caches each of `keys` at version 1 (each a miss).
+    pub async fn load_all(&self, keys: &[&Key]) {
+        for key in keys {
+            self.load(key, 1).await;
+        }
+    }
+
     /// The `u32` under `key`, if any.
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
