@@ -235,6 +235,15 @@ impl Instance {
         }
     }
 
+    /// This instance hears `writer`: it caches `key`, `writer` removes it, and `writer`'s
+    /// message `seq` (one invalidation) is applied here and evicts it.
+    pub async fn hears(&mut self, writer: &Instance, key: &Key, seq: u64) {
+        self.load(key, 1).await;
+        writer.cache.remove(key).await;
+        assert_eq!(self.applied().await, (writer.id(), seq, 1));
+        assert_eq!(self.get(key), None, "evicted by the writer's remove");
+    }
+
     /// The `u32` under `key`, if any.
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
