@@ -31,14 +31,15 @@ use nearcache::{
 };
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisServer, TcpProxy};
-use redis_support::{Db, Events, assert_nothing_stale, blocking, cached, load, product, stats};
+use redis_support::{
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
+    quick_config, stats,
+};
 
 mod redis_support;
 
 /// Upper bound for anything awaited here: the same as for one expected event.
 const WAIT: Duration = redis_support::EVENT_WAIT;
-/// The publish timeout of every instance here: short, so an outage costs little test time.
-const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
 /// Slack on top of `PUBLISH_TIMEOUT` for "returned in time" checks on a busy machine.
 const SLACK: Duration = Duration::from_millis(700);
 
@@ -47,22 +48,11 @@ region! {
     Catalog = "catalog";
 }
 
+/// [`quick_config`] with reconnects backing off up to 100 ms.
+/// These tests pin the log-less path (every loss clears); tests/redis_replay.rs covers the
+/// replay log.
 fn redis_config(url: String, app: &str) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        connect_timeout: Duration::from_secs(2),
-        publish_timeout: PUBLISH_TIMEOUT,
-        ping_interval: Duration::from_millis(100),
-        reconnect: ReconnectBackoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-            jitter: 0.5,
-        },
-        // These tests pin the log-less path (every loss clears); tests/redis_replay.rs
-        // covers the replay log.
-        replay_log_len: 0,
-        ..RedisConfig::for_app(app)
-    }
+    quick_config(url, app, Duration::from_millis(100))
 }
 
 /// The backplane options of application `app`: Redis on the default URL (tests that connect

@@ -7,12 +7,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use nearcache::{Cache, CacheEvent, InstanceId, Key, PropagationStats, cache_key};
+use nearcache::{
+    Cache, CacheEvent, InstanceId, Key, PropagationStats, ReconnectBackoff, RedisConfig, cache_key,
+};
 use tokio::sync::broadcast;
 
 /// How long one expected event may take unless the test says otherwise
 /// ([`Events::with_wait`]); generous for a loaded 2-core CI machine.
 pub(crate) const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// The publish timeout of every instance: short, so an outage costs little test time.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// The Redis config of application `app` on `url` for tests: short timeouts (an outage
+/// costs little test time), reconnects from 10 ms doubling up to `reconnect_max`, and no
+/// replay log (the log-less path: every loss is a counted clear, payloads travel unframed;
+/// tests that want the log set its length).
+pub(crate) fn quick_config(url: String, app: &str, reconnect_max: Duration) -> RedisConfig {
+    RedisConfig {
+        url: url.into(),
+        connect_timeout: Duration::from_secs(2),
+        publish_timeout: PUBLISH_TIMEOUT,
+        ping_interval: Duration::from_millis(100),
+        reconnect: ReconnectBackoff {
+            initial: Duration::from_millis(10),
+            max: reconnect_max,
+            jitter: 0.5,
+        },
+        replay_log_len: 0,
+        ..RedisConfig::for_app(app)
+    }
+}
 
 struct Product;
 

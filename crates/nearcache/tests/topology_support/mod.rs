@@ -7,38 +7,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nearcache::{
-    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, ReconnectBackoff,
-    RedisBackplane, RedisConfig,
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, RedisBackplane, RedisConfig,
 };
 
 pub(crate) use crate::redis_support::{
-    Db, Events, assert_nothing_stale, blocking, cached, load, product, stats,
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
+    quick_config, stats,
 };
 
 /// Upper bound for one expected event. A hard-killed primary is replaced after the cluster's
 /// node timeout (1 s) plus an election, or Sentinel's `down-after-milliseconds` (1 s) plus an
 /// election; generous for a loaded 2-core CI machine.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
-/// The publish timeout of every instance: short, so an outage costs little test time.
-pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
 
+/// [`quick_config`] with reconnects backing off up to 200 ms.
+/// Most of these tests pin the log-less path (a failover or migration is a counted clear,
+/// the ACL lines need no keys); `instance_with_log` turns the log on for the failover
+/// variants, and tests/redis_replay.rs covers it.
 pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        connect_timeout: Duration::from_secs(2),
-        publish_timeout: PUBLISH_TIMEOUT,
-        ping_interval: Duration::from_millis(100),
-        reconnect: ReconnectBackoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(200),
-            jitter: 0.5,
-        },
-        // Most of these tests pin the log-less path (a failover or migration is a counted
-        // clear, payloads arrive unframed, the ACL lines need no keys); `instance_with_log`
-        // turns the log on for the failover variants, and tests/redis_replay.rs covers it.
-        replay_log_len: 0,
-        ..RedisConfig::for_app(app)
-    }
+    quick_config(url, app, Duration::from_millis(200))
 }
 
 fn options() -> CacheOptions {
