@@ -33,7 +33,7 @@ use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisServer, TcpProxy};
 use redis_support::{
     Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
-    quick_config, stats,
+    quick_config, stats, subscribed,
 };
 
 mod redis_support;
@@ -108,13 +108,7 @@ async fn instance_with(url: String, options: CacheOptions) -> Cache {
     })
     .await
     .expect("connect to redis");
-    let cache = Cache::builder()
-        .options(options)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&cache).await;
-    cache
+    subscribed(options, backplane, WAIT).await
 }
 
 async fn instance(server: &RedisServer, app: &str) -> Cache {

@@ -1,6 +1,7 @@
-//! What the tests on a real Redis share (one server, a Cluster or Sentinels): product keys,
-//! a "database" of versioned products read cache-aside, and waiting for a cache's events
-//! with a deadline (nothing sleeps to let something happen).
+//! What the tests on a real Redis share (one server, a Cluster or Sentinels): a quick Redis
+//! config, subscribed caches, product keys, a "database" of versioned products read
+//! cache-aside, and waiting for a cache's events with a deadline (nothing sleeps to let
+//! something happen).
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nearcache::{
-    Cache, CacheEvent, InstanceId, Key, PropagationStats, ReconnectBackoff, RedisConfig, cache_key,
+    Cache, CacheEvent, CacheOptions, InstanceId, Key, PropagationStats, ReconnectBackoff,
+    RedisBackplane, RedisConfig, cache_key,
 };
 use tokio::sync::broadcast;
 
@@ -37,6 +39,23 @@ pub(crate) fn quick_config(url: String, app: &str, reconnect_max: Duration) -> R
         replay_log_len: 0,
         ..RedisConfig::for_app(app)
     }
+}
+
+/// A cache with `options` on `backplane`, once it has subscribed (within `wait`).
+pub(crate) async fn subscribed(
+    options: CacheOptions,
+    backplane: RedisBackplane,
+    wait: Duration,
+) -> Cache {
+    let cache = Cache::builder()
+        .options(options)
+        .backplane(backplane)
+        .build()
+        .expect("valid options inside a runtime");
+    tokio::time::timeout(wait, cache.ready())
+        .await
+        .expect("the cache subscribes within the deadline");
+    cache
 }
 
 struct Product;

@@ -12,7 +12,7 @@ use nearcache::{
 
 pub(crate) use crate::redis_support::{
     Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
-    quick_config, stats,
+    quick_config, stats, subscribed,
 };
 
 /// Upper bound for one expected event. A hard-killed primary is replaced after the cluster's
@@ -93,22 +93,13 @@ pub(crate) async fn assert_no_node_reachable(url: String, dead_port: u16) {
 }
 
 async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
-    let options = options();
     let backplane = RedisBackplane::connect_with(RedisConfig {
         replay_log_len,
         ..redis_config(url, app)
     })
     .await
     .expect("connect to redis");
-    let cache = Cache::builder()
-        .options(options)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    tokio::time::timeout(WAIT, cache.ready())
-        .await
-        .expect("the cache subscribes within the deadline");
-    cache
+    subscribed(options(), backplane, WAIT).await
 }
 
 /// A cache's events, each awaited for up to [`WAIT`] (a failover takes seconds).
