@@ -207,6 +207,34 @@ mod tests {
         }
     }
 
+    /// A `--faults` run of `duration` on `redis`: 50 products in 5 catalogs, 100 writes a
+    /// second, two readers an instance.
+    fn with_faults(redis: crate::cli::RedisTarget, duration: Duration) -> Config {
+        Config {
+            duration,
+            db_latency: Duration::from_micros(200),
+            write_rate: 100.0,
+            readers: 2,
+            products: 50,
+            catalogs: 5,
+            redis: Some(redis),
+            faults: true,
+            ..Config::default()
+        }
+    }
+
+    /// Runs the demo in one process on a fresh database for `config`: on the in-process
+    /// bus without `redis_url`, with `faults` injected when given.
+    async fn run_on_fresh_db(
+        config: &Config,
+        redis_url: Option<&str>,
+        faults: Option<Injector>,
+    ) -> Summary {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crate::create_database(&dir, config).unwrap();
+        run(config, &path, redis_url, faults, false).await.unwrap()
+    }
+
     /// The demo's claim, in small: three instances on the in-process bus, a writer, and
     /// not one stale read, while the caches spare the database most queries.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,9 +244,7 @@ mod tests {
             catalogs: 5,
             ..Config::default()
         });
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, None, None, false).await.unwrap();
+        let summary = run_on_fresh_db(&config, None, None).await;
         assert_eq!(summary.instances.len(), 3);
         assert!(summary.passed(), "{}", summary.render());
         let writer = &summary.instances[0];
@@ -246,9 +272,7 @@ mod tests {
             bound: Duration::from_millis(20),
             ..Config::default()
         });
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, None, None, false).await.unwrap();
+        let summary = run_on_fresh_db(&config, None, None).await;
         assert!(!summary.passed());
         assert!(summary.stale_reads() > 0);
         assert_eq!(
@@ -263,28 +287,14 @@ mod tests {
     /// disconnected, and clears itself when it reconnects), and still no read is stale.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_faults_are_ridden_through_and_costed() {
-        let config = Config {
-            duration: Duration::from_secs(3),
-            db_latency: Duration::from_micros(200),
-            write_rate: 100.0,
-            readers: 2,
-            products: 50,
-            catalogs: 5,
-            redis: Some(crate::cli::RedisTarget::Auto),
-            faults: true,
-            ..Config::default()
-        };
+        let config = with_faults(crate::cli::RedisTarget::Auto, Duration::from_secs(3));
         let server = tokio::task::spawn_blocking(nearcache_testkit::RedisServer::start)
             .await
             .unwrap()
             .unwrap();
         let url = server.url();
         let injector = Injector::new(OwnRedis::Server(Box::new(server)), config.duration);
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, Some(&url), Some(injector), false)
-            .await
-            .unwrap();
+        let summary = run_on_fresh_db(&config, Some(&url), Some(injector)).await;
         assert!(summary.passed(), "{}", summary.render());
         assert_eq!(summary.faults.len(), 3, "{:?}", summary.faults);
         assert_eq!(
@@ -316,17 +326,7 @@ mod tests {
     /// again afterwards, and no read is stale.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cluster_failover_is_ridden_through_and_costed() {
-        let config = Config {
-            duration: Duration::from_secs(6),
-            db_latency: Duration::from_micros(200),
-            write_rate: 100.0,
-            readers: 2,
-            products: 50,
-            catalogs: 5,
-            redis: Some(crate::cli::RedisTarget::AutoCluster),
-            faults: true,
-            ..Config::default()
-        };
+        let config = with_faults(crate::cli::RedisTarget::AutoCluster, Duration::from_secs(6));
         let cluster = tokio::task::spawn_blocking(nearcache_testkit::RedisCluster::start)
             .await
             .unwrap()
@@ -335,11 +335,7 @@ mod tests {
         let url = redis.url();
         assert!(url.starts_with("redis+cluster://"), "{url}");
         let injector = Injector::new(redis, config.duration);
-        let dir = tempfile::tempdir().unwrap();
-        let path = crate::create_database(&dir, &config).unwrap();
-        let summary = run(&config, &path, Some(&url), Some(injector), false)
-            .await
-            .unwrap();
+        let summary = run_on_fresh_db(&config, Some(&url), Some(injector)).await;
         assert!(summary.passed(), "{}", summary.render());
         assert_eq!(summary.faults.len(), 1, "{:?}", summary.faults);
         assert_eq!(

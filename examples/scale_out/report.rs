@@ -200,35 +200,25 @@ impl Summary {
             |i| ratio(i.hits, i.hits + i.misses),
             ratio(hits, reads),
         );
-        table.row(
+        table.summed(
             "loads collapsed by single flight",
             self,
-            |i| count(i.collapsed),
-            count(self.total(|i| i.collapsed)),
+            |i| i.collapsed,
+            count,
         );
-        table.row(
+        table.summed(
             "loads not stored (invalidated mid-load)",
             self,
-            |i| count(i.inserts_rejected_stale),
-            count(self.total(|i| i.inserts_rejected_stale)),
+            |i| i.inserts_rejected_stale,
+            count,
         );
-        table.row(
-            "writes",
-            self,
-            |i| count(i.writes),
-            count(self.total(|i| i.writes)),
-        );
-        table.row(
-            "invalidations sent",
-            self,
-            |i| count(i.invalidations_sent),
-            count(self.total(|i| i.invalidations_sent)),
-        );
-        table.row(
+        table.summed("writes", self, |i| i.writes, count);
+        table.summed("invalidations sent", self, |i| i.invalidations_sent, count);
+        table.summed(
             "invalidations received",
             self,
-            |i| count(i.invalidations_received),
-            count(self.total(|i| i.invalidations_received)),
+            |i| i.invalidations_received,
+            count,
         );
         let worst = |f: fn(&InstanceReport) -> Micros| {
             self.instances
@@ -238,65 +228,48 @@ impl Summary {
                 .max()
                 .map_or_else(|| "-".to_owned(), lag)
         };
-        table.row(
-            "propagation latency p50",
-            self,
-            |i| {
+        // An instance that measured no propagation shows "-", and does not count as the worst.
+        let measured = |f: fn(&InstanceReport) -> Micros| {
+            move |i: &InstanceReport| {
                 if i.lag_samples > 0 {
-                    lag(i.lag_p50)
+                    lag(f(i))
                 } else {
                     "-".into()
                 }
-            },
+            }
+        };
+        table.row(
+            "propagation latency p50",
+            self,
+            measured(|i| i.lag_p50),
             worst(|i| i.lag_p50),
         );
         table.row(
             "propagation latency p99",
             self,
-            |i| {
-                if i.lag_samples > 0 {
-                    lag(i.lag_p99)
-                } else {
-                    "-".into()
-                }
-            },
+            measured(|i| i.lag_p99),
             worst(|i| i.lag_p99),
         );
-        table.row(
-            "loss clears",
-            self,
-            |i| count(i.loss_clears),
-            count(self.total(|i| i.loss_clears)),
-        );
-        table.row(
+        table.summed("loss clears", self, |i| i.loss_clears, count);
+        table.summed(
             "loss repairs (from the replay log)",
             self,
-            |i| count(i.loss_repairs),
-            count(self.total(|i| i.loss_repairs)),
+            |i| i.loss_repairs,
+            count,
         );
-        table.row(
-            "keys replayed by repairs",
-            self,
-            |i| count(i.keys_replayed),
-            count(self.total(|i| i.keys_replayed)),
-        );
-        table.row(
+        table.summed("keys replayed by repairs", self, |i| i.keys_replayed, count);
+        table.summed(
             "time disconnected from Redis",
             self,
-            |i| lag(i.disconnected_us),
-            lag(self.total(|i| i.disconnected_us)),
+            |i| i.disconnected_us,
+            lag,
         );
-        table.row(
-            "time reads bypassed the cache",
-            self,
-            |i| lag(i.bypass_us),
-            lag(self.total(|i| i.bypass_us)),
-        );
-        table.row(
+        table.summed("time reads bypassed the cache", self, |i| i.bypass_us, lag);
+        table.summed(
             "failed publishes (retried)",
             self,
-            |i| count(i.publish_failures),
-            count(self.total(|i| i.publish_failures)),
+            |i| i.publish_failures,
+            count,
         );
         table.row(
             "invalidations queued (most at once)",
@@ -310,24 +283,14 @@ impl Summary {
                     .unwrap_or(0),
             ),
         );
-        table.row(
-            "outbox overflows",
-            self,
-            |i| count(i.outbox_overflows),
-            count(self.total(|i| i.outbox_overflows)),
-        );
-        table.row(
+        table.summed("outbox overflows", self, |i| i.outbox_overflows, count);
+        table.summed(
             "database errors (tried again)",
             self,
-            |i| count(i.db_errors),
-            count(self.total(|i| i.db_errors)),
+            |i| i.db_errors,
+            count,
         );
-        table.row(
-            "loads served by fail-safe",
-            self,
-            |i| count(i.fail_safe),
-            count(self.total(|i| i.fail_safe)),
-        );
+        table.summed("loads served by fail-safe", self, |i| i.fail_safe, count);
         table.row(
             "stale reads",
             self,
@@ -421,6 +384,22 @@ impl Table {
         let mut cells: Vec<String> = summary.instances.iter().map(cell).collect();
         cells.push(total);
         self.rows.push((label.to_owned(), cells));
+    }
+
+    /// A row of `field` for each instance and its sum over them, each shown by `show`.
+    fn summed(
+        &mut self,
+        label: &str,
+        summary: &Summary,
+        field: fn(&InstanceReport) -> u64,
+        show: fn(u64) -> String,
+    ) {
+        self.row(
+            label,
+            summary,
+            |i| show(field(i)),
+            show(summary.total(field)),
+        );
     }
 
     fn finish(&self) -> String {

@@ -213,35 +213,11 @@ impl ApplyHarness {
         // A sentinel from a fresh random origin (which no payload can claim) follows the
         // payload on the same ordered queue: once it is applied, the payload was processed.
         let sentinel = InstanceId::random();
-        let marker = Message {
-            origin: sentinel,
-            seq: 1,
-            sent_at_unix_micros: 0,
-            origin_started_unix_ms: 0,
-            ops: vec![Op::Remove {
-                keys: vec!["Fuzz:sentinel".to_owned()],
-            }],
-        };
-        let marker = match wire::encode(&marker) {
-            Ok(bytes) => bytes,
-            Err(error) => panic!("the sentinel encodes: {error}"),
-        };
+        let marker = encoded_remove(sentinel, 1, "Fuzz:sentinel");
         // The witness's real next message, after whatever the payload claimed in its name.
         self.witness_seq += 1;
         let witness_seq = self.witness_seq;
-        let witness = Message {
-            origin: WITNESS,
-            seq: witness_seq,
-            sent_at_unix_micros: 0,
-            origin_started_unix_ms: 0,
-            ops: vec![Op::Remove {
-                keys: vec!["Fuzz:witness".to_owned()],
-            }],
-        };
-        let witness = match wire::encode(&witness) {
-            Ok(bytes) => bytes,
-            Err(error) => panic!("the witness encodes: {error}"),
-        };
+        let witness = encoded_remove(WITNESS, witness_seq, "Fuzz:witness");
         self.bus.inject(Bytes::copy_from_slice(data));
         self.bus.inject(witness);
         self.bus.inject(marker);
@@ -327,6 +303,24 @@ impl ApplyHarness {
 impl Default for ApplyHarness {
     fn default() -> Self {
         ApplyHarness::new()
+    }
+}
+
+/// The harness's own message from `origin`, numbered `seq`, removing `key`: encoded as it
+/// travels.
+fn encoded_remove(origin: InstanceId, seq: u64, key: &str) -> Bytes {
+    let message = Message {
+        origin,
+        seq,
+        sent_at_unix_micros: 0,
+        origin_started_unix_ms: 0,
+        ops: vec![Op::Remove {
+            keys: vec![key.to_owned()],
+        }],
+    };
+    match wire::encode(&message) {
+        Ok(bytes) => bytes,
+        Err(error) => panic!("a one-key remove encodes: {error}"),
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use common::{Catalog, Pricing, key, runtime, store, store_with};
+use common::{Catalog, Pricing, key, runtime, store, store_with, wait_for_purges};
 use nearcache_keys::Key;
 use nearcache_store::{EntryOptions, Store, StoreOptions};
 
@@ -170,11 +170,7 @@ fn a_region_of_100k_entries_is_purged_in_the_background() {
         epoch + 1,
         "one token flip, whatever the size"
     );
-    let requested = store.purge_progress().requested;
-    assert!(
-        store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)),
-        "the purger served the expiry's request"
-    );
+    wait_for_purges(&store);
     assert_eq!(store.len(), 1, "only the entry outside the region is left");
     assert_eq!(store.weight(), 1);
     assert!(store.stats().expirations >= FILL as u64);
@@ -199,8 +195,7 @@ fn expiries_that_kill_nothing_skip_the_sweep_and_held_ones_do_not() {
     for i in 0..20 {
         store.expire_region_key::<Catalog>(&format!("unused-{i}"));
     }
-    let requested = store.purge_progress().requested;
-    assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)));
+    wait_for_purges(&store);
     assert_eq!(
         store.len(),
         2,
@@ -209,8 +204,7 @@ fn expiries_that_kill_nothing_skip_the_sweep_and_held_ones_do_not() {
     assert_eq!(store.stats().expirations, 0);
 
     store.expire_region_key::<Catalog>("used");
-    let requested = store.purge_progress().requested;
-    assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)));
+    wait_for_purges(&store);
     assert_eq!(
         store.len(),
         0,
@@ -258,6 +252,32 @@ fn sub_key_tokens_are_dropped_once_no_entry_holds_them() {
     assert!(!alive(&store, &key("live")));
 }
 
+/// `load_both` loads `parent` in `Catalog` with `child`, in `Pricing`, loaded inside its
+/// factory. Expiring either region must leave the other entry alive: neither inherited the
+/// other's region.
+fn assert_neither_inherits<T>(
+    store: &Store,
+    (parent, child): (&Key, &Key),
+    load_both: impl Fn() -> T,
+) {
+    load_both();
+    store.expire_region::<Catalog>();
+    assert!(!alive(store, parent));
+    assert!(
+        alive(store, child),
+        "the child did not inherit the parent's region"
+    );
+
+    store.clear();
+    load_both();
+    store.expire_region::<Pricing>();
+    assert!(!alive(store, child));
+    assert!(
+        alive(store, parent),
+        "the parent did not inherit the child's region"
+    );
+}
+
 /// A factory that loads another key inside itself: neither entry inherits the other's
 /// regions, in either direction.
 #[test]
@@ -278,22 +298,7 @@ fn nested_loads_never_inherit_tokens_blocking() {
             })
             .unwrap()
     };
-    load_both();
-    store.expire_region::<Catalog>();
-    assert!(!alive(&store, &parent));
-    assert!(
-        alive(&store, &child),
-        "the child did not inherit the parent's region"
-    );
-
-    store.clear();
-    load_both();
-    store.expire_region::<Pricing>();
-    assert!(!alive(&store, &child));
-    assert!(
-        alive(&store, &parent),
-        "the parent did not inherit the child's region"
-    );
+    assert_neither_inherits(&store, (&parent, &child), load_both);
 }
 
 #[test]
@@ -317,13 +322,5 @@ fn nested_loads_never_inherit_tokens_async() {
         }))
         .unwrap()
     };
-    load_both();
-    store.expire_region::<Catalog>();
-    assert!(!alive(&store, &parent));
-    assert!(alive(&store, &child));
-    store.clear();
-    load_both();
-    store.expire_region::<Pricing>();
-    assert!(!alive(&store, &child));
-    assert!(alive(&store, &parent));
+    assert_neither_inherits(&store, (&parent, &child), load_both);
 }

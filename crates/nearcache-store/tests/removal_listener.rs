@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Catalog, key};
+use common::{Catalog, key, wait_for_purges};
 use nearcache_keys::Key;
 use nearcache_store::{Clock, Mock, RemovalCause, Store, StoreOptions};
 
@@ -32,8 +32,7 @@ fn listening_store(options: StoreOptions) -> (Store, Arc<Mock>, Seen) {
 /// this, every entry a region expiry or `clear` killed has been removed and reported.
 fn purge(store: &Store) {
     store.purge_now();
-    let requested = store.purge_progress().requested;
-    assert!(store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(30)));
+    wait_for_purges(store);
 }
 
 /// The reports so far, by key; fails if a key was reported twice.

@@ -17,6 +17,7 @@
 pub mod redis_cluster;
 pub mod redis_sentinel;
 pub mod redis_server;
+mod settle;
 pub mod tcp_proxy;
 
 pub use redis_cluster::RedisCluster;

@@ -14,7 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::RedisServer;
-use crate::redis_server::redis_error;
+use crate::redis_server::{host_list, redis_error};
+use crate::settle;
 
 /// How long the cluster may take to form, or to agree on a change.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -128,12 +129,8 @@ impl RedisCluster {
     /// `redis+cluster://…` with only the nodes `seeds` as seeds (an instance that knows one
     /// node and must find the rest itself).
     pub fn url_of(&self, seeds: &[usize]) -> String {
-        let hosts: Vec<String> = seeds
-            .iter()
-            .filter_map(|&i| self.nodes.get(i))
-            .map(|node| format!("127.0.0.1:{}", node.port()))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let seeds = seeds.iter().filter_map(|&i| self.nodes.get(i));
+        format!("redis+cluster://{}", host_list(seeds))
     }
 
     /// Node `index`, to kill, restart or query it.
@@ -403,17 +400,7 @@ impl RedisCluster {
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut(&Self) -> bool) -> io::Result<()> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while !done(self) {
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("timed out after {SETTLE_TIMEOUT:?} waiting until {what}"),
-                ));
-            }
-            std::thread::sleep(POLL_PAUSE);
-        }
-        Ok(())
+        settle::poll_until(what, SETTLE_TIMEOUT, POLL_PAUSE, || done(self))
     }
 }
 

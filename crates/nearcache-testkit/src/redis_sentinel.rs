@@ -9,10 +9,11 @@
 //! shows the expected state or a deadline passes.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::RedisServer;
-use crate::redis_server::redis_error;
+use crate::redis_server::{host_list, redis_error};
+use crate::settle;
 
 /// The name under which the Sentinels know the primary.
 pub const MASTER_NAME: &str = "nearcache-primary";
@@ -88,12 +89,10 @@ impl RedisSentinels {
 
     /// `redis+sentinel://127.0.0.1:s0,127.0.0.1:s1,127.0.0.1:s2/nearcache-primary`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .sentinels
-            .iter()
-            .map(|sentinel| format!("127.0.0.1:{}", sentinel.port()))
-            .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+        format!(
+            "redis+sentinel://{}/{MASTER_NAME}",
+            host_list(&self.sentinels)
+        )
     }
 
     /// Data node `index` (0 or 1).
@@ -204,17 +203,7 @@ impl RedisSentinels {
     }
 
     fn wait_until(&self, what: &str, mut done: impl FnMut(&Self) -> bool) -> io::Result<()> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        while !done(self) {
-            if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("timed out after {SETTLE_TIMEOUT:?} waiting until {what}"),
-                ));
-            }
-            std::thread::sleep(POLL_PAUSE);
-        }
-        Ok(())
+        settle::poll_until(what, SETTLE_TIMEOUT, POLL_PAUSE, || done(self))
     }
 }
 

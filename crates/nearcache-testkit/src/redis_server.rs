@@ -228,23 +228,13 @@ impl RedisServer {
     /// `redis://[user][:password@]127.0.0.1:port` with the credentials the server requires;
     /// `rediss://…` on the TLS port for a TLS server.
     pub fn url(&self) -> String {
-        let scheme = if self.tls_port.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        self.url_for(scheme, self.port(), true)
+        self.client_url(true)
     }
 
     /// [`url`](Self::url) without credentials (to test what a server with a password says to
     /// a client without one).
     pub fn url_without_auth(&self) -> String {
-        let scheme = if self.tls_port.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        self.url_for(scheme, self.port(), false)
+        self.client_url(false)
     }
 
     /// The PEM certificate of the CA that signed a TLS server's certificate (for
@@ -263,6 +253,16 @@ impl RedisServer {
     /// The plain-port URL with credentials, for the harness's own connections.
     fn control_url(&self) -> String {
         self.url_for("redis", self.port, true)
+    }
+
+    /// The URL clients use: `rediss` on the TLS port for a TLS server, else `redis`.
+    fn client_url(&self, with_auth: bool) -> String {
+        let scheme = if self.tls_port.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        self.url_for(scheme, self.port(), with_auth)
     }
 
     fn url_for(&self, scheme: &str, port: u16, with_auth: bool) -> String {
@@ -657,6 +657,15 @@ fn quit(con: &mut redis::Connection) {
 /// A redis-rs error as the harness's `io::Error`.
 pub(crate) fn redis_error(err: redis::RedisError) -> io::Error {
     io::Error::other(format!("redis: {err}"))
+}
+
+/// `127.0.0.1:p0,127.0.0.1:p1,…`: `servers` as the host list of a cluster or Sentinel URL.
+pub(crate) fn host_list<'a>(servers: impl IntoIterator<Item = &'a RedisServer>) -> String {
+    let hosts: Vec<String> = servers
+        .into_iter()
+        .map(|server| format!("127.0.0.1:{}", server.port()))
+        .collect();
+    hosts.join(",")
 }
 
 #[cfg(test)]

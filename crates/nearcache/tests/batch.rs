@@ -6,42 +6,12 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use nearcache::{BatchEntries, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key};
-use tokio::sync::{broadcast, oneshot, watch};
+use nearcache::{BatchEntries, Cache, CacheOptions, Key};
+use propagation_support::{next_applied, pair, within};
+use tokio::sync::{oneshot, watch};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
-}
-
-async fn pair() -> (Cache, Cache) {
-    let bus = InMemoryBackplane::new();
-    let build = |conn| {
-        let mut options = CacheOptions::default();
-        options.backplane.heartbeat_interval = Duration::from_secs(3600);
-        Cache::builder()
-            .options(options)
-            .backplane(conn)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (build(bus.connection()), build(bus.connection()));
-    within("a", a.ready()).await;
-    within("b", b.ready()).await;
-    (a, b)
-}
-
-async fn applied(events: &mut broadcast::Receiver<CacheEvent>) {
-    within("a peer's message to be applied", async {
-        while !matches!(events.recv().await.unwrap(), CacheEvent::Applied { .. }) {}
-    })
-    .await;
-}
+mod propagation_support;
 
 fn rows(batch: &BatchEntries, version: u64) -> Vec<(Key, u64)> {
     batch.keys().map(|key| (key.clone(), version)).collect()
@@ -78,7 +48,7 @@ async fn a_peers_invalidation_during_a_batch_keeps_only_that_key_out() {
 
     let mut events = b.events();
     a.remove(&k2).await;
-    applied(&mut events).await;
+    next_applied(&mut events).await;
     let late = within(
         "a late caller, which must not wait for the batch",
         b.get_or_create(&k2, async |_| Ok::<_, Infallible>(2_u64)),

@@ -17,6 +17,15 @@ fn options() -> CacheOptions {
     options
 }
 
+/// A cache with [`options`] on `conn`, not yet subscribed.
+fn cache_on(conn: InMemoryBackplane) -> Cache {
+    Cache::builder()
+        .options(options())
+        .backplane(conn)
+        .build()
+        .unwrap()
+}
+
 async fn until_state(
     watch: &mut watch::Receiver<Health>,
     wanted: fn(&Coherence) -> bool,
@@ -41,17 +50,9 @@ fn a_cache_without_a_backplane_is_coherent() {
 #[tokio::test(flavor = "current_thread")]
 async fn health_follows_the_link_from_start_to_shutdown() {
     let bus = InMemoryBackplane::new();
-    let a = Cache::builder()
-        .options(options())
-        .backplane(bus.connection())
-        .build()
-        .unwrap();
+    let a = cache_on(bus.connection());
     let b_conn = bus.connection();
-    let b = Cache::builder()
-        .options(options())
-        .backplane(b_conn.clone())
-        .build()
-        .unwrap();
+    let b = cache_on(b_conn.clone());
     // Not subscribed yet (nothing ran on this thread): reads bypass the store.
     let start = b.health();
     assert_eq!(start.state, Coherence::Bypassing);

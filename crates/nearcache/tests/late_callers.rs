@@ -7,51 +7,14 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use nearcache::{
-    Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, Propagated, region,
-};
-use tokio::sync::{broadcast, oneshot, watch};
+use nearcache::{Cache, CacheOptions, Key, LoadError, Propagated, region};
+use propagation_support::{next_applied, pair, poll_until, within};
+use tokio::sync::{oneshot, watch};
+
+mod propagation_support;
 
 region!(Catalog = "catalog");
-
-const WAIT: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out after {WAIT:?} waiting for {what}"))
-}
-
-fn options() -> CacheOptions {
-    let mut options = CacheOptions::default();
-    options.backplane.heartbeat_interval = Duration::from_secs(3600);
-    options
-}
-
-async fn pair() -> (Cache, Cache) {
-    let bus = InMemoryBackplane::new();
-    let build = |conn| {
-        Cache::builder()
-            .options(options())
-            .backplane(conn)
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (build(bus.connection()), build(bus.connection()));
-    within("a", a.ready()).await;
-    within("b", b.ready()).await;
-    (a, b)
-}
-
-/// Waits for the next `Applied` event.
-async fn applied(events: &mut broadcast::Receiver<CacheEvent>) {
-    within("a peer's message to be applied", async {
-        while !matches!(events.recv().await.unwrap(), CacheEvent::Applied { .. }) {}
-    })
-    .await;
-}
 
 /// How the writer invalidates `k` on instance A.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +66,7 @@ async fn late_callers_after_a_peers_invalidation_get_the_new_version() {
         let mut events = b.events();
         db.store(2, Ordering::SeqCst);
         invalidate(&a, &k, how).await;
-        applied(&mut events).await;
+        next_applied(&mut events).await;
 
         let loads = Arc::new(AtomicUsize::new(0));
         let load = {
@@ -139,10 +102,8 @@ async fn late_callers_after_a_peers_invalidation_get_the_new_version() {
         // Region expiries let late callers join the held load and load again after it;
         // give them the chance to join before it finishes.
         if matches!(how, How::Region | How::SubKey) {
-            within("the late callers to join", async {
-                while b.flight_waiters(&k).unwrap_or(0) < 6 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+            poll_until("the late callers to join", || {
+                b.flight_waiters(&k).unwrap_or(0) >= 6
             })
             .await;
         }
@@ -190,7 +151,7 @@ async fn a_sub_key_with_separators_has_one_spelling_here_and_on_peers() {
         }
         let mut events = b.events();
         a.expire_region_key::<Catalog, _>(sub).await;
-        applied(&mut events).await;
+        next_applied(&mut events).await;
         assert!(
             a.get::<u8>(&k).unwrap().is_none(),
             "{sub:?}: not expired here"
@@ -211,7 +172,7 @@ async fn a_sub_key_with_separators_has_one_spelling_here_and_on_peers() {
         }
         let mut events = a.events();
         b.expire_region_key::<Catalog, _>(sub).await;
-        applied(&mut events).await;
+        next_applied(&mut events).await;
         assert!(b.get::<u8>(&k).unwrap().is_none(), "{sub:?}: typed, here");
         assert!(
             a.get::<u8>(&k).unwrap().is_none(),
@@ -335,7 +296,7 @@ async fn stress_no_read_on_a_peer_goes_back_past_an_applied_invalidation() {
             _ => a.clear().await,
         };
         assert_eq!(published, Propagated::Published);
-        applied(&mut events).await;
+        next_applied(&mut events).await;
         applied_at_b[i].store(version, Ordering::SeqCst);
     }
     stop.send_replace(true);

@@ -397,8 +397,7 @@ async fn unawaited_invalidations_from_any_thread_are_published() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k, other) = (key("k"), key("other"));
-    b.load(&k, 1).await;
-    b.load(&other, 1).await;
+    b.load_all(&[&k, &other]).await;
     // From a thread outside the runtime, each result dropped: they never wait for the network.
     let cache = a.cache.clone();
     let k2 = k.clone();

@@ -16,8 +16,7 @@ async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k, kept) = (key("k"), key("kept"));
-    b.load(&k, 1).await;
-    b.load(&kept, 1).await;
+    b.load_all(&[&k, &kept]).await;
 
     b.conn.end_subscriptions();
     b.event(CacheEvent::Disconnected).await;
@@ -32,10 +31,7 @@ async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
     );
 
     // And B hears A again on its new subscription.
-    b.load(&k, 2).await;
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
-    assert_eq!(b.get(&k), None);
+    b.hears(&a, &k, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,10 +46,7 @@ async fn a_subscription_that_ends_while_the_backplane_is_down_is_retried_until_i
     assert!(b.loss_cleared(ClearCause::SubscriptionEnded).await);
     b.event(CacheEvent::Connected).await;
     let k = key("k");
-    b.load(&k, 1).await;
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
-    assert_eq!(b.get(&k), None);
+    b.hears(&a, &k, 1).await;
 }
 
 /// The bus stops feeding B's subscription and says nothing: the link reads as up, no event
@@ -67,8 +60,7 @@ async fn a_deaf_subscription_is_found_by_its_own_heartbeats_not_coming_back() {
     b_options.backplane.heartbeat_echo_intervals = 3;
     let mut b = Instance::start(&bus, b_options).await;
     let (k, kept) = (key("k"), key("kept"));
-    b.load(&k, 1).await;
-    b.load(&kept, 1).await;
+    b.load_all(&[&k, &kept]).await;
 
     b.conn.unsubscribe_silently();
     a.cache.remove(&k).await; // B misses this, and nothing tells it
@@ -85,10 +77,7 @@ async fn a_deaf_subscription_is_found_by_its_own_heartbeats_not_coming_back() {
     assert!(s.connected);
 
     // B hears A again.
-    b.load(&k, 2).await;
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 2, 1));
-    assert_eq!(b.get(&k), None);
+    b.hears(&a, &k, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

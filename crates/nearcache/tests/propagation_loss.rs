@@ -151,8 +151,7 @@ async fn a_reconnect_clears_then_the_store_serves_again() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k, other) = (key("k"), key("other"));
-    b.load(&k, 1).await;
-    b.load(&other, 1).await;
+    b.load_all(&[&k, &other]).await;
 
     b.conn.disconnect();
     b.event(CacheEvent::Disconnected).await;

@@ -33,9 +33,13 @@ async fn repaired(instance: &mut Instance, cause: ClearCause) -> (u64, u64) {
     }
 }
 
-async fn load_all(instance: &Instance, keys: &[&Key]) {
+/// Takes `down`'s link away (awaiting its `Disconnected`), then has `writer` remove `keys`:
+/// invalidations `down` misses until its link is back.
+async fn miss_while_disconnected(down: &mut Instance, writer: &Instance, keys: &[&Key]) {
+    down.conn.disconnect();
+    down.event(CacheEvent::Disconnected).await;
     for k in keys {
-        instance.load(k, 1).await;
+        writer.cache.remove(*k).await;
     }
 }
 
@@ -44,12 +48,10 @@ async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
     let bus = logged_bus();
     let [a, mut b, c] = trio(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    load_all(&b, &[&k1, &k2, &kept]).await;
+    b.load_all(&[&k1, &k2, &kept]).await;
 
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await; // B misses both
-    c.cache.remove(&k2).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    c.cache.remove(&k2).await; // B misses both
     assert_eq!(b.get(&k1), Some(1), "stale until the link is back");
 
     b.conn.reconnect();
@@ -71,9 +73,7 @@ async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
     assert!(s.connected && !s.bypassing_reads);
 
     // And B hears the others live again.
-    a.cache.remove(&kept).await;
-    assert_eq!(b.applied().await, (a.id(), 2, 1));
-    assert_eq!(b.get(&kept), None);
+    b.hears(&a, &kept, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +82,7 @@ async fn a_payload_lost_on_the_channel_is_repaired_at_the_next_delivery() {
     let [a, mut b, mut c] = trio(&bus, quiet()).await;
     let (k2, k3, kept) = (key("k2"), key("k3"), key("kept"));
     for peer in [&b, &c] {
-        load_all(peer, &[&k2, &kept]).await;
+        peer.load_all(&[&k2, &kept]).await;
     }
 
     bus.drop_next(1);
@@ -109,11 +109,8 @@ async fn a_log_trimmed_past_the_gap_clears() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
-    a.cache.remove(&k2).await;
+    b.load_all(&[&kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1, &k2]).await;
     bus.trim_log(1); // the first missed message is gone from the log
 
     b.conn.reconnect();
@@ -130,10 +127,8 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    b.load_all(&[&kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.recreate_log(); // a restart without persistence: what B missed is gone
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
@@ -147,10 +142,8 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     assert_eq!(b.applied().await, (a.id(), 2, 1));
 
     // The receiver learnt the new log's head: the next loss is repaired.
-    load_all(&b, &[&k2, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k2).await;
+    b.load_all(&[&k2, &kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k2]).await;
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     assert_eq!(b.get(&k2), None);
@@ -165,10 +158,8 @@ async fn a_failed_log_read_is_retried() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    load_all(&b, &[&k1, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    b.load_all(&[&k1, &kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.fail_log_reads(2);
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
@@ -184,10 +175,8 @@ async fn a_log_that_cannot_be_read_clears() {
     options.backplane.replay_timeout = Duration::from_millis(100);
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    b.load_all(&[&kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     bus.fail_log_reads(u64::MAX);
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
@@ -203,10 +192,8 @@ async fn reads_bypass_the_store_while_a_repair_runs() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let (stale, kept) = (key("stale"), key("kept"));
-    load_all(&b, &[&stale, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&stale).await;
+    b.load_all(&[&stale, &kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&stale]).await;
 
     let gate = bus.hold_log_reads();
     b.conn.reconnect();
@@ -234,10 +221,8 @@ async fn a_repair_that_outlasts_replay_timeout_clears() {
     options.backplane.replay_timeout = Duration::from_millis(50);
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    load_all(&b, &[&k1, &kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    b.load_all(&[&k1, &kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
 
     let gate = bus.hold_log_reads(); // never released while it matters
     b.conn.reconnect();
@@ -257,10 +242,8 @@ async fn replay_off_ignores_the_log_and_clears() {
     options.backplane.replay = false;
     let [a, mut b, _c] = trio(&bus, options).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    load_all(&b, &[&kept]).await;
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k1).await;
+    b.load_all(&[&kept]).await;
+    miss_while_disconnected(&mut b, &a, &[&k1]).await;
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
     assert_eq!(b.get(&kept), None);
@@ -383,9 +366,7 @@ async fn a_load_racing_a_repair_is_not_stored() {
         }
     });
     within("the load to start", started_rx).await.unwrap();
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
-    a.cache.remove(&k).await; // the write B misses
+    miss_while_disconnected(&mut b, &a, &[&k]).await; // the write B misses
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     finish_tx.send(()).unwrap();

@@ -22,22 +22,24 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use nearcache::{
     BackplaneOptions, BuildError, Cache, CacheEvent, CacheOptions, ClearCause, InstanceId, Key,
-    Propagated, PropagationStats, ReconnectBackoff, RedisBackplane, RedisBackplaneError,
-    RedisConfig, cache_key, region,
+    Propagated, ReconnectBackoff, RedisBackplane, RedisBackplaneError, RedisConfig, region,
 };
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisServer, TcpProxy};
-use tokio::sync::broadcast;
+use redis_support::{
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
+    quick_config, stats, subscribed,
+};
 
-/// Upper bound for any one expected event; generous for a loaded 2-core CI machine.
-const WAIT: Duration = Duration::from_secs(10);
-/// The publish timeout of every instance here: short, so an outage costs little test time.
-const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
+mod redis_support;
+
+/// Upper bound for anything awaited here: the same as for one expected event.
+const WAIT: Duration = redis_support::EVENT_WAIT;
 /// Slack on top of `PUBLISH_TIMEOUT` for "returned in time" checks on a busy machine.
 const SLACK: Duration = Duration::from_millis(700);
 
@@ -46,28 +48,11 @@ region! {
     Catalog = "catalog";
 }
 
-struct Product;
-
-fn product(id: u32) -> Key {
-    cache_key!(Product, "get", &id)
-}
-
+/// [`quick_config`] with reconnects backing off up to 100 ms.
+/// These tests pin the log-less path (every loss clears); tests/redis_replay.rs covers the
+/// replay log.
 fn redis_config(url: String, app: &str) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        connect_timeout: Duration::from_secs(2),
-        publish_timeout: PUBLISH_TIMEOUT,
-        ping_interval: Duration::from_millis(100),
-        reconnect: ReconnectBackoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-            jitter: 0.5,
-        },
-        // These tests pin the log-less path (every loss clears); tests/redis_replay.rs
-        // covers the replay log.
-        replay_log_len: 0,
-        ..RedisConfig::for_app(app)
-    }
+    quick_config(url, app, Duration::from_millis(100))
 }
 
 /// The backplane options of application `app`: Redis on the default URL (tests that connect
@@ -123,13 +108,7 @@ async fn instance_with(url: String, options: CacheOptions) -> Cache {
     })
     .await
     .expect("connect to redis");
-    let cache = Cache::builder()
-        .options(options)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&cache).await;
-    cache
+    subscribed(options, backplane, WAIT).await
 }
 
 async fn instance(server: &RedisServer, app: &str) -> Cache {
@@ -142,61 +121,7 @@ async fn ready(cache: &Cache) {
         .expect("the cache subscribes within the deadline");
 }
 
-fn stats(cache: &Cache) -> PropagationStats {
-    cache.stats().propagation.expect("a cache with a backplane")
-}
-
-/// Runs a blocking harness call without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// One cache's events, with "wait for this one" helpers that fail after [`WAIT`].
-struct Events {
-    name: &'static str,
-    rx: broadcast::Receiver<CacheEvent>,
-}
-
 impl Events {
-    fn of(name: &'static str, cache: &Cache) -> Self {
-        Self {
-            name,
-            rx: cache.events(),
-        }
-    }
-
-    /// Skips events until `pick` returns `Some`.
-    async fn until<T>(&mut self, what: &str, mut pick: impl FnMut(&CacheEvent) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => panic!("{}: no {what} within {WAIT:?}", self.name),
-                Ok(Err(err)) => panic!(
-                    "{}: events ended or lagged ({err}) before {what}",
-                    self.name
-                ),
-                Ok(Ok(event)) => {
-                    if let Some(found) = pick(&event) {
-                        return found;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next message from `origin` applied here; returns how many invalidations it carried.
-    async fn applied_from(&mut self, origin: InstanceId) -> u64 {
-        self.until("Applied", |event| match event {
-            CacheEvent::Applied {
-                origin: from,
-                invalidations,
-                ..
-            } if *from == origin => Some(*invalidations),
-            _ => None,
-        })
-        .await
-    }
-
     async fn loss_cleared(&mut self, cause: ClearCause) {
         self.until("LossCleared", |event| match event {
             CacheEvent::LossCleared { cause: c, cleared } if *c == cause => {
@@ -213,48 +138,6 @@ impl Events {
             (*event == expected).then_some(())
         })
         .await;
-    }
-}
-
-/// The "database" behind the caches: product `i` has version `versions[i]`.
-struct Db {
-    versions: Vec<AtomicU32>,
-}
-
-impl Db {
-    fn new(products: usize) -> Arc<Self> {
-        Arc::new(Self {
-            versions: (0..products).map(|_| AtomicU32::new(1)).collect(),
-        })
-    }
-
-    fn get(&self, id: u32) -> u32 {
-        self.versions[id as usize].load(Ordering::SeqCst)
-    }
-
-    fn bump(&self, id: u32) -> u32 {
-        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
-    }
-}
-
-/// Cache-aside read of product `id` from `db`.
-async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
-    *cache
-        .get_or_create(product(id), async |_| Ok::<_, Infallible>(db.get(id)))
-        .await
-        .unwrap()
-}
-
-fn cached(cache: &Cache, id: u32) -> Option<u32> {
-    cache.get::<u32>(product(id)).unwrap().as_deref().copied()
-}
-
-/// Every entry `cache` holds for products `0..n` is the database's current version.
-fn assert_nothing_stale(name: &str, cache: &Cache, db: &Db, n: u32) {
-    for id in 0..n {
-        if let Some(version) = cached(cache, id) {
-            assert_eq!(version, db.get(id), "{name} serves a stale product {id}");
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! happened, or polls the cluster's own view, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod redis_support;
 mod topology_support;
 
 use std::time::Duration;
@@ -18,8 +19,8 @@ use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_testkit::RedisCluster;
 use topology_support::{
-    Db, Events, Failover, Log, WAIT, assert_no_node_reachable, assert_nothing_stale, blocking,
-    dead_port, instance, instance_logging, invalidation_flows, load, redis_config, stats,
+    Db, Failover, Log, WAIT, assert_no_node_reachable, assert_nothing_stale, blocking, dead_port,
+    events, instance, instance_logging, invalidation_flows, load, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -81,7 +82,7 @@ async fn instances_seeded_with_different_nodes_invalidate_each_other_through_the
     let cluster = blocking(RedisCluster::start).unwrap();
     let (a, b, owner) = two_instances(&cluster, "seeds").await;
     let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    let (mut ea, mut eb) = (events("a", &a), events("b", &b));
     invalidation_flows(&a, &b, &mut eb, &db, 0).await;
     invalidation_flows(&b, &a, &mut ea, &db, 1).await;
     // The channel is sharded: its owner has both subscribers, no other node has any.
@@ -99,7 +100,7 @@ async fn a_slot_migration_while_invalidations_flow_is_a_counted_loss_then_the_sl
     let slot = blocking(|| cluster.slot_of(&channel("migrate"))).unwrap();
     let target = blocking(|| other_primary(&cluster, owner));
     let db = Db::new(4);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    let (mut ea, mut eb) = (events("a", &a), events("b", &b));
     invalidation_flows(&a, &b, &mut eb, &db, 0).await;
 
     // Mid-migration the source keeps serving the channel: nothing is lost yet.
@@ -223,7 +224,7 @@ async fn an_acl_user_limited_to_its_channel_and_cluster_slots_is_enough() {
     let a = instance(url(seeds.next().unwrap()), "acl").await;
     let b = instance(url(seeds.next().unwrap()), "acl").await;
     let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    let (mut ea, mut eb) = (events("a", &a), events("b", &b));
     invalidation_flows(&a, &b, &mut eb, &db, 0).await;
     blocking(|| cluster.begin_slot_migration(slot, owner, target)).unwrap();
     blocking(|| cluster.finish_slot_migration(slot, target)).unwrap();

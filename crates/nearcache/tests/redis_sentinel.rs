@@ -9,13 +9,14 @@
 //! happened, or polls the Sentinels' own view, with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod redis_support;
 mod topology_support;
 
 use nearcache::{RedisBackplane, RedisBackplaneError};
 use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
-    Db, Events, Failover, Log, assert_no_node_reachable, blocking, dead_port, instance,
+    Db, Failover, Log, assert_no_node_reachable, blocking, dead_port, events, instance,
     instance_logging, invalidation_flows, redis_config,
 };
 
@@ -116,7 +117,7 @@ async fn an_acl_user_limited_to_its_channel_and_role_is_enough() {
     let a = instance(url.clone(), "sentinel-acl").await;
     let b = instance(url, "sentinel-acl").await;
     let db = Db::new(2);
-    let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+    let (mut ea, mut eb) = (events("a", &a), events("b", &b));
     invalidation_flows(&a, &b, &mut eb, &db, 0).await;
     blocking(|| sentinels.failover()).unwrap();
     for events in [&mut ea, &mut eb] {

@@ -126,13 +126,9 @@ impl Capture {
 
     /// The `key` field of every event whose message contains `message`.
     fn event_keys(&self, message: &str) -> Vec<String> {
-        self.0
-            .lock()
-            .unwrap()
-            .events
-            .iter()
-            .filter(|e| e.get("message").is_some_and(|m| m.contains(message)))
-            .filter_map(|e| e.get("key").cloned())
+        self.events(message)
+            .into_iter()
+            .filter_map(|mut e| e.remove("key"))
             .collect()
     }
 
@@ -164,22 +160,22 @@ fn named(name: &str, log_keys: bool) -> CacheOptions {
     }
 }
 
+/// A cache named "orders", keys hidden, on `conn`: one of the instances a span follows.
+fn orders_on(conn: InMemoryBackplane) -> Cache {
+    Cache::builder()
+        .options(named("orders", false))
+        .backplane(conn)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn one_invalidation_is_followed_from_publish_on_a_to_apply_on_b() {
     let capture = Capture::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
     let bus = InMemoryBackplane::new();
-    let a = Cache::builder()
-        .options(named("orders", false))
-        .backplane(bus.connection())
-        .build()
-        .unwrap();
-    let b = Cache::builder()
-        .options(named("orders", false))
-        .backplane(bus.connection())
-        .build()
-        .unwrap();
+    let (a, b) = (orders_on(bus.connection()), orders_on(bus.connection()));
     a.ready().await;
     b.ready().await;
     let mut events = b.events();
@@ -314,17 +310,9 @@ async fn a_tasks_warning_carries_the_cache_and_instance_under_a_warn_filter() {
         tracing_subscriber::registry().with(capture.clone().with_filter(LevelFilter::WARN)),
     );
     let bus = InMemoryBackplane::new();
-    let a = Cache::builder()
-        .options(named("orders", false))
-        .backplane(bus.connection())
-        .build()
-        .unwrap();
+    let a = orders_on(bus.connection());
     let b_conn = bus.connection();
-    let b = Cache::builder()
-        .options(named("orders", false))
-        .backplane(b_conn.clone())
-        .build()
-        .unwrap();
+    let b = orders_on(b_conn.clone());
     a.ready().await;
     b.ready().await;
     let mut events = b.events();

@@ -89,6 +89,16 @@ pub fn wait_for_waiters(store: &Store, key: &Key, n: usize) {
     );
 }
 
+/// Waits until the purger has served every purge request made so far (a region expiry's,
+/// `clear`'s, `purge_now`'s): what they killed is then removed. Fails after 60 s.
+pub fn wait_for_purges(store: &Store) {
+    let requested = store.purge_progress().requested;
+    assert!(
+        store.wait_for_purge(|p| p.served >= requested, Duration::from_secs(60)),
+        "the purger served the {requested} purge requests made so far"
+    );
+}
+
 /// A multi-thread runtime for tests that also block threads.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,7 @@
-//! What the `tests/propagation_*.rs` files share: cache instances on one in-process bus, a
-//! raw tap on the bus that decodes what travels, and ways to await what the propagation
-//! layer does (events, bounded polls) instead of sleeping and hoping.
+//! What the tests on an in-process bus share (the `tests/propagation_*.rs` files and
+//! others): cache instances on one bus, a raw tap on the bus that decodes what travels, and
+//! ways to await what the propagation layer does (events, bounded polls) instead of sleeping
+//! and hoping.
 #![allow(
     dead_code,
     unreachable_pub,
@@ -52,6 +53,32 @@ pub fn quiet() -> CacheOptions {
     let mut options = CacheOptions::default();
     options.backplane.heartbeat_interval = Duration::from_secs(3600);
     options
+}
+
+/// Two caches (A, B) with [`quiet`] options on a new bus, each on its own connection and
+/// subscribed. Unlike [`trio`], the hellos' answers are not awaited: for tests that await
+/// each event they count on rather than counting messages.
+pub async fn pair() -> (Cache, Cache) {
+    let bus = InMemoryBackplane::new();
+    let build = |conn| {
+        Cache::builder()
+            .options(quiet())
+            .backplane(conn)
+            .build()
+            .expect("valid options inside a runtime")
+    };
+    let (a, b) = (build(bus.connection()), build(bus.connection()));
+    within("a", a.ready()).await;
+    within("b", b.ready()).await;
+    (a, b)
+}
+
+/// Waits for the next `Applied` event on `events` (a peer's message applied there).
+pub async fn next_applied(events: &mut broadcast::Receiver<CacheEvent>) {
+    within("a peer's message to be applied", async {
+        while !matches!(events.recv().await.unwrap(), CacheEvent::Applied { .. }) {}
+    })
+    .await;
 }
 
 /// One cache on its own connection to the bus, with an event receiver opened before it
@@ -199,6 +226,22 @@ impl Instance {
             .get_or_create(key, async |_| Ok::<_, Infallible>(value))
             .await
             .unwrap()
+    }
+
+    /// Caches each of `keys` at version 1 (each a miss).
+    pub async fn load_all(&self, keys: &[&Key]) {
+        for key in keys {
+            self.load(key, 1).await;
+        }
+    }
+
+    /// This instance hears `writer`: it caches `key`, `writer` removes it, and `writer`'s
+    /// message `seq` (one invalidation) is applied here and evicts it.
+    pub async fn hears(&mut self, writer: &Instance, key: &Key, seq: u64) {
+        self.load(key, 1).await;
+        writer.cache.remove(key).await;
+        assert_eq!(self.applied().await, (writer.id(), seq, 1));
+        assert_eq!(self.get(key), None, "evicted by the writer's remove");
     }
 
     /// The `u32` under `key`, if any.

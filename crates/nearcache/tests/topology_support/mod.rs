@@ -1,48 +1,31 @@
-//! What the Redis Cluster and Sentinel tests share: caches on a topology URL with short
-//! timeouts, a "database" of versioned products, and waiting for a cache's events with a
-//! deadline (nothing sleeps to let something happen).
+//! What the Redis Cluster and Sentinel tests share beyond `redis_support`: caches on a
+//! topology URL with short timeouts, a failover's before and after, and events awaited for
+//! as long as a failover takes (nothing sleeps to let something happen).
 #![allow(dead_code)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nearcache::{
-    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, InstanceId, Key,
-    PropagationStats, ReconnectBackoff, RedisBackplane, RedisConfig, cache_key,
+    BackplaneOptions, Cache, CacheEvent, CacheOptions, ClearCause, RedisBackplane, RedisConfig,
 };
-use tokio::sync::broadcast;
+
+pub(crate) use crate::redis_support::{
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
+    quick_config, stats, subscribed,
+};
 
 /// Upper bound for one expected event. A hard-killed primary is replaced after the cluster's
 /// node timeout (1 s) plus an election, or Sentinel's `down-after-milliseconds` (1 s) plus an
 /// election; generous for a loaded 2-core CI machine.
 pub(crate) const WAIT: Duration = Duration::from_secs(30);
-/// The publish timeout of every instance: short, so an outage costs little test time.
-pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_millis(300);
 
-struct Product;
-
-pub(crate) fn product(id: u32) -> Key {
-    cache_key!(Product, "get", &id)
-}
-
+/// [`quick_config`] with reconnects backing off up to 200 ms.
+/// Most of these tests pin the log-less path (a failover or migration is a counted clear,
+/// the ACL lines need no keys); `instance_with_log` turns the log on for the failover
+/// variants, and tests/redis_replay.rs covers it.
 pub(crate) fn redis_config(url: String, app: &str) -> RedisConfig {
-    RedisConfig {
-        url: url.into(),
-        connect_timeout: Duration::from_secs(2),
-        publish_timeout: PUBLISH_TIMEOUT,
-        ping_interval: Duration::from_millis(100),
-        reconnect: ReconnectBackoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(200),
-            jitter: 0.5,
-        },
-        // Most of these tests pin the log-less path (a failover or migration is a counted
-        // clear, payloads arrive unframed, the ACL lines need no keys); `instance_with_log`
-        // turns the log on for the failover variants, and tests/redis_replay.rs covers it.
-        replay_log_len: 0,
-        ..RedisConfig::for_app(app)
-    }
+    quick_config(url, app, Duration::from_millis(200))
 }
 
 fn options() -> CacheOptions {
@@ -110,83 +93,21 @@ pub(crate) async fn assert_no_node_reachable(url: String, dead_port: u16) {
 }
 
 async fn instance_with_log_len(url: String, app: &str, replay_log_len: usize) -> Cache {
-    let options = options();
     let backplane = RedisBackplane::connect_with(RedisConfig {
         replay_log_len,
         ..redis_config(url, app)
     })
     .await
     .expect("connect to redis");
-    let cache = Cache::builder()
-        .options(options)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    tokio::time::timeout(WAIT, cache.ready())
-        .await
-        .expect("the cache subscribes within the deadline");
-    cache
+    subscribed(options(), backplane, WAIT).await
 }
 
-pub(crate) fn stats(cache: &Cache) -> PropagationStats {
-    cache.stats().propagation.expect("a cache with a backplane")
-}
-
-/// Runs a blocking harness call without stalling the runtime's other tasks.
-pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// One cache's events, with "wait for this one" helpers that fail after [`WAIT`].
-pub(crate) struct Events {
-    name: &'static str,
-    rx: broadcast::Receiver<CacheEvent>,
+/// A cache's events, each awaited for up to [`WAIT`] (a failover takes seconds).
+pub(crate) fn events(name: &'static str, cache: &Cache) -> Events {
+    Events::of(name, cache).with_wait(WAIT)
 }
 
 impl Events {
-    pub(crate) fn of(name: &'static str, cache: &Cache) -> Self {
-        Self {
-            name,
-            rx: cache.events(),
-        }
-    }
-
-    /// Skips events until `pick` returns `Some`.
-    pub(crate) async fn until<T>(
-        &mut self,
-        what: &str,
-        mut pick: impl FnMut(&CacheEvent) -> Option<T>,
-    ) -> T {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => panic!("{}: no {what} within {WAIT:?}", self.name),
-                Ok(Err(err)) => panic!(
-                    "{}: events ended or lagged ({err}) before {what}",
-                    self.name
-                ),
-                Ok(Ok(event)) => {
-                    if let Some(found) = pick(&event) {
-                        return found;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The next message from `origin` applied here; how many invalidations it carried.
-    pub(crate) async fn applied_from(&mut self, origin: InstanceId) -> u64 {
-        self.until("Applied", |event| match event {
-            CacheEvent::Applied {
-                origin: from,
-                invalidations,
-                ..
-            } if *from == origin => Some(*invalidations),
-            _ => None,
-        })
-        .await
-    }
-
     /// The cache cleared itself because its subscription was re-made, and is connected again.
     pub(crate) async fn reconnected_and_cleared(&mut self) {
         self.until("LossCleared(Reconnect)", |event| match event {
@@ -264,48 +185,6 @@ pub(crate) fn assert_recovery_counted(name: &str, cache: &Cache, recovery: Recov
     }
 }
 
-/// The "database" behind the caches: product `i` has version `versions[i]`.
-pub(crate) struct Db {
-    versions: Vec<AtomicU32>,
-}
-
-impl Db {
-    pub(crate) fn new(products: usize) -> Arc<Self> {
-        Arc::new(Self {
-            versions: (0..products).map(|_| AtomicU32::new(1)).collect(),
-        })
-    }
-
-    pub(crate) fn get(&self, id: u32) -> u32 {
-        self.versions[id as usize].load(Ordering::SeqCst)
-    }
-
-    pub(crate) fn bump(&self, id: u32) -> u32 {
-        self.versions[id as usize].fetch_add(1, Ordering::SeqCst) + 1
-    }
-}
-
-/// Cache-aside read of product `id` from `db`.
-pub(crate) async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
-    *cache
-        .get_or_create_with(product(id), async |_| db.get(id))
-        .await
-        .unwrap()
-}
-
-pub(crate) fn cached(cache: &Cache, id: u32) -> Option<u32> {
-    cache.get::<u32>(product(id)).unwrap().as_deref().copied()
-}
-
-/// Every entry `cache` holds for products `0..n` is the database's current version.
-pub(crate) fn assert_nothing_stale(name: &str, cache: &Cache, db: &Db, n: u32) {
-    for id in 0..n {
-        if let Some(version) = cached(cache, id) {
-            assert_eq!(version, db.get(id), "{name} serves a stale product {id}");
-        }
-    }
-}
-
 /// A writer's round trip: `writer` bumps product `id` in the database and removes it; once
 /// `reader` applied that message it must not hold the old version. Retries the removal
 /// while the writer's publisher finds the new node (a publish during a failover fails and
@@ -343,7 +222,7 @@ pub(crate) struct Failover {
 impl Failover {
     pub(crate) async fn warm(a: Cache, b: Cache) -> Self {
         let db = Db::new(2);
-        let (ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
+        let (ea, mut eb) = (events("a", &a), events("b", &b));
         invalidation_flows(&a, &b, &mut eb, &db, 0).await;
         for cache in [&a, &b] {
             load(cache, &db, 1).await;
