@@ -601,6 +601,9 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
     // A later invalidation is published only after everything queued before it.
     assert_eq!(a.remove(product(0)).await, Propagated::Published);
     assert_eq!(eb.applied_from(ia).await, 1);
+    // A's subscription comes back on its own schedule, not with its publishes: its
+    // reconnect clear is awaited, not assumed to have happened by now.
+    ea.loss_cleared(ClearCause::Reconnect).await;
 
     let (sa, sb) = (stats(&a), stats(&b));
     assert_eq!(sa.outbox_len, 0);
