@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+/// The shortest first delay: a nonzero `reconnect_initial_delay` shorter than this (`"1ns"`)
+/// would halve to zero, and a zero delay doubles to zero forever — a retry loop without a
+/// pause.
+const SHORTEST_INITIAL: Duration = Duration::from_millis(1);
+
 /// The delays of one run of retries; a new run starts from the initial delay again.
 #[derive(Debug)]
 pub(crate) struct Retry {
@@ -20,9 +25,11 @@ pub(crate) struct Retry {
 }
 
 impl Retry {
-    /// Delays doubling from `initial` up to `cap` (`initial` above `cap` starts at `cap`).
+    /// Delays doubling from `initial` (at least 1 ms) up to `cap` (`initial` above `cap`
+    /// starts at `cap`).
     pub(crate) fn new(initial: Duration, cap: Duration) -> Self {
-        let initial = initial.min(cap);
+        let cap = cap.max(SHORTEST_INITIAL);
+        let initial = initial.clamp(SHORTEST_INITIAL, cap);
         let delays = ExponentialBuilder::default()
             .with_min_delay(initial / 2)
             .with_max_delay(cap / 2)
@@ -67,6 +74,16 @@ mod tests {
             .map(|_| Retry::new(1000 * MS, 5000 * MS).next_delay())
             .collect();
         assert!(firsts.len() > 40, "{} distinct first delays", firsts.len());
+    }
+
+    #[test]
+    fn a_nanosecond_initial_delay_still_pauses_and_doubles() {
+        let mut retry = Retry::new(Duration::from_nanos(1), Duration::from_nanos(1));
+        assert!(retry.next_delay() >= MS / 2, "no pause between attempts");
+        let mut retry = Retry::new(Duration::from_nanos(1), 1000 * MS);
+        let delays: Vec<Duration> = (0..6).map(|_| retry.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d >= MS / 2), "{delays:?}");
+        assert!(delays[5] >= 16 * MS, "it doubles: {delays:?}");
     }
 
     #[test]
