@@ -254,11 +254,11 @@ impl StoreInner {
     /// Leads a background refresh of `key`, unless a load of it that callers could join is
     /// in progress already (one load at a time per key, refresh or not).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    fn lead_refresh(&self, key: &Key) -> Option<Leader<'_>> {
-        let flight =
-            self.flights
-                .lock(key)
-                .lead_unless_running(key, &self.regions, LeaderKind::Blocking)?;
+    fn lead_refresh(&self, key: &Key, kind: LeaderKind) -> Option<Leader<'_>> {
+        let flight = self
+            .flights
+            .lock(key)
+            .lead_unless_running(key, &self.regions, kind)?;
         self.stats.incr(Counter::Loads);
         Some(Leader {
             inner: self,
@@ -280,7 +280,7 @@ impl StoreInner {
         E: Send + Sync + 'static,
         F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
-        let Some(leader) = self.lead_refresh(key) else {
+        let Some(leader) = self.lead_refresh(key, LeaderKind::Blocking) else {
             return;
         };
         let mut entry = leader.entry();
@@ -291,11 +291,14 @@ impl StoreInner {
     }
 
     /// A background refresh with an async factory, run to completion on this
-    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set.
+    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set. `from`:
+    /// the current-thread runtime's thread the hit that started it ran on, if it did
+    /// (blocking callers there do not wait for it; see [`LeaderKind::AsyncFrom`]).
     #[cfg(feature = "tokio")]
     pub(crate) fn refresh_async<S, E, F>(
         &self,
         runtime: &tokio::runtime::Handle,
+        from: Option<crate::shim::ThreadToken>,
         key: &Key,
         factory: F,
     ) where
@@ -303,7 +306,8 @@ impl StoreInner {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
-        let Some(leader) = self.lead_refresh(key) else {
+        let kind = from.map_or(LeaderKind::Blocking, LeaderKind::AsyncFrom);
+        let Some(leader) = self.lead_refresh(key, kind) else {
             return;
         };
         let mut entry = leader.entry();
