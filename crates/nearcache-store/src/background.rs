@@ -18,7 +18,9 @@
 //! caller runs it in place) and the panic of a factory that panicked with no fail-safe value
 //! to stand in (the caller resumes it, as a caller running its factory in place would
 //! panic). The runner records the panic before its flight is abandoned, under the handoff's
-//! lock, so the caller that sees the flight abandoned finds it.
+//! lock, so the caller that sees the flight abandoned finds it. A panic of the runner outside
+//! the factory (the runtime's timers panic once the runtime has shut down) counts as the
+//! factory's: the fail-safe value stands in, or the caller resumes it.
 //!
 //! Without a runtime (a store built outside one) the detached loaders run their factory in
 //! place, as the other loaders do; the first time a timeout could not be honoured that way
@@ -264,10 +266,17 @@ fn run_async<S, E, F>(
     let inner = Arc::clone(detached.inner_arc());
     detached.run(|leader| {
         let mut entry = leader.entry();
-        let result = runtime.block_on(async {
-            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-            inner.run_detached(&leader, run).await
-        });
+        // A panic outside the factory (the runtime's timers panic once it has shut down)
+        // ends the load as the factory's own would: the leader is still held here, so the
+        // caller finds the panic (or the fail-safe value) instead of an abandoned flight
+        // and a factory gone.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+                inner.run_detached(&leader, run).await
+            })
+        }))
+        .unwrap_or_else(|panic| Err(Failed::Panic(panic)));
         finish::<S, E, F>(&inner, leader, entry, result, handoff);
     });
 }
@@ -289,4 +298,66 @@ where
         let result = run_blocking(factory, &mut entry);
         finish::<S, E, F>(&inner, leader, entry, result, handoff);
     });
+}
+
+#[cfg(all(test, not(shuttle)))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::convert::Infallible;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nearcache_keys::Key;
+
+    use crate::{Store, StoreOptions};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The runtime a detached load runs on shuts down under it (its timers end with a
+    /// panic in the runner, outside the factory): the caller, on another runtime, ends —
+    /// with that panic, as a load in place would — instead of leading again and again
+    /// without a factory, never yielding.
+    #[test]
+    fn a_detached_caller_ends_when_its_runners_runtime_shuts_down_under_it() {
+        let store_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = {
+            let _in = store_runtime.enter();
+            Store::new(StoreOptions {
+                hard_timeout: Some(Duration::from_secs(600)),
+                ..StoreOptions::default()
+            })
+            .unwrap()
+        };
+        let (started, factory_started) = mpsc::channel();
+        let (done, caller_done) = mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let k = Key::from_text("k");
+            let ended = catch_unwind(AssertUnwindSafe(|| {
+                runtime.block_on(store.get_or_create_detached(&k, async move |_| {
+                    started.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, Infallible>(1_u64)
+                }))
+            }));
+            done.send(ended.is_err()).unwrap();
+        });
+        factory_started
+            .recv_timeout(WAIT)
+            .expect("the runner started the factory");
+        store_runtime.shutdown_background();
+        let panicked = caller_done
+            .recv_timeout(WAIT)
+            .expect("the caller ended after the runtime shut down");
+        assert!(panicked, "the caller resumed the runner's panic");
+        caller.join().unwrap();
+    }
 }
