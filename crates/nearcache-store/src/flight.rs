@@ -190,6 +190,18 @@ impl Flight {
         self.done.notify(usize::MAX);
     }
 
+    /// Whether the outcome is out and fail-safe's value stood in for the factory's.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn ended_fail_safe(&self) -> bool {
+        matches!(
+            self.outcome.get(),
+            Some(Outcome::Value {
+                fail_safe: true,
+                ..
+            })
+        )
+    }
+
     /// Waits for the outcome, blocking the thread.
     pub(crate) fn wait_blocking(&self) -> &Outcome {
         loop {
