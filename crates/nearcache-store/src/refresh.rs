@@ -273,6 +273,65 @@ mod tests {
 
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// A `set` while a background load is held (an eager refresh, and a detached load its
+    /// caller left at the hard timeout with `Background`): the user's newer value stays,
+    /// the background result is not stored over it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_during_a_background_load_is_not_overwritten_by_it() {
+        for refresh in [true, false] {
+            let (clock, mock) = quanta::Clock::mock();
+            let store = Store::with_clock(
+                StoreOptions {
+                    eager_refresh_threshold: Some(0.5),
+                    hard_timeout: Some(Duration::from_millis(1)),
+                    hard_timeout_action: crate::OnHardTimeout::Background,
+                    ..StoreOptions::default()
+                },
+                clock,
+            )
+            .unwrap();
+            let k = Key::from_text("k");
+            if refresh {
+                store.set_with(k.clone(), 1_u64, |entry| {
+                    entry.time_to_live(10 * SECOND);
+                });
+                mock.increment(6 * SECOND);
+            }
+            let (started, load_started) = std::sync::mpsc::channel();
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let answer = store
+                .get_or_create_detached(&k, async move |entry: &mut crate::EntryOptions| {
+                    started.send(()).unwrap();
+                    let _ = released.await;
+                    entry.time_to_live(10 * SECOND);
+                    Ok::<_, Infallible>(2_u64)
+                })
+                .await;
+            if refresh {
+                assert_eq!(*answer.unwrap(), 1, "the refreshing hit");
+            } else {
+                assert!(matches!(answer, Err(LoadError::Timeout(_))), "{answer:?}");
+            }
+            tokio::task::spawn_blocking(move || load_started.recv_timeout(10 * SECOND))
+                .await
+                .unwrap()
+                .expect("the background load started");
+            store.set(k.clone(), 7_u64);
+            release.send(()).unwrap();
+            let deadline = std::time::Instant::now() + 10 * SECOND;
+            while store.flight_waiters(&k).is_some() {
+                assert!(std::time::Instant::now() < deadline, "the load finished");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                *store.get::<u64>(&k).unwrap().unwrap(),
+                7,
+                "refresh {refresh}: the user's value stays"
+            );
+            assert_eq!(store.stats().inserts_rejected_stale, 1, "refresh {refresh}");
+        }
+    }
+
     /// On a current-thread runtime, an async eager refresh runs on the blocking pool under
     /// `Handle::block_on`, which cannot drive the runtime's timers or I/O: only the
     /// runtime's own thread does, when it is free. A blocking caller on that thread that
