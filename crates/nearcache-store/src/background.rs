@@ -18,7 +18,9 @@
 //! caller runs it in place) and the panic of a factory that panicked with no fail-safe value
 //! to stand in (the caller resumes it, as a caller running its factory in place would
 //! panic). The runner records the panic before its flight is abandoned, under the handoff's
-//! lock, so the caller that sees the flight abandoned finds it.
+//! lock, so the caller that sees the flight abandoned finds it. A panic of the runner outside
+//! the factory (the runtime's timers panic once the runtime has shut down) counts as the
+//! factory's: the fail-safe value stands in, or the caller resumes it.
 //!
 //! Without a runtime (a store built outside one) the detached loaders run their factory in
 //! place, as the other loaders do; the first time a timeout could not be honoured that way
@@ -34,10 +36,12 @@ use parking_lot::Mutex;
 
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
-use crate::flight::LeaderKind;
+use crate::flight::{Flight, LeaderKind};
 use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
+use crate::source::Source;
 use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
+use crate::timeout::Waited;
 use crate::value::Shape;
 
 /// What a detached caller and its runner share.
@@ -50,6 +54,10 @@ struct HandoffState<F> {
     factory: Option<F>,
     /// The factory's panic, when nothing stood in for it.
     panic: Option<Box<dyn Any + Send>>,
+    /// Whether the caller stopped waiting without the flight's outcome (it answered at a
+    /// timeout, or was dropped): a fail-safe value the runner then finds is announced by
+    /// the runner, since no caller announces it.
+    left: bool,
 }
 
 impl<F> Handoff<F> {
@@ -58,12 +66,39 @@ impl<F> Handoff<F> {
             state: Mutex::new(HandoffState {
                 factory: Some(factory),
                 panic: None,
+                left: false,
             }),
         }
     }
 
     fn take_factory(&self) -> Option<F> {
         self.state.lock().factory.take()
+    }
+}
+
+/// The leading caller's wait for its runner's flight: dropped before it took the flight's
+/// outcome (it answered at a timeout, or its future was dropped), it records that the caller
+/// left. Under the handoff's lock, against the runner's end: if fail-safe already stood in
+/// for the runner's factory, nobody announced it, so this does (one `ExpiredServed` per
+/// background load that fell back on the expired value, none for the runner of a caller
+/// that takes the outcome and announces its own).
+struct Waiting<'a, F> {
+    handoff: &'a Handoff<F>,
+    flight: &'a Flight,
+    inner: &'a StoreInner,
+    took_outcome: bool,
+}
+
+impl<F> Drop for Waiting<'_, F> {
+    fn drop(&mut self) {
+        if self.took_outcome {
+            return;
+        }
+        let mut state = self.handoff.state.lock();
+        state.left = true;
+        if self.flight.ended_fail_safe() {
+            self.inner.announce_expired(Source::FailSafe);
+        }
     }
 }
 
@@ -139,11 +174,22 @@ impl Store {
                     drop(runtime.spawn_blocking(move || {
                         run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
                     }));
-                    if let Some(result) = inner
-                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
-                        .await
-                    {
-                        return result;
+                    let mut waiting = Waiting {
+                        handoff: &handoff,
+                        flight: &flight,
+                        inner,
+                        took_outcome: false,
+                    };
+                    match inner.wait_timed::<S, E>(&flight, key, bypass).await {
+                        Waited::Answered(answer) => return answer,
+                        Waited::Outcome(outcome) => {
+                            waiting.took_outcome = true;
+                            if let Some(result) =
+                                inner.resolve_marked(outcome, &flight, joined_at, key)
+                            {
+                                return result;
+                            }
+                        }
                     }
                     match after_runner(&handoff) {
                         AfterRunner::Again => {}
@@ -195,8 +241,22 @@ impl Store {
                     drop(runtime.spawn_blocking(move || {
                         run_sync::<S, E, F>(detached, &runner_handoff);
                     }));
-                    if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
-                        return result;
+                    let mut waiting = Waiting {
+                        handoff: &handoff,
+                        flight: &flight,
+                        inner,
+                        took_outcome: false,
+                    };
+                    match inner.wait_sync_waited::<S, E>(&flight, key, bypass) {
+                        Waited::Answered(answer) => return answer,
+                        Waited::Outcome(outcome) => {
+                            waiting.took_outcome = true;
+                            if let Some(result) =
+                                inner.resolve_marked(outcome, &flight, joined_at, key)
+                            {
+                                return result;
+                            }
+                        }
                     }
                     match after_runner(&handoff) {
                         AfterRunner::Again => {}
@@ -239,11 +299,18 @@ fn finish<S, E, F>(
 {
     let key = leader.key().clone();
     let mut state = handoff.state.lock();
-    let finished = catch_unwind(AssertUnwindSafe(|| leader.finish::<S, E>(entry, result)));
-    if let Err(panic) = finished {
-        state.panic = Some(panic);
-        drop(state);
-        tracing::debug!(key = %inner.shown(&key), "a detached factory panicked: its caller resumes the panic, if it still waits");
+    let finished = catch_unwind(AssertUnwindSafe(|| {
+        leader.finish_unannounced::<S, E>(entry, result)
+    }));
+    match finished {
+        // Fail-safe stood in: announced here only if the caller left (see `Waiting`).
+        Ok((_, true)) if state.left => inner.announce_expired(Source::FailSafe),
+        Ok(_) => {}
+        Err(panic) => {
+            state.panic = Some(panic);
+            drop(state);
+            tracing::debug!(key = %inner.shown(&key), "a detached factory panicked: its caller resumes the panic, if it still waits");
+        }
     }
 }
 
@@ -264,10 +331,17 @@ fn run_async<S, E, F>(
     let inner = Arc::clone(detached.inner_arc());
     detached.run(|leader| {
         let mut entry = leader.entry();
-        let result = runtime.block_on(async {
-            let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
-            inner.run_detached(&leader, run).await
-        });
+        // A panic outside the factory (the runtime's timers panic once it has shut down)
+        // ends the load as the factory's own would: the leader is still held here, so the
+        // caller finds the panic (or the fail-safe value) instead of an abandoned flight
+        // and a factory gone.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            runtime.block_on(async {
+                let run = CatchUnwind(std::pin::pin!(factory(&mut entry)));
+                inner.run_detached(&leader, run).await
+            })
+        }))
+        .unwrap_or_else(|panic| Err(Failed::Panic(panic)));
         finish::<S, E, F>(&inner, leader, entry, result, handoff);
     });
 }
@@ -289,4 +363,135 @@ where
         let result = run_blocking(factory, &mut entry);
         finish::<S, E, F>(&inner, leader, entry, result, handoff);
     });
+}
+
+#[cfg(all(test, not(shuttle)))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::convert::Infallible;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use nearcache_keys::Key;
+
+    use crate::{Store, StoreOptions};
+
+    const WAIT: Duration = Duration::from_secs(10);
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A detached load whose factory fails while its caller still waits hands that caller
+    /// the kept value: one caller, one `ExpiredServed` (the runner, which hands the value
+    /// to nobody, raises none). Once the caller has left (its soft timeout), the failed
+    /// background load that re-arms the value raises its own. Every runner has ended when
+    /// the events are counted: the runtime's shutdown waits for its blocking pool.
+    #[test]
+    fn a_detached_load_raises_expired_served_once_per_caller_handed_the_value() {
+        for caller_leaves in [false, true] {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let (clock, mock) = quanta::Clock::mock();
+            let store = {
+                let _in = runtime.enter();
+                Store::with_clock(
+                    StoreOptions {
+                        fail_safe_max_duration: Some(600 * SECOND),
+                        soft_timeout: caller_leaves.then_some(Duration::from_millis(1)),
+                        hard_timeout: Some(600 * SECOND),
+                        ..StoreOptions::default()
+                    },
+                    clock,
+                )
+                .unwrap()
+            };
+            let (served, events) = mpsc::channel();
+            assert!(store.on_expired_served(move |source| served.send(source).unwrap()));
+            let k = Key::from_text("k");
+            runtime.block_on(async {
+                store
+                    .get_or_create_detached(&k, async |entry| {
+                        entry.time_to_live(10 * SECOND);
+                        Ok::<_, Infallible>(1_u64)
+                    })
+                    .await
+                    .unwrap();
+                mock.increment(11 * SECOND);
+                let (release, released) = tokio::sync::oneshot::channel::<()>();
+                let mut release = Some(release);
+                let load = store.get_or_create_detached_with_source(&k, async move |_| {
+                    let _ = released.await;
+                    Err::<u64, _>("down")
+                });
+                if !caller_leaves {
+                    release.take().unwrap().send(()).unwrap();
+                }
+                let got = load.await.unwrap();
+                assert_eq!(*got.value, 1, "caller leaves {caller_leaves}");
+                if caller_leaves {
+                    release.take().unwrap().send(()).unwrap();
+                }
+            });
+            runtime.shutdown_timeout(WAIT);
+            let expected = if caller_leaves {
+                vec![crate::Source::SoftTimeout, crate::Source::FailSafe]
+            } else {
+                vec![crate::Source::FailSafe]
+            };
+            assert_eq!(
+                events.try_iter().collect::<Vec<_>>(),
+                expected,
+                "caller leaves {caller_leaves}"
+            );
+        }
+    }
+
+    /// The runtime a detached load runs on shuts down under it (its timers end with a
+    /// panic in the runner, outside the factory): the caller, on another runtime, ends —
+    /// with that panic, as a load in place would — instead of leading again and again
+    /// without a factory, never yielding.
+    #[test]
+    fn a_detached_caller_ends_when_its_runners_runtime_shuts_down_under_it() {
+        let store_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = {
+            let _in = store_runtime.enter();
+            Store::new(StoreOptions {
+                hard_timeout: Some(Duration::from_secs(600)),
+                ..StoreOptions::default()
+            })
+            .unwrap()
+        };
+        let (started, factory_started) = mpsc::channel();
+        let (done, caller_done) = mpsc::channel();
+        let caller = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let k = Key::from_text("k");
+            let ended = catch_unwind(AssertUnwindSafe(|| {
+                runtime.block_on(store.get_or_create_detached(&k, async move |_| {
+                    started.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                    Ok::<_, Infallible>(1_u64)
+                }))
+            }));
+            done.send(ended.is_err()).unwrap();
+        });
+        factory_started
+            .recv_timeout(WAIT)
+            .expect("the runner started the factory");
+        store_runtime.shutdown_background();
+        let panicked = caller_done
+            .recv_timeout(WAIT)
+            .expect("the caller ended after the runtime shut down");
+        assert!(panicked, "the caller resumed the runner's panic");
+        caller.join().unwrap();
+    }
 }

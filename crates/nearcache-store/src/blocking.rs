@@ -3,7 +3,9 @@
 //! A blocking get-or-create that must wait for a load led by an async caller on the *same*
 //! thread would wait forever on a current-thread runtime: the thread it blocks is the only
 //! one that could run the leader. The store refuses that wait with
-//! [`LoadError::WouldDeadlock`](crate::LoadError::WouldDeadlock).
+//! [`LoadError::WouldDeadlock`](crate::LoadError::WouldDeadlock). The same holds for an
+//! eager refresh with an async factory started from a current-thread runtime's thread: it
+//! runs on the blocking pool, but its timers and I/O are driven only by that thread.
 //!
 //! On a multi-thread tokio runtime (with this crate's `tokio` feature, which the `nearcache`
 //! facade turns on) the wait is made sound instead: it runs inside

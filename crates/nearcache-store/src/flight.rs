@@ -98,8 +98,9 @@ pub(crate) struct Flight {
     start_epoch: u64,
     /// The global epoch when the flight began, read after `start_epoch`.
     start_global_epoch: u64,
-    /// The thread an async leader runs on, `None` for a blocking leader: a blocking caller
-    /// on that same thread could never see the flight finish.
+    /// The thread an async leader runs on (or, for an async factory driven elsewhere, the
+    /// thread that started it), `None` for a blocking leader: a blocking caller on that
+    /// same thread could never see the flight finish.
     async_leader_thread: Option<ThreadToken>,
 }
 
@@ -110,6 +111,12 @@ pub(crate) enum LeaderKind {
     Blocking,
     /// An async caller: its factory runs wherever its task is polled.
     Async,
+    /// An async factory driven on the blocking pool (`Handle::block_on`) for a caller on
+    /// this thread (an eager refresh). On a current-thread runtime such a factory's timers
+    /// and I/O are driven only by the runtime's own thread, which that caller's is: a
+    /// blocking caller there must not wait for it either.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    AsyncFrom(ThreadToken),
 }
 
 impl Flight {
@@ -124,7 +131,11 @@ impl Flight {
             fail_safe_counted: AtomicBool::new(false),
             start_epoch,
             start_global_epoch: regions.global_epoch(),
-            async_leader_thread: (leader == LeaderKind::Async).then(current_thread),
+            async_leader_thread: match leader {
+                LeaderKind::Blocking => None,
+                LeaderKind::Async => Some(current_thread()),
+                LeaderKind::AsyncFrom(thread) => Some(thread),
+            },
         }
     }
 
@@ -177,6 +188,18 @@ impl Flight {
     pub(crate) fn finish(&self, outcome: Outcome) {
         let _already_finished = self.outcome.set(outcome);
         self.done.notify(usize::MAX);
+    }
+
+    /// Whether the outcome is out and fail-safe's value stood in for the factory's.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn ended_fail_safe(&self) -> bool {
+        matches!(
+            self.outcome.get(),
+            Some(Outcome::Value {
+                fail_safe: true,
+                ..
+            })
+        )
     }
 
     /// Waits for the outcome, blocking the thread.

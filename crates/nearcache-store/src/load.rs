@@ -254,11 +254,11 @@ impl StoreInner {
     /// Leads a background refresh of `key`, unless a load of it that callers could join is
     /// in progress already (one load at a time per key, refresh or not).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
-    fn lead_refresh(&self, key: &Key) -> Option<Leader<'_>> {
-        let flight =
-            self.flights
-                .lock(key)
-                .lead_unless_running(key, &self.regions, LeaderKind::Blocking)?;
+    fn lead_refresh(&self, key: &Key, kind: LeaderKind) -> Option<Leader<'_>> {
+        let flight = self
+            .flights
+            .lock(key)
+            .lead_unless_running(key, &self.regions, kind)?;
         self.stats.incr(Counter::Loads);
         Some(Leader {
             inner: self,
@@ -280,7 +280,7 @@ impl StoreInner {
         E: Send + Sync + 'static,
         F: FnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
-        let Some(leader) = self.lead_refresh(key) else {
+        let Some(leader) = self.lead_refresh(key, LeaderKind::Blocking) else {
             return;
         };
         let mut entry = leader.entry();
@@ -291,11 +291,14 @@ impl StoreInner {
     }
 
     /// A background refresh with an async factory, run to completion on this
-    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set.
+    /// (blocking-pool) thread by `runtime`, under the hard timeout if one is set. `from`:
+    /// the current-thread runtime's thread the hit that started it ran on, if it did
+    /// (blocking callers there do not wait for it; see [`LeaderKind::AsyncFrom`]).
     #[cfg(feature = "tokio")]
     pub(crate) fn refresh_async<S, E, F>(
         &self,
         runtime: &tokio::runtime::Handle,
+        from: Option<crate::shim::ThreadToken>,
         key: &Key,
         factory: F,
     ) where
@@ -303,7 +306,8 @@ impl StoreInner {
         E: Send + Sync + 'static,
         F: AsyncFnOnce(&mut EntryOptions) -> Result<S::Loaded, E>,
     {
-        let Some(leader) = self.lead_refresh(key) else {
+        let kind = from.map_or(LeaderKind::Blocking, LeaderKind::AsyncFrom);
+        let Some(leader) = self.lead_refresh(key, kind) else {
             return;
         };
         let mut entry = leader.entry();
@@ -530,21 +534,33 @@ impl StoreInner {
         key: &Key,
         bypass: bool,
     ) -> Option<Result<S, LoadError<E>>> {
+        match self.wait_sync_waited::<S, E>(flight, key, bypass) {
+            Waited::Answered(answer) => Some(answer),
+            Waited::Outcome(outcome) => self.resolve_marked(outcome, flight, joined_at, key),
+        }
+    }
+
+    /// [`wait_sync`](Self::wait_sync), up to the flight's outcome or the caller's own
+    /// answer (a timeout's, or `WouldDeadlock`).
+    pub(crate) fn wait_sync_waited<'f, S: Shape, E: Send + Sync + 'static>(
+        &self,
+        flight: &'f Flight,
+        key: &Key,
+        bypass: bool,
+    ) -> Waited<'f, S, E> {
         let waited = crate::blocking::wait_blocking(|handed_off| {
             if !handed_off && flight.led_async_on_this_thread() {
                 return None;
             }
             Some(self.wait_blocking_timed::<S, E>(flight, key, bypass))
         });
-        match waited {
-            None => Some(Err(LoadError::WouldDeadlock(WouldDeadlock::new(key)))),
-            Some(Waited::Answered(answer)) => Some(answer),
-            Some(Waited::Outcome(outcome)) => self.resolve_marked(outcome, flight, joined_at, key),
-        }
+        waited.unwrap_or_else(|| {
+            Waited::Answered(Err(LoadError::WouldDeadlock(WouldDeadlock::new(key))))
+        })
     }
 
     /// [`resolve`], marking a value that fail-safe stood in with (see `Source`).
-    fn resolve_marked<S: Shape, E: Send + Sync + 'static>(
+    pub(crate) fn resolve_marked<S: Shape, E: Send + Sync + 'static>(
         &self,
         outcome: &Outcome,
         flight: &Flight,
@@ -563,10 +579,15 @@ impl StoreInner {
     /// `value`, an expired one served from `source`: marked, and reported to the store's
     /// listener for it, if any.
     pub(crate) fn served_expired<S: Shape>(&self, value: S, source: Source) -> S {
+        self.announce_expired(source);
+        value.served_as(source)
+    }
+
+    /// Tells the store's listener, if any, that an expired value was served from `source`.
+    pub(crate) fn announce_expired(&self, source: Source) {
         if let Some(listener) = self.expired_listener.get() {
             listener(source);
         }
-        value.served_as(source)
     }
 
     /// An async caller's wait for another caller's load (or a detached runner's), up to its
@@ -705,11 +726,29 @@ impl Leader<'_> {
         EntryOptions::new(self.key.clone(), Arc::clone(&self.inner.regions))
     }
 
+    /// Ends the load with `result` (see `complete` and `complete_failed`), for a leader
+    /// that hands the answer to its caller: a fail-safe value is announced to the
+    /// store's listener (`served_expired`).
     pub(crate) fn finish<S: Shape, E: Send + Sync + 'static>(
-        mut self,
+        self,
         entry: EntryOptions,
         result: Result<S::Loaded, Failed<E>>,
     ) -> Result<S, LoadError<E>> {
+        let inner = self.inner;
+        match self.finish_unannounced::<S, E>(entry, result) {
+            (Ok(served), true) => Ok(inner.served_expired(served, Source::FailSafe)),
+            (answer, _) => answer,
+        }
+    }
+
+    /// [`finish`](Self::finish), announcing nothing: also returns whether fail-safe stood
+    /// in (its value is returned unmarked), for a runner whose caller may take the
+    /// flight's outcome, and announce it, itself.
+    pub(crate) fn finish_unannounced<S: Shape, E: Send + Sync + 'static>(
+        mut self,
+        entry: EntryOptions,
+        result: Result<S::Loaded, Failed<E>>,
+    ) -> (Result<S, LoadError<E>>, bool) {
         let inner = self.inner;
         // `finished` is set only once the outcome is out: if anything here unwinds (a value's
         // `Drop` run by the insert, say), the drop guard still abandons the flight.
@@ -725,7 +764,7 @@ impl Leader<'_> {
                 });
                 self.finished = true;
                 inner.report(removals);
-                Ok(value)
+                (Ok(value), false)
             }
             Err(failed) => {
                 if matches!(failed, Failed::Error(_)) {
@@ -743,7 +782,7 @@ impl Leader<'_> {
                         fail_safe: true,
                     });
                     self.finished = true;
-                    return Ok(inner.served_expired(served, Source::FailSafe));
+                    return (Ok(served), true);
                 }
                 match failed {
                     Failed::Error(error) => {
@@ -753,12 +792,13 @@ impl Leader<'_> {
                             type_name: type_name::<E>(),
                         });
                         self.finished = true;
-                        Err(LoadError::Factory(error))
+                        (Err(LoadError::Factory(error)), false)
                     }
                     Failed::TimedOut(after) => {
                         self.flight.finish(Outcome::TimedOut(after));
                         self.finished = true;
-                        Err(LoadError::Timeout(FactoryTimeout::new(&self.key, after)))
+                        let timeout = FactoryTimeout::new(&self.key, after);
+                        (Err(LoadError::Timeout(timeout)), false)
                     }
                     // Unfinished: the drop guard abandons the flight as the panic unwinds.
                     Failed::Panic(panic) => resume_unwind(panic),

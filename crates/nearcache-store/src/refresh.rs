@@ -179,11 +179,11 @@ impl Store {
             return;
         };
         self.inner.stats.incr(Counter::EagerRefreshes);
-        let (store, key) = (self.clone(), key.clone());
+        let (store, key, from) = (self.clone(), key.clone(), on_current_thread_runtime());
         drop(runtime.clone().spawn_blocking(move || {
             store
                 .inner
-                .refresh_async::<S, E, F>(&runtime, &key, factory);
+                .refresh_async::<S, E, F>(&runtime, from, &key, factory);
         }));
     }
 
@@ -216,6 +216,20 @@ impl Store {
     }
 }
 
+/// This thread, if it runs a current-thread tokio runtime: the one thread that drives that
+/// runtime's timers and I/O, which an async refresh started here may need (a blocking
+/// caller on it must not wait for that refresh). `None` elsewhere: on a multi-thread
+/// runtime a blocking wait hands the worker's tasks off first, and outside a runtime the
+/// refresh does not need this thread.
+#[cfg(feature = "tokio")]
+fn on_current_thread_runtime() -> Option<crate::shim::ThreadToken> {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+        })
+        .then(crate::shim::current_thread)
+}
+
 impl StoreInner {
     /// Logs, once per store, that a load went through a loader that never refreshes early
     /// (its factory is not `'static`, so nothing can run it after its caller returned)
@@ -244,5 +258,138 @@ impl StoreInner {
                  without the tokio feature): entries are reloaded only when they expire"
             );
         }
+    }
+}
+
+#[cfg(all(test, not(shuttle), feature = "tokio"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::convert::Infallible;
+    use std::time::Duration;
+
+    use nearcache_keys::Key;
+
+    use crate::{LoadError, Store, StoreOptions};
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A `set` while a background load is held (an eager refresh, and a detached load its
+    /// caller left at the hard timeout with `Background`): the user's newer value stays,
+    /// the background result is not stored over it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_during_a_background_load_is_not_overwritten_by_it() {
+        for refresh in [true, false] {
+            let (clock, mock) = quanta::Clock::mock();
+            let store = Store::with_clock(
+                StoreOptions {
+                    eager_refresh_threshold: Some(0.5),
+                    hard_timeout: Some(Duration::from_millis(1)),
+                    hard_timeout_action: crate::OnHardTimeout::Background,
+                    ..StoreOptions::default()
+                },
+                clock,
+            )
+            .unwrap();
+            let k = Key::from_text("k");
+            if refresh {
+                store.set_with(k.clone(), 1_u64, |entry| {
+                    entry.time_to_live(10 * SECOND);
+                });
+                mock.increment(6 * SECOND);
+            }
+            let (started, load_started) = std::sync::mpsc::channel();
+            let (release, released) = tokio::sync::oneshot::channel::<()>();
+            let answer = store
+                .get_or_create_detached(&k, async move |entry: &mut crate::EntryOptions| {
+                    started.send(()).unwrap();
+                    let _ = released.await;
+                    entry.time_to_live(10 * SECOND);
+                    Ok::<_, Infallible>(2_u64)
+                })
+                .await;
+            if refresh {
+                assert_eq!(*answer.unwrap(), 1, "the refreshing hit");
+            } else {
+                assert!(matches!(answer, Err(LoadError::Timeout(_))), "{answer:?}");
+            }
+            tokio::task::spawn_blocking(move || load_started.recv_timeout(10 * SECOND))
+                .await
+                .unwrap()
+                .expect("the background load started");
+            store.set(k.clone(), 7_u64);
+            release.send(()).unwrap();
+            let deadline = std::time::Instant::now() + 10 * SECOND;
+            while store.flight_waiters(&k).is_some() {
+                assert!(std::time::Instant::now() < deadline, "the load finished");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                *store.get::<u64>(&k).unwrap().unwrap(),
+                7,
+                "refresh {refresh}: the user's value stays"
+            );
+            assert_eq!(store.stats().inserts_rejected_stale, 1, "refresh {refresh}");
+        }
+    }
+
+    /// On a current-thread runtime, an async eager refresh runs on the blocking pool under
+    /// `Handle::block_on`, which cannot drive the runtime's timers or I/O: only the
+    /// runtime's own thread does, when it is free. A blocking caller on that thread that
+    /// joined the refresh would keep it from ever finishing, so it is refused
+    /// (`WouldDeadlock`), as for an async leader on that thread; once the thread is free
+    /// again the refresh finishes and lands.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_blocking_caller_on_a_current_thread_runtime_does_not_wait_for_an_async_refresh() {
+        let (clock, mock) = quanta::Clock::mock();
+        let store = Store::with_clock(
+            StoreOptions {
+                eager_refresh_threshold: Some(0.5),
+                // Bounds the old behaviour (a wait the refresh cannot end) in this test.
+                hard_timeout: Some(5 * SECOND),
+                ..StoreOptions::default()
+            },
+            clock,
+        )
+        .unwrap();
+        let k = Key::from_text("k");
+        let load = |value: u64| {
+            async move |entry: &mut crate::EntryOptions| {
+                entry.time_to_live(10 * SECOND);
+                Ok::<_, Infallible>(value)
+            }
+        };
+        assert_eq!(*store.get_or_create_detached(&k, load(1)).await.unwrap(), 1);
+        mock.increment(6 * SECOND);
+
+        let (started, refresh_started) = std::sync::mpsc::channel();
+        let hit = store
+            .get_or_create_detached(&k, async move |entry: &mut crate::EntryOptions| {
+                started.send(()).unwrap();
+                // Needs the runtime's timer driver, which only this test's thread runs.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                entry.time_to_live(10 * SECOND);
+                Ok::<_, Infallible>(2_u64)
+            })
+            .await
+            .unwrap();
+        assert_eq!(*hit, 1, "the refreshing hit gets the current value");
+        refresh_started
+            .recv_timeout(10 * SECOND)
+            .expect("the refresh started");
+        mock.increment(5 * SECOND); // the current value expires: the next caller misses
+
+        let blocked = store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(3_u64));
+        assert!(
+            matches!(blocked, Err(LoadError::WouldDeadlock(_))),
+            "got {blocked:?}"
+        );
+
+        // This thread is free again: the refresh finishes and its value lands.
+        let deadline = std::time::Instant::now() + 10 * SECOND;
+        while store.flight_waiters(&k).is_some() {
+            assert!(std::time::Instant::now() < deadline, "the refresh finished");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(*store.get::<u64>(&k).unwrap().unwrap(), 2);
     }
 }
