@@ -99,9 +99,11 @@ impl fmt::Display for TypeMismatch {
 
 impl std::error::Error for TypeMismatch {}
 
-/// A blocking get-or-create would have waited for a load that an async caller leads on this
-/// same thread — a current-thread async runtime, whose one thread the blocking call holds —
-/// so the load could never finish. Nothing was loaded or cached.
+/// A blocking get-or-create would have waited for a load that only this same thread can
+/// drive — one an async caller leads on this thread, or an eager refresh with an async
+/// factory started from it, when the thread runs a current-thread async runtime whose one
+/// thread the blocking call holds — so the load could never finish. Nothing was loaded or
+/// cached.
 ///
 /// Call the async `get_or_create` from async code, or make the blocking call from a thread
 /// outside the runtime (for tokio: `spawn_blocking`). On a multi-thread tokio runtime, with

@@ -187,7 +187,9 @@ impl Store {
         }));
     }
 
+    // The signature of the `tokio` twin, whose callers name `S` and `E`.
     #[cfg(not(feature = "tokio"))]
+    #[allow(clippy::extra_unused_type_parameters)]
     fn spawn_refresh_async<S, E, F>(&self, key: &Key, _factory: F) {
         self.inner.refresh_skipped(key);
     }
@@ -210,7 +212,9 @@ impl Store {
         }));
     }
 
+    // The signature of the `tokio` twin, whose callers name `S` and `E`.
     #[cfg(not(feature = "tokio"))]
+    #[allow(clippy::extra_unused_type_parameters)]
     fn spawn_refresh_sync<S, E, F>(&self, key: &Key, _factory: F) {
         self.inner.refresh_skipped(key);
     }
