@@ -558,7 +558,7 @@ impl Store {
         let stored = entry.into_stored(
             Payload::value(Arc::new(value)),
             inner.regions.global_epoch(),
-            inner.clock.now(),
+            &inner.clock,
             &inner.defaults,
         );
         let (stored, removals) = {
