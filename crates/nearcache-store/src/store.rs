@@ -471,6 +471,7 @@ impl Store {
     /// # Errors
     ///
     /// As [`get_or_create`](Self::get_or_create), and [`LoadError::WouldDeadlock`] as above.
+    #[inline]
     pub fn get_or_create_sync<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
     where
         T: Send + Sync + 'static,
@@ -480,6 +481,18 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return Ok(hit);
         }
+        self.load_sync_after_miss(key, factory)
+    }
+
+    /// The miss path of [`get_or_create_sync`](Self::get_or_create_sync), out of line so
+    /// that the hit path inlines into its caller.
+    #[inline(never)]
+    fn load_sync_after_miss<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
 
