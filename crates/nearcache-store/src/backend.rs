@@ -293,9 +293,15 @@ impl Backend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::clock::{StoreClock, StoreInstant};
     use crate::entry::{EntryDefaults, EntryOptions};
     use crate::value::Payload;
     use nearcache_regions::Regions;
+
+    /// A clock that reads 0 until told otherwise.
+    fn mock_clock() -> StoreClock {
+        StoreClock::new(quanta::Clock::mock().0)
+    }
 
     fn sizing(entries: u64) -> Sizing {
         Sizing {
@@ -318,7 +324,7 @@ mod tests {
             .into_stored(
                 Payload::value(Arc::new(1_u8)),
                 regions.global_epoch(),
-                0,
+                &mock_clock(),
                 &defaults,
             )
             .unwrap()
@@ -383,7 +389,7 @@ mod tests {
             let mut entry = EntryOptions::new(key.clone(), Arc::clone(&regions));
             entry.weight(weight);
             entry
-                .into_stored(Payload::value(Arc::new(1_u8)), 0, 0, &defaults)
+                .into_stored(Payload::value(Arc::new(1_u8)), 0, &mock_clock(), &defaults)
                 .unwrap()
         };
         for i in 0..60 {
@@ -430,13 +436,16 @@ mod tests {
                 tied.region_by_name("doomed").unwrap();
             }
             let stored = tied
-                .into_stored(Payload::value(Arc::new(i)), 0, 0, &defaults)
+                .into_stored(Payload::value(Arc::new(i)), 0, &mock_clock(), &defaults)
                 .unwrap();
             drop(backend.insert(key.clone(), stored, false));
         }
         regions.expire_region("doomed").unwrap();
         let epoch = regions.global_epoch();
-        let removed = backend.sweep(|entry| !entry.is_live_at(0, epoch), |_, _| {});
+        let removed = backend.sweep(
+            |entry| !entry.is_live_at(StoreInstant::from_raw(0), epoch),
+            |_, _| {},
+        );
         let survivors = n.div_ceil(3);
         assert_eq!(removed, n - survivors);
         assert_eq!(backend.len(), survivors);
@@ -444,7 +453,10 @@ mod tests {
             assert_eq!(backend.read(key, |_| ()).is_some(), i % 3 == 0, "key {i}");
         }
         assert_eq!(
-            backend.sweep(|entry| !entry.is_live_at(0, epoch), |_, _| {}),
+            backend.sweep(
+                |entry| !entry.is_live_at(StoreInstant::from_raw(0), epoch),
+                |_, _| {}
+            ),
             0
         );
     }

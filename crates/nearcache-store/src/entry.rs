@@ -14,13 +14,9 @@ use std::time::{Duration, Instant};
 use nearcache_keys::Key;
 use nearcache_regions::{ChangeToken, Region, RegionNameError, Regions, SubKey};
 
-use crate::clock::{NEVER, StoreClock, deadline_after, nanos};
+use crate::clock::{StoreClock, StoreInstant, StoreSpan};
 use crate::removal::RemovalCause;
 use crate::value::Payload;
-
-/// A sliding entry's last-access time is only rewritten once it is this stale (1 ms), so
-/// hot entries are not written on every hit (no cache-line ping-pong between readers).
-const TOUCH_GRANULARITY: u64 = 1_000_000;
 
 /// The options of the entry being loaded (or `set`), given to its factory as `&mut EntryOptions`.
 ///
@@ -247,40 +243,48 @@ impl EntryOptions {
         self,
         payload: Payload,
         global_epoch: u64,
-        now: u64,
+        clock: &StoreClock,
         defaults: &EntryDefaults,
     ) -> Option<StoredEntry> {
+        let now = clock.now();
         let deadline = match self.absolute.or(defaults.absolute.map(Absolute::After)) {
-            None => NEVER,
-            Some(Absolute::After(ttl)) => deadline_after(now, ttl),
+            None => StoreInstant::NEVER,
+            Some(Absolute::After(ttl)) => clock.after(now, ttl),
             Some(Absolute::At(at)) => {
-                deadline_after(now, at.saturating_duration_since(Instant::now()))
+                clock.after(now, at.saturating_duration_since(Instant::now()))
             }
         };
-        let sliding = self.sliding.or(defaults.sliding).map_or(NEVER, nanos);
+        let sliding = self
+            .sliding
+            .or(defaults.sliding)
+            .map_or(StoreSpan::NEVER, |idle| clock.span(idle));
         let weight = if defaults.weighted {
             self.weight.unwrap_or(1).max(1)
         } else {
             1
         };
         let refresh_at = match self.eager_refresh.or(defaults.eager_refresh) {
-            Some(fraction) if deadline != NEVER && fraction > 0.0 && fraction < 1.0 => {
-                // Exact enough: a fraction of at most 2^64 ns, rounded.
-                let ttl = deadline.saturating_sub(now) as f64;
-                now.saturating_add((ttl * fraction) as u64)
+            Some(fraction)
+                if deadline != StoreInstant::NEVER && fraction > 0.0 && fraction < 1.0 =>
+            {
+                now.after(deadline.since(now).fraction(fraction))
             }
-            _ => NEVER,
+            _ => StoreInstant::NEVER,
         };
-        let fail_safe = if deadline == NEVER && sliding == NEVER {
-            0 // it never expires by time: nothing to keep it past
+        let fail_safe = if deadline == StoreInstant::NEVER && sliding == StoreSpan::NEVER {
+            StoreSpan::ZERO // it never expires by time: nothing to keep it past
         } else {
-            self.fail_safe.or(defaults.fail_safe).map_or(0, nanos)
+            self.fail_safe
+                .or(defaults.fail_safe)
+                .map_or(StoreSpan::ZERO, |window| clock.span(window))
         };
         // Only a kept entry is ever waited on with a soft timeout.
-        let soft_timeout = if fail_safe == 0 {
+        let soft_timeout = if fail_safe == StoreSpan::ZERO {
             0
         } else {
-            self.soft_timeout.or(defaults.soft_timeout).map_or(0, nanos)
+            self.soft_timeout
+                .or(defaults.soft_timeout)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         };
         let current = self.regions.global_epoch();
         let stored = StoredEntry::new(
@@ -386,8 +390,8 @@ impl TokenSet {
 /// entries that have any, so a plain entry is 48 bytes in its shard's slot and nothing else.
 pub(crate) struct StoredEntry {
     payload: Payload,
-    /// Absolute deadline on the store clock, [`NEVER`] for none.
-    deadline: u64,
+    /// Absolute deadline on the store clock, [`StoreInstant::NEVER`] for none.
+    deadline: StoreInstant,
     /// The epoch of the global token current when the load started (or the `set` ran):
     /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
     global_epoch: u64,
@@ -401,33 +405,43 @@ pub(crate) struct StoredEntry {
 /// The parts of an entry most entries do not have.
 struct Shared {
     tokens: TokenSet,
-    /// Sliding window in nanoseconds, [`NEVER`] for none.
-    sliding: u64,
+    /// Sliding window, [`StoreSpan::NEVER`] for none.
+    sliding: StoreSpan,
+    /// The last read (or the store), a [`StoreInstant`] in its raw form.
     last_access: AtomicU64,
-    /// How long past its time expiry the entry is kept for fail-safe, in nanoseconds (0:
-    /// not kept).
-    fail_safe: u64,
+    /// How long past its time expiry the entry is kept for fail-safe (zero: not kept).
+    fail_safe: StoreSpan,
     /// How long a load replacing this entry (once kept) is waited for before the entry is
-    /// served, in nanoseconds (0: not).
+    /// served, in nanoseconds (0: not). A timer's duration, never compared with the store
+    /// clock, so it stays in nanoseconds.
     soft_timeout: u64,
-    /// When a detached read starts a background refresh, on the store clock; [`NEVER`] for
-    /// none, or once one read has claimed it (so one refresh starts, however many read).
+    /// When a detached read starts a background refresh, a [`StoreInstant`] in its raw form;
+    /// [`StoreInstant::NEVER`] for none, or once one read has claimed it (so one refresh
+    /// starts, however many read).
     refresh_at: AtomicU64,
+}
+
+impl Shared {
+    /// When the sliding window runs out if nothing reads the entry again
+    /// ([`StoreInstant::NEVER`] without a window).
+    fn idle_until(&self) -> StoreInstant {
+        StoreInstant::from_raw(self.last_access.load(Ordering::Relaxed)).after(self.sliding)
+    }
 }
 
 /// When an entry expires by time, and how long it is kept after that for fail-safe.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {
-    /// Absolute deadline on the store clock, [`NEVER`] for none.
-    pub(crate) deadline: u64,
-    /// Sliding window in nanoseconds, [`NEVER`] for none.
-    pub(crate) sliding: u64,
-    /// Fail-safe window past the time expiry, in nanoseconds (0: none).
-    pub(crate) fail_safe: u64,
+    /// Absolute deadline on the store clock, [`StoreInstant::NEVER`] for none.
+    pub(crate) deadline: StoreInstant,
+    /// Sliding window, [`StoreSpan::NEVER`] for none.
+    pub(crate) sliding: StoreSpan,
+    /// Fail-safe window past the time expiry (zero: none).
+    pub(crate) fail_safe: StoreSpan,
     /// Soft timeout of a load replacing the kept entry, in nanoseconds (0: none).
     pub(crate) soft_timeout: u64,
-    /// When an eager refresh is due, on the store clock ([`NEVER`]: none).
-    pub(crate) refresh_at: u64,
+    /// When an eager refresh is due ([`StoreInstant::NEVER`]: none).
+    pub(crate) refresh_at: StoreInstant,
 }
 
 /// What an entry is to a load that failed: whether it may stand in for the failed value.
@@ -448,7 +462,7 @@ impl StoredEntry {
         global_epoch: u64,
         tokens: TokenSet,
         timing: Timing,
-        now: u64,
+        now: StoreInstant,
         weight: u32,
     ) -> Self {
         let Timing {
@@ -458,15 +472,18 @@ impl StoredEntry {
             soft_timeout,
             refresh_at,
         } = timing;
-        let boxed = !tokens.is_empty() || sliding != NEVER || fail_safe != 0 || refresh_at != NEVER;
+        let boxed = !tokens.is_empty()
+            || sliding != StoreSpan::NEVER
+            || fail_safe != StoreSpan::ZERO
+            || refresh_at != StoreInstant::NEVER;
         let shared = boxed.then(|| {
             Box::new(Shared {
                 tokens,
                 sliding,
-                last_access: AtomicU64::new(now),
+                last_access: AtomicU64::new(now.raw()),
                 fail_safe,
                 soft_timeout,
-                refresh_at: AtomicU64::new(refresh_at),
+                refresh_at: AtomicU64::new(refresh_at.raw()),
             })
         });
         StoredEntry {
@@ -496,7 +513,7 @@ impl StoredEntry {
     /// small enough to inline into its caller.
     #[inline(always)]
     pub(crate) fn is_live(&self, clock: &StoreClock, global_epoch: u64) -> bool {
-        if self.shared.is_none() && self.deadline == NEVER {
+        if self.shared.is_none() && self.deadline == StoreInstant::NEVER {
             return self.global_epoch == global_epoch;
         }
         self.is_live_timed(clock, global_epoch)
@@ -513,10 +530,10 @@ impl StoredEntry {
                 if shared.tokens.any_expired() {
                     return false;
                 }
-                (shared.sliding != NEVER).then_some(shared)
+                (shared.sliding != StoreSpan::NEVER).then_some(shared)
             }
         };
-        if self.deadline == NEVER && sliding.is_none() {
+        if self.deadline == StoreInstant::NEVER && sliding.is_none() {
             return true;
         }
         let now = clock.now();
@@ -524,14 +541,17 @@ impl StoredEntry {
             return false;
         }
         if let Some(shared) = sliding {
-            let last = shared.last_access.load(Ordering::Relaxed);
-            if now >= last.saturating_add(shared.sliding) {
+            let last = StoreInstant::from_raw(shared.last_access.load(Ordering::Relaxed));
+            // One subtraction for both tests (a window is never zero: such entries are dead
+            // on arrival, never stored).
+            let idle = now.since(last);
+            if idle >= shared.sliding {
                 return false;
             }
             // Relaxed: the last access is a hint only ever raised; a reader that misses a
             // concurrent raise sees the entry as older than it is by at most that touch.
-            if now.saturating_sub(last) > TOUCH_GRANULARITY {
-                shared.last_access.fetch_max(now, Ordering::Relaxed);
+            if idle > clock.touch_granularity() {
+                shared.last_access.fetch_max(now.raw(), Ordering::Relaxed);
             }
         }
         true
@@ -539,17 +559,12 @@ impl StoredEntry {
 
     /// Whether the entry is alive at `now` under `global_epoch`, without touching it (the
     /// purger's check).
-    pub(crate) fn is_live_at(&self, now: u64, global_epoch: u64) -> bool {
+    pub(crate) fn is_live_at(&self, now: StoreInstant, global_epoch: u64) -> bool {
         self.global_epoch == global_epoch
             && now < self.deadline
             && self.shared.as_ref().is_none_or(|shared| {
                 !shared.tokens.any_expired()
-                    && (shared.sliding == NEVER
-                        || now
-                            < shared
-                                .last_access
-                                .load(Ordering::Relaxed)
-                                .saturating_add(shared.sliding))
+                    && (shared.sliding == StoreSpan::NEVER || now < shared.idle_until())
             })
     }
 
@@ -558,7 +573,7 @@ impl StoredEntry {
     /// expired token killed it, [`Expired`](RemovalCause::Expired) when its time did.
     pub(crate) fn removal_cause(
         &self,
-        now: u64,
+        now: StoreInstant,
         global_epoch: u64,
         alive: RemovalCause,
     ) -> RemovalCause {
@@ -579,11 +594,15 @@ impl StoredEntry {
     /// Whether the entry is alive, kept for fail-safe, or dead at `now` under
     /// `global_epoch` (without touching it). An invalidated entry (a `clear` since it was
     /// loaded, an expired token) is dead whatever its fail-safe window.
-    pub(crate) fn standing_at(&self, now: u64, global_epoch: u64) -> Standing {
+    pub(crate) fn standing_at(&self, now: StoreInstant, global_epoch: u64) -> Standing {
         if self.is_live_at(now, global_epoch) {
             return Standing::Live;
         }
-        let Some(shared) = self.shared.as_ref().filter(|s| s.fail_safe != 0) else {
+        let Some(shared) = self
+            .shared
+            .as_ref()
+            .filter(|s| s.fail_safe != StoreSpan::ZERO)
+        else {
             return Standing::Dead;
         };
         if self.global_epoch != global_epoch || shared.tokens.any_expired() {
@@ -598,22 +617,15 @@ impl StoredEntry {
 
     /// When the fail-safe window of this entry ends: its time expiry (absolute, or sliding
     /// from the last access) plus the window.
-    fn kept_until(&self, shared: &Shared) -> u64 {
-        let idle_until = match shared.sliding {
-            NEVER => NEVER,
-            window => shared
-                .last_access
-                .load(Ordering::Relaxed)
-                .saturating_add(window),
-        };
+    fn kept_until(&self, shared: &Shared) -> StoreInstant {
         self.deadline
-            .min(idle_until)
-            .saturating_add(shared.fail_safe)
+            .min(shared.idle_until())
+            .after(shared.fail_safe)
     }
 
     /// Whether the store holds on to the entry at `now` (alive, or kept for fail-safe): the
     /// purger and the readers remove only entries that are not.
-    pub(crate) fn is_kept_at(&self, now: u64, global_epoch: u64) -> bool {
+    pub(crate) fn is_kept_at(&self, now: StoreInstant, global_epoch: u64) -> bool {
         self.standing_at(now, global_epoch) != Standing::Dead
     }
 
@@ -621,24 +633,32 @@ impl StoredEntry {
     /// source is not called again meanwhile), with the same tokens and global epoch (so an
     /// invalidation still kills it) and the rest of its original fail-safe window after
     /// that. `None` when it has no fail-safe window or `throttle` is zero.
-    pub(crate) fn re_armed(&self, now: u64, throttle: Duration) -> Option<StoredEntry> {
-        let shared = self.shared.as_ref().filter(|s| s.fail_safe != 0)?;
+    pub(crate) fn re_armed(
+        &self,
+        clock: &StoreClock,
+        now: StoreInstant,
+        throttle: Duration,
+    ) -> Option<StoredEntry> {
+        let shared = self
+            .shared
+            .as_ref()
+            .filter(|s| s.fail_safe != StoreSpan::ZERO)?;
         if throttle.is_zero() {
             return None;
         }
         let kept_until = self.kept_until(shared);
-        let deadline = deadline_after(now, throttle);
+        let deadline = clock.after(now, throttle);
         let mut re_armed = StoredEntry::new(
             self.payload.clone(),
             self.global_epoch,
             shared.tokens.clone(),
             Timing {
                 deadline,
-                sliding: NEVER,
+                sliding: StoreSpan::NEVER,
                 // What is left of the window once the throttle ends (none: dead then).
-                fail_safe: kept_until.saturating_sub(deadline),
+                fail_safe: kept_until.since(deadline),
                 soft_timeout: shared.soft_timeout,
-                refresh_at: NEVER,
+                refresh_at: StoreInstant::NEVER,
             },
             now,
             self.weight,
@@ -663,11 +683,16 @@ impl StoredEntry {
             return false;
         };
         let at = shared.refresh_at.load(Ordering::Relaxed);
-        at != NEVER
-            && clock.now() >= at
+        at != StoreInstant::NEVER.raw()
+            && clock.now() >= StoreInstant::from_raw(at)
             && shared
                 .refresh_at
-                .compare_exchange(at, NEVER, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    at,
+                    StoreInstant::NEVER.raw(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 
@@ -706,11 +731,26 @@ mod tests {
         EntryOptions::new(Key::from_text("k"), Arc::clone(regions))
     }
 
+    /// A mock clock reading `nanos` (on the mock clock a tick is a nanosecond).
+    fn clock_at(nanos: u64) -> StoreClock {
+        let (clock, mock) = quanta::Clock::mock();
+        mock.increment(Duration::from_nanos(nanos));
+        StoreClock::new(clock)
+    }
+
+    fn at(nanos: u64) -> StoreInstant {
+        StoreInstant::from_raw(nanos)
+    }
+
     fn store(entry: EntryOptions, regions: &Regions, now: u64) -> Option<StoredEntry> {
+        store_on(entry, regions, &clock_at(now))
+    }
+
+    fn store_on(entry: EntryOptions, regions: &Regions, clock: &StoreClock) -> Option<StoredEntry> {
         entry.into_stored(
             Payload::value(Arc::new(1_u8)),
             regions.global_epoch(),
-            now,
+            clock,
             &defaults(),
         )
     }
@@ -740,10 +780,10 @@ mod tests {
         assert_eq!(e.tokens.len(), 2, "the region token is not added twice");
         let stored = store(e, &regions, 0).unwrap();
         regions.expire_region_key_of::<Catalog>("c2");
-        assert!(stored.is_live_at(0, 0));
+        assert!(stored.is_live_at(at(0), 0));
         regions.expire_region_of::<Catalog>();
         assert!(
-            !stored.is_live_at(0, 0),
+            !stored.is_live_at(at(0), 0),
             "expiring the region expires its sub-keys' entries"
         );
     }
@@ -758,7 +798,7 @@ mod tests {
         e.region_key_by_name("pricing", "p1").unwrap();
         let stored = store(e, &regions, 0).unwrap();
         regions.expire_region_key_of::<Pricing>("p1");
-        assert!(!stored.is_live_at(0, 0));
+        assert!(!stored.is_live_at(at(0), 0));
     }
 
     #[test]
@@ -828,13 +868,13 @@ mod tests {
         let mut e = entry(&regions);
         e.time_to_live(Duration::MAX).time_to_idle(Duration::MAX);
         let stored = store(e, &regions, 5).unwrap();
-        assert!(stored.is_live_at(NEVER - 1, 0));
+        assert!(stored.is_live_at(at(u64::MAX - 1), 0));
         let mut far = entry(&regions);
         far.expires_at(Instant::now() + Duration::from_secs(1 << 40));
         assert!(
-            store(far, &regions, NEVER - 10)
+            store(far, &regions, u64::MAX - 10)
                 .unwrap()
-                .is_live_at(NEVER - 1, 0)
+                .is_live_at(at(u64::MAX - 1), 0)
         );
     }
 
@@ -848,15 +888,26 @@ mod tests {
         let mut heavy = entry(&regions);
         heavy.weight(7);
         let payload = Payload::value(Arc::new(()));
-        let stored = heavy.into_stored(payload.clone(), regions.global_epoch(), 0, &weighted);
+        let stored = heavy.into_stored(
+            payload.clone(),
+            regions.global_epoch(),
+            &clock_at(0),
+            &weighted,
+        );
         assert_eq!(stored.map(|s| s.weight()), Some(7));
         let mut zero = entry(&regions);
         zero.weight(0);
-        let stored = zero.into_stored(payload.clone(), regions.global_epoch(), 0, &weighted);
+        let stored = zero.into_stored(
+            payload.clone(),
+            regions.global_epoch(),
+            &clock_at(0),
+            &weighted,
+        );
         assert_eq!(stored.map(|s| s.weight()), Some(1));
         let mut ignored = entry(&regions);
         ignored.weight(7);
-        let stored = ignored.into_stored(payload, regions.global_epoch(), 0, &defaults());
+        let stored =
+            ignored.into_stored(payload, regions.global_epoch(), &clock_at(0), &defaults());
         assert_eq!(stored.map(|s| s.weight()), Some(1));
     }
 
@@ -867,12 +918,13 @@ mod tests {
         let regions = Arc::new(Regions::new());
         let mut e = entry(&regions);
         e.time_to_idle(Duration::from_secs(10));
-        let stored = store(e, &regions, clock.now()).unwrap();
+        let stored = store_on(e, &regions, &clock).unwrap();
         mock.increment(Duration::from_secs(6));
         assert!(stored.is_live(&clock, 0), "read at 6 s restarts the window");
         mock.increment(Duration::from_secs(6));
         assert!(stored.is_live(&clock, 0), "12 s: 6 s since the last read");
-        assert!(!stored.is_live_at(clock.now() + 10_000_000_000, 0));
+        let later = clock.after(clock.now(), Duration::from_secs(10));
+        assert!(!stored.is_live_at(later, 0));
         mock.increment(Duration::from_micros(500));
         assert!(stored.is_live(&clock, 0));
         assert_eq!(
@@ -897,7 +949,7 @@ mod tests {
         let mut e = entry(&regions);
         e.time_to_live(Duration::from_secs(10))
             .eager_refresh_threshold(0.8);
-        let stored = store(e, &regions, clock.now()).unwrap();
+        let stored = store_on(e, &regions, &clock).unwrap();
         mock.increment(Duration::from_millis(7_999));
         assert!(!stored.claim_refresh(&clock), "not due before 8 s");
         mock.increment(Duration::from_millis(1));
@@ -914,7 +966,7 @@ mod tests {
         sliding
             .time_to_idle(Duration::from_secs(10))
             .eager_refresh_threshold(0.5);
-        let stored = store(sliding, &regions, clock.now()).unwrap();
+        let stored = store_on(sliding, &regions, &clock).unwrap();
         mock.increment(Duration::from_secs(9));
         assert!(!stored.claim_refresh(&clock), "no absolute expiry: never");
     }
@@ -932,14 +984,14 @@ mod tests {
     fn a_global_expiry_kills_every_entry_by_epoch() {
         let regions = Arc::new(Regions::new());
         let stored = store(entry(&regions), &regions, 0).unwrap();
-        assert!(stored.is_live_at(0, regions.global_epoch()));
+        assert!(stored.is_live_at(at(0), regions.global_epoch()));
         regions.expire_region_of::<Catalog>();
         assert!(
-            stored.is_live_at(0, regions.global_epoch()),
+            stored.is_live_at(at(0), regions.global_epoch()),
             "a region is not global"
         );
         regions.expire_global();
-        assert!(!stored.is_live_at(0, regions.global_epoch()));
+        assert!(!stored.is_live_at(at(0), regions.global_epoch()));
         let clock = StoreClock::new(quanta::Clock::new());
         assert!(!stored.is_live(&clock, regions.global_epoch()));
         let mut tied = entry(&regions);
@@ -947,8 +999,13 @@ mod tests {
         let old = regions.global_epoch();
         regions.expire_global();
         assert!(
-            tied.into_stored(Payload::value(Arc::new(1_u8)), old, 0, &defaults())
-                .is_none(),
+            tied.into_stored(
+                Payload::value(Arc::new(1_u8)),
+                old,
+                &clock_at(0),
+                &defaults()
+            )
+            .is_none(),
             "loaded under a global epoch that a clear moved on from: dead on arrival"
         );
     }
@@ -961,7 +1018,7 @@ mod tests {
             .into_stored(
                 Payload::value(Arc::clone(&value)),
                 regions.global_epoch(),
-                0,
+                &clock_at(0),
                 &defaults(),
             )
             .unwrap();

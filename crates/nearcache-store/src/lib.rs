@@ -27,8 +27,9 @@
 //!   value's `Arc` is cloned (the one the caller gets), one atomic load of the global epoch,
 //!   one add (no `lock` prefix) to the calling thread's own counter stripe. No allocation. Entries tied to regions
 //!   or tokens load one atomic per token; entries that expire by time also read the clock
-//!   (`quanta`, the CPU counter where available: no system call); sliding entries write their
-//!   last access at most once per millisecond.
+//!   (`quanta`, the CPU counter where available: no system call; deadlines are kept in the
+//!   counter's own ticks, so the reading is compared as it is, never scaled); sliding entries
+//!   write their last access at most once per millisecond.
 //! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
 //!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window, a
 //!   fail-safe window or an eager refresh add one boxed record of 72 bytes (two inline tokens,

@@ -663,12 +663,8 @@ impl StoreInner {
             self.stats.incr(Counter::InsertsRejectedStale);
             tracing::debug!(key = %self.shown(&leader.key), "invalidated while loading: returned, not stored");
         } else {
-            let stored = entry.into_stored(
-                payload.clone(),
-                start_global,
-                self.clock.now(),
-                &self.defaults,
-            );
+            let stored =
+                entry.into_stored(payload.clone(), start_global, &self.clock, &self.defaults);
             removals = self.insert_locked(&leader.key, stored).1;
         }
         shard.remove(&leader.key, flight);
@@ -699,7 +695,7 @@ impl StoreInner {
             (held.standing_at(now, global_epoch) == Standing::Kept).then(|| {
                 (
                     held.payload().clone(),
-                    held.re_armed(now, self.fail_safe_throttle),
+                    held.re_armed(&self.clock, now, self.fail_safe_throttle),
                 )
             })
         })??;

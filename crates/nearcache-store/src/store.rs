@@ -529,6 +529,7 @@ impl Store {
     /// # Errors
     ///
     /// As [`get_or_create`](Self::get_or_create), and [`LoadError::WouldDeadlock`] as above.
+    #[inline]
     pub fn get_or_create_sync<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
     where
         T: Send + Sync + 'static,
@@ -538,6 +539,18 @@ impl Store {
         if let Some(hit) = self.inner.try_hit::<Arc<T>>(key) {
             return Ok(hit);
         }
+        self.load_sync_after_miss(key, factory)
+    }
+
+    /// The miss path of [`get_or_create_sync`](Self::get_or_create_sync), out of line so
+    /// that the hit path inlines into its caller.
+    #[inline(never)]
+    fn load_sync_after_miss<T, E, F>(&self, key: &Key, factory: F) -> Result<Arc<T>, LoadError<E>>
+    where
+        T: Send + Sync + 'static,
+        E: Send + Sync + 'static,
+        F: FnOnce(&mut EntryOptions) -> Result<T, E>,
+    {
         self.inner.note_no_eager_refresh();
         self.inner.load_sync::<Arc<T>, E, F>(key, factory)
     }
@@ -642,7 +655,7 @@ impl Store {
         let stored = entry.into_stored(
             Payload::value(Arc::new(value)),
             inner.regions.global_epoch(),
-            inner.clock.now(),
+            &inner.clock,
             &inner.defaults,
         );
         let (stored, removals) = {
