@@ -1,0 +1,46 @@
+//! What the loader tests (`fail_safe.rs`, `timeouts.rs`, `eager_refresh.rs`) share: the
+//! region and the error their factories use, the version-1 load a detached loader starts
+//! from, and the check that a bad option is refused by its name.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nearcache::{BuildError, Cache, CacheOptions, Key, StoreOptions, region};
+
+region!(pub Catalog = "catalog");
+
+pub const SECOND: Duration = Duration::from_secs(1);
+
+/// The error a failing factory returns.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DatabaseDown;
+
+/// Loads version 1 of `k` through a detached loader: living 10 s, tied to `Catalog`.
+pub async fn load_v1_detached(cache: &Cache, k: &Key) -> Arc<u64> {
+    cache
+        .get_or_create_detached(k, async |entry| {
+            entry.time_to_live(10 * SECOND).region::<Catalog>();
+            Ok::<_, DatabaseDown>(1_u64)
+        })
+        .await
+        .unwrap()
+}
+
+/// The error building a cache with `store` gives, once its message is seen to name
+/// `option` (so a user knows which setting to fix).
+pub fn refused(store: StoreOptions, option: &str) -> BuildError {
+    let error = Cache::new(CacheOptions {
+        store,
+        ..CacheOptions::default()
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains(option), "{error}");
+    error
+}
