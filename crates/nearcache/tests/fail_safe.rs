@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use invalidation_support::How;
 use loader_support::{Catalog, DatabaseDown, SECOND, refused};
 use nearcache::{
     BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OptionsError,
@@ -14,6 +15,7 @@ use nearcache::{
 };
 use tokio::sync::broadcast;
 
+mod invalidation_support;
 mod loader_support;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -78,15 +80,6 @@ async fn load_failing(cache: &Cache, k: &Key) -> Result<Arc<u64>, LoadError<Data
         .await
 }
 
-#[derive(Debug, Clone, Copy)]
-enum How {
-    Remove,
-    Set,
-    SubKey,
-    Region,
-    Clear,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_a_peer_invalidated_is_never_served_by_fail_safe() {
     // The control: with no invalidation, the expired value stands in for the failed load.
@@ -98,18 +91,12 @@ async fn a_value_a_peer_invalidated_is_never_served_by_fail_safe() {
     assert!(Arc::ptr_eq(&load_failing(&b, &k).await.unwrap(), &v1));
     assert_eq!(b.stats().store.fail_safe_activations, 1);
 
-    for how in [How::Remove, How::Set, How::SubKey, How::Region, How::Clear] {
+    for how in How::ALL {
         let (a, b, clock) = pair().await;
         let mut events = b.events();
         load_v1(&b, &k).await;
         clock.increment(11 * SECOND);
-        let published = match how {
-            How::Remove => a.remove(&k).await,
-            How::Set => a.set(&k, 2_u64).await,
-            How::SubKey => a.expire_region_key::<Catalog, _>("c1").await,
-            How::Region => a.expire_region::<Catalog>().await,
-            How::Clear => a.clear().await,
-        };
+        let published = how.invalidate::<Catalog>(&a, &k, "c1").await;
         assert_eq!(published, Propagated::Published, "{how:?}");
         applied(&mut events).await;
         let result = load_failing(&b, &k).await;
