@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use invalidation_support::How;
-use loader_support::{Catalog, DatabaseDown, SECOND, refused};
+use loader_support::{Catalog, DatabaseDown, SECOND, pair_on_a_mock_clock, refused};
 use nearcache::{
-    BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OptionsError,
-    Propagated, StoreOptions,
+    BuildError, Cache, CacheEvent, CacheOptions, Key, LoadError, OptionsError, Propagated,
+    StoreOptions,
 };
 use tokio::sync::broadcast;
 
@@ -40,17 +40,7 @@ fn options() -> CacheOptions {
 
 /// Two instances on one bus, on one mock clock.
 async fn pair() -> (Cache, Cache, Arc<quanta::Mock>) {
-    let bus = InMemoryBackplane::new();
-    let (clock, mock) = quanta::Clock::mock();
-    let build = |conn| {
-        Cache::builder()
-            .options(options())
-            .backplane(conn)
-            .clock(clock.clone())
-            .build()
-            .unwrap()
-    };
-    let (a, b) = (build(bus.connection()), build(bus.connection()));
+    let (a, b, mock) = pair_on_a_mock_clock(options);
     within("a", a.ready()).await;
     within("b", b.ready()).await;
     (a, b, mock)

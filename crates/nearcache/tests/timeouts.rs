@@ -14,10 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use loader_support::{Catalog, DatabaseDown, SECOND, load_v1_detached, refused};
+use loader_support::{
+    Catalog, DatabaseDown, SECOND, load_v1_detached, pair_on_a_mock_clock, refused,
+};
 use nearcache::{
-    BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OnHardTimeout,
-    OptionsError, Propagated, RemovalCause, Source, StoreOptions,
+    BuildError, Cache, CacheEvent, CacheOptions, Key, LoadError, OnHardTimeout, OptionsError,
+    Propagated, RemovalCause, Source, StoreOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -185,17 +187,7 @@ async fn an_invalidation_during_the_background_load_keeps_its_value_out_and_the_
  {
     for how in [How::Remove, How::Region, How::Peer] {
         // Loads run on `b`; `a` is the peer that invalidates for `How::Peer`.
-        let bus = InMemoryBackplane::new();
-        let (clock, mock) = quanta::Clock::mock();
-        let build = |conn| {
-            Cache::builder()
-                .options(options())
-                .backplane(conn)
-                .clock(clock.clone())
-                .build()
-                .unwrap()
-        };
-        let (a, b) = (build(bus.connection()), build(bus.connection()));
+        let (a, b, mock) = pair_on_a_mock_clock(options);
         within("a", a.ready()).await;
         within("b", b.ready()).await;
         let k = Key::from_text("product:1");

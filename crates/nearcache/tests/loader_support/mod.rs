@@ -1,18 +1,13 @@
 //! What the loader tests (`fail_safe.rs`, `timeouts.rs`, `eager_refresh.rs`) share: the
-//! region and the error their factories use, the version-1 load a detached loader starts
-//! from, and the check that a bad option is refused by its name.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+//! region and the error their factories use, two instances on one mock clock, the version-1
+//! load a detached loader starts from, and the check that a bad option is refused by its
+//! name.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nearcache::{BuildError, Cache, CacheOptions, Key, StoreOptions, region};
+use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Key, StoreOptions, region};
 
 region!(pub Catalog = "catalog");
 
@@ -21,6 +16,23 @@ pub const SECOND: Duration = Duration::from_secs(1);
 /// The error a failing factory returns.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DatabaseDown;
+
+/// Two instances with `options` on one bus and one mock clock, not yet awaited `ready`.
+pub fn pair_on_a_mock_clock(
+    options: impl Fn() -> CacheOptions,
+) -> (Cache, Cache, Arc<quanta::Mock>) {
+    let bus = InMemoryBackplane::new();
+    let (clock, mock) = quanta::Clock::mock();
+    let build = || {
+        Cache::builder()
+            .options(options())
+            .backplane(bus.connection())
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+    };
+    (build(), build(), mock)
+}
 
 /// Loads version 1 of `k` through a detached loader: living 10 s, tied to `Catalog`.
 pub async fn load_v1_detached(cache: &Cache, k: &Key) -> Arc<u64> {
