@@ -240,13 +240,9 @@ fn a_cache_built_outside_a_runtime_refreshes_nothing_early() {
 #[test]
 fn an_eager_refresh_threshold_outside_0_to_1_is_refused() {
     for bad in [0.0, 1.0, 1.2, -0.3] {
-        let error = refused(
-            StoreOptions {
-                eager_refresh_threshold: Some(bad),
-                ..StoreOptions::default()
-            },
-            "eager_refresh_threshold",
-        );
+        let error = refused("eager_refresh_threshold", |store| {
+            store.eager_refresh_threshold = Some(bad)
+        });
         assert!(
             matches!(
                 error,

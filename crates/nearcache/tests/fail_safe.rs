@@ -199,13 +199,9 @@ async fn a_hard_timeout_with_fail_safe_serves_the_expired_value() {
 
 #[test]
 fn a_zero_hard_timeout_is_refused_with_its_name() {
-    let error = refused(
-        StoreOptions {
-            hard_timeout: Some(Duration::ZERO),
-            ..StoreOptions::default()
-        },
-        "hard_timeout",
-    );
+    let error = refused("hard_timeout", |store| {
+        store.hard_timeout = Some(Duration::ZERO)
+    });
     assert!(
         matches!(
             error,

@@ -468,13 +468,9 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
 
 #[test]
 fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
-    let zero = refused(
-        StoreOptions {
-            soft_timeout: Some(Duration::ZERO),
-            ..StoreOptions::default()
-        },
-        "soft_timeout",
-    );
+    let zero = refused("soft_timeout", |store| {
+        store.soft_timeout = Some(Duration::ZERO)
+    });
     assert!(
         matches!(
             zero,
@@ -482,14 +478,10 @@ fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
         ),
         "{zero:?}"
     );
-    let not_shorter = refused(
-        StoreOptions {
-            soft_timeout: Some(SECOND),
-            hard_timeout: Some(SECOND),
-            ..StoreOptions::default()
-        },
-        "soft_timeout",
-    );
+    let not_shorter = refused("soft_timeout", |store| {
+        store.soft_timeout = Some(SECOND);
+        store.hard_timeout = Some(SECOND);
+    });
     assert!(
         matches!(not_shorter, BuildError::InvalidOptions(_)),
         "{not_shorter:?}"

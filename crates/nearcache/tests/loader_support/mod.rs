@@ -45,9 +45,12 @@ pub async fn load_v1_detached(cache: &Cache, k: &Key) -> Arc<u64> {
         .unwrap()
 }
 
-/// The error building a cache with `store` gives, once its message is seen to name
-/// `option` (so a user knows which setting to fix).
-pub fn refused(store: StoreOptions, option: &str) -> BuildError {
+/// The error building a cache gives when `set` has set the store option named `option`
+/// to a bad value, once its message is seen to name `option` (so a user knows which
+/// setting to fix).
+pub fn refused(option: &str, set: impl FnOnce(&mut StoreOptions)) -> BuildError {
+    let mut store = StoreOptions::default();
+    set(&mut store);
     let error = Cache::new(CacheOptions {
         store,
         ..CacheOptions::default()
