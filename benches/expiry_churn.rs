@@ -27,11 +27,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
-use nearcache::{Key, region};
+use common::{Catalog, Goal, Payload, Report, Row, Unit, VALUE, median, pick, populated};
+use nearcache::Key;
 use nearcache_store::{Store, StoreOptions};
-
-region!(Catalog = "catalog");
 
 const ENTRIES: usize = 1_000_000;
 const PER_SUB_KEY: usize = 100;
@@ -205,27 +203,13 @@ fn churn(report: &mut Report) {
 
 // ---- row 5: expire_region on one CPU ---------------------------------------------------------
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
 /// Populates a region of 100k entries `samples` times and times `expire_region` on it;
 /// returns the median in nanoseconds.
 fn expire_region_calls(samples: usize) -> f64 {
     let keys = common::keys(PINNED_ENTRIES);
     let mut times = Vec::new();
     for _ in 0..samples {
-        let store = Store::new(StoreOptions {
-            max_capacity: 2 * PINNED_ENTRIES as u64,
-            ..StoreOptions::default()
-        })
-        .expect("valid options");
-        for key in &keys {
-            store.set_with(key.clone(), VALUE, |entry| {
-                entry.region::<Catalog>();
-            });
-        }
+        let store = populated(&keys);
         let start = Instant::now();
         store.expire_region::<Catalog>();
         times.push(start.elapsed().as_nanos() as f64);

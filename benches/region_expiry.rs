@@ -27,11 +27,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
-use nearcache::{Key, region};
-use nearcache_store::{Store, StoreOptions};
-
-region!(Catalog = "catalog");
+use common::{Catalog, Goal, Payload, Report, Row, Unit, VALUE, median, pick, populated};
+use nearcache::Key;
 
 /// The region id a raw cache's values carry.
 const CATALOG: u32 = 1;
@@ -64,11 +61,6 @@ fn involuntary_switches() -> u64 {
         .unwrap_or(0)
 }
 
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
-}
-
 /// Sweeps a buffer larger than the CPU caches, so every timed expiry starts equally cold
 /// whatever the store's size (a store of 1k entries would otherwise stay cached and one of
 /// 1M would not, which is a difference of cache state, not of work).
@@ -82,26 +74,6 @@ fn evict_caches(buffer: &mut [u8]) {
 /// The buffer `evict_caches` sweeps: 64 MiB.
 fn cache_sweeper() -> Vec<u8> {
     vec![0; 64 << 20]
-}
-
-/// A store holding `keys`, all in region `Catalog`.
-fn populated(keys: &[Key]) -> Store {
-    let store = Store::new(StoreOptions {
-        max_capacity: 2 * keys.len() as u64,
-        ..StoreOptions::default()
-    })
-    .expect("valid options");
-    for key in keys {
-        store.set_with(key.clone(), VALUE, |entry| {
-            entry.region::<Catalog>();
-        });
-    }
-    assert_eq!(
-        store.len(),
-        keys.len(),
-        "every entry is held before the expiry"
-    );
-    store
 }
 
 /// Each sample: populate, flip the region's token alone (timed), then make the real call

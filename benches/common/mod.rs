@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nearcache::{Key, cache_key};
+use nearcache::{Key, cache_key, region};
+use nearcache_store::{Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -21,6 +22,35 @@ pub(crate) type Payload = [u64; 4];
 
 /// The value stored.
 pub(crate) const VALUE: Payload = [1, 2, 3, 4];
+
+region!(pub(crate) Catalog = "catalog");
+
+/// A store holding `keys` (with room for twice as many), each set to [`VALUE`] in region
+/// [`Catalog`]: what the region expiry rows expire.
+pub(crate) fn populated(keys: &[Key]) -> Store {
+    let store = Store::new(StoreOptions {
+        max_capacity: 2 * keys.len() as u64,
+        ..StoreOptions::default()
+    })
+    .expect("valid options");
+    for key in keys {
+        store.set_with(key.clone(), VALUE, |entry| {
+            entry.region::<Catalog>();
+        });
+    }
+    assert_eq!(
+        store.len(),
+        keys.len(),
+        "every entry is held before the expiry"
+    );
+    store
+}
+
+/// The median of `samples` (the upper one of an even count).
+pub(crate) fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
 
 /// The type part of the benchmark keys (`Product:get-42`).
 pub(crate) struct Product;
@@ -191,12 +221,8 @@ impl Row {
         goal: Goal,
     ) -> Self {
         Row {
-            row,
-            what: what.into(),
-            ours,
-            unit,
             baseline: Some((baseline.into(), theirs)),
-            goal,
+            ..Row::alone(row, what, unit, ours, goal)
         }
     }
 

@@ -356,10 +356,33 @@ impl Database {
         }
     }
 
+    /// A mirror of the write log of `products` products, complete up to now, then kept up to
+    /// date in the background (see [`keep_mirrored`](Self::keep_mirrored)) until it is
+    /// [`complete`](KeptMirror::complete)d or dropped.
+    ///
+    /// # Errors
+    ///
+    /// As [`refresh_patiently`](Self::refresh_patiently).
+    pub(crate) async fn kept_mirror(
+        &self,
+        products: u32,
+        bound: Duration,
+    ) -> Result<KeptMirror, DbError> {
+        let log = Arc::new(WriteLog::mirror(products));
+        let mut seen = 0;
+        self.refresh_patiently(&log, &mut seen).await?;
+        let refresher = tokio::spawn(self.clone().keep_mirrored(Arc::clone(&log), seen, bound));
+        Ok(KeptMirror {
+            log,
+            db: self.clone(),
+            refresher,
+        })
+    }
+
     /// Refreshes `mirror` from row `seen` on, every quarter of `bound` (at most every 50 ms),
     /// until aborted. A failed refresh is logged and tried again on the next tick: reads wait
     /// to be judged meanwhile.
-    pub(crate) async fn keep_mirrored(self, mirror: Arc<WriteLog>, mut seen: i64, bound: Duration) {
+    async fn keep_mirrored(self, mirror: Arc<WriteLog>, mut seen: i64, bound: Duration) {
         let every = (bound / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
         let mut ticks = tokio::time::interval(every);
         loop {
@@ -379,6 +402,36 @@ impl Database {
     ) -> Result<T, DbError> {
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || query(&mut conn.lock())).await?
+    }
+}
+
+/// A mirror of the write log that a background task keeps up to date, for judging reads
+/// while a run goes on; made by [`Database::kept_mirror`]. Dropping it stops that task.
+pub(crate) struct KeptMirror {
+    /// The mirror: complete up to a recent moment (reads after it wait to be judged).
+    pub(crate) log: Arc<WriteLog>,
+    db: Database,
+    refresher: tokio::task::JoinHandle<()>,
+}
+
+impl KeptMirror {
+    /// Stops the background refresh and reads the whole write log once more: the mirror is
+    /// then complete up to now, so it judges every read started before this call.
+    ///
+    /// # Errors
+    ///
+    /// As [`Database::refresh_patiently`].
+    pub(crate) async fn complete(&self) -> Result<(), DbError> {
+        self.refresher.abort();
+        let mut seen = 0;
+        self.db.refresh_patiently(&self.log, &mut seen).await?;
+        Ok(())
+    }
+}
+
+impl Drop for KeptMirror {
+    fn drop(&mut self) {
+        self.refresher.abort();
     }
 }
 

@@ -21,7 +21,6 @@ use crate::progress::{Progress, TERMINAL_REFRESH};
 use crate::report::Summary;
 use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
 use crate::workload::{Counters, Popularity, Workload};
-use crate::write_log::WriteLog;
 
 /// Runs `config` in this process on the database at `db_path`, with Redis at `redis_url` as
 /// the backplane if given, and `faults` injected into it. `show_progress` turns the progress
@@ -42,13 +41,7 @@ pub(crate) async fn run(
     let layout = config.layout();
     let popularity = Popularity::new(config.products, config.zipf).map_err(DemoError::Usage)?;
     let db = Database::open(db_path, layout, config.db_latency)?.with_faults(config.db_faults());
-    let mirror = Arc::new(WriteLog::mirror(config.products));
-    let mut seen = 0;
-    db.refresh_patiently(&mirror, &mut seen).await?;
-    let refresher = tokio::spawn(
-        db.clone()
-            .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
-    );
+    let mirror = db.kept_mirror(config.products, config.bound).await?;
     let bus = InMemoryBackplane::new();
     let mut instances = Vec::with_capacity(config.instances);
     for index in 0..config.instances {
@@ -65,7 +58,7 @@ pub(crate) async fn run(
             workload: Workload {
                 cache,
                 db: db.reopen()?,
-                log: Arc::clone(&mirror),
+                log: Arc::clone(&mirror.log),
                 layout,
                 popularity,
                 bound: micros(config.bound),
@@ -128,9 +121,7 @@ pub(crate) async fn run(
     settle(&instances, config.bound).await;
 
     // Every read started before now: a mirror complete up to now judges them all.
-    refresher.abort();
-    let mut seen = 0;
-    db.refresh_patiently(&mirror, &mut seen).await?;
+    mirror.complete().await?;
     let reports = instances
         .iter()
         .zip(undecided)

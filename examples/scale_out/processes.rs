@@ -44,7 +44,6 @@ use crate::progress::{Progress, TERMINAL_REFRESH};
 use crate::report::{InstanceReport, Summary};
 use crate::timeline::{SAMPLE_EVERY, Tally, Timeline};
 use crate::workload::{Counters, Popularity, Workload};
-use crate::write_log::WriteLog;
 
 /// What starts every line an instance sends its parent.
 const PREFIX: &str = "nearcache-demo ";
@@ -300,19 +299,13 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
         .await?;
     cache.ready().await;
     let db = Database::open(&child.db, layout, config.db_latency)?.with_faults(config.db_faults());
-    let mirror = Arc::new(WriteLog::mirror(config.products));
-    let mut seen = 0;
-    db.refresh_patiently(&mirror, &mut seen).await?;
-    let refresher = tokio::spawn(
-        db.clone()
-            .keep_mirrored(Arc::clone(&mirror), seen, config.bound),
-    );
+    let mirror = db.kept_mirror(config.products, config.bound).await?;
     let instance = Instance {
         index: child.index,
         workload: Workload {
             cache: cache.clone(),
             db: db.reopen()?,
-            log: Arc::clone(&mirror),
+            log: Arc::clone(&mirror.log),
             layout,
             popularity,
             bound: u64::try_from(config.bound.as_micros()).unwrap_or(u64::MAX),
@@ -347,9 +340,7 @@ pub(crate) async fn run_instance(config: &Config, child: &ChildArgs) -> Result<(
     wait_for(&mut orders, "finish").await?;
 
     // Every read started before now: a mirror complete up to now judges them all.
-    refresher.abort();
-    let mut seen = 0;
-    db.refresh_patiently(&mirror, &mut seen).await?;
+    mirror.complete().await?;
     let still = instance.workload.judge_pending(pending);
     let report = instance.report(still.len() as u64);
     say(&Line::Report(Box::new(report)))?;

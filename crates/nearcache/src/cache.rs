@@ -2,6 +2,7 @@
 
 use std::borrow::Borrow;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use nearcache_backplane::wire::InstanceId;
@@ -109,6 +110,26 @@ impl Inner {
         let loaded = load.instrument(span).await;
         self.load_duration.record(started.elapsed());
         loaded
+    }
+
+    /// `factory` as every get-or-create hands it to the store: each run inside the key's
+    /// load span, timed by [`observe_load`](Self::observe_load). `inner` and `key` are
+    /// borrowed for a load that runs with its call, owned (`Arc`, `Key`) for one that may
+    /// go on detached from it.
+    fn observed<R>(
+        inner: impl Deref<Target = Inner>,
+        key: impl Borrow<Key>,
+        factory: impl FnOnce(&mut EntryOptions) -> R,
+    ) -> impl FnOnce(&mut EntryOptions) -> R {
+        move |entry| inner.observe_load(inner.load_span(key.borrow()), || factory(entry))
+    }
+
+    /// One async factory call (`load`) as every async get-or-create runs it: in the key's
+    /// load span, timed by [`observe_load_async`](Self::observe_load_async). (An async
+    /// twin of [`observed`](Self::observed) cannot return the wrapped factory: the
+    /// returned `impl AsyncFnOnce` would hide whether its future is `Send`.)
+    async fn observe_key_load<F: Future>(&self, key: &Key, load: F) -> F::Output {
+        self.observe_load_async(self.load_span(key), load).await
     }
 }
 
@@ -223,11 +244,8 @@ impl Cache {
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = async move |entry: &mut EntryOptions| {
-            inner
-                .observe_load_async(inner.load_span(key), factory(entry))
-                .await
-        };
+        let factory =
+            async move |entry: &mut EntryOptions| inner.observe_key_load(key, factory(entry)).await;
         self.inner.store.get_or_create(key, factory).await
     }
 
@@ -264,9 +282,7 @@ impl Cache {
         F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         let key = key.borrow();
-        let inner = &*self.inner;
-        let factory =
-            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
+        let factory = Inner::observed(&*self.inner, key, factory);
         self.inner.store.get_or_create_sync(key, factory)
     }
 
@@ -293,11 +309,8 @@ impl Cache {
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = async move |entry: &mut EntryOptions| {
-            inner
-                .observe_load_async(inner.load_span(key), factory(entry))
-                .await
-        };
+        let factory =
+            async move |entry: &mut EntryOptions| inner.observe_key_load(key, factory(entry)).await;
         self.inner.store.get_or_create_optional(key, factory).await
     }
 
@@ -318,9 +331,7 @@ impl Cache {
         F: FnOnce(&mut EntryOptions) -> Result<Option<T>, E>,
     {
         let key = key.borrow();
-        let inner = &*self.inner;
-        let factory =
-            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
+        let factory = Inner::observed(&*self.inner, key, factory);
         self.inner.store.get_or_create_optional_sync(key, factory)
     }
 
@@ -364,9 +375,7 @@ impl Cache {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
         let factory = async move |entry: &mut EntryOptions| {
-            inner
-                .observe_load_async(inner.load_span(&span_key), factory(entry))
-                .await
+            inner.observe_key_load(&span_key, factory(entry)).await
         };
         self.inner.store.get_or_create_detached(key, factory).await
     }
@@ -389,10 +398,7 @@ impl Cache {
         F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         let key = key.borrow();
-        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
-        let factory = move |entry: &mut EntryOptions| {
-            inner.observe_load(inner.load_span(&span_key), || factory(entry))
-        };
+        let factory = Inner::observed(Arc::clone(&self.inner), key.clone(), factory);
         self.inner.store.get_or_create_detached_sync(key, factory)
     }
 
@@ -441,11 +447,8 @@ impl Cache {
     {
         let key = key.borrow();
         let inner = &*self.inner;
-        let factory = async move |entry: &mut EntryOptions| {
-            inner
-                .observe_load_async(inner.load_span(key), factory(entry))
-                .await
-        };
+        let factory =
+            async move |entry: &mut EntryOptions| inner.observe_key_load(key, factory(entry)).await;
         self.inner
             .store
             .get_or_create_with_source(key, factory)
@@ -468,9 +471,7 @@ impl Cache {
         F: FnOnce(&mut EntryOptions) -> Result<T, E>,
     {
         let key = key.borrow();
-        let inner = &*self.inner;
-        let factory =
-            |entry: &mut EntryOptions| inner.observe_load(inner.load_span(key), || factory(entry));
+        let factory = Inner::observed(&*self.inner, key, factory);
         self.inner
             .store
             .get_or_create_sync_with_source(key, factory)
@@ -493,10 +494,7 @@ impl Cache {
         F: FnOnce(&mut EntryOptions) -> Result<T, E> + Send + 'static,
     {
         let key = key.borrow();
-        let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
-        let factory = move |entry: &mut EntryOptions| {
-            inner.observe_load(inner.load_span(&span_key), || factory(entry))
-        };
+        let factory = Inner::observed(Arc::clone(&self.inner), key.clone(), factory);
         self.inner
             .store
             .get_or_create_detached_sync_with_source(key, factory)
@@ -527,9 +525,7 @@ impl Cache {
         let key = key.borrow();
         let (inner, span_key) = (Arc::clone(&self.inner), key.clone());
         let factory = async move |entry: &mut EntryOptions| {
-            inner
-                .observe_load_async(inner.load_span(&span_key), factory(entry))
-                .await
+            inner.observe_key_load(&span_key, factory(entry)).await
         };
         self.inner
             .store

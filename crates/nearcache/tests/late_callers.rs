@@ -8,41 +8,22 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use invalidation_support::How;
 use nearcache::{Cache, CacheOptions, Key, LoadError, Propagated, region};
 use propagation_support::{next_applied, pair, poll_until, within};
 use tokio::sync::{oneshot, watch};
 
+mod invalidation_support;
 mod propagation_support;
 
 region!(Catalog = "catalog");
-
-/// How the writer invalidates `k` on instance A.
-#[derive(Debug, Clone, Copy)]
-enum How {
-    Remove,
-    Set,
-    SubKey,
-    Region,
-    Clear,
-}
-
-async fn invalidate(cache: &Cache, k: &Key, how: How) {
-    let published = match how {
-        How::Remove => cache.remove(k).await,
-        How::Set => cache.set(k, 2_u64).await,
-        How::SubKey => cache.expire_region_key::<Catalog, _>("a-b").await,
-        How::Region => cache.expire_region::<Catalog>().await,
-        How::Clear => cache.clear().await,
-    };
-    assert_eq!(published, Propagated::Published);
-}
 
 /// B starts loading `k` (it reads version 1, then waits); A invalidates `k`; once B has
 /// applied A's message, late callers start on B — async and blocking — and must get
 /// version 2. Then B's first load finishes with version 1 for its own caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_callers_after_a_peers_invalidation_get_the_new_version() {
-    for how in [How::Remove, How::Set, How::SubKey, How::Region, How::Clear] {
+    for how in How::ALL {
         let (a, b) = pair().await;
         let k = Key::from_text("Product:get-1");
         let db = Arc::new(AtomicU64::new(1));
@@ -65,7 +46,10 @@ async fn late_callers_after_a_peers_invalidation_get_the_new_version() {
 
         let mut events = b.events();
         db.store(2, Ordering::SeqCst);
-        invalidate(&a, &k, how).await;
+        assert_eq!(
+            how.invalidate::<Catalog>(&a, &k, "a-b").await,
+            Propagated::Published
+        );
         next_applied(&mut events).await;
 
         let loads = Arc::new(AtomicUsize::new(0));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use nearcache::{
-    Cache, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane, Key, StoreOptions,
+    Cache, CacheBuilder, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane, Key, StoreOptions,
 };
 use tokio::sync::broadcast;
 
@@ -26,15 +26,23 @@ struct Instance {
 /// A cache named `name` on its own connection to `bus`, its handles registered with
 /// `recorder`; subscribed when this returns.
 async fn instance(bus: &InMemoryBackplane, recorder: &DebuggingRecorder, name: &str) -> Instance {
-    let conn = bus.connection();
     let options = CacheOptions {
         name: Some(name.to_owned()),
         ..CacheOptions::default()
     };
+    instance_with(bus, recorder, options, |builder| builder).await
+}
+
+/// [`instance`] with `options` and what `configure` adds to the builder (a mock clock).
+async fn instance_with(
+    bus: &InMemoryBackplane,
+    recorder: &DebuggingRecorder,
+    options: CacheOptions,
+    configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
+) -> Instance {
+    let conn = bus.connection();
     let cache = metrics::with_local_recorder(recorder, || {
-        Cache::builder()
-            .options(options)
-            .backplane(conn.clone())
+        configure(Cache::builder().options(options).backplane(conn.clone()))
             .build()
             .unwrap()
     });
@@ -392,7 +400,6 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let bus = InMemoryBackplane::new();
-    let conn = bus.connection();
     let (clock, mock) = quanta::Clock::mock();
     let options = CacheOptions {
         store: StoreOptions {
@@ -404,21 +411,7 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
         name: Some("resilient".to_owned()),
         ..CacheOptions::default()
     };
-    let cache = metrics::with_local_recorder(&recorder, || {
-        Cache::builder()
-            .options(options)
-            .backplane(conn.clone())
-            .clock(clock)
-            .build()
-            .unwrap()
-    });
-    let events = cache.events();
-    tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
-    let me = Instance {
-        cache,
-        conn,
-        events,
-    };
+    let me = instance_with(&bus, &recorder, options, |builder| builder.clock(clock)).await;
     let (eager, failing) = (Key::from_text("eager"), Key::from_text("failing"));
     for k in [&eager, &failing] {
         me.cache
@@ -459,7 +452,6 @@ async fn soft_timeouts_are_exported() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let bus = InMemoryBackplane::new();
-    let conn = bus.connection();
     let (clock, mock) = quanta::Clock::mock();
     let options = CacheOptions {
         store: StoreOptions {
@@ -470,21 +462,7 @@ async fn soft_timeouts_are_exported() {
         name: Some("soft".to_owned()),
         ..CacheOptions::default()
     };
-    let cache = metrics::with_local_recorder(&recorder, || {
-        Cache::builder()
-            .options(options)
-            .backplane(conn.clone())
-            .clock(clock)
-            .build()
-            .unwrap()
-    });
-    let events = cache.events();
-    tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
-    let me = Instance {
-        cache,
-        conn,
-        events,
-    };
+    let me = instance_with(&bus, &recorder, options, |builder| builder.clock(clock)).await;
     let k = Key::from_text("slow");
     me.cache
         .get_or_create_detached(&k, async |entry| {

@@ -14,21 +14,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use loader_support::{
+    Catalog, DatabaseDown, SECOND, load_v1_detached, pair_on_a_mock_clock, refused,
+};
 use nearcache::{
-    BuildError, Cache, CacheEvent, CacheOptions, InMemoryBackplane, Key, LoadError, OnHardTimeout,
-    OptionsError, Propagated, RemovalCause, Source, StoreOptions, region,
+    BuildError, Cache, CacheEvent, CacheOptions, Key, LoadError, OnHardTimeout, OptionsError,
+    Propagated, RemovalCause, Source, StoreOptions,
 };
 use tokio::sync::{mpsc, oneshot};
 
-region!(Catalog = "catalog");
+mod loader_support;
 
 const WAIT: Duration = Duration::from_secs(10);
-const SECOND: Duration = Duration::from_secs(1);
 const SOFT: Duration = Duration::from_millis(20);
 const HARD: Duration = Duration::from_millis(200);
-
-#[derive(Debug, PartialEq, Eq)]
-struct DatabaseDown;
 
 /// `future`, or a panic once `WAIT` has passed in real time. A watchdog thread keeps the
 /// time: tokio's paused clock does not advance on its own while a detached factory runs, so
@@ -80,17 +79,6 @@ fn cache_with(
     (cache, mock, rx)
 }
 
-/// Loads version 1 of `k` through a detached loader: living 10 s, tied to `Catalog`.
-async fn load_v1(cache: &Cache, k: &Key) -> Arc<u64> {
-    cache
-        .get_or_create_detached(k, async |entry| {
-            entry.time_to_live(10 * SECOND).region::<Catalog>();
-            Ok::<_, DatabaseDown>(1_u64)
-        })
-        .await
-        .unwrap()
-}
-
 /// A slow load's controls: it signals `started`, then waits for `release`.
 struct Gate {
     started: oneshot::Receiver<()>,
@@ -139,7 +127,7 @@ async fn joined(cache: &Cache, k: &Key, n: usize) {
 async fn a_soft_timeout_serves_the_expired_value_while_the_load_goes_on_and_its_result_lands() {
     let (cache, mock, mut replaced) = cache_with(options());
     let k = Key::from_text("product:1");
-    let v1 = load_v1(&cache, &k).await;
+    let v1 = load_v1_detached(&cache, &k).await;
     mock.increment(11 * SECOND);
     assert!(
         cache.get::<u64>(&k).unwrap().is_none(),
@@ -199,21 +187,11 @@ async fn an_invalidation_during_the_background_load_keeps_its_value_out_and_the_
  {
     for how in [How::Remove, How::Region, How::Peer] {
         // Loads run on `b`; `a` is the peer that invalidates for `How::Peer`.
-        let bus = InMemoryBackplane::new();
-        let (clock, mock) = quanta::Clock::mock();
-        let build = |conn| {
-            Cache::builder()
-                .options(options())
-                .backplane(conn)
-                .clock(clock.clone())
-                .build()
-                .unwrap()
-        };
-        let (a, b) = (build(bus.connection()), build(bus.connection()));
+        let (a, b, mock) = pair_on_a_mock_clock(options);
         within("a", a.ready()).await;
         within("b", b.ready()).await;
         let k = Key::from_text("product:1");
-        let v1 = load_v1(&b, &k).await;
+        let v1 = load_v1_detached(&b, &k).await;
         mock.increment(11 * SECOND);
 
         // The first caller gets the expired value at the soft timeout; its load goes on.
@@ -490,14 +468,9 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
 
 #[test]
 fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
-    let zero = Cache::new(CacheOptions {
-        store: StoreOptions {
-            soft_timeout: Some(Duration::ZERO),
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    })
-    .unwrap_err();
+    let zero = refused("soft_timeout", |store| {
+        store.soft_timeout = Some(Duration::ZERO)
+    });
     assert!(
         matches!(
             zero,
@@ -505,18 +478,13 @@ fn a_soft_timeout_is_refused_when_zero_or_not_shorter_than_the_hard_timeout() {
         ),
         "{zero:?}"
     );
-    let not_shorter = Cache::new(CacheOptions {
-        store: StoreOptions {
-            soft_timeout: Some(SECOND),
-            hard_timeout: Some(SECOND),
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    })
-    .unwrap_err();
+    let not_shorter = refused("soft_timeout", |store| {
+        store.soft_timeout = Some(SECOND);
+        store.hard_timeout = Some(SECOND);
+    });
     assert!(
-        not_shorter.to_string().contains("soft_timeout"),
-        "{not_shorter}"
+        matches!(not_shorter, BuildError::InvalidOptions(_)),
+        "{not_shorter:?}"
     );
 }
 
