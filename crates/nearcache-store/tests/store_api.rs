@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{BackendDown, Gate, key, runtime, store, store_with, wait_for_waiters};
+use nearcache_keys::Key;
 use nearcache_store::{LoadError, OptionsError, Store, StoreOptions};
 
 #[test]
@@ -66,10 +67,16 @@ fn a_cached_none_read_as_another_type_names_the_type_it_is_a_none_of() {
     }
 }
 
-/// A waiter whose error type is not the failed leader's cannot be handed that error; nothing
-/// is stored under the key either, so it is no type mismatch: the waiter loads for itself.
-#[test]
-fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
+/// Runs `waiter` as a second caller of one key while a leader's load of an `L` is held open,
+/// then fails the leader with `BackendDown`; returns the store, the key and what the waiter
+/// got.
+fn a_waiter_of_a_failing_leader<L, R>(
+    waiter: impl FnOnce(&Store, &Key) -> R + Send + 'static,
+) -> (Store, Key, R)
+where
+    L: Send + Sync + 'static,
+    R: Send + 'static,
+{
     let store = store();
     let k = key("k");
     let (release, opener) = Gate::closed();
@@ -78,7 +85,7 @@ fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
         std::thread::spawn(move || {
             store.get_or_create_sync(&k, |_| {
                 release.pass_blocking();
-                Err::<String, _>(BackendDown(1))
+                Err::<L, _>(BackendDown(1))
             })
         })
     };
@@ -89,12 +96,23 @@ fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
     );
     let waiter = {
         let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || store.get_or_create_sync(&k, |_| Err::<u64, _>(std::fmt::Error)))
+        std::thread::spawn(move || waiter(&store, &k))
     };
     wait_for_waiters(&store, &k, 1);
     opener.open();
     assert!(matches!(leader.join().unwrap(), Err(LoadError::Factory(_))));
-    match waiter.join().unwrap() {
+    let got = waiter.join().unwrap();
+    (store, k, got)
+}
+
+/// A waiter whose error type is not the failed leader's cannot be handed that error; nothing
+/// is stored under the key either, so it is no type mismatch: the waiter loads for itself.
+#[test]
+fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
+    let (_, _, got) = a_waiter_of_a_failing_leader::<String, _>(|store, k| {
+        store.get_or_create_sync(k, |_| Err::<u64, _>(std::fmt::Error))
+    });
+    match got {
         Err(LoadError::Factory(e)) => assert_eq!(*e, std::fmt::Error),
         other => panic!("expected the waiter's own factory error, got {other:?}"),
     }
@@ -103,31 +121,10 @@ fn a_waiter_with_another_error_type_loads_for_itself_when_the_leader_fails() {
 /// The same for an infallible loader joining a fallible load: it gets its own value.
 #[test]
 fn an_infallible_waiter_of_a_failed_load_gets_its_own_value() {
-    let store = store();
-    let k = key("k");
-    let (release, opener) = Gate::closed();
-    let leader = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |_| {
-                release.pass_blocking();
-                Err::<u64, _>(BackendDown(1))
-            })
-        })
-    };
-    common::wait_until(
-        "the leader runs",
-        std::time::Duration::from_secs(10),
-        || store.flight_waiters(&k).is_some(),
-    );
-    let waiter = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || store.get_or_create_sync(&k, |_| Ok::<u64, Infallible>(7)))
-    };
-    wait_for_waiters(&store, &k, 1);
-    opener.open();
-    assert!(matches!(leader.join().unwrap(), Err(LoadError::Factory(_))));
-    assert_eq!(*waiter.join().unwrap().unwrap(), 7);
+    let (store, k, got) = a_waiter_of_a_failing_leader::<u64, _>(|store, k| {
+        store.get_or_create_sync(k, |_| Ok::<u64, Infallible>(7))
+    });
+    assert_eq!(*got.unwrap(), 7);
     assert_eq!(*store.get::<u64>(&k).unwrap().unwrap(), 7);
 }
 
