@@ -125,6 +125,7 @@ mod handles {
         bytes_published: Counter,
         invalidations_sent: [Counter; 4],
         heartbeats_sent: Counter,
+        answers_sent: Counter,
         publish_failures: Counter,
         messages_received: Counter,
         bytes_received: Counter,
@@ -179,6 +180,7 @@ mod handles {
                     counter!("nearcache_invalidations_sent_total", &with("kind", kind))
                 }),
                 heartbeats_sent: counter!("nearcache_heartbeats_sent_total", &l),
+                answers_sent: counter!("nearcache_hello_answers_total", &l),
                 publish_failures: counter!("nearcache_publish_failures_total", &l),
                 messages_received: counter!("nearcache_messages_received_total", &l),
                 bytes_received: counter!("nearcache_received_bytes_total", &l),
@@ -274,6 +276,7 @@ mod handles {
                 counter.absolute(n);
             }
             self.heartbeats_sent.absolute(p.heartbeats_sent);
+            self.answers_sent.absolute(p.answers_sent);
             self.publish_failures.absolute(p.publish_failures);
             self.messages_received.absolute(p.messages_received);
             self.bytes_received.absolute(p.bytes_received);

@@ -489,3 +489,27 @@ async fn soft_timeouts_are_exported() {
     assert_eq!(counter(s, "nearcache_soft_timeouts_total", &me, &[]), 1);
     release.send(()).unwrap();
 }
+
+/// A peer's answers to a newcomer's hello are exported as the stats count them.
+#[tokio::test]
+async fn answers_to_a_newcomers_hello_are_exported() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let bus = InMemoryBackplane::new();
+    let a = instance(&bus, &recorder, "orders").await;
+    let b = instance(&bus, &recorder, "orders").await;
+    // No event marks an answer: poll A's counter (bounded by WAIT).
+    let answered = tokio::time::timeout(WAIT, async {
+        loop {
+            let sent = a.cache.stats().propagation.map_or(0, |p| p.answers_sent);
+            if sent > 0 {
+                return sent;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("A answered B's hello");
+    let s = &snapshot(&snapshotter, &[&a, &b]);
+    assert!(counter(s, "nearcache_hello_answers_total", &a, &[]) >= answered);
+}
