@@ -252,13 +252,15 @@ impl StoreInner {
     }
 
     /// Leads a background refresh of `key`, unless a load of it that callers could join is
-    /// in progress already (one load at a time per key, refresh or not).
+    /// in progress already (one load at a time per key, refresh or not). Only a refresh that
+    /// leads is counted in `eager_refreshes`: one that finds a load running starts nothing.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     fn lead_refresh(&self, key: &Key, kind: LeaderKind) -> Option<Leader<'_>> {
         let flight = self
             .flights
             .lock(key)
             .lead_unless_running(key, &self.regions, kind)?;
+        self.stats.incr(Counter::EagerRefreshes);
         self.stats.incr(Counter::Loads);
         Some(Leader {
             inner: self,

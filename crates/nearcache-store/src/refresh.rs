@@ -20,8 +20,6 @@ use nearcache_keys::Key;
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
 use crate::source::Loaded;
-#[cfg(feature = "tokio")]
-use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
 use crate::value::Shape;
 
@@ -178,7 +176,6 @@ impl Store {
             self.inner.refresh_skipped(key);
             return;
         };
-        self.inner.stats.incr(Counter::EagerRefreshes);
         let (store, key, from) = (self.clone(), key.clone(), on_current_thread_runtime());
         drop(runtime.clone().spawn_blocking(move || {
             store
@@ -205,7 +202,6 @@ impl Store {
             self.inner.refresh_skipped(key);
             return;
         };
-        self.inner.stats.incr(Counter::EagerRefreshes);
         let (store, key) = (self.clone(), key.clone());
         drop(runtime.spawn_blocking(move || {
             store.inner.refresh_sync::<S, E, F>(&key, factory);
