@@ -89,6 +89,26 @@ struct Waiting<'a, F> {
     took_outcome: bool,
 }
 
+impl<F> Waiting<'_, F> {
+    /// What the caller gets from its wait: the answer it was given at a timeout, or the
+    /// flight's outcome resolved as any waiter's. `None`: ask the handoff how to go on.
+    fn settle<S: Shape, E: Send + Sync + 'static>(
+        mut self,
+        waited: Waited<'_, S, E>,
+        joined_at: u64,
+        key: &Key,
+    ) -> Option<Result<S, LoadError<E>>> {
+        match waited {
+            Waited::Answered(answer) => Some(answer),
+            Waited::Outcome(outcome) => {
+                self.took_outcome = true;
+                self.inner
+                    .resolve_marked(outcome, self.flight, joined_at, key)
+            }
+        }
+    }
+}
+
 impl<F> Drop for Waiting<'_, F> {
     fn drop(&mut self) {
         if self.took_outcome {
@@ -174,22 +194,15 @@ impl Store {
                     drop(runtime.spawn_blocking(move || {
                         run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
                     }));
-                    let mut waiting = Waiting {
+                    let waiting = Waiting {
                         handoff: &handoff,
                         flight: &flight,
                         inner,
                         took_outcome: false,
                     };
-                    match inner.wait_timed::<S, E>(&flight, key, bypass).await {
-                        Waited::Answered(answer) => return answer,
-                        Waited::Outcome(outcome) => {
-                            waiting.took_outcome = true;
-                            if let Some(result) =
-                                inner.resolve_marked(outcome, &flight, joined_at, key)
-                            {
-                                return result;
-                            }
-                        }
+                    let waited = inner.wait_timed::<S, E>(&flight, key, bypass).await;
+                    if let Some(result) = waiting.settle(waited, joined_at, key) {
+                        return result;
                     }
                     match after_runner(&handoff) {
                         AfterRunner::Again => {}
@@ -241,22 +254,15 @@ impl Store {
                     drop(runtime.spawn_blocking(move || {
                         run_sync::<S, E, F>(detached, &runner_handoff);
                     }));
-                    let mut waiting = Waiting {
+                    let waiting = Waiting {
                         handoff: &handoff,
                         flight: &flight,
                         inner,
                         took_outcome: false,
                     };
-                    match inner.wait_sync_waited::<S, E>(&flight, key, bypass) {
-                        Waited::Answered(answer) => return answer,
-                        Waited::Outcome(outcome) => {
-                            waiting.took_outcome = true;
-                            if let Some(result) =
-                                inner.resolve_marked(outcome, &flight, joined_at, key)
-                            {
-                                return result;
-                            }
-                        }
+                    let waited = inner.wait_sync_waited::<S, E>(&flight, key, bypass);
+                    if let Some(result) = waiting.settle(waited, joined_at, key) {
+                        return result;
                     }
                     match after_runner(&handoff) {
                         AfterRunner::Again => {}
