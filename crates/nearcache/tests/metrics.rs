@@ -15,6 +15,8 @@ use nearcache::{
 };
 use tokio::sync::broadcast;
 
+mod propagation_support;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 struct Instance {
@@ -498,18 +500,10 @@ async fn answers_to_a_newcomers_hello_are_exported() {
     let bus = InMemoryBackplane::new();
     let a = instance(&bus, &recorder, "orders").await;
     let b = instance(&bus, &recorder, "orders").await;
-    // No event marks an answer: poll A's counter (bounded by WAIT).
-    let answered = tokio::time::timeout(WAIT, async {
-        loop {
-            let sent = a.cache.stats().propagation.map_or(0, |p| p.answers_sent);
-            if sent > 0 {
-                return sent;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("A answered B's hello");
+    // No event marks an answer: poll A's counter.
+    let answered = || a.cache.stats().propagation.map_or(0, |p| p.answers_sent);
+    propagation_support::poll_until("A answered B's hello", || answered() > 0).await;
+    let before = answered();
     let s = &snapshot(&snapshotter, &[&a, &b]);
-    assert!(counter(s, "nearcache_hello_answers_total", &a, &[]) >= answered);
+    assert!(counter(s, "nearcache_hello_answers_total", &a, &[]) >= before);
 }
