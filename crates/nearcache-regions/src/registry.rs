@@ -55,6 +55,8 @@ pub struct Regions {
     global: RwLock<ChangeToken>,
     /// The current global token's epoch, readable without the lock.
     global_epoch: AtomicU64,
+    /// Global expiries so far (see [`clears`](Self::clears)).
+    clears: AtomicU64,
     regions: RwLock<RegionMap>,
 }
 
@@ -104,6 +106,7 @@ impl Regions {
             held_expiries: AtomicU64::new(0),
             global: RwLock::new(ChangeToken::with_epoch(0)),
             global_epoch: AtomicU64::new(0),
+            clears: AtomicU64::new(0),
             regions: RwLock::new(RegionMap::default()),
         }
     }
@@ -204,13 +207,53 @@ impl Regions {
         self.region_and_sub_key_tokens(CheckedName::<R>::NAME, &sub.sub_key_text())
     }
 
+    /// How many global expiries this registry has made: it moves by exactly one with each
+    /// [`expire_global`](Self::expire_global) (unlike [`global_epoch`](Self::global_epoch),
+    /// which region expiries move too), so a store can record only its low bits in each entry
+    /// and know when they could come round again.
+    ///
+    /// It moves right after the global epoch: whoever reads a count reads a global epoch at
+    /// least as new after it.
+    ///
+    /// ```
+    /// use nearcache_regions::{Regions, region};
+    ///
+    /// region!(Catalog = "catalog");
+    /// let regions = Regions::new();
+    /// regions.expire_region_of::<Catalog>();
+    /// assert_eq!(regions.clears(), 0);
+    /// regions.expire_global();
+    /// assert_eq!(regions.clears(), 1);
+    /// ```
+    #[inline]
+    pub fn clears(&self) -> u64 {
+        self.clears.load(Ordering::Acquire)
+    }
+
     /// Expires every entry (the global region). Returns the new epoch.
     pub fn expire_global(&self) -> u64 {
+        self.expire_global_counted(1)
+    }
+
+    /// One global expiry that the clear count takes as `clears` of them in a row (at least
+    /// one), for tests that need the count near some value without making billions of
+    /// expiries. Returns the new epoch.
+    ///
+    /// A test hook (feature `test-util`), not part of the semver-stable API.
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+    pub fn expire_global_as_many(&self, clears: u64) -> u64 {
+        self.expire_global_counted(clears.max(1))
+    }
+
+    fn expire_global_counted(&self, clears: u64) -> u64 {
         let (old, epoch) = {
             let mut global = self.global.write();
             let epoch = self.bump();
             let old = std::mem::replace(&mut *global, ChangeToken::with_epoch(epoch));
             self.global_epoch.store(epoch, Ordering::Release);
+            // After the epoch (see `clears`); under the lock, so counts move in epoch order.
+            self.clears.fetch_add(clears, Ordering::AcqRel);
             (old, epoch)
         };
         old.expire();

@@ -260,6 +260,25 @@ impl Backend {
         removed
     }
 
+    /// Removes every entry `dead` accepts, each shard under its write lock for the whole of
+    /// its scan, so that no entry can move out of the scan's way (unlike
+    /// [`sweep`](Self::sweep), which may miss one): every entry held from start to end is
+    /// looked at. For the wrap fence, once every 2^30 clears (see `clears`). Returns the
+    /// removed entries, to be dropped once the caller has let go of its own locks.
+    pub(crate) fn sweep_all(&self, dead: impl Fn(&StoredEntry) -> bool) -> Vec<(Key, StoredEntry)> {
+        let mut removed = Vec::new();
+        for shard in &self.shards {
+            let mut guard = shard.write();
+            let keys: Vec<Key> = guard
+                .iter()
+                .filter(|(_, entry)| dead(entry))
+                .map(|(key, _)| key.clone())
+                .collect();
+            removed.extend(keys.iter().filter_map(|key| guard.remove_if(key, &dead)));
+        }
+        removed
+    }
+
     /// Entries held (each shard counted at a slightly different moment).
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.read().len()).sum()
@@ -323,7 +342,7 @@ mod tests {
         EntryOptions::new(key.clone(), Arc::clone(regions))
             .into_stored(
                 Payload::value(Arc::new(1_u8)),
-                regions.global_epoch(),
+                regions.clears(),
                 &mock_clock(),
                 &defaults,
             )
@@ -441,7 +460,7 @@ mod tests {
             drop(backend.insert(key.clone(), stored, false));
         }
         regions.expire_region("doomed").unwrap();
-        let epoch = regions.global_epoch();
+        let epoch = regions.clears();
         let removed = backend.sweep(
             |entry| !entry.is_live_at(StoreInstant::from_raw(0), epoch),
             |_, _| {},

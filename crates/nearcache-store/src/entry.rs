@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nearcache_keys::Key;
 use nearcache_regions::{ChangeToken, Region, RegionNameError, Regions, SubKey};
 
+use crate::clears::{self, bits_of};
 use crate::clock::{StoreClock, StoreInstant, StoreSpan};
 use crate::removal::RemovalCause;
 use crate::value::Payload;
@@ -237,12 +238,11 @@ impl EntryOptions {
     }
 
     /// The stored form, or `None` when it would be dead on arrival (zero or past expiry, an
-    /// expired token, or a `clear` since `global_epoch`, the global epoch the load started
-    /// under).
+    /// expired token, or a `clear` since `clears`, the clear count the load started under).
     pub(crate) fn into_stored(
         self,
         payload: Payload,
-        global_epoch: u64,
+        clears: u64,
         clock: &StoreClock,
         defaults: &EntryDefaults,
     ) -> Option<StoredEntry> {
@@ -286,10 +286,10 @@ impl EntryOptions {
                 .or(defaults.soft_timeout)
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         };
-        let current = self.regions.global_epoch();
+        let current = self.regions.clears();
         let stored = StoredEntry::new(
             payload,
-            global_epoch,
+            bits_of(clears),
             self.tokens,
             Timing {
                 deadline,
@@ -385,22 +385,24 @@ impl TokenSet {
 
 /// What the cache holds for a key, read in place under its shard's read lock (never cloned).
 ///
-/// The value, deadline, weight and the epoch of the global token the entry was loaded under
-/// are inline; region and user tokens and a sliding window's state are boxed, and only for
-/// entries that have any, so a plain entry is 48 bytes in its shard's slot and nothing else.
+/// The value, deadline, weight and the clear count the entry was loaded under are inline;
+/// region and user tokens and a sliding window's state are boxed, and only for entries that
+/// have any, so a plain entry is 40 bytes in its shard's slot and nothing else.
 pub(crate) struct StoredEntry {
     payload: Payload,
     /// Absolute deadline on the store clock, [`StoreInstant::NEVER`] for none.
     deadline: StoreInstant,
-    /// The epoch of the global token current when the load started (or the `set` ran):
-    /// the entry is dead once [`Regions::global_epoch`] has moved on (a `clear`).
-    global_epoch: u64,
+    /// The low 31 bits of the clear count ([`Regions::clears`]) when the load started (or
+    /// the `set` ran) — the entry is dead once the count has moved on (a `clear`); 31 bits
+    /// are enough because of the wrap fence (see `clears`) — and, in the top bit,
+    /// [`RE_ARMED`]. Both share 4 bytes so that the weight stays inline in 40.
+    stamp: u32,
     weight: u32,
-    /// Whether this is an expired value re-armed by fail-safe for the throttle (in the
-    /// padding after `weight`: no bigger).
-    re_armed: bool,
     shared: Option<Box<Shared>>,
 }
+
+/// The stamp's flag of an expired value re-armed by fail-safe for the throttle.
+const RE_ARMED: u32 = !clears::BITS;
 
 /// The parts of an entry most entries do not have.
 struct Shared {
@@ -459,7 +461,7 @@ pub(crate) enum Standing {
 impl StoredEntry {
     fn new(
         payload: Payload,
-        global_epoch: u64,
+        stamp: u32,
         tokens: TokenSet,
         timing: Timing,
         now: StoreInstant,
@@ -489,9 +491,8 @@ impl StoredEntry {
         StoredEntry {
             payload,
             deadline,
-            global_epoch,
+            stamp,
             weight,
-            re_armed: false,
             shared,
         }
     }
@@ -500,10 +501,18 @@ impl StoredEntry {
     /// marked `Source::FailSafe`).
     #[inline]
     pub(crate) fn is_re_armed(&self) -> bool {
-        self.re_armed
+        self.stamp & RE_ARMED != 0
     }
 
-    /// Whether the entry may be returned now, given the store's current global epoch;
+    /// Whether no `clear` has happened since the entry was loaded, given the store's
+    /// current clear count: the one comparison every check of an entry makes (exact thanks
+    /// to the wrap fence: see `clears`).
+    #[inline(always)]
+    fn clear_matches(&self, clears: u64) -> bool {
+        self.stamp & clears::BITS == bits_of(clears)
+    }
+
+    /// Whether the entry may be returned now, given the store's current clear count;
     /// restarts its sliding window if so.
     ///
     /// Costs a comparison for the global region and one atomic load per token; the clock is
@@ -512,16 +521,16 @@ impl StoredEntry {
     /// (the common case) is checked inline; the rest out of line, so the hit path stays
     /// small enough to inline into its caller.
     #[inline(always)]
-    pub(crate) fn is_live(&self, clock: &StoreClock, global_epoch: u64) -> bool {
+    pub(crate) fn is_live(&self, clock: &StoreClock, clears: u64) -> bool {
         if self.shared.is_none() && self.deadline == StoreInstant::NEVER {
-            return self.global_epoch == global_epoch;
+            return self.clear_matches(clears);
         }
-        self.is_live_timed(clock, global_epoch)
+        self.is_live_timed(clock, clears)
     }
 
     #[inline(never)]
-    fn is_live_timed(&self, clock: &StoreClock, global_epoch: u64) -> bool {
-        if self.global_epoch != global_epoch {
+    fn is_live_timed(&self, clock: &StoreClock, clears: u64) -> bool {
+        if !self.clear_matches(clears) {
             return false;
         }
         let sliding = match &self.shared {
@@ -557,10 +566,10 @@ impl StoredEntry {
         true
     }
 
-    /// Whether the entry is alive at `now` under `global_epoch`, without touching it (the
-    /// purger's check).
-    pub(crate) fn is_live_at(&self, now: StoreInstant, global_epoch: u64) -> bool {
-        self.global_epoch == global_epoch
+    /// Whether the entry is alive at `now` under clear count `clears`, without touching it
+    /// (the purger's check).
+    pub(crate) fn is_live_at(&self, now: StoreInstant, clears: u64) -> bool {
+        self.clear_matches(clears)
             && now < self.deadline
             && self.shared.as_ref().is_none_or(|shared| {
                 !shared.tokens.any_expired()
@@ -574,28 +583,28 @@ impl StoredEntry {
     pub(crate) fn removal_cause(
         &self,
         now: StoreInstant,
-        global_epoch: u64,
+        clears: u64,
         alive: RemovalCause,
     ) -> RemovalCause {
-        let invalidated = self.global_epoch != global_epoch
+        let invalidated = !self.clear_matches(clears)
             || self
                 .shared
                 .as_ref()
                 .is_some_and(|shared| shared.tokens.any_expired());
         if invalidated {
             RemovalCause::Invalidated
-        } else if self.is_live_at(now, global_epoch) {
+        } else if self.is_live_at(now, clears) {
             alive
         } else {
             RemovalCause::Expired
         }
     }
 
-    /// Whether the entry is alive, kept for fail-safe, or dead at `now` under
-    /// `global_epoch` (without touching it). An invalidated entry (a `clear` since it was
+    /// Whether the entry is alive, kept for fail-safe, or dead at `now` under clear count
+    /// `clears` (without touching it). An invalidated entry (a `clear` since it was
     /// loaded, an expired token) is dead whatever its fail-safe window.
-    pub(crate) fn standing_at(&self, now: StoreInstant, global_epoch: u64) -> Standing {
-        if self.is_live_at(now, global_epoch) {
+    pub(crate) fn standing_at(&self, now: StoreInstant, clears: u64) -> Standing {
+        if self.is_live_at(now, clears) {
             return Standing::Live;
         }
         let Some(shared) = self
@@ -605,7 +614,7 @@ impl StoredEntry {
         else {
             return Standing::Dead;
         };
-        if self.global_epoch != global_epoch || shared.tokens.any_expired() {
+        if !self.clear_matches(clears) || shared.tokens.any_expired() {
             return Standing::Dead;
         }
         if now < self.kept_until(shared) {
@@ -625,12 +634,12 @@ impl StoredEntry {
 
     /// Whether the store holds on to the entry at `now` (alive, or kept for fail-safe): the
     /// purger and the readers remove only entries that are not.
-    pub(crate) fn is_kept_at(&self, now: StoreInstant, global_epoch: u64) -> bool {
-        self.standing_at(now, global_epoch) != Standing::Dead
+    pub(crate) fn is_kept_at(&self, now: StoreInstant, clears: u64) -> bool {
+        self.standing_at(now, clears) != Standing::Dead
     }
 
     /// A copy of this kept entry, alive again for `throttle` from `now` (so a failing
-    /// source is not called again meanwhile), with the same tokens and global epoch (so an
+    /// source is not called again meanwhile), with the same tokens and clear count (so an
     /// invalidation still kills it) and the rest of its original fail-safe window after
     /// that. `None` when it has no fail-safe window or `throttle` is zero.
     pub(crate) fn re_armed(
@@ -648,9 +657,9 @@ impl StoredEntry {
         }
         let kept_until = self.kept_until(shared);
         let deadline = clock.after(now, throttle);
-        let mut re_armed = StoredEntry::new(
+        let re_armed = StoredEntry::new(
             self.payload.clone(),
-            self.global_epoch,
+            self.stamp | RE_ARMED,
             shared.tokens.clone(),
             Timing {
                 deadline,
@@ -663,7 +672,6 @@ impl StoredEntry {
             now,
             self.weight,
         );
-        re_armed.re_armed = true;
         Some(re_armed)
     }
 
@@ -749,7 +757,7 @@ mod tests {
     fn store_on(entry: EntryOptions, regions: &Regions, clock: &StoreClock) -> Option<StoredEntry> {
         entry.into_stored(
             Payload::value(Arc::new(1_u8)),
-            regions.global_epoch(),
+            regions.clears(),
             clock,
             &defaults(),
         )
@@ -888,26 +896,15 @@ mod tests {
         let mut heavy = entry(&regions);
         heavy.weight(7);
         let payload = Payload::value(Arc::new(()));
-        let stored = heavy.into_stored(
-            payload.clone(),
-            regions.global_epoch(),
-            &clock_at(0),
-            &weighted,
-        );
+        let stored = heavy.into_stored(payload.clone(), regions.clears(), &clock_at(0), &weighted);
         assert_eq!(stored.map(|s| s.weight()), Some(7));
         let mut zero = entry(&regions);
         zero.weight(0);
-        let stored = zero.into_stored(
-            payload.clone(),
-            regions.global_epoch(),
-            &clock_at(0),
-            &weighted,
-        );
+        let stored = zero.into_stored(payload.clone(), regions.clears(), &clock_at(0), &weighted);
         assert_eq!(stored.map(|s| s.weight()), Some(1));
         let mut ignored = entry(&regions);
         ignored.weight(7);
-        let stored =
-            ignored.into_stored(payload, regions.global_epoch(), &clock_at(0), &defaults());
+        let stored = ignored.into_stored(payload, regions.clears(), &clock_at(0), &defaults());
         assert_eq!(stored.map(|s| s.weight()), Some(1));
     }
 
@@ -975,7 +972,10 @@ mod tests {
     fn a_stored_entry_is_small() {
         // Documented in the crate docs: keep them in sync.
         let inline = std::mem::size_of::<StoredEntry>();
-        assert!(inline <= 48, "{inline}");
+        assert_eq!(
+            inline, 40,
+            "payload 16, deadline 8, stamp 4, weight 4, box 8"
+        );
         let shared = std::mem::size_of::<Shared>();
         assert!(shared <= 72, "{shared}");
     }
@@ -984,19 +984,19 @@ mod tests {
     fn a_global_expiry_kills_every_entry_by_epoch() {
         let regions = Arc::new(Regions::new());
         let stored = store(entry(&regions), &regions, 0).unwrap();
-        assert!(stored.is_live_at(at(0), regions.global_epoch()));
+        assert!(stored.is_live_at(at(0), regions.clears()));
         regions.expire_region_of::<Catalog>();
         assert!(
-            stored.is_live_at(at(0), regions.global_epoch()),
+            stored.is_live_at(at(0), regions.clears()),
             "a region is not global"
         );
         regions.expire_global();
-        assert!(!stored.is_live_at(at(0), regions.global_epoch()));
+        assert!(!stored.is_live_at(at(0), regions.clears()));
         let clock = StoreClock::new(quanta::Clock::new());
-        assert!(!stored.is_live(&clock, regions.global_epoch()));
+        assert!(!stored.is_live(&clock, regions.clears()));
         let mut tied = entry(&regions);
         tied.region::<Catalog>();
-        let old = regions.global_epoch();
+        let old = regions.clears();
         regions.expire_global();
         assert!(
             tied.into_stored(
@@ -1006,7 +1006,7 @@ mod tests {
                 &defaults()
             )
             .is_none(),
-            "loaded under a global epoch that a clear moved on from: dead on arrival"
+            "loaded under a clear count that a clear moved on from: dead on arrival"
         );
     }
 
@@ -1017,7 +1017,7 @@ mod tests {
         let plain = entry(&regions)
             .into_stored(
                 Payload::value(Arc::clone(&value)),
-                regions.global_epoch(),
+                regions.clears(),
                 &clock_at(0),
                 &defaults(),
             )

@@ -25,8 +25,8 @@
 //!   that finds a marked flight does not join it: it replaces it in the table with a fresh
 //!   one, which it leads and later callers join (single flight among the late callers). The
 //!   old flight finishes for the callers it already had, and stores nothing.
-//! - **`clear`** moves the global epoch. A flight remembers the global epoch it began under;
-//!   a caller that sees another one replaces the flight, as above.
+//! - **`clear`** moves the global epoch (and the clear count). A flight remembers the global
+//!   epoch it began under; a caller that sees another one replaces the flight, as above.
 //! - **Region and sub-key expiries** move the registry's epoch, but whether one concerns a
 //!   flight is known only at its end: its factory ties the entry to regions as it runs. So a
 //!   caller joins the flight and remembers the epoch it joined at. If that is the flight's
@@ -98,6 +98,9 @@ pub(crate) struct Flight {
     start_epoch: u64,
     /// The global epoch when the flight began, read after `start_epoch`.
     start_global_epoch: u64,
+    /// The registry's clear count when the flight began, read after `start_global_epoch`:
+    /// what the entry records, and what its completion check compares (see `clears`).
+    start_clears: u64,
     /// The thread an async leader runs on (or, for an async factory driven elsewhere, the
     /// thread that started it), `None` for a blocking leader: a blocking caller on that
     /// same thread could never see the flight finish.
@@ -131,6 +134,7 @@ impl Flight {
             fail_safe_counted: AtomicBool::new(false),
             start_epoch,
             start_global_epoch: regions.global_epoch(),
+            start_clears: regions.clears(),
             async_leader_thread: match leader {
                 LeaderKind::Blocking => None,
                 LeaderKind::Async => Some(current_thread()),
@@ -147,6 +151,11 @@ impl Flight {
     /// The global epoch when the flight began.
     pub(crate) fn start_global_epoch(&self) -> u64 {
         self.start_global_epoch
+    }
+
+    /// The clear count when the flight began.
+    pub(crate) fn start_clears(&self) -> u64 {
+        self.start_clears
     }
 
     /// Whether a blocking caller on this thread would wait for an async leader that only
@@ -304,6 +313,14 @@ impl FlightTable {
         // quick_cache picks its shard from the middle bits; use the top ones here.
         let index = (KeyHashBuilder.hash_one(key).rotate_left(20) & self.mask) as usize;
         FlightShard(self.shards[index].0.lock())
+    }
+
+    /// Locks and releases every shard in turn: each check-then-insert that held a shard when
+    /// this began has finished when it returns (what the wrap fence waits for: see `clears`).
+    pub(crate) fn wait_for_every_shard(&self) {
+        for shard in &self.shards {
+            drop(shard.0.lock());
+        }
     }
 
     #[cfg(all(test, not(shuttle)))]

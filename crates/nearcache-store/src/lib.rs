@@ -24,14 +24,16 @@
 //! # Costs
 //!
 //! - A hit: one shard read lock, under which the entry is checked in place and only its
-//!   value's `Arc` is cloned (the one the caller gets), one atomic load of the global epoch,
+//!   value's `Arc` is cloned (the one the caller gets), one atomic load of the clear count,
 //!   one add (no `lock` prefix) to the calling thread's own counter stripe. No allocation. Entries tied to regions
 //!   or tokens load one atomic per token; entries that expire by time also read the clock
 //!   (`quanta`, the CPU counter where available: no system call; deadlines are kept in the
 //!   counter's own ticks, so the reading is compared as it is, never scaled); sliding entries
 //!   write their last access at most once per millisecond.
-//! - An entry: 48 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
-//!   deadline, global epoch, weight), plus the key text. Entries with tokens, a sliding window, a
+//! - An entry: 40 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
+//!   deadline, the low 31 bits of the clear count it was loaded under, weight), plus the key
+//!   text. 31 bits are enough because one `clear` in every 2^30 sweeps out every entry from
+//!   before it (see `clears`). Entries with tokens, a sliding window, a
 //!   fail-safe window or an eager refresh add one boxed record of 72 bytes (two inline tokens,
 //!   the sliding state, the fail-safe window and soft timeout, the refresh time); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
@@ -74,6 +76,7 @@ mod backend;
 mod background;
 mod batch;
 mod blocking;
+mod clears;
 mod clock;
 mod entry;
 mod error;

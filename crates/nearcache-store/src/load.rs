@@ -1,10 +1,10 @@
 //! Get-or-create: the hit path, joining or leading a flight, and the leader's
 //! check-then-insert that keeps a value loaded across an invalidation out of the store.
 //!
-//! The stale-insert rule: a flight reads the regions' epoch and then the global epoch when it
-//! begins, before its factory runs. Its value is *fresh* unless, at the end, the flight was
-//! invalidated (`remove`/`set` of the key), the global epoch has moved or was already newer
-//! than the start (a `clear`), or a token the factory collected is expired or was installed
+//! The stale-insert rule: a flight reads the regions' epoch, then the global epoch, then the
+//! clear count when it begins, before its factory runs. Its value is *fresh* unless, at the
+//! end, the flight was invalidated (`remove`/`set` of the key), the global epoch or the clear
+//! count has moved or the global epoch was already newer than the start (a `clear`), or a token the factory collected is expired or was installed
 //! after the start (a region expiry, even one that came before the factory asked for the
 //! region). Only a fresh value is stored; a stale one is returned to the callers that
 //! overlapped the invalidation, and never to one that joined after it (see `flight`).
@@ -17,7 +17,7 @@
 //! under the same flight-shard lock, for the key's entry *kept* past its time expiry (see
 //! `EntryOptions::fail_safe_max_duration`). Only an entry that no invalidation has touched is kept
 //! (`remove` and `set` replace it under that lock; a `clear` or region expiry kills it by
-//! epoch and token, which the check reads), so what fail-safe serves merely expired. It is
+//! clear count and token, which the check reads), so what fail-safe serves merely expired. It is
 //! handed to every caller of the flight in place of the error and re-armed, alive, for the
 //! throttle.
 
@@ -74,8 +74,8 @@ impl StoreInner {
     /// under its shard's read lock (a read clones at most the value's `Arc`). A dead one
     /// found on the way is removed.
     ///
-    /// Memory ordering: the global epoch is loaded (acquire) before the shard's read lock is
-    /// taken, so a `clear` whose epoch store this load missed is ordered after this read
+    /// Memory ordering: the clear count is loaded (acquire) before the shard's read lock is
+    /// taken, so a `clear` whose count store this load missed is ordered after this read
     /// began, as if the read had happened just before the `clear` (linearisable at the
     /// load). Entries are published by the shard's write lock and read under its read lock
     /// (the lock's acquire/release orders the entry's fields). Region tokens are loaded with
@@ -107,9 +107,9 @@ impl StoreInner {
         key: &Key,
         read: impl FnOnce(&StoredEntry) -> R,
     ) -> Option<R> {
-        let global_epoch = self.regions.global_epoch();
+        let clears = self.regions.clears();
         let entry = self.cache.read_guard(key)?;
-        if entry.is_live(&self.clock, global_epoch) {
+        if entry.is_live(&self.clock, clears) {
             return Some(read(&entry));
         }
         drop(entry);
@@ -124,14 +124,14 @@ impl StoreInner {
     #[cold]
     #[inline(never)]
     fn remove_dead(&self, key: &Key) {
-        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (now, clears) = (self.clock.now(), self.regions.clears());
         if let Some((key, entry)) = self
             .cache
-            .remove_if(key, |held| !held.is_kept_at(now, global_epoch))
+            .remove_if(key, |held| !held.is_kept_at(now, clears))
         {
             self.stats.incr(Counter::Expirations);
             if self.listener.is_some() {
-                let cause = entry.removal_cause(now, global_epoch, RemovalCause::Expired);
+                let cause = entry.removal_cause(now, clears, RemovalCause::Expired);
                 drop(entry);
                 self.report_one(key, cause);
             }
@@ -142,7 +142,7 @@ impl StoreInner {
     fn removal(&self, key: Key, entry: &StoredEntry, alive: RemovalCause) -> Removals {
         let mut removals = Removals::default();
         if self.listener.is_some() {
-            let cause = entry.removal_cause(self.clock.now(), self.regions.global_epoch(), alive);
+            let cause = entry.removal_cause(self.clock.now(), self.regions.clears(), alive);
             removals.push(key, cause);
         }
         removals
@@ -653,12 +653,16 @@ impl StoreInner {
     ) -> (bool, Removals) {
         let flight = &leader.flight;
         let (start_epoch, start_global) = (flight.start_epoch(), flight.start_global_epoch());
+        let start_clears = flight.start_clears();
         let mut shard = self.flights.lock(&leader.key);
         let mut removals = Removals::default();
+        // Whole counts, never the entry's 31 bits: a load that spans a wrap fence is refused
+        // here (see `clears`).
         let fresh = !(entry.overlapped_expiry(start_epoch)
             || flight.is_invalidated()
             || start_global > start_epoch
-            || self.regions.global_epoch() != start_global);
+            || self.regions.global_epoch() != start_global
+            || self.regions.clears() != start_clears);
         if !store || self.read_bypass() {
             // Not to be stored, or bypass began during the load: store nothing until it ends.
         } else if !fresh {
@@ -666,7 +670,7 @@ impl StoreInner {
             tracing::debug!(key = %self.shown(&leader.key), "invalidated while loading: returned, not stored");
         } else {
             let stored =
-                entry.into_stored(payload.clone(), start_global, &self.clock, &self.defaults);
+                entry.into_stored(payload.clone(), start_clears, &self.clock, &self.defaults);
             removals = self.insert_locked(&leader.key, stored).1;
         }
         shard.remove(&leader.key, flight);
@@ -692,9 +696,9 @@ impl StoreInner {
         if leader.bypass || self.read_bypass() {
             return None;
         }
-        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (now, clears) = (self.clock.now(), self.regions.clears());
         let (payload, re_armed) = self.cache.read(key, |held| {
-            (held.standing_at(now, global_epoch) == Standing::Kept).then(|| {
+            (held.standing_at(now, clears) == Standing::Kept).then(|| {
                 (
                     held.payload().clone(),
                     held.re_armed(&self.clock, now, self.fail_safe_throttle),

@@ -16,6 +16,7 @@ use crate::flight::FlightTable;
 use crate::options::{OnHardTimeout, StoreOptions};
 use crate::purge::{self, PurgeProgress, PurgeSignal, Wake};
 use crate::removal::{Listener, RemovalCause, Removals};
+use crate::shim::Mutex;
 use crate::shown::Shown;
 use crate::source::{Loaded, Source};
 use crate::stats::{Counter, Stats, StoreStats};
@@ -95,6 +96,9 @@ pub(crate) struct StoreInner {
     /// [`Regions::held_expiries`] as the last sweep started (only the purger and
     /// `purge_now` write it; a stale read costs at most one extra sweep).
     swept_held: AtomicU64,
+    /// Held by each `clear`: clears run one at a time, so the clear count stays put while a
+    /// wrap fence sweeps (see `clears`).
+    pub(crate) clearing: Mutex<()>,
 }
 
 /// [`StoreInner::reads_off`]: the read bypass is on.
@@ -107,7 +111,7 @@ impl StoreInner {
     ///
     /// Acquire, paired with the Release in [`Store::set_read_bypass`]: whoever lifts the
     /// bypass first makes the store safe to read again (the facade clears it, moving the
-    /// global epoch), and a reader that sees the bypass lifted must also see that clear, or
+    /// clear count), and a reader that sees the bypass lifted must also see that clear, or
     /// it could serve an entry the clear was meant to kill. On x86 both are plain moves.
     #[inline]
     pub(crate) fn read_bypass(&self) -> bool {
@@ -150,15 +154,15 @@ impl StoreInner {
         let Some((key, entry)) = removed else {
             return false;
         };
-        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
-        let live = entry.is_live_at(now, global_epoch);
+        let (now, clears) = (self.clock.now(), self.regions.clears());
+        let live = entry.is_live_at(now, clears);
         self.stats.incr(if live {
             Counter::Removals
         } else {
             Counter::Expirations
         });
         if self.listener.is_some() {
-            let cause = entry.removal_cause(now, global_epoch, cause);
+            let cause = entry.removal_cause(now, clears, cause);
             drop(entry);
             self.report_one(key, cause);
         }
@@ -221,12 +225,12 @@ impl StoreInner {
         } else {
             self.swept_held.store(held, Ordering::Relaxed);
             let now = self.clock.now();
-            let global_epoch = self.regions.global_epoch();
+            let clears = self.regions.clears();
             self.cache.sweep(
-                |entry| !entry.is_kept_at(now, global_epoch),
+                |entry| !entry.is_kept_at(now, clears),
                 |key, entry| {
                     if self.listener.is_some() {
-                        let cause = entry.removal_cause(now, global_epoch, RemovalCause::Expired);
+                        let cause = entry.removal_cause(now, clears, RemovalCause::Expired);
                         drop(entry);
                         self.report_one(key, cause);
                     }
@@ -386,6 +390,7 @@ impl Store {
             reads_off: AtomicU8::new(if options.enabled { 0 } else { DISABLED }),
             purge: Arc::clone(&purge),
             swept_held: AtomicU64::new(0),
+            clearing: Mutex::new(()),
         });
         if options.enabled {
             purge::spawn(
@@ -652,9 +657,10 @@ impl Store {
         }
         let mut entry = EntryOptions::new(key.clone(), Arc::clone(&inner.regions));
         configure(&mut entry);
+        let clears = inner.regions.clears();
         let stored = entry.into_stored(
             Payload::value(Arc::new(value)),
-            inner.regions.global_epoch(),
+            clears,
             &inner.clock,
             &inner.defaults,
         );
@@ -663,6 +669,9 @@ impl Store {
             if let Some(flight) = shard.get(&key) {
                 flight.invalidate();
             }
+            // A clear since the count was read killed the value: it is not inserted (after a
+            // wrap fence's sweep it must not be: see `clears`).
+            let stored = stored.filter(|_| inner.regions.clears() == clears);
             inner.insert_locked(&key, stored)
         };
         inner.report(removals);
@@ -683,9 +692,14 @@ impl Store {
     }
 
     /// Expires every entry (the global region), including those tied to no region, and
-    /// wakes the purger. O(1); loads in progress are not stored.
+    /// wakes the purger. O(1); loads in progress are not stored. Clears run one at a time,
+    /// and one in every 2^30 removes every entry from before it before it returns, holding
+    /// each cache shard's write lock for a scan of that shard (what lets an entry record the
+    /// clear count in 31 bits); expire the global region through this, not through
+    /// [`regions`](Self::regions).
     pub fn clear(&self) {
-        self.inner.regions.expire_global();
+        let fenced = self.inner.expire_all();
+        self.inner.report_fenced(fenced);
         self.inner.purge.request();
     }
 
@@ -730,9 +744,10 @@ impl Store {
         Ok(())
     }
 
-    /// This store's region registry. Expiring through it directly works, but only the
-    /// store's own `expire_*` methods wake the purger (otherwise the periodic sweep finds the
-    /// dead entries).
+    /// This store's region registry. Expiring regions through it directly works, but only
+    /// the store's own `expire_*` methods wake the purger (otherwise the periodic sweep finds
+    /// the dead entries). Clear through [`clear`](Self::clear), not `expire_global`: only
+    /// `clear` keeps the clear count that entries record in 31 bits from coming round.
     pub fn regions(&self) -> &Regions {
         &self.inner.regions
     }

@@ -45,11 +45,11 @@ impl StoreInner {
         if bypass || self.read_bypass() {
             return None;
         }
-        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (now, clears) = (self.clock.now(), self.regions.clears());
         let soft = self
             .cache
             .read(key, |held| {
-                (held.standing_at(now, global_epoch) == Standing::Kept)
+                (held.standing_at(now, clears) == Standing::Kept)
                     .then(|| held.soft_timeout())
                     .flatten()
             })
@@ -68,12 +68,11 @@ impl StoreInner {
             return None;
         }
         let shard = self.flights.lock(key);
-        let (now, global_epoch) = (self.clock.now(), self.regions.global_epoch());
+        let (now, clears) = (self.clock.now(), self.regions.clears());
         let payload = self
             .cache
             .read(key, |held| {
-                (held.standing_at(now, global_epoch) == Standing::Kept)
-                    .then(|| held.payload().clone())
+                (held.standing_at(now, clears) == Standing::Kept).then(|| held.payload().clone())
             })
             .flatten()?;
         drop(shard);
