@@ -4,10 +4,11 @@
 //! The stale-insert rule: a flight reads the regions' epoch, then the global epoch, then the
 //! clear count when it begins, before its factory runs. Its value is *fresh* unless, at the
 //! end, the flight was invalidated (`remove`/`set` of the key), the global epoch or the clear
-//! count has moved or the global epoch was already newer than the start (a `clear`), or a token the factory collected is expired or was installed
-//! after the start (a region expiry, even one that came before the factory asked for the
-//! region). Only a fresh value is stored; a stale one is returned to the callers that
-//! overlapped the invalidation, and never to one that joined after it (see `flight`).
+//! count has moved or the global epoch was already newer than the start (a `clear`), or a
+//! token the factory collected is expired or was installed after the start (a region expiry,
+//! even one that came before the factory asked for the region). Only a fresh value is
+//! stored; a stale one is returned to the callers that overlapped the invalidation, and never
+//! to one that joined after it (see `flight`).
 //! The check and the insert happen under the key's flight-shard lock, which `remove`, `set`
 //! and joining callers also take, so nothing slips between them; token expiries need no
 //! lock, because an entry stored just before its token flips is dead on arrival and never
