@@ -263,7 +263,7 @@ impl Backend {
     /// Removes every entry `dead` accepts, each shard under its write lock for the whole of
     /// its scan, so that no entry can move out of the scan's way (unlike
     /// [`sweep`](Self::sweep), which may miss one): every entry held from start to end is
-    /// looked at. For the wrap fence, once every 2^30 clears (see `clears`). Returns the
+    /// looked at. For the wrap fence, once every 2^31 clears (see `clears`). Returns the
     /// removed entries, to be dropped once the caller has let go of its own locks.
     pub(crate) fn sweep_all(&self, dead: impl Fn(&StoredEntry) -> bool) -> Vec<(Key, StoredEntry)> {
         let mut removed = Vec::new();

@@ -1,18 +1,18 @@
-//! The clear count as an entry records it — 31 bits — and the wrap fence that makes 31 bits
-//! enough.
+//! The clear count as an entry records it — its low 32 bits — and the wrap fence that makes
+//! 32 bits enough.
 //!
 //! Every entry dies at the next `clear`. An entry records the registry's clear count
 //! ([`Regions::clears`](nearcache_regions::Regions::clears)) as it was when its load began
-//! (or its `set` ran), and is alive only while the count has not moved. The whole `u64` would
-//! make the entry record 48 bytes; its low 31 bits, with the entry's re-armed flag in the
-//! 32nd, keep it at 40. The count moves by exactly one per clear. (The registry's epoch
-//! would not do: region expiries move it too, by any amount between two clears, so its low
-//! bits could come round again at any clear and a fence at a fixed multiple could be
-//! skipped.)
+//! (or its `set` ran), and is alive only while the count has not moved. The whole `u64` made
+//! the entry record 48 bytes; its low 32 bits keep it at 40 with the weight still inline, and
+//! compare as cheaply (the hit path compares the stamp with the low half of the count it
+//! loads). The count moves by exactly one per clear. (The registry's epoch would not do:
+//! region expiries move it too, by any amount between two clears, so its low bits could come
+//! round again at any clear, and a fence at a fixed multiple could be skipped.)
 //!
-//! With 31 bits an entry recorded at count `c` would read as alive again at `c + 2^31`. The
+//! With 32 bits an entry recorded at count `c` would read as alive again at `c + 2^32`. The
 //! **wrap fence** prevents that. Clears through the store run one at a time, and a clear whose
-//! new count `n` is a multiple of [`FENCE_EVERY`] (2^30) is a fence: before it returns it
+//! new count `n` is a multiple of [`FENCE_EVERY`] (2^31) is a fence: before it returns it
 //!
 //! 1. locks and releases every shard of the flight table, in turn, and then
 //! 2. removes every entry whose recorded bits are not `n`'s, holding each cache shard's write
@@ -32,18 +32,18 @@
 //! check before the fence moved the count held its flight-shard lock until its insert was
 //! done, so step 1 waits for that insert, and step 2 sees the entry and removes it.
 //!
-//! **(b) No entry is held 2^31 clears behind.** Claim: when fence `n` starts, every held entry
-//! records a count in `[n − 2^30, n]`. For the first fence (`n = 2^30`) every count ever
-//! recorded is in `[0, 2^30]`. For fence `n`: the previous fence, `n − 2^30`, left only
-//! entries recording `n − 2^30` (below), and every insert since recorded the count at its
-//! check, which never passed `n` before fence `n` moved it there. During fence `n`'s sweep the
-//! count stays `n` (clears are serialised), so an entry recording `c` in `[n − 2^30, n)` has
-//! bits other than `n`'s (`0 < n − c ≤ 2^30 < 2^31`) and is removed; an older insert racing
-//! the fence is in the sweep's view (a); an insert whose check comes after step 1 took its
-//! shard records `n` or later (the check reads the count after the fence moved it, through
-//! that lock). So after the fence every held entry records a count in `[n, count]`, and the
-//! count stays below `n + 2^30` until the next fence. Two counts compared are therefore
-//! never 2^31 or more apart, and 31 bits tell them apart exactly.
+//! **(b) No entry is held 2^32 clears behind.** Claim: when fence `n` starts, every held entry
+//! records a count in `[n − 2^31, n]`. For the first fence (`n = 2^31`) every count ever
+//! recorded is in `[0, 2^31]`. For fence `n`: the previous fence, `n − 2^31`, left only
+//! entries recording `n − 2^31` or later (below), and every insert since recorded the count
+//! at its check, which never passed `n` before fence `n` moved it there. During fence `n`'s
+//! sweep the count stays `n` (clears are serialised), so an entry recording `c` in
+//! `[n − 2^31, n)` has bits other than `n`'s (`0 < n − c ≤ 2^31 < 2^32`) and is removed; an
+//! older insert racing the fence is in the sweep's view (a); an insert whose check comes
+//! after step 1 took its shard records `n` or later (the check reads the count after the
+//! fence moved it, through that lock). So after the fence every held entry records a count in
+//! `[n, count]`, and the count stays below `n + 2^31` until the next fence. Two counts
+//! compared are therefore never 2^32 or more apart, and 32 bits tell them apart exactly.
 //!
 //! **(c) One comparison everywhere.** Every liveness check of an entry — the hit path, the
 //! purger's sweep, the removal of a dead entry by a read, fail-safe's
@@ -59,7 +59,7 @@
 //! ([`Store::regions`](crate::Store::regions)`().expire_global()`) kills entries as a clear
 //! does but neither waits for other clears nor fences: only [`Store::clear`](crate::Store::clear)
 //! keeps the count from wrapping. A fence holds each cache shard's write lock for a whole scan
-//! of that shard, once every 2^30 clears.
+//! of that shard, once every 2^31 clears.
 
 use nearcache_keys::Key;
 
@@ -68,19 +68,16 @@ use crate::removal::RemovalCause;
 use crate::stats::Counter;
 use crate::store::StoreInner;
 
-/// The bits of the clear count an entry keeps.
-pub(crate) const BITS: u32 = (1 << 31) - 1;
-
 /// A clear whose new count is a multiple of this sweeps every entry from an older count.
-pub(crate) const FENCE_EVERY: u64 = 1 << 30;
+pub(crate) const FENCE_EVERY: u64 = 1 << 31;
 
-/// The bits of clear count `clears` that an entry records and is compared by.
+/// The bits of clear count `clears` that an entry records and is compared by: the low 32.
 #[inline(always)]
 pub(crate) fn bits_of(clears: u64) -> u32 {
-    // Truncation intended: the low 31 bits.
+    // Truncation intended: the low half.
     #[allow(clippy::cast_possible_truncation)]
     let low = clears as u32;
-    low & BITS
+    low
 }
 
 /// Whether the clear that moved the count to `clears` is a fence.
@@ -139,9 +136,9 @@ mod tests {
     use crate::{Store, StoreOptions};
 
     #[test]
-    fn bits_come_round_at_2_31_and_fences_fall_on_multiples_of_2_30() {
+    fn bits_come_round_at_2_32_and_fences_fall_on_multiples_of_2_31() {
         assert_eq!(bits_of(5), 5);
-        assert_eq!(bits_of(5 + (1 << 31)), 5, "31 bits: the same again at 2^31");
+        assert_eq!(bits_of(5 + (1 << 32)), 5, "32 bits: the same again at 2^32");
         assert_ne!(bits_of(5 + FENCE_EVERY), 5);
         assert!(is_fence(FENCE_EVERY) && is_fence(2 * FENCE_EVERY));
         assert!(!is_fence(FENCE_EVERY - 1) && !is_fence(FENCE_EVERY + 1));
@@ -176,14 +173,14 @@ mod tests {
         store.inner.report_fenced(fenced);
     }
 
-    /// From count `recorded` to `recorded + 2^31` (the same 31 bits), crossing the two
+    /// From count `recorded` to `recorded + 2^32` (the same 32 bits), crossing the two
     /// fences in between with clears.
     fn clear_round_to(store: &Store, recorded: u64) {
         skip_to_fence(store);
         clear_unpurged(store);
         skip_to_fence(store);
         clear_unpurged(store);
-        let target = recorded + (1 << 31);
+        let target = recorded + (1 << 32);
         let now = store.regions().clears();
         if now < target {
             if target - 1 > now {
@@ -206,7 +203,7 @@ mod tests {
         assert_eq!(
             store.get::<u32>(&key).unwrap(),
             None,
-            "an entry from 2^31 clears ago read as live"
+            "an entry from 2^32 clears ago read as live"
         );
         assert!(store.set(key.clone(), 8_u32));
         assert_eq!(store.get::<u32>(&key).unwrap().as_deref(), Some(&8));
@@ -240,7 +237,7 @@ mod tests {
         );
         assert!(
             failing("old").is_err(),
-            "fail-safe served an entry from 2^31 clears ago"
+            "fail-safe served an entry from 2^32 clears ago"
         );
     }
 

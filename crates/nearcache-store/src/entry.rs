@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nearcache_keys::Key;
 use nearcache_regions::{ChangeToken, Region, RegionNameError, Regions, SubKey};
 
-use crate::clears::{self, bits_of};
+use crate::clears::bits_of;
 use crate::clock::{StoreClock, StoreInstant, StoreSpan};
 use crate::removal::RemovalCause;
 use crate::value::Payload;
@@ -282,14 +282,15 @@ impl EntryOptions {
         let soft_timeout = if fail_safe == StoreSpan::ZERO {
             0
         } else {
-            self.soft_timeout
-                .or(defaults.soft_timeout)
-                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            self.soft_timeout.or(defaults.soft_timeout).map_or(0, |d| {
+                u64::try_from(d.as_nanos()).map_or(!RE_ARMED, |nanos| nanos.min(!RE_ARMED))
+            })
         };
         let current = self.regions.clears();
         let stored = StoredEntry::new(
             payload,
             bits_of(clears),
+            false,
             self.tokens,
             Timing {
                 deadline,
@@ -392,17 +393,18 @@ pub(crate) struct StoredEntry {
     payload: Payload,
     /// Absolute deadline on the store clock, [`StoreInstant::NEVER`] for none.
     deadline: StoreInstant,
-    /// The low 31 bits of the clear count ([`Regions::clears`]) when the load started (or
-    /// the `set` ran) — the entry is dead once the count has moved on (a `clear`); 31 bits
-    /// are enough because of the wrap fence (see `clears`) — and, in the top bit,
-    /// [`RE_ARMED`]. Both share 4 bytes so that the weight stays inline in 40.
+    /// The low 32 bits of the clear count ([`Regions::clears`]) when the load started (or
+    /// the `set` ran): the entry is dead once the count has moved on (a `clear`). 32 bits are
+    /// enough because of the wrap fence (see `clears`), and leave room for the weight inline
+    /// in 40 bytes.
     stamp: u32,
     weight: u32,
     shared: Option<Box<Shared>>,
 }
 
-/// The stamp's flag of an expired value re-armed by fail-safe for the throttle.
-const RE_ARMED: u32 = !clears::BITS;
+/// [`Shared::soft_timeout`]'s top bit: the entry is an expired value re-armed by fail-safe
+/// for the throttle.
+const RE_ARMED: u64 = 1 << 63;
 
 /// The parts of an entry most entries do not have.
 struct Shared {
@@ -414,8 +416,10 @@ struct Shared {
     /// How long past its time expiry the entry is kept for fail-safe (zero: not kept).
     fail_safe: StoreSpan,
     /// How long a load replacing this entry (once kept) is waited for before the entry is
-    /// served, in nanoseconds (0: not). A timer's duration, never compared with the store
-    /// clock, so it stays in nanoseconds.
+    /// served, in nanoseconds (0: not), in the low 63 bits (292 years); the top bit is
+    /// [`RE_ARMED`] (a re-armed entry is always boxed, and the flag here keeps both the
+    /// inline record at 40 bytes and this box at 72). A timer's duration, never compared
+    /// with the store clock, so it stays in nanoseconds.
     soft_timeout: u64,
     /// When a detached read starts a background refresh, a [`StoreInstant`] in its raw form;
     /// [`StoreInstant::NEVER`] for none, or once one read has claimed it (so one refresh
@@ -462,6 +466,7 @@ impl StoredEntry {
     fn new(
         payload: Payload,
         stamp: u32,
+        re_armed: bool,
         tokens: TokenSet,
         timing: Timing,
         now: StoreInstant,
@@ -474,7 +479,8 @@ impl StoredEntry {
             soft_timeout,
             refresh_at,
         } = timing;
-        let boxed = !tokens.is_empty()
+        let boxed = re_armed
+            || !tokens.is_empty()
             || sliding != StoreSpan::NEVER
             || fail_safe != StoreSpan::ZERO
             || refresh_at != StoreInstant::NEVER;
@@ -484,7 +490,11 @@ impl StoredEntry {
                 sliding,
                 last_access: AtomicU64::new(now.raw()),
                 fail_safe,
-                soft_timeout,
+                soft_timeout: if re_armed {
+                    soft_timeout | RE_ARMED
+                } else {
+                    soft_timeout
+                },
                 refresh_at: AtomicU64::new(refresh_at.raw()),
             })
         });
@@ -501,7 +511,9 @@ impl StoredEntry {
     /// marked `Source::FailSafe`).
     #[inline]
     pub(crate) fn is_re_armed(&self) -> bool {
-        self.stamp & RE_ARMED != 0
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.soft_timeout & RE_ARMED != 0)
     }
 
     /// Whether no `clear` has happened since the entry was loaded, given the store's
@@ -509,7 +521,7 @@ impl StoredEntry {
     /// to the wrap fence: see `clears`).
     #[inline(always)]
     fn clear_matches(&self, clears: u64) -> bool {
-        self.stamp & clears::BITS == bits_of(clears)
+        self.stamp == bits_of(clears)
     }
 
     /// Whether the entry may be returned now, given the store's current clear count;
@@ -659,14 +671,15 @@ impl StoredEntry {
         let deadline = clock.after(now, throttle);
         let re_armed = StoredEntry::new(
             self.payload.clone(),
-            self.stamp | RE_ARMED,
+            self.stamp,
+            true,
             shared.tokens.clone(),
             Timing {
                 deadline,
                 sliding: StoreSpan::NEVER,
                 // What is left of the window once the throttle ends (none: dead then).
                 fail_safe: kept_until.since(deadline),
-                soft_timeout: shared.soft_timeout,
+                soft_timeout: shared.soft_timeout & !RE_ARMED,
                 refresh_at: StoreInstant::NEVER,
             },
             now,
@@ -679,7 +692,8 @@ impl StoredEntry {
     /// entry is kept for fail-safe and has one.
     pub(crate) fn soft_timeout(&self) -> Option<Duration> {
         let shared = self.shared.as_ref()?;
-        (shared.soft_timeout != 0).then(|| Duration::from_nanos(shared.soft_timeout))
+        let nanos = shared.soft_timeout & !RE_ARMED;
+        (nanos != 0).then(|| Duration::from_nanos(nanos))
     }
 
     /// Whether this read is the one that starts the entry's eager refresh: it is due at

@@ -31,10 +31,10 @@
 //!   counter's own ticks, so the reading is compared as it is, never scaled); sliding entries
 //!   write their last access at most once per millisecond.
 //! - An entry: 40 bytes inline in quick_cache's slot (the value's `Arc` with its vtable,
-//!   deadline, the low 31 bits of the clear count it was loaded under, weight), plus the key
-//!   text. 31 bits are enough because one `clear` in every 2^30 sweeps out every entry from
+//!   deadline, the low 32 bits of the clear count it was loaded under, weight), plus the key
+//!   text. 32 bits are enough because one `clear` in every 2^31 sweeps out every entry from
 //!   before it (see `clears`). Entries with tokens, a sliding window, a
-//!   fail-safe window or an eager refresh add one boxed record of 72 bytes (two inline tokens,
+//!   fail-safe window or an eager refresh (and values re-armed by fail-safe) add one boxed record of 72 bytes (two inline tokens,
 //!   the sliding state, the fail-safe window and soft timeout, the refresh time); more than two tokens spill
 //!   the rest to one more allocation. The shards are quick_cache's single-threaded caches
 //!   behind read-write locks (see `backend`), so a hit never clones the entry.

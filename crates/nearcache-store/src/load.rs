@@ -657,7 +657,7 @@ impl StoreInner {
         let start_clears = flight.start_clears();
         let mut shard = self.flights.lock(&leader.key);
         let mut removals = Removals::default();
-        // Whole counts, never the entry's 31 bits: a load that spans a wrap fence is refused
+        // Whole counts, never the entry's 32 bits: a load that spans a wrap fence is refused
         // here (see `clears`).
         let fresh = !(entry.overlapped_expiry(start_epoch)
             || flight.is_invalidated()

@@ -693,9 +693,9 @@ impl Store {
 
     /// Expires every entry (the global region), including those tied to no region, and
     /// wakes the purger. O(1); loads in progress are not stored. Clears run one at a time,
-    /// and one in every 2^30 removes every entry from before it before it returns, holding
+    /// and one in every 2^31 removes every entry from before it before it returns, holding
     /// each cache shard's write lock for a scan of that shard (what lets an entry record the
-    /// clear count in 31 bits); expire the global region through this, not through
+    /// clear count in 32 bits); expire the global region through this, not through
     /// [`regions`](Self::regions).
     pub fn clear(&self) {
         let fenced = self.inner.expire_all();
@@ -747,7 +747,7 @@ impl Store {
     /// This store's region registry. Expiring regions through it directly works, but only
     /// the store's own `expire_*` methods wake the purger (otherwise the periodic sweep finds
     /// the dead entries). Clear through [`clear`](Self::clear), not `expire_global`: only
-    /// `clear` keeps the clear count that entries record in 31 bits from coming round.
+    /// `clear` keeps the clear count that entries record in 32 bits from coming round.
     pub fn regions(&self) -> &Regions {
         &self.inner.regions
     }
