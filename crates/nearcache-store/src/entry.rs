@@ -994,6 +994,46 @@ mod tests {
         assert!(shared <= 72, "{shared}");
     }
 
+    /// The re-armed flag shares the box's soft-timeout field: neither reads as the other.
+    #[test]
+    fn the_re_armed_flag_and_the_soft_timeout_stay_apart() {
+        let (clock, mock) = quanta::Clock::mock();
+        let clock = StoreClock::new(clock);
+        let regions = Arc::new(Regions::new());
+        let kept = |soft: Duration| {
+            let mut e = entry(&regions);
+            e.time_to_live(Duration::from_secs(1))
+                .fail_safe_max_duration(Duration::from_secs(3_600))
+                .soft_timeout(soft);
+            store_on(e, &regions, &clock).unwrap()
+        };
+        let longest = kept(Duration::MAX);
+        assert!(
+            !longest.is_re_armed(),
+            "the longest soft timeout is not the flag"
+        );
+        assert!(longest.soft_timeout().is_some());
+        let original = kept(Duration::from_secs(5));
+        mock.increment(Duration::from_secs(2));
+        let now = clock.now();
+        assert_eq!(original.standing_at(now, 0), Standing::Kept);
+        let re_armed = original
+            .re_armed(&clock, now, Duration::from_secs(1))
+            .unwrap();
+        assert!(re_armed.is_re_armed() && !original.is_re_armed());
+        assert_eq!(re_armed.soft_timeout(), Some(Duration::from_secs(5)));
+        assert_eq!(re_armed.standing_at(now, 0), Standing::Live);
+        assert_eq!(
+            re_armed.standing_at(now, 1),
+            Standing::Dead,
+            "a clear ends it"
+        );
+        let again = re_armed.re_armed(&clock, now, Duration::from_secs(1));
+        assert!(
+            again.is_some_and(|e| e.is_re_armed() && e.soft_timeout() == original.soft_timeout())
+        );
+    }
+
     #[test]
     fn a_global_expiry_kills_every_entry_by_epoch() {
         let regions = Arc::new(Regions::new());
