@@ -175,6 +175,12 @@ impl Drop for PublishGate {
 mod tests {
     use super::*;
 
+    /// A task that passes `gate`.
+    fn spawn_pass(gate: &Arc<Gate>) -> tokio::task::JoinHandle<()> {
+        let gate = Arc::clone(gate);
+        tokio::spawn(async move { gate.pass().await })
+    }
+
     #[tokio::test]
     async fn an_open_gate_does_not_wait() {
         let gate = Arc::new(Gate::new());
@@ -217,10 +223,7 @@ mod tests {
     async fn a_cancelled_wait_is_no_longer_counted_and_takes_no_permit() {
         let gate = Arc::new(Gate::new());
         let held = gate.hold();
-        let waiter = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.pass().await }
-        });
+        let waiter = spawn_pass(&gate);
         held.wait_held(1).await;
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
@@ -235,10 +238,7 @@ mod tests {
         let gate = Arc::new(Gate::new());
         let first = gate.hold();
         let second = gate.hold();
-        let waiter = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.pass().await }
-        });
+        let waiter = spawn_pass(&gate);
         first.wait_held(1).await;
         first.release();
         assert_eq!(second.held(), 1);
