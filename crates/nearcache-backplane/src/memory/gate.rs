@@ -174,6 +174,7 @@ impl Drop for PublishGate {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::memory::tests::spawn_reporting;
 
     /// A task that passes `gate`.
     fn spawn_pass(gate: &Arc<Gate>) -> tokio::task::JoinHandle<()> {
@@ -193,15 +194,10 @@ mod tests {
     async fn release_one_lets_exactly_one_through() {
         let gate = Arc::new(Gate::new());
         let held = gate.hold();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..5 {
-            let gate = gate.clone();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                gate.pass().await;
-                done.send(i).unwrap();
-            });
-        }
+        let mut done_rx = spawn_reporting(5, |_| {
+            let gate = Arc::clone(&gate);
+            async move { gate.pass().await }
+        });
         held.wait_held(5).await;
         for passed in 1..=4 {
             held.release_one();
