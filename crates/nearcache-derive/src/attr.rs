@@ -40,11 +40,8 @@ pub(crate) fn parse(attrs: &[Attribute], position: Position, errors: &mut Errors
         let result = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("crate") {
                 let value = string_value(&meta, "crate", errors)?;
-                if position != Position::Container {
-                    errors.spanned(
-                        &meta.path,
-                        "`crate` goes on the struct or enum: `#[cache_key(crate = \"...\")]` above it",
-                    );
+                if let Some(why) = misplaced("crate", position) {
+                    errors.spanned(&meta.path, why);
                 } else if let Some(lit) = value {
                     match lit.parse::<Path>() {
                         Err(_) => errors.spanned(
@@ -59,41 +56,16 @@ pub(crate) fn parse(attrs: &[Attribute], position: Position, errors: &mut Errors
                 }
             } else if meta.path.is_ident("rename") {
                 let value = string_value(&meta, "rename", errors)?;
-                match position {
-                    Position::Variant => {
-                        if out.rename.is_some() {
-                            errors.spanned(&meta.path, "duplicate `rename` attribute");
-                        } else if value.is_some() {
-                            out.rename = value;
-                        }
-                    }
-                    Position::Container => errors.spanned(
-                        &meta.path,
-                        "`rename` applies to enum variants: the type's name is not part of its key text",
-                    ),
-                    Position::Field => errors.spanned(
-                        &meta.path,
-                        "`rename` applies to enum variants: field names are not part of the key text",
-                    ),
+                if takes(&meta.path, "rename", position, out.rename.is_some(), errors) {
+                    out.rename = value;
                 }
             } else if meta.path.is_ident("skip") {
                 if meta.input.peek(Token![=]) || meta.input.peek(syn::token::Paren) {
                     skip_value(&meta)?;
                     errors.spanned(&meta.path, "`skip` takes no value: write `#[cache_key(skip)]`");
                 }
-                match position {
-                    Position::Field if out.skip.is_some() => {
-                        errors.spanned(&meta.path, "duplicate `skip` attribute")
-                    }
-                    Position::Field => out.skip = Some(meta.path.span()),
-                    Position::Variant => errors.spanned(
-                        &meta.path,
-                        "`skip` applies to fields: every variant is part of its enum's key",
-                    ),
-                    Position::Container => errors.spanned(
-                        &meta.path,
-                        "`skip` applies to fields: a type that is not part of a key needs no `CacheKey`",
-                    ),
+                if takes(&meta.path, "skip", position, out.skip.is_some(), errors) {
+                    out.skip = Some(meta.path.span());
                 }
             } else {
                 skip_value(&meta)?;
@@ -115,6 +87,41 @@ pub(crate) fn parse(attrs: &[Attribute], position: Position, errors: &mut Errors
         }
     }
     out
+}
+
+/// Why attribute `name` may not go at `position` (`None`: it goes there, or `name` is not
+/// one of ours, which the caller reports).
+fn misplaced(name: &str, position: Position) -> Option<&'static str> {
+    use Position::{Container, Field, Variant};
+    Some(match (name, position) {
+        ("crate", Variant | Field) => {
+            "`crate` goes on the struct or enum: `#[cache_key(crate = \"...\")]` above it"
+        }
+        ("rename", Container) => {
+            "`rename` applies to enum variants: the type's name is not part of its key text"
+        }
+        ("rename", Field) => {
+            "`rename` applies to enum variants: field names are not part of the key text"
+        }
+        ("skip", Variant) => "`skip` applies to fields: every variant is part of its enum's key",
+        ("skip", Container) => {
+            "`skip` applies to fields: a type that is not part of a key needs no `CacheKey`"
+        }
+        _ => return None,
+    })
+}
+
+/// Whether attribute `name` written at `position` is taken; when it is out of place, or the
+/// item `already` has one, that is recorded as an error instead.
+fn takes(path: &Path, name: &str, position: Position, already: bool, errors: &mut Errors) -> bool {
+    if let Some(why) = misplaced(name, position) {
+        errors.spanned(path, why);
+    } else if already {
+        errors.spanned(path, format!("duplicate `{name}` attribute"));
+    } else {
+        return true;
+    }
+    false
 }
 
 /// Reads `= "text"`; a value that is not a string literal is recorded as an error (`None`).

@@ -27,32 +27,46 @@ use redis::{Cmd, Script, Value};
 
 use crate::slot::slot_of;
 
-/// Numbers, appends and publishes one payload.
-/// KEYS: stream, head. ARGV: payload, maxlen, channel, publish command.
-const PUBLISH: &str = r"
-local epoch = redis.call('HGET', KEYS[2], 'epoch')
+/// A script that starts by reading the log's epoch from the head hash `$head` (a `KEYS`
+/// entry) into `epoch` — setting it to the server's time in microseconds when the log was
+/// never written — and goes on with `$rest`, where `head` names that hash.
+macro_rules! with_epoch {
+    ($head:literal, $rest:literal) => {
+        concat!(
+            "\nlocal head = ",
+            $head,
+            r"
+local epoch = redis.call('HGET', head, 'epoch')
 if not epoch then
   local t = redis.call('TIME')
   epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[2], 'epoch', epoch)
-end
-local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
+  redis.call('HSET', head, 'epoch', epoch)
+end",
+            $rest
+        )
+    };
+}
+
+/// Numbers, appends and publishes one payload.
+/// KEYS: stream, head. ARGV: payload, maxlen, channel, publish command.
+const PUBLISH: &str = with_epoch!(
+    "KEYS[2]",
+    r"
+local n = redis.call('HINCRBY', head, 'n', 1)
 local id = epoch .. '-' .. n
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, 'p', ARGV[1])
 return redis.call(ARGV[4], ARGV[3], 'NCL1' .. id .. '\n' .. ARGV[1])
-";
+"
+);
 
 /// The head: epoch and last index (creating the epoch if the log was never written).
 /// KEYS: head.
-const HEAD: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-return {epoch, tonumber(redis.call('HGET', KEYS[1], 'n') or '0')}
-";
+const HEAD: &str = with_epoch!(
+    "KEYS[1]",
+    r"
+return {epoch, tonumber(redis.call('HGET', head, 'n') or '0')}
+"
+);
 
 /// The head and up to ARGV[3] entries after index ARGV[2] of epoch ARGV[1], read at once.
 /// KEYS: stream, head. Returns {epoch, n, entries} ({'', 0, {}} when the log is gone).

@@ -416,38 +416,39 @@ mod tests {
         push(PushKind::Message, vec![bulk(b"ch"), bulk(payload)])
     }
 
+    /// The confirmation of a subscription to `channel`.
+    fn subscribed(channel: &[u8]) -> PushInfo {
+        push(PushKind::Subscribe, vec![bulk(channel), Value::Int(1)])
+    }
+
+    /// What a subscription reads for a payload handed on.
+    fn handed_on(payload: &'static [u8]) -> Option<BackplaneEvent> {
+        Some(BackplaneEvent::Message(Bytes::from_static(payload)))
+    }
+
     #[tokio::test]
     async fn reconnected_precedes_the_messages_of_a_new_connection() {
         let (events, mut sub) = Subscription::channel(16);
         events.link_lost(); // the task reports the loss before it reconnects
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
         let gate = Gate::new(events, true, Bytes::from_static(b"ch"));
-        gate.on_push(push(PushKind::Subscribe, vec![bulk(b"ch"), Value::Int(1)]));
+        gate.on_push(subscribed(b"ch"));
         gate.on_push(message(b"m1"));
         gate.on_push(push(PushKind::SMessage, vec![bulk(b"ch"), bulk(b"m2")]));
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Reconnected));
-        assert_eq!(
-            sub.recv().await,
-            Some(BackplaneEvent::Message(Bytes::from_static(b"m1")))
-        );
-        assert_eq!(
-            sub.recv().await,
-            Some(BackplaneEvent::Message(Bytes::from_static(b"m2")))
-        );
+        assert_eq!(sub.recv().await, handed_on(b"m1"));
+        assert_eq!(sub.recv().await, handed_on(b"m2"));
     }
 
     #[tokio::test]
     async fn the_first_connection_and_other_channels_announce_nothing() {
         let (events, mut sub) = Subscription::channel(16);
         let first = Gate::new(events.clone(), false, Bytes::from_static(b"ch"));
-        first.on_push(push(PushKind::Subscribe, vec![bulk(b"ch"), Value::Int(1)]));
+        first.on_push(subscribed(b"ch"));
         let other = Gate::new(events, true, Bytes::from_static(b"ch"));
-        other.on_push(push(PushKind::Subscribe, vec![bulk(b"xx"), Value::Int(1)]));
+        other.on_push(subscribed(b"xx"));
         other.on_push(message(b"m"));
-        assert_eq!(
-            sub.recv().await,
-            Some(BackplaneEvent::Message(Bytes::from_static(b"m")))
-        );
+        assert_eq!(sub.recv().await, handed_on(b"m"));
     }
 
     #[tokio::test]
@@ -460,10 +461,7 @@ mod tests {
         events.send(BackplaneEvent::Disconnected);
         // Health is state and is reported first; the payload queued before it follows.
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
-        assert_eq!(
-            sub.recv().await,
-            Some(BackplaneEvent::Message(Bytes::from_static(b"before")))
-        );
+        assert_eq!(sub.recv().await, handed_on(b"before"));
         assert_eq!(sub.try_recv(), None, "nothing after the retirement");
     }
 
@@ -474,7 +472,7 @@ mod tests {
         assert!(!silent.retire());
         assert!(!silent.retire(), "retiring twice changes nothing");
         let announced = Gate::new(events, true, Bytes::from_static(b"ch"));
-        announced.on_push(push(PushKind::Subscribe, vec![bulk(b"ch"), Value::Int(1)]));
+        announced.on_push(subscribed(b"ch"));
         assert!(announced.retire());
     }
 

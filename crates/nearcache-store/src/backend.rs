@@ -331,14 +331,7 @@ mod tests {
     }
 
     fn entry(regions: &Arc<Regions>, key: &Key) -> StoredEntry {
-        let defaults = EntryDefaults {
-            absolute: None,
-            sliding: None,
-            weighted: false,
-            fail_safe: None,
-            soft_timeout: None,
-            eager_refresh: None,
-        };
+        let defaults = EntryDefaults::default();
         EntryOptions::new(key.clone(), Arc::clone(regions))
             .into_stored(
                 Payload::value(Arc::new(1_u8)),
@@ -397,12 +390,8 @@ mod tests {
         let backend = Backend::build(sizing, Some(1), Arc::clone(&stats)).unwrap();
         let regions = Arc::new(Regions::new());
         let defaults = EntryDefaults {
-            absolute: None,
-            sliding: None,
             weighted: true,
-            fail_safe: None,
-            soft_timeout: None,
-            eager_refresh: None,
+            ..EntryDefaults::default()
         };
         let weighing = |key: &Key, weight: u32| {
             let mut entry = EntryOptions::new(key.clone(), Arc::clone(&regions));
@@ -440,14 +429,7 @@ mod tests {
         let n = 6 * SWEEP_SCAN + 17;
         let backend = Backend::build(sizing(2 * n as u64), Some(2), Arc::clone(&stats)).unwrap();
         let regions = Arc::new(Regions::new());
-        let defaults = EntryDefaults {
-            absolute: None,
-            sliding: None,
-            weighted: false,
-            fail_safe: None,
-            soft_timeout: None,
-            eager_refresh: None,
-        };
+        let defaults = EntryDefaults::default();
         let keys: Vec<Key> = (0..n).map(|i| Key::from_text(format!("k{i}"))).collect();
         for (i, key) in keys.iter().enumerate() {
             let mut tied = EntryOptions::new(key.clone(), Arc::clone(&regions));

@@ -39,7 +39,6 @@ use crate::error::LoadError;
 use crate::flight::{Flight, LeaderKind};
 use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
 use crate::source::Source;
-use crate::stats::Counter;
 use crate::store::{Store, StoreInner};
 use crate::timeout::Waited;
 use crate::value::Shape;
@@ -171,13 +170,9 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire::<S>(key, bypass, LeaderKind::Async) {
-                Acquired::Hit(hit) => {
-                    inner.count_first(&mut counted, Counter::Hits);
-                    return hit.map_err(LoadError::TypeMismatch);
-                }
+            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Async, &mut counted) {
+                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
                 Acquired::Wait { flight, joined_at } => {
-                    inner.count_first(&mut counted, Counter::Misses);
                     if let Some(result) = inner
                         .wait_async::<S, E>(&flight, joined_at, key, bypass)
                         .await
@@ -186,7 +181,6 @@ impl Store {
                     }
                 }
                 Acquired::Lead(leader) => {
-                    inner.count_first(&mut counted, Counter::Misses);
                     let flight = Arc::clone(leader.flight());
                     let joined_at = flight.start_epoch();
                     let detached = leader.detach(Arc::clone(&self.inner));
@@ -234,19 +228,14 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire::<S>(key, bypass, LeaderKind::Blocking) {
-                Acquired::Hit(hit) => {
-                    inner.count_first(&mut counted, Counter::Hits);
-                    return hit.map_err(LoadError::TypeMismatch);
-                }
+            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, &mut counted) {
+                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
                 Acquired::Wait { flight, joined_at } => {
-                    inner.count_first(&mut counted, Counter::Misses);
                     if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
                         return result;
                     }
                 }
                 Acquired::Lead(leader) => {
-                    inner.count_first(&mut counted, Counter::Misses);
                     let flight = Arc::clone(leader.flight());
                     let joined_at = flight.start_epoch();
                     let detached = leader.detach(Arc::clone(&self.inner));

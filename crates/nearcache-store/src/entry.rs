@@ -321,8 +321,9 @@ impl fmt::Debug for EntryOptions {
     }
 }
 
-/// The store-wide defaults an entry falls back on.
-#[derive(Debug, Clone, Copy)]
+/// The store-wide defaults an entry falls back on; the default is none of them (entries
+/// never expire, are not weighted, and are not kept for fail-safe).
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct EntryDefaults {
     pub(crate) absolute: Option<Duration>,
     pub(crate) sliding: Option<Duration>,

@@ -8,6 +8,32 @@ use std::sync::Arc;
 use nearcache_keys::Key;
 use thiserror::Error;
 
+/// The impls every boxed error shares: it derefs to its details; `Debug` shows each of their
+/// fields (all of them: a field added to the details and not listed here fails to compile)
+/// under the error's own name; and it is an error with no source.
+macro_rules! boxed_error_impls {
+    ($error:ident($details:ident): $($field:ident),+) => {
+        impl Deref for $error {
+            type Target = $details;
+
+            fn deref(&self) -> &$details {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $error {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let $details { $($field),+ } = &*self.0;
+                f.debug_struct(stringify!($error))
+                    $(.field(stringify!($field), $field))+
+                    .finish()
+            }
+        }
+
+        impl std::error::Error for $error {}
+    };
+}
+
 /// A key was read as one type but holds a value of another.
 ///
 /// Each key should hold one type; this usually means two call sites build the same key for
@@ -47,23 +73,7 @@ impl TypeMismatch {
     }
 }
 
-impl Deref for TypeMismatch {
-    type Target = TypeMismatchDetails;
-
-    fn deref(&self) -> &TypeMismatchDetails {
-        &self.0
-    }
-}
-
-impl fmt::Debug for TypeMismatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TypeMismatch")
-            .field("key", &self.key)
-            .field("expected", &self.expected)
-            .field("found", &self.found)
-            .finish()
-    }
-}
+boxed_error_impls!(TypeMismatch(TypeMismatchDetails): key, expected, found);
 
 /// How many bytes of a key an error message shows.
 const SHOWN_KEY_BYTES: usize = 200;
@@ -96,8 +106,6 @@ impl fmt::Display for TypeMismatch {
         )
     }
 }
-
-impl std::error::Error for TypeMismatch {}
 
 /// A blocking get-or-create would have waited for a load that only this same thread can
 /// drive — one an async caller leads on this thread, or an eager refresh with an async
@@ -134,21 +142,7 @@ impl WouldDeadlock {
     }
 }
 
-impl Deref for WouldDeadlock {
-    type Target = WouldDeadlockDetails;
-
-    fn deref(&self) -> &WouldDeadlockDetails {
-        &self.0
-    }
-}
-
-impl fmt::Debug for WouldDeadlock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WouldDeadlock")
-            .field("key", &self.key)
-            .finish()
-    }
-}
+boxed_error_impls!(WouldDeadlock(WouldDeadlockDetails): key);
 
 impl fmt::Display for WouldDeadlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -161,8 +155,6 @@ impl fmt::Display for WouldDeadlock {
         )
     }
 }
-
-impl std::error::Error for WouldDeadlock {}
 
 /// A caller waited `hard_timeout` for its load and stopped, with no expired value to serve
 /// instead. The factory was cancelled (its future dropped; nothing cached) or, with
@@ -201,22 +193,7 @@ impl FactoryTimeout {
     }
 }
 
-impl Deref for FactoryTimeout {
-    type Target = FactoryTimeoutDetails;
-
-    fn deref(&self) -> &FactoryTimeoutDetails {
-        &self.0
-    }
-}
-
-impl fmt::Debug for FactoryTimeout {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FactoryTimeout")
-            .field("key", &self.key)
-            .field("after", &self.after)
-            .finish()
-    }
-}
+boxed_error_impls!(FactoryTimeout(FactoryTimeoutDetails): key, after);
 
 impl fmt::Display for FactoryTimeout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,8 +206,6 @@ impl fmt::Display for FactoryTimeout {
         )
     }
 }
-
-impl std::error::Error for FactoryTimeout {}
 
 /// Why a get-or-create call returned no value.
 ///
@@ -414,6 +389,24 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<Result<Arc<u8>, LoadError<Backend>>>(),
             2 * word
+        );
+    }
+
+    #[test]
+    fn debug_shows_every_detail_under_the_errors_name() {
+        let key = Key::from_text("k");
+        assert_eq!(
+            format!("{:?}", TypeMismatch::new::<u32>(&key, "String")),
+            r#"TypeMismatch { key: "k", expected: "u32", found: "String" }"#
+        );
+        assert_eq!(
+            format!("{:?}", WouldDeadlock::new(&key)),
+            r#"WouldDeadlock { key: "k" }"#
+        );
+        let timeout = FactoryTimeout::new(&key, std::time::Duration::from_millis(5));
+        assert_eq!(
+            format!("{timeout:?}"),
+            r#"FactoryTimeout { key: "k", after: 5ms }"#
         );
     }
 

@@ -211,33 +211,39 @@ impl Flight {
         )
     }
 
+    /// The outcome if it is out; else a listener for it, registered before the outcome is
+    /// checked again, so that a `finish` in between is not missed.
+    fn outcome_or_listener(&self) -> Result<&Outcome, impl Listener + '_> {
+        if let Some(outcome) = self.outcome.get() {
+            return Ok(outcome);
+        }
+        let listener = self.done.listen();
+        match self.outcome.get() {
+            Some(outcome) => Ok(outcome),
+            None => Err(listener),
+        }
+    }
+
     /// Waits for the outcome, blocking the thread.
     pub(crate) fn wait_blocking(&self) -> &Outcome {
         loop {
-            if let Some(outcome) = self.outcome.get() {
-                return outcome;
+            match self.outcome_or_listener() {
+                Ok(outcome) => return outcome,
+                Err(listener) => listener.wait(),
             }
-            let listener = self.done.listen();
-            // Checked again after registering, so a `finish` in between is not missed.
-            if let Some(outcome) = self.outcome.get() {
-                return outcome;
-            }
-            listener.wait();
         }
     }
 
     /// [`wait_blocking`](Self::wait_blocking) until `deadline`: `None` if it passed first.
     pub(crate) fn wait_blocking_until(&self, deadline: std::time::Instant) -> Option<&Outcome> {
         loop {
-            if let Some(outcome) = self.outcome.get() {
-                return Some(outcome);
-            }
-            let listener = self.done.listen();
-            if let Some(outcome) = self.outcome.get() {
-                return Some(outcome);
-            }
-            if listener.wait_deadline(deadline).is_none() {
-                return self.outcome.get();
+            match self.outcome_or_listener() {
+                Ok(outcome) => return Some(outcome),
+                Err(listener) => {
+                    if listener.wait_deadline(deadline).is_none() {
+                        return self.outcome.get();
+                    }
+                }
             }
         }
     }
@@ -249,14 +255,10 @@ impl Flight {
     /// Cancel safe: dropping the future only stops this caller's wait.
     pub(crate) async fn wait(&self) -> &Outcome {
         loop {
-            if let Some(outcome) = self.outcome.get() {
-                return outcome;
+            match self.outcome_or_listener() {
+                Ok(outcome) => return outcome,
+                Err(listener) => listener.await,
             }
-            let listener = self.done.listen();
-            if let Some(outcome) = self.outcome.get() {
-                return outcome;
-            }
-            listener.await;
         }
     }
 }

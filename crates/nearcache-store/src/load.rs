@@ -394,11 +394,25 @@ impl StoreInner {
         }
     }
 
-    pub(crate) fn count_first(&self, counted: &mut bool, counter: Counter) {
+    /// [`acquire`](Self::acquire) for a caller's get-or-create loop, counting its first pass
+    /// as a hit or a miss: a caller that goes round again (its flight was abandoned, or too
+    /// old to join) is not counted twice.
+    pub(crate) fn acquire_counted<S: Shape>(
+        &self,
+        key: &Key,
+        bypass: bool,
+        kind: LeaderKind,
+        counted: &mut bool,
+    ) -> Acquired<'_, S> {
+        let acquired = self.acquire::<S>(key, bypass, kind);
         if !*counted {
             *counted = true;
-            self.stats.incr(counter);
+            self.stats.incr(match acquired {
+                Acquired::Hit(_) => Counter::Hits,
+                Acquired::Wait { .. } | Acquired::Lead(_) => Counter::Misses,
+            });
         }
+        acquired
     }
 
     /// The blocking get-or-create.
@@ -418,21 +432,14 @@ impl StoreInner {
         let bypass = self.read_bypass();
         let mut counted = false;
         loop {
-            match self.acquire::<S>(key, bypass, LeaderKind::Blocking) {
-                Acquired::Hit(hit) => {
-                    self.count_first(&mut counted, Counter::Hits);
-                    return hit.map_err(LoadError::TypeMismatch);
-                }
+            match self.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, &mut counted) {
+                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
                 Acquired::Wait { flight, joined_at } => {
-                    self.count_first(&mut counted, Counter::Misses);
                     if let Some(result) = self.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
                         return result;
                     }
                 }
-                Acquired::Lead(leader) => {
-                    self.count_first(&mut counted, Counter::Misses);
-                    return self.lead_sync::<S, E, F>(leader, factory);
-                }
+                Acquired::Lead(leader) => return self.lead_sync::<S, E, F>(leader, factory),
             }
         }
     }
@@ -453,13 +460,9 @@ impl StoreInner {
         let bypass = self.read_bypass();
         let mut counted = false;
         loop {
-            match self.acquire::<S>(key, bypass, LeaderKind::Async) {
-                Acquired::Hit(hit) => {
-                    self.count_first(&mut counted, Counter::Hits);
-                    return hit.map_err(LoadError::TypeMismatch);
-                }
+            match self.acquire_counted::<S>(key, bypass, LeaderKind::Async, &mut counted) {
+                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
                 Acquired::Wait { flight, joined_at } => {
-                    self.count_first(&mut counted, Counter::Misses);
                     if let Some(result) = self
                         .wait_async::<S, E>(&flight, joined_at, key, bypass)
                         .await
@@ -467,10 +470,7 @@ impl StoreInner {
                         return result;
                     }
                 }
-                Acquired::Lead(leader) => {
-                    self.count_first(&mut counted, Counter::Misses);
-                    return self.lead_async::<S, E, F>(leader, factory).await;
-                }
+                Acquired::Lead(leader) => return self.lead_async::<S, E, F>(leader, factory).await,
             }
         }
     }

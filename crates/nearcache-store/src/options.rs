@@ -244,6 +244,18 @@ impl StoreOptions {
 mod tests {
     use super::*;
 
+    /// Asserts that `options` are refused with an error that `is` accepts and whose text
+    /// says `says`.
+    fn assert_refused(options: &StoreOptions, is: fn(&OptionsError) -> bool, says: &str) {
+        match options.sizing() {
+            Err(error) => {
+                assert!(is(&error), "{options:?}: {error:?}");
+                assert!(error.to_string().contains(says), "{error}");
+            }
+            Ok(sizing) => panic!("{options:?} accepted as {sizing:?}"),
+        }
+    }
+
     #[test]
     fn defaults_are_a_bounded_enabled_store() {
         let options = StoreOptions::default();
@@ -306,12 +318,11 @@ mod tests {
                 eager_refresh_threshold: Some(bad),
                 ..StoreOptions::default()
             };
-            let error = options.sizing().err();
-            assert!(
-                matches!(error, Some(OptionsError::EagerRefreshThreshold { .. })),
-                "{bad}: {error:?}"
+            assert_refused(
+                &options,
+                |e| matches!(e, OptionsError::EagerRefreshThreshold { .. }),
+                "between 0 and 1",
             );
-            assert!(error.is_some_and(|e| e.to_string().contains("between 0 and 1")));
         }
         let options = StoreOptions {
             eager_refresh_threshold: Some(0.8),
@@ -332,12 +343,11 @@ mod tests {
             hard_timeout: Some(Duration::from_secs(2)),
             ..StoreOptions::default()
         };
-        let error = not_shorter.sizing().err();
-        assert!(
-            matches!(error, Some(OptionsError::SoftTimeoutNotShorter { .. })),
-            "{error:?}"
+        assert_refused(
+            &not_shorter,
+            |e| matches!(e, OptionsError::SoftTimeoutNotShorter { .. }),
+            "shorter",
         );
-        assert!(error.is_some_and(|e| e.to_string().contains("shorter")));
         let fine = StoreOptions {
             soft_timeout: Some(Duration::from_millis(100)),
             hard_timeout: Some(Duration::from_secs(2)),

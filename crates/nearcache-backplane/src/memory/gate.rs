@@ -174,6 +174,13 @@ impl Drop for PublishGate {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::memory::tests::spawn_reporting;
+
+    /// A task that passes `gate`.
+    fn spawn_pass(gate: &Arc<Gate>) -> tokio::task::JoinHandle<()> {
+        let gate = Arc::clone(gate);
+        tokio::spawn(async move { gate.pass().await })
+    }
 
     #[tokio::test]
     async fn an_open_gate_does_not_wait() {
@@ -187,15 +194,10 @@ mod tests {
     async fn release_one_lets_exactly_one_through() {
         let gate = Arc::new(Gate::new());
         let held = gate.hold();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..5 {
-            let gate = gate.clone();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                gate.pass().await;
-                done.send(i).unwrap();
-            });
-        }
+        let mut done_rx = spawn_reporting(5, |_| {
+            let gate = Arc::clone(&gate);
+            async move { gate.pass().await }
+        });
         held.wait_held(5).await;
         for passed in 1..=4 {
             held.release_one();
@@ -217,10 +219,7 @@ mod tests {
     async fn a_cancelled_wait_is_no_longer_counted_and_takes_no_permit() {
         let gate = Arc::new(Gate::new());
         let held = gate.hold();
-        let waiter = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.pass().await }
-        });
+        let waiter = spawn_pass(&gate);
         held.wait_held(1).await;
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
@@ -235,10 +234,7 @@ mod tests {
         let gate = Arc::new(Gate::new());
         let first = gate.hold();
         let second = gate.hold();
-        let waiter = tokio::spawn({
-            let gate = gate.clone();
-            async move { gate.pass().await }
-        });
+        let waiter = spawn_pass(&gate);
         first.wait_held(1).await;
         first.release();
         assert_eq!(second.held(), 1);

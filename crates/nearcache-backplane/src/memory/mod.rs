@@ -649,6 +649,27 @@ impl fmt::Debug for InMemoryBackplane {
 mod tests {
     use super::*;
 
+    /// Runs `task(i)` for each `i` in `0..n` on a task of its own; each reports its `i` on
+    /// the returned channel once its `task` is done.
+    pub(super) fn spawn_reporting<F>(
+        n: u64,
+        task: impl Fn(u64) -> F,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<u64>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..n {
+            let run = task(i);
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                run.await;
+                done.send(i).unwrap();
+            });
+        }
+        done_rx
+    }
+
     fn payload(i: u64) -> Bytes {
         Bytes::from(i.to_be_bytes().to_vec())
     }
@@ -972,15 +993,10 @@ mod tests {
         let bus = InMemoryBackplane::new();
         let mut sub = bus.subscribe().await.unwrap();
         let gate = bus.hold_publishes();
-        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-        for i in 0..3 {
+        let mut done_rx = spawn_reporting(3, |i| {
             let conn = bus.connection();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                conn.publish(payload(i)).await.unwrap();
-                done.send(i).unwrap();
-            });
-        }
+            async move { conn.publish(payload(i)).await.unwrap() }
+        });
         gate.wait_held(3).await;
         assert_eq!((bus.published(), bus.delivered()), (0, 0));
 

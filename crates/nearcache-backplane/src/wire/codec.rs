@@ -602,27 +602,8 @@ pub(crate) fn encoded_len(message: &Message) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::wire::message::tests::sample;
     use proptest::prelude::*;
-
-    fn sample() -> Message {
-        Message {
-            origin: InstanceId::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
-            seq: 300,
-            sent_at_unix_micros: 1_700_000_000_000_000,
-            origin_started_unix_ms: 7,
-            ops: vec![
-                Op::Remove {
-                    keys: vec!["a".into(), "é".into()],
-                },
-                Op::ExpireRegion { region: "r".into() },
-                Op::ExpireRegionKey {
-                    region: "r".into(),
-                    key: "k".into(),
-                },
-                Op::Clear,
-            ],
-        }
-    }
 
     /// The exact bytes of one message. If this fails, the wire format changed: bump
     /// `VERSION` (and keep reading the old one during rolling upgrades) or undo the change.
@@ -748,6 +729,14 @@ mod tests {
         assert_eq!(decode(&short_key), Err(DecodeError::Truncated));
     }
 
+    /// The limit `decode_with` refuses `bytes` on.
+    fn refusal(bytes: &[u8], limits: &WireLimits) -> LimitExceeded {
+        match decode_with(bytes, limits) {
+            Err(DecodeError::LimitExceeded(exceeded)) => exceeded,
+            other => panic!("expected a refusal on a limit, got {other:?}"),
+        }
+    }
+
     /// A count past the limits is refused on its prefix, or at the first element past the
     /// running total, before the rest of the payload is even read: the truncated tails
     /// below would otherwise read as `Truncated` (the decoder went on building).
@@ -760,11 +749,11 @@ mod tests {
         let mut ops = head.clone();
         ops.extend_from_slice(&[252, 0x01, 0x00, 0x01, 0x00]); // 65,537 ops, none present
         assert_eq!(
-            decode(&ops),
-            Err(DecodeError::LimitExceeded(LimitExceeded::Ops {
+            refusal(&ops, &WireLimits::DEFAULT),
+            LimitExceeded::Ops {
                 count: 65_537,
                 max: 65_536
-            }))
+            }
         );
 
         // A full-size payload of one-byte ops (Clear): refused on the count, not after
@@ -775,8 +764,8 @@ mod tests {
         clears.extend_from_slice(&u32::try_from(n).unwrap().to_le_bytes());
         clears.resize(clears.len() + n, 3);
         assert!(matches!(
-            decode(&clears),
-            Err(DecodeError::LimitExceeded(LimitExceeded::Ops { .. }))
+            refusal(&clears, &WireLimits::DEFAULT),
+            LimitExceeded::Ops { .. }
         ));
 
         // Keys add up across ops: the second Remove's prefix takes the total past 3.
@@ -785,11 +774,8 @@ mod tests {
         keys.extend_from_slice(&[2, 0, 2, 1, b'a', 1, b'b']); // 2 ops; Remove ["a", "b"]
         keys.extend_from_slice(&[0, 2, 1, b'c']); // Remove of 2 keys, cut short
         assert_eq!(
-            decode_with(&keys, &limits),
-            Err(DecodeError::LimitExceeded(LimitExceeded::Keys {
-                count: 4,
-                max: 3
-            }))
+            refusal(&keys, &limits),
+            LimitExceeded::Keys { count: 4, max: 3 }
         );
     }
 
@@ -840,10 +826,7 @@ mod tests {
             Err(EncodeError::LimitExceeded(expected))
         );
         let bytes = encode(&long_key).unwrap();
-        assert_eq!(
-            decode_with(&bytes, &strict),
-            Err(DecodeError::LimitExceeded(expected))
-        );
+        assert_eq!(refusal(&bytes, &strict), expected);
 
         let empty_region = Message {
             ops: vec![Op::ExpireRegion {
@@ -860,19 +843,13 @@ mod tests {
         let counts = WireLimits::default().with_max_ops(3).with_max_keys(2);
         let bytes = encode(&sample()).unwrap();
         assert_eq!(
-            decode_with(&bytes, &counts),
-            Err(DecodeError::LimitExceeded(LimitExceeded::Ops {
-                count: 4,
-                max: 3
-            }))
+            refusal(&bytes, &counts),
+            LimitExceeded::Ops { count: 4, max: 3 }
         );
         let counts = counts.with_max_ops(4);
         assert_eq!(
-            decode_with(&bytes, &counts),
-            Err(DecodeError::LimitExceeded(LimitExceeded::Keys {
-                count: 3,
-                max: 2
-            }))
+            refusal(&bytes, &counts),
+            LimitExceeded::Keys { count: 3, max: 2 }
         );
     }
 

@@ -306,8 +306,30 @@ impl Message {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A message with one op of each kind, two removed keys among them (the codec's
+    /// golden encoding pins its bytes).
+    pub(crate) fn sample() -> Message {
+        Message {
+            origin: InstanceId::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            seq: 300,
+            sent_at_unix_micros: 1_700_000_000_000_000,
+            origin_started_unix_ms: 7,
+            ops: vec![
+                Op::Remove {
+                    keys: vec!["a".into(), "é".into()],
+                },
+                Op::ExpireRegion { region: "r".into() },
+                Op::ExpireRegionKey {
+                    region: "r".into(),
+                    key: "k".into(),
+                },
+                Op::Clear,
+            ],
+        }
+    }
 
     #[test]
     fn instance_ids_display_as_32_hex_digits_and_parse_back() {
@@ -358,20 +380,6 @@ mod tests {
 
     #[test]
     fn key_count_counts_removed_keys_and_sub_keys() {
-        let message = Message {
-            ops: vec![
-                Op::Remove {
-                    keys: vec!["a".into(), "b".into()],
-                },
-                Op::ExpireRegion { region: "r".into() },
-                Op::ExpireRegionKey {
-                    region: "r".into(),
-                    key: "k".into(),
-                },
-                Op::Clear,
-            ],
-            ..Message::heartbeat(InstanceId::from_u128(1), 1, 0, 0)
-        };
-        assert_eq!(message.key_count(), 3);
+        assert_eq!(sample().key_count(), 3, "two removed keys and one sub-key");
     }
 }

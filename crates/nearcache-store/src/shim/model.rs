@@ -51,8 +51,9 @@ pub(crate) struct EventListener<'a> {
     generation: u64,
 }
 
-/// The blocking wait of an [`EventListener`] (the name `event_listener` gives it).
-pub(crate) trait Listener {
+/// The blocking wait of an [`EventListener`] (the name `event_listener` gives it); like
+/// `event_listener`'s, a listener is also the future of the same wait.
+pub(crate) trait Listener: Future<Output = ()> {
     /// Blocks the thread until the event is notified after this listener was made.
     fn wait(self);
 

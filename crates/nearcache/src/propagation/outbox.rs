@@ -279,12 +279,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn group_commit_takes_everything_queued() {
+    /// An outbox of room 100 holding a remove of each of `keys`, in order.
+    fn holding(keys: &[&str]) -> Outbox {
         let outbox = Outbox::new(100);
-        for k in ["a", "b", "c"] {
+        for k in keys {
             outbox.push(remove(k)).unwrap();
         }
+        outbox
+    }
+
+    #[test]
+    fn group_commit_takes_everything_queued() {
+        let outbox = holding(&["a", "b", "c"]);
         let batch = batch(&outbox, 100);
         assert_eq!(batch.ops, vec![remove("a"), remove("b"), remove("c")]);
         assert_eq!(batch.covers, 3);
@@ -293,10 +299,7 @@ mod tests {
 
     #[test]
     fn batches_respect_the_size_cap_in_order() {
-        let outbox = Outbox::new(100);
-        for i in 0..5 {
-            outbox.push(remove(&i.to_string())).unwrap();
-        }
+        let outbox = holding(&["0", "1", "2", "3", "4"]);
         let first = batch(&outbox, 2);
         assert_eq!(first.ops, vec![remove("0"), remove("1")]);
         assert_eq!(first.covers, 2);
@@ -351,10 +354,7 @@ mod tests {
 
     #[test]
     fn pending_counts_what_is_in_flight_until_sent() {
-        let outbox = Outbox::new(100);
-        for k in ["a", "b", "c"] {
-            outbox.push(remove(k)).unwrap();
-        }
+        let outbox = holding(&["a", "b", "c"]);
         let taken = batch(&outbox, 2);
         outbox.push(remove("d")).unwrap();
         assert_eq!(outbox.pending(), 4, "2 in flight + 2 queued");
