@@ -152,29 +152,13 @@ async fn a_load_racing_a_peers_remove_is_returned_but_not_stored() {
     let bus = InMemoryBackplane::new();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let k = key("raced");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let loading = tokio::spawn({
-        let cache = b.cache.clone();
-        let k = k.clone();
-        async move {
-            cache
-                .get_or_create(&k, async |_| {
-                    started_tx.send(()).unwrap();
-                    release_rx.await.unwrap();
-                    // What the database said before A's change.
-                    Ok::<_, Infallible>(7_u32)
-                })
-                .await
-        }
-    });
-    within("B's factory to start", started_rx).await.unwrap();
+    // B's factory has read what the database said before A's change.
+    let loading = b.held_load(&k, 7).await;
 
     assert_eq!(a.cache.remove(&k).await, Propagated::Published);
     assert_eq!(b.applied().await, (a.id(), 1, 1));
 
-    release_tx.send(()).unwrap();
-    let value = within("B's load", loading).await.unwrap().unwrap();
+    let value = loading.finish().await;
     assert_eq!(*value, 7, "the caller still gets the loaded value");
     assert_eq!(b.get(&k), None, "but it is not stored: it may be stale");
     assert_eq!(b.cache.stats().store.inserts_rejected_stale, 1);

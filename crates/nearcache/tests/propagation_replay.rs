@@ -349,28 +349,11 @@ async fn a_load_racing_a_repair_is_not_stored() {
     let bus = logged_bus();
     let [a, mut b, _c] = trio(&bus, quiet()).await;
     let k = key("k");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let load = tokio::spawn({
-        let cache = b.cache.clone();
-        let k = k.clone();
-        async move {
-            cache
-                .get_or_create(&k, async move |_| {
-                    started_tx.send(()).unwrap();
-                    finish_rx.await.unwrap();
-                    Ok::<_, std::convert::Infallible>(1u32) // read before the write
-                })
-                .await
-                .unwrap()
-        }
-    });
-    within("the load to start", started_rx).await.unwrap();
+    let load = b.held_load(&k, 1).await; // read before the write
     miss_while_disconnected(&mut b, &a, &[&k]).await; // the write B misses
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
-    finish_tx.send(()).unwrap();
-    assert_eq!(*within("the load", load).await.unwrap(), 1);
+    assert_eq!(*load.finish().await, 1);
     assert_eq!(
         b.get(&k),
         None,

@@ -228,6 +228,31 @@ impl Instance {
             .unwrap()
     }
 
+    /// Starts a load of `key` whose factory has read `value` (what the database said when
+    /// the load began) and is held there until [`HeldLoad::finish`]; returns once the
+    /// factory runs, so whatever the test does next overlaps the load.
+    pub async fn held_load(&self, key: &Key, value: u32) -> HeldLoad {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let (cache, key) = (self.cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_create(&key, async |_| {
+                        started_tx.send(()).unwrap();
+                        release_rx.await.unwrap();
+                        Ok::<_, Infallible>(value)
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        within("the held load's factory to start", started_rx)
+            .await
+            .unwrap();
+        HeldLoad { release, load }
+    }
+
     /// Caches each of `keys` at version 1 (each a miss).
     pub async fn load_all(&self, keys: &[&Key]) {
         for key in keys {
@@ -247,6 +272,20 @@ impl Instance {
     /// The `u32` under `key`, if any.
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
+    }
+}
+
+/// A load held inside its factory ([`Instance::held_load`]).
+pub struct HeldLoad {
+    release: tokio::sync::oneshot::Sender<()>,
+    load: tokio::task::JoinHandle<Arc<u32>>,
+}
+
+impl HeldLoad {
+    /// Lets the factory return, and awaits what the caller gets.
+    pub async fn finish(self) -> Arc<u32> {
+        self.release.send(()).unwrap();
+        within("the held load", self.load).await.unwrap()
     }
 }
 
