@@ -13,22 +13,20 @@ use serde::{Deserialize, Serialize};
 /// How long a query waits for a lock another instance holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A product as the API returns it.
+/// A product as the API returns it: its id, what a write sets (inline in its JSON), and its
+/// version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Product {
     /// Its id.
     pub(crate) id: u32,
-    /// The catalog it is listed in.
-    pub(crate) catalog: u32,
-    /// Its name.
-    pub(crate) name: String,
-    /// Its price, in cents.
-    pub(crate) price_cents: u64,
+    /// What the last write set.
+    #[serde(flatten)]
+    pub(crate) details: ProductUpdate,
     /// 1 when created, one more at every write.
     pub(crate) version: u64,
 }
 
-/// The body of `PUT /products/{id}`.
+/// What a write sets: the body of `PUT /products/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProductUpdate {
     /// The catalog it is listed in.
@@ -135,9 +133,7 @@ impl Products {
             Ok((
                 Product {
                     id,
-                    catalog: update.catalog,
-                    name: update.name,
-                    price_cents: update.price_cents,
+                    details: update,
                     version: u64::try_from(version).unwrap_or(0),
                 },
                 moved_from,
@@ -178,9 +174,11 @@ impl Products {
 fn product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Product> {
     Ok(Product {
         id: row.get(0)?,
-        catalog: row.get(1)?,
-        name: row.get(2)?,
-        price_cents: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        details: ProductUpdate {
+            catalog: row.get(1)?,
+            name: row.get(2)?,
+            price_cents: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        },
         version: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
     })
 }
