@@ -239,16 +239,22 @@ mod tests {
         assert_eq!(summary.instances.len(), 3);
         assert!(summary.passed(), "{}", summary.render());
         let writer = &summary.instances[0];
-        assert!(writer.writer && writer.writes > 10, "{writer:?}");
+        assert!(writer.writer && writer.totals.writes > 10, "{writer:?}");
         // Each write is a key removal and a catalog expiry, batched or not.
-        assert!(writer.invalidations_sent >= writer.writes, "{writer:?}");
+        assert!(
+            writer.invalidations_sent >= writer.totals.writes,
+            "{writer:?}"
+        );
         for peer in &summary.instances[1..] {
             assert_eq!(
-                peer.invalidations_received, writer.invalidations_sent,
+                peer.totals.invalidations_received, writer.invalidations_sent,
                 "{peer:?}"
             );
             assert!(peer.lag_samples > 0, "{peer:?}");
-            assert!(peer.requests > 5 * peer.db_queries, "{peer:?}");
+            assert!(
+                peer.totals.requests > 5 * peer.totals.db_queries,
+                "{peer:?}"
+            );
         }
     }
 
@@ -267,7 +273,7 @@ mod tests {
         assert!(!summary.passed());
         assert!(summary.stale_reads() > 0);
         assert_eq!(
-            summary.instances[0].stale_reads, 0,
+            summary.instances[0].totals.stale_reads, 0,
             "the writer's own cache is coherent"
         );
         assert!(summary.render().contains("FAILED"));
@@ -304,8 +310,8 @@ mod tests {
         let restart = &costs[1];
         assert!(restart.disconnected.iter().all(|&us| us > 0), "{restart:?}");
         for instance in &summary.instances {
-            assert!(instance.loss_clears >= 1, "{instance:?}");
-            assert!(instance.disconnected_us > 0, "{instance:?}");
+            assert!(instance.totals.loss_clears >= 1, "{instance:?}");
+            assert!(instance.totals.disconnected_us > 0, "{instance:?}");
         }
         let text = summary.render();
         assert!(text.contains("Faults (--faults)"), "{text}");
@@ -342,7 +348,7 @@ mod tests {
         // promoted replica holds too) or cleared.
         for instance in &summary.instances {
             assert!(
-                instance.loss_clears + instance.loss_repairs >= 1,
+                instance.totals.loss_clears + instance.totals.loss_repairs >= 1,
                 "{instance:?}"
             );
         }
