@@ -50,8 +50,13 @@ pub async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// Options for tests: heartbeats far apart (one hour) so none is published during a test
 /// unless the test asks for them.
 pub fn quiet() -> CacheOptions {
+    heartbeats_every(Duration::from_secs(3600))
+}
+
+/// Options for tests that count on heartbeats: one every `interval`.
+pub fn heartbeats_every(interval: Duration) -> CacheOptions {
     let mut options = CacheOptions::default();
-    options.backplane.heartbeat_interval = Duration::from_secs(3600);
+    options.backplane.heartbeat_interval = interval;
     options
 }
 
@@ -295,6 +300,14 @@ pub const HELLO: u64 = 1;
 /// What a [`trio`] publishes that invalidates nothing: a hello each, and an answer to each
 /// hello from every instance started before it (A answers B and C, B answers C).
 pub const TRIO_HELLOS_AND_ANSWERS: u64 = 3 * HELLO + 3;
+
+/// Two instances (A, B) with [`quiet`] options on one bus, B started after A with A's
+/// answer to its hello settled ([`Instance::start_after`]).
+pub async fn duo(bus: &InMemoryBackplane) -> [Instance; 2] {
+    let a = Instance::start(bus, quiet()).await;
+    let b = Instance::start_after(bus, quiet(), &[&a]).await;
+    [a, b]
+}
 
 /// Three instances (A, B, C) on one bus, each on its own connection, started one after the
 /// other with their answers settled ([`Instance::start_after`]).
