@@ -67,82 +67,78 @@ fn load_across(
     loader.join().unwrap().unwrap()
 }
 
-fn assert_returned_not_stored(ties: Ties, invalidate: impl FnOnce(&Store)) {
-    let store = store();
-    let key = key("k");
-    let value = load_across(&store, &key, ties, invalidate);
-    assert_eq!(*value, "loaded", "the caller still gets the value");
-    assert!(
-        store.get::<String>(&key).unwrap().is_none(),
-        "but it was not stored"
-    );
-    assert_eq!(store.stats().inserts_rejected_stale, 1);
-    assert_eq!(store.len(), 0);
-}
-
-#[test]
-fn remove_during_a_load() {
-    assert_returned_not_stored(Ties::Nothing, |store| {
+/// Each invalidation that can overlap a load: its name, how the factory ties its entry to
+/// regions, and the invalidation the test runs while the factory is paused.
+const DURING_A_LOAD: [(&str, Ties, fn(&Store)); 9] = [
+    ("remove during a load", Ties::Nothing, |store| {
         assert!(!store.remove(&key("k")), "nothing live to remove yet");
-    });
-}
-
-#[test]
-fn clear_during_a_load() {
-    // Also "a factory returning after the cache was cleared": returned, not stored.
-    assert_returned_not_stored(Ties::Nothing, Store::clear);
-}
-
-#[test]
-fn region_expiry_during_a_load() {
-    assert_returned_not_stored(Ties::RegionFirst, Store::expire_region::<Catalog>);
-}
-
-#[test]
-fn region_expiry_by_name_during_a_load() {
-    assert_returned_not_stored(Ties::RegionFirst, |store| {
-        store.expire_region_by_name("catalog").unwrap();
-    });
-}
-
-#[test]
-fn sub_key_expiry_during_a_load() {
-    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
+    }),
+    // Also "a factory returning after the cache was cleared".
+    ("clear during a load", Ties::Nothing, Store::clear),
+    (
+        "region expiry during a load",
+        Ties::RegionFirst,
+        Store::expire_region::<Catalog>,
+    ),
+    (
+        "region expiry by name during a load",
+        Ties::RegionFirst,
+        |store| {
+            store.expire_region_by_name("catalog").unwrap();
+        },
+    ),
+    ("sub-key expiry during a load", Ties::SubKeyFirst, |store| {
         store.expire_region_key::<Catalog>("c1");
-    });
-}
-
-#[test]
-fn sub_key_expiry_by_name_during_a_load() {
-    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
-        store.expire_region_key_by_name("catalog", "c1").unwrap();
-    });
-}
-
-#[test]
-fn region_expiry_before_the_factory_asks_for_the_region() {
+    }),
+    (
+        "sub-key expiry by name during a load",
+        Ties::SubKeyFirst,
+        |store| {
+            store.expire_region_key_by_name("catalog", "c1").unwrap();
+        },
+    ),
     // The flight started, then the region was expired, then the factory tied the entry to
     // it: the token it gets is newer than the load, so the value is not stored.
-    assert_returned_not_stored(Ties::RegionAfter, Store::expire_region::<Catalog>);
-}
-
-#[test]
-fn sub_key_expiry_before_the_factory_asks_for_the_sub_key() {
+    (
+        "region expiry before the factory asks for the region",
+        Ties::RegionAfter,
+        Store::expire_region::<Catalog>,
+    ),
     // "c1" had no token at all when it was expired; one is installed at the expiry's epoch.
-    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
-        store.expire_region_key_by_name("catalog", "c1").unwrap();
-    });
-}
-
-#[test]
-fn region_expiry_then_garbage_collection_before_the_factory_asks() {
+    (
+        "sub-key expiry before the factory asks for the sub-key",
+        Ties::SubKeyAfter,
+        |store| {
+            store.expire_region_key_by_name("catalog", "c1").unwrap();
+        },
+    ),
     // The expiry's token is collected (nobody holds it) before the factory asks for the
     // sub-key: the watermark still makes the new token newer than the load.
-    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
-        store.expire_region_key::<Catalog>("c1");
-        store.purge_now();
-        assert_eq!(store.regions().sub_key_count(), 0);
-    });
+    (
+        "region expiry then garbage collection before the factory asks",
+        Ties::SubKeyAfter,
+        |store| {
+            store.expire_region_key::<Catalog>("c1");
+            store.purge_now();
+            assert_eq!(store.regions().sub_key_count(), 0);
+        },
+    ),
+];
+
+#[test]
+fn every_invalidation_during_a_load_lets_the_caller_have_the_value_but_not_the_store() {
+    for (case, ties, invalidate) in DURING_A_LOAD {
+        let store = store();
+        let key = key("k");
+        let value = load_across(&store, &key, ties, invalidate);
+        assert_eq!(*value, "loaded", "{case}: the caller still gets the value");
+        assert!(
+            store.get::<String>(&key).unwrap().is_none(),
+            "{case}: but it was not stored"
+        );
+        assert_eq!(store.stats().inserts_rejected_stale, 1, "{case}");
+        assert_eq!(store.len(), 0, "{case}");
+    }
 }
 
 #[test]
