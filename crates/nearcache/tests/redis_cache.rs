@@ -115,6 +115,14 @@ async fn instance(server: &RedisServer, app: &str) -> Cache {
     instance_with(server.url(), options(app)).await
 }
 
+/// A cache built the short way: the builder connects with the options' Redis section; once
+/// it has subscribed.
+async fn connected(options: CacheOptions) -> Cache {
+    let cache = Cache::builder().options(options).connect().await.unwrap();
+    ready(&cache).await;
+    cache
+}
+
 async fn ready(cache: &Cache) {
     tokio::time::timeout(WAIT, cache.ready())
         .await
@@ -312,19 +320,9 @@ async fn connect_from_options_joins_the_configured_channel_only() {
         }),
         ..CacheOptions::default()
     };
-    let a = Cache::builder()
-        .options(configured(Some("team-x:prices"), "ignored"))
-        .connect()
-        .await
-        .unwrap();
-    ready(&a).await;
+    let a = connected(configured(Some("team-x:prices"), "ignored")).await;
     let b = instance_with(server.url(), configured(Some("team-x:prices"), "ignored")).await;
-    let other = Cache::builder()
-        .options(configured(None, "other-app"))
-        .connect()
-        .await
-        .unwrap();
-    ready(&other).await;
+    let other = connected(configured(None, "other-app")).await;
 
     let db = Db::new(1);
     for cache in [&a, &b, &other] {
@@ -725,12 +723,7 @@ async fn a_batch_too_large_for_the_backplane_becomes_a_clear_not_a_stall() {
     })
     .await
     .unwrap();
-    let a = Cache::builder()
-        .options(options("too-large"))
-        .backplane(small)
-        .build()
-        .unwrap();
-    ready(&a).await;
+    let a = subscribed(options("too-large"), small, WAIT).await;
     let b = instance(&server, "too-large").await;
     let db = Db::new(1000);
     for id in 0..1000 {
@@ -823,12 +816,7 @@ async fn a_wrong_password_is_a_typed_error_at_connect_that_never_shows_it() {
         shown[0]
     );
 
-    let cache = Cache::builder()
-        .options(with_url(server.url()))
-        .connect()
-        .await
-        .unwrap();
-    ready(&cache).await;
+    let cache = connected(with_url(server.url())).await;
     assert!(!format!("{cache:?}").contains("right-pw-321"));
 }
 
@@ -882,18 +870,8 @@ async fn an_acl_user_limited_to_its_channel_is_enough() {
             }),
             ..CacheOptions::default()
         };
-        let a = Cache::builder()
-            .options(configured.clone())
-            .connect()
-            .await
-            .unwrap();
-        let b = Cache::builder()
-            .options(configured)
-            .connect()
-            .await
-            .unwrap();
-        ready(&a).await;
-        ready(&b).await;
+        let a = connected(configured.clone()).await;
+        let b = connected(configured).await;
         let db = Db::new(1);
         load(&b, &db, 0).await;
         let mut eb = Events::of("b", &b);
@@ -979,12 +957,7 @@ async fn dropping_a_cache_closes_its_redis_connections_at_once() {
     })
     .await
     .unwrap();
-    let cache = Cache::builder()
-        .options(options("drop"))
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&cache).await;
+    let cache = subscribed(options("drop"), backplane, WAIT).await;
     blocking(|| server.wait_for_clients(2, WAIT)).unwrap(); // publisher + subscriber
     drop(cache);
     blocking(|| server.wait_for_clients(0, Duration::from_secs(5))).unwrap();
@@ -1015,12 +988,7 @@ async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_no
     })
     .await
     .unwrap();
-    let a = Cache::builder()
-        .options(slow)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&a).await;
+    let a = subscribed(slow, backplane, WAIT).await;
     let b = instance(&server, app).await;
     let db = Db::new(2);
     for id in 0..2 {
