@@ -327,15 +327,26 @@ fn callers_that_overlap_the_invalidation_share_the_old_load() {
     );
 }
 
+/// The task of a load that [`held_async_leader`] leads.
+type Leader = tokio::task::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>;
+
+/// Runs `check` on `runtime` with a new store whose key "k" has an async load held at a gate
+/// ([`held_async_leader`]), handing it the store, the key, the leader and the gate's opener.
+fn with_a_held_async_leader(
+    runtime: &tokio::runtime::Runtime,
+    check: impl AsyncFnOnce(&Store, &Key, Leader, common::Opener),
+) {
+    let store = store();
+    let k = key("k");
+    runtime.block_on(async {
+        let (leader, release) = held_async_leader(&store, &k).await;
+        check(&store, &k, leader, release).await;
+    });
+}
+
 /// An async load of `k` on the current runtime, held at a gate once its factory runs; it
 /// returns 7 when the gate opens.
-async fn held_async_leader(
-    store: &Store,
-    k: &Key,
-) -> (
-    tokio::task::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>,
-    common::Opener,
-) {
+async fn held_async_leader(store: &Store, k: &Key) -> (Leader, common::Opener) {
     let (gate, release) = Gate::closed();
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let leader = tokio::spawn({
@@ -362,14 +373,11 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
         .enable_all()
         .build()
         .unwrap();
-    let store = store();
-    let k = key("k");
-    runtime.block_on(async {
-        let (leader, release) = held_async_leader(&store, &k).await;
-        let refused = store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32));
+    with_a_held_async_leader(&runtime, async |store, k, leader, release| {
+        let refused = store.get_or_create_sync(k, |_| Ok::<_, Infallible>(8_u32));
         match refused {
             Err(LoadError::WouldDeadlock(error)) => {
-                assert_eq!(error.key, k);
+                assert_eq!(&error.key, k);
                 let text = LoadError::<Infallible>::WouldDeadlock(error).to_string();
                 assert!(text.contains("async get_or_create"), "{text}");
             }
@@ -378,12 +386,12 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
         // A thread outside the runtime may wait: the leader runs on. The count is read
         // before the thread starts, or a thread that joins at once would be counted in it
         // and the wait below would never end.
-        let waiters = store.flight_waiters(&k);
+        let waiters = store.flight_waiters(k);
         let elsewhere = tokio::task::spawn_blocking({
             let (store, k) = (store.clone(), k.clone());
             move || store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32))
         });
-        while store.flight_waiters(&k) == waiters {
+        while store.flight_waiters(k) == waiters {
             tokio::task::yield_now().await;
         }
         release.open();
@@ -404,10 +412,7 @@ fn a_blocking_wait_on_a_multi_thread_worker_hands_the_worker_off() {
         .enable_all()
         .build()
         .unwrap();
-    let store = store();
-    let k = key("k");
-    runtime.block_on(async {
-        let (leader, release) = held_async_leader(&store, &k).await;
+    with_a_held_async_leader(&runtime, async |store, k, leader, release| {
         let blocking = tokio::spawn({
             let (store, k) = (store.clone(), k.clone());
             async move { store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32)) }
