@@ -67,9 +67,12 @@ fn load_across(
     loader.join().unwrap().unwrap()
 }
 
-/// Each invalidation that can overlap a load: its name, how the factory ties its entry to
+/// An invalidation that can overlap a load: its name, how the factory ties its entry to
 /// regions, and the invalidation the test runs while the factory is paused.
-const DURING_A_LOAD: [(&str, Ties, fn(&Store)); 9] = [
+type During = (&'static str, Ties, fn(&Store));
+
+/// Each invalidation that can overlap a load.
+const DURING_A_LOAD: [During; 9] = [
     ("remove during a load", Ties::Nothing, |store| {
         assert!(!store.remove(&key("k")), "nothing live to remove yet");
     }),

@@ -260,7 +260,9 @@ fn assert_neither_inherits<T>(
     (parent, child): (&Key, &Key),
     load_both: impl Fn() -> T,
 ) {
-    let cases: [(fn(&Store), &Key, &Key, &str); 2] = [
+    // The expiry, the entry it ends, the entry it must leave alive, and what that shows.
+    type Case<'a> = (fn(&Store), &'a Key, &'a Key, &'a str);
+    let cases: [Case<'_>; 2] = [
         (
             Store::expire_region::<Catalog>,
             parent,
