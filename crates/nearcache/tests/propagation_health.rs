@@ -9,12 +9,11 @@ mod propagation_support;
 use std::time::Duration;
 
 use nearcache::{CacheEvent, ClearCause, InMemoryBackplane};
-use propagation_support::{Instance, heartbeats_every, key, quiet, trio};
+use propagation_support::{Instance, heartbeats_every, key, quiet, quiet_trio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, kept) = (key("k"), key("kept"));
     b.load_all(&[&k, &kept]).await;
 
@@ -36,8 +35,7 @@ async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_ends_while_the_backplane_is_down_is_retried_until_it_is_back() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     b.conn.disconnect();
     b.event(CacheEvent::Disconnected).await;
     b.conn.end_subscriptions();

@@ -17,13 +17,12 @@ use nearcache::{CacheEvent, ClearCause, InMemoryBackplane, InstanceId, LossPolic
 use nearcache_backplane::wire::{self, Op};
 use propagation_support::{
     Instance, TRIO_HELLOS_AND_ANSWERS, Tap, encoded, fence, heartbeats_every, key, poll_until,
-    quiet, remove_op, trio, within,
+    quiet, quiet_trio, remove_op, trio, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_a_peers_sequence_clears_the_receiver_only() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, mut c]) = quiet_trio().await;
     let (k1, k2, k3, kept) = (key("k1"), key("k2"), key("k3"), key("kept"));
     a.load(&kept, 1).await;
     a.cache.remove(&k1).await;
@@ -146,8 +145,7 @@ async fn a_lagging_subscription_clears_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_clears_then_the_store_serves_again() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, other) = (key("k"), key("other"));
     b.load_all(&[&k, &other]).await;
 
@@ -305,8 +303,7 @@ async fn past_max_staleness_reads_bypass_the_store_until_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_bus_is_counted_and_ignored() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, mut c]) = quiet_trio().await;
     let k = key("k");
     b.load(&k, 1).await;
     c.load(&k, 1).await;
@@ -342,8 +339,7 @@ async fn garbage_on_the_bus_is_counted_and_ignored() {
 /// `tests/propagation_hostile.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_message_is_counted_and_applied_again() {
-    let bus = InMemoryBackplane::new();
-    let [_a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [_a, mut b, _c]) = quiet_trio().await;
     let k = key("k");
     let peer = InstanceId::from_u128(7);
     let message = encoded(peer, 1, vec![remove_op(&[&k])]);

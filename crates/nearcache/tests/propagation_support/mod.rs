@@ -318,6 +318,13 @@ pub async fn trio(bus: &InMemoryBackplane, options: CacheOptions) -> [Instance; 
     [a, b, c]
 }
 
+/// A [`trio`] with [`quiet`] options on a new bus, and the bus.
+pub async fn quiet_trio() -> (InMemoryBackplane, [Instance; 3]) {
+    let bus = InMemoryBackplane::new();
+    let instances = trio(&bus, quiet()).await;
+    (bus, instances)
+}
+
 /// A garbage payload: injected after something, the `Rejected` it causes on an instance
 /// shows that the instance has processed everything before it (delivery is in order).
 pub fn fence() -> Bytes {
