@@ -12,9 +12,10 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::held_load::{Ties, hold_load};
 use common::{Catalog, Gate, Pricing, key, runtime, store, wait_for_waiters, wait_until};
 use nearcache_keys::Key;
 use nearcache_regions::{SubKey, SubKeyText};
@@ -22,57 +23,6 @@ use nearcache_store::{EntryOptions, LoadError, Store};
 
 /// Late callers started after the invalidation.
 const LATE: usize = 6;
-
-/// How the held load ties its entry to regions.
-#[derive(Clone, Copy)]
-enum Ties {
-    Nothing,
-    Catalog,
-    SubKey(&'static str),
-    /// Ties itself to the region only after the invalidation.
-    CatalogLater,
-}
-
-fn tie(entry: &mut EntryOptions, ties: Ties) {
-    match ties {
-        Ties::Catalog | Ties::CatalogLater => {
-            entry.region::<Catalog>();
-        }
-        Ties::SubKey(sub) => {
-            entry.region_key::<Catalog>(sub);
-        }
-        Ties::Nothing => {}
-    }
-}
-
-/// A load of `k` held at a gate after reading version 1.
-struct HeldLoad {
-    caller: std::thread::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>,
-    release: common::Opener,
-}
-
-fn hold_load(store: &Store, k: &Key, ties: Ties) -> HeldLoad {
-    let (gate, release) = Gate::closed();
-    let (started_tx, started) = mpsc::channel();
-    let caller = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |entry| {
-                if !matches!(ties, Ties::CatalogLater) {
-                    tie(entry, ties);
-                }
-                started_tx.send(()).unwrap();
-                gate.pass_blocking();
-                if matches!(ties, Ties::CatalogLater) {
-                    tie(entry, ties);
-                }
-                Ok(1_u32)
-            })
-        })
-    };
-    started.recv().unwrap();
-    HeldLoad { caller, release }
-}
 
 /// Starts [`LATE`] blocking callers of `k` at once; each loads version 2 if it must.
 fn start_late_callers(
@@ -121,7 +71,7 @@ fn late_callers_after(ties: Ties, meets: Meets, invalidate: impl Fn(&Store, &Key
     for _ in 0..5 {
         let store = store();
         let k = key("k");
-        let held = hold_load(&store, &k, ties);
+        let held = hold_load(&store, &k, ties, 1_u32);
         invalidate(&store, &k);
 
         let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -219,7 +169,7 @@ fn after_a_sub_key_expiry_as_a_peer_sends_it() {
 fn after_a_set() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Nothing);
+    let held = hold_load(&store, &k, Ties::Nothing, 1_u32);
     store.set(k.clone(), 3_u32);
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for caller in start_late_callers(&store, &k, &loads, &done) {
@@ -241,7 +191,7 @@ fn after_a_set() {
 fn an_unrelated_region_expiry_does_not_restart_a_load() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Catalog);
+    let held = hold_load(&store, &k, Ties::Catalog, 1_u32);
     store.expire_region::<Pricing>();
     store.expire_region_key::<Catalog>("another sub-key");
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -271,6 +221,7 @@ fn async_late_callers_get_the_new_version() {
             &store,
             &k,
             if region { Ties::Catalog } else { Ties::Nothing },
+            1_u32,
         );
         if region {
             store.expire_region::<Catalog>();
@@ -310,7 +261,7 @@ fn async_late_callers_get_the_new_version() {
 fn callers_that_overlap_the_invalidation_share_the_old_load() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Catalog);
+    let held = hold_load(&store, &k, Ties::Catalog, 1_u32);
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let early = start_late_callers(&store, &k, &loads, &done);
     wait_for_waiters(&store, &k, LATE);

@@ -6,38 +6,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::mpsc;
 
+use common::held_load::{Ties, hold_load};
 use common::{Catalog, Gate, Pricing, key, runtime, store};
 use nearcache_keys::Key;
-use nearcache_store::{EntryOptions, Store};
-
-/// How the factory ties its entry to regions, and when.
-#[derive(Clone, Copy)]
-enum Ties {
-    /// No region.
-    Nothing,
-    /// `region::<Catalog>()` before pausing.
-    RegionFirst,
-    /// `region_key::<Catalog>("c1")` before pausing.
-    SubKeyFirst,
-    /// `region::<Catalog>()` only after the pause (after the invalidation).
-    RegionAfter,
-    /// `region_key::<Catalog>("c1")` only after the pause.
-    SubKeyAfter,
-}
-
-fn tie(entry: &mut EntryOptions, ties: Ties, after_pause: bool) {
-    match (ties, after_pause) {
-        (Ties::RegionFirst, false) | (Ties::RegionAfter, true) => {
-            entry.region::<Catalog>();
-        }
-        (Ties::SubKeyFirst, false) | (Ties::SubKeyAfter, true) => {
-            entry.region_key::<Catalog>("c1");
-        }
-        _ => {}
-    }
-}
+use nearcache_store::Store;
 
 /// Starts a blocking load of `key` whose factory pauses at a gate; runs `invalidate` while
 /// it is paused; lets it finish. Returns what the caller got.
@@ -47,24 +20,10 @@ fn load_across(
     ties: Ties,
     invalidate: impl FnOnce(&Store),
 ) -> Arc<String> {
-    let (release, opener) = Gate::closed();
-    let (started_tx, started) = mpsc::channel();
-    let loader = {
-        let (store, key) = (store.clone(), key.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&key, |entry| {
-                tie(entry, ties, false);
-                started_tx.send(()).unwrap();
-                release.pass_blocking();
-                tie(entry, ties, true);
-                Ok::<_, std::io::Error>(String::from("loaded"))
-            })
-        })
-    };
-    started.recv().unwrap();
+    let held = hold_load(store, key, ties, String::from("loaded"));
     invalidate(store);
-    opener.open();
-    loader.join().unwrap().unwrap()
+    held.release.open();
+    held.caller.join().unwrap().unwrap()
 }
 
 /// An invalidation that can overlap a load: its name, how the factory ties its entry to
@@ -80,22 +39,26 @@ const DURING_A_LOAD: [During; 9] = [
     ("clear during a load", Ties::Nothing, Store::clear),
     (
         "region expiry during a load",
-        Ties::RegionFirst,
+        Ties::Catalog,
         Store::expire_region::<Catalog>,
     ),
     (
         "region expiry by name during a load",
-        Ties::RegionFirst,
+        Ties::Catalog,
         |store| {
             store.expire_region_by_name("catalog").unwrap();
         },
     ),
-    ("sub-key expiry during a load", Ties::SubKeyFirst, |store| {
-        store.expire_region_key::<Catalog>("c1");
-    }),
+    (
+        "sub-key expiry during a load",
+        Ties::SubKey("c1"),
+        |store| {
+            store.expire_region_key::<Catalog>("c1");
+        },
+    ),
     (
         "sub-key expiry by name during a load",
-        Ties::SubKeyFirst,
+        Ties::SubKey("c1"),
         |store| {
             store.expire_region_key_by_name("catalog", "c1").unwrap();
         },
@@ -104,13 +67,13 @@ const DURING_A_LOAD: [During; 9] = [
     // it: the token it gets is newer than the load, so the value is not stored.
     (
         "region expiry before the factory asks for the region",
-        Ties::RegionAfter,
+        Ties::CatalogLater,
         Store::expire_region::<Catalog>,
     ),
     // "c1" had no token at all when it was expired; one is installed at the expiry's epoch.
     (
         "sub-key expiry before the factory asks for the sub-key",
-        Ties::SubKeyAfter,
+        Ties::SubKeyLater("c1"),
         |store| {
             store.expire_region_key_by_name("catalog", "c1").unwrap();
         },
@@ -119,7 +82,7 @@ const DURING_A_LOAD: [During; 9] = [
     // sub-key: the watermark still makes the new token newer than the load.
     (
         "region expiry then garbage collection before the factory asks",
-        Ties::SubKeyAfter,
+        Ties::SubKeyLater("c1"),
         |store| {
             store.expire_region_key::<Catalog>("c1");
             store.purge_now();
@@ -160,7 +123,7 @@ fn set_during_a_load_keeps_the_set_value() {
 fn unrelated_expiries_during_a_load_do_not_block_the_insert() {
     let store = store();
     let key = key("k");
-    let value = load_across(&store, &key, Ties::SubKeyFirst, |store| {
+    let value = load_across(&store, &key, Ties::SubKey("c1"), |store| {
         store.expire_region::<Pricing>();
         store.expire_region_key::<Catalog>("c2");
         store.remove(&common::key("other"));
