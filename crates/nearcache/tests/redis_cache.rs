@@ -32,8 +32,8 @@ use nearcache::{
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisServer, TcpProxy};
 use redis_support::{
-    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
-    quick_config, stats, subscribed,
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, load_everywhere,
+    product, quick_config, stats, subscribed,
 };
 
 mod redis_support;
@@ -325,9 +325,7 @@ async fn connect_from_options_joins_the_configured_channel_only() {
     let other = connected(configured(None, "other-app")).await;
 
     let db = Db::new(1);
-    for cache in [&a, &b, &other] {
-        load(cache, &db, 0).await;
-    }
+    load_everywhere(&[&a, &b, &other], &db, 0..1).await;
     let (mut eb, mut ea, mut eo) = (
         Events::of("b", &b),
         Events::of("a", &a),
@@ -484,11 +482,7 @@ async fn redis_killed_and_restarted_leaves_no_stale_entry_whatever_the_order() {
     let a = instance(&server, "plain-outage").await;
     let b = instance(&server, "plain-outage").await;
     let db = Db::new(4);
-    for cache in [&a, &b] {
-        for id in 0..4 {
-            load(cache, &db, id).await;
-        }
-    }
+    load_everywhere(&[&a, &b], &db, 0..4).await;
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
     blocking(|| server.kill()).unwrap();
     eb.expect(CacheEvent::Disconnected).await;
@@ -538,11 +532,7 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
     let a = instance_with(format!("redis://127.0.0.1:{}", proxy.port()), small).await;
     let b = instance(&server, "overflow").await;
     let db = Db::new(20);
-    for cache in [&a, &b] {
-        for id in 0..20 {
-            load(cache, &db, id).await;
-        }
-    }
+    load_everywhere(&[&a, &b], &db, 0..20).await;
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
 
     blocking(|| server.kill()).unwrap();
@@ -629,10 +619,7 @@ async fn a_killed_subscriber_connection_clears_the_instance_which_keeps_receivin
     let db = Db::new(2);
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
     for round in 1..=2u64 {
-        for cache in [&a, &b] {
-            load(cache, &db, 0).await;
-            load(cache, &db, 1).await;
-        }
+        load_everywhere(&[&a, &b], &db, 0..2).await;
         let killed = blocking(|| server.client_kill_pubsub()).unwrap();
         assert_eq!(killed, 2, "one subscriber connection per instance");
         for events in [&mut ea, &mut eb] {
@@ -658,9 +645,7 @@ async fn garbage_and_other_wire_versions_are_counted_and_ignored() {
     let a = instance(&server, "garbage").await;
     let b = instance(&server, "garbage").await;
     let db = Db::new(1);
-    for cache in [&a, &b] {
-        load(cache, &db, 0).await;
-    }
+    load_everywhere(&[&a, &b], &db, 0..1).await;
     // A real removal of product 0 from a stranger, then the same bytes claiming version 2.
     let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
     builder.push_remove(product(0).as_str().to_owned()).unwrap();
