@@ -21,7 +21,7 @@ use nearcache_testkit::RedisCluster;
 use redis_support::load_everywhere;
 use topology_support::{
     Db, Failover, Log, WAIT, assert_no_node_reachable, assert_nothing_stale, blocking, dead_port,
-    events, instance, instance_logging, invalidation_flows, redis_config, stats,
+    events, instance, instance_logging, invalidation_flows, on_each_node, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -286,17 +286,11 @@ async fn connect_errors_name_the_unreachable_nodes_and_the_unserved_slot() {
     assert_no_node_reachable(url, dead_port).await;
 
     // No node serves the slot any more.
-    for index in 0..6 {
-        let node = cluster.node(index);
-        blocking(|| {
-            let mut con = node.connection().unwrap();
-            redis::cmd("CLUSTER")
-                .arg("DELSLOTS")
-                .arg(slot)
-                .query::<()>(&mut con)
-        })
-        .ok(); // a node that no longer lists the slot refuses; that is the goal too
-    }
+    // A node that no longer lists the slot refuses; that is the goal too.
+    let _ = on_each_node(
+        (0..6).map(|index| cluster.node(index)),
+        redis::cmd("CLUSTER").arg("DELSLOTS").arg(slot),
+    );
     let deadline = std::time::Instant::now() + WAIT;
     let err = loop {
         let err = RedisBackplane::connect_with(redis_config(cluster.url(), "errors"))
