@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::clock::{self, Micros};
+use crate::sqlite::SharedConnection;
 use crate::write_log::{FIRST_VERSION, WriteLog};
 
 /// The database file's name in the run's directory.
@@ -88,7 +88,7 @@ pub(crate) enum DbError {
 /// One connection to the run's database file (clones share it).
 #[derive(Debug, Clone)]
 pub(crate) struct Database {
-    conn: Arc<Mutex<Connection>>,
+    conn: SharedConnection,
     path: PathBuf,
     layout: Layout,
     latency: Duration,
@@ -168,12 +168,8 @@ impl Database {
         layout: Layout,
         latency: Duration,
     ) -> Result<Database, DbError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL with NORMAL sync: durable enough for a demo, and no fsync per write.
-        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         Ok(Database {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: SharedConnection::open(path, BUSY_TIMEOUT)?,
             path: path.to_owned(),
             layout,
             latency,
@@ -202,9 +198,7 @@ impl Database {
     ///
     /// [`DbError`] when the product does not exist or SQLite fails.
     pub(crate) async fn product(&self, id: u32) -> Result<Product, DbError> {
-        pause(self.latency).await;
-        self.faults.check()?;
-        self.blocking(move |conn| {
+        self.query(move |conn| {
             let version: Option<i64> = conn
                 .prepare("SELECT version FROM products WHERE id = ?1")?
                 .query_row([id], |row| row.get(0))
@@ -224,9 +218,7 @@ impl Database {
     ///
     /// [`DbError::Sqlite`] when SQLite fails.
     pub(crate) async fn catalog(&self, catalog: u32) -> Result<CatalogPage, DbError> {
-        pause(self.latency).await;
-        self.faults.check()?;
-        self.blocking(move |conn| {
+        self.query(move |conn| {
             let mut query =
                 conn.prepare("SELECT id, version FROM products WHERE catalog = ?1 ORDER BY id")?;
             let products = query
@@ -249,9 +241,7 @@ impl Database {
     ///
     /// [`DbError`] when the product does not exist or SQLite fails.
     pub(crate) async fn update(&self, id: u32) -> Result<u64, DbError> {
-        pause(self.latency).await;
-        self.faults.check()?;
-        self.blocking(move |conn| {
+        self.query(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let version: Option<i64> = tx
                 .query_row(
@@ -285,6 +275,17 @@ impl Database {
         .await
     }
 
+    /// A query of the workload: it waits the configured latency (a remote database's round
+    /// trip), fails when a fault is injected, then runs `query` on the blocking pool.
+    async fn query<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
+    ) -> Result<T, DbError> {
+        pause(self.latency).await;
+        self.faults.check()?;
+        self.conn.run(query).await
+    }
+
     /// Copies the log rows after `*seen` into `mirror` (up to the first one not yet stamped),
     /// and when it got them all, declares the mirror complete up to the time taken before
     /// the query. Returns how many rows were new.
@@ -300,7 +301,8 @@ impl Database {
         let mirror = Arc::clone(mirror);
         let after = *seen;
         let (last, new) = self
-            .blocking(move |conn| {
+            .conn
+            .run(move |conn| {
                 // Any write stamped before `horizon` committed before the query below began.
                 let horizon = clock::now();
                 let mut query = conn.prepare(
@@ -321,7 +323,7 @@ impl Database {
                 if complete {
                     mirror.set_known_until(horizon);
                 }
-                Ok((last, new))
+                Ok::<_, DbError>((last, new))
             })
             .await?;
         *seen = last;
@@ -394,14 +396,6 @@ impl Database {
                 );
             }
         }
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        query: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
-    ) -> Result<T, DbError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || query(&mut conn.lock())).await?
     }
 }
 

@@ -146,27 +146,25 @@ pub(crate) async fn run(
 /// Waits (at most `bound`) until every peer has received every invalidation the writer
 /// sent, so the counters in the summary are complete.
 async fn settle(instances: &[Instance], bound: Duration) {
-    let sent = |i: &Instance| {
-        i.workload
-            .cache
-            .stats()
-            .propagation
-            .map_or(0, |p| p.invalidations_sent)
-    };
-    let received = |i: &Instance| {
-        i.workload
-            .cache
-            .stats()
-            .propagation
-            .map_or(0, |p| p.invalidations_received)
+    // (sent, received) of each instance with a backplane.
+    let counts = |i: &Instance| {
+        let propagation = i.workload.cache.stats().propagation?;
+        Some((
+            propagation.invalidations_sent,
+            propagation.invalidations_received,
+        ))
     };
     let until = Instant::now() + bound;
-    let total_sent: u64 = instances.iter().map(sent).sum();
+    let total_sent: u64 = instances
+        .iter()
+        .filter_map(counts)
+        .map(|(sent, _)| sent)
+        .sum();
     while Instant::now() < until {
-        let behind = instances.iter().any(|i| {
-            i.workload.cache.stats().propagation.is_some()
-                && received(i) < total_sent.saturating_sub(sent(i))
-        });
+        let behind = instances
+            .iter()
+            .filter_map(counts)
+            .any(|(sent, received)| received < total_sent.saturating_sub(sent));
         if !behind {
             return;
         }
@@ -226,6 +224,23 @@ mod tests {
         run(config, &path, redis_url, faults, false).await.unwrap()
     }
 
+    /// Runs the demo in one process as `--faults` does (`config` made by [`with_faults`]):
+    /// on the Redis it starts for itself, its faults injected there. Returns the run, once
+    /// seen to have passed, and the URL the instances used.
+    async fn passed_on_own_redis(config: &Config) -> (Summary, String) {
+        let target = config.redis.clone();
+        let redis = tokio::task::spawn_blocking(move || OwnRedis::start(target.as_ref()))
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("with_faults asks for a Redis of the demo's own");
+        let url = redis.url();
+        let injector = Injector::new(redis, config.duration);
+        let summary = run_on_fresh_db(config, Some(&url), Some(injector)).await;
+        assert!(summary.passed(), "{}", summary.render());
+        (summary, url)
+    }
+
     /// The demo's claim, in small: three instances on the in-process bus, a writer, and
     /// not one stale read, while the caches spare the database most queries.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,16 +254,22 @@ mod tests {
         assert_eq!(summary.instances.len(), 3);
         assert!(summary.passed(), "{}", summary.render());
         let writer = &summary.instances[0];
-        assert!(writer.writer && writer.writes > 10, "{writer:?}");
+        assert!(writer.writer && writer.totals.writes > 10, "{writer:?}");
         // Each write is a key removal and a catalog expiry, batched or not.
-        assert!(writer.invalidations_sent >= writer.writes, "{writer:?}");
+        assert!(
+            writer.invalidations_sent >= writer.totals.writes,
+            "{writer:?}"
+        );
         for peer in &summary.instances[1..] {
             assert_eq!(
-                peer.invalidations_received, writer.invalidations_sent,
+                peer.totals.invalidations_received, writer.invalidations_sent,
                 "{peer:?}"
             );
             assert!(peer.lag_samples > 0, "{peer:?}");
-            assert!(peer.requests > 5 * peer.db_queries, "{peer:?}");
+            assert!(
+                peer.totals.requests > 5 * peer.totals.db_queries,
+                "{peer:?}"
+            );
         }
     }
 
@@ -267,7 +288,7 @@ mod tests {
         assert!(!summary.passed());
         assert!(summary.stale_reads() > 0);
         assert_eq!(
-            summary.instances[0].stale_reads, 0,
+            summary.instances[0].totals.stale_reads, 0,
             "the writer's own cache is coherent"
         );
         assert!(summary.render().contains("FAILED"));
@@ -279,14 +300,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_faults_are_ridden_through_and_costed() {
         let config = with_faults(crate::cli::RedisTarget::Auto, Duration::from_secs(3));
-        let server = tokio::task::spawn_blocking(nearcache_testkit::RedisServer::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let url = server.url();
-        let injector = Injector::new(OwnRedis::Server(Box::new(server)), config.duration);
-        let summary = run_on_fresh_db(&config, Some(&url), Some(injector)).await;
-        assert!(summary.passed(), "{}", summary.render());
+        let (summary, _) = passed_on_own_redis(&config).await;
         assert_eq!(summary.faults.len(), 3, "{:?}", summary.faults);
         assert_eq!(
             summary.faults[0].outcome, "3 subscriber connections killed",
@@ -304,8 +318,8 @@ mod tests {
         let restart = &costs[1];
         assert!(restart.disconnected.iter().all(|&us| us > 0), "{restart:?}");
         for instance in &summary.instances {
-            assert!(instance.loss_clears >= 1, "{instance:?}");
-            assert!(instance.disconnected_us > 0, "{instance:?}");
+            assert!(instance.totals.loss_clears >= 1, "{instance:?}");
+            assert!(instance.totals.disconnected_us > 0, "{instance:?}");
         }
         let text = summary.render();
         assert!(text.contains("Faults (--faults)"), "{text}");
@@ -318,16 +332,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cluster_failover_is_ridden_through_and_costed() {
         let config = with_faults(crate::cli::RedisTarget::AutoCluster, Duration::from_secs(6));
-        let cluster = tokio::task::spawn_blocking(nearcache_testkit::RedisCluster::start)
-            .await
-            .unwrap()
-            .unwrap();
-        let redis = OwnRedis::Cluster(cluster);
-        let url = redis.url();
+        let (summary, url) = passed_on_own_redis(&config).await;
         assert!(url.starts_with("redis+cluster://"), "{url}");
-        let injector = Injector::new(redis, config.duration);
-        let summary = run_on_fresh_db(&config, Some(&url), Some(injector)).await;
-        assert!(summary.passed(), "{}", summary.render());
         assert_eq!(summary.faults.len(), 1, "{:?}", summary.faults);
         assert_eq!(
             summary.faults[0].kind,
@@ -342,7 +348,7 @@ mod tests {
         // promoted replica holds too) or cleared.
         for instance in &summary.instances {
             assert!(
-                instance.loss_clears + instance.loss_repairs >= 1,
+                instance.totals.loss_clears + instance.totals.loss_repairs >= 1,
                 "{instance:?}"
             );
         }

@@ -43,6 +43,8 @@ mod plot;
 mod processes;
 mod progress;
 mod report;
+#[path = "../shared/sqlite.rs"]
+mod sqlite;
 mod timeline;
 mod workload;
 mod write_log;

@@ -387,7 +387,10 @@ mod tests {
     fn lines_round_trip_and_noise_is_ignored() {
         let report = InstanceReport {
             index: 2,
-            requests: 10,
+            totals: Tally {
+                requests: 10,
+                ..Tally::default()
+            },
             ..InstanceReport::default()
         };
         for line in [

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Micros;
 use crate::faults::FaultRecord;
-use crate::timeline::Timeline;
+use crate::timeline::{Tally, Timeline};
 use crate::workload::Counters;
 
 /// What one instance did in a run.
@@ -20,10 +20,9 @@ pub(crate) struct InstanceReport {
     pub(crate) index: usize,
     /// Whether it ran the writer.
     pub(crate) writer: bool,
-    /// Reads served.
-    pub(crate) requests: u64,
-    /// Database queries its reads made (its cache's loads).
-    pub(crate) db_queries: u64,
+    /// Its running totals at the end (inline in its JSON).
+    #[serde(flatten)]
+    pub(crate) totals: Tally,
     /// Reads answered from the cache.
     pub(crate) hits: u64,
     /// Reads that missed (and loaded, or joined a load).
@@ -34,12 +33,8 @@ pub(crate) struct InstanceReport {
     pub(crate) collapsed: u64,
     /// Loaded values not stored because an invalidation overlapped the load.
     pub(crate) inserts_rejected_stale: u64,
-    /// Products it wrote.
-    pub(crate) writes: u64,
     /// Invalidations it published.
     pub(crate) invalidations_sent: u64,
-    /// Invalidations it received from peers.
-    pub(crate) invalidations_received: u64,
     /// Messages whose lag was measured.
     pub(crate) lag_samples: u64,
     /// Median propagation lag (publish on the origin → applied here), µs.
@@ -48,33 +43,17 @@ pub(crate) struct InstanceReport {
     pub(crate) lag_p99: Micros,
     /// Largest propagation lag, µs.
     pub(crate) lag_max: Micros,
-    /// Times it cleared itself because it may have missed an invalidation.
-    pub(crate) loss_clears: u64,
-    /// Times it repaired a loss from the replay log instead of clearing.
-    pub(crate) loss_repairs: u64,
-    /// Invalidations those repairs read back from the log and applied.
-    pub(crate) keys_replayed: u64,
-    /// Stale reads it saw.
-    pub(crate) stale_reads: u64,
     /// The longest a stale read came after the write it missed, µs.
     pub(crate) worst_stale: Micros,
     /// Reads the check could not judge (should be none).
     pub(crate) unchecked_reads: u64,
-    /// Database calls that failed and were tried again.
-    pub(crate) db_errors: u64,
     /// Failed loads whose callers got the expired value instead (fail-safe).
     #[serde(default)]
     pub(crate) fail_safe: u64,
-    /// Publish attempts that failed or timed out (each retried).
-    pub(crate) publish_failures: u64,
     /// Times its outbox overflowed (and dropped its backlog).
     pub(crate) outbox_overflows: u64,
     /// The most invalidations waiting in its outbox at once.
     pub(crate) outbox_peak: u64,
-    /// Time disconnected from the backplane, µs.
-    pub(crate) disconnected_us: Micros,
-    /// Time its reads bypassed the cache, µs.
-    pub(crate) bypass_us: Micros,
 }
 
 impl InstanceReport {
@@ -90,36 +69,25 @@ impl InstanceReport {
         let mut report = InstanceReport {
             index,
             writer,
-            requests: counters.requests.load(Ordering::Relaxed),
-            db_queries: counters.db_queries.load(Ordering::Relaxed),
+            totals: Tally::of(counters, stats),
             hits: store.hits,
             misses: store.misses,
             loads: store.loads,
             collapsed: store.misses.saturating_sub(store.loads),
             inserts_rejected_stale: store.inserts_rejected_stale,
-            writes: counters.writes.load(Ordering::Relaxed),
-            stale_reads: counters.stale_reads.load(Ordering::Relaxed),
             worst_stale: counters.worst_stale.load(Ordering::Relaxed),
             unchecked_reads,
-            db_errors: counters.db_errors.load(Ordering::Relaxed),
             fail_safe: store.fail_safe_activations,
-            disconnected_us: counters.disconnected_us.load(Ordering::Relaxed),
-            bypass_us: counters.bypass_us.load(Ordering::Relaxed),
             outbox_peak: counters.outbox_peak.load(Ordering::Relaxed),
             ..InstanceReport::default()
         };
         if let Some(propagation) = &stats.propagation {
             let lag = &propagation.propagation_lag;
             report.invalidations_sent = propagation.invalidations_sent;
-            report.invalidations_received = propagation.invalidations_received;
             report.lag_samples = lag.samples;
             report.lag_p50 = micros(lag.p50);
             report.lag_p99 = micros(lag.p99);
             report.lag_max = micros(lag.max);
-            report.loss_clears = propagation.loss_clears.total();
-            report.loss_repairs = propagation.loss_repairs.repairs;
-            report.keys_replayed = propagation.loss_repairs.keys_replayed;
-            report.publish_failures = propagation.publish_failures;
             report.outbox_overflows = propagation.outbox_overflows;
         }
         report
@@ -150,7 +118,7 @@ pub(crate) struct Summary {
 impl Summary {
     /// Stale reads across instances.
     pub(crate) fn stale_reads(&self) -> u64 {
-        self.instances.iter().map(|i| i.stale_reads).sum()
+        self.instances.iter().map(|i| i.totals.stale_reads).sum()
     }
 
     /// Reads nobody could judge across instances.
@@ -177,21 +145,26 @@ impl Summary {
             human_duration(self.bound)
         );
         let mut table = Table::new(&self.instances);
-        let requests = self.total(|i| i.requests);
-        let queries = self.total(|i| i.db_queries);
+        let requests = self.total(|i| i.totals.requests);
+        let queries = self.total(|i| i.totals.db_queries);
         let hits = self.total(|i| i.hits);
         let reads = hits + self.total(|i| i.misses);
-        table.row("requests", self, |i| count(i.requests), count(requests));
+        table.row(
+            "requests",
+            self,
+            |i| count(i.totals.requests),
+            count(requests),
+        );
         table.row(
             "database queries, with nearcache",
             self,
-            |i| count(i.db_queries),
+            |i| count(i.totals.db_queries),
             count(queries),
         );
         table.row(
             "database queries, without a cache",
             self,
-            |i| count(i.requests),
+            |i| count(i.totals.requests),
             count(requests),
         );
         table.row(
@@ -201,24 +174,22 @@ impl Summary {
             ratio(hits, reads),
         );
         table.summed(
-            "loads collapsed by single flight",
             self,
-            |i| i.collapsed,
-            count,
-        );
-        table.summed(
-            "loads not stored (invalidated mid-load)",
-            self,
-            |i| i.inserts_rejected_stale,
-            count,
-        );
-        table.summed("writes", self, |i| i.writes, count);
-        table.summed("invalidations sent", self, |i| i.invalidations_sent, count);
-        table.summed(
-            "invalidations received",
-            self,
-            |i| i.invalidations_received,
-            count,
+            &[
+                ("loads collapsed by single flight", |i| i.collapsed, count),
+                (
+                    "loads not stored (invalidated mid-load)",
+                    |i| i.inserts_rejected_stale,
+                    count,
+                ),
+                ("writes", |i| i.totals.writes, count),
+                ("invalidations sent", |i| i.invalidations_sent, count),
+                (
+                    "invalidations received",
+                    |i| i.totals.invalidations_received,
+                    count,
+                ),
+            ],
         );
         let worst = |f: fn(&InstanceReport) -> Micros| {
             self.instances
@@ -250,26 +221,32 @@ impl Summary {
             measured(|i| i.lag_p99),
             worst(|i| i.lag_p99),
         );
-        table.summed("loss clears", self, |i| i.loss_clears, count);
         table.summed(
-            "loss repairs (from the replay log)",
             self,
-            |i| i.loss_repairs,
-            count,
-        );
-        table.summed("keys replayed by repairs", self, |i| i.keys_replayed, count);
-        table.summed(
-            "time disconnected from Redis",
-            self,
-            |i| i.disconnected_us,
-            lag,
-        );
-        table.summed("time reads bypassed the cache", self, |i| i.bypass_us, lag);
-        table.summed(
-            "failed publishes (retried)",
-            self,
-            |i| i.publish_failures,
-            count,
+            &[
+                ("loss clears", |i| i.totals.loss_clears, count),
+                (
+                    "loss repairs (from the replay log)",
+                    |i| i.totals.loss_repairs,
+                    count,
+                ),
+                (
+                    "keys replayed by repairs",
+                    |i| i.totals.keys_replayed,
+                    count,
+                ),
+                (
+                    "time disconnected from Redis",
+                    |i| i.totals.disconnected_us,
+                    lag,
+                ),
+                ("time reads bypassed the cache", |i| i.totals.bypass_us, lag),
+                (
+                    "failed publishes (retried)",
+                    |i| i.totals.publish_failures,
+                    count,
+                ),
+            ],
         );
         table.row(
             "invalidations queued (most at once)",
@@ -283,18 +260,22 @@ impl Summary {
                     .unwrap_or(0),
             ),
         );
-        table.summed("outbox overflows", self, |i| i.outbox_overflows, count);
         table.summed(
-            "database errors (tried again)",
             self,
-            |i| i.db_errors,
-            count,
+            &[
+                ("outbox overflows", |i| i.outbox_overflows, count),
+                (
+                    "database errors (tried again)",
+                    |i| i.totals.db_errors,
+                    count,
+                ),
+                ("loads served by fail-safe", |i| i.fail_safe, count),
+            ],
         );
-        table.summed("loads served by fail-safe", self, |i| i.fail_safe, count);
         table.row(
             "stale reads",
             self,
-            |i| count(i.stale_reads),
+            |i| count(i.totals.stale_reads),
             count(self.stale_reads()),
         );
         out.push_str(&table.finish());
@@ -349,6 +330,9 @@ impl Summary {
     }
 }
 
+/// A row of figures that add up across instances: its label, the figure, how it is shown.
+type Summed = (&'static str, fn(&InstanceReport) -> u64, fn(u64) -> String);
+
 /// A right-aligned table: one label column, one column per instance, a total.
 struct Table {
     header: Vec<String>,
@@ -386,20 +370,17 @@ impl Table {
         self.rows.push((label.to_owned(), cells));
     }
 
-    /// A row of `field` for each instance and its sum over them, each shown by `show`.
-    fn summed(
-        &mut self,
-        label: &str,
-        summary: &Summary,
-        field: fn(&InstanceReport) -> u64,
-        show: fn(u64) -> String,
-    ) {
-        self.row(
-            label,
-            summary,
-            |i| show(field(i)),
-            show(summary.total(field)),
-        );
+    /// One row per `(label, field, show)`: `field` of each instance and its sum over them,
+    /// each shown by `show`.
+    fn summed(&mut self, summary: &Summary, rows: &[Summed]) {
+        for &(label, field, show) in rows {
+            self.row(
+                label,
+                summary,
+                |i| show(field(i)),
+                show(summary.total(field)),
+            );
+        }
     }
 
     fn finish(&self) -> String {
@@ -487,19 +468,22 @@ mod tests {
         InstanceReport {
             index,
             writer: index == 0,
-            requests: 1_000_000,
-            db_queries: 1_000,
+            totals: Tally {
+                requests: 1_000_000,
+                db_queries: 1_000,
+                writes: if index == 0 { 50 } else { 0 },
+                invalidations_received: if index == 0 { 0 } else { 100 },
+                stale_reads,
+                ..Tally::default()
+            },
             hits: 999_000,
             misses: 1_000,
             loads: 990,
             collapsed: 10,
-            writes: if index == 0 { 50 } else { 0 },
             invalidations_sent: if index == 0 { 100 } else { 0 },
-            invalidations_received: if index == 0 { 0 } else { 100 },
             lag_samples: if index == 0 { 0 } else { 50 },
             lag_p50: 120 + index as u64,
             lag_p99: 1_500,
-            stale_reads,
             worst_stale: stale_reads * 2_000_000,
             ..InstanceReport::default()
         }

@@ -352,15 +352,21 @@ mod tests {
         assert_eq!(catalog_key(3).as_str(), "ProductService:catalog-3");
     }
 
-    fn database(dir: &tempfile::TempDir, layout: Layout) -> Database {
+    /// A new database of `products` in `catalogs`, in a directory of its own (removed when
+    /// the returned one is dropped).
+    fn database(products: u32, catalogs: u32) -> (tempfile::TempDir, Database, Layout) {
+        let layout = Layout { products, catalogs };
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(crate::db::FILE_NAME);
         Database::create(&path, layout).unwrap();
-        Database::open(&path, layout, Duration::ZERO).unwrap()
+        let db = Database::open(&path, layout, Duration::ZERO).unwrap();
+        (dir, db, layout)
     }
 
-    fn workload(cache: Cache, db: &Database, layout: Layout) -> Workload {
+    /// A workload on `db` with a cache of its own (no backplane).
+    fn workload(db: &Database, layout: Layout) -> Workload {
         Workload {
-            cache,
+            cache: Cache::new(nearcache::CacheOptions::default()).unwrap(),
             db: db.reopen().unwrap(),
             log: Arc::new(WriteLog::mirror(layout.products)),
             layout,
@@ -376,14 +382,8 @@ mod tests {
     /// so no read is stale, and the cache serves most reads.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_writer_and_readers_on_one_cache_never_read_stale() {
-        let layout = Layout {
-            products: 20,
-            catalogs: 4,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(&dir, layout);
-        let cache = Cache::new(nearcache::CacheOptions::default()).unwrap();
-        let mut work = workload(cache.clone(), &db, layout);
+        let (_dir, db, layout) = database(20, 4);
+        let mut work = workload(&db, layout);
         // The remove follows the commit at once, but not in the same instant.
         work.bound = 1_000_000;
         let deadline = Instant::now() + Duration::from_millis(300);
@@ -410,29 +410,16 @@ mod tests {
             requests > 10 * queries,
             "{requests} requests, {queries} queries"
         );
-        assert_eq!(cache.stats().store.loads, queries);
+        assert_eq!(work.cache.stats().store.loads, queries);
     }
 
     /// Two caches that do not tell each other: the second keeps serving what the writer of
     /// the first changed, and the check catches it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cache_that_misses_invalidations_is_caught_reading_stale() {
-        let layout = Layout {
-            products: 1,
-            catalogs: 1,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(&dir, layout);
-        let writer = workload(
-            Cache::new(nearcache::CacheOptions::default()).unwrap(),
-            &db,
-            layout,
-        );
-        let mut reader = workload(
-            Cache::new(nearcache::CacheOptions::default()).unwrap(),
-            &db,
-            layout,
-        );
+        let (_dir, db, layout) = database(1, 1);
+        let writer = workload(&db, layout);
+        let mut reader = workload(&db, layout);
         reader.log = Arc::clone(&writer.log);
         // The reader caches version 1.
         let until = Instant::now() + Duration::from_millis(20);
@@ -457,18 +444,12 @@ mod tests {
     /// the readers go on reading once it is back: no read is lost, none is stale.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_database_calls_are_counted_and_retried() {
-        let layout = Layout {
-            products: 50,
-            catalogs: 5,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(&dir, layout);
+        let (dir, db, layout) = database(50, 5);
         let admin = rusqlite::Connection::open(dir.path().join(crate::db::FILE_NAME)).unwrap();
         admin
             .execute_batch("ALTER TABLE products RENAME TO hidden")
             .unwrap();
-        let cache = Cache::new(nearcache::CacheOptions::default()).unwrap();
-        let work = workload(cache, &db, layout);
+        let work = workload(&db, layout);
         let reader = tokio::spawn(
             work.clone()
                 .read(Instant::now() + Duration::from_secs(30), 5),
@@ -493,17 +474,8 @@ mod tests {
 
     #[test]
     fn pending_reads_are_judged_once_the_mirror_catches_up() {
-        let layout = Layout {
-            products: 1,
-            catalogs: 1,
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let db = database(&dir, layout);
-        let work = workload(
-            Cache::new(nearcache::CacheOptions::default()).unwrap(),
-            &db,
-            layout,
-        );
+        let (_dir, db, layout) = database(1, 1);
+        let work = workload(&db, layout);
         let mirror = Arc::clone(&work.log);
         let mut pending = Vec::new();
         work.judge(&Product { id: 0, version: 1 }, 5_000, &mut pending);

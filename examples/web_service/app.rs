@@ -80,7 +80,7 @@ async fn put_product(
     // Database first, then the caches: a peer that evicts reloads the new row.
     app.cache.remove(product_key(id)).await;
     app.cache
-        .expire_region_key::<Catalog, _>(&product.catalog)
+        .expire_region_key::<Catalog, _>(&product.details.catalog)
         .await;
     if let Some(old) = moved_from {
         app.cache.expire_region_key::<Catalog, _>(&old).await;

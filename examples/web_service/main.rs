@@ -17,6 +17,8 @@
 
 mod app;
 mod products;
+#[path = "../shared/sqlite.rs"]
+mod sqlite;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

@@ -3,32 +3,30 @@
 //! can tell an old copy from a new one.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+use crate::sqlite::SharedConnection;
 
 /// How long a query waits for a lock another instance holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A product as the API returns it.
+/// A product as the API returns it: its id, what a write sets (inline in its JSON), and its
+/// version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Product {
     /// Its id.
     pub(crate) id: u32,
-    /// The catalog it is listed in.
-    pub(crate) catalog: u32,
-    /// Its name.
-    pub(crate) name: String,
-    /// Its price, in cents.
-    pub(crate) price_cents: u64,
+    /// What the last write set.
+    #[serde(flatten)]
+    pub(crate) details: ProductUpdate,
     /// 1 when created, one more at every write.
     pub(crate) version: u64,
 }
 
-/// The body of `PUT /products/{id}`.
+/// What a write sets: the body of `PUT /products/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ProductUpdate {
     /// The catalog it is listed in.
@@ -53,7 +51,7 @@ pub(crate) enum DbError {
 /// A connection to the products database (clones share it).
 #[derive(Debug, Clone)]
 pub(crate) struct Products {
-    conn: Arc<Mutex<Connection>>,
+    conn: SharedConnection,
 }
 
 impl Products {
@@ -63,12 +61,12 @@ impl Products {
     ///
     /// [`DbError::Sqlite`] when the file cannot be opened or created.
     pub(crate) fn open(path: &Path) -> Result<Products, DbError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        conn.execute_batch(
-            "PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS products (
+        let conn = SharedConnection::open(path, BUSY_TIMEOUT)?;
+        let _mode: String = conn
+            .lock()
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        conn.lock().execute_batch(
+            "CREATE TABLE IF NOT EXISTS products (
                  id INTEGER PRIMARY KEY,
                  catalog INTEGER NOT NULL,
                  name TEXT NOT NULL,
@@ -76,9 +74,7 @@ impl Products {
                  version INTEGER NOT NULL
              );",
         )?;
-        Ok(Products {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Products { conn })
     }
 
     /// The product `id`, if it exists.
@@ -87,16 +83,17 @@ impl Products {
     ///
     /// [`DbError`] when SQLite fails.
     pub(crate) async fn get(&self, id: u32) -> Result<Option<Product>, DbError> {
-        self.blocking(move |conn| {
-            conn.query_row(
-                "SELECT id, catalog, name, price_cents, version FROM products WHERE id = ?1",
-                [id],
-                product,
-            )
-            .optional()
-            .map_err(DbError::from)
-        })
-        .await
+        self.conn
+            .run(move |conn| {
+                conn.query_row(
+                    "SELECT id, catalog, name, price_cents, version FROM products WHERE id = ?1",
+                    [id],
+                    product,
+                )
+                .optional()
+                .map_err(DbError::from)
+            })
+            .await
     }
 
     /// Creates or updates product `id` and returns it with its new version, and the catalog
@@ -110,40 +107,40 @@ impl Products {
         id: u32,
         update: ProductUpdate,
     ) -> Result<(Product, Option<u32>), DbError> {
-        self.blocking(move |conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let before: Option<(u32, i64)> = tx
-                .query_row(
-                    "SELECT catalog, version FROM products WHERE id = ?1",
-                    [id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()?;
-            let version = before.map_or(1, |(_, version)| version + 1);
-            let price = i64::try_from(update.price_cents).unwrap_or(i64::MAX);
-            tx.execute(
-                "INSERT INTO products (id, catalog, name, price_cents, version)
+        self.conn
+            .run(move |conn| {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let before: Option<(u32, i64)> = tx
+                    .query_row(
+                        "SELECT catalog, version FROM products WHERE id = ?1",
+                        [id],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                let version = before.map_or(1, |(_, version)| version + 1);
+                let price = i64::try_from(update.price_cents).unwrap_or(i64::MAX);
+                tx.execute(
+                    "INSERT INTO products (id, catalog, name, price_cents, version)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET catalog = ?2, name = ?3, price_cents = ?4,
                      version = ?5",
-                params![id, update.catalog, update.name, price, version],
-            )?;
-            tx.commit()?;
-            let moved_from = before
-                .map(|(catalog, _)| catalog)
-                .filter(|&catalog| catalog != update.catalog);
-            Ok((
-                Product {
-                    id,
-                    catalog: update.catalog,
-                    name: update.name,
-                    price_cents: update.price_cents,
-                    version: u64::try_from(version).unwrap_or(0),
-                },
-                moved_from,
-            ))
-        })
-        .await
+                    params![id, update.catalog, update.name, price, version],
+                )?;
+                tx.commit()?;
+                let moved_from = before
+                    .map(|(catalog, _)| catalog)
+                    .filter(|&catalog| catalog != update.catalog);
+                Ok((
+                    Product {
+                        id,
+                        details: update,
+                        version: u64::try_from(version).unwrap_or(0),
+                    },
+                    moved_from,
+                ))
+            })
+            .await
     }
 
     /// The products of `catalog`, in id order.
@@ -152,25 +149,18 @@ impl Products {
     ///
     /// [`DbError`] when SQLite fails.
     pub(crate) async fn in_catalog(&self, catalog: u32) -> Result<Vec<Product>, DbError> {
-        self.blocking(move |conn| {
-            let mut query = conn.prepare(
-                "SELECT id, catalog, name, price_cents, version FROM products
+        self.conn
+            .run(move |conn| {
+                let mut query = conn.prepare(
+                    "SELECT id, catalog, name, price_cents, version FROM products
                  WHERE catalog = ?1 ORDER BY id",
-            )?;
-            let products = query
-                .query_map([catalog], product)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(products)
-        })
-        .await
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        query: impl FnOnce(&mut Connection) -> Result<T, DbError> + Send + 'static,
-    ) -> Result<T, DbError> {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || query(&mut conn.lock())).await?
+                )?;
+                let products = query
+                    .query_map([catalog], product)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(products)
+            })
+            .await
     }
 }
 
@@ -178,9 +168,11 @@ impl Products {
 fn product(row: &rusqlite::Row<'_>) -> rusqlite::Result<Product> {
     Ok(Product {
         id: row.get(0)?,
-        catalog: row.get(1)?,
-        name: row.get(2)?,
-        price_cents: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        details: ProductUpdate {
+            catalog: row.get(1)?,
+            name: row.get(2)?,
+            price_cents: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+        },
         version: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
     })
 }

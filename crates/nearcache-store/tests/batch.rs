@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
+use common::held_load::{Ties, hold_load};
 use common::{
     BackendDown, Catalog, Gate, key, mock_store, runtime, store, store_with, wait_for_waiters,
     wait_until,
@@ -137,17 +138,7 @@ fn overlapping_batches_from_many_callers_load_each_key_once() {
 fn a_batch_joins_a_single_key_flight_in_progress() {
     let store = store();
     let [a, b, c] = [key("a"), key("b"), key("c")];
-    let (release, opener) = Gate::closed();
-    let single = {
-        let (store, b) = (store.clone(), b.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&b, |_| {
-                release.pass_blocking();
-                Ok::<_, Infallible>(String::from("single-b"))
-            })
-        })
-    };
-    wait_for_flight(&store, &b);
+    let single = hold_load(&store, &b, Ties::Nothing, String::from("single-b"));
     let asked = Arc::new(Mutex::new(Vec::new()));
     let batch = {
         let (store, keys, asked) = (
@@ -164,12 +155,12 @@ fn a_batch_joins_a_single_key_flight_in_progress() {
     };
     wait_for_waiters(&store, &b, 1);
     assert_eq!(*asked.lock().unwrap(), vec![a.clone(), c.clone()]);
-    opener.open();
+    single.release.open();
     let found = batch.join().unwrap().unwrap();
     assert_eq!(text(&found, &a).as_deref(), Some("batch-a"));
     assert_eq!(text(&found, &b).as_deref(), Some("single-b"));
     assert_eq!(text(&found, &c).as_deref(), Some("batch-c"));
-    assert_eq!(*single.join().unwrap().unwrap(), "single-b");
+    assert_eq!(*single.caller.join().unwrap().unwrap(), "single-b");
     assert_eq!(store.stats().loads, 3, "one load per key");
 }
 

@@ -5,11 +5,12 @@
 mod common;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{key, mock_store};
 use nearcache_keys::Key;
-use nearcache_store::{EntryOptions, Store, StoreOptions};
+use nearcache_store::{EntryOptions, Mock, Store, StoreOptions};
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -22,15 +23,32 @@ fn load(store: &Store, key: &Key, configure: impl FnOnce(&mut EntryOptions)) {
         .unwrap();
 }
 
+/// A store on a mock clock whose entries live `time_to_live` unless they say otherwise, and
+/// idle out after `time_to_idle` if given.
+fn with_defaults(time_to_live: Duration, time_to_idle: Option<Duration>) -> (Store, Arc<Mock>) {
+    mock_store(StoreOptions {
+        time_to_live: Some(time_to_live),
+        time_to_idle,
+        ..StoreOptions::default()
+    })
+}
+
+/// A store on a mock clock (no default expiry) holding `name`, loaded with the entry
+/// options `configure` sets.
+fn loaded(name: &str, configure: impl FnOnce(&mut EntryOptions)) -> (Store, Arc<Mock>, Key) {
+    let (store, clock) = mock_store(StoreOptions::default());
+    let k = key(name);
+    load(&store, &k, configure);
+    (store, clock, k)
+}
+
 fn alive(store: &Store, key: &Key) -> bool {
     store.get::<String>(key).unwrap().is_some()
 }
 
 #[test]
 fn absolute_expiration_ends_the_entry_at_its_deadline() {
-    let (store, clock) = mock_store(StoreOptions::default());
-    let k = key("absolute");
-    load(&store, &k, |e| {
+    let (store, clock, k) = loaded("absolute", |e| {
         e.time_to_live(10 * SECOND);
     });
     clock.increment(10 * SECOND - Duration::from_nanos(1));
@@ -47,9 +65,7 @@ fn absolute_expiration_ends_the_entry_at_its_deadline() {
 
 #[test]
 fn reads_do_not_extend_an_absolute_expiration() {
-    let (store, clock) = mock_store(StoreOptions::default());
-    let k = key("absolute");
-    load(&store, &k, |e| {
+    let (store, clock, k) = loaded("absolute", |e| {
         e.time_to_live(10 * SECOND);
     });
     for _ in 0..9 {
@@ -62,9 +78,7 @@ fn reads_do_not_extend_an_absolute_expiration() {
 
 #[test]
 fn sliding_expiration_is_extended_by_each_read() {
-    let (store, clock) = mock_store(StoreOptions::default());
-    let k = key("sliding");
-    load(&store, &k, |e| {
+    let (store, clock, k) = loaded("sliding", |e| {
         e.time_to_idle(10 * SECOND);
     });
     for _ in 0..5 {
@@ -77,9 +91,7 @@ fn sliding_expiration_is_extended_by_each_read() {
 
 #[test]
 fn sliding_and_absolute_together_end_at_whichever_comes_first() {
-    let (store, clock) = mock_store(StoreOptions::default());
-    let k = key("both");
-    load(&store, &k, |e| {
+    let (store, clock, k) = loaded("both", |e| {
         e.time_to_idle(10 * SECOND).time_to_live(15 * SECOND);
     });
     clock.increment(8 * SECOND);
@@ -105,10 +117,7 @@ fn sliding_and_absolute_together_end_at_whichever_comes_first() {
 
 #[test]
 fn defaults_apply_to_entries_that_set_nothing() {
-    let (store, clock) = mock_store(StoreOptions {
-        time_to_live: Some(5 * SECOND),
-        ..StoreOptions::default()
-    });
+    let (store, clock) = with_defaults(5 * SECOND, None);
     let k = key("default");
     load(&store, &k, |_| {});
     store.set(key("set-default"), String::from("v"));
@@ -122,11 +131,7 @@ fn defaults_apply_to_entries_that_set_nothing() {
 
 #[test]
 fn entry_options_override_defaults_field_by_field() {
-    let (store, clock) = mock_store(StoreOptions {
-        time_to_live: Some(5 * SECOND),
-        time_to_idle: Some(3 * SECOND),
-        ..StoreOptions::default()
-    });
+    let (store, clock) = with_defaults(5 * SECOND, Some(3 * SECOND));
     // Overrides the absolute expiration only: the default sliding window still applies.
     let absolute = key("absolute-override");
     load(&store, &absolute, |e| {
@@ -157,9 +162,7 @@ fn entry_options_override_defaults_field_by_field() {
 
 #[test]
 fn absolute_expiration_at_an_instant() {
-    let (store, clock) = mock_store(StoreOptions::default());
-    let k = key("at");
-    load(&store, &k, |e| {
+    let (store, clock, k) = loaded("at", |e| {
         e.expires_at(Instant::now() + 10 * SECOND);
     });
     clock.increment(9 * SECOND);
@@ -200,10 +203,7 @@ fn zero_durations_mean_returned_but_not_stored() {
         "each refused as dead on arrival"
     );
 
-    let (by_default, _clock) = mock_store(StoreOptions {
-        time_to_live: Some(Duration::ZERO),
-        ..StoreOptions::default()
-    });
+    let (by_default, _clock) = with_defaults(Duration::ZERO, None);
     load(&by_default, &key("k"), |_| {});
     assert!(
         !alive(&by_default, &key("k")),
@@ -213,11 +213,7 @@ fn zero_durations_mean_returned_but_not_stored() {
 
 #[test]
 fn overflowing_durations_mean_never_and_do_not_panic() {
-    let (store, clock) = mock_store(StoreOptions {
-        time_to_live: Some(Duration::MAX),
-        time_to_idle: Some(Duration::MAX),
-        ..StoreOptions::default()
-    });
+    let (store, clock) = with_defaults(Duration::MAX, Some(Duration::MAX));
     let k = key("forever");
     load(&store, &k, |e| {
         e.time_to_live(Duration::MAX).time_to_idle(Duration::MAX);

@@ -81,6 +81,21 @@ impl Flight {
         })
     }
 
+    /// A leader's load, not yet started: its factory counts itself, then waits at `gate` (and
+    /// returns 0 if it ever opens).
+    fn load_held_at(&self, gate: Gate) -> impl Future<Output = Loaded> + Send + 'static {
+        let (store, key, calls) = self.handles();
+        async move {
+            store
+                .get_or_create(&key, async |_entry| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    gate.pass().await;
+                    Ok::<_, BackendDown>(0_u32)
+                })
+                .await
+        }
+    }
+
     /// A caller in a task on `rt` whose factory counts itself and returns `value`.
     fn async_caller(&self, rt: &Runtime, value: u32) -> tokio::task::JoinHandle<Loaded> {
         let (store, key, calls) = self.handles();
@@ -250,19 +265,13 @@ fn a_dropped_async_leader_hands_the_load_to_exactly_one_waiter() {
         let flight = Flight::new("dropped-leader");
         let (never, _never_opened) = Gate::closed();
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        let leader = {
-            let (store, key, calls) = flight.handles();
-            rt.spawn(async move {
-                tokio::select! {
-                    _ = store.get_or_create(&key, async |_entry| {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        never.pass().await;
-                        Ok::<_, BackendDown>(0_u32)
-                    }) => "finished",
-                    _ = cancelled => "dropped",
-                }
-            })
-        };
+        let load = flight.load_held_at(never);
+        let leader = rt.spawn(async move {
+            tokio::select! {
+                _ = load => "finished",
+                _ = cancelled => "dropped",
+            }
+        });
         flight.wait_for_leader();
         let task = flight.async_caller(&rt, 7);
         let thread = flight.blocking_caller(7);
@@ -283,18 +292,7 @@ fn an_aborted_leader_task_hands_the_load_to_a_waiter() {
     let rt = runtime();
     let flight = Flight::new("aborted-leader");
     let (never, _never_opened) = Gate::closed();
-    let leader = {
-        let (store, key, calls) = flight.handles();
-        rt.spawn(async move {
-            store
-                .get_or_create(&key, async |_entry| {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    never.pass().await;
-                    Ok::<_, BackendDown>(0_u32)
-                })
-                .await
-        })
-    };
+    let leader = rt.spawn(flight.load_held_at(never));
     flight.wait_for_leader();
     let waiter = flight.blocking_caller(5);
     wait_for_waiters(&flight.store, &flight.key, 1);

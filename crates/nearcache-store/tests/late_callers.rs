@@ -12,9 +12,10 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, mpsc};
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use common::held_load::{Ties, hold_load};
 use common::{Catalog, Gate, Pricing, key, runtime, store, wait_for_waiters, wait_until};
 use nearcache_keys::Key;
 use nearcache_regions::{SubKey, SubKeyText};
@@ -22,57 +23,6 @@ use nearcache_store::{EntryOptions, LoadError, Store};
 
 /// Late callers started after the invalidation.
 const LATE: usize = 6;
-
-/// How the held load ties its entry to regions.
-#[derive(Clone, Copy)]
-enum Ties {
-    Nothing,
-    Catalog,
-    SubKey(&'static str),
-    /// Ties itself to the region only after the invalidation.
-    CatalogLater,
-}
-
-fn tie(entry: &mut EntryOptions, ties: Ties) {
-    match ties {
-        Ties::Catalog | Ties::CatalogLater => {
-            entry.region::<Catalog>();
-        }
-        Ties::SubKey(sub) => {
-            entry.region_key::<Catalog>(sub);
-        }
-        Ties::Nothing => {}
-    }
-}
-
-/// A load of `k` held at a gate after reading version 1.
-struct HeldLoad {
-    caller: std::thread::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>,
-    release: common::Opener,
-}
-
-fn hold_load(store: &Store, k: &Key, ties: Ties) -> HeldLoad {
-    let (gate, release) = Gate::closed();
-    let (started_tx, started) = mpsc::channel();
-    let caller = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |entry| {
-                if !matches!(ties, Ties::CatalogLater) {
-                    tie(entry, ties);
-                }
-                started_tx.send(()).unwrap();
-                gate.pass_blocking();
-                if matches!(ties, Ties::CatalogLater) {
-                    tie(entry, ties);
-                }
-                Ok(1_u32)
-            })
-        })
-    };
-    started.recv().unwrap();
-    HeldLoad { caller, release }
-}
 
 /// Starts [`LATE`] blocking callers of `k` at once; each loads version 2 if it must.
 fn start_late_callers(
@@ -121,7 +71,7 @@ fn late_callers_after(ties: Ties, meets: Meets, invalidate: impl Fn(&Store, &Key
     for _ in 0..5 {
         let store = store();
         let k = key("k");
-        let held = hold_load(&store, &k, ties);
+        let held = hold_load(&store, &k, ties, 1_u32);
         invalidate(&store, &k);
 
         let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -219,7 +169,7 @@ fn after_a_sub_key_expiry_as_a_peer_sends_it() {
 fn after_a_set() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Nothing);
+    let held = hold_load(&store, &k, Ties::Nothing, 1_u32);
     store.set(k.clone(), 3_u32);
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for caller in start_late_callers(&store, &k, &loads, &done) {
@@ -241,7 +191,7 @@ fn after_a_set() {
 fn an_unrelated_region_expiry_does_not_restart_a_load() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Catalog);
+    let held = hold_load(&store, &k, Ties::Catalog, 1_u32);
     store.expire_region::<Pricing>();
     store.expire_region_key::<Catalog>("another sub-key");
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -271,6 +221,7 @@ fn async_late_callers_get_the_new_version() {
             &store,
             &k,
             if region { Ties::Catalog } else { Ties::Nothing },
+            1_u32,
         );
         if region {
             store.expire_region::<Catalog>();
@@ -310,7 +261,7 @@ fn async_late_callers_get_the_new_version() {
 fn callers_that_overlap_the_invalidation_share_the_old_load() {
     let store = store();
     let k = key("k");
-    let held = hold_load(&store, &k, Ties::Catalog);
+    let held = hold_load(&store, &k, Ties::Catalog, 1_u32);
     let (loads, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let early = start_late_callers(&store, &k, &loads, &done);
     wait_for_waiters(&store, &k, LATE);
@@ -327,15 +278,26 @@ fn callers_that_overlap_the_invalidation_share_the_old_load() {
     );
 }
 
+/// The task of a load that [`held_async_leader`] leads.
+type Leader = tokio::task::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>;
+
+/// Runs `check` on `runtime` with a new store whose key "k" has an async load held at a gate
+/// ([`held_async_leader`]), handing it the store, the key, the leader and the gate's opener.
+fn with_a_held_async_leader(
+    runtime: &tokio::runtime::Runtime,
+    check: impl AsyncFnOnce(&Store, &Key, Leader, common::Opener),
+) {
+    let store = store();
+    let k = key("k");
+    runtime.block_on(async {
+        let (leader, release) = held_async_leader(&store, &k).await;
+        check(&store, &k, leader, release).await;
+    });
+}
+
 /// An async load of `k` on the current runtime, held at a gate once its factory runs; it
 /// returns 7 when the gate opens.
-async fn held_async_leader(
-    store: &Store,
-    k: &Key,
-) -> (
-    tokio::task::JoinHandle<Result<Arc<u32>, LoadError<Infallible>>>,
-    common::Opener,
-) {
+async fn held_async_leader(store: &Store, k: &Key) -> (Leader, common::Opener) {
     let (gate, release) = Gate::closed();
     let (started_tx, started) = tokio::sync::oneshot::channel();
     let leader = tokio::spawn({
@@ -362,14 +324,11 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
         .enable_all()
         .build()
         .unwrap();
-    let store = store();
-    let k = key("k");
-    runtime.block_on(async {
-        let (leader, release) = held_async_leader(&store, &k).await;
-        let refused = store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32));
+    with_a_held_async_leader(&runtime, async |store, k, leader, release| {
+        let refused = store.get_or_create_sync(k, |_| Ok::<_, Infallible>(8_u32));
         match refused {
             Err(LoadError::WouldDeadlock(error)) => {
-                assert_eq!(error.key, k);
+                assert_eq!(&error.key, k);
                 let text = LoadError::<Infallible>::WouldDeadlock(error).to_string();
                 assert!(text.contains("async get_or_create"), "{text}");
             }
@@ -378,12 +337,12 @@ fn a_blocking_wait_for_an_async_leader_on_the_same_thread_is_refused() {
         // A thread outside the runtime may wait: the leader runs on. The count is read
         // before the thread starts, or a thread that joins at once would be counted in it
         // and the wait below would never end.
-        let waiters = store.flight_waiters(&k);
+        let waiters = store.flight_waiters(k);
         let elsewhere = tokio::task::spawn_blocking({
             let (store, k) = (store.clone(), k.clone());
             move || store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32))
         });
-        while store.flight_waiters(&k) == waiters {
+        while store.flight_waiters(k) == waiters {
             tokio::task::yield_now().await;
         }
         release.open();
@@ -404,10 +363,7 @@ fn a_blocking_wait_on_a_multi_thread_worker_hands_the_worker_off() {
         .enable_all()
         .build()
         .unwrap();
-    let store = store();
-    let k = key("k");
-    runtime.block_on(async {
-        let (leader, release) = held_async_leader(&store, &k).await;
+    with_a_held_async_leader(&runtime, async |store, k, leader, release| {
         let blocking = tokio::spawn({
             let (store, k) = (store.clone(), k.clone());
             async move { store.get_or_create_sync(&k, |_| Ok::<_, Infallible>(8_u32)) }

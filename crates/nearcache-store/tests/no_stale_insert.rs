@@ -6,38 +6,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::mpsc;
 
+use common::held_load::{Ties, hold_load};
 use common::{Catalog, Gate, Pricing, key, runtime, store};
 use nearcache_keys::Key;
-use nearcache_store::{EntryOptions, Store};
-
-/// How the factory ties its entry to regions, and when.
-#[derive(Clone, Copy)]
-enum Ties {
-    /// No region.
-    Nothing,
-    /// `region::<Catalog>()` before pausing.
-    RegionFirst,
-    /// `region_key::<Catalog>("c1")` before pausing.
-    SubKeyFirst,
-    /// `region::<Catalog>()` only after the pause (after the invalidation).
-    RegionAfter,
-    /// `region_key::<Catalog>("c1")` only after the pause.
-    SubKeyAfter,
-}
-
-fn tie(entry: &mut EntryOptions, ties: Ties, after_pause: bool) {
-    match (ties, after_pause) {
-        (Ties::RegionFirst, false) | (Ties::RegionAfter, true) => {
-            entry.region::<Catalog>();
-        }
-        (Ties::SubKeyFirst, false) | (Ties::SubKeyAfter, true) => {
-            entry.region_key::<Catalog>("c1");
-        }
-        _ => {}
-    }
-}
+use nearcache_store::Store;
 
 /// Starts a blocking load of `key` whose factory pauses at a gate; runs `invalidate` while
 /// it is paused; lets it finish. Returns what the caller got.
@@ -47,102 +20,91 @@ fn load_across(
     ties: Ties,
     invalidate: impl FnOnce(&Store),
 ) -> Arc<String> {
-    let (release, opener) = Gate::closed();
-    let (started_tx, started) = mpsc::channel();
-    let loader = {
-        let (store, key) = (store.clone(), key.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&key, |entry| {
-                tie(entry, ties, false);
-                started_tx.send(()).unwrap();
-                release.pass_blocking();
-                tie(entry, ties, true);
-                Ok::<_, std::io::Error>(String::from("loaded"))
-            })
-        })
-    };
-    started.recv().unwrap();
+    let held = hold_load(store, key, ties, String::from("loaded"));
     invalidate(store);
-    opener.open();
-    loader.join().unwrap().unwrap()
+    held.release.open();
+    held.caller.join().unwrap().unwrap()
 }
 
-fn assert_returned_not_stored(ties: Ties, invalidate: impl FnOnce(&Store)) {
-    let store = store();
-    let key = key("k");
-    let value = load_across(&store, &key, ties, invalidate);
-    assert_eq!(*value, "loaded", "the caller still gets the value");
-    assert!(
-        store.get::<String>(&key).unwrap().is_none(),
-        "but it was not stored"
-    );
-    assert_eq!(store.stats().inserts_rejected_stale, 1);
-    assert_eq!(store.len(), 0);
-}
+/// An invalidation that can overlap a load: its name, how the factory ties its entry to
+/// regions, and the invalidation the test runs while the factory is paused.
+type During = (&'static str, Ties, fn(&Store));
 
-#[test]
-fn remove_during_a_load() {
-    assert_returned_not_stored(Ties::Nothing, |store| {
+/// Each invalidation that can overlap a load.
+const DURING_A_LOAD: [During; 9] = [
+    ("remove during a load", Ties::Nothing, |store| {
         assert!(!store.remove(&key("k")), "nothing live to remove yet");
-    });
-}
-
-#[test]
-fn clear_during_a_load() {
-    // Also "a factory returning after the cache was cleared": returned, not stored.
-    assert_returned_not_stored(Ties::Nothing, Store::clear);
-}
-
-#[test]
-fn region_expiry_during_a_load() {
-    assert_returned_not_stored(Ties::RegionFirst, Store::expire_region::<Catalog>);
-}
-
-#[test]
-fn region_expiry_by_name_during_a_load() {
-    assert_returned_not_stored(Ties::RegionFirst, |store| {
-        store.expire_region_by_name("catalog").unwrap();
-    });
-}
-
-#[test]
-fn sub_key_expiry_during_a_load() {
-    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
-        store.expire_region_key::<Catalog>("c1");
-    });
-}
-
-#[test]
-fn sub_key_expiry_by_name_during_a_load() {
-    assert_returned_not_stored(Ties::SubKeyFirst, |store| {
-        store.expire_region_key_by_name("catalog", "c1").unwrap();
-    });
-}
-
-#[test]
-fn region_expiry_before_the_factory_asks_for_the_region() {
+    }),
+    // Also "a factory returning after the cache was cleared".
+    ("clear during a load", Ties::Nothing, Store::clear),
+    (
+        "region expiry during a load",
+        Ties::Catalog,
+        Store::expire_region::<Catalog>,
+    ),
+    (
+        "region expiry by name during a load",
+        Ties::Catalog,
+        |store| {
+            store.expire_region_by_name("catalog").unwrap();
+        },
+    ),
+    (
+        "sub-key expiry during a load",
+        Ties::SubKey("c1"),
+        |store| {
+            store.expire_region_key::<Catalog>("c1");
+        },
+    ),
+    (
+        "sub-key expiry by name during a load",
+        Ties::SubKey("c1"),
+        |store| {
+            store.expire_region_key_by_name("catalog", "c1").unwrap();
+        },
+    ),
     // The flight started, then the region was expired, then the factory tied the entry to
     // it: the token it gets is newer than the load, so the value is not stored.
-    assert_returned_not_stored(Ties::RegionAfter, Store::expire_region::<Catalog>);
-}
-
-#[test]
-fn sub_key_expiry_before_the_factory_asks_for_the_sub_key() {
+    (
+        "region expiry before the factory asks for the region",
+        Ties::CatalogLater,
+        Store::expire_region::<Catalog>,
+    ),
     // "c1" had no token at all when it was expired; one is installed at the expiry's epoch.
-    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
-        store.expire_region_key_by_name("catalog", "c1").unwrap();
-    });
-}
-
-#[test]
-fn region_expiry_then_garbage_collection_before_the_factory_asks() {
+    (
+        "sub-key expiry before the factory asks for the sub-key",
+        Ties::SubKeyLater("c1"),
+        |store| {
+            store.expire_region_key_by_name("catalog", "c1").unwrap();
+        },
+    ),
     // The expiry's token is collected (nobody holds it) before the factory asks for the
     // sub-key: the watermark still makes the new token newer than the load.
-    assert_returned_not_stored(Ties::SubKeyAfter, |store| {
-        store.expire_region_key::<Catalog>("c1");
-        store.purge_now();
-        assert_eq!(store.regions().sub_key_count(), 0);
-    });
+    (
+        "region expiry then garbage collection before the factory asks",
+        Ties::SubKeyLater("c1"),
+        |store| {
+            store.expire_region_key::<Catalog>("c1");
+            store.purge_now();
+            assert_eq!(store.regions().sub_key_count(), 0);
+        },
+    ),
+];
+
+#[test]
+fn every_invalidation_during_a_load_lets_the_caller_have_the_value_but_not_the_store() {
+    for (case, ties, invalidate) in DURING_A_LOAD {
+        let store = store();
+        let key = key("k");
+        let value = load_across(&store, &key, ties, invalidate);
+        assert_eq!(*value, "loaded", "{case}: the caller still gets the value");
+        assert!(
+            store.get::<String>(&key).unwrap().is_none(),
+            "{case}: but it was not stored"
+        );
+        assert_eq!(store.stats().inserts_rejected_stale, 1, "{case}");
+        assert_eq!(store.len(), 0, "{case}");
+    }
 }
 
 #[test]
@@ -161,7 +123,7 @@ fn set_during_a_load_keeps_the_set_value() {
 fn unrelated_expiries_during_a_load_do_not_block_the_insert() {
     let store = store();
     let key = key("k");
-    let value = load_across(&store, &key, Ties::SubKeyFirst, |store| {
+    let value = load_across(&store, &key, Ties::SubKey("c1"), |store| {
         store.expire_region::<Pricing>();
         store.expire_region_key::<Catalog>("c2");
         store.remove(&common::key("other"));

@@ -49,8 +49,9 @@ enum Auth {
     },
 }
 
-/// Configures a [`RedisServer`] before it starts. Made by [`RedisServer::builder`].
-#[derive(Clone)]
+/// Configures a [`RedisServer`] before it starts. Made by [`RedisServer::builder`]. Its
+/// `Debug` shows every field, never a password's text.
+#[derive(Clone, Debug)]
 pub struct RedisServerBuilder {
     auth: Auth,
     args: Vec<String>,
@@ -572,17 +573,6 @@ impl fmt::Debug for RedisServer {
     }
 }
 
-impl fmt::Debug for RedisServerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisServerBuilder")
-            .field("auth", &self.auth)
-            .field("args", &self.args)
-            .field("tls", &self.tls)
-            .field("mode", &self.mode)
-            .finish()
-    }
-}
-
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -680,18 +670,15 @@ mod tests {
         let mut con = server.connection().unwrap();
         let pong: String = redis::cmd("PING").query(&mut con).unwrap();
         assert_eq!(pong, "PONG");
-        let bind: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("bind")
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(bind, ["bind", "127.0.0.1"]);
-        let save: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("save")
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(save, ["save", ""]);
+        let mut config_get = |name: &str| -> Vec<String> {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query(&mut con)
+                .unwrap()
+        };
+        assert_eq!(config_get("bind"), ["bind", "127.0.0.1"]);
+        assert_eq!(config_get("save"), ["save", ""]);
         let port = server.port();
         drop(con);
         drop(server);

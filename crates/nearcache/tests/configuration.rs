@@ -254,6 +254,20 @@ subscriber_queue = 99
 replay_log_len = 7
 "#;
 
+/// The store settings of the catalog service in [`FORMER_EXAMPLE`] (and in its
+/// environment-variable form): idle for 15 minutes, 50,000 entries, keys logged.
+fn catalog_store() -> StoreOptions {
+    StoreOptions {
+        time_to_idle: Some(Duration::from_secs(15 * 60)),
+        max_capacity: 50_000,
+        log_keys: true,
+        ..StoreOptions::default()
+    }
+}
+
+/// The catalog service's Redis, as [`FORMER_EXAMPLE`] gives it.
+const CATALOG_REDIS_URL: &str = "rediss://catalog-cache:secret@redis.internal:6380";
+
 #[test]
 fn a_file_in_the_former_shape_loads_every_setting() {
     let options: CacheOptions = toml::from_str(FORMER_SHAPE).unwrap();
@@ -313,16 +327,11 @@ fn a_file_in_the_former_shape_loads_every_setting() {
         example,
         CacheOptions {
             name: Some("catalog".into()),
-            store: StoreOptions {
-                time_to_idle: Some(Duration::from_secs(15 * 60)),
-                max_capacity: 50_000,
-                log_keys: true,
-                ..StoreOptions::default()
-            },
+            store: catalog_store(),
             backplane: BackplaneOptions {
                 max_staleness: Some(Duration::from_secs(30)),
                 redis: Some(RedisConfig {
-                    url: "rediss://catalog-cache:secret@redis.internal:6380".into(),
+                    url: CATALOG_REDIS_URL.into(),
                     app: "catalog-api".into(),
                     tls_ca_file: Some("/etc/ssl/redis/ca.pem".into()),
                     connect_timeout: Duration::from_secs(2),
@@ -603,25 +612,17 @@ fn environment_variables_through_the_config_crate_read_every_level() {
         ("CACHE__LOG_KEYS", "true"),
         ("CACHE__BACKPLANE__MAX_STALENESS", "30s"),
         ("CACHE__BACKPLANE__MAX_BATCH", "100"),
-        (
-            "CACHE__BACKPLANE__REDIS__URL",
-            "rediss://catalog-cache:secret@redis.internal:6380",
-        ),
+        ("CACHE__BACKPLANE__REDIS__URL", CATALOG_REDIS_URL),
         ("CACHE__BACKPLANE__REDIS__APP", "catalog-api"),
         ("CACHE__BACKPLANE__REDIS__SUBSCRIBER_QUEUE", "99"),
     ];
     let expected = CacheOptions {
-        store: StoreOptions {
-            time_to_idle: Some(Duration::from_secs(15 * 60)),
-            max_capacity: 50_000,
-            log_keys: true,
-            ..StoreOptions::default()
-        },
+        store: catalog_store(),
         backplane: BackplaneOptions {
             max_staleness: Some(Duration::from_secs(30)),
             max_batch: 100,
             redis: Some(RedisConfig {
-                url: "rediss://catalog-cache:secret@redis.internal:6380".into(),
+                url: CATALOG_REDIS_URL.into(),
                 app: "catalog-api".into(),
                 subscriber_queue: 99,
                 ..RedisConfig::default()

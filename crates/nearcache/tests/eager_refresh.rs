@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use loader_support::{Catalog, DatabaseDown, SECOND, load_v1_detached, refused};
-use nearcache::{BuildError, Cache, CacheOptions, Key, OptionsError, StoreOptions};
+use nearcache::{Cache, CacheOptions, Key, OptionsError, StoreOptions};
 use tokio::sync::{Barrier, Semaphore, mpsc};
 
 mod loader_support;
@@ -244,10 +244,7 @@ fn an_eager_refresh_threshold_outside_0_to_1_is_refused() {
             store.eager_refresh_threshold = Some(bad)
         });
         assert!(
-            matches!(
-                error,
-                BuildError::InvalidOptions(OptionsError::EagerRefreshThreshold { .. })
-            ),
+            matches!(error, OptionsError::EagerRefreshThreshold { .. }),
             "{bad}: {error:?}"
         );
     }

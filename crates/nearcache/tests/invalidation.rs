@@ -14,7 +14,7 @@ use std::time::Duration;
 use nearcache::{
     Cache, CacheOptions, InMemoryBackplane, Invalidation, Key, Propagated, WaitPublished, region,
 };
-use propagation_support::{HELLO, Instance, key, quiet, within};
+use propagation_support::{HELLO, Instance, duo, key, quiet, within};
 
 region! {
     Catalog = "catalog";
@@ -70,8 +70,7 @@ async fn load_tied(instance: &Instance, k: &Key, value: u32) {
 async fn every_kind_acts_here_and_reaches_the_peer_though_its_result_is_never_polled() {
     for (name, invalidate, left_here) in KINDS {
         let bus = InMemoryBackplane::new();
-        let a = Instance::start(&bus, quiet()).await;
-        let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+        let [a, mut b] = duo(&bus).await;
         let k = key("k");
         load_tied(&a, &k, 1).await;
         load_tied(&b, &k, 1).await;
@@ -163,8 +162,7 @@ async fn awaiting_after_shutdown_returns_local() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_wait_midway_does_not_lose_the_invalidation() {
     let bus = InMemoryBackplane::new();
-    let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+    let [a, mut b] = duo(&bus).await;
     let k = key("k");
     b.load(&k, 1).await;
     let gate = bus.hold_publishes();
@@ -195,8 +193,7 @@ async fn poll_once(mut future: Pin<&mut WaitPublished<'_>>) -> Option<Propagated
 async fn an_invalidation_is_send_and_can_be_awaited_in_a_spawned_task() {
     fn assert_send<T: Send>(_: &T) {}
     let bus = InMemoryBackplane::new();
-    let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+    let [a, mut b] = duo(&bus).await;
     let k = key("k");
     b.load(&k, 1).await;
 
@@ -221,8 +218,7 @@ async fn an_invalidation_is_send_and_can_be_awaited_in_a_spawned_task() {
 #[allow(deprecated)]
 async fn the_deprecated_sync_twins_still_act_here_and_reach_the_peer() {
     let bus = InMemoryBackplane::new();
-    let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+    let [a, mut b] = duo(&bus).await;
     /// A deprecated twin, and what the invalidating instance holds right after it.
     type Twin = (&'static str, fn(&Cache, &Key), Option<u32>);
     let twins: [Twin; 5] = [

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use invalidation_support::How;
-use nearcache::{Cache, CacheOptions, Key, LoadError, Propagated, region};
+use nearcache::{Cache, CacheOptions, EntryOptions, Key, LoadError, Propagated, region};
 use propagation_support::{next_applied, pair, poll_until, within};
 use tokio::sync::{oneshot, watch};
 
@@ -117,6 +117,38 @@ async fn late_callers_after_a_peers_invalidation_get_the_new_version() {
     }
 }
 
+/// Both caches load `k` tied to sub-key `sub` of `Catalog` by `tie`; `expirer` expires the
+/// sub-key by the typed call; once `peer` has applied it, neither holds `k`.
+async fn expired_here_and_on_the_peer(
+    expirer: &Cache,
+    peer: &Cache,
+    k: &Key,
+    sub: &str,
+    case: &str,
+    tie: fn(&mut EntryOptions, &str),
+) {
+    for cache in [expirer, peer] {
+        cache
+            .get_or_create(k, async |entry| {
+                tie(entry, sub);
+                Ok::<_, Infallible>(1_u8)
+            })
+            .await
+            .unwrap();
+    }
+    let mut events = peer.events();
+    expirer.expire_region_key::<Catalog, _>(sub).await;
+    next_applied(&mut events).await;
+    assert!(
+        expirer.get::<u8>(k).unwrap().is_none(),
+        "{sub:?} ({case}): not expired here"
+    );
+    assert!(
+        peer.get::<u8>(k).unwrap().is_none(),
+        "{sub:?} ({case}): not expired on the peer"
+    );
+}
+
 /// An entry tied by region name to a sub-key with separators is expired by the typed call,
 /// here and on a peer, and the other way round: one spelling of a sub-key.
 #[tokio::test]
@@ -124,44 +156,14 @@ async fn a_sub_key_with_separators_has_one_spelling_here_and_on_peers() {
     for sub in ["a-b", "(x)", "it's", "a~b", "", "plain"] {
         let (a, b) = pair().await;
         let k = Key::from_text("Product:get-1");
-        for cache in [&a, &b] {
-            cache
-                .get_or_create(&k, async |entry| {
-                    entry.region_key_by_name("catalog", sub).unwrap();
-                    Ok::<_, Infallible>(1_u8)
-                })
-                .await
-                .unwrap();
-        }
-        let mut events = b.events();
-        a.expire_region_key::<Catalog, _>(sub).await;
-        next_applied(&mut events).await;
-        assert!(
-            a.get::<u8>(&k).unwrap().is_none(),
-            "{sub:?}: not expired here"
-        );
-        assert!(
-            b.get::<u8>(&k).unwrap().is_none(),
-            "{sub:?}: not expired on the peer"
-        );
-
-        for cache in [&a, &b] {
-            cache
-                .get_or_create(&k, async |entry| {
-                    entry.region_key::<Catalog>(sub);
-                    Ok::<_, Infallible>(2_u8)
-                })
-                .await
-                .unwrap();
-        }
-        let mut events = a.events();
-        b.expire_region_key::<Catalog, _>(sub).await;
-        next_applied(&mut events).await;
-        assert!(b.get::<u8>(&k).unwrap().is_none(), "{sub:?}: typed, here");
-        assert!(
-            a.get::<u8>(&k).unwrap().is_none(),
-            "{sub:?}: typed, on the peer"
-        );
+        let by_name = |entry: &mut EntryOptions, sub: &str| {
+            entry.region_key_by_name("catalog", sub).unwrap();
+        };
+        expired_here_and_on_the_peer(&a, &b, &k, sub, "tied by name", by_name).await;
+        let typed = |entry: &mut EntryOptions, sub: &str| {
+            entry.region_key::<Catalog>(sub);
+        };
+        expired_here_and_on_the_peer(&b, &a, &k, sub, "typed", typed).await;
         a.shutdown().await;
         b.shutdown().await;
     }

@@ -57,6 +57,34 @@ async fn instance_with(
     }
 }
 
+/// An instance named `name` with `store` options on a mock clock, returned to be moved.
+async fn on_a_mock_clock(
+    bus: &InMemoryBackplane,
+    recorder: &DebuggingRecorder,
+    name: &str,
+    store: StoreOptions,
+) -> (Instance, Arc<quanta::Mock>) {
+    let (clock, mock) = quanta::Clock::mock();
+    let options = CacheOptions {
+        store,
+        name: Some(name.to_owned()),
+        ..CacheOptions::default()
+    };
+    let instance = instance_with(bus, recorder, options, |builder| builder.clock(clock)).await;
+    (instance, mock)
+}
+
+/// Caches 1 under `k` through a detached loader, living 10 s.
+async fn load_for_ten_seconds(cache: &Cache, k: &Key) {
+    cache
+        .get_or_create_detached(k, async |entry| {
+            entry.time_to_live(Duration::from_secs(10));
+            Ok::<_, Infallible>(1_u32)
+        })
+        .await
+        .unwrap();
+}
+
 impl Instance {
     async fn until(&mut self, wanted: impl Fn(&CacheEvent) -> bool) {
         tokio::time::timeout(WAIT, async {
@@ -129,6 +157,31 @@ fn gauge(s: &Series, name: &str, cache: &Instance, extra: &[(&str, &str)]) -> f6
         Some(DebugValue::Gauge(v)) => v.into_inner(),
         other => panic!("{name}{extra:?}: {other:?}"),
     }
+}
+
+/// `cache`'s loss clears with `cause`.
+fn loss_clears(s: &Series, cache: &Instance, cause: &str) -> u64 {
+    counter(s, "nearcache_loss_clears_total", cache, &[("cause", cause)])
+}
+
+/// `cache`'s losses the replay log could not cover, for `reason`.
+fn uncovered(s: &Series, cache: &Instance, reason: &str) -> u64 {
+    counter(
+        s,
+        "nearcache_replay_uncovered_total",
+        cache,
+        &[("reason", reason)],
+    )
+}
+
+/// `cache`'s messages rejected for `reason`.
+fn rejected(s: &Series, cache: &Instance, reason: &str) -> u64 {
+    counter(
+        s,
+        "nearcache_messages_rejected_total",
+        cache,
+        &[("reason", reason)],
+    )
 }
 
 /// Observations recorded since the previous snapshot.
@@ -206,24 +259,8 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     bus.inject(Bytes::from_static(b"not a nearcache message"));
     b.until(|e| matches!(e, CacheEvent::Rejected)).await;
     let s = &snapshot(&snapshotter, &[&a, &b]);
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_messages_rejected_total",
-            &b,
-            &[("reason", "invalid")]
-        ),
-        1
-    );
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_messages_rejected_total",
-            &b,
-            &[("reason", "unauthenticated")]
-        ),
-        0
-    );
+    assert_eq!(rejected(s, &b, "invalid"), 1);
+    assert_eq!(rejected(s, &b, "unauthenticated"), 0);
 
     // A reconnect: a loss clear, by cause.
     b.conn.disconnect();
@@ -246,24 +283,8 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     })
     .await;
     let s = &snapshot(&snapshotter, &[&a, &b]);
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_loss_clears_total",
-            &b,
-            &[("cause", "reconnect")]
-        ),
-        1
-    );
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_loss_clears_total",
-            &a,
-            &[("cause", "reconnect")]
-        ),
-        0
-    );
+    assert_eq!(loss_clears(s, &b, "reconnect"), 1);
+    assert_eq!(loss_clears(s, &a, "reconnect"), 0);
 }
 
 /// With a replay log, a reconnect is repaired: the repair, the messages and keys replayed
@@ -298,25 +319,9 @@ async fn series_move_for_loss_repairs_and_uncovered_losses() {
     assert_eq!(counter(s, "nearcache_replayed_keys_total", &b, &[]), 2);
     assert_eq!(counter(s, "nearcache_loss_repairs_total", &a, &[]), 0);
     for reason in ["trimmed", "recreated", "read_failed"] {
-        assert_eq!(
-            counter(
-                s,
-                "nearcache_replay_uncovered_total",
-                &b,
-                &[("reason", reason)]
-            ),
-            0
-        );
+        assert_eq!(uncovered(s, &b, reason), 0);
     }
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_loss_clears_total",
-            &b,
-            &[("cause", "reconnect")]
-        ),
-        0
-    );
+    assert_eq!(loss_clears(s, &b, "reconnect"), 0);
 
     // Trimmed past the gap: the log cannot tell, so B clears, and says why.
     b.conn.disconnect();
@@ -328,24 +333,8 @@ async fn series_move_for_loss_repairs_and_uncovered_losses() {
     b.until(|e| matches!(e, CacheEvent::LossCleared { .. }))
         .await;
     let s = &snapshot(&snapshotter, &[&a, &b]);
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_replay_uncovered_total",
-            &b,
-            &[("reason", "trimmed")]
-        ),
-        1
-    );
-    assert_eq!(
-        counter(
-            s,
-            "nearcache_loss_clears_total",
-            &b,
-            &[("cause", "reconnect")]
-        ),
-        1
-    );
+    assert_eq!(uncovered(s, &b, "trimmed"), 1);
+    assert_eq!(loss_clears(s, &b, "reconnect"), 1);
     assert_eq!(counter(s, "nearcache_loss_repairs_total", &b, &[]), 1);
 }
 
@@ -402,27 +391,16 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let bus = InMemoryBackplane::new();
-    let (clock, mock) = quanta::Clock::mock();
-    let options = CacheOptions {
-        store: StoreOptions {
-            fail_safe_max_duration: Some(Duration::from_secs(600)),
-            hard_timeout: Some(Duration::from_millis(20)),
-            eager_refresh_threshold: Some(0.5),
-            ..StoreOptions::default()
-        },
-        name: Some("resilient".to_owned()),
-        ..CacheOptions::default()
+    let store = StoreOptions {
+        fail_safe_max_duration: Some(Duration::from_secs(600)),
+        hard_timeout: Some(Duration::from_millis(20)),
+        eager_refresh_threshold: Some(0.5),
+        ..StoreOptions::default()
     };
-    let me = instance_with(&bus, &recorder, options, |builder| builder.clock(clock)).await;
+    let (me, mock) = on_a_mock_clock(&bus, &recorder, "resilient", store).await;
     let (eager, failing) = (Key::from_text("eager"), Key::from_text("failing"));
     for k in [&eager, &failing] {
-        me.cache
-            .get_or_create_detached(k, async |entry| {
-                entry.time_to_live(Duration::from_secs(10));
-                Ok::<_, Infallible>(1_u32)
-            })
-            .await
-            .unwrap();
+        load_for_ten_seconds(&me.cache, k).await;
     }
     // Past half the time to live: a detached hit starts a refresh.
     mock.increment(Duration::from_secs(6));
@@ -454,25 +432,14 @@ async fn soft_timeouts_are_exported() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let bus = InMemoryBackplane::new();
-    let (clock, mock) = quanta::Clock::mock();
-    let options = CacheOptions {
-        store: StoreOptions {
-            fail_safe_max_duration: Some(Duration::from_secs(600)),
-            soft_timeout: Some(Duration::from_millis(10)),
-            ..StoreOptions::default()
-        },
-        name: Some("soft".to_owned()),
-        ..CacheOptions::default()
+    let store = StoreOptions {
+        fail_safe_max_duration: Some(Duration::from_secs(600)),
+        soft_timeout: Some(Duration::from_millis(10)),
+        ..StoreOptions::default()
     };
-    let me = instance_with(&bus, &recorder, options, |builder| builder.clock(clock)).await;
+    let (me, mock) = on_a_mock_clock(&bus, &recorder, "soft", store).await;
     let k = Key::from_text("slow");
-    me.cache
-        .get_or_create_detached(&k, async |entry| {
-            entry.time_to_live(Duration::from_secs(10));
-            Ok::<_, Infallible>(1_u32)
-        })
-        .await
-        .unwrap();
+    load_for_ten_seconds(&me.cache, &k).await;
     mock.increment(Duration::from_secs(11));
     // The load is held until the caller has had the expired value at the soft timeout.
     let (release, held) = tokio::sync::oneshot::channel::<()>();

@@ -948,23 +948,24 @@ proptest! {
     }
 }
 
+/// Instance 1 caches key 0; the next message is lost, and it is instance 0's remove of
+/// that key.
+const A_LOST_REMOVE: [Step; 4] = [
+    Step::Read { at: 1, key: 0 },
+    Step::DropNext { n: 1 },
+    Step::Write {
+        at: 0,
+        key: 0,
+        how: How::Remove,
+    },
+    Step::Quiesce,
+];
+
 /// With a replay log, a lost publish is repaired at the next message from the same origin:
 /// the peer evicts the key it missed and does not clear.
 #[test]
 fn with_replay_a_lost_remove_is_repaired_without_a_clear() {
-    let stats = check_with(
-        Log::On,
-        &[
-            Step::Read { at: 1, key: 0 },
-            Step::DropNext { n: 1 },
-            Step::Write {
-                at: 0,
-                key: 0,
-                how: How::Remove,
-            },
-            Step::Quiesce,
-        ],
-    );
+    let stats = check_with(Log::On, &A_LOST_REMOVE);
     for (j, s) in stats.iter().enumerate().skip(1) {
         assert_eq!(s.loss_clears.total(), 0, "instance {j} cleared: {s:?}");
         assert!(s.loss_repairs.repairs >= 1, "instance {j} repaired: {s:?}");
@@ -997,16 +998,7 @@ fn with_replay_a_disconnected_reader_is_repaired_without_a_clear() {
 
 #[test]
 fn a_lost_remove_is_caught_by_the_next_message_and_clears_the_peer() {
-    check(&[
-        Step::Read { at: 1, key: 0 },
-        Step::DropNext { n: 1 },
-        Step::Write {
-            at: 0,
-            key: 0,
-            how: How::Remove,
-        },
-        Step::Quiesce,
-    ]);
+    check(&A_LOST_REMOVE);
 }
 
 #[test]

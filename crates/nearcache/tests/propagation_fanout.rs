@@ -13,7 +13,7 @@ use nearcache::{Cache, InMemoryBackplane, Propagated, region};
 use nearcache_backplane::wire::Op;
 use propagation_support::{
     HELLO, Instance, TRIO_HELLOS_AND_ANSWERS, Tap, encoded, fence, key, poll_until, quiet,
-    remove_op, trio, within,
+    quiet_trio, remove_op, trio, within,
 };
 
 region! {
@@ -23,8 +23,7 @@ region! {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_invalidation_reaches_both_peers_and_only_its_entries() {
-    let bus = InMemoryBackplane::new();
-    let [mut a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [mut a, mut b, mut c]) = quiet_trio().await;
     let (plain, set, catalog, c1, c2, pricing) = (
         key("plain"),
         key("set"),
@@ -149,32 +148,15 @@ async fn every_kind_of_invalidation_reaches_both_peers_and_only_its_entries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_racing_a_peers_remove_is_returned_but_not_stored() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let k = key("raced");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let loading = tokio::spawn({
-        let cache = b.cache.clone();
-        let k = k.clone();
-        async move {
-            cache
-                .get_or_create(&k, async |_| {
-                    started_tx.send(()).unwrap();
-                    release_rx.await.unwrap();
-                    // What the database said before A's change.
-                    Ok::<_, Infallible>(7_u32)
-                })
-                .await
-        }
-    });
-    within("B's factory to start", started_rx).await.unwrap();
+    // B's factory has read what the database said before A's change.
+    let loading = b.held_load(&k, 7).await;
 
     assert_eq!(a.cache.remove(&k).await, Propagated::Published);
     assert_eq!(b.applied().await, (a.id(), 1, 1));
 
-    release_tx.send(()).unwrap();
-    let value = within("B's load", loading).await.unwrap().unwrap();
+    let value = loading.finish().await;
     assert_eq!(*value, 7, "the caller still gets the loaded value");
     assert_eq!(b.get(&k), None, "but it is not stored: it may be stale");
     assert_eq!(b.cache.stats().store.inserts_rejected_stale, 1);
@@ -185,8 +167,7 @@ async fn a_load_racing_a_peers_remove_is_returned_but_not_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_with_our_own_origin_are_ignored() {
-    let bus = InMemoryBackplane::new();
-    let [mut a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [mut a, mut b, _c]) = quiet_trio().await;
     let k = key("mine");
     a.load(&k, 1).await;
     b.load(&k, 1).await;
@@ -394,8 +375,7 @@ async fn a_lone_invalidation_is_not_delayed_by_any_timer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unawaited_invalidations_from_any_thread_are_published() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, other) = (key("k"), key("other"));
     b.load_all(&[&k, &other]).await;
     // From a thread outside the runtime, each result dropped: they never wait for the network.

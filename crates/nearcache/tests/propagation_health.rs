@@ -9,12 +9,11 @@ mod propagation_support;
 use std::time::Duration;
 
 use nearcache::{CacheEvent, ClearCause, InMemoryBackplane};
-use propagation_support::{Instance, key, quiet, trio};
+use propagation_support::{Instance, heartbeats_every, key, quiet, quiet_trio};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, kept) = (key("k"), key("kept"));
     b.load_all(&[&k, &kept]).await;
 
@@ -36,8 +35,7 @@ async fn a_subscription_that_ends_is_made_again_and_the_instance_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_that_ends_while_the_backplane_is_down_is_retried_until_it_is_back() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     b.conn.disconnect();
     b.event(CacheEvent::Disconnected).await;
     b.conn.end_subscriptions();
@@ -55,8 +53,7 @@ async fn a_subscription_that_ends_while_the_backplane_is_down_is_retried_until_i
 async fn a_deaf_subscription_is_found_by_its_own_heartbeats_not_coming_back() {
     let bus = InMemoryBackplane::new();
     let a = Instance::start(&bus, quiet()).await;
-    let mut b_options = quiet();
-    b_options.backplane.heartbeat_interval = Duration::from_millis(50);
+    let mut b_options = heartbeats_every(Duration::from_millis(50));
     b_options.backplane.heartbeat_echo_intervals = 3;
     let mut b = Instance::start(&bus, b_options).await;
     let (k, kept) = (key("k"), key("kept"));
@@ -83,8 +80,7 @@ async fn a_deaf_subscription_is_found_by_its_own_heartbeats_not_coming_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_echo_check_off_a_deaf_subscription_goes_unnoticed() {
     let bus = InMemoryBackplane::new();
-    let mut options = quiet();
-    options.backplane.heartbeat_interval = Duration::from_millis(20);
+    let mut options = heartbeats_every(Duration::from_millis(20));
     options.backplane.heartbeat_echo_intervals = 0;
     let mut b = Instance::start(&bus, options).await;
     b.conn.unsubscribe_silently();

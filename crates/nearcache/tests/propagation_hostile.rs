@@ -7,13 +7,12 @@ mod propagation_support;
 
 use nearcache::{ClearCause, InMemoryBackplane, InstanceId};
 use nearcache_backplane::wire::Op;
-use propagation_support::{Instance, Tap, encoded, fence, key, poll_until, quiet, remove_op};
+use propagation_support::{Instance, Tap, duo, encoded, fence, key, poll_until, quiet, remove_op};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
     let bus = InMemoryBackplane::new();
-    let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+    let [a, mut b] = duo(&bus).await;
     let (k1, k2, k3) = (key("k1"), key("k2"), key("k3"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));
@@ -24,10 +23,7 @@ async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
     assert_eq!(b.applied().await, (a.id(), u64::MAX, 1));
 
     // A's real messages still reach B and are applied, not dropped as duplicates.
-    b.load(&k2, 1).await;
-    a.cache.remove(&k2).await;
-    assert_eq!(b.applied().await, (a.id(), 2, 1));
-    assert_eq!(b.get(&k2), None, "A's invalidation was applied");
+    b.hears(&a, &k2, 2).await;
     b.hears(&a, &k2, 3).await;
     let s = b.stats();
     assert_eq!(s.duplicates_ignored, 0);
@@ -104,10 +100,8 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
     assert_eq!(s.messages_unauthenticated, 2);
     assert_eq!(s.loss_clears.total(), 0);
 
-    b.load(&k, 1).await;
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
-    assert_eq!(b.get(&k), None, "signed messages are applied");
+    // Signed messages are applied.
+    b.hears(&a, &k, 1).await;
     assert_eq!(b.stats().messages_unauthenticated, 2);
 }
 
@@ -116,17 +110,14 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_copy_of_the_next_number_does_not_hide_the_real_message() {
     let bus = InMemoryBackplane::new();
-    let a = Instance::start(&bus, quiet()).await;
-    let mut b = Instance::start_after(&bus, quiet(), &[&a]).await;
+    let [a, mut b] = duo(&bus).await;
     let (k1, k2, decoy) = (key("k1"), key("k2"), key("decoy"));
     a.cache.remove(&k1).await;
     assert_eq!(b.applied().await, (a.id(), 1, 1));
     bus.inject(encoded(a.id(), 2, vec![remove_op(&[&decoy])]));
     assert_eq!(b.applied().await, (a.id(), 2, 1));
-    b.load(&k2, 1).await;
-    a.cache.remove(&k2).await; // A's real seq 2
-    assert_eq!(b.applied().await, (a.id(), 2, 1));
-    assert_eq!(b.get(&k2), None, "the real invalidation was applied");
+    // A's real seq 2 is applied.
+    b.hears(&a, &k2, 2).await;
     assert_eq!(b.stats().duplicates_ignored, 1);
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Propagated, StoreOptions};
 use propagation_support::{
-    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, key, poll_until, quiet, remove_op, trio, within,
+    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, key, poll_until, quiet, quiet_trio, remove_op, trio,
+    within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,8 +62,7 @@ async fn dropping_the_last_handle_publishes_what_is_queued_then_stops_both_tasks
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_then_leaves_a_pass_through() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = quiet_trio().await;
     let k = key("k");
     for i in 0..3 {
         a.cache.remove(key(&format!("queued-{i}")));
@@ -233,8 +233,7 @@ async fn a_cache_without_a_backplane_is_local() {
 /// Single-threaded, so yielding runs both shutdown calls up to where they wait.
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_shutdowns_both_wait_for_the_flush() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = quiet_trio().await;
     let gate = bus.hold_publishes();
     a.cache.remove(key("k"));
     within("A's publish in flight", gate.wait_held(1)).await;

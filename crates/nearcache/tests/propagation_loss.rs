@@ -16,14 +16,13 @@ use bytes::Bytes;
 use nearcache::{CacheEvent, ClearCause, InMemoryBackplane, InstanceId, LossPolicy, Propagated};
 use nearcache_backplane::wire::{self, Op};
 use propagation_support::{
-    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, encoded, fence, key, poll_until, quiet, remove_op,
-    trio, within,
+    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, encoded, fence, heartbeats_every, key, poll_until,
+    quiet, quiet_trio, remove_op, trio, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gap_in_a_peers_sequence_clears_the_receiver_only() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, mut c]) = quiet_trio().await;
     let (k1, k2, k3, kept) = (key("k1"), key("k2"), key("k3"), key("kept"));
     a.load(&kept, 1).await;
     a.cache.remove(&k1).await;
@@ -64,9 +63,7 @@ async fn a_gap_in_a_peers_sequence_clears_the_receiver_only() {
 async fn a_heartbeat_reveals_a_lost_last_message() {
     let bus = InMemoryBackplane::new();
     let mut tap = Tap::new(&bus).await;
-    let mut fast = quiet();
-    fast.backplane.heartbeat_interval = Duration::from_millis(20);
-    let a = Instance::start(&bus, fast).await;
+    let a = Instance::start(&bus, heartbeats_every(Duration::from_millis(20))).await;
     let mut b = Instance::start(&bus, quiet()).await;
     let mut c = Instance::start(&bus, quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
@@ -148,8 +145,7 @@ async fn a_lagging_subscription_clears_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_clears_then_the_store_serves_again() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, other) = (key("k"), key("other"));
     b.load_all(&[&k, &other]).await;
 
@@ -171,9 +167,7 @@ async fn a_reconnect_clears_then_the_store_serves_again() {
     b.load(&k, 2).await;
     assert_eq!(b.get(&k), Some(2), "served from the store again");
     // And B hears A again.
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 2, 1));
-    assert_eq!(b.get(&k), None);
+    b.hears(&a, &k, 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,8 +303,7 @@ async fn past_max_staleness_reads_bypass_the_store_until_reconnect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_bus_is_counted_and_ignored() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, mut c]) = quiet_trio().await;
     let k = key("k");
     b.load(&k, 1).await;
     c.load(&k, 1).await;
@@ -338,9 +331,7 @@ async fn garbage_on_the_bus_is_counted_and_ignored() {
         assert_eq!(peer.get(&k), Some(1), "nothing was applied");
     }
     // The channel still works.
-    a.cache.remove(&k).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
-    assert_eq!(b.get(&k), None);
+    b.hears(&a, &k, 1).await;
 }
 
 /// Unsigned, a number already seen is applied again: it may be the real message that a
@@ -348,8 +339,7 @@ async fn garbage_on_the_bus_is_counted_and_ignored() {
 /// `tests/propagation_hostile.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_message_is_counted_and_applied_again() {
-    let bus = InMemoryBackplane::new();
-    let [_a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [_a, mut b, _c]) = quiet_trio().await;
     let k = key("k");
     let peer = InstanceId::from_u128(7);
     let message = encoded(peer, 1, vec![remove_op(&[&k])]);
@@ -454,9 +444,7 @@ async fn first_contact_does_not_depend_on_the_peers_clocks() {
 async fn an_older_peer_first_heard_after_the_introduction_window_must_be_complete() {
     let bus = InMemoryBackplane::new();
     let mut tap = Tap::new(&bus).await;
-    let mut short = quiet();
-    short.backplane.heartbeat_interval = Duration::from_millis(20);
-    let mut b = Instance::start(&bus, short).await;
+    let mut b = Instance::start(&bus, heartbeats_every(Duration::from_millis(20))).await;
     // B's second periodic heartbeat on the bus (its hello does not count): more than one
     // interval since B subscribed.
     let mut beats = 0;

@@ -10,13 +10,18 @@ mod propagation_support;
 
 use std::time::Duration;
 
-use nearcache::{Backplane, CacheEvent, ClearCause, InMemoryBackplane, InstanceId, Key};
+use nearcache::{
+    Backplane, CacheEvent, CacheOptions, ClearCause, InMemoryBackplane, InstanceId, Key,
+};
 use nearcache_backplane::wire::Op;
 use propagation_support::{Instance, encoded, key, quiet, trio, within};
 
 /// A bus whose log easily holds everything a test publishes.
-fn logged_bus() -> InMemoryBackplane {
-    InMemoryBackplane::new().with_replay_log(1024)
+/// A [`trio`] with `options` on a new bus whose replay log keeps 1,024 messages, and the bus.
+async fn logged_trio(options: CacheOptions) -> (InMemoryBackplane, [Instance; 3]) {
+    let bus = InMemoryBackplane::new().with_replay_log(1024);
+    let instances = trio(&bus, options).await;
+    (bus, instances)
 }
 
 /// Awaits a `LossRepaired` with `cause`; returns (messages, keys).
@@ -45,8 +50,7 @@ async fn miss_while_disconnected(down: &mut Instance, writer: &Instance, keys: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
-    let bus = logged_bus();
-    let [a, mut b, c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     b.load_all(&[&k1, &k2, &kept]).await;
 
@@ -78,8 +82,7 @@ async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_lost_on_the_channel_is_repaired_at_the_next_delivery() {
-    let bus = logged_bus();
-    let [a, mut b, mut c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, mut c]) = logged_trio(quiet()).await;
     let (k2, k3, kept) = (key("k2"), key("k3"), key("kept"));
     for peer in [&b, &c] {
         peer.load_all(&[&k2, &kept]).await;
@@ -106,8 +109,7 @@ async fn a_payload_lost_on_the_channel_is_repaired_at_the_next_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_trimmed_past_the_gap_clears() {
-    let bus = logged_bus();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     b.load_all(&[&kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1, &k2]).await;
@@ -124,8 +126,7 @@ async fn a_log_trimmed_past_the_gap_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
-    let bus = logged_bus();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
     b.load_all(&[&kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1]).await;
@@ -155,8 +156,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
 /// retried: the repair still happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_log_read_is_retried() {
-    let bus = logged_bus();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, kept) = (key("k1"), key("kept"));
     b.load_all(&[&k1, &kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1]).await;
@@ -170,10 +170,9 @@ async fn a_failed_log_read_is_retried() {
 /// A log that cannot be read within `replay_timeout` clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_read_clears() {
-    let bus = logged_bus();
     let mut options = quiet();
     options.backplane.replay_timeout = Duration::from_millis(100);
-    let [a, mut b, _c] = trio(&bus, options).await;
+    let (bus, [a, mut b, _c]) = logged_trio(options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     b.load_all(&[&kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1]).await;
@@ -189,8 +188,7 @@ async fn a_log_that_cannot_be_read_clears() {
 /// replay is applied; then entries the log did not touch are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_bypass_the_store_while_a_repair_runs() {
-    let bus = logged_bus();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (stale, kept) = (key("stale"), key("kept"));
     b.load_all(&[&stale, &kept]).await;
     miss_while_disconnected(&mut b, &a, &[&stale]).await;
@@ -216,10 +214,9 @@ async fn reads_bypass_the_store_while_a_repair_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_that_outlasts_replay_timeout_clears() {
-    let bus = logged_bus();
     let mut options = quiet();
     options.backplane.replay_timeout = Duration::from_millis(50);
-    let [a, mut b, _c] = trio(&bus, options).await;
+    let (bus, [a, mut b, _c]) = logged_trio(options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     b.load_all(&[&k1, &kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1]).await;
@@ -237,10 +234,9 @@ async fn a_repair_that_outlasts_replay_timeout_clears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_off_ignores_the_log_and_clears() {
-    let bus = logged_bus();
     let mut options = quiet();
     options.backplane.replay = false;
-    let [a, mut b, _c] = trio(&bus, options).await;
+    let (_bus, [a, mut b, _c]) = logged_trio(options).await;
     let (k1, kept) = (key("k1"), key("kept"));
     b.load_all(&[&kept]).await;
     miss_while_disconnected(&mut b, &a, &[&k1]).await;
@@ -346,31 +342,13 @@ async fn replay_racing_live_messages_applies_each_message_once() {
 /// invalidation of its key does not store what it read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_racing_a_repair_is_not_stored() {
-    let bus = logged_bus();
-    let [a, mut b, _c] = trio(&bus, quiet()).await;
+    let (_bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let k = key("k");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let load = tokio::spawn({
-        let cache = b.cache.clone();
-        let k = k.clone();
-        async move {
-            cache
-                .get_or_create(&k, async move |_| {
-                    started_tx.send(()).unwrap();
-                    finish_rx.await.unwrap();
-                    Ok::<_, std::convert::Infallible>(1u32) // read before the write
-                })
-                .await
-                .unwrap()
-        }
-    });
-    within("the load to start", started_rx).await.unwrap();
+    let load = b.held_load(&k, 1).await; // read before the write
     miss_while_disconnected(&mut b, &a, &[&k]).await; // the write B misses
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
-    finish_tx.send(()).unwrap();
-    assert_eq!(*within("the load", load).await.unwrap(), 1);
+    assert_eq!(*load.finish().await, 1);
     assert_eq!(
         b.get(&k),
         None,

@@ -32,8 +32,8 @@ use nearcache::{
 use nearcache_backplane::wire::{self, MessageBuilder, WireLimits};
 use nearcache_testkit::{RedisServer, TcpProxy};
 use redis_support::{
-    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, product,
-    quick_config, stats, subscribed,
+    Db, Events, PUBLISH_TIMEOUT, assert_nothing_stale, blocking, cached, load, load_everywhere,
+    product, quick_config, stats, subscribed,
 };
 
 mod redis_support;
@@ -113,6 +113,14 @@ async fn instance_with(url: String, options: CacheOptions) -> Cache {
 
 async fn instance(server: &RedisServer, app: &str) -> Cache {
     instance_with(server.url(), options(app)).await
+}
+
+/// A cache built the short way: the builder connects with the options' Redis section; once
+/// it has subscribed.
+async fn connected(options: CacheOptions) -> Cache {
+    let cache = Cache::builder().options(options).connect().await.unwrap();
+    ready(&cache).await;
+    cache
 }
 
 async fn ready(cache: &Cache) {
@@ -312,24 +320,12 @@ async fn connect_from_options_joins_the_configured_channel_only() {
         }),
         ..CacheOptions::default()
     };
-    let a = Cache::builder()
-        .options(configured(Some("team-x:prices"), "ignored"))
-        .connect()
-        .await
-        .unwrap();
-    ready(&a).await;
+    let a = connected(configured(Some("team-x:prices"), "ignored")).await;
     let b = instance_with(server.url(), configured(Some("team-x:prices"), "ignored")).await;
-    let other = Cache::builder()
-        .options(configured(None, "other-app"))
-        .connect()
-        .await
-        .unwrap();
-    ready(&other).await;
+    let other = connected(configured(None, "other-app")).await;
 
     let db = Db::new(1);
-    for cache in [&a, &b, &other] {
-        load(cache, &db, 0).await;
-    }
+    load_everywhere(&[&a, &b, &other], &db, 0..1).await;
     let (mut eb, mut ea, mut eo) = (
         Events::of("b", &b),
         Events::of("a", &a),
@@ -486,11 +482,7 @@ async fn redis_killed_and_restarted_leaves_no_stale_entry_whatever_the_order() {
     let a = instance(&server, "plain-outage").await;
     let b = instance(&server, "plain-outage").await;
     let db = Db::new(4);
-    for cache in [&a, &b] {
-        for id in 0..4 {
-            load(cache, &db, id).await;
-        }
-    }
+    load_everywhere(&[&a, &b], &db, 0..4).await;
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
     blocking(|| server.kill()).unwrap();
     eb.expect(CacheEvent::Disconnected).await;
@@ -540,11 +532,7 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
     let a = instance_with(format!("redis://127.0.0.1:{}", proxy.port()), small).await;
     let b = instance(&server, "overflow").await;
     let db = Db::new(20);
-    for cache in [&a, &b] {
-        for id in 0..20 {
-            load(cache, &db, id).await;
-        }
-    }
+    load_everywhere(&[&a, &b], &db, 0..20).await;
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
 
     blocking(|| server.kill()).unwrap();
@@ -631,10 +619,7 @@ async fn a_killed_subscriber_connection_clears_the_instance_which_keeps_receivin
     let db = Db::new(2);
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
     for round in 1..=2u64 {
-        for cache in [&a, &b] {
-            load(cache, &db, 0).await;
-            load(cache, &db, 1).await;
-        }
+        load_everywhere(&[&a, &b], &db, 0..2).await;
         let killed = blocking(|| server.client_kill_pubsub()).unwrap();
         assert_eq!(killed, 2, "one subscriber connection per instance");
         for events in [&mut ea, &mut eb] {
@@ -660,9 +645,7 @@ async fn garbage_and_other_wire_versions_are_counted_and_ignored() {
     let a = instance(&server, "garbage").await;
     let b = instance(&server, "garbage").await;
     let db = Db::new(1);
-    for cache in [&a, &b] {
-        load(cache, &db, 0).await;
-    }
+    load_everywhere(&[&a, &b], &db, 0..1).await;
     // A real removal of product 0 from a stranger, then the same bytes claiming version 2.
     let mut builder = MessageBuilder::new(WireLimits::DEFAULT);
     builder.push_remove(product(0).as_str().to_owned()).unwrap();
@@ -725,12 +708,7 @@ async fn a_batch_too_large_for_the_backplane_becomes_a_clear_not_a_stall() {
     })
     .await
     .unwrap();
-    let a = Cache::builder()
-        .options(options("too-large"))
-        .backplane(small)
-        .build()
-        .unwrap();
-    ready(&a).await;
+    let a = subscribed(options("too-large"), small, WAIT).await;
     let b = instance(&server, "too-large").await;
     let db = Db::new(1000);
     for id in 0..1000 {
@@ -823,12 +801,7 @@ async fn a_wrong_password_is_a_typed_error_at_connect_that_never_shows_it() {
         shown[0]
     );
 
-    let cache = Cache::builder()
-        .options(with_url(server.url()))
-        .connect()
-        .await
-        .unwrap();
-    ready(&cache).await;
+    let cache = connected(with_url(server.url())).await;
     assert!(!format!("{cache:?}").contains("right-pw-321"));
 }
 
@@ -882,18 +855,8 @@ async fn an_acl_user_limited_to_its_channel_is_enough() {
             }),
             ..CacheOptions::default()
         };
-        let a = Cache::builder()
-            .options(configured.clone())
-            .connect()
-            .await
-            .unwrap();
-        let b = Cache::builder()
-            .options(configured)
-            .connect()
-            .await
-            .unwrap();
-        ready(&a).await;
-        ready(&b).await;
+        let a = connected(configured.clone()).await;
+        let b = connected(configured).await;
         let db = Db::new(1);
         load(&b, &db, 0).await;
         let mut eb = Events::of("b", &b);
@@ -979,12 +942,7 @@ async fn dropping_a_cache_closes_its_redis_connections_at_once() {
     })
     .await
     .unwrap();
-    let cache = Cache::builder()
-        .options(options("drop"))
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&cache).await;
+    let cache = subscribed(options("drop"), backplane, WAIT).await;
     blocking(|| server.wait_for_clients(2, WAIT)).unwrap(); // publisher + subscriber
     drop(cache);
     blocking(|| server.wait_for_clients(0, Duration::from_secs(5))).unwrap();
@@ -1015,12 +973,7 @@ async fn after_a_restart_waiting_invalidations_go_out_within_publish_timeouts_no
     })
     .await
     .unwrap();
-    let a = Cache::builder()
-        .options(slow)
-        .backplane(backplane)
-        .build()
-        .unwrap();
-    ready(&a).await;
+    let a = subscribed(slow, backplane, WAIT).await;
     let b = instance(&server, app).await;
     let db = Db::new(2);
     for id in 0..2 {

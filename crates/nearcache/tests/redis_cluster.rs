@@ -18,9 +18,10 @@ use bytes::Bytes;
 use nearcache::{Cache, RedisBackplane, RedisBackplaneError, RedisConfig};
 use nearcache_backplane::{Backplane, BackplaneEvent, Subscription};
 use nearcache_testkit::RedisCluster;
+use redis_support::load_everywhere;
 use topology_support::{
     Db, Failover, Log, WAIT, assert_no_node_reachable, assert_nothing_stale, blocking, dead_port,
-    events, instance, instance_logging, invalidation_flows, load, redis_config, stats,
+    events, instance, instance_logging, invalidation_flows, on_each_node, redis_config, stats,
 };
 
 fn channel(app: &str) -> String {
@@ -107,10 +108,7 @@ async fn a_slot_migration_while_invalidations_flow_is_a_counted_loss_then_the_sl
     blocking(|| cluster.begin_slot_migration(slot, owner, target)).unwrap();
     invalidation_flows(&a, &b, &mut eb, &db, 1).await;
     invalidation_flows(&b, &a, &mut ea, &db, 1).await;
-    for cache in [&a, &b] {
-        load(cache, &db, 2).await;
-        load(cache, &db, 3).await;
-    }
+    load_everywhere(&[&a, &b], &db, 2..4).await;
 
     // The move ends: the source ends every subscription of the slot (`sunsubscribe`).
     blocking(|| cluster.finish_slot_migration(slot, target)).unwrap();
@@ -288,17 +286,11 @@ async fn connect_errors_name_the_unreachable_nodes_and_the_unserved_slot() {
     assert_no_node_reachable(url, dead_port).await;
 
     // No node serves the slot any more.
-    for index in 0..6 {
-        let node = cluster.node(index);
-        blocking(|| {
-            let mut con = node.connection().unwrap();
-            redis::cmd("CLUSTER")
-                .arg("DELSLOTS")
-                .arg(slot)
-                .query::<()>(&mut con)
-        })
-        .ok(); // a node that no longer lists the slot refuses; that is the goal too
-    }
+    // A node that no longer lists the slot refuses; that is the goal too.
+    let _ = on_each_node(
+        (0..6).map(|index| cluster.node(index)),
+        redis::cmd("CLUSTER").arg("DELSLOTS").arg(slot),
+    );
     let deadline = std::time::Instant::now() + WAIT;
     let err = loop {
         let err = RedisBackplane::connect_with(redis_config(cluster.url(), "errors"))

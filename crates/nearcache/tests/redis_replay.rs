@@ -49,9 +49,15 @@ fn options(url: String) -> CacheOptions {
     }
 }
 
+/// A cache of the test's application on `url`, once it has subscribed.
 async fn connect(url: String) -> Cache {
+    connect_with(options(url)).await
+}
+
+/// A cache with `options`, connected through their Redis section, once it has subscribed.
+async fn connect_with(options: CacheOptions) -> Cache {
     let cache = Cache::builder()
-        .options(options(url))
+        .options(options)
         .connect()
         .await
         .expect("connect to redis");
@@ -277,19 +283,9 @@ async fn the_documented_acl_lines_for_the_replay_log_are_enough() {
             redis.sharded = sharded;
             o
         };
-        let connect_as = async |url: String| {
-            let cache = Cache::builder()
-                .options(configured(url))
-                .connect()
-                .await
-                .expect("connect as the ACL user");
-            tokio::time::timeout(WAIT, cache.ready())
-                .await
-                .expect("subscribed");
-            cache
-        };
-        let a = connect_as(url.clone()).await;
-        let b = connect_as(url).await;
+        // As the ACL user.
+        let a = connect_with(configured(url.clone())).await;
+        let b = connect_with(configured(url)).await;
         let mut events_b = b.events();
         load(&b, 1).await;
         load(&b, 2).await;

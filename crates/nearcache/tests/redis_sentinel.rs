@@ -17,7 +17,7 @@ use nearcache_testkit::RedisSentinels;
 use nearcache_testkit::redis_sentinel::MASTER_NAME;
 use topology_support::{
     Db, Failover, Log, assert_no_node_reachable, blocking, dead_port, events, instance,
-    instance_logging, invalidation_flows, redis_config,
+    instance_logging, invalidation_flows, on_each_node, redis_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,23 +92,15 @@ async fn with_the_replay_log_a_killed_primary_is_repaired_or_cleared_and_nothing
 async fn an_acl_user_limited_to_its_channel_and_role_is_enough() {
     let sentinels = blocking(RedisSentinels::start).unwrap();
     let channel = "nearcache:sentinel-acl:invalidations";
-    for index in 0..2 {
-        let node = sentinels.node(index);
-        blocking(|| {
-            let mut con = node.connection().unwrap();
-            redis::cmd("ACL")
-                .arg("SETUSER")
-                .arg("catalog-cache")
-                .arg(
-                    format!(
-                        "on >pw-acl resetchannels &{channel} -@all +publish +subscribe +ping +role"
-                    )
-                    .split_whitespace()
-                    .collect::<Vec<_>>(),
-                )
-                .query::<()>(&mut con)
-                .unwrap();
-        });
+    let rules =
+        format!("on >pw-acl resetchannels &{channel} -@all +publish +subscribe +ping +role");
+    let set_user = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("catalog-cache")
+        .arg(rules.split_whitespace().collect::<Vec<_>>())
+        .clone();
+    for answer in on_each_node((0..2).map(|index| sentinels.node(index)), &set_user) {
+        answer.unwrap();
     }
     let url = sentinels.url().replace(
         "redis+sentinel://",

@@ -9,6 +9,8 @@ use nearcache_keys::Key;
 use nearcache_store::{Clock, Mock, Store, StoreOptions};
 use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
 
+pub mod held_load;
+
 nearcache_regions::region! {
     pub Catalog = "catalog";
     pub Pricing = "pricing";

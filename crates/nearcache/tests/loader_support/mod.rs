@@ -1,13 +1,15 @@
 //! What the loader tests (`fail_safe.rs`, `timeouts.rs`, `eager_refresh.rs`) share: the
 //! region and the error their factories use, two instances on one mock clock, the version-1
-//! load a detached loader starts from, and the check that a bad option is refused by its
-//! name.
+//! load a detached loader starts from, a cache with a hard timeout, and the check that a bad
+//! option is refused by its name.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Key, StoreOptions, region};
+use nearcache::{
+    BuildError, Cache, CacheOptions, InMemoryBackplane, Key, OptionsError, StoreOptions, region,
+};
 
 region!(pub Catalog = "catalog");
 
@@ -45,10 +47,22 @@ pub async fn load_v1_detached(cache: &Cache, k: &Key) -> Arc<u64> {
         .unwrap()
 }
 
-/// The error building a cache gives when `set` has set the store option named `option`
-/// to a bad value, once its message is seen to name `option` (so a user knows which
-/// setting to fix).
-pub fn refused(option: &str, set: impl FnOnce(&mut StoreOptions)) -> BuildError {
+/// A cache (no backplane) whose loads are abandoned after `hard_timeout`.
+pub fn with_hard_timeout(hard_timeout: Duration) -> Cache {
+    Cache::new(CacheOptions {
+        store: StoreOptions {
+            hard_timeout: Some(hard_timeout),
+            ..StoreOptions::default()
+        },
+        ..CacheOptions::default()
+    })
+    .unwrap()
+}
+
+/// Why building a cache refuses the store options `set` has given a bad value to the option
+/// named `option`: once the error is seen to be [`BuildError::InvalidOptions`] and its
+/// message to name `option` (so a user knows which setting to fix).
+pub fn refused(option: &str, set: impl FnOnce(&mut StoreOptions)) -> OptionsError {
     let mut store = StoreOptions::default();
     set(&mut store);
     let error = Cache::new(CacheOptions {
@@ -57,5 +71,8 @@ pub fn refused(option: &str, set: impl FnOnce(&mut StoreOptions)) -> BuildError 
     })
     .unwrap_err();
     assert!(error.to_string().contains(option), "{error}");
-    error
+    match error {
+        BuildError::InvalidOptions(invalid) => invalid,
+        other => panic!("{option}: refused, but not as invalid options: {other:?}"),
+    }
 }

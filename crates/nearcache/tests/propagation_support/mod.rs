@@ -50,8 +50,13 @@ pub async fn poll_until(what: &str, mut condition: impl FnMut() -> bool) {
 /// Options for tests: heartbeats far apart (one hour) so none is published during a test
 /// unless the test asks for them.
 pub fn quiet() -> CacheOptions {
+    heartbeats_every(Duration::from_secs(3600))
+}
+
+/// Options for tests that count on heartbeats: one every `interval`.
+pub fn heartbeats_every(interval: Duration) -> CacheOptions {
     let mut options = CacheOptions::default();
-    options.backplane.heartbeat_interval = Duration::from_secs(3600);
+    options.backplane.heartbeat_interval = interval;
     options
 }
 
@@ -228,6 +233,31 @@ impl Instance {
             .unwrap()
     }
 
+    /// Starts a load of `key` whose factory has read `value` (what the database said when
+    /// the load began) and is held there until [`HeldLoad::finish`]; returns once the
+    /// factory runs, so whatever the test does next overlaps the load.
+    pub async fn held_load(&self, key: &Key, value: u32) -> HeldLoad {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let load = tokio::spawn({
+            let (cache, key) = (self.cache.clone(), key.clone());
+            async move {
+                cache
+                    .get_or_create(&key, async |_| {
+                        started_tx.send(()).unwrap();
+                        release_rx.await.unwrap();
+                        Ok::<_, Infallible>(value)
+                    })
+                    .await
+                    .unwrap()
+            }
+        });
+        within("the held load's factory to start", started_rx)
+            .await
+            .unwrap();
+        HeldLoad { release, load }
+    }
+
     /// Caches each of `keys` at version 1 (each a miss).
     pub async fn load_all(&self, keys: &[&Key]) {
         for key in keys {
@@ -250,12 +280,34 @@ impl Instance {
     }
 }
 
+/// A load held inside its factory ([`Instance::held_load`]).
+pub struct HeldLoad {
+    release: tokio::sync::oneshot::Sender<()>,
+    load: tokio::task::JoinHandle<Arc<u32>>,
+}
+
+impl HeldLoad {
+    /// Lets the factory return, and awaits what the caller gets.
+    pub async fn finish(self) -> Arc<u32> {
+        self.release.send(()).unwrap();
+        within("the held load", self.load).await.unwrap()
+    }
+}
+
 /// What each cache publishes once, on subscribing: its hello.
 pub const HELLO: u64 = 1;
 
 /// What a [`trio`] publishes that invalidates nothing: a hello each, and an answer to each
 /// hello from every instance started before it (A answers B and C, B answers C).
 pub const TRIO_HELLOS_AND_ANSWERS: u64 = 3 * HELLO + 3;
+
+/// Two instances (A, B) with [`quiet`] options on one bus, B started after A with A's
+/// answer to its hello settled ([`Instance::start_after`]).
+pub async fn duo(bus: &InMemoryBackplane) -> [Instance; 2] {
+    let a = Instance::start(bus, quiet()).await;
+    let b = Instance::start_after(bus, quiet(), &[&a]).await;
+    [a, b]
+}
 
 /// Three instances (A, B, C) on one bus, each on its own connection, started one after the
 /// other with their answers settled ([`Instance::start_after`]).
@@ -264,6 +316,13 @@ pub async fn trio(bus: &InMemoryBackplane, options: CacheOptions) -> [Instance; 
     let b = Instance::start_after(bus, options.clone(), &[&a]).await;
     let c = Instance::start_after(bus, options, &[&a, &b]).await;
     [a, b, c]
+}
+
+/// A [`trio`] with [`quiet`] options on a new bus, and the bus.
+pub async fn quiet_trio() -> (InMemoryBackplane, [Instance; 3]) {
+    let bus = InMemoryBackplane::new();
+    let instances = trio(&bus, quiet()).await;
+    (bus, instances)
 }
 
 /// A garbage payload: injected after something, the `Rejected` it causes on an instance

@@ -162,6 +162,15 @@ pub(crate) async fn load(cache: &Cache, db: &Db, id: u32) -> u32 {
         .unwrap()
 }
 
+/// Caches products `ids` on each of `caches` (a miss each, read from `db`).
+pub(crate) async fn load_everywhere(caches: &[&Cache], db: &Db, ids: std::ops::Range<u32>) {
+    for cache in caches {
+        for id in ids.clone() {
+            load(cache, db, id).await;
+        }
+    }
+}
+
 pub(crate) fn cached(cache: &Cache, id: u32) -> Option<u32> {
     cache.get::<u32>(product(id)).unwrap().as_deref().copied()
 }

@@ -15,6 +15,21 @@ pub(crate) use crate::redis_support::{
     quick_config, stats, subscribed,
 };
 
+/// Sends `cmd` to each of `nodes` directly (not through the topology), off the runtime's
+/// workers; what each node answered, in order.
+pub(crate) fn on_each_node<'a>(
+    nodes: impl IntoIterator<Item = &'a nearcache_testkit::RedisServer>,
+    cmd: &redis::Cmd,
+) -> Vec<redis::RedisResult<()>> {
+    nodes
+        .into_iter()
+        .map(|node| {
+            let mut con = blocking(|| node.connection()).unwrap();
+            blocking(|| cmd.query::<()>(&mut con))
+        })
+        .collect()
+}
+
 /// Upper bound for one expected event. A hard-killed primary is replaced after the cluster's
 /// node timeout (1 s) plus an election, or Sentinel's `down-after-milliseconds` (1 s) plus an
 /// election; generous for a loaded 2-core CI machine.
