@@ -12,6 +12,9 @@
 //! This is the only module of the store with `unsafe` code, and every use of it rests on one
 //! invariant, stated on [`ErasedArc`] and kept by its only constructor.
 
+// Every `unsafe` block here says why it is sound; clippy holds the module to that.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 use std::any::{TypeId, type_name};
 use std::fmt;
 use std::marker::PhantomData;
