@@ -1,36 +1,31 @@
 //! Type-erased values: how a store holds values of any type, and how a caller gets its own
 //! type back (or a [`TypeMismatch`], never a panic or a silent miss).
 
-use std::any::{Any, TypeId, type_name};
+use std::any::{TypeId, type_name};
 use std::sync::Arc;
 
 use nearcache_keys::Key;
 
 use crate::error::TypeMismatch;
 
+// The store's only `unsafe` code: the erased `Arc` whose type check on a hit is a comparison
+// in place, not a virtual call.
+#[allow(unsafe_code)]
+mod erased;
+
+use erased::ErasedArc;
+
 /// What an entry or a flight holds: a value, or a cached "nothing" (negative entry).
 ///
-/// 16 bytes (one `Arc` of an erased value, nothing else): it is inline in every stored
-/// entry, so its size is paid per entry. A negative entry holds a [`Nothing`] marker, a type
-/// no caller can name, so a read of `T` tells a value from a negative entry with the
-/// `TypeId` comparison its downcast makes anyway. The type's name, for error messages only,
-/// comes from the erased value's vtable (or the marker), not from a field.
-#[derive(Clone)]
+/// 16 bytes (an erased `Arc`: its data pointer and its type's descriptor, nothing else): it
+/// is inline in every stored entry, so its size is paid per entry. A negative entry holds a
+/// [`Nothing`] marker, a type no caller can name, so a read of `T` tells a value from a
+/// negative entry with the `TypeId` comparison its read makes anyway. The type's name, for
+/// error messages only, comes from the descriptor (or the marker), not from a field.
+#[derive(Clone, Debug)]
 pub(crate) struct Payload {
     /// An `Arc<T>` (or an `Arc<Nothing>`: a factory's `Ok(None)`), erased.
-    value: Arc<dyn Erased>,
-}
-
-/// An erased value: [`Any`] for the downcast, and its type's name for error messages (read
-/// through the vtable, so that no entry stores it).
-trait Erased: Any + Send + Sync {
-    fn type_name(&self) -> &'static str;
-}
-
-impl<T: Any + Send + Sync> Erased for T {
-    fn type_name(&self) -> &'static str {
-        type_name::<T>()
-    }
+    value: ErasedArc,
 }
 
 /// The marker a negative entry holds: which `T` it is a `None` of (negative entries are rare,
@@ -55,48 +50,47 @@ pub(crate) enum Typed<T> {
 
 impl Payload {
     pub(crate) fn value<T: Send + Sync + 'static>(value: Arc<T>) -> Self {
-        Payload { value }
+        Payload {
+            value: ErasedArc::new(value),
+        }
     }
 
     pub(crate) fn nothing<T: 'static>() -> Self {
         Payload {
-            value: Arc::new(Nothing {
+            value: ErasedArc::new(Arc::new(Nothing {
                 of: TypeId::of::<T>(),
                 name: type_name::<T>(),
-            }),
+            })),
         }
     }
 
-    /// Whether this is a negative entry (one virtual call: off the hit path).
+    /// Whether this is a negative entry.
     pub(crate) fn is_nothing(&self) -> bool {
         self.marker().is_some()
     }
 
     fn marker(&self) -> Option<&Nothing> {
-        let any: &dyn Any = &*self.value;
-        any.downcast_ref::<Nothing>()
+        self.value.downcast_ref::<Nothing>()
     }
 
     /// The payload as a `T`, read in place: the hit path. A value costs one `TypeId`
-    /// comparison (one virtual call) and one reference count; anything else is sorted out
+    /// comparison (in place, no call) and one reference count; anything else is sorted out
     /// on a cold path.
     #[inline(always)]
     pub(crate) fn read<T: Send + Sync + 'static>(&self) -> Typed<T> {
-        let any: Arc<dyn Any + Send + Sync> = self.value.clone();
-        match any.downcast::<T>() {
-            Ok(value) => Typed::Value(value),
-            Err(_) => self.read_other::<T>(),
+        match self.value.get::<T>() {
+            Some(value) => Typed::Value(value),
+            None => self.read_other::<T>(),
         }
     }
 
     /// The payload's value if it is a `T`, read in place: the hit path of `get` and of the
     /// loaders. Anything else (a cached `None`, another type) is `None`, for the caller to
-    /// sort out on its cold path; the common case costs one `TypeId` comparison (one
-    /// virtual call) and one reference count, with no enum of the other cases to carry.
+    /// sort out on its cold path; the common case costs one `TypeId` comparison (in place,
+    /// no call) and one reference count, with no enum of the other cases to carry.
     #[inline(always)]
     pub(crate) fn value_of<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        let any: Arc<dyn Any + Send + Sync> = self.value.clone();
-        any.downcast::<T>().ok()
+        self.value.get::<T>()
     }
 
     #[cold]
@@ -113,7 +107,7 @@ impl Payload {
     pub(crate) fn type_name(&self) -> &'static str {
         match self.marker() {
             Some(nothing) => nothing.name,
-            None => Erased::type_name(&*self.value),
+            None => self.value.type_name(),
         }
     }
 
