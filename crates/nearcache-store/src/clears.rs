@@ -277,6 +277,81 @@ mod tests {
         assert_eq!(store.get::<u32>(&a).unwrap().as_deref(), Some(&3));
     }
 
+    /// Claim (a) with real threads: sets and loads racing a fence (and a second clear right
+    /// behind it) leave no entry from before the fence. Each key is written once, so nothing
+    /// overwrites a survivor; a survivor would record the count one short of the fence. The
+    /// hook then moves the count to that count plus 2^32 (the same bits) without sweeping,
+    /// where a read would serve it.
+    #[test]
+    fn sets_and_loads_racing_a_fence_leave_nothing_from_before_it() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const ROUNDS: usize = 200;
+        const KEYS: usize = 256;
+        const CLEARERS: usize = 2;
+        let set_keys: Vec<Key> = (0..KEYS).map(|i| Key::from_text(format!("s{i}"))).collect();
+        let load_keys: Vec<Key> = (0..KEYS).map(|i| Key::from_text(format!("l{i}"))).collect();
+        for round in 0..ROUNDS {
+            // No purger pass in a round (a clear here does not request one): it could remove
+            // a survivor before the check, and hide it.
+            let options = StoreOptions {
+                purge_interval: Duration::from_secs(3_600),
+                ..StoreOptions::default()
+            };
+            let store = Store::new(options).unwrap();
+            skip_to_fence(&store);
+            let short_of_fence = store.regions().clears();
+            let barrier = Barrier::new(2 + CLEARERS);
+            // Keys written so far: the clears start once a quarter of them are.
+            let written = AtomicUsize::new(0);
+            std::thread::scope(|threads| {
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &set_keys {
+                        store.set(key.clone(), 1_u32);
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &load_keys {
+                        let loaded =
+                            store.get_or_create_sync(key, |_| Ok::<_, std::io::Error>(2_u32));
+                        assert!(loaded.is_ok());
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
+                for _ in 0..CLEARERS {
+                    threads.spawn(|| {
+                        barrier.wait();
+                        while written.load(Ordering::Acquire) < KEYS / 2 {
+                            std::thread::yield_now();
+                        }
+                        clear_unpurged(&store);
+                    });
+                }
+            });
+            assert_eq!(store.regions().clears(), short_of_fence + CLEARERS as u64);
+            assert!(
+                store.regions().clears() > FENCE_EVERY,
+                "the fence was crossed"
+            );
+            // The same 32 bits as the count one short of the fence, with no sweep on the way.
+            store
+                .regions()
+                .expire_global_as_many((1 << 32) - CLEARERS as u64);
+            assert_eq!(bits_of(store.regions().clears()), bits_of(short_of_fence));
+            for key in set_keys.iter().chain(&load_keys) {
+                assert_eq!(
+                    store.get::<u32>(key).unwrap(),
+                    None,
+                    "round {round}: {key:?}, stored before the fence, outlived it"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_load_that_spans_a_wrap_is_returned_but_not_stored() {
         let store = Store::new(StoreOptions::default()).unwrap();
