@@ -277,21 +277,25 @@ mod tests {
         assert_eq!(store.get::<u32>(&a).unwrap().as_deref(), Some(&3));
     }
 
-    /// Claim (a) with real threads: sets and loads racing a fence (and a second clear right
-    /// behind it) leave no entry from before the fence. Each key is written once, so nothing
-    /// overwrites a survivor; a survivor would record the count one short of the fence. The
-    /// hook then moves the count to that count plus 2^32 (the same bits) without sweeping,
-    /// where a read would serve it.
+    /// Claim (a) with real threads: sets, loads and fail-safe re-arms racing a fence (and a
+    /// second clear right behind it) leave no entry from before the fence. Each key is
+    /// written once, so nothing overwrites a survivor; a survivor would record the count one
+    /// short of the fence. The hook then moves the count to that count plus 2^32 (the same
+    /// bits) without sweeping, where a read would serve it.
     #[test]
-    fn sets_and_loads_racing_a_fence_leave_nothing_from_before_it() {
+    fn inserts_racing_a_fence_leave_nothing_from_before_it() {
         use std::sync::Barrier;
         use std::sync::atomic::{AtomicUsize, Ordering};
 
         const ROUNDS: usize = 200;
         const KEYS: usize = 256;
         const CLEARERS: usize = 2;
-        let set_keys: Vec<Key> = (0..KEYS).map(|i| Key::from_text(format!("s{i}"))).collect();
-        let load_keys: Vec<Key> = (0..KEYS).map(|i| Key::from_text(format!("l{i}"))).collect();
+        let keys = |prefix: &str| -> Vec<Key> {
+            (0..KEYS)
+                .map(|i| Key::from_text(format!("{prefix}{i}")))
+                .collect()
+        };
+        let (set_keys, load_keys, kept_keys) = (keys("s"), keys("l"), keys("k"));
         for round in 0..ROUNDS {
             // No purger pass in a round (a clear here does not request one): it could remove
             // a survivor before the check, and hide it.
@@ -299,11 +303,21 @@ mod tests {
                 purge_interval: Duration::from_secs(3_600),
                 ..StoreOptions::default()
             };
-            let store = Store::new(options).unwrap();
+            let (clock, mock) = quanta::Clock::mock();
+            let store = Store::with_clock(options, clock).unwrap();
             skip_to_fence(&store);
             let short_of_fence = store.regions().clears();
-            let barrier = Barrier::new(2 + CLEARERS);
-            // Keys written so far: the clears start once a quarter of them are.
+            // Expired, kept for fail-safe: a failed load re-arms each (a copy, inserted).
+            for key in &kept_keys {
+                assert!(store.set_with(key.clone(), 3_u32, |entry| {
+                    entry
+                        .time_to_live(Duration::from_secs(1))
+                        .fail_safe_max_duration(Duration::from_secs(3_600));
+                }));
+            }
+            mock.increment(Duration::from_secs(2));
+            let barrier = Barrier::new(3 + CLEARERS);
+            // Keys written so far: the clears start once a third of them are.
             let written = AtomicUsize::new(0);
             std::thread::scope(|threads| {
                 threads.spawn(|| {
@@ -322,10 +336,20 @@ mod tests {
                         written.fetch_add(1, Ordering::Release);
                     }
                 });
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &kept_keys {
+                        // Served the kept value before the fence, an error after it.
+                        let _ = store.get_or_create_sync(key, |_| {
+                            Err::<u32, _>(std::io::Error::other("source down"))
+                        });
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
                 for _ in 0..CLEARERS {
                     threads.spawn(|| {
                         barrier.wait();
-                        while written.load(Ordering::Acquire) < KEYS / 2 {
+                        while written.load(Ordering::Acquire) < KEYS {
                             std::thread::yield_now();
                         }
                         clear_unpurged(&store);
@@ -342,7 +366,7 @@ mod tests {
                 .regions()
                 .expire_global_as_many((1 << 32) - CLEARERS as u64);
             assert_eq!(bits_of(store.regions().clears()), bits_of(short_of_fence));
-            for key in set_keys.iter().chain(&load_keys) {
+            for key in set_keys.iter().chain(&load_keys).chain(&kept_keys) {
                 assert_eq!(
                     store.get::<u32>(key).unwrap(),
                     None,
