@@ -277,6 +277,105 @@ mod tests {
         assert_eq!(store.get::<u32>(&a).unwrap().as_deref(), Some(&3));
     }
 
+    /// Claim (a) with real threads: sets, loads and fail-safe re-arms racing a fence (and a
+    /// second clear right behind it) leave no entry from before the fence. Each key is
+    /// written once, so nothing overwrites a survivor; a survivor would record the count one
+    /// short of the fence. The hook then moves the count to that count plus 2^32 (the same
+    /// bits) without sweeping, where a read would serve it.
+    #[test]
+    fn inserts_racing_a_fence_leave_nothing_from_before_it() {
+        use std::sync::Barrier;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        const ROUNDS: usize = 200;
+        const KEYS: usize = 256;
+        const CLEARERS: usize = 2;
+        let keys = |prefix: &str| -> Vec<Key> {
+            (0..KEYS)
+                .map(|i| Key::from_text(format!("{prefix}{i}")))
+                .collect()
+        };
+        let (set_keys, load_keys, kept_keys) = (keys("s"), keys("l"), keys("k"));
+        for round in 0..ROUNDS {
+            // No purger pass in a round (a clear here does not request one): it could remove
+            // a survivor before the check, and hide it.
+            let options = StoreOptions {
+                purge_interval: Duration::from_secs(3_600),
+                ..StoreOptions::default()
+            };
+            let (clock, mock) = quanta::Clock::mock();
+            let store = Store::with_clock(options, clock).unwrap();
+            skip_to_fence(&store);
+            let short_of_fence = store.regions().clears();
+            // Expired, kept for fail-safe: a failed load re-arms each (a copy, inserted).
+            for key in &kept_keys {
+                assert!(store.set_with(key.clone(), 3_u32, |entry| {
+                    entry
+                        .time_to_live(Duration::from_secs(1))
+                        .fail_safe_max_duration(Duration::from_secs(3_600));
+                }));
+            }
+            mock.increment(Duration::from_secs(2));
+            let barrier = Barrier::new(3 + CLEARERS);
+            // Keys written so far: the clears start once a third of them are.
+            let written = AtomicUsize::new(0);
+            std::thread::scope(|threads| {
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &set_keys {
+                        store.set(key.clone(), 1_u32);
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &load_keys {
+                        let loaded =
+                            store.get_or_create_sync(key, |_| Ok::<_, std::io::Error>(2_u32));
+                        assert!(loaded.is_ok());
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
+                threads.spawn(|| {
+                    barrier.wait();
+                    for key in &kept_keys {
+                        // Served the kept value before the fence, an error after it.
+                        let _ = store.get_or_create_sync(key, |_| {
+                            Err::<u32, _>(std::io::Error::other("source down"))
+                        });
+                        written.fetch_add(1, Ordering::Release);
+                    }
+                });
+                for _ in 0..CLEARERS {
+                    threads.spawn(|| {
+                        barrier.wait();
+                        while written.load(Ordering::Acquire) < KEYS {
+                            std::thread::yield_now();
+                        }
+                        clear_unpurged(&store);
+                    });
+                }
+            });
+            assert_eq!(store.regions().clears(), short_of_fence + CLEARERS as u64);
+            assert!(
+                store.regions().clears() > FENCE_EVERY,
+                "the fence was crossed"
+            );
+            // The same 32 bits as the count one short of the fence, with no sweep on the way.
+            store
+                .regions()
+                .expire_global_as_many((1 << 32) - CLEARERS as u64);
+            assert_eq!(bits_of(store.regions().clears()), bits_of(short_of_fence));
+            for key in set_keys.iter().chain(&load_keys).chain(&kept_keys) {
+                assert_eq!(
+                    store.get::<u32>(key).unwrap(),
+                    None,
+                    "round {round}: {key:?}, stored before the fence, outlived it"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_load_that_spans_a_wrap_is_returned_but_not_stored() {
         let store = Store::new(StoreOptions::default()).unwrap();
