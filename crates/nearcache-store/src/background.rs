@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
 use crate::flight::{Flight, LeaderKind};
-use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
+use crate::load::{CatchUnwind, DetachedLeader, Failed, Leader, Turn, run_blocking};
 use crate::source::Source;
 use crate::store::{Store, StoreInner};
 use crate::timeout::Waited;
@@ -170,40 +170,34 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Async, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = inner
-                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
-                        .await
-                    {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => {
-                    let flight = Arc::clone(leader.flight());
-                    let joined_at = flight.start_epoch();
-                    let detached = leader.detach(Arc::clone(&self.inner));
-                    let (runner_handoff, runner_runtime) = (Arc::clone(&handoff), runtime.clone());
-                    drop(runtime.spawn_blocking(move || {
-                        run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
-                    }));
-                    let waiting = Waiting {
-                        handoff: &handoff,
-                        flight: &flight,
-                        inner,
-                        took_outcome: false,
-                    };
-                    let waited = inner.wait_timed::<S, E>(&flight, key, bypass).await;
-                    if let Some(result) = waiting.settle(waited, joined_at, key) {
-                        return result;
-                    }
-                    match after_runner(&handoff) {
-                        AfterRunner::Again => {}
-                        AfterRunner::InPlace(factory) => {
-                            return inner.load_async::<S, E, F>(key, factory).await;
-                        }
-                    }
+            let leader = match inner
+                .lead_or_answer_async::<S, E>(key, bypass, &mut counted)
+                .await
+            {
+                Turn::Lead(leader) => leader,
+                Turn::Answer(answer) => return answer,
+            };
+            let flight = Arc::clone(leader.flight());
+            let joined_at = flight.start_epoch();
+            let detached = leader.detach(Arc::clone(&self.inner));
+            let (runner_handoff, runner_runtime) = (Arc::clone(&handoff), runtime.clone());
+            drop(runtime.spawn_blocking(move || {
+                run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
+            }));
+            let waiting = Waiting {
+                handoff: &handoff,
+                flight: &flight,
+                inner,
+                took_outcome: false,
+            };
+            let waited = inner.wait_timed::<S, E>(&flight, key, bypass).await;
+            if let Some(result) = waiting.settle(waited, joined_at, key) {
+                return result;
+            }
+            match after_runner(&handoff) {
+                AfterRunner::Again => {}
+                AfterRunner::InPlace(factory) => {
+                    return inner.load_async::<S, E, F>(key, factory).await;
                 }
             }
         }
@@ -228,37 +222,31 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => {
-                    let flight = Arc::clone(leader.flight());
-                    let joined_at = flight.start_epoch();
-                    let detached = leader.detach(Arc::clone(&self.inner));
-                    let runner_handoff = Arc::clone(&handoff);
-                    drop(runtime.spawn_blocking(move || {
-                        run_sync::<S, E, F>(detached, &runner_handoff);
-                    }));
-                    let waiting = Waiting {
-                        handoff: &handoff,
-                        flight: &flight,
-                        inner,
-                        took_outcome: false,
-                    };
-                    let waited = inner.wait_sync_waited::<S, E>(&flight, key, bypass);
-                    if let Some(result) = waiting.settle(waited, joined_at, key) {
-                        return result;
-                    }
-                    match after_runner(&handoff) {
-                        AfterRunner::Again => {}
-                        AfterRunner::InPlace(factory) => {
-                            return inner.load_sync::<S, E, F>(key, factory);
-                        }
-                    }
+            let leader = match inner.lead_or_answer_sync::<S, E>(key, bypass, &mut counted) {
+                Turn::Lead(leader) => leader,
+                Turn::Answer(answer) => return answer,
+            };
+            let flight = Arc::clone(leader.flight());
+            let joined_at = flight.start_epoch();
+            let detached = leader.detach(Arc::clone(&self.inner));
+            let runner_handoff = Arc::clone(&handoff);
+            drop(runtime.spawn_blocking(move || {
+                run_sync::<S, E, F>(detached, &runner_handoff);
+            }));
+            let waiting = Waiting {
+                handoff: &handoff,
+                flight: &flight,
+                inner,
+                took_outcome: false,
+            };
+            let waited = inner.wait_sync_waited::<S, E>(&flight, key, bypass);
+            if let Some(result) = waiting.settle(waited, joined_at, key) {
+                return result;
+            }
+            match after_runner(&handoff) {
+                AfterRunner::Again => {}
+                AfterRunner::InPlace(factory) => {
+                    return inner.load_sync::<S, E, F>(key, factory);
                 }
             }
         }
