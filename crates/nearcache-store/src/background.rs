@@ -363,6 +363,16 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// A runtime for a store to be built in: one worker, and the blocking pool that its
+    /// detached loads run on.
+    fn one_worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// A detached load whose factory fails while its caller still waits hands that caller
     /// the kept value: one caller, one `ExpiredServed` (the runner, which hands the value
     /// to nobody, raises none). Once the caller has left (its soft timeout), the failed
@@ -371,11 +381,7 @@ mod tests {
     #[test]
     fn a_detached_load_raises_expired_served_once_per_caller_handed_the_value() {
         for caller_leaves in [false, true] {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = one_worker_runtime();
             let (clock, mock) = quanta::Clock::mock();
             let store = {
                 let _in = runtime.enter();
@@ -437,11 +443,7 @@ mod tests {
     /// without a factory, never yielding.
     #[test]
     fn a_detached_caller_ends_when_its_runners_runtime_shuts_down_under_it() {
-        let store_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let store_runtime = one_worker_runtime();
         let store = {
             let _in = store_runtime.enter();
             Store::new(StoreOptions {
