@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
-use crate::flight::{Flight, LeaderKind};
+use crate::flight::Flight;
 use crate::load::{CatchUnwind, DetachedLeader, Failed, Leader, Turn, run_blocking};
 use crate::source::Source;
 use crate::store::{Store, StoreInner};
