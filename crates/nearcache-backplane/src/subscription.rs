@@ -353,6 +353,13 @@ mod tests {
         BackplaneEvent::Message(Bytes::from_static(s.as_bytes()))
     }
 
+    /// Sends `events` in order, whether each is queued or dropped for a full queue.
+    fn send_all(sender: &EventSender, events: impl IntoIterator<Item = BackplaneEvent>) {
+        for event in events {
+            sender.send(event);
+        }
+    }
+
     /// Drains what is ready and returns whether the reader ends believing the link is up.
     fn believed_up(sub: &mut Subscription) -> bool {
         let mut up = true;
@@ -385,10 +392,8 @@ mod tests {
     #[tokio::test]
     async fn disconnect_reconnect_disconnect_behind_a_full_queue_reads_as_down() {
         let (sender, mut sub) = Subscription::channel(1);
-        sender.send(msg("a"));
-        sender.send(BackplaneEvent::Disconnected);
-        sender.send(BackplaneEvent::Reconnected);
-        sender.send(BackplaneEvent::Disconnected);
+        let (down, up) = (BackplaneEvent::Disconnected, BackplaneEvent::Reconnected);
+        send_all(&sender, [msg("a"), down.clone(), up, down]);
         assert!(!believed_up(&mut sub), "the link is down");
         assert_eq!(
             sub.link(),
@@ -402,15 +407,12 @@ mod tests {
     #[tokio::test]
     async fn payload_disconnect_reconnect_behind_a_full_queue_reads_as_up() {
         let (sender, mut sub) = Subscription::channel(2);
-        sender.send(msg("a"));
-        sender.send(BackplaneEvent::Disconnected);
-        sender.send(BackplaneEvent::Reconnected);
-        assert_eq!(sub.try_recv(), Some(BackplaneEvent::Reconnected));
+        let (down, up) = (BackplaneEvent::Disconnected, BackplaneEvent::Reconnected);
+        send_all(&sender, [msg("a"), down.clone(), up.clone()]);
+        assert_eq!(sub.try_recv(), Some(up.clone()));
         assert_eq!(sub.try_recv(), Some(msg("a")));
         assert_eq!(sub.try_recv(), None);
-        sender.send(BackplaneEvent::Disconnected);
-        sender.send(BackplaneEvent::Reconnected);
-        sender.send(msg("b"));
+        send_all(&sender, [down, up, msg("b")]);
         assert!(believed_up(&mut sub), "the link is up");
     }
 

@@ -176,23 +176,38 @@ mod tests {
         assert_eq!(key.as_str(), "S:m-42-'a-b'-(x-1)-~-1");
     }
 
+    /// Asserts how each type name is written in a key's prefix (before `:method`).
+    fn assert_type_names_written(cases: &[(&str, &str)]) {
+        for &(type_name, written) in cases {
+            assert_eq!(
+                prefix(type_name, "m"),
+                format!("{written}:m"),
+                "{type_name:?}"
+            );
+        }
+    }
+
     #[test]
     fn type_name_whitespace_is_normalized() {
-        assert_eq!(prefix("Vec < u8 >", "m"), "Vec<u8>:m");
-        assert_eq!(prefix("a :: B", "m"), "a::B:m");
-        assert_eq!(prefix("& 'static str", "m"), "&'static str:m");
-        assert_eq!(prefix("dyn  Fn ( u8 ) -> u8", "m"), "dyn Fn(u8)->u8:m");
-        assert_eq!(prefix("Foo<A, B<C>>", "m"), "Foo<A,B<C>>:m");
+        assert_type_names_written(&[
+            ("Vec < u8 >", "Vec<u8>"),
+            ("a :: B", "a::B"),
+            ("& 'static str", "&'static str"),
+            ("dyn  Fn ( u8 ) -> u8", "dyn Fn(u8)->u8"),
+            ("Foo<A, B<C>>", "Foo<A,B<C>>"),
+        ]);
     }
 
     #[test]
     fn odd_type_names_are_quoted() {
-        assert_eq!(prefix("", "m"), "'':m");
-        assert_eq!(prefix("a:b", "m"), "'a:b':m");
-        assert_eq!(prefix("a:::b", "m"), "'a:::b':m");
-        assert_eq!(prefix("a::", "m"), "'a::':m");
-        assert_eq!(prefix("'a", "m"), "'''a':m");
-        assert_eq!(prefix("::a::B", "m"), "::a::B:m");
+        assert_type_names_written(&[
+            ("", "''"),
+            ("a:b", "'a:b'"),
+            ("a:::b", "'a:::b'"),
+            ("a::", "'a::'"),
+            ("'a", "'''a'"),
+            ("::a::B", "::a::B"),
+        ]);
     }
 
     #[test]

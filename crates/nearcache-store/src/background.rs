@@ -36,8 +36,8 @@ use parking_lot::Mutex;
 
 use crate::entry::EntryOptions;
 use crate::error::LoadError;
-use crate::flight::{Flight, LeaderKind};
-use crate::load::{Acquired, CatchUnwind, DetachedLeader, Failed, Leader, run_blocking};
+use crate::flight::Flight;
+use crate::load::{CatchUnwind, DetachedLeader, Failed, Leader, Turn, run_blocking};
 use crate::source::Source;
 use crate::store::{Store, StoreInner};
 use crate::timeout::Waited;
@@ -170,40 +170,34 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Async, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = inner
-                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
-                        .await
-                    {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => {
-                    let flight = Arc::clone(leader.flight());
-                    let joined_at = flight.start_epoch();
-                    let detached = leader.detach(Arc::clone(&self.inner));
-                    let (runner_handoff, runner_runtime) = (Arc::clone(&handoff), runtime.clone());
-                    drop(runtime.spawn_blocking(move || {
-                        run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
-                    }));
-                    let waiting = Waiting {
-                        handoff: &handoff,
-                        flight: &flight,
-                        inner,
-                        took_outcome: false,
-                    };
-                    let waited = inner.wait_timed::<S, E>(&flight, key, bypass).await;
-                    if let Some(result) = waiting.settle(waited, joined_at, key) {
-                        return result;
-                    }
-                    match after_runner(&handoff) {
-                        AfterRunner::Again => {}
-                        AfterRunner::InPlace(factory) => {
-                            return inner.load_async::<S, E, F>(key, factory).await;
-                        }
-                    }
+            let leader = match inner
+                .lead_or_answer_async::<S, E>(key, bypass, &mut counted)
+                .await
+            {
+                Turn::Lead(leader) => leader,
+                Turn::Answer(answer) => return answer,
+            };
+            let flight = Arc::clone(leader.flight());
+            let joined_at = flight.start_epoch();
+            let detached = leader.detach(Arc::clone(&self.inner));
+            let (runner_handoff, runner_runtime) = (Arc::clone(&handoff), runtime.clone());
+            drop(runtime.spawn_blocking(move || {
+                run_async::<S, E, F>(detached, &runner_runtime, &runner_handoff);
+            }));
+            let waiting = Waiting {
+                handoff: &handoff,
+                flight: &flight,
+                inner,
+                took_outcome: false,
+            };
+            let waited = inner.wait_timed::<S, E>(&flight, key, bypass).await;
+            if let Some(result) = waiting.settle(waited, joined_at, key) {
+                return result;
+            }
+            match after_runner(&handoff) {
+                AfterRunner::Again => {}
+                AfterRunner::InPlace(factory) => {
+                    return inner.load_async::<S, E, F>(key, factory).await;
                 }
             }
         }
@@ -228,37 +222,31 @@ impl Store {
         let handoff = Arc::new(Handoff::new(factory));
         let mut counted = false;
         loop {
-            match inner.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = inner.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => {
-                    let flight = Arc::clone(leader.flight());
-                    let joined_at = flight.start_epoch();
-                    let detached = leader.detach(Arc::clone(&self.inner));
-                    let runner_handoff = Arc::clone(&handoff);
-                    drop(runtime.spawn_blocking(move || {
-                        run_sync::<S, E, F>(detached, &runner_handoff);
-                    }));
-                    let waiting = Waiting {
-                        handoff: &handoff,
-                        flight: &flight,
-                        inner,
-                        took_outcome: false,
-                    };
-                    let waited = inner.wait_sync_waited::<S, E>(&flight, key, bypass);
-                    if let Some(result) = waiting.settle(waited, joined_at, key) {
-                        return result;
-                    }
-                    match after_runner(&handoff) {
-                        AfterRunner::Again => {}
-                        AfterRunner::InPlace(factory) => {
-                            return inner.load_sync::<S, E, F>(key, factory);
-                        }
-                    }
+            let leader = match inner.lead_or_answer_sync::<S, E>(key, bypass, &mut counted) {
+                Turn::Lead(leader) => leader,
+                Turn::Answer(answer) => return answer,
+            };
+            let flight = Arc::clone(leader.flight());
+            let joined_at = flight.start_epoch();
+            let detached = leader.detach(Arc::clone(&self.inner));
+            let runner_handoff = Arc::clone(&handoff);
+            drop(runtime.spawn_blocking(move || {
+                run_sync::<S, E, F>(detached, &runner_handoff);
+            }));
+            let waiting = Waiting {
+                handoff: &handoff,
+                flight: &flight,
+                inner,
+                took_outcome: false,
+            };
+            let waited = inner.wait_sync_waited::<S, E>(&flight, key, bypass);
+            if let Some(result) = waiting.settle(waited, joined_at, key) {
+                return result;
+            }
+            match after_runner(&handoff) {
+                AfterRunner::Again => {}
+                AfterRunner::InPlace(factory) => {
+                    return inner.load_sync::<S, E, F>(key, factory);
                 }
             }
         }
@@ -375,6 +363,16 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
     const SECOND: Duration = Duration::from_secs(1);
 
+    /// A runtime for a store to be built in: one worker, and the blocking pool that its
+    /// detached loads run on.
+    fn one_worker_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
     /// A detached load whose factory fails while its caller still waits hands that caller
     /// the kept value: one caller, one `ExpiredServed` (the runner, which hands the value
     /// to nobody, raises none). Once the caller has left (its soft timeout), the failed
@@ -383,11 +381,7 @@ mod tests {
     #[test]
     fn a_detached_load_raises_expired_served_once_per_caller_handed_the_value() {
         for caller_leaves in [false, true] {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
+            let runtime = one_worker_runtime();
             let (clock, mock) = quanta::Clock::mock();
             let store = {
                 let _in = runtime.enter();
@@ -449,11 +443,7 @@ mod tests {
     /// without a factory, never yielding.
     #[test]
     fn a_detached_caller_ends_when_its_runners_runtime_shuts_down_under_it() {
-        let store_runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let store_runtime = one_worker_runtime();
         let store = {
             let _in = store_runtime.enter();
             Store::new(StoreOptions {

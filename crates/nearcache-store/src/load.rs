@@ -49,6 +49,13 @@ pub(crate) enum Acquired<'a, S> {
     Lead(Leader<'a>),
 }
 
+/// What a get-or-create caller goes on with: the lead of the key's load, or its answer (a
+/// hit, or the outcome of a flight it joined).
+pub(crate) enum Turn<'a, S, E> {
+    Lead(Leader<'a>),
+    Answer(Result<S, LoadError<E>>),
+}
+
 /// Why a factory run gave no value.
 pub(crate) enum Failed<E> {
     /// It returned `Err`.
@@ -415,6 +422,52 @@ impl StoreInner {
         acquired
     }
 
+    /// Acquires `key` until this caller leads its load or has its answer: a hit, or the
+    /// outcome of a flight it joined, waited for on this thread. A joined flight that gives
+    /// no answer for this caller (abandoned, or stale for it) sends it round again.
+    pub(crate) fn lead_or_answer_sync<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        key: &Key,
+        bypass: bool,
+        counted: &mut bool,
+    ) -> Turn<'_, S, E> {
+        loop {
+            match self.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, counted) {
+                Acquired::Hit(hit) => return Turn::Answer(hit.map_err(LoadError::TypeMismatch)),
+                Acquired::Wait { flight, joined_at } => {
+                    if let Some(result) = self.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
+                        return Turn::Answer(result);
+                    }
+                }
+                Acquired::Lead(leader) => return Turn::Lead(leader),
+            }
+        }
+    }
+
+    /// [`lead_or_answer_sync`](Self::lead_or_answer_sync) for an async caller, which waits
+    /// for a joined flight without blocking.
+    pub(crate) async fn lead_or_answer_async<S: Shape, E: Send + Sync + 'static>(
+        &self,
+        key: &Key,
+        bypass: bool,
+        counted: &mut bool,
+    ) -> Turn<'_, S, E> {
+        loop {
+            match self.acquire_counted::<S>(key, bypass, LeaderKind::Async, counted) {
+                Acquired::Hit(hit) => return Turn::Answer(hit.map_err(LoadError::TypeMismatch)),
+                Acquired::Wait { flight, joined_at } => {
+                    if let Some(result) = self
+                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
+                        .await
+                    {
+                        return Turn::Answer(result);
+                    }
+                }
+                Acquired::Lead(leader) => return Turn::Lead(leader),
+            }
+        }
+    }
+
     /// The blocking get-or-create.
     #[inline(never)]
     pub(crate) fn load_sync<S, E, F>(&self, key: &Key, factory: F) -> Result<S, LoadError<E>>
@@ -430,17 +483,9 @@ impl StoreInner {
             return self.pass_through(factory(&mut entry));
         }
         let bypass = self.read_bypass();
-        let mut counted = false;
-        loop {
-            match self.acquire_counted::<S>(key, bypass, LeaderKind::Blocking, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = self.wait_sync::<S, E>(&flight, joined_at, key, bypass) {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => return self.lead_sync::<S, E, F>(leader, factory),
-            }
+        match self.lead_or_answer_sync::<S, E>(key, bypass, &mut false) {
+            Turn::Lead(leader) => self.lead_sync::<S, E, F>(leader, factory),
+            Turn::Answer(answer) => answer,
         }
     }
 
@@ -458,20 +503,12 @@ impl StoreInner {
             return self.pass_through(factory(&mut entry).await);
         }
         let bypass = self.read_bypass();
-        let mut counted = false;
-        loop {
-            match self.acquire_counted::<S>(key, bypass, LeaderKind::Async, &mut counted) {
-                Acquired::Hit(hit) => return hit.map_err(LoadError::TypeMismatch),
-                Acquired::Wait { flight, joined_at } => {
-                    if let Some(result) = self
-                        .wait_async::<S, E>(&flight, joined_at, key, bypass)
-                        .await
-                    {
-                        return result;
-                    }
-                }
-                Acquired::Lead(leader) => return self.lead_async::<S, E, F>(leader, factory).await,
-            }
+        match self
+            .lead_or_answer_async::<S, E>(key, bypass, &mut false)
+            .await
+        {
+            Turn::Lead(leader) => self.lead_async::<S, E, F>(leader, factory).await,
+            Turn::Answer(answer) => answer,
         }
     }
 

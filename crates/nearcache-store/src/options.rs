@@ -244,6 +244,13 @@ impl StoreOptions {
 mod tests {
     use super::*;
 
+    /// The default options with `change` applied.
+    fn defaults_but(change: impl FnOnce(&mut StoreOptions)) -> StoreOptions {
+        let mut options = StoreOptions::default();
+        change(&mut options);
+        options
+    }
+
     /// Asserts that `options` are refused with an error that `is` accepts and whose text
     /// says `says`.
     fn assert_refused(options: &StoreOptions, is: fn(&OptionsError) -> bool, says: &str) {
@@ -272,10 +279,7 @@ mod tests {
 
     #[test]
     fn zero_values_are_refused_with_the_fix_in_the_message() {
-        let zero_capacity = StoreOptions {
-            max_capacity: 0,
-            ..StoreOptions::default()
-        };
+        let zero_capacity = defaults_but(|o| o.max_capacity = 0);
         let error = zero_capacity.sizing().err();
         assert!(matches!(error, Some(OptionsError::ZeroCapacity)));
         assert!(error.is_some_and(|e| e.to_string().contains("enabled = false")));
@@ -301,8 +305,7 @@ mod tests {
             ),
         ];
         for (spoil, expected) in cases {
-            let mut options = StoreOptions::default();
-            spoil(&mut options);
+            let options = defaults_but(spoil);
             let error = options.sizing().err();
             assert!(
                 error.as_ref().is_some_and(expected),
@@ -314,54 +317,39 @@ mod tests {
     #[test]
     fn an_eager_refresh_threshold_must_be_a_fraction_strictly_between_0_and_1() {
         for bad in [0.0, 1.0, 1.5, -0.1, f64::NAN, f64::INFINITY] {
-            let options = StoreOptions {
-                eager_refresh_threshold: Some(bad),
-                ..StoreOptions::default()
-            };
             assert_refused(
-                &options,
+                &defaults_but(|o| o.eager_refresh_threshold = Some(bad)),
                 |e| matches!(e, OptionsError::EagerRefreshThreshold { .. }),
                 "between 0 and 1",
             );
         }
-        let options = StoreOptions {
-            eager_refresh_threshold: Some(0.8),
-            ..StoreOptions::default()
-        };
-        assert!(options.sizing().is_ok());
+        let fine = defaults_but(|o| o.eager_refresh_threshold = Some(0.8));
+        assert!(fine.sizing().is_ok());
     }
 
     #[test]
     fn a_soft_timeout_must_be_nonzero_and_shorter_than_the_hard_timeout() {
-        let zero = StoreOptions {
-            soft_timeout: Some(Duration::ZERO),
-            ..StoreOptions::default()
+        let timeouts = |soft, hard| {
+            defaults_but(|o| {
+                o.soft_timeout = Some(soft);
+                o.hard_timeout = hard;
+            })
         };
+        let zero = timeouts(Duration::ZERO, None);
         assert!(matches!(zero.sizing(), Err(OptionsError::ZeroSoftTimeout)));
-        let not_shorter = StoreOptions {
-            soft_timeout: Some(Duration::from_secs(2)),
-            hard_timeout: Some(Duration::from_secs(2)),
-            ..StoreOptions::default()
-        };
+        let two_seconds = Duration::from_secs(2);
         assert_refused(
-            &not_shorter,
+            &timeouts(two_seconds, Some(two_seconds)),
             |e| matches!(e, OptionsError::SoftTimeoutNotShorter { .. }),
             "shorter",
         );
-        let fine = StoreOptions {
-            soft_timeout: Some(Duration::from_millis(100)),
-            hard_timeout: Some(Duration::from_secs(2)),
-            ..StoreOptions::default()
-        };
+        let fine = timeouts(Duration::from_millis(100), Some(two_seconds));
         assert_eq!(fine.sizing().is_ok(), cfg!(feature = "tokio"));
     }
 
     #[test]
     fn a_hard_timeout_needs_the_tokio_feature() {
-        let options = StoreOptions {
-            hard_timeout: Some(Duration::from_secs(1)),
-            ..StoreOptions::default()
-        };
+        let options = defaults_but(|o| o.hard_timeout = Some(Duration::from_secs(1)));
         if cfg!(feature = "tokio") {
             assert!(options.sizing().is_ok());
         } else {
@@ -374,11 +362,10 @@ mod tests {
 
     #[test]
     fn a_weight_budget_replaces_the_entry_count() {
-        let options = StoreOptions {
-            max_weight: Some(1 << 20),
-            max_capacity: 0,
-            ..StoreOptions::default()
-        };
+        let options = defaults_but(|o| {
+            o.max_weight = Some(1 << 20);
+            o.max_capacity = 0;
+        });
         let sizing = options.sizing().ok();
         assert_eq!(
             sizing,
@@ -430,11 +417,10 @@ mod tests {
 
     #[test]
     fn a_disabled_store_needs_no_capacity() {
-        let options = StoreOptions {
-            enabled: false,
-            max_capacity: 0,
-            ..StoreOptions::default()
-        };
+        let options = defaults_but(|o| {
+            o.enabled = false;
+            o.max_capacity = 0;
+        });
         assert!(options.sizing().is_ok());
     }
 }

@@ -690,6 +690,43 @@ mod tests {
         matches!(result, Err(BackplaneError::Unavailable { .. }))
     }
 
+    /// Spawns `publishers` tasks, each on its own connection to `bus`, that wait at
+    /// `barrier` and then publish `each` payloads numbered `p << 32 | i` in order. With
+    /// `yielding`, each task yields after every publish (publish itself does not yield), to
+    /// make room for other tasks.
+    fn spawn_publishers(
+        bus: &InMemoryBackplane,
+        publishers: u64,
+        each: u64,
+        barrier: &Arc<tokio::sync::Barrier>,
+        yielding: bool,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..publishers)
+            .map(|p| {
+                let conn = bus.connection();
+                let barrier = Arc::clone(barrier);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    for i in 0..each {
+                        conn.publish(payload(p << 32 | i)).await.unwrap();
+                        if yielding {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// A bus and two more connections to it, each with one subscription.
+    async fn two_subscribed() -> (InMemoryBackplane, [(InMemoryBackplane, Subscription); 2]) {
+        let bus = InMemoryBackplane::new();
+        let (a, b) = (bus.connection(), bus.connection());
+        let on_a = a.subscribe().await.unwrap();
+        let on_b = b.subscribe().await.unwrap();
+        (bus, [(a, on_a), (b, on_b)])
+    }
+
     #[tokio::test]
     async fn fans_out_to_three_subscribers_in_publish_order() {
         let bus = InMemoryBackplane::new();
@@ -726,18 +763,7 @@ mod tests {
                 subs.push(bus.connection().subscribe().await.unwrap());
             }
             let barrier = Arc::new(tokio::sync::Barrier::new(PUBLISHERS as usize));
-            let tasks: Vec<_> = (0..PUBLISHERS)
-                .map(|p| {
-                    let conn = bus.connection();
-                    let barrier = barrier.clone();
-                    tokio::spawn(async move {
-                        barrier.wait().await;
-                        for i in 0..EACH {
-                            conn.publish(payload(p << 32 | i)).await.unwrap();
-                        }
-                    })
-                })
-                .collect();
+            let tasks = spawn_publishers(&bus, PUBLISHERS, EACH, &barrier, false);
             for task in tasks {
                 task.await.unwrap();
             }
@@ -784,10 +810,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_incoming_targets_one_connection_once_per_payload() {
-        let bus = InMemoryBackplane::new();
-        let (a, b) = (bus.connection(), bus.connection());
-        let mut on_a = a.subscribe().await.unwrap();
-        let mut on_b1 = b.subscribe().await.unwrap();
+        let (bus, [(a, mut on_a), (b, mut on_b1)]) = two_subscribed().await;
         let mut on_b2 = b.subscribe().await.unwrap();
         b.drop_incoming(1);
         a.publish(payload(1)).await.unwrap();
@@ -803,10 +826,7 @@ mod tests {
 
     #[tokio::test]
     async fn disconnect_and_reconnect_one_connection() {
-        let bus = InMemoryBackplane::new();
-        let (a, b) = (bus.connection(), bus.connection());
-        let mut on_a = a.subscribe().await.unwrap();
-        let mut on_b = b.subscribe().await.unwrap();
+        let (bus, [(a, mut on_a), (b, mut on_b)]) = two_subscribed().await;
 
         b.disconnect();
         b.disconnect(); // idempotent: one event
@@ -846,20 +866,8 @@ mod tests {
             let flapping = bus.connection();
             let mut sub = flapping.subscribe().await.unwrap();
             let barrier = Arc::new(tokio::sync::Barrier::new(PUBLISHERS as usize + 1));
-            let mut tasks: Vec<_> = (0..PUBLISHERS)
-                .map(|p| {
-                    let conn = bus.connection();
-                    let barrier = barrier.clone();
-                    tokio::spawn(async move {
-                        barrier.wait().await;
-                        for i in 0..EACH {
-                            conn.publish(payload(p << 32 | i)).await.unwrap();
-                            // publish does not yield; make room for the flapping.
-                            tokio::task::yield_now().await;
-                        }
-                    })
-                })
-                .collect();
+            // Yielding between publishes makes room for the flapping.
+            let mut tasks = spawn_publishers(&bus, PUBLISHERS, EACH, &barrier, true);
             tasks.push(tokio::spawn({
                 let flapping = flapping.clone();
                 async move {
@@ -911,10 +919,7 @@ mod tests {
 
     #[tokio::test]
     async fn ended_subscriptions_end_and_the_connection_subscribes_again() {
-        let bus = InMemoryBackplane::new();
-        let (a, b) = (bus.connection(), bus.connection());
-        let mut on_a = a.subscribe().await.unwrap();
-        let mut on_b = b.subscribe().await.unwrap();
+        let (_bus, [(a, mut on_a), (b, mut on_b)]) = two_subscribed().await;
         b.end_subscriptions();
         assert_eq!(on_b.recv().await, None);
         let mut again = b.subscribe().await.unwrap();
