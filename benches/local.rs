@@ -22,11 +22,10 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::hit::{HIT_ROWS, ready};
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
@@ -88,18 +87,6 @@ fn read_median(path: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()
-}
-
-/// Polls a future that must be ready at once (a hit), without a runtime.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a hit must complete without waiting"),
-    }
 }
 
 /// Benches `lookup(i)` for `i` taken from `order` in turn: one lookup per iteration.
@@ -208,62 +195,22 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         eprintln!("row 1: a baseline did not run (filtered out?): no rows");
         return;
     };
-    let rows: [(&str, &str, &str, f64, Goal); 7] = [
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "quick_cache (Arc<str>)",
-            quick_str,
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get_sliding",
-            "hit, get (sliding expiry)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.5),
-        ),
-        (
-            "nearcache_get_or_create_sync",
-            "hit, get_or_create_sync",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.35),
-        ),
-        (
-            "nearcache_get_or_create_async",
-            "hit, get_or_create (async)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.35),
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "moka (Key)",
-            moka_key,
-            Goal::Better,
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "moka (Arc<str>)",
-            moka_str,
-            Goal::Better,
-        ),
-    ];
-    for (id, what, baseline, theirs, goal) in rows {
-        if let Some(ours) = m(id) {
+    // Every hit path against the raw `quick_cache` hit with the same `Key`; then `get`
+    // against the other baselines.
+    let get = HIT_ROWS[0];
+    let rows = HIT_ROWS
+        .iter()
+        .map(|row| (row, "quick_cache (Key)", quick_key, row.goal))
+        .chain([
+            (&get, "quick_cache (Arc<str>)", quick_str, get.goal),
+            (&get, "moka (Key)", moka_key, Goal::Better),
+            (&get, "moka (Arc<str>)", moka_str, Goal::Better),
+        ]);
+    for (row, baseline, theirs, goal) in rows {
+        if let Some(ours) = m(row.operation) {
             report.push(Row::vs(
                 "1",
-                what,
+                row.what,
                 Unit::Nanos,
                 ours,
                 baseline,
@@ -284,22 +231,30 @@ fn run_threads(
     orders: &[Vec<u32>],
     lookup: &(impl Fn(usize) -> bool + Sync),
 ) -> Duration {
-    let barrier = Barrier::new(threads);
+    slowest_thread(&orders[..threads], |order| {
+        let mut hits = 0_u64;
+        for n in 0..iters {
+            if lookup(order[n as usize & ORDER_MASK] as usize) {
+                hits += 1;
+            }
+        }
+        black_box(hits);
+    })
+}
+
+/// Runs `work` on one thread per index sequence of `orders`, all started together by a
+/// barrier; returns the slowest thread's time.
+fn slowest_thread(orders: &[Vec<u32>], work: impl Fn(&[u32]) + Sync) -> Duration {
+    let barrier = Barrier::new(orders.len());
     std::thread::scope(|scope| {
-        let handles: Vec<_> = orders[..threads]
+        let handles: Vec<_> = orders
             .iter()
             .map(|order| {
-                let barrier = &barrier;
+                let (barrier, work) = (&barrier, &work);
                 scope.spawn(move || {
                     barrier.wait();
                     let start = Instant::now();
-                    let mut hits = 0_u64;
-                    for n in 0..iters {
-                        if lookup(order[n as usize & ORDER_MASK] as usize) {
-                            hits += 1;
-                        }
-                    }
-                    black_box(hits);
+                    work(order);
                     start.elapsed()
                 })
             })
@@ -561,27 +516,10 @@ fn bench_mix(
     group.bench_function(id, |b| {
         let mut offset = 0_usize;
         b.iter_custom(|iters| {
-            let barrier = Barrier::new(THREADS);
             let start_at = offset;
             offset = offset.wrapping_add(iters as usize);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = orders
-                    .iter()
-                    .map(|order| {
-                        let barrier = &barrier;
-                        scope.spawn(move || {
-                            barrier.wait();
-                            let start = Instant::now();
-                            black_box(run_mix(cache, keys, order, start_at, iters));
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("bench thread"))
-                    .max()
-                    .unwrap_or_default()
+            slowest_thread(&orders[..THREADS], |order| {
+                black_box(run_mix(cache, keys, order, start_at, iters));
             })
         });
     });
@@ -639,22 +577,15 @@ fn mixed_load(c: &mut Criterion, medians: &Medians, report: &mut Report) {
             }
         }
     }
-    report.push(Row::vs(
-        "3",
-        "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
-        Unit::Fraction,
-        ratios[0],
-        "moka (Key)",
-        ratios[1],
-        Goal::Info,
-    ));
-    report.push(Row::vs(
-        "3",
-        "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
-        Unit::Fraction,
-        ratios[0],
-        "quick_cache (Key)",
-        ratios[2],
-        Goal::Info,
-    ));
+    for (name, theirs) in [("moka (Key)", ratios[1]), ("quick_cache (Key)", ratios[2])] {
+        report.push(Row::vs(
+            "3",
+            "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
+            Unit::Fraction,
+            ratios[0],
+            name,
+            theirs,
+            Goal::Info,
+        ));
+    }
 }
