@@ -106,8 +106,21 @@ fn bench_lookup<R>(
     });
 }
 
-fn cache_with(options: CacheOptions) -> Cache {
-    Cache::new(options).expect("valid options")
+/// A cache of its own (no backplane) with `store`'s options.
+fn cache_with(store: StoreOptions) -> Cache {
+    Cache::new(CacheOptions {
+        store,
+        ..CacheOptions::default()
+    })
+    .expect("valid options")
+}
+
+/// A cache of its own holding up to `capacity` entries, without expiry.
+fn cache_of(capacity: usize) -> Cache {
+    cache_with(StoreOptions {
+        max_capacity: capacity as u64,
+        ..StoreOptions::default()
+    })
 }
 
 // ---- row 1 ----------------------------------------------------------------------------
@@ -118,20 +131,11 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let order = common::uniform_indexes(HIT_KEYS, ORDER_LEN, 1);
     let capacity = 2 * HIT_KEYS;
 
-    let plain = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    });
-    let sliding = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            time_to_idle: Some(Duration::from_secs(600)),
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
+    let plain = cache_of(capacity);
+    let sliding = cache_with(StoreOptions {
+        max_capacity: capacity as u64,
+        time_to_idle: Some(Duration::from_secs(600)),
+        ..StoreOptions::default()
     });
     let quick_key = QuickKey::new(capacity);
     let quick_str = QuickStr::new(capacity);
@@ -286,13 +290,7 @@ fn read_scaling(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         .map(|t| common::zipf_indexes(ZIPF_KEYS, ORDER_LEN, ZIPF_S, 10 + t))
         .collect();
     let capacity = 2 * ZIPF_KEYS;
-    let near = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    });
+    let near = cache_of(capacity);
     let quick_key = QuickKey::new(capacity);
     let quick_str = QuickStr::new(capacity);
     let moka_key = MokaKey::new(capacity as u64);
@@ -530,15 +528,7 @@ fn mixed_load(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let orders: Vec<Vec<u32>> = (0..2)
         .map(|t| common::zipf_indexes(ZIPF_KEYS, ORDER_LEN, ZIPF_S, 20 + t))
         .collect();
-    let near = || {
-        cache_with(CacheOptions {
-            store: StoreOptions {
-                max_capacity: MIXED_CAPACITY as u64,
-                ..StoreOptions::default()
-            },
-            ..CacheOptions::default()
-        })
-    };
+    let near = || cache_of(MIXED_CAPACITY);
     let moka = || MokaKey::new(MIXED_CAPACITY as u64);
     let quick = || QuickKey::new(MIXED_CAPACITY);
 
