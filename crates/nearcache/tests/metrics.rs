@@ -75,15 +75,19 @@ impl Recorded {
         }
     }
 
-    /// An instance named `name` with `store` options on a mock clock, returned to be moved.
-    async fn on_a_mock_clock(
+    /// An instance named `name` on a mock clock, returned to be moved, with `store`'s
+    /// timeouts and fail-safe on (expired values kept 600 s).
+    async fn fail_safe_on_a_mock_clock(
         &self,
         name: &str,
         store: StoreOptions,
     ) -> (Instance, Arc<quanta::Mock>) {
         let (clock, mock) = quanta::Clock::mock();
         let options = CacheOptions {
-            store,
+            store: StoreOptions {
+                fail_safe_max_duration: Some(Duration::from_secs(600)),
+                ..store
+            },
             name: Some(name.to_owned()),
             ..CacheOptions::default()
         };
@@ -404,12 +408,11 @@ async fn batch_loads_and_their_keys_are_exported() {
 async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
     let recorded = Recorded::on(InMemoryBackplane::new());
     let store = StoreOptions {
-        fail_safe_max_duration: Some(Duration::from_secs(600)),
         hard_timeout: Some(Duration::from_millis(20)),
         eager_refresh_threshold: Some(0.5),
         ..StoreOptions::default()
     };
-    let (me, mock) = recorded.on_a_mock_clock("resilient", store).await;
+    let (me, mock) = recorded.fail_safe_on_a_mock_clock("resilient", store).await;
     let (eager, failing) = (Key::from_text("eager"), Key::from_text("failing"));
     for k in [&eager, &failing] {
         load_for_ten_seconds(&me.cache, k).await;
@@ -443,11 +446,10 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
 async fn soft_timeouts_are_exported() {
     let recorded = Recorded::on(InMemoryBackplane::new());
     let store = StoreOptions {
-        fail_safe_max_duration: Some(Duration::from_secs(600)),
         soft_timeout: Some(Duration::from_millis(10)),
         ..StoreOptions::default()
     };
-    let (me, mock) = recorded.on_a_mock_clock("soft", store).await;
+    let (me, mock) = recorded.fail_safe_on_a_mock_clock("soft", store).await;
     let k = Key::from_text("slow");
     load_for_ten_seconds(&me.cache, &k).await;
     mock.increment(Duration::from_secs(11));
