@@ -26,13 +26,12 @@ mod common;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::Path;
-use std::pin::pin;
 use std::process::Command;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use common::{Goal, Payload, Report, Row, Unit, VALUE};
+use common::hit::{BASELINE, HIT_ROWS, ready};
+use common::{Payload, Report, Row, Unit, VALUE};
 use nearcache::{Cache, CacheOptions, EntryOptions, Key, StoreOptions};
 
 /// Keys held (as row 1).
@@ -47,15 +46,6 @@ const REPEATS: usize = 3;
 
 /// Set when this binary runs one measured loop under callgrind: `<operation> <iterations>`.
 const CHILD_ENV: &str = "NEARCACHE_INSTRUCTIONS_CHILD";
-
-/// The operations measured, in the order of the rows.
-const OPERATIONS: &[&str] = &[
-    "quick_cache_key",
-    "nearcache_get",
-    "nearcache_get_sliding",
-    "nearcache_get_or_create_sync",
-    "nearcache_get_or_create_async",
-];
 
 fn main() {
     if let Some(spec) = std::env::var_os(CHILD_ENV) {
@@ -74,58 +64,34 @@ fn parent() {
     let profiles = out.join("callgrind");
     std::fs::create_dir_all(&profiles).expect("the output directory");
     let mut report = Report::new("instructions");
-    let mut per_op = Vec::new();
-    for operation in OPERATIONS {
-        let mut runs: Vec<f64> = (0..REPEATS)
-            .map(|run| {
-                let short = callgrind_total(&profiles, operation, SHORT, run);
-                let long = callgrind_total(&profiles, operation, LONG, run);
-                long.saturating_sub(short) as f64 / (LONG - SHORT) as f64
-            })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        let each = runs[runs.len() / 2];
-        eprintln!("{operation}: {each:.1} instructions per operation (runs: {runs:.1?})");
-        per_op.push((operation, each));
-    }
-    let baseline = per_op[0].1;
-    let rows: [(&str, &str, Goal); 4] = [
-        (
-            "nearcache_get",
-            "instructions per hit, get (no expiry)",
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get_sliding",
-            "instructions per hit, get (sliding expiry)",
-            Goal::RatioAtMost(1.5),
-        ),
-        (
-            "nearcache_get_or_create_sync",
-            "instructions per hit, get_or_create_sync",
-            Goal::RatioAtMost(1.35),
-        ),
-        (
-            "nearcache_get_or_create_async",
-            "instructions per hit, get_or_create (async)",
-            Goal::RatioAtMost(1.35),
-        ),
-    ];
-    for (operation, what, goal) in rows {
-        let Some(&(_, ours)) = per_op.iter().find(|(op, _)| **op == operation) else {
-            eprintln!("{operation} was not measured: no row");
-            continue;
-        };
+    let baseline = per_operation(&profiles, BASELINE);
+    for row in HIT_ROWS {
+        let ours = per_operation(&profiles, row.operation);
         report.push(Row::vs(
             "1i",
-            what,
+            format!("instructions per {}", row.what),
             Unit::Count,
             ours,
             "quick_cache (Key) get",
             baseline,
-            goal,
+            row.goal,
         ));
     }
+}
+
+/// Instructions per `operation`: the median of `REPEATS` pairs of a short and a long run.
+fn per_operation(profiles: &Path, operation: &str) -> f64 {
+    let mut runs: Vec<f64> = (0..REPEATS)
+        .map(|run| {
+            let short = callgrind_total(profiles, operation, SHORT, run);
+            let long = callgrind_total(profiles, operation, LONG, run);
+            long.saturating_sub(short) as f64 / (LONG - SHORT) as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    let each = runs[runs.len() / 2];
+    eprintln!("{operation}: {each:.1} instructions per operation (runs: {runs:.1?})");
+    each
 }
 
 /// Runs `operation` `iterations` times under callgrind; returns the instructions it counted.
@@ -158,18 +124,6 @@ fn callgrind_total(profiles: &Path, operation: &str, iterations: u64, run: usize
 
 // ---- the child: one measured loop ---------------------------------------------------------
 
-/// Polls a future that must be ready at once (a hit), without a runtime.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a hit must complete without waiting"),
-    }
-}
-
 /// The measured loop, as callgrind names it: collection is on only inside it.
 const MEASURED: &str = "instructions::run*";
 
@@ -187,7 +141,7 @@ fn child(operation: &str, iterations: u64) {
     let keys = common::keys(KEYS);
     let order = common::uniform_indexes(KEYS, 1 << 16, 1);
     let capacity = 2 * KEYS as u64;
-    if operation == "quick_cache_key" {
+    if operation == BASELINE {
         let quick: quick_cache::sync::Cache<Key, Arc<Payload>> =
             quick_cache::sync::Cache::new(capacity as usize);
         for key in &keys {

@@ -22,11 +22,10 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::{Arc, Barrier};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use common::hit::{HIT_ROWS, ready};
 use common::{Goal, Payload, Report, Row, Unit, VALUE, pick};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
@@ -90,18 +89,6 @@ fn read_median(path: &Path) -> Option<f64> {
     json["median"]["point_estimate"].as_f64()
 }
 
-/// Polls a future that must be ready at once (a hit), without a runtime.
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("a hit must complete without waiting"),
-    }
-}
-
 /// Benches `lookup(i)` for `i` taken from `order` in turn: one lookup per iteration.
 fn bench_lookup<R>(
     group: &mut BenchmarkGroup<'_, WallTime>,
@@ -119,8 +106,21 @@ fn bench_lookup<R>(
     });
 }
 
-fn cache_with(options: CacheOptions) -> Cache {
-    Cache::new(options).expect("valid options")
+/// A cache of its own (no backplane) with `store`'s options.
+fn cache_with(store: StoreOptions) -> Cache {
+    Cache::new(CacheOptions {
+        store,
+        ..CacheOptions::default()
+    })
+    .expect("valid options")
+}
+
+/// A cache of its own holding up to `capacity` entries, without expiry.
+fn cache_of(capacity: usize) -> Cache {
+    cache_with(StoreOptions {
+        max_capacity: capacity as u64,
+        ..StoreOptions::default()
+    })
 }
 
 // ---- row 1 ----------------------------------------------------------------------------
@@ -131,20 +131,11 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let order = common::uniform_indexes(HIT_KEYS, ORDER_LEN, 1);
     let capacity = 2 * HIT_KEYS;
 
-    let plain = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    });
-    let sliding = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            time_to_idle: Some(Duration::from_secs(600)),
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
+    let plain = cache_of(capacity);
+    let sliding = cache_with(StoreOptions {
+        max_capacity: capacity as u64,
+        time_to_idle: Some(Duration::from_secs(600)),
+        ..StoreOptions::default()
     });
     let quick_key = QuickKey::new(capacity);
     let quick_str = QuickStr::new(capacity);
@@ -208,62 +199,22 @@ fn hit_latency(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         eprintln!("row 1: a baseline did not run (filtered out?): no rows");
         return;
     };
-    let rows: [(&str, &str, &str, f64, Goal); 7] = [
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "quick_cache (Arc<str>)",
-            quick_str,
-            Goal::RatioAtMost(1.25),
-        ),
-        (
-            "nearcache_get_sliding",
-            "hit, get (sliding expiry)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.5),
-        ),
-        (
-            "nearcache_get_or_create_sync",
-            "hit, get_or_create_sync",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.35),
-        ),
-        (
-            "nearcache_get_or_create_async",
-            "hit, get_or_create (async)",
-            "quick_cache (Key)",
-            quick_key,
-            Goal::RatioAtMost(1.35),
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "moka (Key)",
-            moka_key,
-            Goal::Better,
-        ),
-        (
-            "nearcache_get",
-            "hit, get (no expiry)",
-            "moka (Arc<str>)",
-            moka_str,
-            Goal::Better,
-        ),
-    ];
-    for (id, what, baseline, theirs, goal) in rows {
-        if let Some(ours) = m(id) {
+    // Every hit path against the raw `quick_cache` hit with the same `Key`; then `get`
+    // against the other baselines.
+    let get = HIT_ROWS[0];
+    let rows = HIT_ROWS
+        .iter()
+        .map(|row| (row, "quick_cache (Key)", quick_key, row.goal))
+        .chain([
+            (&get, "quick_cache (Arc<str>)", quick_str, get.goal),
+            (&get, "moka (Key)", moka_key, Goal::Better),
+            (&get, "moka (Arc<str>)", moka_str, Goal::Better),
+        ]);
+    for (row, baseline, theirs, goal) in rows {
+        if let Some(ours) = m(row.operation) {
             report.push(Row::vs(
                 "1",
-                what,
+                row.what,
                 Unit::Nanos,
                 ours,
                 baseline,
@@ -284,22 +235,30 @@ fn run_threads(
     orders: &[Vec<u32>],
     lookup: &(impl Fn(usize) -> bool + Sync),
 ) -> Duration {
-    let barrier = Barrier::new(threads);
+    slowest_thread(&orders[..threads], |order| {
+        let mut hits = 0_u64;
+        for n in 0..iters {
+            if lookup(order[n as usize & ORDER_MASK] as usize) {
+                hits += 1;
+            }
+        }
+        black_box(hits);
+    })
+}
+
+/// Runs `work` on one thread per index sequence of `orders`, all started together by a
+/// barrier; returns the slowest thread's time.
+fn slowest_thread(orders: &[Vec<u32>], work: impl Fn(&[u32]) + Sync) -> Duration {
+    let barrier = Barrier::new(orders.len());
     std::thread::scope(|scope| {
-        let handles: Vec<_> = orders[..threads]
+        let handles: Vec<_> = orders
             .iter()
             .map(|order| {
-                let barrier = &barrier;
+                let (barrier, work) = (&barrier, &work);
                 scope.spawn(move || {
                     barrier.wait();
                     let start = Instant::now();
-                    let mut hits = 0_u64;
-                    for n in 0..iters {
-                        if lookup(order[n as usize & ORDER_MASK] as usize) {
-                            hits += 1;
-                        }
-                    }
-                    black_box(hits);
+                    work(order);
                     start.elapsed()
                 })
             })
@@ -331,13 +290,7 @@ fn read_scaling(c: &mut Criterion, medians: &Medians, report: &mut Report) {
         .map(|t| common::zipf_indexes(ZIPF_KEYS, ORDER_LEN, ZIPF_S, 10 + t))
         .collect();
     let capacity = 2 * ZIPF_KEYS;
-    let near = cache_with(CacheOptions {
-        store: StoreOptions {
-            max_capacity: capacity as u64,
-            ..StoreOptions::default()
-        },
-        ..CacheOptions::default()
-    });
+    let near = cache_of(capacity);
     let quick_key = QuickKey::new(capacity);
     let quick_str = QuickStr::new(capacity);
     let moka_key = MokaKey::new(capacity as u64);
@@ -561,27 +514,10 @@ fn bench_mix(
     group.bench_function(id, |b| {
         let mut offset = 0_usize;
         b.iter_custom(|iters| {
-            let barrier = Barrier::new(THREADS);
             let start_at = offset;
             offset = offset.wrapping_add(iters as usize);
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = orders
-                    .iter()
-                    .map(|order| {
-                        let barrier = &barrier;
-                        scope.spawn(move || {
-                            barrier.wait();
-                            let start = Instant::now();
-                            black_box(run_mix(cache, keys, order, start_at, iters));
-                            start.elapsed()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("bench thread"))
-                    .max()
-                    .unwrap_or_default()
+            slowest_thread(&orders[..THREADS], |order| {
+                black_box(run_mix(cache, keys, order, start_at, iters));
             })
         });
     });
@@ -592,15 +528,7 @@ fn mixed_load(c: &mut Criterion, medians: &Medians, report: &mut Report) {
     let orders: Vec<Vec<u32>> = (0..2)
         .map(|t| common::zipf_indexes(ZIPF_KEYS, ORDER_LEN, ZIPF_S, 20 + t))
         .collect();
-    let near = || {
-        cache_with(CacheOptions {
-            store: StoreOptions {
-                max_capacity: MIXED_CAPACITY as u64,
-                ..StoreOptions::default()
-            },
-            ..CacheOptions::default()
-        })
-    };
+    let near = || cache_of(MIXED_CAPACITY);
     let moka = || MokaKey::new(MIXED_CAPACITY as u64);
     let quick = || QuickKey::new(MIXED_CAPACITY);
 
@@ -639,22 +567,15 @@ fn mixed_load(c: &mut Criterion, medians: &Medians, report: &mut Report) {
             }
         }
     }
-    report.push(Row::vs(
-        "3",
-        "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
-        Unit::Fraction,
-        ratios[0],
-        "moka (Key)",
-        ratios[1],
-        Goal::Info,
-    ));
-    report.push(Row::vs(
-        "3",
-        "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
-        Unit::Fraction,
-        ratios[0],
-        "quick_cache (Key)",
-        ratios[2],
-        Goal::Info,
-    ));
+    for (name, theirs) in [("moka (Key)", ratios[1]), ("quick_cache (Key)", ratios[2])] {
+        report.push(Row::vs(
+            "3",
+            "hit ratio of that mix (1 thread, counted pass after a warm-up pass)",
+            Unit::Fraction,
+            ratios[0],
+            name,
+            theirs,
+            Goal::Info,
+        ));
+    }
 }

@@ -7,6 +7,8 @@
 //! so a bench that fails half-way still leaves the rows it measured.
 #![allow(dead_code)] // every bench binary uses its own part of this module
 
+pub(crate) mod hit;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;

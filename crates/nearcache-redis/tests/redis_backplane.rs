@@ -58,6 +58,18 @@ async fn next_message(sub: &mut Subscription) -> Bytes {
     }
 }
 
+/// Subscribes to `backplane` and publishes `payload` on it; returns the subscription once it
+/// has heard `payload` back: both connections work.
+async fn subscribed_and_heard(backplane: &RedisBackplane, payload: &'static [u8]) -> Subscription {
+    let mut sub = backplane.subscribe().await.unwrap();
+    backplane
+        .publish(Bytes::from_static(payload))
+        .await
+        .unwrap();
+    assert_eq!(&next_message(&mut sub).await[..], payload);
+    sub
+}
+
 /// Publishes `payload` until Redis acknowledges it (the publisher may need one failed
 /// publish to notice a restarted server), polling with a deadline.
 async fn publish_until_ok(backplane: &RedisBackplane, payload: &'static [u8]) {
@@ -106,13 +118,8 @@ async fn a_burst_reaches_every_subscriber_in_order_and_no_other_channel() {
 async fn redis_killed_then_restarted_disconnects_fails_fast_and_reconnects() {
     let mut server = RedisServer::start().unwrap();
     let backplane = connect(&server, "outage").await;
-    let mut sub = backplane.subscribe().await.unwrap();
+    let mut sub = subscribed_and_heard(&backplane, b"before").await;
     let mut status = backplane.watch_status();
-    backplane
-        .publish(Bytes::from_static(b"before"))
-        .await
-        .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"before");
 
     blocking(|| server.kill()).unwrap();
     assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);
@@ -266,12 +273,7 @@ async fn silent_half_open_connections_are_replaced() {
     let backplane = RedisBackplane::connect_with(config(url, "partition"))
         .await
         .unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
-    backplane
-        .publish(Bytes::from_static(b"before"))
-        .await
-        .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"before");
+    let mut sub = subscribed_and_heard(&backplane, b"before").await;
 
     proxy.freeze_existing();
     let timeout = backplane.config().publish_timeout;
@@ -334,12 +336,7 @@ async fn credentials_are_checked_at_connect_and_never_shown() {
 
     let right = config(server.url(), "auth");
     let backplane = RedisBackplane::connect_with(right.clone()).await.unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
-    backplane
-        .publish(Bytes::from_static(b"authed"))
-        .await
-        .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"authed");
+    subscribed_and_heard(&backplane, b"authed").await;
 
     let shown = [
         format!("{wrong:?}"),
@@ -378,9 +375,7 @@ async fn acl_users_are_checked_at_connect() {
     let backplane = RedisBackplane::connect_with(config(server.url(), "acl"))
         .await
         .unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
-    backplane.publish(Bytes::from_static(b"acl")).await.unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"acl");
+    subscribed_and_heard(&backplane, b"acl").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,12 +593,7 @@ async fn tls_with_a_private_ca_round_trips_and_reconnects() {
         ..config(server.url(), "tls")
     };
     let backplane = RedisBackplane::connect_with(trusted).await.unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
-    backplane
-        .publish(Bytes::from_static(b"over tls"))
-        .await
-        .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"over tls");
+    let mut sub = subscribed_and_heard(&backplane, b"over tls").await;
 
     assert_eq!(blocking(|| server.client_kill_pubsub()).unwrap(), 1);
     assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);

@@ -25,53 +25,85 @@ struct Instance {
     events: broadcast::Receiver<CacheEvent>,
 }
 
-/// A cache named `name` on its own connection to `bus`, its handles registered with
-/// `recorder`; subscribed when this returns.
-async fn instance(bus: &InMemoryBackplane, recorder: &DebuggingRecorder, name: &str) -> Instance {
-    let options = CacheOptions {
-        name: Some(name.to_owned()),
-        ..CacheOptions::default()
-    };
-    instance_with(bus, recorder, options, |builder| builder).await
+/// A bus and a debugging recorder: the instances a test makes on the bus register their
+/// handles with the recorder, and [`Recorded::snapshot`] reads it.
+struct Recorded {
+    bus: InMemoryBackplane,
+    recorder: DebuggingRecorder,
+    snapshotter: Snapshotter,
 }
 
-/// [`instance`] with `options` and what `configure` adds to the builder (a mock clock).
-async fn instance_with(
-    bus: &InMemoryBackplane,
-    recorder: &DebuggingRecorder,
-    options: CacheOptions,
-    configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
-) -> Instance {
-    let conn = bus.connection();
-    let cache = metrics::with_local_recorder(recorder, || {
-        configure(Cache::builder().options(options).backplane(conn.clone()))
-            .build()
-            .unwrap()
-    });
-    let events = cache.events();
-    tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
-    Instance {
-        cache,
-        conn,
-        events,
+impl Recorded {
+    fn on(bus: InMemoryBackplane) -> Self {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        Self {
+            bus,
+            recorder,
+            snapshotter,
+        }
     }
-}
 
-/// An instance named `name` with `store` options on a mock clock, returned to be moved.
-async fn on_a_mock_clock(
-    bus: &InMemoryBackplane,
-    recorder: &DebuggingRecorder,
-    name: &str,
-    store: StoreOptions,
-) -> (Instance, Arc<quanta::Mock>) {
-    let (clock, mock) = quanta::Clock::mock();
-    let options = CacheOptions {
-        store,
-        name: Some(name.to_owned()),
-        ..CacheOptions::default()
-    };
-    let instance = instance_with(bus, recorder, options, |builder| builder.clock(clock)).await;
-    (instance, mock)
+    /// A cache named `name` on its own connection to the bus; subscribed when this returns.
+    async fn instance(&self, name: &str) -> Instance {
+        let options = CacheOptions {
+            name: Some(name.to_owned()),
+            ..CacheOptions::default()
+        };
+        self.instance_with(options, |builder| builder).await
+    }
+
+    /// [`Recorded::instance`] with `options` and what `configure` adds to the builder (a
+    /// mock clock).
+    async fn instance_with(
+        &self,
+        options: CacheOptions,
+        configure: impl FnOnce(CacheBuilder) -> CacheBuilder,
+    ) -> Instance {
+        let conn = self.bus.connection();
+        let cache = metrics::with_local_recorder(&self.recorder, || {
+            configure(Cache::builder().options(options).backplane(conn.clone()))
+                .build()
+                .unwrap()
+        });
+        let events = cache.events();
+        tokio::time::timeout(WAIT, cache.ready()).await.unwrap();
+        Instance {
+            cache,
+            conn,
+            events,
+        }
+    }
+
+    /// An instance named `name` on a mock clock, returned to be moved, with `store`'s
+    /// timeouts and fail-safe on (expired values kept 600 s).
+    async fn fail_safe_on_a_mock_clock(
+        &self,
+        name: &str,
+        store: StoreOptions,
+    ) -> (Instance, Arc<quanta::Mock>) {
+        let (clock, mock) = quanta::Clock::mock();
+        let options = CacheOptions {
+            store: StoreOptions {
+                fail_safe_max_duration: Some(Duration::from_secs(600)),
+                ..store
+            },
+            name: Some(name.to_owned()),
+            ..CacheOptions::default()
+        };
+        let instance = self
+            .instance_with(options, |builder| builder.clock(clock))
+            .await;
+        (instance, mock)
+    }
+
+    /// Exports `caches`, then takes one snapshot (it drains histograms: take one per phase).
+    fn snapshot(&self, caches: &[&Instance]) -> Series {
+        for cache in caches {
+            cache.cache.export_metrics();
+        }
+        self.snapshotter.snapshot().into_vec()
+    }
 }
 
 /// Caches 1 under `k` through a detached loader, living 10 s.
@@ -109,14 +141,6 @@ type Series = Vec<(
     Option<metrics::SharedString>,
     DebugValue,
 )>;
-
-/// Exports `caches`, then takes one snapshot (it drains histograms: take one per phase).
-fn snapshot(snapshotter: &Snapshotter, caches: &[&Instance]) -> Series {
-    for cache in caches {
-        cache.cache.export_metrics();
-    }
-    snapshotter.snapshot().into_vec()
-}
 
 /// The value of series `name` with exactly the labels `cache`, `instance` and `extra`.
 fn value<'a>(
@@ -201,17 +225,15 @@ async fn load(cache: &Cache, key: &Key) -> Arc<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
-    let a = instance(&bus, &recorder, "orders").await;
-    let mut b = instance(&bus, &recorder, "orders").await;
+    let recorded = Recorded::on(InMemoryBackplane::new());
+    let a = recorded.instance("orders").await;
+    let mut b = recorded.instance("orders").await;
     let key = Key::from_text("Order:get-1");
 
     // A miss that loads, then a hit: on B's series only.
     load(&b.cache, &key).await;
     load(&b.cache, &key).await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(counter(s, "nearcache_hits_total", &b, &[]), 1);
     assert_eq!(counter(s, "nearcache_misses_total", &b, &[]), 1);
     assert_eq!(counter(s, "nearcache_loads_total", &b, &[]), 1);
@@ -227,7 +249,7 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     // A peer's invalidation: sent by A, received and applied by B, its lag measured.
     a.cache.remove(&key).await;
     b.until(|e| matches!(e, CacheEvent::Applied { .. })).await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     let key_kind = [("kind", "key")];
     assert_eq!(
         counter(s, "nearcache_invalidations_sent_total", &a, &key_kind),
@@ -256,16 +278,18 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
     assert_eq!(gauge(s, "nearcache_peers", &b, &[]), 1.0);
 
     // A message that is not an invalidation: rejected, by reason.
-    bus.inject(Bytes::from_static(b"not a nearcache message"));
+    recorded
+        .bus
+        .inject(Bytes::from_static(b"not a nearcache message"));
     b.until(|e| matches!(e, CacheEvent::Rejected)).await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(rejected(s, &b, "invalid"), 1);
     assert_eq!(rejected(s, &b, "unauthenticated"), 0);
 
     // A reconnect: a loss clear, by cause.
     b.conn.disconnect();
     b.until(|e| matches!(e, CacheEvent::Disconnected)).await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(gauge(s, "nearcache_connected", &b, &[]), 0.0);
     assert_eq!(
         gauge(s, "nearcache_coherence", &b, &[("state", "lost")]),
@@ -282,7 +306,7 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
         )
     })
     .await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(loss_clears(s, &b, "reconnect"), 1);
     assert_eq!(loss_clears(s, &a, "reconnect"), 0);
 }
@@ -292,11 +316,9 @@ async fn series_move_for_hits_misses_invalidations_rejections_and_loss_clears() 
 /// cover it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_move_for_loss_repairs_and_uncovered_losses() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new().with_replay_log(64);
-    let a = instance(&bus, &recorder, "repairs").await;
-    let mut b = instance(&bus, &recorder, "repairs").await;
+    let recorded = Recorded::on(InMemoryBackplane::new().with_replay_log(64));
+    let a = recorded.instance("repairs").await;
+    let mut b = recorded.instance("repairs").await;
     let (k1, k2, k3) = (
         Key::from_text("k1"),
         Key::from_text("k2"),
@@ -313,7 +335,7 @@ async fn series_move_for_loss_repairs_and_uncovered_losses() {
     b.conn.reconnect();
     b.until(|e| matches!(e, CacheEvent::LossRepaired { .. }))
         .await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(counter(s, "nearcache_loss_repairs_total", &b, &[]), 1);
     assert_eq!(counter(s, "nearcache_replayed_messages_total", &b, &[]), 2);
     assert_eq!(counter(s, "nearcache_replayed_keys_total", &b, &[]), 2);
@@ -328,11 +350,11 @@ async fn series_move_for_loss_repairs_and_uncovered_losses() {
     b.until(|e| matches!(e, CacheEvent::Disconnected)).await;
     a.cache.remove(&k1).await;
     a.cache.remove(&k2).await;
-    bus.trim_log(1);
+    recorded.bus.trim_log(1);
     b.conn.reconnect();
     b.until(|e| matches!(e, CacheEvent::LossCleared { .. }))
         .await;
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert_eq!(uncovered(s, &b, "trimmed"), 1);
     assert_eq!(loss_clears(s, &b, "reconnect"), 1);
     assert_eq!(counter(s, "nearcache_loss_repairs_total", &b, &[]), 1);
@@ -340,15 +362,13 @@ async fn series_move_for_loss_repairs_and_uncovered_losses() {
 
 #[tokio::test]
 async fn two_caches_in_one_process_are_told_apart_by_name() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
-    let users = instance(&bus, &recorder, "users").await;
-    let orders = instance(&bus, &recorder, "orders").await;
+    let recorded = Recorded::on(InMemoryBackplane::new());
+    let users = recorded.instance("users").await;
+    let orders = recorded.instance("orders").await;
     load(&users.cache, &Key::from_text("k")).await;
     load(&users.cache, &Key::from_text("k")).await;
     assert_eq!(users.cache.name(), "users");
-    let s = &snapshot(&snapshotter, &[&users, &orders]);
+    let s = &recorded.snapshot(&[&users, &orders]);
     assert_eq!(counter(s, "nearcache_hits_total", &users, &[]), 1);
     assert_eq!(counter(s, "nearcache_hits_total", &orders, &[]), 0);
 }
@@ -357,17 +377,15 @@ async fn two_caches_in_one_process_are_told_apart_by_name() {
 /// duration sample for the one factory call.
 #[tokio::test]
 async fn batch_loads_and_their_keys_are_exported() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
-    let a = instance(&bus, &recorder, "batches").await;
+    let recorded = Recorded::on(InMemoryBackplane::new());
+    let a = recorded.instance("batches").await;
     let keys = [
         Key::from_text("a"),
         Key::from_text("b"),
         Key::from_text("c"),
     ];
     load(&a.cache, &keys[0]).await;
-    let _ = snapshot(&snapshotter, &[&a]);
+    let _ = recorded.snapshot(&[&a]);
     a.cache
         .get_or_create_many(&keys, async |batch| {
             Ok::<_, Infallible>(
@@ -379,7 +397,7 @@ async fn batch_loads_and_their_keys_are_exported() {
         })
         .await
         .unwrap();
-    let s = &snapshot(&snapshotter, &[&a]);
+    let s = &recorded.snapshot(&[&a]);
     assert_eq!(counter(s, "nearcache_batch_loads_total", &a, &[]), 1);
     assert_eq!(counter(s, "nearcache_batch_keys_loaded_total", &a, &[]), 2);
     assert_eq!(counter(s, "nearcache_loads_total", &a, &[]), 3);
@@ -388,16 +406,13 @@ async fn batch_loads_and_their_keys_are_exported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
+    let recorded = Recorded::on(InMemoryBackplane::new());
     let store = StoreOptions {
-        fail_safe_max_duration: Some(Duration::from_secs(600)),
         hard_timeout: Some(Duration::from_millis(20)),
         eager_refresh_threshold: Some(0.5),
         ..StoreOptions::default()
     };
-    let (me, mock) = on_a_mock_clock(&bus, &recorder, "resilient", store).await;
+    let (me, mock) = recorded.fail_safe_on_a_mock_clock("resilient", store).await;
     let (eager, failing) = (Key::from_text("eager"), Key::from_text("failing"));
     for k in [&eager, &failing] {
         load_for_ten_seconds(&me.cache, k).await;
@@ -418,7 +433,7 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
         .await
         .unwrap();
     assert_eq!(*served, 1);
-    let s = &snapshot(&snapshotter, &[&me]);
+    let s = &recorded.snapshot(&[&me]);
     assert_eq!(counter(s, "nearcache_eager_refreshes_total", &me, &[]), 1);
     assert_eq!(counter(s, "nearcache_hard_timeouts_total", &me, &[]), 1);
     assert_eq!(
@@ -429,15 +444,12 @@ async fn fail_safe_hard_timeout_and_eager_refresh_counters_are_exported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_timeouts_are_exported() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
+    let recorded = Recorded::on(InMemoryBackplane::new());
     let store = StoreOptions {
-        fail_safe_max_duration: Some(Duration::from_secs(600)),
         soft_timeout: Some(Duration::from_millis(10)),
         ..StoreOptions::default()
     };
-    let (me, mock) = on_a_mock_clock(&bus, &recorder, "soft", store).await;
+    let (me, mock) = recorded.fail_safe_on_a_mock_clock("soft", store).await;
     let k = Key::from_text("slow");
     load_for_ten_seconds(&me.cache, &k).await;
     mock.increment(Duration::from_secs(11));
@@ -454,7 +466,7 @@ async fn soft_timeouts_are_exported() {
     .unwrap()
     .unwrap();
     assert_eq!(*served, 1);
-    let s = &snapshot(&snapshotter, &[&me]);
+    let s = &recorded.snapshot(&[&me]);
     assert_eq!(counter(s, "nearcache_soft_timeouts_total", &me, &[]), 1);
     release.send(()).unwrap();
 }
@@ -462,15 +474,13 @@ async fn soft_timeouts_are_exported() {
 /// A peer's answers to a newcomer's hello are exported as the stats count them.
 #[tokio::test]
 async fn answers_to_a_newcomers_hello_are_exported() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let bus = InMemoryBackplane::new();
-    let a = instance(&bus, &recorder, "orders").await;
-    let b = instance(&bus, &recorder, "orders").await;
+    let recorded = Recorded::on(InMemoryBackplane::new());
+    let a = recorded.instance("orders").await;
+    let b = recorded.instance("orders").await;
     // No event marks an answer: poll A's counter.
     let answered = || a.cache.stats().propagation.map_or(0, |p| p.answers_sent);
     propagation_support::poll_until("A answered B's hello", || answered() > 0).await;
     let before = answered();
-    let s = &snapshot(&snapshotter, &[&a, &b]);
+    let s = &recorded.snapshot(&[&a, &b]);
     assert!(counter(s, "nearcache_hello_answers_total", &a, &[]) >= before);
 }

@@ -948,24 +948,31 @@ proptest! {
     }
 }
 
-/// Instance 1 caches key 0; the next message is lost, and it is instance 0's remove of
-/// that key.
-const A_LOST_REMOVE: [Step; 4] = [
-    Step::Read { at: 1, key: 0 },
-    Step::DropNext { n: 1 },
-    Step::Write {
-        at: 0,
-        key: 0,
-        how: How::Remove,
-    },
-    Step::Quiesce,
-];
+/// `before`, then the next message is lost, and it is instance 0's remove of key 0; then
+/// quiescence.
+fn then_a_lost_remove(before: &[Step]) -> Vec<Step> {
+    let lost = [
+        Step::DropNext { n: 1 },
+        Step::Write {
+            at: 0,
+            key: 0,
+            how: How::Remove,
+        },
+        Step::Quiesce,
+    ];
+    [before, &lost].concat()
+}
+
+/// Instance 1 caches key 0, then instance 0's remove of that key is lost.
+fn a_lost_remove() -> Vec<Step> {
+    then_a_lost_remove(&[Step::Read { at: 1, key: 0 }])
+}
 
 /// With a replay log, a lost publish is repaired at the next message from the same origin:
 /// the peer evicts the key it missed and does not clear.
 #[test]
 fn with_replay_a_lost_remove_is_repaired_without_a_clear() {
-    let stats = check_with(Log::On, &A_LOST_REMOVE);
+    let stats = check_with(Log::On, &a_lost_remove());
     for (j, s) in stats.iter().enumerate().skip(1) {
         assert_eq!(s.loss_clears.total(), 0, "instance {j} cleared: {s:?}");
         assert!(s.loss_repairs.repairs >= 1, "instance {j} repaired: {s:?}");
@@ -998,7 +1005,7 @@ fn with_replay_a_disconnected_reader_is_repaired_without_a_clear() {
 
 #[test]
 fn a_lost_remove_is_caught_by_the_next_message_and_clears_the_peer() {
-    check(&A_LOST_REMOVE);
+    check(&a_lost_remove());
 }
 
 #[test]
@@ -1038,7 +1045,7 @@ fn a_load_racing_a_peers_invalidation_is_not_stored() {
 /// `set` of version 2 after instance 0's remove (version 3) was lost on the way.
 #[test]
 fn a_message_lost_after_a_reconnect_is_still_noticed() {
-    check(&[
+    check(&then_a_lost_remove(&[
         Step::Disconnect { at: 1 },
         Step::Reconnect { at: 1 },
         Step::ReadDuringWrite {
@@ -1052,14 +1059,7 @@ fn a_message_lost_after_a_reconnect_is_still_noticed() {
             key: 0,
             how: How::Set,
         },
-        Step::DropNext { n: 1 },
-        Step::Write {
-            at: 0,
-            key: 0,
-            how: How::Remove,
-        },
-        Step::Quiesce,
-    ]);
+    ]));
 }
 
 /// Readers that start after a peer's invalidation was applied here must not get the load

@@ -115,6 +115,18 @@ async fn instance(server: &RedisServer, app: &str) -> Cache {
     instance_with(server.url(), options(app)).await
 }
 
+/// `N` caches of `app` on `server`, each subscribed.
+async fn instances<const N: usize>(server: &RedisServer, app: &str) -> [Cache; N] {
+    let mut caches = Vec::with_capacity(N);
+    for _ in 0..N {
+        caches.push(instance(server, app).await);
+    }
+    let Ok(caches) = caches.try_into() else {
+        unreachable!("exactly N caches were made")
+    };
+    caches
+}
+
 /// A cache built the short way: the builder connects with the options' Redis section; once
 /// it has subscribed.
 async fn connected(options: CacheOptions) -> Cache {
@@ -184,9 +196,7 @@ async fn remove_while_down(cache: &Cache, key: Key) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_invalidation_reaches_every_peer() {
     let server = RedisServer::start().unwrap();
-    let a = instance(&server, "kinds").await;
-    let b = instance(&server, "kinds").await;
-    let c = instance(&server, "kinds").await;
+    let [a, b, c] = instances(&server, "kinds").await;
     let (ia, ib, ic) = (
         a.instance_id().unwrap(),
         b.instance_id().unwrap(),
@@ -363,8 +373,7 @@ async fn redis_killed_instances_keep_serving_then_recover_with_nothing_stale() {
         options("outage"),
     )
     .await;
-    let b = instance(&server, "outage").await;
-    let c = instance(&server, "outage").await;
+    let [b, c] = instances(&server, "outage").await;
     let ia = a.instance_id().unwrap();
     let db = Db::new(N as usize + 1);
     for cache in [&a, &b, &c] {
@@ -479,8 +488,7 @@ async fn redis_killed_instances_keep_serving_then_recover_with_nothing_stale() {
 async fn redis_killed_and_restarted_leaves_no_stale_entry_whatever_the_order() {
     count_task_panics();
     let mut server = RedisServer::start().unwrap();
-    let a = instance(&server, "plain-outage").await;
-    let b = instance(&server, "plain-outage").await;
+    let [a, b] = instances(&server, "plain-outage").await;
     let db = Db::new(4);
     load_everywhere(&[&a, &b], &db, 0..4).await;
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
@@ -614,8 +622,7 @@ async fn an_outbox_that_overflows_during_an_outage_makes_the_peers_clear_themsel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscriber_connection_clears_the_instance_which_keeps_receiving() {
     let server = RedisServer::start().unwrap();
-    let a = instance(&server, "client-kill").await;
-    let b = instance(&server, "client-kill").await;
+    let [a, b] = instances(&server, "client-kill").await;
     let db = Db::new(2);
     let (mut ea, mut eb) = (Events::of("a", &a), Events::of("b", &b));
     for round in 1..=2u64 {
@@ -642,8 +649,7 @@ async fn a_killed_subscriber_connection_clears_the_instance_which_keeps_receivin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_other_wire_versions_are_counted_and_ignored() {
     let server = RedisServer::start().unwrap();
-    let a = instance(&server, "garbage").await;
-    let b = instance(&server, "garbage").await;
+    let [a, b] = instances(&server, "garbage").await;
     let db = Db::new(1);
     load_everywhere(&[&a, &b], &db, 0..1).await;
     // A real removal of product 0 from a stranger, then the same bytes claiming version 2.

@@ -108,15 +108,28 @@ fn acl(server: &RedisServer, args: &[&str]) {
     cmd.query::<()>(&mut con).unwrap();
 }
 
-/// A server with a user `b` (all permissions) besides the default user.
-fn server_with_user_b() -> (RedisServer, String) {
+/// A server and two instances on it: A as the default user, B as user `b` (all
+/// permissions), so that [`cut_b`] can cut B's subscription alone; then B's events.
+async fn a_and_cuttable_b() -> (RedisServer, Cache, Cache, broadcast::Receiver<CacheEvent>) {
     let server = RedisServer::start().unwrap();
     acl(
         &server,
         &["SETUSER", "b", "on", ">b-secret", "~*", "&*", "+@all"],
     );
     let url_b = format!("redis://b:b-secret@127.0.0.1:{}", server.port());
-    (server, url_b)
+    let (a, b, events_b) = a_and_b(&server, url_b).await;
+    (server, a, b, events_b)
+}
+
+/// A on `server` as its default user and B on `url_b`; then B's events.
+async fn a_and_b(
+    server: &RedisServer,
+    url_b: String,
+) -> (Cache, Cache, broadcast::Receiver<CacheEvent>) {
+    let a = connect(server.url()).await;
+    let b = connect(url_b).await;
+    let events_b = b.events();
+    (a, b, events_b)
 }
 
 /// Cuts B's subscription and keeps it cut: B's user is disabled, then its subscribed
@@ -147,10 +160,7 @@ fn restore_b(server: &RedisServer) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_subscriber_is_repaired_by_replay_evicting_exactly_the_missed_keys() {
-    let (server, url_b) = server_with_user_b();
-    let a = connect(server.url()).await;
-    let b = connect(url_b).await;
-    let mut events_b = b.events();
+    let (server, a, b, mut events_b) = a_and_cuttable_b().await;
     for id in 0..20 {
         load(&b, id).await;
     }
@@ -193,10 +203,7 @@ async fn a_killed_subscriber_is_repaired_by_replay_evicting_exactly_the_missed_k
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_trimmed_past_the_gap_clears() {
-    let (server, url_b) = server_with_user_b();
-    let a = connect(server.url()).await;
-    let b = connect(url_b).await;
-    let mut events_b = b.events();
+    let (server, a, b, mut events_b) = a_and_cuttable_b().await;
     load(&b, 1).await;
 
     cut_b(&server, &mut events_b).await;
@@ -228,9 +235,7 @@ async fn a_log_trimmed_past_the_gap_clears() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_clears() {
     let mut server = RedisServer::start().unwrap();
-    let a = connect(server.url()).await;
-    let b = connect(server.url()).await;
-    let mut events_b = b.events();
+    let (a, b, mut events_b) = a_and_b(&server, server.url()).await;
     a.remove(product(9)).await; // the log exists, B knows its position
     until(&mut events_b, "Applied", |e| {
         matches!(e, CacheEvent::Applied { .. }).then_some(())
@@ -354,9 +359,8 @@ async fn remove_applied(a: &Cache, events_b: &mut broadcast::Receiver<CacheEvent
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_script_runs_by_hash_and_survives_an_emptied_script_cache() {
     let mut server = RedisServer::start().unwrap();
-    let a = connect(server.url()).await;
-    let b = connect(server.url()).await;
-    let mut events_b = b.events();
+    // B lives for its events.
+    let (a, _b, mut events_b) = a_and_b(&server, server.url()).await;
     remove_applied(&a, &mut events_b, 1).await;
 
     let (eval, evalsha) = script_calls(&server);

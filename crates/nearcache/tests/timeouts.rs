@@ -404,18 +404,7 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
         .enable_all()
         .build()
         .unwrap();
-    let (clock, mock) = quanta::Clock::mock();
-    let (removed_tx, removed) = std::sync::mpsc::channel();
-    let cache = runtime.block_on(async {
-        Cache::builder()
-            .options(options())
-            .clock(clock)
-            .removal_listener(move |_key, cause| {
-                let _ = removed_tx.send(cause);
-            })
-            .build()
-            .unwrap()
-    });
+    let (cache, mock, mut removed) = runtime.block_on(async { cache_with(options()) });
     let k = Key::from_text("product:1");
     let v1 = cache
         .get_or_create_detached_sync(&k, |entry| {
@@ -455,7 +444,9 @@ fn the_blocking_detached_loader_answers_at_the_soft_timeout_and_its_load_lands()
         .recv_timeout(WAIT)
         .expect("the load runs on the runtime");
     release_tx.send(()).unwrap();
-    let cause = removed.recv_timeout(WAIT).expect("the load's insert");
+    let cause = runtime
+        .block_on(within("the load's insert", removed.recv()))
+        .expect("the load's insert");
     assert_eq!(cause, RemovalCause::Expired, "the kept value, replaced");
     assert_eq!(*cache.get::<u64>(&k).unwrap().unwrap(), 2);
 }
