@@ -148,41 +148,40 @@ impl Stats {
     /// the address that word index gives: a thread that owns no stripe yet (or never will)
     /// goes out of line, where it claims one or uses the shared stripe. The bounds check of
     /// the index folds into the comparison (`first < SHARED_WORD` bounds `first + counter`).
+    /// Neither out-of-line call takes the stripe's address from the hot path, so the hot
+    /// path computes none ahead of its comparison: the add is one instruction with the
+    /// store's pointer, the index and the counter's offset in its addressing mode.
+    ///
+    /// Memory ordering: relaxed. Only the thread that owns a stripe writes it, so its own
+    /// load sees its own last store, and no other writer's store can fall between the two
+    /// (module docs: ownership passes through [`SLOTS`]' mutex). A snapshot needs no more:
+    /// it sees every count that happened before it by that happens-before edge alone.
     #[inline]
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        let first = FIRST.with(Cell::get);
-        if first < SHARED_WORD {
-            // This thread is the stripe's only writer (module docs): no count can be lost
-            // between the load and the store.
-            let cell = self.cell(first, counter);
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
-        } else {
-            self.add_unowned(counter, n, first);
+        let mut first = FIRST.with(Cell::get);
+        if first >= SHARED_WORD {
+            first = owned_first(first);
+            if first >= SHARED_WORD {
+                self.add_shared(counter, n);
+                return;
+            }
         }
+        // This thread is the stripe's only writer: no count can be lost between the load
+        // and the store.
+        let cell = self.cell(first, counter);
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
-    /// [`add`](Self::add) for a thread that owns no stripe now: `first` is [`UNCLAIMED`]
-    /// (its first count: it claims a stripe, or gets the shared one) or [`SHARED_WORD`].
+    /// [`add`](Self::add) for a thread that shares the last stripe: a read-modify-write,
+    /// since other threads write it too.
+    #[cold]
     #[inline(never)]
-    fn add_unowned(&self, counter: Counter, n: u64, first: usize) {
-        let first = if first == UNCLAIMED {
-            first_word(claim_slot())
-        } else {
-            first
-        };
-        let cell = self.cell(first.min(SHARED_WORD), counter);
-        if first < SHARED_WORD {
-            // Just claimed: this thread is now the stripe's only writer.
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
-        } else {
-            cell.fetch_add(n, Ordering::Relaxed);
-        }
+    fn add_shared(&self, counter: Counter, n: u64) {
+        self.cell(SHARED_WORD, counter)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds one to `counter`.
@@ -259,6 +258,18 @@ impl Drop for Release {
         if first < SHARED_WORD {
             SLOTS.lock().free.push(first / STRIDE);
         }
+    }
+}
+
+/// The first word of the stripe this thread owns, claiming one on its first count
+/// (`first` is [`UNCLAIMED`]); [`SHARED_WORD`] when it owns none.
+#[cold]
+#[inline(never)]
+fn owned_first(first: usize) -> usize {
+    if first == UNCLAIMED {
+        first_word(claim_slot())
+    } else {
+        first
     }
 }
 
