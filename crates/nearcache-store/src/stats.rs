@@ -108,7 +108,7 @@ const SHARED: usize = STRIPES - 1;
 const STRIDE: usize = COUNTERS.div_ceil(16) * 16;
 
 // Stripes never overlap, and each starts on a 128-byte line.
-const _: () = assert!(STRIDE >= COUNTERS && (STRIDE * 8) % 128 == 0);
+const _: () = assert!(STRIDE >= COUNTERS && (STRIDE * 8).is_multiple_of(128));
 
 /// A thread's place as the index of its stripe's first word: the slot times [`STRIDE`],
 /// scaled once when it is claimed so that a count adds no multiply (the byte address is
