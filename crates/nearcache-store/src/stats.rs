@@ -19,7 +19,8 @@
 //! before it releases the slot, which happens before the new owner claims it, so the new
 //! owner's first load sees the old owner's final value.
 //!
-//! Cost: a thread-local read and an add with no `lock` prefix; 4 KiB per store.
+//! Cost: a thread-local read, a comparison and an add with no `lock` prefix; 8 KiB per
+//! store (32 stripes of 256 bytes).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,62 +103,85 @@ pub(crate) const STRIPES: usize = 32;
 /// The stripe of threads that own none.
 const SHARED: usize = STRIPES - 1;
 
+/// Words from one stripe's start to the next: the counters rounded up to whole 128-byte
+/// line pairs, so that two stripes never share a cache line (nor an adjacent-line prefetch).
+const STRIDE: usize = COUNTERS.div_ceil(16) * 16;
+
+// Stripes never overlap, and each starts on a 128-byte line.
+const _: () = assert!(STRIDE >= COUNTERS && (STRIDE * 8).is_multiple_of(128));
+
+/// A thread's place as the index of its stripe's first word: the slot times [`STRIDE`],
+/// scaled once when it is claimed so that a count adds no multiply (the byte address is
+/// then one `base + 8 × index + 8 × counter` addressing mode).
+const fn first_word(slot: usize) -> usize {
+    slot * STRIDE
+}
+
+/// First word of the shared stripe: indexes at or past it are not owned.
+const SHARED_WORD: usize = first_word(SHARED);
+
+/// Every stripe, back to back, [`STRIDE`] words each.
 #[repr(align(128))]
-#[derive(Default)]
-struct Stripe([AtomicU64; COUNTERS]);
+struct Stripes([AtomicU64; STRIPES * STRIDE]);
 
 /// A store's striped counters.
 pub(crate) struct Stats {
-    stripes: [Stripe; STRIPES],
+    stripes: Stripes,
 }
 
 impl Stats {
     pub(crate) fn new() -> Self {
         Stats {
-            stripes: std::array::from_fn(|_| Stripe::default()),
+            stripes: Stripes(std::array::from_fn(|_| AtomicU64::new(0))),
         }
+    }
+
+    /// Counter `counter` of the stripe that starts at word `first`.
+    #[inline(always)]
+    fn cell(&self, first: usize, counter: Counter) -> &AtomicU64 {
+        &self.stripes.0[first + counter as usize]
     }
 
     /// Adds `n` to `counter` on this thread's stripe.
     ///
-    /// The hot path is one thread-local read, one comparison and a plain add: a thread that
-    /// owns no stripe yet (or never will) goes out of line, where it claims one or uses the
-    /// shared stripe.
+    /// The hot path is one thread-local load, one comparison (owned or not) and an add to
+    /// the address that word index gives: a thread that owns no stripe yet (or never will)
+    /// goes out of line, where it claims one or uses the shared stripe. The bounds check of
+    /// the index folds into the comparison (`first < SHARED_WORD` bounds `first + counter`).
+    /// Neither out-of-line call takes the stripe's address from the hot path, so the hot
+    /// path computes none ahead of its comparison: the add is one instruction with the
+    /// store's pointer, the index and the counter's offset in its addressing mode.
+    ///
+    /// Memory ordering: relaxed. Only the thread that owns a stripe writes it, so its own
+    /// load sees its own last store, and no other writer's store can fall between the two
+    /// (module docs: ownership passes through [`SLOTS`]' mutex). A snapshot needs no more:
+    /// it sees every count that happened before it by that happens-before edge alone.
     #[inline]
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        let slot = SLOT.with(Cell::get);
-        if slot < SHARED {
-            // This thread is the stripe's only writer (module docs): no count can be lost
-            // between the load and the store.
-            let cell = &self.stripes[slot].0[counter as usize];
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
-        } else {
-            self.add_unowned(counter, n, slot);
+        let mut first = FIRST.with(Cell::get);
+        if first >= SHARED_WORD {
+            first = owned_first(first);
+            if first >= SHARED_WORD {
+                self.add_shared(counter, n);
+                return;
+            }
         }
+        // This thread is the stripe's only writer: no count can be lost between the load
+        // and the store.
+        let cell = self.cell(first, counter);
+        cell.store(
+            cell.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
-    /// [`add`](Self::add) for a thread that owns no stripe now: `slot` is [`UNCLAIMED`]
-    /// (its first count: it claims a stripe, or gets the shared one) or [`SHARED`].
+    /// [`add`](Self::add) for a thread that shares the last stripe: a read-modify-write,
+    /// since other threads write it too.
+    #[cold]
     #[inline(never)]
-    fn add_unowned(&self, counter: Counter, n: u64, slot: usize) {
-        let slot = if slot == UNCLAIMED {
-            claim_slot()
-        } else {
-            slot
-        };
-        let cell = &self.stripes[slot.min(SHARED)].0[counter as usize];
-        if slot < SHARED {
-            // Just claimed: this thread is now the stripe's only writer.
-            cell.store(
-                cell.load(Ordering::Relaxed).wrapping_add(n),
-                Ordering::Relaxed,
-            );
-        } else {
-            cell.fetch_add(n, Ordering::Relaxed);
-        }
+    fn add_shared(&self, counter: Counter, n: u64) {
+        self.cell(SHARED_WORD, counter)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Adds one to `counter`.
@@ -167,9 +191,8 @@ impl Stats {
     }
 
     fn sum(&self, counter: Counter) -> u64 {
-        self.stripes
-            .iter()
-            .map(|s| s.0[counter as usize].load(Ordering::Relaxed))
+        (0..STRIPES)
+            .map(|slot| self.cell(first_word(slot), counter).load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
     }
 
@@ -217,8 +240,9 @@ static SLOTS: Mutex<Slots> = parking_lot::const_mutex(Slots {
 const UNCLAIMED: usize = usize::MAX;
 
 thread_local! {
-    /// This thread's slot: [`UNCLAIMED`], an owned slot below [`SHARED`], or [`SHARED`].
-    static SLOT: Cell<usize> = const { Cell::new(UNCLAIMED) };
+    /// This thread's stripe as the index of its first word ([`first_word`] of its slot):
+    /// [`UNCLAIMED`], an owned stripe's below [`SHARED_WORD`], or [`SHARED_WORD`].
+    static FIRST: Cell<usize> = const { Cell::new(UNCLAIMED) };
     /// Gives the owned slot back when the thread exits.
     static RELEASE: Release = const { Release };
 }
@@ -228,12 +252,24 @@ struct Release;
 
 impl Drop for Release {
     fn drop(&mut self) {
-        // `SLOT` has no destructor, so it is still readable here. Counts made by later
+        // `FIRST` has no destructor, so it is still readable here. Counts made by later
         // thread-local destructors of this thread go to the shared stripe.
-        let slot = SLOT.with(|slot| slot.replace(SHARED));
-        if slot < SHARED {
-            SLOTS.lock().free.push(slot);
+        let first = FIRST.with(|first| first.replace(SHARED_WORD));
+        if first < SHARED_WORD {
+            SLOTS.lock().free.push(first / STRIDE);
         }
+    }
+}
+
+/// The first word of the stripe this thread owns, claiming one on its first count
+/// (`first` is [`UNCLAIMED`]); [`SHARED_WORD`] when it owns none.
+#[cold]
+#[inline(never)]
+fn owned_first(first: usize) -> usize {
+    if first == UNCLAIMED {
+        first_word(claim_slot())
+    } else {
+        first
     }
 }
 
@@ -255,7 +291,7 @@ fn claim_slot() -> usize {
     } else {
         SHARED
     };
-    SLOT.with(|cell| cell.set(slot));
+    FIRST.with(|cell| cell.set(first_word(slot)));
     slot
 }
 
@@ -358,7 +394,13 @@ mod tests {
 
     #[test]
     fn a_stripe_fills_whole_cache_lines() {
-        assert_eq!(std::mem::align_of::<Stripe>(), 128);
-        assert_eq!(std::mem::size_of::<Stripe>() % 128, 0);
+        assert_eq!(std::mem::align_of::<Stripes>(), 128);
+        assert_eq!(
+            first_word(1) * 8 % 128,
+            0,
+            "each stripe starts on a 128-byte line"
+        );
+        assert!(first_word(1) >= COUNTERS, "stripes do not overlap");
+        assert_eq!(std::mem::size_of::<Stripes>(), STRIPES * STRIDE * 8);
     }
 }

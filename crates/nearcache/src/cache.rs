@@ -54,6 +54,9 @@ use crate::stats::{CacheStats, PropagationStats};
 #[derive(Clone)]
 pub struct Cache {
     pub(crate) inner: Arc<Inner>,
+    /// The same store as `inner.store`, held here too so that a read reaches it with one
+    /// pointer load fewer (the hit path: the handle → the store, not → `Inner` → the store).
+    store: Store,
 }
 
 pub(crate) struct Inner {
@@ -174,6 +177,7 @@ impl Cache {
             }
         });
         let cache = Cache {
+            store: store.clone(),
             inner: Arc::new(Inner {
                 store,
                 propagation,
@@ -200,7 +204,7 @@ impl Cache {
         &self,
         key: impl Borrow<Key>,
     ) -> Result<Option<Arc<T>>, TypeMismatch> {
-        self.inner.store.get(key.borrow())
+        self.store.get(key.borrow())
     }
 
     /// The value under `key`, loading it with `factory` on a miss.
@@ -246,7 +250,7 @@ impl Cache {
         let inner = &*self.inner;
         let factory =
             async move |entry: &mut EntryOptions| inner.observe_key_load(key, factory(entry)).await;
-        self.inner.store.get_or_create(key, factory).await
+        self.store.get_or_create(key, factory).await
     }
 
     /// The blocking twin of [`get_or_create`](Self::get_or_create); it shares flights with
@@ -755,7 +759,11 @@ impl Cache {
                 loop {
                     tick.tick().await;
                     match weak.upgrade() {
-                        Some(inner) => Cache { inner }.export_metrics(),
+                        Some(inner) => Cache {
+                            store: inner.store.clone(),
+                            inner,
+                        }
+                        .export_metrics(),
                         None => return,
                     }
                 }
