@@ -67,6 +67,55 @@ fn a_cached_none_read_as_another_type_names_the_type_it_is_a_none_of() {
     }
 }
 
+/// A caller asking for a `u64` that joins a load of a `String` gets a `TypeMismatch` naming
+/// both types once that load ends: not a panic, not the other type's value, and its own factory
+/// is never called (the key holds a value; it is not this caller's to replace).
+#[test]
+fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
+    let store = store();
+    let k = key("k");
+    let (release, opener) = Gate::closed();
+    let leader = {
+        let (store, k) = (store.clone(), k.clone());
+        std::thread::spawn(move || {
+            store.get_or_create_sync(&k, |_| {
+                release.pass_blocking();
+                Ok::<_, Infallible>(String::from("text"))
+            })
+        })
+    };
+    common::wait_until(
+        "the leader runs",
+        std::time::Duration::from_secs(10),
+        || store.flight_waiters(&k).is_some(),
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let waiter = {
+        let (store, k, calls) = (store.clone(), k.clone(), Arc::clone(&calls));
+        std::thread::spawn(move || {
+            store.get_or_create_sync(&k, |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Infallible>(5_u64)
+            })
+        })
+    };
+    wait_for_waiters(&store, &k, 1);
+    opener.open();
+    assert_eq!(*leader.join().unwrap().unwrap(), "text");
+    match waiter.join().unwrap() {
+        Err(LoadError::TypeMismatch(m)) => {
+            assert_eq!((m.expected, m.found), ("u64", "alloc::string::String"));
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the waiter's factory never ran"
+    );
+    assert_eq!(*store.get::<String>(&k).unwrap().unwrap(), "text");
+}
+
 /// Runs `waiter` as a second caller of one key while a leader's load of an `L` is held open,
 /// then fails the leader with `BackendDown`; returns the store, the key and what the waiter
 /// got.
