@@ -72,37 +72,17 @@ fn a_cached_none_read_as_another_type_names_the_type_it_is_a_none_of() {
 /// is never called (the key holds a value; it is not this caller's to replace).
 #[test]
 fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
-    let store = store();
-    let k = key("k");
-    let (release, opener) = Gate::closed();
-    let leader = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |_| {
-                release.pass_blocking();
-                Ok::<_, Infallible>(String::from("text"))
-            })
-        })
-    };
-    common::wait_until(
-        "the leader runs",
-        std::time::Duration::from_secs(10),
-        || store.flight_waiters(&k).is_some(),
-    );
     let calls = Arc::new(AtomicUsize::new(0));
-    let waiter = {
-        let (store, k, calls) = (store.clone(), k.clone(), Arc::clone(&calls));
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |_| {
-                calls.fetch_add(1, Ordering::SeqCst);
+    let waiter_calls = Arc::clone(&calls);
+    let (store, k, led, got) =
+        a_waiter_of_a_held_leader(Ok(String::from("text")), move |store, k| {
+            store.get_or_create_sync(k, |_| {
+                waiter_calls.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, Infallible>(5_u64)
             })
-        })
-    };
-    wait_for_waiters(&store, &k, 1);
-    opener.open();
-    assert_eq!(*leader.join().unwrap().unwrap(), "text");
-    match waiter.join().unwrap() {
+        });
+    assert_eq!(*led.unwrap(), "text");
+    match got {
         Err(LoadError::TypeMismatch(m)) => {
             assert_eq!((m.expected, m.found), ("u64", "alloc::string::String"));
         }
@@ -116,12 +96,16 @@ fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
     assert_eq!(*store.get::<String>(&k).unwrap().unwrap(), "text");
 }
 
-/// Runs `waiter` as a second caller of one key while a leader's load of an `L` is held open,
-/// then fails the leader with `BackendDown`; returns the store, the key and what the waiter
-/// got.
-fn a_waiter_of_a_failing_leader<L, R>(
+/// What the leader of a held load got.
+type Led<L> = Result<Arc<L>, LoadError<BackendDown>>;
+
+/// Runs `waiter` as a second caller of one key while a leader's load is held open, then lets
+/// the leader's factory return `outcome`; returns the store, the key, what the leader got and
+/// what the waiter got.
+fn a_waiter_of_a_held_leader<L, R>(
+    outcome: Result<L, BackendDown>,
     waiter: impl FnOnce(&Store, &Key) -> R + Send + 'static,
-) -> (Store, Key, R)
+) -> (Store, Key, Led<L>, R)
 where
     L: Send + Sync + 'static,
     R: Send + 'static,
@@ -134,7 +118,7 @@ where
         std::thread::spawn(move || {
             store.get_or_create_sync(&k, |_| {
                 release.pass_blocking();
-                Err::<L, _>(BackendDown(1))
+                outcome
             })
         })
     };
@@ -149,8 +133,21 @@ where
     };
     wait_for_waiters(&store, &k, 1);
     opener.open();
-    assert!(matches!(leader.join().unwrap(), Err(LoadError::Factory(_))));
+    let led = leader.join().unwrap();
     let got = waiter.join().unwrap();
+    (store, k, led, got)
+}
+
+/// [`a_waiter_of_a_held_leader`] whose leader's load of an `L` fails with `BackendDown`.
+fn a_waiter_of_a_failing_leader<L, R>(
+    waiter: impl FnOnce(&Store, &Key) -> R + Send + 'static,
+) -> (Store, Key, R)
+where
+    L: Send + Sync + 'static,
+    R: Send + 'static,
+{
+    let (store, k, led, got) = a_waiter_of_a_held_leader::<L, R>(Err(BackendDown(1)), waiter);
+    assert!(matches!(led, Err(LoadError::Factory(_))));
     (store, k, got)
 }
 
