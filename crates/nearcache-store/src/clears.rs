@@ -85,31 +85,40 @@ pub(crate) fn is_fence(clears: u64) -> bool {
     clears.is_multiple_of(FENCE_EVERY)
 }
 
+/// What a fence removed, and the count it ran at.
+#[derive(Default)]
+pub(crate) struct Fenced {
+    clears: u64,
+    removed: Vec<(Key, StoredEntry)>,
+}
+
 impl StoreInner {
     /// A `clear` but for its purge request: expires every entry, one clear at a time, and
     /// when the new count is a fence, sweeps (see the module docs). Returns what the fence
     /// removed (nothing otherwise), for [`report_fenced`](Self::report_fenced) once every
     /// lock is let go.
-    pub(crate) fn expire_all(&self) -> Vec<(Key, StoredEntry)> {
+    pub(crate) fn expire_all(&self) -> Fenced {
         let _one_at_a_time = self.clearing.lock();
         self.regions.expire_global();
         let clears = self.regions.clears();
         if !is_fence(clears) {
-            return Vec::new();
+            return Fenced::default();
         }
         self.flights.wait_for_every_shard();
         let now = self.clock.now();
         // The purger's own test: every entry from an older count is dead (and not kept).
-        self.cache.sweep_all(|entry| !entry.is_kept_at(now, clears))
+        let removed = self.cache.sweep_all(|entry| !entry.is_kept_at(now, clears));
+        Fenced { clears, removed }
     }
 
     /// Counts and reports the entries a fence removed as a purge pass does: expirations,
-    /// each reported with the cause `removal_cause` gives it (`Invalidated`).
-    pub(crate) fn report_fenced(&self, removed: Vec<(Key, StoredEntry)>) {
+    /// each reported with the cause `removal_cause` gives it at the fence's own count
+    /// (`Invalidated`), whatever clears ran since.
+    pub(crate) fn report_fenced(&self, Fenced { clears, removed }: Fenced) {
         if removed.is_empty() {
             return;
         }
-        let (now, clears) = (self.clock.now(), self.regions.clears());
+        let now = self.clock.now();
         tracing::debug!(
             removed = removed.len(),
             clears,
