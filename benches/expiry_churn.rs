@@ -13,12 +13,6 @@
 //!   `taskset -c 0`, so the caller and the purger thread it wakes share one CPU, and times
 //!   the call on a region of 100,000 entries (median). A purger that takes the CPU as soon
 //!   as it is woken makes the call last as long as its pass.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! do not drift with the machine's load the way wall-clock medians do on a shared VM.
 //!
 //! Run by `cargo xtask bench --instructions` (which installs valgrind when missing), or alone
-//! with `cargo bench -p nearcache-suite --bench instructions`. The binary re-runs itself under
+//! with `cargo bench -p nearcache-bench --bench instructions`. The binary re-runs itself under
 //! `valgrind --tool=callgrind` once per operation and iteration count: the same set-up (10,000
 //! cached keys, the uniform order of row 1) with `SHORT` and with `LONG` operations. The
 //! difference of the two totals divided by `LONG - SHORT` is the cost of one operation,
@@ -14,12 +14,6 @@
 //! longer in one process than in the next — so it is left out rather than subtracted.
 //! Each run's callgrind profile is kept in `<out>/callgrind/<operation>.<iterations>.<run>.out`
 //! for `callgrind_annotate`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

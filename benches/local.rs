@@ -9,12 +9,6 @@
 //!
 //! Criterion's medians are read back from its `estimates.json` files and written as summary
 //! rows (see `common`).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

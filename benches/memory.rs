@@ -6,12 +6,6 @@
 //! the measure (so their text counts), and divides the bytes still allocated by the entries
 //! held. nearcache (a `Cache` without backplane) and raw `quick_cache` store the same keys
 //! (`Key`) and the same values (`Arc<[u64; 4]>`: 32 bytes plus the `Arc`'s 16).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

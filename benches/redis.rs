@@ -18,15 +18,9 @@
 //!     with the replay log (B evicts what it missed) and with `replay_log_len = 0` (B
 //!     clears), side by side in one run.
 //!
-//! `cargo bench -p nearcache-suite --bench redis -- cluster` runs only the cluster's row 6
+//! `cargo bench -p nearcache-bench --bench redis -- cluster` runs only the cluster's row 6
 //! (words: `latency` for row 6 on one server, `cluster`, `throughput` for row 7, `loss` for
 //! row 10; none: all).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

@@ -15,12 +15,6 @@
 //! raw cache can be, by `retain` over every entry. The store is used directly (the facade's
 //! `expire_region` is this call plus one message to the peers; it does not expose purge
 //! progress).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

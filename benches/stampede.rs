@@ -2,12 +2,6 @@
 //! once; the factory takes 5 ms. nearcache must run it once per round (single flight), and
 //! the waiters' latency (each caller's own call → its value) shows what joining a flight
 //! costs. moka's `future::Cache::get_with`, which also coalesces loads, is the baseline.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::print_stdout,
-    clippy::print_stderr
-)]
 
 mod common;
 

@@ -69,7 +69,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 
     let mut command = cmd::cargo();
-    command.args(["bench", "--package", "nearcache-suite"]);
+    command.args(["bench", "--package", "nearcache-bench"]);
     for bench in benches {
         command.args(["--bench", bench]);
     }
