@@ -20,7 +20,7 @@ use nearcache_testkit::{RedisCluster, RedisSentinels, RedisServer};
 use rand::Rng;
 use rand::rngs::ThreadRng;
 
-use crate::faults::FaultCounts;
+use crate::faults::{Fault, FaultCounts};
 
 /// Which deployment `--topology` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,16 +80,15 @@ fn single_fault(
     rng: &mut ThreadRng,
     counts: &FaultCounts,
 ) -> io::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
     if rng.random_bool(0.5) {
-        counts.redis_kills.fetch_add(1, Relaxed);
+        counts.note(Fault::RedisKill);
         server.kill()?;
         let outage = Duration::from_millis(rng.random_range(300..2_500));
         tracing::info!(?outage, "redis-server killed");
         std::thread::sleep(outage);
         server.restart()
     } else {
-        counts.subscriber_kills.fetch_add(1, Relaxed);
+        counts.note(Fault::SubscriberKill);
         let killed = server.client_kill_pubsub()?;
         tracing::info!(killed, "CLIENT KILL TYPE pubsub");
         Ok(())
@@ -102,18 +101,17 @@ fn cluster_fault(
     rng: &mut ThreadRng,
     counts: &FaultCounts,
 ) -> io::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
     let slot = cluster.slot_of(channel)?;
     let owner = cluster.owner_of_slot(slot)?;
     match rng.random_range(0..3) {
         0 => {
-            counts.failovers.fetch_add(1, Relaxed);
+            counts.note(Fault::Failover);
             let replica = first_replica(cluster, owner)?;
             tracing::info!(owner, replica, "CLUSTER FAILOVER of the channel's shard");
             cluster.failover(replica, slot)
         }
         1 => {
-            counts.redis_kills.fetch_add(1, Relaxed);
+            counts.note(Fault::RedisKill);
             let replica = first_replica(cluster, owner)?;
             tracing::info!(owner, replica, "the channel's primary killed");
             cluster.node_mut(owner).kill()?;
@@ -122,7 +120,7 @@ fn cluster_fault(
             cluster.wait_settled()
         }
         _ => {
-            counts.migrations.fetch_add(1, Relaxed);
+            counts.note(Fault::Migration);
             let target = (0..6)
                 .filter(|&i| i != owner)
                 .find(|&i| cluster.is_primary(i).unwrap_or(false))
@@ -147,13 +145,12 @@ fn sentinel_fault(
     rng: &mut ThreadRng,
     counts: &FaultCounts,
 ) -> io::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
     if rng.random_bool(0.5) {
-        counts.failovers.fetch_add(1, Relaxed);
+        counts.note(Fault::Failover);
         tracing::info!("SENTINEL FAILOVER");
         sentinels.failover()?;
     } else {
-        counts.redis_kills.fetch_add(1, Relaxed);
+        counts.note(Fault::RedisKill);
         let old = sentinels.primary()?;
         tracing::info!(old, "the primary killed");
         sentinels.node_mut(old).kill()?;

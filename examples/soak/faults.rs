@@ -13,19 +13,55 @@ use rand::Rng;
 
 use crate::deployment::Deployment;
 
+/// A fault a deployment can suffer (which ones, and how, is [`Deployment::fault`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// A `redis-server` (the single one, or the channel's primary) killed and restarted.
+    RedisKill,
+    /// The subscriber connections dropped with `CLIENT KILL TYPE pubsub`.
+    SubscriberKill,
+    /// A manual failover (`CLUSTER FAILOVER`, `SENTINEL FAILOVER`).
+    Failover,
+    /// The channel's cluster slot migrated to another primary.
+    Migration,
+}
+
+impl Fault {
+    /// Every fault, in the report's order.
+    pub(crate) const ALL: [Fault; 4] = [
+        Fault::RedisKill,
+        Fault::SubscriberKill,
+        Fault::Failover,
+        Fault::Migration,
+    ];
+}
+
 /// What the injector did.
 #[derive(Default)]
 pub(crate) struct FaultCounts {
-    pub(crate) redis_kills: AtomicU64,
-    pub(crate) subscriber_kills: AtomicU64,
-    /// Manual failovers (`CLUSTER FAILOVER`, `SENTINEL FAILOVER`).
-    pub(crate) failovers: AtomicU64,
-    /// Migrations of the channel's cluster slot.
-    pub(crate) migrations: AtomicU64,
+    /// Faults injected, by [`Fault`] (its discriminant is the index).
+    injected: [AtomicU64; Fault::ALL.len()],
     /// Longest time from the end of a fault until every instance was connected, in ms.
     pub(crate) max_recovery_ms: AtomicU64,
     /// Faults after which the instances did not reconnect within the patience.
     pub(crate) unrecovered: AtomicU64,
+}
+
+impl FaultCounts {
+    /// Counts one `fault` (before it is injected: one that fails still counts).
+    pub(crate) fn note(&self, fault: Fault) {
+        self.injected[fault as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times `fault` was injected.
+    pub(crate) fn of(&self, fault: Fault) -> u64 {
+        self.injected[fault as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every fault injected.
+    pub(crate) fn total(&self) -> u64 {
+        Fault::ALL.into_iter().map(|fault| self.of(fault)).sum()
+    }
 }
 
 /// Whether every instance is connected now (read by the workers to tell healthy reads from

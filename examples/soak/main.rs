@@ -40,7 +40,7 @@ use rand::Rng;
 
 use db::{Db, Staleness};
 use deployment::{Deployment, Topology};
-use faults::FaultCounts;
+use faults::{Fault, FaultCounts};
 
 region!(Shard = "shard");
 
@@ -256,10 +256,7 @@ async fn soak(args: &Args) -> Result<bool, String> {
                 elapsed.as_secs(),
                 shared.reads.load(Ordering::Relaxed),
                 shared.writes.load(Ordering::Relaxed),
-                counts.redis_kills.load(Ordering::Relaxed)
-                    + counts.subscriber_kills.load(Ordering::Relaxed)
-                    + counts.failovers.load(Ordering::Relaxed)
-                    + counts.migrations.load(Ordering::Relaxed),
+                counts.total(),
                 shared.staleness.stale_reads.load(Ordering::Relaxed),
                 rss_samples.last().map_or(0, |(_, kib)| kib / 1024),
             );
@@ -494,6 +491,8 @@ fn report(
             clears.lagged += p.loss_clears.lagged;
             clears.peer_gap += p.loss_clears.peer_gap;
             clears.outbox_overflow += p.loss_clears.outbox_overflow;
+            clears.subscription_ended += p.loss_clears.subscription_ended;
+            clears.echo_lost += p.loss_clears.echo_lost;
             overflows += p.outbox_overflows;
             failures += p.publish_failures;
             lag_max = lag_max.max(p.propagation_lag.max.as_micros());
@@ -515,20 +514,23 @@ fn report(
     println!(
         "  faults          redis killed+restarted {}  subscribers CLIENT KILLed {}  \
          failovers {}  slot migrations {}  slowest recovery {} ms  not recovered {}",
-        counts.redis_kills.load(Ordering::Relaxed),
-        counts.subscriber_kills.load(Ordering::Relaxed),
-        counts.failovers.load(Ordering::Relaxed),
-        counts.migrations.load(Ordering::Relaxed),
+        counts.of(Fault::RedisKill),
+        counts.of(Fault::SubscriberKill),
+        counts.of(Fault::Failover),
+        counts.of(Fault::Migration),
         counts.max_recovery_ms.load(Ordering::Relaxed),
         unrecovered
     );
     println!(
-        "  clears          total {}  (reconnect {}, peer gap {}, lagged {}, outbox overflow {})",
+        "  clears          total {}  (reconnect {}, peer gap {}, lagged {}, outbox overflow {}, \
+         subscription ended {}, echo lost {})",
         clears.total(),
         clears.reconnect,
         clears.peer_gap,
         clears.lagged,
-        clears.outbox_overflow
+        clears.outbox_overflow,
+        clears.subscription_ended,
+        clears.echo_lost
     );
     println!("  outbox          overflows {overflows}  publish failures {failures}");
     println!(
