@@ -100,17 +100,22 @@ fn main() {
     drop(server);
 }
 
-fn options(url: &str, app: &str, capacity: usize, outbox: usize) -> CacheOptions {
+/// Options of a bench cache on `app`'s channel; `replay_log: false` sets `replay_log_len = 0`.
+fn options(url: &str, app: &str, capacity: usize, outbox: usize, replay_log: bool) -> CacheOptions {
+    let mut redis = RedisConfig {
+        app: app.to_owned(),
+        ..RedisConfig::new(url)
+    };
+    if !replay_log {
+        redis.replay_log_len = 0;
+    }
     CacheOptions {
         store: StoreOptions {
             max_capacity: capacity as u64,
             ..StoreOptions::default()
         },
         backplane: BackplaneOptions {
-            redis: Some(RedisConfig {
-                app: app.to_owned(),
-                ..RedisConfig::new(url)
-            }),
+            redis: Some(redis),
             outbox_capacity: outbox,
             ..BackplaneOptions::default()
         },
@@ -119,10 +124,16 @@ fn options(url: &str, app: &str, capacity: usize, outbox: usize) -> CacheOptions
 }
 
 /// Two caches on one channel, both subscribed.
-async fn pair(url: &str, app: &str, capacity: usize, outbox: usize) -> (Cache, Cache) {
+async fn pair(
+    url: &str,
+    app: &str,
+    capacity: usize,
+    outbox: usize,
+    replay_log: bool,
+) -> (Cache, Cache) {
     let connect = || async {
         Cache::builder()
-            .options(options(url, app, capacity, outbox))
+            .options(options(url, app, capacity, outbox, replay_log))
             .connect()
             .await
             .expect("connect a cache to the bench's redis-server")
@@ -257,17 +268,20 @@ async fn latency(url: &str, report: &mut Report) {
     let warmup = samples / 10;
     let keys = common::keys(warmup + samples);
 
-    let ours = nearcache_latency(url, &keys, warmup).await;
+    let ours = nearcache_latency_on(url, "bench-latency", &keys, warmup, true).await;
+    let unlogged = nearcache_latency_on(url, "bench-latency-unlogged", &keys, warmup, false).await;
     let theirs = raw_latency(url, &keys, warmup).await;
-    for (q, name, goal) in [
-        (0.50, "p50", Goal::RatioAtMost(1.3)),
-        (0.99, "p99", Goal::Info),
+    for (histogram, q, name, goal) in [
+        (&ours, 0.50, "p50", Goal::RatioAtMost(1.3)),
+        (&ours, 0.99, "p99", Goal::Info),
+        // What the replay log's publish script (a numbered XADD with the PUBLISH) costs.
+        (&unlogged, 0.50, "p50, replay log off", Goal::Info),
     ] {
         report.push(Row::vs(
             "6",
             format!("propagation A remove → B Applied, {name} ({samples} samples)"),
             Unit::Nanos,
-            ours.value_at_quantile(q) as f64,
+            histogram.value_at_quantile(q) as f64,
             "raw redis-rs PUBLISH → subscriber",
             theirs.value_at_quantile(q) as f64,
             goal,
@@ -275,13 +289,15 @@ async fn latency(url: &str, report: &mut Report) {
     }
 }
 
-async fn nearcache_latency(url: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
-    nearcache_latency_on(url, "bench-latency", keys, warmup).await
-}
-
-/// Row 6's measure on the channel of `app`.
-async fn nearcache_latency_on(url: &str, app: &str, keys: &[Key], warmup: usize) -> Histogram<u64> {
-    let (a, b) = pair(url, app, 2 * keys.len(), 100_000).await;
+/// Row 6's measure on the channel of `app`, with or without the replay log.
+async fn nearcache_latency_on(
+    url: &str,
+    app: &str,
+    keys: &[Key],
+    warmup: usize,
+    replay_log: bool,
+) -> Histogram<u64> {
+    let (a, b) = pair(url, app, 2 * keys.len(), 100_000, replay_log).await;
     let origin = a.instance_id().expect("A has a backplane");
     let mut events = b.events();
     let mut histogram = common::histogram();
@@ -342,7 +358,7 @@ async fn cluster_latency(cluster: &RedisCluster, report: &mut Report) {
         .expect("the cluster names the channel's primary");
     let owner_url = cluster.node(owner).url();
 
-    let ours = nearcache_latency_on(&url, app, &keys, warmup).await;
+    let ours = nearcache_latency_on(&url, app, &keys, warmup, true).await;
     let theirs = raw_sharded_latency(&owner_url, &channel, &keys, warmup).await;
     for (q, name, goal) in [
         (0.50, "p50", Goal::RatioAtMost(1.3)),
@@ -428,7 +444,7 @@ async fn nearcache_throughput(url: &str, n: usize) -> f64 {
     // The whole burst may wait in the outbox: it must not overflow (B would clear itself on
     // the gap an overflow leaves). Twice the
     // capacity, so that uneven shards evict none of B's keys.
-    let (a, b) = pair(url, "bench-throughput", 2 * n, n + 1024).await;
+    let (a, b) = pair(url, "bench-throughput", 2 * n, n + 1024, true).await;
     let origin = a.instance_id().expect("A has a backplane");
     let keys = common::keys(n);
     let keys = {
@@ -577,17 +593,8 @@ async fn loads_after_a_lost_link(
         "bench-loss-clear"
     };
     let connect = || async {
-        let mut options = options(&server.url(), app, 2 * working_set, 1024);
-        if !replay {
-            let redis = options
-                .backplane
-                .redis
-                .as_mut()
-                .expect("options() sets Redis");
-            redis.replay_log_len = 0;
-        }
         let cache = Cache::builder()
-            .options(options)
+            .options(options(&server.url(), app, 2 * working_set, 1024, replay))
             .connect()
             .await
             .expect("connect a cache to the bench's redis-server");
