@@ -147,12 +147,8 @@ async fn a_lagging_subscription_clears_itself() {
 async fn a_reconnect_clears_then_the_store_serves_again() {
     let (_bus, [a, mut b, _c]) = quiet_trio().await;
     let (k, other) = (key("k"), key("other"));
-    b.load_all(&[&k, &other]).await;
-
-    b.conn.disconnect();
-    b.event(CacheEvent::Disconnected).await;
+    b.misses_while_disconnected(&a, &[&k], &[&other]).await;
     assert!(!b.stats().connected);
-    a.cache.remove(&k).await; // B misses this
     assert_eq!(b.get(&k), Some(1), "stale for now (no max_staleness set)");
 
     b.conn.reconnect();

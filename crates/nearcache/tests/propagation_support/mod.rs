@@ -274,6 +274,24 @@ impl Instance {
         assert_eq!(self.get(key), None, "evicted by the writer's remove");
     }
 
+    /// Caches each of `missed` and `kept` (at version 1), then loses its link (awaiting its
+    /// `Disconnected`) while `writer` removes `missed`: invalidations this instance misses
+    /// until its link is back (`conn.reconnect()`), while `kept` is touched by none.
+    pub async fn misses_while_disconnected(
+        &mut self,
+        writer: &Instance,
+        missed: &[&Key],
+        kept: &[&Key],
+    ) {
+        self.load_all(missed).await;
+        self.load_all(kept).await;
+        self.conn.disconnect();
+        self.event(CacheEvent::Disconnected).await;
+        for key in missed {
+            writer.cache.remove(*key).await;
+        }
+    }
+
     /// The `u32` under `key`, if any.
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
