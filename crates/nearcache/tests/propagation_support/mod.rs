@@ -60,6 +60,14 @@ pub fn heartbeats_every(interval: Duration) -> CacheOptions {
     options
 }
 
+/// [`quiet`] options that retry a lost link every `delay` (a backoff that never grows).
+pub fn reconnecting_every(delay: Duration) -> CacheOptions {
+    let mut options = quiet();
+    options.backplane.reconnect_initial_delay = delay;
+    options.backplane.reconnect_max_delay = delay;
+    options
+}
+
 /// Two caches (A, B) with [`quiet`] options on a new bus, each on its own connection and
 /// subscribed. Unlike [`trio`], the hellos' answers are not awaited: for tests that await
 /// each event they count on rather than counting messages.
