@@ -327,6 +327,16 @@ pub const HELLO: u64 = 1;
 /// hello from every instance started before it (A answers B and C, B answers C).
 pub const TRIO_HELLOS_AND_ANSWERS: u64 = 3 * HELLO + 3;
 
+/// Asserts that `bus` has carried a [`trio`]'s hellos and answers and then exactly `more`
+/// publishes, which `what` names.
+pub fn assert_published_after_the_trio(bus: &InMemoryBackplane, more: u64, what: &str) {
+    assert_eq!(
+        bus.published(),
+        TRIO_HELLOS_AND_ANSWERS + more,
+        "hellos and answers, then {what}"
+    );
+}
+
 /// Two instances (A, B) with [`quiet`] options on one bus, B started after A with A's
 /// answer to its hello settled ([`Instance::start_after`]).
 pub async fn duo(bus: &InMemoryBackplane) -> [Instance; 2] {
