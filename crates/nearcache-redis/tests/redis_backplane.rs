@@ -58,15 +58,49 @@ async fn next_message(sub: &mut Subscription) -> Bytes {
     }
 }
 
-/// Subscribes to `backplane` and publishes `payload` on it; returns the subscription once it
-/// has heard `payload` back: both connections work.
-async fn subscribed_and_heard(backplane: &RedisBackplane, payload: &'static [u8]) -> Subscription {
-    let mut sub = backplane.subscribe().await.unwrap();
+/// A server, a backplane for `app` on it, and a subscription to that backplane.
+async fn subscribed(app: &str) -> (RedisServer, RedisBackplane, Subscription) {
+    subscribed_with(app, |_| {}).await
+}
+
+/// [`subscribed`], the backplane's [`config`] changed by `change` first.
+async fn subscribed_with(
+    app: &str,
+    change: impl FnOnce(&mut RedisConfig),
+) -> (RedisServer, RedisBackplane, Subscription) {
+    let server = RedisServer::start().unwrap();
+    let mut config = config(server.url(), app);
+    change(&mut config);
+    let backplane = RedisBackplane::connect_with(config).await.unwrap();
+    let sub = backplane.subscribe().await.unwrap();
+    (server, backplane, sub)
+}
+
+/// Asserts that `sub` reports its link lost, then back.
+async fn lost_then_back(sub: &mut Subscription) {
+    assert_eq!(next_event(sub).await, BackplaneEvent::Disconnected);
+    assert_eq!(next_event(sub).await, BackplaneEvent::Reconnected);
+}
+
+/// Publishes `payload` on `backplane` (the publish must succeed) and asserts that `sub`
+/// hears it.
+async fn publish_and_hear(
+    backplane: &RedisBackplane,
+    sub: &mut Subscription,
+    payload: &'static [u8],
+) {
     backplane
         .publish(Bytes::from_static(payload))
         .await
         .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], payload);
+    assert_eq!(&next_message(sub).await[..], payload);
+}
+
+/// Subscribes to `backplane` and publishes `payload` on it; returns the subscription once it
+/// has heard `payload` back: both connections work.
+async fn subscribed_and_heard(backplane: &RedisBackplane, payload: &'static [u8]) -> Subscription {
+    let mut sub = backplane.subscribe().await.unwrap();
+    publish_and_hear(backplane, &mut sub, payload).await;
     sub
 }
 
@@ -84,6 +118,17 @@ async fn publish_until_ok(backplane: &RedisBackplane, payload: &'static [u8]) {
             Err(err) => panic!("publish never succeeded: {err}"),
         }
     }
+}
+
+/// [`publish_until_ok`], then asserts that `sub` hears `payload`: after an outage, both
+/// connections work again.
+async fn publish_until_heard(
+    backplane: &RedisBackplane,
+    sub: &mut Subscription,
+    payload: &'static [u8],
+) {
+    publish_until_ok(backplane, payload).await;
+    assert_eq!(&next_message(sub).await[..], payload);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,8 +189,7 @@ async fn redis_killed_then_restarted_disconnects_fails_fast_and_reconnects() {
 
     blocking(|| server.restart()).unwrap();
     assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
-    publish_until_ok(&backplane, b"after").await;
-    assert_eq!(&next_message(&mut sub).await[..], b"after");
+    publish_until_heard(&backplane, &mut sub, b"after").await;
     assert!(backplane.is_connected());
 }
 
@@ -215,9 +259,7 @@ async fn a_stopped_servers_errors_carry_their_cause_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_kill_pubsub_disconnects_then_reconnects() {
-    let server = RedisServer::start().unwrap();
-    let backplane = connect(&server, "kill").await;
-    let mut sub = backplane.subscribe().await.unwrap();
+    let (server, backplane, mut sub) = subscribed("kill").await;
 
     for round in 0..3 {
         let killed = blocking(|| server.client_kill_pubsub()).unwrap();
@@ -225,21 +267,14 @@ async fn client_kill_pubsub_disconnects_then_reconnects() {
             killed, 1,
             "round {round}: our subscriber is the only pub/sub client"
         );
-        assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);
-        assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
-        backplane
-            .publish(Bytes::from_static(b"flows"))
-            .await
-            .unwrap();
-        assert_eq!(&next_message(&mut sub).await[..], b"flows");
+        lost_then_back(&mut sub).await;
+        publish_and_hear(&backplane, &mut sub, b"flows").await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_stops_answering_is_caught_by_ping() {
-    let server = RedisServer::start().unwrap();
-    let backplane = connect(&server, "silent").await;
-    let mut sub = backplane.subscribe().await.unwrap();
+    let (server, backplane, mut sub) = subscribed("silent").await;
     // The socket stays open but no command is answered for a while: only PING can tell.
     let mut con = blocking(|| server.connection()).unwrap();
     blocking(|| {
@@ -259,8 +294,7 @@ async fn a_connection_that_stops_answering_is_caught_by_ping() {
         "noticed after {noticed:?}"
     );
     assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
-    publish_until_ok(&backplane, b"awake").await;
-    assert_eq!(&next_message(&mut sub).await[..], b"awake");
+    publish_until_heard(&backplane, &mut sub, b"awake").await;
 }
 
 /// A network partition: both connections stay open but go silent. The subscriber's PING and
@@ -286,18 +320,14 @@ async fn silent_half_open_connections_are_replaced() {
         "{result:?}"
     );
     assert!(started.elapsed() < timeout + Duration::from_millis(500));
-    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);
-    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
+    lost_then_back(&mut sub).await;
     // The frozen publisher connection would time out forever; a fresh one gets through.
-    publish_until_ok(&backplane, b"after").await;
-    assert_eq!(&next_message(&mut sub).await[..], b"after");
+    publish_until_heard(&backplane, &mut sub, b"after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_a_plain_client_arrives_verbatim() {
-    let server = RedisServer::start().unwrap();
-    let backplane = connect(&server, "garbage").await;
-    let mut sub = backplane.subscribe().await.unwrap();
+    let (server, backplane, mut sub) = subscribed("garbage").await;
     let channel = backplane.channel().to_owned();
     let garbage: [&[u8]; 4] = [
         b"\x00\xff\xfe not nearcache",
@@ -500,14 +530,8 @@ async fn concurrent_publishers_share_one_connection_and_keep_their_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_told_what_it_missed() {
     const SENT: usize = 500;
-    let server = RedisServer::start().unwrap();
-    let backplane = RedisBackplane::connect_with(RedisConfig {
-        subscriber_queue: 8,
-        ..config(server.url(), "lag")
-    })
-    .await
-    .unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
+    let (_server, backplane, mut sub) =
+        subscribed_with("lag", |config| config.subscriber_queue = 8).await;
     for i in 0..SENT {
         backplane
             .publish(Bytes::from((i as u32).to_be_bytes().to_vec()))
@@ -550,14 +574,8 @@ async fn dropping_closes_the_connections_and_ends_the_tasks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payloads_are_refused_unsent() {
-    let server = RedisServer::start().unwrap();
-    let backplane = RedisBackplane::connect_with(RedisConfig {
-        max_payload: 16,
-        ..config(server.url(), "size")
-    })
-    .await
-    .unwrap();
-    let mut sub = backplane.subscribe().await.unwrap();
+    let (_server, backplane, mut sub) =
+        subscribed_with("size", |config| config.max_payload = 16).await;
     let err = backplane
         .publish(Bytes::from(vec![7u8; 17]))
         .await
@@ -596,13 +614,8 @@ async fn tls_with_a_private_ca_round_trips_and_reconnects() {
     let mut sub = subscribed_and_heard(&backplane, b"over tls").await;
 
     assert_eq!(blocking(|| server.client_kill_pubsub()).unwrap(), 1);
-    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Disconnected);
-    assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
-    backplane
-        .publish(Bytes::from_static(b"again"))
-        .await
-        .unwrap();
-    assert_eq!(&next_message(&mut sub).await[..], b"again");
+    lost_then_back(&mut sub).await;
+    publish_and_hear(&backplane, &mut sub, b"again").await;
 
     // Without the CA, the public roots do not trust the test certificate.
     let untrusted = config(server.url(), "tls");
@@ -762,8 +775,7 @@ async fn an_unsolicited_sunsubscribe_is_a_lost_link() {
     let slot = slot.to_string();
     let backplane = RedisBackplane::connect_with(config).await.unwrap();
     let mut sub = backplane.subscribe().await.unwrap();
-    publish_until_ok(&backplane, b"before").await;
-    assert_eq!(&next_message(&mut sub).await[..], b"before");
+    publish_until_heard(&backplane, &mut sub, b"before").await;
 
     blocking(|| {
         let _: () = command(&server, &["CLUSTER", "DELSLOTS", &slot]);
@@ -775,6 +787,5 @@ async fn an_unsolicited_sunsubscribe_is_a_lost_link() {
         wait_for_cluster_ok(&server);
     });
     assert_eq!(next_event(&mut sub).await, BackplaneEvent::Reconnected);
-    publish_until_ok(&backplane, b"after").await;
-    assert_eq!(&next_message(&mut sub).await[..], b"after");
+    publish_until_heard(&backplane, &mut sub, b"after").await;
 }

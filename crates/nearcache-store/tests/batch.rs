@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::held_load::{Ties, hold_load};
 use common::{
-    BackendDown, Catalog, Gate, key, mock_store, runtime, store, store_with, wait_for_waiters,
-    wait_until,
+    BackendDown, Catalog, Gate, Opener, disabled_store, key, mock_store, runtime, store,
+    store_not_caching_none, wait_for_waiters, wait_until,
 };
 use nearcache_keys::Key;
 use nearcache_store::{BatchEntries, LoadError, Store, StoreOptions};
@@ -47,6 +48,32 @@ fn wait_for_flight(store: &Store, key: &Key) {
         Duration::from_secs(30),
         || store.flight_waiters(key).is_some(),
     );
+}
+
+/// What a blocking batch caller gets.
+type Found<V, E> = Result<HashMap<Key, Option<Arc<V>>>, LoadError<E>>;
+
+/// Starts a blocking batch load of `keys` on a thread of its own whose `factory` is handed a
+/// closed gate to wait at; returns once the last key's flight is under way (so whatever the
+/// test does next overlaps the batch) with the caller's thread and the gate's opener.
+fn hold_batch<V, E>(
+    store: &Store,
+    keys: &[Key],
+    mut factory: impl FnMut(&mut BatchEntries, &Gate) -> Result<Vec<(Key, V)>, E> + Send + 'static,
+) -> (JoinHandle<Found<V, E>>, Opener)
+where
+    V: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
+    let (gate, opener) = Gate::closed();
+    let caller = {
+        let (store, keys) = (store.clone(), keys.to_vec());
+        std::thread::spawn(move || {
+            store.get_or_create_many_sync(&keys, |batch| factory(batch, &gate))
+        })
+    };
+    wait_for_flight(store, keys.last().expect("a batch of keys"));
+    (caller, opener)
 }
 
 /// 24 callers (12 tokio tasks, 12 threads) released together by a barrier each ask for an
@@ -171,17 +198,10 @@ fn a_single_key_caller_joins_a_batch_in_progress() {
     let rt = runtime();
     let store = store();
     let keys = [key("a"), key("b")];
-    let (release, opener) = Gate::closed();
-    let batch = {
-        let (store, keys) = (store.clone(), keys.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_many_sync(&keys, |batch| {
-                release.pass_blocking();
-                Ok::<_, Infallible>(rows(batch, "batch"))
-            })
-        })
-    };
-    wait_for_flight(&store, &keys[1]);
+    let (batch, opener) = hold_batch(&store, &keys, |batch, release| {
+        release.pass_blocking();
+        Ok::<_, Infallible>(rows(batch, "batch"))
+    });
     let single_calls = Arc::new(AtomicUsize::new(0));
     let single = {
         let (store, b, calls) = (store.clone(), keys[1].clone(), Arc::clone(&single_calls));
@@ -211,17 +231,14 @@ fn a_single_key_caller_joins_a_batch_in_progress() {
 fn a_remove_during_a_batch_keeps_only_that_key_out() {
     let store = store();
     let [a, b, c] = [key("a"), key("b"), key("c")];
-    let (release, opener) = Gate::closed();
-    let batch = {
-        let (store, keys) = (store.clone(), [a.clone(), b.clone(), c.clone()]);
-        std::thread::spawn(move || {
-            store.get_or_create_many_sync(&keys, |batch| {
-                release.pass_blocking();
-                Ok::<_, Infallible>(rows(batch, "old"))
-            })
-        })
-    };
-    wait_for_flight(&store, &c);
+    let (batch, opener) = hold_batch(
+        &store,
+        &[a.clone(), b.clone(), c.clone()],
+        |batch, release| {
+            release.pass_blocking();
+            Ok::<_, Infallible>(rows(batch, "old"))
+        },
+    );
     store.remove(&b);
     let late = store
         .get_or_create_sync(&b, |_| Ok::<_, Infallible>(String::from("fresh-b")))
@@ -255,18 +272,11 @@ fn a_region_expiry_during_a_batch_keeps_that_key_out_of_later_callers() {
             entry.region_key::<Catalog>(sub.as_str());
         }
     };
-    let (release, opener) = Gate::closed();
-    let first = {
-        let (store, keys) = (store.clone(), [a.clone(), b.clone()]);
-        std::thread::spawn(move || {
-            store.get_or_create_many_sync(&keys, |batch| {
-                tie(batch);
-                release.pass_blocking();
-                Ok::<_, Infallible>(rows(batch, "old"))
-            })
-        })
-    };
-    wait_for_flight(&store, &b);
+    let (first, opener) = hold_batch(&store, &[a.clone(), b.clone()], move |batch, release| {
+        tie(batch);
+        release.pass_blocking();
+        Ok::<_, Infallible>(rows(batch, "old"))
+    });
     store.expire_region_key::<Catalog>("b");
     let asked = Arc::new(Mutex::new(Vec::new()));
     let second = {
@@ -334,10 +344,7 @@ fn omitted_keys_are_none_and_cached_when_cache_none_is_on() {
 /// With `cache_none` off, an omitted key is returned as `None` and asked for again.
 #[test]
 fn omitted_keys_are_not_cached_when_cache_none_is_off() {
-    let store = store_with(StoreOptions {
-        cache_none: false,
-        ..StoreOptions::default()
-    });
+    let store = store_not_caching_none();
     let keys = [key("found"), key("missing")];
     let asked = Mutex::new(Vec::new());
     let load = |batch: &mut BatchEntries| {
@@ -362,17 +369,10 @@ fn omitted_keys_are_not_cached_when_cache_none_is_off() {
 fn a_factory_error_reaches_every_waiter_of_its_keys() {
     let store = store();
     let [a, b, c] = [key("a"), key("b"), key("c")];
-    let (release, opener) = Gate::closed();
-    let failing = {
-        let (store, keys) = (store.clone(), [a.clone(), b.clone()]);
-        std::thread::spawn(move || {
-            store.get_or_create_many_sync(&keys, |_batch| {
-                release.pass_blocking();
-                Err::<Vec<(Key, String)>, _>(BackendDown(1))
-            })
-        })
-    };
-    wait_for_flight(&store, &b);
+    let (failing, opener) = hold_batch(&store, &[a.clone(), b.clone()], |_batch, release| {
+        release.pass_blocking();
+        Err::<Vec<(Key, String)>, _>(BackendDown(1))
+    });
     let single = {
         let (store, a) = (store.clone(), a.clone());
         std::thread::spawn(move || {
@@ -416,17 +416,14 @@ fn a_factory_error_reaches_every_waiter_of_its_keys() {
 fn a_factory_panic_hands_its_keys_to_their_waiters() {
     let store = store();
     let [a, b] = [key("a"), key("b")];
-    let (release, opener) = Gate::closed();
-    let panicking = {
-        let (store, keys) = (store.clone(), [a.clone(), b.clone()]);
-        std::thread::spawn(move || {
-            store.get_or_create_many_sync(&keys, |_batch| -> Result<Vec<(Key, u8)>, Infallible> {
-                release.pass_blocking();
-                panic!("the database driver panicked");
-            })
-        })
-    };
-    wait_for_flight(&store, &b);
+    let (panicking, opener) = hold_batch(
+        &store,
+        &[a.clone(), b.clone()],
+        |_batch, release| -> Result<Vec<(Key, u8)>, Infallible> {
+            release.pass_blocking();
+            panic!("the database driver panicked");
+        },
+    );
     let single = {
         let (store, a) = (store.clone(), a.clone());
         std::thread::spawn(move || store.get_or_create_sync(&a, |_| Ok::<_, Infallible>(1_u8)))
@@ -512,10 +509,7 @@ fn a_type_mismatch_fails_the_call_but_not_the_other_keys() {
 /// A disabled store runs the factory with every key and stores nothing.
 #[test]
 fn a_disabled_store_passes_every_key_through() {
-    let store = store_with(StoreOptions {
-        enabled: false,
-        ..StoreOptions::default()
-    });
+    let store = disabled_store();
     let keys = [key("a"), key("b")];
     let found = store
         .get_or_create_many_sync(&keys, |batch| {

@@ -8,7 +8,11 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{BackendDown, Gate, key, runtime, store, store_with, wait_for_waiters};
+use common::held_load::{Ties, hold_outcome};
+use common::{
+    BackendDown, Gate, disabled_store, key, runtime, store, store_not_caching_none, store_with,
+    wait_for_waiters,
+};
 use nearcache_keys::Key;
 use nearcache_store::{LoadError, OptionsError, Store, StoreOptions};
 
@@ -27,17 +31,7 @@ fn reading_a_key_as_another_type_is_a_typed_error() {
         calls.fetch_add(1, Ordering::SeqCst);
         Ok::<_, Infallible>(5_u64)
     });
-    match loaded {
-        Err(LoadError::TypeMismatch(m)) => {
-            assert_eq!((m.expected, m.found), ("u64", "alloc::string::String"));
-        }
-        other => panic!("expected a mismatch, got {other:?}"),
-    }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "no load over a value of another type"
-    );
+    assert_a_mismatch_and_no_load(loaded, &calls, "no load over a value of another type");
     let rt = runtime();
     let loaded = rt.block_on(store.get_or_create(&k, async |_| Ok::<_, Infallible>(5_u64)));
     assert!(matches!(loaded, Err(LoadError::TypeMismatch(_))));
@@ -82,18 +76,24 @@ fn a_waiter_asking_for_another_type_gets_a_mismatch_not_a_panic() {
             })
         });
     assert_eq!(*led.unwrap(), "text");
-    match got {
+    assert_a_mismatch_and_no_load(got, &calls, "the waiter's factory never ran");
+    assert_eq!(*store.get::<String>(&k).unwrap().unwrap(), "text");
+}
+
+/// Asserts that a `u64` caller of a key holding a `String` got a `TypeMismatch` naming both
+/// types, and that its factory (which counts its runs in `calls`) never ran: `why` says why.
+fn assert_a_mismatch_and_no_load(
+    loaded: Result<Arc<u64>, LoadError<Infallible>>,
+    calls: &AtomicUsize,
+    why: &str,
+) {
+    match loaded {
         Err(LoadError::TypeMismatch(m)) => {
             assert_eq!((m.expected, m.found), ("u64", "alloc::string::String"));
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        0,
-        "the waiter's factory never ran"
-    );
-    assert_eq!(*store.get::<String>(&k).unwrap().unwrap(), "text");
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "{why}");
 }
 
 /// What the leader of a held load got.
@@ -112,28 +112,14 @@ where
 {
     let store = store();
     let k = key("k");
-    let (release, opener) = Gate::closed();
-    let leader = {
-        let (store, k) = (store.clone(), k.clone());
-        std::thread::spawn(move || {
-            store.get_or_create_sync(&k, |_| {
-                release.pass_blocking();
-                outcome
-            })
-        })
-    };
-    common::wait_until(
-        "the leader runs",
-        std::time::Duration::from_secs(10),
-        || store.flight_waiters(&k).is_some(),
-    );
+    let leader = hold_outcome(&store, &k, Ties::Nothing, outcome);
     let waiter = {
         let (store, k) = (store.clone(), k.clone());
         std::thread::spawn(move || waiter(&store, &k))
     };
     wait_for_waiters(&store, &k, 1);
-    opener.open();
-    let led = leader.join().unwrap();
+    leader.release.open();
+    let led = leader.caller.join().unwrap();
     let got = waiter.join().unwrap();
     (store, k, led, got)
 }
@@ -176,10 +162,7 @@ fn an_infallible_waiter_of_a_failed_load_gets_its_own_value() {
 
 #[test]
 fn a_disabled_store_runs_the_factory_every_time_and_stores_nothing() {
-    let store = store_with(StoreOptions {
-        enabled: false,
-        ..StoreOptions::default()
-    });
+    let store = disabled_store();
     let k = key("k");
     let calls = AtomicUsize::new(0);
     for _ in 0..3 {
@@ -234,10 +217,7 @@ fn cache_none_on_stores_a_negative_entry() {
 
 #[test]
 fn cache_none_off_returns_none_without_storing_it() {
-    let store = store_with(StoreOptions {
-        cache_none: false,
-        ..StoreOptions::default()
-    });
+    let store = store_not_caching_none();
     let k = key("missing");
     let calls = AtomicUsize::new(0);
     let rt = runtime();

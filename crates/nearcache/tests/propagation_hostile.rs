@@ -9,13 +9,19 @@ use nearcache::{ClearCause, InMemoryBackplane, InstanceId};
 use nearcache_backplane::wire::Op;
 use propagation_support::{Instance, Tap, duo, encoded, fence, key, poll_until, quiet, remove_op};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
+/// A [`duo`] on a new bus in which B has heard A's first message: B knows A's position (1),
+/// which a forger under A's name plays against. Returns the bus (to inject on) and the duo.
+async fn b_has_heard_a() -> (InMemoryBackplane, [Instance; 2]) {
     let bus = InMemoryBackplane::new();
     let [a, mut b] = duo(&bus).await;
-    let (k1, k2, k3) = (key("k1"), key("k2"), key("k3"));
-    a.cache.remove(&k1).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
+    b.hears(&a, &key("first"), 1).await;
+    (bus, [a, b])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_high_sequence_number_costs_a_clear_but_silences_no_one() {
+    let (bus, [a, mut b]) = b_has_heard_a().await;
+    let (k2, k3) = (key("k2"), key("k3"));
 
     // One message under A's name at the end of the number space.
     bus.inject(encoded(a.id(), u64::MAX, vec![remove_op(&[&k3])]));
@@ -109,11 +115,8 @@ async fn with_a_key_unsigned_and_badly_signed_messages_are_refused() {
 /// notice). The real message then looks like a duplicate; it is applied all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_copy_of_the_next_number_does_not_hide_the_real_message() {
-    let bus = InMemoryBackplane::new();
-    let [a, mut b] = duo(&bus).await;
-    let (k1, k2, decoy) = (key("k1"), key("k2"), key("decoy"));
-    a.cache.remove(&k1).await;
-    assert_eq!(b.applied().await, (a.id(), 1, 1));
+    let (bus, [a, mut b]) = b_has_heard_a().await;
+    let (k2, decoy) = (key("k2"), key("decoy"));
     bus.inject(encoded(a.id(), 2, vec![remove_op(&[&decoy])]));
     assert_eq!(b.applied().await, (a.id(), 2, 1));
     // A's real seq 2 is applied.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use nearcache::{BuildError, Cache, CacheOptions, InMemoryBackplane, Propagated, StoreOptions};
 use propagation_support::{
-    Instance, TRIO_HELLOS_AND_ANSWERS, Tap, key, poll_until, quiet, quiet_trio, remove_op, trio,
-    within,
+    Instance, Tap, assert_published_after_the_trio, key, poll_until, quiet, quiet_trio,
+    reconnecting_every, remove_op, trio, within,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +53,7 @@ async fn dropping_the_last_handle_publishes_what_is_queued_then_stops_both_tasks
     within("A's tasks to stop", stopped).await.unwrap();
     assert_eq!(bus.subscribers(), 3, "A's subscription is gone");
     tap.assert_no_message(); // a goodbye invalidates nothing, like a heartbeat
-    assert_eq!(
-        bus.published(),
-        TRIO_HELLOS_AND_ANSWERS + 3,
-        "hellos and answers; the two messages, then a goodbye"
-    );
+    assert_published_after_the_trio(&bus, 3, "the two messages, then a goodbye");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,11 +95,9 @@ async fn shutdown_flushes_then_leaves_a_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_with_the_backplane_down_returns_what_was_not_sent_without_lingering() {
     let bus = InMemoryBackplane::new();
-    let mut options = quiet();
-    options.backplane.publish_timeout = Duration::from_millis(50);
     // A long backoff: shutdown must not wait for it.
-    options.backplane.reconnect_initial_delay = Duration::from_secs(60);
-    options.backplane.reconnect_max_delay = Duration::from_secs(60);
+    let mut options = reconnecting_every(Duration::from_secs(60));
+    options.backplane.publish_timeout = Duration::from_millis(50);
     let mut a = Instance::start(&bus, options).await;
     a.conn.disconnect();
     for i in 0..3 {
@@ -127,9 +121,7 @@ async fn shutdown_with_the_backplane_down_returns_what_was_not_sent_without_ling
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn before_its_subscription_a_cache_serves_nothing_from_its_store() {
     let bus = InMemoryBackplane::new();
-    let mut options = quiet();
-    options.backplane.reconnect_initial_delay = Duration::from_millis(5);
-    options.backplane.reconnect_max_delay = Duration::from_millis(5);
+    let options = reconnecting_every(Duration::from_millis(5));
     let conn = bus.connection();
     conn.disconnect(); // subscribing fails until it is back
     let cache = Cache::builder()

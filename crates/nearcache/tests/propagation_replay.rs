@@ -38,23 +38,11 @@ async fn repaired(instance: &mut Instance, cause: ClearCause) -> (u64, u64) {
     }
 }
 
-/// Takes `down`'s link away (awaiting its `Disconnected`), then has `writer` remove `keys`:
-/// invalidations `down` misses until its link is back.
-async fn miss_while_disconnected(down: &mut Instance, writer: &Instance, keys: &[&Key]) {
-    down.conn.disconnect();
-    down.event(CacheEvent::Disconnected).await;
-    for k in keys {
-        writer.cache.remove(*k).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_is_repaired_by_evicting_exactly_the_missed_keys() {
     let (_bus, [a, mut b, c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    b.load_all(&[&k1, &k2, &kept]).await;
-
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    b.misses_while_disconnected(&a, &[&k1], &[&k2, &kept]).await;
     c.cache.remove(&k2).await; // B misses both
     assert_eq!(b.get(&k1), Some(1), "stale until the link is back");
 
@@ -111,8 +99,7 @@ async fn a_payload_lost_on_the_channel_is_repaired_at_the_next_delivery() {
 async fn a_log_trimmed_past_the_gap_clears() {
     let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    b.load_all(&[&kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1, &k2]).await;
+    b.misses_while_disconnected(&a, &[&k1, &k2], &[&kept]).await;
     bus.trim_log(1); // the first missed message is gone from the log
 
     b.conn.reconnect();
@@ -128,8 +115,7 @@ async fn a_log_trimmed_past_the_gap_clears() {
 async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, k2, kept) = (key("k1"), key("k2"), key("kept"));
-    b.load_all(&[&kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    b.misses_while_disconnected(&a, &[&k1], &[&kept]).await;
     bus.recreate_log(); // a restart without persistence: what B missed is gone
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
@@ -143,8 +129,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
     assert_eq!(b.applied().await, (a.id(), 2, 1));
 
     // The receiver learnt the new log's head: the next loss is repaired.
-    b.load_all(&[&k2, &kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k2]).await;
+    b.misses_while_disconnected(&a, &[&k2], &[&kept]).await;
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     assert_eq!(b.get(&k2), None);
@@ -158,8 +143,7 @@ async fn a_recreated_log_clears_then_later_losses_are_repaired_again() {
 async fn a_failed_log_read_is_retried() {
     let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    b.load_all(&[&k1, &kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    b.misses_while_disconnected(&a, &[&k1], &[&kept]).await;
     bus.fail_log_reads(2);
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
@@ -167,19 +151,33 @@ async fn a_failed_log_read_is_retried() {
     assert_eq!(b.stats().loss_repairs.read_failed, 0);
 }
 
+/// B (of a [`logged_trio`] whose repairs may take `replay_timeout`) misses A's remove of
+/// "k1" while it still caches "kept", then reconnects with its log reads broken by
+/// `break_reads`: the repair cannot finish, so B clears. Returns the trio and what
+/// `break_reads` returned (held by the test until it is done).
+async fn an_unfinished_repair<G>(
+    replay_timeout: Duration,
+    break_reads: impl FnOnce(&InMemoryBackplane) -> G,
+) -> ([Instance; 3], G) {
+    let mut options = quiet();
+    options.backplane.replay_timeout = replay_timeout;
+    let (bus, [a, mut b, c]) = logged_trio(options).await;
+    b.misses_while_disconnected(&a, &[&key("k1")], &[&key("kept")])
+        .await;
+    let broken = break_reads(&bus);
+    b.conn.reconnect();
+    assert!(b.loss_cleared(ClearCause::Reconnect).await);
+    ([a, b, c], broken)
+}
+
 /// A log that cannot be read within `replay_timeout` clears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_cannot_be_read_clears() {
-    let mut options = quiet();
-    options.backplane.replay_timeout = Duration::from_millis(100);
-    let (bus, [a, mut b, _c]) = logged_trio(options).await;
-    let (k1, kept) = (key("k1"), key("kept"));
-    b.load_all(&[&kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
-    bus.fail_log_reads(u64::MAX);
-    b.conn.reconnect();
-    assert!(b.loss_cleared(ClearCause::Reconnect).await);
-    assert_eq!(b.get(&kept), None);
+    let ([_a, b, _c], ()) = an_unfinished_repair(Duration::from_millis(100), |bus| {
+        bus.fail_log_reads(u64::MAX);
+    })
+    .await;
+    assert_eq!(b.get(&key("kept")), None);
     assert_eq!(b.stats().loss_repairs.read_failed, 1);
 }
 
@@ -190,8 +188,7 @@ async fn a_log_that_cannot_be_read_clears() {
 async fn reads_bypass_the_store_while_a_repair_runs() {
     let (bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let (stale, kept) = (key("stale"), key("kept"));
-    b.load_all(&[&stale, &kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&stale]).await;
+    b.misses_while_disconnected(&a, &[&stale], &[&kept]).await;
 
     let gate = bus.hold_log_reads();
     b.conn.reconnect();
@@ -214,16 +211,10 @@ async fn reads_bypass_the_store_while_a_repair_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repair_that_outlasts_replay_timeout_clears() {
-    let mut options = quiet();
-    options.backplane.replay_timeout = Duration::from_millis(50);
-    let (bus, [a, mut b, _c]) = logged_trio(options).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    b.load_all(&[&k1, &kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
-
-    let gate = bus.hold_log_reads(); // never released while it matters
-    b.conn.reconnect();
-    assert!(b.loss_cleared(ClearCause::Reconnect).await);
+    // Log reads held, never released while it matters.
+    let ([_a, mut b, _c], gate) =
+        an_unfinished_repair(Duration::from_millis(50), InMemoryBackplane::hold_log_reads).await;
     b.event(CacheEvent::Connected).await;
     assert_eq!(b.stats().loss_repairs.read_failed, 1);
     assert_eq!((b.get(&k1), b.get(&kept)), (None, None));
@@ -238,8 +229,7 @@ async fn replay_off_ignores_the_log_and_clears() {
     options.backplane.replay = false;
     let (_bus, [a, mut b, _c]) = logged_trio(options).await;
     let (k1, kept) = (key("k1"), key("kept"));
-    b.load_all(&[&kept]).await;
-    miss_while_disconnected(&mut b, &a, &[&k1]).await;
+    b.misses_while_disconnected(&a, &[&k1], &[&kept]).await;
     b.conn.reconnect();
     assert!(b.loss_cleared(ClearCause::Reconnect).await);
     assert_eq!(b.get(&kept), None);
@@ -345,7 +335,9 @@ async fn a_load_racing_a_repair_is_not_stored() {
     let (_bus, [a, mut b, _c]) = logged_trio(quiet()).await;
     let k = key("k");
     let load = b.held_load(&k, 1).await; // read before the write
-    miss_while_disconnected(&mut b, &a, &[&k]).await; // the write B misses
+    b.conn.disconnect();
+    b.event(CacheEvent::Disconnected).await;
+    a.cache.remove(&k).await; // the write B misses
     b.conn.reconnect();
     assert_eq!(repaired(&mut b, ClearCause::Reconnect).await, (1, 1));
     assert_eq!(*load.finish().await, 1);

@@ -41,10 +41,10 @@ impl Ties {
     }
 }
 
-/// A load started by [`hold_load`], paused in its factory.
-pub struct HeldLoad<T> {
+/// A load started by [`hold_load`] (or [`hold_outcome`]), paused in its factory.
+pub struct HeldLoad<T, E = Infallible> {
     /// The loading caller's thread: what its `get_or_create_sync` returned.
-    pub caller: JoinHandle<Result<Arc<T>, LoadError<Infallible>>>,
+    pub caller: JoinHandle<Result<Arc<T>, LoadError<E>>>,
     /// Lets the factory go on.
     pub release: Opener,
 }
@@ -57,6 +57,20 @@ pub fn hold_load<T: Send + Sync + 'static>(
     ties: Ties,
     value: T,
 ) -> HeldLoad<T> {
+    hold_outcome(store, key, ties, Ok(value))
+}
+
+/// [`hold_load`] whose factory returns `outcome` (a value or its error) once it goes on.
+pub fn hold_outcome<T, E>(
+    store: &Store,
+    key: &Key,
+    ties: Ties,
+    outcome: Result<T, E>,
+) -> HeldLoad<T, E>
+where
+    T: Send + Sync + 'static,
+    E: Send + Sync + 'static,
+{
     let (gate, release) = Gate::closed();
     let (started_tx, started) = mpsc::channel();
     let caller = {
@@ -67,7 +81,7 @@ pub fn hold_load<T: Send + Sync + 'static>(
                 started_tx.send(()).expect("the test waits for the pause");
                 gate.pass_blocking();
                 ties.tie(entry, true);
-                Ok(value)
+                outcome
             })
         })
     };

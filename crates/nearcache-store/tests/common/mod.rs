@@ -26,6 +26,23 @@ pub fn store_with(options: StoreOptions) -> Store {
     Store::new(options).expect("valid options")
 }
 
+/// A store with `enabled: false`: every call runs its factory, nothing is stored.
+pub fn disabled_store() -> Store {
+    store_with(StoreOptions {
+        enabled: false,
+        ..StoreOptions::default()
+    })
+}
+
+/// A store with `cache_none: false`: a load that finds nothing is returned as `None` and
+/// not stored.
+pub fn store_not_caching_none() -> Store {
+    store_with(StoreOptions {
+        cache_none: false,
+        ..StoreOptions::default()
+    })
+}
+
 /// A store with `options` on a mock clock, and the handle that moves it.
 pub fn mock_store(options: StoreOptions) -> (Store, Arc<Mock>) {
     let (clock, mock) = Clock::mock();

@@ -60,6 +60,14 @@ pub fn heartbeats_every(interval: Duration) -> CacheOptions {
     options
 }
 
+/// [`quiet`] options that retry a lost link every `delay` (a backoff that never grows).
+pub fn reconnecting_every(delay: Duration) -> CacheOptions {
+    let mut options = quiet();
+    options.backplane.reconnect_initial_delay = delay;
+    options.backplane.reconnect_max_delay = delay;
+    options
+}
+
 /// Two caches (A, B) with [`quiet`] options on a new bus, each on its own connection and
 /// subscribed. Unlike [`trio`], the hellos' answers are not awaited: for tests that await
 /// each event they count on rather than counting messages.
@@ -274,6 +282,24 @@ impl Instance {
         assert_eq!(self.get(key), None, "evicted by the writer's remove");
     }
 
+    /// Caches each of `missed` and `kept` (at version 1), then loses its link (awaiting its
+    /// `Disconnected`) while `writer` removes `missed`: invalidations this instance misses
+    /// until its link is back (`conn.reconnect()`), while `kept` is touched by none.
+    pub async fn misses_while_disconnected(
+        &mut self,
+        writer: &Instance,
+        missed: &[&Key],
+        kept: &[&Key],
+    ) {
+        self.load_all(missed).await;
+        self.load_all(kept).await;
+        self.conn.disconnect();
+        self.event(CacheEvent::Disconnected).await;
+        for key in missed {
+            writer.cache.remove(*key).await;
+        }
+    }
+
     /// The `u32` under `key`, if any.
     pub fn get(&self, key: &Key) -> Option<u32> {
         self.cache.get::<u32>(key).unwrap().map(|v| *v)
@@ -300,6 +326,16 @@ pub const HELLO: u64 = 1;
 /// What a [`trio`] publishes that invalidates nothing: a hello each, and an answer to each
 /// hello from every instance started before it (A answers B and C, B answers C).
 pub const TRIO_HELLOS_AND_ANSWERS: u64 = 3 * HELLO + 3;
+
+/// Asserts that `bus` has carried a [`trio`]'s hellos and answers and then exactly `more`
+/// publishes, which `what` names.
+pub fn assert_published_after_the_trio(bus: &InMemoryBackplane, more: u64, what: &str) {
+    assert_eq!(
+        bus.published(),
+        TRIO_HELLOS_AND_ANSWERS + more,
+        "hellos and answers, then {what}"
+    );
+}
 
 /// Two instances (A, B) with [`quiet`] options on one bus, B started after A with A's
 /// answer to its hello settled ([`Instance::start_after`]).
