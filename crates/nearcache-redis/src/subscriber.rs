@@ -426,12 +426,26 @@ mod tests {
         Some(BackplaneEvent::Message(Bytes::from_static(payload)))
     }
 
+    /// A subscription, its sender, and a first connection's gate on channel `ch` forwarding
+    /// to it (a first connection announces nothing).
+    fn first_connection() -> (Gate, EventSender, Subscription) {
+        let (events, sub) = Subscription::channel(16);
+        let gate = Gate::new(events.clone(), false, Bytes::from_static(b"ch"));
+        (gate, events, sub)
+    }
+
+    /// A later connection's gate on channel `ch`: it sends `Reconnected` once the server
+    /// confirms the subscription.
+    fn reconnecting_gate(events: &EventSender) -> Gate {
+        Gate::new(events.clone(), true, Bytes::from_static(b"ch"))
+    }
+
     #[tokio::test]
     async fn reconnected_precedes_the_messages_of_a_new_connection() {
         let (events, mut sub) = Subscription::channel(16);
         events.link_lost(); // the task reports the loss before it reconnects
         assert_eq!(sub.recv().await, Some(BackplaneEvent::Disconnected));
-        let gate = Gate::new(events, true, Bytes::from_static(b"ch"));
+        let gate = reconnecting_gate(&events);
         gate.on_push(subscribed(b"ch"));
         gate.on_push(message(b"m1"));
         gate.on_push(push(PushKind::SMessage, vec![bulk(b"ch"), bulk(b"m2")]));
@@ -442,10 +456,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_connection_and_other_channels_announce_nothing() {
-        let (events, mut sub) = Subscription::channel(16);
-        let first = Gate::new(events.clone(), false, Bytes::from_static(b"ch"));
+        let (first, events, mut sub) = first_connection();
         first.on_push(subscribed(b"ch"));
-        let other = Gate::new(events, true, Bytes::from_static(b"ch"));
+        let other = reconnecting_gate(&events);
         other.on_push(subscribed(b"xx"));
         other.on_push(message(b"m"));
         assert_eq!(sub.recv().await, handed_on(b"m"));
@@ -453,8 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retired_gate_forwards_nothing() {
-        let (events, mut sub) = Subscription::channel(16);
-        let gate = Gate::new(events.clone(), false, Bytes::from_static(b"ch"));
+        let (gate, events, mut sub) = first_connection();
         gate.on_push(message(b"before"));
         assert!(gate.retire(), "a first connection counts as announced");
         gate.on_push(message(b"after"));
@@ -468,18 +480,17 @@ mod tests {
     #[test]
     fn retire_tells_whether_reconnected_was_sent() {
         let (events, _sub) = Subscription::channel(16);
-        let silent = Gate::new(events.clone(), true, Bytes::from_static(b"ch"));
+        let silent = reconnecting_gate(&events);
         assert!(!silent.retire());
         assert!(!silent.retire(), "retiring twice changes nothing");
-        let announced = Gate::new(events, true, Bytes::from_static(b"ch"));
+        let announced = reconnecting_gate(&events);
         announced.on_push(subscribed(b"ch"));
         assert!(announced.retire());
     }
 
     #[tokio::test]
     async fn disconnection_and_a_dropped_subscription_wake_the_task() {
-        let (events, sub) = Subscription::channel(16);
-        let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+        let (gate, _, sub) = first_connection();
         gate.on_push(push(PushKind::Disconnection, vec![]));
         // A stored permit: the task finds it even though it was not waiting yet.
         gate.lost.notified().await;
@@ -492,8 +503,7 @@ mod tests {
     #[tokio::test]
     async fn an_unsolicited_unsubscribe_of_our_channel_is_a_lost_link() {
         for kind in [PushKind::Unsubscribe, PushKind::SUnsubscribe] {
-            let (events, _sub) = Subscription::channel(16);
-            let gate = Gate::new(events, false, Bytes::from_static(b"ch"));
+            let (gate, _, _sub) = first_connection();
             gate.on_push(push(kind.clone(), vec![bulk(b"other"), Value::Int(1)]));
             assert!(!gate.unsubscribed(), "another channel is not ours");
             gate.on_push(push(kind.clone(), vec![bulk(b"ch"), Value::Int(0)]));

@@ -51,6 +51,7 @@ use crate::value::Payload;
 /// ambient "current entry" (no thread-local, no task-local). A factory that loads another key
 /// inside itself gives that key a fresh `EntryOptions`, so neither entry's regions, tokens or expiry
 /// leak into the other, in either direction.
+#[derive(Debug)]
 pub struct EntryOptions {
     key: Key,
     regions: Arc<Regions>,
@@ -306,21 +307,6 @@ impl EntryOptions {
     }
 }
 
-impl fmt::Debug for EntryOptions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntryOptions")
-            .field("key", &self.key)
-            .field("absolute", &self.absolute)
-            .field("sliding", &self.sliding)
-            .field("weight", &self.weight)
-            .field("fail_safe", &self.fail_safe)
-            .field("soft_timeout", &self.soft_timeout)
-            .field("eager_refresh", &self.eager_refresh)
-            .field("tokens", &self.tokens.len())
-            .finish()
-    }
-}
-
 /// The store-wide defaults an entry falls back on; the default is none of them (entries
 /// never expire, are not weighted, and are not kept for fail-safe).
 #[derive(Debug, Clone, Copy, Default)]
@@ -363,6 +349,7 @@ impl TokenSet {
         self.inline.iter().flatten().chain(self.spill.iter())
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.iter().count()
     }
@@ -382,6 +369,13 @@ impl TokenSet {
                     || self.spill.iter().any(ChangeToken::is_expired)
             }
         }
+    }
+}
+
+/// The tokens themselves (expired or not, and their epochs), not the inline/spill split.
+impl fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -809,6 +803,28 @@ mod tests {
             !stored.is_live_at(at(0), 0),
             "expiring the region expires its sub-keys' entries"
         );
+    }
+
+    #[test]
+    fn debug_shows_every_option_and_each_token() {
+        let regions = Arc::new(Regions::new());
+        let mut e = entry(&regions);
+        e.region_key::<Catalog>("c1").weight(3);
+        let shown = format!("{e:?}");
+        let fields = [
+            "key",
+            "absolute",
+            "sliding",
+            "weight: Some(3)",
+            "fail_safe",
+            "soft_timeout",
+            "eager_refresh",
+            "region_epoch",
+        ];
+        for field in fields {
+            assert!(shown.contains(field), "{field} missing from {shown}");
+        }
+        assert_eq!(shown.matches("ChangeToken").count(), 2, "{shown}");
     }
 
     #[test]

@@ -560,15 +560,31 @@ impl Drop for RedisServer {
     }
 }
 
+/// Written out only to show the child as its pid (`Child`'s own `Debug` has none); every
+/// field is named, so a new one cannot be left out.
 impl fmt::Debug for RedisServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            child,
+            port,
+            tls_port,
+            bus_port,
+            mode,
+            certs,
+            auth,
+            args,
+            dir,
+        } = self;
         f.debug_struct("RedisServer")
-            .field("port", &self.port)
-            .field("tls_port", &self.tls_port)
-            .field("bus_port", &self.bus_port)
-            .field("pid", &self.child.as_ref().map(Child::id))
-            .field("auth", &self.auth)
-            .field("dir", &self.dir.path())
+            .field("pid", &child.as_ref().map(Child::id))
+            .field("port", port)
+            .field("tls_port", tls_port)
+            .field("bus_port", bus_port)
+            .field("mode", mode)
+            .field("certs", certs)
+            .field("auth", auth)
+            .field("args", args)
+            .field("dir", &dir.path())
             .finish()
     }
 }
@@ -716,6 +732,7 @@ mod tests {
         assert_eq!(server.publish_raw("ch", b"x").unwrap(), 0);
         let mut anonymous = connect(&server.url_without_auth()).unwrap();
         assert!(redis::cmd("PING").query::<String>(&mut anonymous).is_err());
+        assert!(!format!("{server:?}").contains("pw-2"));
     }
 
     #[test]

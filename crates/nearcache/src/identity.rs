@@ -6,14 +6,13 @@
 //! stable hash stands in for it — the same on every instance and every run, so one key can
 //! still be followed across a fleet's logs without being revealed.
 
-use std::fmt;
 use std::sync::Arc;
 
 use nearcache_backplane::wire::InstanceId;
 use nearcache_store::stable_key_hash;
 
 /// The name, instance id and key policy of one cache.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Identity {
     /// The `cache` label.
     pub(crate) name: Arc<str>,
@@ -55,16 +54,6 @@ impl Identity {
             instance = %self.instance_text,
             task
         )
-    }
-}
-
-impl fmt::Debug for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
-            .field("name", &self.name)
-            .field("instance", &self.instance_text)
-            .field("log_keys", &self.log_keys)
-            .finish()
     }
 }
 

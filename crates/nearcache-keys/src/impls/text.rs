@@ -21,12 +21,18 @@ mod tests {
 
     #[test]
     fn strings_are_atoms() {
-        assert_eq!("Prop1Value".key_text(), "Prop1Value");
-        assert_eq!(String::from("a-b").key_text(), "'a-b'");
-        assert_eq!("".key_text(), "''");
-        assert_eq!("O'Brien".key_text(), "'O''Brien'");
-        assert_eq!("~".key_text(), "'~'");
-        assert_eq!("(x)".key_text(), "'(x)'");
+        let atoms = [
+            ("Prop1Value", "Prop1Value"),
+            ("a-b", "'a-b'"),
+            ("", "''"),
+            ("O'Brien", "'O''Brien'"),
+            ("~", "'~'"),
+            ("(x)", "'(x)'"),
+        ];
+        for (text, atom) in atoms {
+            assert_eq!(text.key_text(), atom, "{text:?}");
+            assert_eq!(String::from(text).key_text(), atom, "{text:?} as a String");
+        }
     }
 
     #[test]
