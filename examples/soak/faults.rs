@@ -155,3 +155,21 @@ fn pause(stop: &AtomicBool, duration: Duration) -> bool {
     }
     !stop.load(Ordering::Relaxed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_fault_is_counted_under_its_own_kind() {
+        let counts = FaultCounts::default();
+        for (n, fault) in Fault::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                counts.note(fault);
+            }
+        }
+        let by_kind = Fault::ALL.map(|fault| counts.of(fault));
+        assert_eq!(by_kind, [1, 2, 3, 4]);
+        assert_eq!(counts.total(), 10);
+    }
+}

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nearcache::{Cache, CacheEvent, CacheOptions, EntryOptions, Key, region};
+use nearcache::{Cache, CacheEvent, CacheOptions, EntryOptions, Key, LossClears, region};
 use rand::Rng;
 
 use db::{Db, Staleness};
@@ -481,18 +481,28 @@ fn report(
     worker_panics: u64,
     left_stale: Option<usize>,
 ) -> bool {
-    let mut clears = nearcache::LossClears::default();
+    let mut clears = LossClears::default();
     let (mut overflows, mut failures, mut loads, mut lag_max, mut lag_p99) = (0, 0, 0, 0, 0);
     for cache in &shared.caches {
         let stats = cache.stats();
         loads += stats.store.loads;
         if let Some(p) = stats.propagation {
-            clears.reconnect += p.loss_clears.reconnect;
-            clears.lagged += p.loss_clears.lagged;
-            clears.peer_gap += p.loss_clears.peer_gap;
-            clears.outbox_overflow += p.loss_clears.outbox_overflow;
-            clears.subscription_ended += p.loss_clears.subscription_ended;
-            clears.echo_lost += p.loss_clears.echo_lost;
+            // Named field by field, so that a new cause fails to compile here instead of
+            // going missing from the report.
+            let LossClears {
+                reconnect,
+                lagged,
+                peer_gap,
+                outbox_overflow,
+                subscription_ended,
+                echo_lost,
+            } = p.loss_clears;
+            clears.reconnect += reconnect;
+            clears.lagged += lagged;
+            clears.peer_gap += peer_gap;
+            clears.outbox_overflow += outbox_overflow;
+            clears.subscription_ended += subscription_ended;
+            clears.echo_lost += echo_lost;
             overflows += p.outbox_overflows;
             failures += p.publish_failures;
             lag_max = lag_max.max(p.propagation_lag.max.as_micros());
